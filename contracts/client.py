@@ -1,0 +1,185 @@
+"""The reference client of natsflow's NATS API, used by the gateway, the CLI and users.
+
+Everything here is plain NATS: request/reply on ``<prefix>.api.*`` (the orchestrator's
+micro service), a JetStream publish on ``<prefix>.submit``, and an ordered consumer on
+the events stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import DeliverPolicy
+from pydantic import BaseModel, ValidationError
+
+from .errors import EngineTimeout, ErrorInfo, NatsflowError, Unavailable, error_from_info
+from .messages import (
+    BatchConfig,
+    BatchReply,
+    CreateWorkflowRequest,
+    IdRequest,
+    WorkflowReply,
+)
+from .models import EVENT_TERMINAL, Event, WorkflowConfig
+from .subjects import Subjects
+
+__all__ = ["NatsflowClient"]
+
+_R = TypeVar("_R", bound=BaseModel)
+
+#: Header carrying the natsflow error code on API error replies (NATS micro convention).
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+
+
+class NatsflowClient:
+    """Calls the orchestrator over NATS.
+
+    Args:
+        nc: A connected NATS client.
+        subjects: The deployment's names.
+        timeout: Seconds to wait for an API reply.
+    """
+
+    def __init__(self, nc: Client, subjects: Subjects | None = None, *,
+                 timeout: float = 10.0) -> None:
+        self.nc = nc
+        self.subjects = subjects or Subjects()
+        self.timeout = timeout
+
+    async def _call(self, operation: str, body: BaseModel, reply: type[_R]) -> _R:
+        if not self.nc.is_connected:
+            raise Unavailable("not connected to NATS")
+        try:
+            msg = await self.nc.request(self.subjects.api(operation),
+                                        body.model_dump_json().encode(), timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            raise Unavailable("no orchestrator is running") from None
+        except nats.errors.TimeoutError:
+            raise EngineTimeout(f"no answer to {operation} within {self.timeout}s") from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.OutboundBufferLimitError) as exc:
+            raise Unavailable(f"NATS connection lost: {exc}") from None
+        if msg.headers and msg.headers.get(ERROR_CODE_HEADER):
+            try:
+                info = ErrorInfo.model_validate_json(msg.data)
+            except ValidationError:
+                info = ErrorInfo(code=msg.headers[ERROR_CODE_HEADER],
+                                 message=msg.headers.get("Nats-Service-Error", "error"))
+            raise error_from_info(info)
+        return reply.model_validate_json(msg.data)
+
+    # -- workflows -------------------------------------------------------------------
+    async def create(self, config: WorkflowConfig | dict[str, Any], *,
+                     idempotency_key: str | None = None) -> WorkflowReply:
+        """Create (and, unless ``start`` is false, start) a workflow."""
+        if not isinstance(config, WorkflowConfig):
+            config = WorkflowConfig.model_validate(config)
+        req = CreateWorkflowRequest(config=config, idempotency_key=idempotency_key)
+        return await self._call("workflow.create", req, WorkflowReply)
+
+    async def start(self, workflow_id: str) -> WorkflowReply:
+        """Start a created workflow (no-op on a started one)."""
+        return await self._call("workflow.start", IdRequest(id=workflow_id), WorkflowReply)
+
+    async def get(self, workflow_id: str) -> WorkflowReply:
+        """The workflow's status."""
+        return await self._call("workflow.get", IdRequest(id=workflow_id), WorkflowReply)
+
+    async def stop(self, workflow_id: str) -> WorkflowReply:
+        """Stop a workflow: running steps are cancelled and it ends ``stopped``."""
+        return await self._call("workflow.stop", IdRequest(id=workflow_id), WorkflowReply)
+
+    async def submit(self, config: WorkflowConfig | dict[str, Any]) -> int:
+        """Fire-and-forget: persist a config on the submit subject; returns its stream seq.
+
+        The orchestrator creates the workflow later; give the config an ``id`` to find it.
+        """
+        if not isinstance(config, WorkflowConfig):
+            config = WorkflowConfig.model_validate(config)
+        try:
+            ack = await self.nc.jetstream().publish(self.subjects.submit,
+                                                    config.model_dump_json().encode())
+        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
+            raise Unavailable(f"submit not persisted: {exc!r}") from None
+        return ack.seq
+
+    # -- batches ---------------------------------------------------------------------
+    async def create_batch(self, config: BatchConfig | dict[str, Any]) -> BatchReply:
+        """Create and start a batch."""
+        if not isinstance(config, BatchConfig):
+            config = BatchConfig.model_validate(config)
+        return await self._call("batch.create", config, BatchReply)
+
+    async def get_batch(self, batch_id: str) -> BatchReply:
+        """The batch's status."""
+        return await self._call("batch.get", IdRequest(id=batch_id), BatchReply)
+
+    async def stop_batch(self, batch_id: str) -> BatchReply:
+        """Stop a batch and its running members."""
+        return await self._call("batch.stop", IdRequest(id=batch_id), BatchReply)
+
+    # -- liveness and events ---------------------------------------------------------
+    async def ping(self, timeout: float = 1.0) -> bool:
+        """True when at least one orchestrator answers ``$SRV.PING.<service>``."""
+        try:
+            await self.nc.request(f"$SRV.PING.{self.subjects.service_name}", b"",
+                                  timeout=timeout)
+        except (nats.errors.Error, asyncio.TimeoutError):
+            return False
+        return True
+
+    async def events(self, workflow_id: str, *, follow: bool = True,
+                     after: int = 0, idle_timeout: float = 0.5) -> AsyncIterator[Event]:
+        """The workflow's events in ``seq`` order, from the first (or after ``after``).
+
+        With ``follow`` it waits for new events until the terminal one; without, it stops
+        when no event arrives for ``idle_timeout`` seconds.
+        """
+        js = self.nc.jetstream()
+        sub = await js.subscribe(self.subjects.events_of(workflow_id), ordered_consumer=True,
+                                 deliver_policy=DeliverPolicy.ALL)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=None if follow else idle_timeout)
+                except nats.errors.TimeoutError:
+                    return
+                try:
+                    event = Event.model_validate_json(msg.data)
+                except ValidationError:
+                    continue
+                if event.seq <= after:
+                    continue
+                yield event
+                if event.type in EVENT_TERMINAL:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    async def wait(self, workflow_id: str, *, timeout: float = 60.0) -> WorkflowReply:
+        """Wait until the workflow is terminal, then return its status."""
+        async def _until_terminal() -> None:
+            async for _ in self.events(workflow_id, follow=True):
+                pass
+        try:
+            await asyncio.wait_for(_until_terminal(), timeout)
+        except asyncio.TimeoutError:
+            raise EngineTimeout(f"workflow {workflow_id} not finished in {timeout}s") from None
+        return await self.get(workflow_id)
+
+
+def error_reply(err: NatsflowError) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of an API error reply (used by the orchestrator)."""
+    return (err.info().model_dump_json(exclude_none=True).encode(),
+            {ERROR_CODE_HEADER: err.code, "Nats-Service-Error": err.message[:200]})
+
+
+def json_dumps(value: Any) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(value, separators=(",", ":")).encode()

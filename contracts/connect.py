@@ -1,0 +1,135 @@
+"""How every natsflow service connects to NATS: one settings model, read from the env.
+
+Environment variables (each also a CLI option of the services):
+
+    NATS_URL          server URL(s), comma-separated for a cluster (default nats://127.0.0.1:4222)
+    NATS_USER         user name           NATS_PASSWORD   password
+    NATS_TOKEN        auth token          NATS_CREDS      path to a .creds file
+    NATS_TLS_CA       CA certificate      NATS_TLS_CERT / NATS_TLS_KEY  client certificate
+    NATSFLOW_PREFIX   subject prefix of the deployment (default natsflow)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import Unavailable
+from .subjects import DEFAULT_PREFIX, Subjects
+
+__all__ = ["NatsSettings", "connect"]
+
+
+class NatsSettings(BaseModel):
+    """Connection settings for NATS."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    prefix: str = DEFAULT_PREFIX
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> NatsSettings:
+        """Settings from environment variables; ``overrides`` that are not None win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if env.get("NATS_URL"):
+            values["servers"] = [u.strip() for u in env["NATS_URL"].split(",") if u.strip()]
+        for field, var in (("user", "NATS_USER"), ("password", "NATS_PASSWORD"),
+                           ("token", "NATS_TOKEN"), ("creds", "NATS_CREDS"),
+                           ("tls_ca", "NATS_TLS_CA"), ("tls_cert", "NATS_TLS_CERT"),
+                           ("tls_key", "NATS_TLS_KEY"), ("prefix", "NATSFLOW_PREFIX")):
+            if env.get(var):
+                values[field] = env[var]
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key == "servers" and isinstance(value, str):
+                value = [u.strip() for u in value.split(",") if u.strip()]
+            values[key] = value
+        return cls(**values)
+
+    @property
+    def subjects(self) -> Subjects:
+        """The names of this deployment."""
+        return Subjects(self.prefix)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """An SSL context when TLS files are configured."""
+        if not (self.tls_ca or self.tls_cert):
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_cert:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
+
+
+async def connect(
+    settings: NatsSettings,
+    *,
+    name: str,
+    timeout: float | None = 5.0,
+    on_state: Callable[[str], Awaitable[None]] | None = None,
+) -> Client:
+    """Connect, and keep reconnecting forever once connected (services never give up).
+
+    Args:
+        settings: Where and how to connect.
+        name: Client name shown by the server (``nats server report connections``).
+        timeout: Seconds to wait for the first connection; None waits forever.
+        on_state: Called with ``"disconnected"``/``"reconnected"``/``"closed"``.
+
+    Raises:
+        Unavailable: no server answered within ``timeout``.
+    """
+
+    def _cb(state: str) -> Callable[[], Awaitable[None]]:
+        async def handler() -> None:
+            if on_state is not None:
+                await on_state(state)
+        return handler
+
+    async def _error_cb(exc: Exception) -> None:
+        # Connection errors are expected while the server is away; the client retries.
+        return None
+
+    kwargs: dict[str, Any] = {
+        "servers": settings.servers,
+        "name": name,
+        "connect_timeout": 2.0,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "allow_reconnect": True,
+        "error_cb": _error_cb,
+        "disconnected_cb": _cb("disconnected"),
+        "reconnected_cb": _cb("reconnected"),
+        "closed_cb": _cb("closed"),
+    }
+    if settings.user:
+        kwargs["user"] = settings.user
+        kwargs["password"] = settings.password
+    if settings.token:
+        kwargs["token"] = settings.token
+    if settings.creds:
+        kwargs["user_credentials"] = settings.creds
+    tls = settings.tls_context()
+    if tls is not None:
+        kwargs["tls"] = tls
+    try:
+        return await asyncio.wait_for(nats.connect(**kwargs), timeout)
+    except (asyncio.TimeoutError, OSError) as exc:
+        raise Unavailable(f"cannot reach NATS at {', '.join(settings.servers)}") from exc

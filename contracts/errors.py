@@ -1,0 +1,209 @@
+"""natsflow's errors: data with stable, kebab-case codes.
+
+Every error a client can see is one of these. Each has a ``code`` (stable, documented,
+what programs match on), a ``retryable`` flag, and renders to :class:`ErrorInfo`, the
+payload carried by NATS error replies, dead letters and RFC 9457 problem documents.
+
+Hierarchy::
+
+    NatsflowError
+    ├── InvalidRequest            invalid-request      a client sent something unusable
+    │   ├── ValidationFailed      validation-failed    a field is wrong (names the field)
+    │   ├── InvalidGraph          invalid-graph        the step graph is wrong (names the step)
+    │   └── PayloadTooLarge       payload-too-large    over the size limit
+    ├── NotFound                  not-found
+    │   ├── WorkflowNotFound      workflow-not-found
+    │   └── BatchNotFound         batch-not-found
+    ├── Conflict                  conflict             the request clashes with current state
+    │   ├── IdConflict            id-conflict          same id, different config
+    │   └── AlreadyFinished       already-finished     the workflow/batch is terminal
+    └── Unavailable               unavailable          NATS or the engine cannot be reached (retryable)
+        └── EngineTimeout         engine-timeout       no answer in time (retryable)
+
+Errors of *steps* (reported by workers) are not exceptions here: they are
+:class:`ErrorInfo` values inside results and statuses, with codes chosen by the worker,
+plus these engine codes: ``step-timeout``, ``cancelled``, ``input-error``,
+``output-too-large``, ``worker-error``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AlreadyFinished",
+    "BatchNotFound",
+    "Conflict",
+    "EngineTimeout",
+    "ErrorInfo",
+    "FieldError",
+    "IdConflict",
+    "InvalidGraph",
+    "InvalidRequest",
+    "NatsflowError",
+    "NotFound",
+    "PayloadTooLarge",
+    "Unavailable",
+    "ValidationFailed",
+    "WorkflowNotFound",
+    "error_from_info",
+]
+
+
+class FieldError(BaseModel):
+    """One offending field: where (a JSON path) and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loc: str = Field(description="Dotted path of the field, e.g. `steps.2.depends_on`.")
+    message: str
+    type: str = Field(default="value_error", description="pydantic error type")
+
+
+class ErrorInfo(BaseModel):
+    """An error as data: what NATS replies, events, statuses and dead letters carry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(description="Stable kebab-case code, e.g. `invalid-graph`.")
+    message: str
+    retryable: bool = False
+    step: str | None = Field(default=None, description="The step the error is about.")
+    field: str | None = Field(default=None, description="The field the error is about.")
+    errors: list[FieldError] | None = Field(default=None, description="Per-field errors.")
+    details: dict[str, Any] | None = None
+
+
+class NatsflowError(Exception):
+    """Base of every natsflow error."""
+
+    code: ClassVar[str] = "natsflow-error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str | None = None,
+        field: str | None = None,
+        errors: list[FieldError] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.step = step
+        self.field = field
+        self.errors = errors
+        self.details = details
+
+    def info(self) -> ErrorInfo:
+        """This error as an :class:`ErrorInfo` value."""
+        return ErrorInfo(
+            code=self.code,
+            message=self.message,
+            retryable=self.retryable,
+            step=self.step,
+            field=self.field,
+            errors=self.errors,
+            details=self.details,
+        )
+
+
+class InvalidRequest(NatsflowError):
+    """The request cannot be used as sent."""
+
+    code = "invalid-request"
+
+
+class ValidationFailed(InvalidRequest):
+    """One or more fields are invalid."""
+
+    code = "validation-failed"
+
+
+class InvalidGraph(InvalidRequest):
+    """The step graph is invalid: unknown dependency, duplicate id, cycle, no steps."""
+
+    code = "invalid-graph"
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The request is larger than allowed."""
+
+    code = "payload-too-large"
+
+
+class NotFound(NatsflowError):
+    """No such thing."""
+
+    code = "not-found"
+
+
+class WorkflowNotFound(NotFound):
+    """No workflow with this id."""
+
+    code = "workflow-not-found"
+
+
+class BatchNotFound(NotFound):
+    """No batch with this id."""
+
+    code = "batch-not-found"
+
+
+class Conflict(NatsflowError):
+    """The request clashes with the current state."""
+
+    code = "conflict"
+
+
+class IdConflict(Conflict):
+    """A workflow (or batch) with this id exists with a different config."""
+
+    code = "id-conflict"
+
+
+class AlreadyFinished(Conflict):
+    """The workflow or batch has already reached a terminal state."""
+
+    code = "already-finished"
+
+
+class Unavailable(NatsflowError):
+    """NATS or the orchestrator cannot be reached; try again later."""
+
+    code = "unavailable"
+    retryable = True
+
+
+class EngineTimeout(Unavailable):
+    """The orchestrator did not answer in time."""
+
+    code = "engine-timeout"
+
+
+def _all_subclasses(cls: type[NatsflowError]) -> list[type[NatsflowError]]:
+    out: list[type[NatsflowError]] = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+_BY_CODE: dict[str, type[NatsflowError]] = {c.code: c for c in _all_subclasses(NatsflowError)}
+
+
+def error_from_info(info: ErrorInfo) -> NatsflowError:
+    """Rebuild the exception for an :class:`ErrorInfo` received over the wire.
+
+    Unknown codes become a plain :class:`NatsflowError` that keeps the code.
+    """
+    cls = _BY_CODE.get(info.code)
+    if cls is None:
+        err = NatsflowError(info.message, step=info.step, field=info.field, errors=info.errors,
+                            details=info.details)
+        err.code = info.code  # type: ignore[misc]
+        return err
+    return cls(info.message, step=info.step, field=info.field, errors=info.errors,
+               details=info.details)

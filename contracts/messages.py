@@ -1,0 +1,238 @@
+"""Messages between services: the worker contract, batches and the request/reply API.
+
+Worker contract (any language; JSON over NATS):
+
+1. Bind to the durable pull consumer ``worker-<task type, dots as _>`` on stream
+   ``<PREFIX>_TASKS`` (filter ``<prefix>.task.<task type>``), or create it if missing.
+2. Each message is a :class:`TaskMessage`. Run it. While it runs, send an in-progress
+   ack (``+WPI``) at least every ``heartbeat_interval`` seconds.
+3. Publish a :class:`TaskResult` (``succeeded`` or ``failed``) to ``reply_to`` with
+   JetStream (wait for the publish ack), header ``Nats-Msg-Id: <idempotency_key>:result``;
+   then ack the task message. Optional ``progress`` results may be sent meanwhile.
+4. A :class:`CancelNotice` on ``<prefix>.cancel.<workflow_id>`` asks to abandon a running
+   attempt; report it as failed with code ``cancelled`` (or just stop).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ErrorInfo
+from .models import WorkflowConfig, WorkflowStatus
+
+__all__ = [
+    "BatchConfig",
+    "BatchMember",
+    "BatchReply",
+    "BatchState",
+    "BatchStatus",
+    "CancelNotice",
+    "CreateWorkflowRequest",
+    "DeadLetter",
+    "IdRequest",
+    "BATCH_TERMINAL",
+    "MAX_BATCH_SIZE",
+    "TaskFailed",
+    "TaskMessage",
+    "TaskProgress",
+    "TaskResult",
+    "TaskSucceeded",
+    "WorkflowReply",
+    "WorkflowTemplate",
+]
+
+MAX_BATCH_SIZE = 10_000
+
+
+class TaskMessage(BaseModel):
+    """One attempt of one step, as a worker receives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: str
+    step_id: str
+    attempt: int = Field(ge=1)
+    task: str = Field(description="The task type.")
+    input: dict[str, Any]
+    idempotency_key: str = Field(description="`<workflow_id>:<step_id>:<attempt>`, the same "
+                                 "on every redelivery of this attempt.")
+    reply_to: str = Field(description="Subject to publish the TaskResult to (JetStream).")
+    deadline: datetime | None = Field(default=None, description="When this attempt times out.")
+    heartbeat_interval: float = Field(description="Send an in-progress ack at least this "
+                                      "often (seconds).")
+
+
+class _ResultBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: str
+    step_id: str
+    attempt: int = Field(ge=1)
+    started_at: datetime | None = Field(default=None, description="When the worker began.")
+
+
+class TaskSucceeded(_ResultBase):
+    """The attempt succeeded; ``output`` becomes the step's output."""
+
+    kind: Literal["succeeded"] = "succeeded"
+    output: Any = None
+
+
+class TaskFailed(_ResultBase):
+    """The attempt failed; retried unless ``error.retryable`` is false or attempts ran out."""
+
+    kind: Literal["failed"] = "failed"
+    error: ErrorInfo
+
+
+class TaskProgress(_ResultBase):
+    """Optional progress of a running attempt (shown on the step, emitted as an event)."""
+
+    kind: Literal["progress"] = "progress"
+    progress: Any = None
+
+
+TaskResult = Annotated[TaskSucceeded | TaskFailed | TaskProgress, Field(discriminator="kind")]
+
+
+class CancelNotice(BaseModel):
+    """Asks the worker running this attempt to stop."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: str
+    step_id: str
+    attempt: int
+
+
+class DeadLetter(BaseModel):
+    """A message natsflow could not use, kept with the reason."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: ErrorInfo
+    subject: str
+    stream_seq: int | None = None
+    deliveries: int | None = None
+    data: str = Field(description="The original payload (UTF-8, invalid bytes replaced).")
+    time: datetime
+
+
+# -- batches -------------------------------------------------------------------------
+
+
+class WorkflowTemplate(BaseModel):
+    """A WorkflowConfig without id and input: what every member of a batch runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    steps: list[dict[str, Any]]
+    labels: dict[str, str] = Field(default_factory=dict)
+    output: Any = None
+
+    def config_for(self, *, workflow_id: str, input: dict[str, Any],
+                   batch_id: str) -> WorkflowConfig:
+        """The config of one member workflow."""
+        return WorkflowConfig.model_validate({
+            "name": self.name, "id": workflow_id, "input": input, "steps": self.steps,
+            "labels": {**self.labels, "batch": batch_id}, "output": self.output,
+        })
+
+
+class BatchConfig(BaseModel):
+    """One workflow template run once per input, at most ``max_concurrency`` at a time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")] | None = None
+    workflow: WorkflowTemplate
+    inputs: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_SIZE)
+    max_concurrency: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
+
+
+class BatchState(StrEnum):
+    """Lifecycle of a batch."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+BATCH_TERMINAL = frozenset({BatchState.COMPLETED, BatchState.FAILED, BatchState.STOPPED})
+
+
+class BatchMember(BaseModel):
+    """One member workflow of a batch. ``state`` is ``pending`` until it is started."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    workflow_id: str
+    state: str = "pending"
+
+
+class BatchStatus(BaseModel):
+    """What GET /batches/{id} returns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    state: BatchState
+    max_concurrency: int | None
+    counts: dict[str, int] = Field(description="Members per state (pending, running, ...).")
+    members: list[BatchMember]
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+# -- request/reply API ---------------------------------------------------------------
+
+
+class CreateWorkflowRequest(BaseModel):
+    """Body of ``<prefix>.api.workflow.create``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: WorkflowConfig
+    idempotency_key: str | None = Field(default=None, max_length=256)
+
+
+class IdRequest(BaseModel):
+    """Body of the get/start/stop endpoints."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=128)
+
+
+class WorkflowReply(BaseModel):
+    """Reply of the workflow endpoints.
+
+    ``created`` is true when this request created the workflow, false when it already
+    existed (an idempotent resubmit). ``status`` is None only when the orchestrator
+    accepted the command but did not finish it in time (it will).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    created: bool = False
+    status: WorkflowStatus | None = None
+
+
+class BatchReply(BaseModel):
+    """Reply of the batch endpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    created: bool = False
+    status: BatchStatus | None = None

@@ -1,0 +1,219 @@
+"""Every subject, stream, consumer and KV bucket name natsflow uses (one home per fact).
+
+A deployment is identified by a *prefix* (``natsflow`` unless configured), so several
+independent natsflow installations -- or several tests -- can share one NATS server.
+
+Subject scheme (``p`` is the prefix)::
+
+    p.submit                      fire-and-forget WorkflowConfig (JetStream, INBOX stream)
+    p.cmd.wf.<workflow_id>        commands for one workflow (INBOX stream, internal)
+    p.cmd.batch.<batch_id>        commands for one batch (INBOX stream, internal)
+    p.result.<workflow_id>        task results from workers (INBOX stream)
+    p.timer.<workflow_id>         durable timers: retry backoff, timeouts (INBOX stream)
+    p.task.<task_type>            tasks for workers of one type (TASKS work-queue stream)
+    p.cancel.<workflow_id>        cancel notices for running tasks (core NATS)
+    p.events.<workflow_id>.<kind>.<what>
+                                  status events, e.g. p.events.<id>.workflow.completed,
+                                  p.events.<id>.step.succeeded (EVENTS stream)
+    p.dlq.<reason>                dead letters with a reason (DLQ stream)
+    p.api.<group>.<operation>     request/reply API (NATS micro service ``p``)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["DEFAULT_PREFIX", "TOKEN_RE", "TASK_TYPE_RE", "Subjects"]
+
+DEFAULT_PREFIX: Final = "natsflow"
+
+#: One subject token: what ids and task-type parts may contain.
+TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_-]+$")
+#: A task type: one or more tokens joined by dots (``email.send``).
+TASK_TYPE_RE: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_PREFIX_RE: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+
+def _upper_name(prefix: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", prefix).upper()
+
+
+def _lower_name(prefix: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """Names for one natsflow deployment.
+
+    Args:
+        prefix: The first subject token(s), e.g. ``natsflow`` or ``acme.natsflow``.
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.match(self.prefix):
+            raise ValueError(f"invalid subject prefix {self.prefix!r}")
+
+    # -- streams, consumers, buckets -------------------------------------------------
+    @property
+    def inbox_stream(self) -> str:
+        """Work-queue stream of everything the engine consumes."""
+        return f"{_upper_name(self.prefix)}_INBOX"
+
+    @property
+    def tasks_stream(self) -> str:
+        """Work-queue stream of tasks for workers."""
+        return f"{_upper_name(self.prefix)}_TASKS"
+
+    @property
+    def events_stream(self) -> str:
+        """Limits stream of status events."""
+        return f"{_upper_name(self.prefix)}_EVENTS"
+
+    @property
+    def dlq_stream(self) -> str:
+        """Stream of dead letters."""
+        return f"{_upper_name(self.prefix)}_DLQ"
+
+    @property
+    def engine_consumer(self) -> str:
+        """Durable consumer shared by all orchestrators for commands and results."""
+        return "engine"
+
+    @property
+    def timer_consumer(self) -> str:
+        """Durable consumer shared by all orchestrators for timers."""
+        return "timers"
+
+    def worker_consumer(self, task_type: str) -> str:
+        """Durable consumer shared by all workers of one task type."""
+        return "worker-" + task_type.replace(".", "_")
+
+    @property
+    def workflows_bucket(self) -> str:
+        """KV bucket: workflow id -> workflow record."""
+        return f"{_lower_name(self.prefix)}_workflows"
+
+    @property
+    def batches_bucket(self) -> str:
+        """KV bucket: batch id -> batch record."""
+        return f"{_lower_name(self.prefix)}_batches"
+
+    @property
+    def idempotency_bucket(self) -> str:
+        """KV bucket: idempotency key digest -> workflow id (with a TTL)."""
+        return f"{_lower_name(self.prefix)}_idempotency"
+
+    @property
+    def service_name(self) -> str:
+        """Name of the orchestrator's NATS micro service."""
+        return _lower_name(self.prefix)
+
+    # -- subjects --------------------------------------------------------------------
+    @property
+    def submit(self) -> str:
+        """Fire-and-forget subject for a WorkflowConfig."""
+        return f"{self.prefix}.submit"
+
+    def workflow_command(self, workflow_id: str) -> str:
+        """Commands for one workflow."""
+        return f"{self.prefix}.cmd.wf.{workflow_id}"
+
+    def batch_command(self, batch_id: str) -> str:
+        """Commands for one batch."""
+        return f"{self.prefix}.cmd.batch.{batch_id}"
+
+    def result(self, workflow_id: str) -> str:
+        """Where workers publish results for one workflow."""
+        return f"{self.prefix}.result.{workflow_id}"
+
+    def timer(self, workflow_id: str) -> str:
+        """Durable timers for one workflow."""
+        return f"{self.prefix}.timer.{workflow_id}"
+
+    def task(self, task_type: str) -> str:
+        """Work queue of one task type."""
+        return f"{self.prefix}.task.{task_type}"
+
+    def cancel(self, workflow_id: str) -> str:
+        """Cancel notices for running tasks of one workflow."""
+        return f"{self.prefix}.cancel.{workflow_id}"
+
+    def event(self, workflow_id: str, event_type: str) -> str:
+        """One status event; ``event_type`` is e.g. ``step.succeeded``."""
+        return f"{self.prefix}.events.{workflow_id}.{event_type}"
+
+    def events_of(self, workflow_id: str = "*", event_type: str = ">") -> str:
+        """A filter over events, by workflow id and/or type, with NATS wildcards."""
+        return f"{self.prefix}.events.{workflow_id}.{event_type}"
+
+    def dlq(self, reason: str) -> str:
+        """A dead letter with its reason code."""
+        return f"{self.prefix}.dlq.{reason}"
+
+    def api(self, operation: str) -> str:
+        """A request/reply API endpoint, e.g. ``workflow.create``."""
+        return f"{self.prefix}.api.{operation}"
+
+    # -- wildcards used by stream and consumer definitions ---------------------------
+    @property
+    def inbox_subjects(self) -> list[str]:
+        """Subjects captured by the inbox stream."""
+        p = self.prefix
+        return [f"{p}.submit", f"{p}.cmd.>", f"{p}.result.>", f"{p}.timer.>"]
+
+    @property
+    def engine_filters(self) -> list[str]:
+        """Subjects the engine consumer reads."""
+        p = self.prefix
+        return [f"{p}.submit", f"{p}.cmd.>", f"{p}.result.>"]
+
+    @property
+    def timer_filter(self) -> str:
+        """Subjects the timer consumer reads."""
+        return f"{self.prefix}.timer.>"
+
+    @property
+    def all_tasks(self) -> str:
+        """Subjects captured by the tasks stream."""
+        return f"{self.prefix}.task.>"
+
+    @property
+    def all_cancels(self) -> str:
+        """Every cancel notice."""
+        return f"{self.prefix}.cancel.>"
+
+    @property
+    def all_events(self) -> str:
+        """Subjects captured by the events stream."""
+        return f"{self.prefix}.events.>"
+
+    @property
+    def all_dlq(self) -> str:
+        """Subjects captured by the dead-letter stream."""
+        return f"{self.prefix}.dlq.>"
+
+    def kind_of(self, subject: str) -> tuple[str, str]:
+        """Split an inbox subject into (kind, key).
+
+        ``kind`` is one of ``submit``, ``wf``, ``batch``, ``result``, ``timer``; ``key``
+        is the workflow or batch id (empty for ``submit``).
+
+        Raises:
+            ValueError: the subject is not an inbox subject of this prefix.
+        """
+        head = self.prefix + "."
+        if not subject.startswith(head):
+            raise ValueError(f"subject {subject!r} is outside prefix {self.prefix!r}")
+        rest = subject[len(head) :].split(".")
+        if rest == ["submit"]:
+            return "submit", ""
+        if len(rest) == 3 and rest[0] == "cmd" and rest[1] in ("wf", "batch"):
+            return rest[1], rest[2]
+        if len(rest) == 2 and rest[0] in ("result", "timer"):
+            return rest[0], rest[1]
+        raise ValueError(f"subject {subject!r} is not an inbox subject")

@@ -49,6 +49,7 @@ __all__ = [
     "ValidationFailed",
     "WorkflowNotFound",
     "error_from_info",
+    "validation_failed",
 ]
 
 
@@ -207,3 +208,25 @@ def error_from_info(info: ErrorInfo) -> NatsflowError:
         return err
     return cls(info.message, step=info.step, field=info.field, errors=info.errors,
                details=info.details)
+
+
+def validation_failed(exc: Any, *, loc_prefix: tuple[str | int, ...] = (),
+                      drop_first: int = 0) -> ValidationFailed:
+    """Turn a pydantic ``ValidationError`` into :class:`ValidationFailed` naming each field.
+
+    Args:
+        exc: The pydantic ValidationError.
+        loc_prefix: Path to put in front of every location.
+        drop_first: How many leading location parts to drop (e.g. FastAPI's ``body``).
+    """
+    errors: list[FieldError] = []
+    for e in exc.errors(include_url=False):
+        loc = (*loc_prefix, *tuple(e.get("loc", ()))[drop_first:])
+        errors.append(FieldError(loc=".".join(str(p) for p in loc) or "(body)",
+                                 message=str(e.get("msg", "invalid")),
+                                 type=str(e.get("type", "value_error"))))
+    first = errors[0] if errors else None
+    message = (f"{first.loc}: {first.message}" if first else "invalid request")
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    return ValidationFailed(message, field=first.loc if first else None, errors=errors)

@@ -45,3 +45,14 @@ async def nc(settings: NatsSettings) -> AsyncIterator[Client]:
     client = await connect(settings, name="test")
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def engine(settings: NatsSettings) -> AsyncIterator[object]:
+    """An orchestrator running in-process for this test's deployment."""
+    from orchestrator import Orchestrator
+
+    orch = Orchestrator(settings, stop_grace=2.0)
+    await orch.start()
+    yield orch
+    await orch.stop()

@@ -1,0 +1,285 @@
+"""The request/reply API: a NATS micro service (``$SRV.PING/INFO/STATS`` included).
+
+Reads (get) come straight from the KV buckets. Writes (create, start, stop) are turned
+into commands on the inbox stream, so they are persisted before anything happens and
+processed by whichever orchestrator replica fetches them; the replica that processes a
+command publishes the outcome to a reply subject this handler waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
+from pydantic import BaseModel, ValidationError
+
+from contracts.client import error_reply
+from contracts.errors import (
+    BatchNotFound,
+    ErrorInfo,
+    InvalidGraph,
+    NatsflowError,
+    PayloadTooLarge,
+    Unavailable,
+    WorkflowNotFound,
+    error_from_info,
+    validation_failed,
+)
+from contracts.ids import new_id
+from contracts.messages import (
+    BatchConfig,
+    BatchReply,
+    CreateWorkflowRequest,
+    IdRequest,
+    WorkflowReply,
+)
+from contracts.models import MAX_CONFIG_BYTES
+from contracts.subjects import TOKEN_RE, Subjects
+
+from .records import (
+    BatchRecord,
+    CreateBatch,
+    CreateWorkflow,
+    StartWorkflow,
+    StopBatch,
+    StopWorkflow,
+    WorkflowRecord,
+)
+from .runtime import REPLY_HEADER, fingerprint
+from .store import RecordStore
+
+__all__ = ["Api", "VERSION"]
+
+log = logging.getLogger("natsflow.api")
+
+VERSION = "0.1.0"
+_MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+class Api:
+    """Serves ``<prefix>.api.*`` for one orchestrator process.
+
+    Args:
+        nc: Connected NATS client.
+        subjects: The deployment's names.
+        workflows: Store of workflow records (reads).
+        batches: Store of batch records (reads).
+        idempotency: KV of Idempotency-Key digests.
+        command_timeout: Seconds to wait for a command's outcome before answering
+            "accepted" without a status.
+    """
+
+    def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
+                 batches: RecordStore, idempotency: KeyValue,
+                 command_timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.subjects = subjects
+        self.workflows = workflows
+        self.batches = batches
+        self.idempotency = idempotency
+        self.command_timeout = command_timeout
+        self.service: Service | None = None
+        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reply_prefix = ""
+
+    async def start(self) -> None:
+        """Subscribe for outcomes and register the micro service."""
+        self._reply_prefix = self.nc.new_inbox()
+        await self.nc.subscribe(self._reply_prefix + ".*", cb=self._on_outcome)
+        self.service = await add_service(self.nc, ServiceConfig(
+            name=self.subjects.service_name, version=VERSION,
+            description="natsflow orchestrator", metadata={"prefix": self.subjects.prefix}))
+        routes: dict[str, Callable[[bytes], Awaitable[BaseModel]]] = {
+            "workflow.create": self.create, "workflow.start": self.start_workflow,
+            "workflow.get": self.get, "workflow.stop": self.stop_workflow,
+            "batch.create": self.create_batch, "batch.get": self.get_batch,
+            "batch.stop": self.stop_batch,
+        }
+        for operation, fn in routes.items():
+            await self.service.add_endpoint(EndpointConfig(
+                name=operation.replace(".", "-"), subject=self.subjects.api(operation),
+                handler=self._endpoint(fn)))
+
+    async def close(self) -> None:
+        """Deregister; pending requests get no answer (clients time out and retry)."""
+        if self.service is not None:
+            await self.service.stop()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _endpoint(self, fn: Callable[[bytes], Awaitable[BaseModel]]
+                  ) -> Callable[[Request], Awaitable[None]]:
+        async def run(req: Request) -> None:
+            try:
+                reply = await fn(req.data)
+            except ValidationError as exc:
+                await self._respond_error(req, validation_failed(exc))
+            except NatsflowError as exc:
+                await self._respond_error(req, exc)
+            except Exception as exc:  # noqa: BLE001 - answer, never crash the service
+                log.exception("API handler failed")
+                err = NatsflowError(f"internal error: {type(exc).__name__}")
+                await self._respond_error(req, err)
+            else:
+                await req.respond(reply.model_dump_json().encode())
+
+        async def handler(req: Request) -> None:
+            # Subscriptions run callbacks one at a time; a task per request keeps a
+            # slow command from holding up the others.
+            task = asyncio.create_task(run(req))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return handler
+
+    async def _respond_error(self, req: Request, err: NatsflowError) -> None:
+        body, headers = error_reply(err)
+        try:
+            await req.respond(body, headers=headers)
+        except nats.errors.Error:
+            log.warning("could not answer an API request")
+
+    # -- commands -------------------------------------------------------------------
+    async def _on_outcome(self, msg: Msg) -> None:
+        fut = self._pending.pop(msg.subject, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def _command(self, subject: str, body: BaseModel) -> Msg | None:
+        """Persist a command on the inbox; wait for its outcome (None on timeout)."""
+        reply_subject = f"{self._reply_prefix}.{new_id()}"
+        fut: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._pending[reply_subject] = fut
+        try:
+            try:
+                await self.js.publish(subject, body.model_dump_json().encode(),
+                                      headers={REPLY_HEADER: reply_subject})
+            except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
+                raise Unavailable(f"command not persisted: {exc!r}") from None
+            try:
+                return await asyncio.wait_for(fut, self.command_timeout)
+            except asyncio.TimeoutError:
+                return None
+        finally:
+            self._pending.pop(reply_subject, None)
+
+    @staticmethod
+    def _outcome(msg: Msg | None, model: type[Any], key: str) -> Any:
+        if msg is None:
+            return model(id=key, created=False, status=None)
+        if msg.headers and msg.headers.get("Natsflow-Error"):
+            raise error_from_info(ErrorInfo.model_validate_json(msg.data))
+        return model.model_validate_json(msg.data)
+
+    async def _id_for_key(self, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+        candidate = new_id()
+        try:
+            await self.idempotency.create(digest, candidate.encode())
+            return candidate
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await self.idempotency.get(digest)
+            return (entry.value or b"").decode()
+
+    async def create(self, data: bytes) -> WorkflowReply:
+        """``workflow.create``: CreateWorkflowRequest -> WorkflowReply."""
+        if len(data) > MAX_CONFIG_BYTES + 1024:
+            raise PayloadTooLarge(f"request of {len(data)} bytes is over the limit of "
+                                  f"{MAX_CONFIG_BYTES} bytes", field="config")
+        try:
+            req = CreateWorkflowRequest.model_validate_json(data)
+        except InvalidGraph as exc:
+            exc.field = f"config.{exc.field}" if exc.field else "config"
+            raise
+        config = req.config
+        if config.id is None:
+            wid = await self._id_for_key(req.idempotency_key) if req.idempotency_key else new_id()
+            config = config.model_copy(update={"id": wid})
+        assert config.id is not None
+        cmd = CreateWorkflow(config=config, fingerprint=fingerprint(config))
+        msg = await self._command(self.subjects.workflow_command(config.id), cmd)
+        reply: WorkflowReply = self._outcome(msg, WorkflowReply, config.id)
+        if msg is None:
+            reply.created = True  # accepted; the engine will create it
+        return reply
+
+    @staticmethod
+    def _id(data: bytes, missing: type[NatsflowError]) -> str:
+        req = IdRequest.model_validate_json(data)
+        if not TOKEN_RE.match(req.id):
+            raise missing(f"no such id {req.id!r}", field="id")
+        return req.id
+
+    async def _workflow_op(self, data: bytes, command: BaseModel) -> WorkflowReply:
+        req = IdRequest(id=self._id(data, WorkflowNotFound))
+        msg = await self._command(self.subjects.workflow_command(req.id), command)
+        reply: WorkflowReply = self._outcome(msg, WorkflowReply, req.id)
+        return reply
+
+    async def start_workflow(self, data: bytes) -> WorkflowReply:
+        """``workflow.start``."""
+        return await self._workflow_op(data, StartWorkflow())
+
+    async def stop_workflow(self, data: bytes) -> WorkflowReply:
+        """``workflow.stop``."""
+        return await self._workflow_op(data, StopWorkflow())
+
+    async def get(self, data: bytes) -> WorkflowReply:
+        """``workflow.get``: read the record straight from the KV bucket."""
+        req = IdRequest(id=self._id(data, WorkflowNotFound))
+        raw, _ = await self.workflows.load(req.id)
+        if raw is None:
+            raise WorkflowNotFound(f"no workflow {req.id!r}", field="id")
+        return WorkflowReply(id=req.id, status=WorkflowRecord.model_validate_json(raw).status)
+
+    # -- batches --------------------------------------------------------------------
+    async def create_batch(self, data: bytes) -> BatchReply:
+        """``batch.create``: BatchConfig -> BatchReply."""
+        if len(data) > _MAX_BATCH_BYTES:
+            raise PayloadTooLarge(f"batch of {len(data)} bytes is over the limit of "
+                                  f"{_MAX_BATCH_BYTES} bytes")
+        config = BatchConfig.model_validate_json(data)
+        bid = config.id or new_id().replace("-", "")
+        try:  # the template must make a valid workflow
+            config.workflow.config_for(workflow_id=f"{bid}-0", input=config.inputs[0],
+                                       batch_id=bid)
+        except InvalidGraph as exc:
+            exc.field = f"workflow.{exc.field}" if exc.field else "workflow"
+            raise
+        except ValidationError as exc:
+            raise validation_failed(exc, loc_prefix=("workflow",)) from None
+        config = config.model_copy(update={"id": bid})
+        cmd = CreateBatch(config=config, fingerprint=fingerprint(config))
+        msg = await self._command(self.subjects.batch_command(bid), cmd)
+        reply: BatchReply = self._outcome(msg, BatchReply, bid)
+        if msg is None:
+            reply.created = True
+        return reply
+
+    async def get_batch(self, data: bytes) -> BatchReply:
+        """``batch.get``."""
+        req = IdRequest(id=self._id(data, BatchNotFound))
+        raw, _ = await self.batches.load(req.id)
+        if raw is None:
+            raise BatchNotFound(f"no batch {req.id!r}", field="id")
+        return BatchReply(id=req.id, status=BatchRecord.model_validate_json(raw).status)
+
+    async def stop_batch(self, data: bytes) -> BatchReply:
+        """``batch.stop``."""
+        req = IdRequest(id=self._id(data, BatchNotFound))
+        msg = await self._command(self.subjects.batch_command(req.id), StopBatch())
+        reply: BatchReply = self._outcome(msg, BatchReply, req.id)
+        return reply

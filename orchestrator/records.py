@@ -1,0 +1,273 @@
+"""What the engine reads and writes: stored records, inputs, effects and decisions.
+
+These are the orchestrator's own models (the wire contracts live in ``contracts``).
+A record is the whole state of one workflow (or batch) as kept in its KV bucket,
+including the *outbox*: the effects of its last transition, kept until published so a
+crash between the write and the publish loses nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.errors import ErrorInfo
+from contracts.messages import (
+    BatchConfig,
+    BatchStatus,
+    CancelNotice,
+    TaskFailed,
+    TaskMessage,
+    TaskProgress,
+    TaskSucceeded,
+)
+from contracts.models import Event, WorkflowConfig, WorkflowStatus
+
+__all__ = [
+    "BatchCommand",
+    "BatchDecision",
+    "BatchInput",
+    "BatchRecord",
+    "CancelEffect",
+    "CreateBatch",
+    "CreateWorkflow",
+    "Effect",
+    "EventEffect",
+    "MemberFinished",
+    "NotifyBatchEffect",
+    "Reply",
+    "ResultInput",
+    "StartWorkflow",
+    "StopBatch",
+    "StopWorkflow",
+    "TaskEffect",
+    "TimerEffect",
+    "TimerFired",
+    "WorkflowCommand",
+    "WorkflowCommandEffect",
+    "WorkflowDecision",
+    "WorkflowInput",
+    "WorkflowRecord",
+]
+
+_Frozen = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- inputs of the workflow engine ------------------------------------------------
+
+
+class CreateWorkflow(BaseModel):
+    """Create a workflow (and start it unless ``config.start`` is false)."""
+
+    model_config = _Frozen
+    kind: Literal["create"] = "create"
+    config: WorkflowConfig
+    fingerprint: str
+    batch_id: str | None = None
+
+
+class StartWorkflow(BaseModel):
+    """Start a created workflow."""
+
+    model_config = _Frozen
+    kind: Literal["start"] = "start"
+
+
+class StopWorkflow(BaseModel):
+    """Stop a workflow."""
+
+    model_config = _Frozen
+    kind: Literal["stop"] = "stop"
+    reason: str | None = None
+
+
+#: Commands sent on ``<prefix>.cmd.wf.<id>``.
+WorkflowCommand = Annotated[CreateWorkflow | StartWorkflow | StopWorkflow,
+                            Field(discriminator="kind")]
+
+
+class ResultInput(BaseModel):
+    """A worker's report about one attempt."""
+
+    model_config = _Frozen
+    kind: Literal["result"] = "result"
+    result: Annotated[TaskSucceeded | TaskFailed | TaskProgress, Field(discriminator="kind")]
+    size: int = Field(default=0, description="Bytes of the message, to police output size.")
+
+
+TimerPurpose = Literal["retry", "timeout", "stop-grace"]
+
+
+class TimerFired(BaseModel):
+    """A durable timer came due (also the payload of a timer message)."""
+
+    model_config = _Frozen
+    kind: Literal["timer"] = "timer"
+    workflow_id: str
+    step_id: str | None = None
+    attempt: int = 0
+    purpose: TimerPurpose
+    due: datetime
+
+
+WorkflowInput = Annotated[
+    CreateWorkflow | StartWorkflow | StopWorkflow | ResultInput | TimerFired,
+    Field(discriminator="kind"),
+]
+
+
+# -- effects (the outbox) ---------------------------------------------------------
+
+
+class EventEffect(BaseModel):
+    """Publish a status event."""
+
+    model_config = _Frozen
+    kind: Literal["event"] = "event"
+    event: Event
+
+
+class TaskEffect(BaseModel):
+    """Dispatch one attempt of a step to its work queue."""
+
+    model_config = _Frozen
+    kind: Literal["task"] = "task"
+    task: TaskMessage
+
+
+class TimerEffect(BaseModel):
+    """Arm a durable timer."""
+
+    model_config = _Frozen
+    kind: Literal["timer"] = "timer"
+    timer: TimerFired
+
+
+class CancelEffect(BaseModel):
+    """Tell the worker running an attempt to stop (best effort, core NATS)."""
+
+    model_config = _Frozen
+    kind: Literal["cancel"] = "cancel"
+    notice: CancelNotice
+
+
+class NotifyBatchEffect(BaseModel):
+    """Tell a batch that one of its members finished."""
+
+    model_config = _Frozen
+    kind: Literal["notify-batch"] = "notify-batch"
+    batch_id: str
+    workflow_id: str
+    state: str
+
+
+class WorkflowCommandEffect(BaseModel):
+    """Send a command to a workflow (a batch starting or stopping its members)."""
+
+    model_config = _Frozen
+    kind: Literal["workflow-command"] = "workflow-command"
+    workflow_id: str
+    command: WorkflowCommand
+
+
+Effect = Annotated[
+    EventEffect | TaskEffect | TimerEffect | CancelEffect | NotifyBatchEffect
+    | WorkflowCommandEffect,
+    Field(discriminator="kind"),
+]
+
+
+# -- records --------------------------------------------------------------------
+
+
+class WorkflowRecord(BaseModel):
+    """Everything stored about one workflow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: WorkflowConfig
+    fingerprint: str
+    status: WorkflowStatus
+    outputs_bytes: int = 0
+    outbox: list[Effect] = Field(default_factory=list)
+    outbox_at: datetime | None = None
+
+
+class Reply(BaseModel):
+    """What the requester of a command is told: a result or an error."""
+
+    model_config = _Frozen
+
+    created: bool = False
+    error: ErrorInfo | None = None
+
+
+class WorkflowDecision(BaseModel):
+    """The engine's answer to one input.
+
+    ``record`` is None when nothing changed (nothing to write, nothing to publish).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    record: WorkflowRecord | None
+    effects: list[Effect] = Field(default_factory=list)
+    reply: Reply = Field(default_factory=Reply)
+
+
+# -- batches --------------------------------------------------------------------
+
+
+class CreateBatch(BaseModel):
+    """Create and start a batch."""
+
+    model_config = _Frozen
+    kind: Literal["create"] = "create"
+    config: BatchConfig
+    fingerprint: str
+
+
+class StopBatch(BaseModel):
+    """Stop a batch."""
+
+    model_config = _Frozen
+    kind: Literal["stop"] = "stop"
+
+
+class MemberFinished(BaseModel):
+    """A member workflow reached a terminal state."""
+
+    model_config = _Frozen
+    kind: Literal["member-finished"] = "member-finished"
+    workflow_id: str
+    state: str
+
+
+BatchInput = Annotated[CreateBatch | StopBatch | MemberFinished, Field(discriminator="kind")]
+BatchCommand = BatchInput
+
+
+class BatchRecord(BaseModel):
+    """Everything stored about one batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: BatchConfig
+    fingerprint: str
+    status: BatchStatus
+    outbox: list[Effect] = Field(default_factory=list)
+    outbox_at: datetime | None = None
+
+
+class BatchDecision(BaseModel):
+    """The batch engine's answer to one input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    record: BatchRecord | None
+    effects: list[Effect] = Field(default_factory=list)
+    reply: Reply = Field(default_factory=Reply)
+
+

@@ -1,0 +1,443 @@
+"""The thin async shell around the engines.
+
+For every message: parse it, load the record, call the engine, save the record with
+compare-and-set (its outbox included), publish the outbox with deterministic
+``Nats-Msg-Id`` headers, then settle the message. Messages of one fetch are grouped by
+workflow (or batch): each group is one read, one write and one publish round, and
+groups run concurrently.
+
+Crash safety: a crash after the write but before the publish leaves the outbox in the
+record; whoever loads the record next from the store republishes it (JetStream drops
+what it had already stored by message id). A crash before the ack redelivers the
+message; the engine treats it as the duplicate it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from contracts.errors import ErrorInfo, NatsflowError, validation_failed
+from contracts.ids import deterministic_id
+from contracts.messages import BatchReply, DeadLetter, TaskResult, WorkflowReply
+from contracts.models import WORKFLOW_TERMINAL, WorkflowConfig
+from contracts.streams import DUPLICATE_WINDOW
+from contracts.subjects import Subjects
+
+from .batch_engine import decide_batch
+from .engine import EngineSettings, decide
+from .records import (
+    BatchCommand,
+    BatchRecord,
+    CancelEffect,
+    CreateWorkflow,
+    Effect,
+    EventEffect,
+    MemberFinished,
+    NotifyBatchEffect,
+    Reply,
+    ResultInput,
+    TaskEffect,
+    TimerEffect,
+    TimerFired,
+    WorkflowCommand,
+    WorkflowCommandEffect,
+    WorkflowRecord,
+)
+from .store import RecordStore, StaleRevision
+
+__all__ = ["REPLY_HEADER", "Processor", "Verdict", "fingerprint"]
+
+log = logging.getLogger("natsflow.orchestrator")
+
+#: Header on a command: the subject where the requester waits for the outcome.
+REPLY_HEADER = "Natsflow-Reply"
+#: Deliveries after which a message that keeps failing is dead-lettered.
+MAX_DELIVERIES = 20
+_CAS_ATTEMPTS = 8
+_PUBLISH_TIMEOUT = 10.0
+
+_workflow_commands: TypeAdapter[Any] = TypeAdapter(WorkflowCommand)
+_batch_commands: TypeAdapter[Any] = TypeAdapter(BatchCommand)
+_task_results: TypeAdapter[Any] = TypeAdapter(TaskResult)
+
+
+def fingerprint(model: BaseModel) -> str:
+    """A digest of a config, to tell an identical resubmit from a conflicting one."""
+    return hashlib.sha256(model.model_dump_json(exclude={"id"}).encode()).hexdigest()[:32]
+
+
+class Verdict(Enum):
+    """What becomes of a message; decided in :meth:`Processor.settle` only."""
+
+    ACK = "ack"
+    RETRY = "retry"  # nak with a short delay
+    TERM = "term"  # never redeliver (after dead-lettering)
+
+
+class Malformed(Exception):
+    """A message that can never be processed; it goes to the dead-letter stream."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
+@dataclass(slots=True)
+class Item:
+    """One parsed inbox message."""
+
+    entity: str  # "wf" or "batch"
+    key: str
+    input: Any
+    msg: Msg | None
+    reply_to: str | None
+
+
+R = TypeVar("R", WorkflowRecord, BatchRecord)
+
+
+class _Entity(Generic[R]):
+    """How to load, decide and answer for one kind of record."""
+
+    def __init__(self, name: str, store: RecordStore, model: type[R],
+                 decide_fn: Callable[[R | None, Any, datetime, str], Any],
+                 reply_fn: Callable[[str, R | None, Reply], BaseModel]) -> None:
+        self.name = name
+        self.store = store
+        self.model = model
+        self.decide = decide_fn
+        self.reply = reply_fn
+        self.cache: OrderedDict[str, tuple[int, R]] = OrderedDict()
+        self.cache_size = 20_000
+
+    def remember(self, key: str, revision: int, record: R, terminal: bool) -> None:
+        self.cache.pop(key, None)
+        if terminal:
+            return  # finished records leave the process; their state lives in NATS
+        self.cache[key] = (revision, record)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+
+class Processor:
+    """Turns inbox messages into engine decisions, stored and published.
+
+    Args:
+        nc: Connected NATS client.
+        subjects: The deployment's names.
+        workflows: Store of workflow records.
+        batches: Store of batch records.
+        settings: Engine knobs.
+        clock: Source of ``now`` (UTC).
+    """
+
+    def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
+                 batches: RecordStore, settings: EngineSettings | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.subjects = subjects
+        self.settings = settings or EngineSettings(subjects=subjects)
+        self.clock = clock
+        self.stats = {"processed": 0, "dead_letters": 0, "cas_retries": 0}
+        self.wf: _Entity[WorkflowRecord] = _Entity(
+            "wf", workflows, WorkflowRecord,
+            lambda rec, inp, now, key: decide(rec, inp, now, self.settings),
+            lambda key, rec, reply: WorkflowReply(
+                id=key, created=reply.created, status=rec.status if rec else None))
+        self.batch: _Entity[BatchRecord] = _Entity(
+            "batch", batches, BatchRecord,
+            lambda rec, inp, now, key: decide_batch(rec, inp, now, batch_id=key),
+            lambda key, rec, reply: BatchReply(
+                id=key, created=reply.created, status=rec.status if rec else None))
+
+    # -- parsing --------------------------------------------------------------------
+    def parse(self, msg: Msg) -> Item:
+        """Parse one inbox message.
+
+        Raises:
+            Malformed: the message can never be processed.
+        """
+        try:
+            kind, key = self.subjects.kind_of(msg.subject)
+        except ValueError as exc:
+            raise Malformed(ErrorInfo(code="unknown-subject", message=str(exc))) from None
+        reply_to = msg.headers.get(REPLY_HEADER) if msg.headers else None
+        try:
+            if kind == "submit":
+                return self._parse_submit(msg)
+            if kind == "wf":
+                return Item("wf", key, _workflow_commands.validate_json(msg.data), msg, reply_to)
+            if kind == "batch":
+                return Item("batch", key, _batch_commands.validate_json(msg.data), msg, reply_to)
+            if kind == "result":
+                result = _task_results.validate_json(msg.data)
+                if result.workflow_id != key:
+                    raise Malformed(ErrorInfo(
+                        code="invalid-result", field="workflow_id",
+                        message=f"result for {result.workflow_id} sent to {msg.subject}"))
+                return Item("wf", key, ResultInput(result=result, size=len(msg.data)), msg,
+                            None)
+            timer = TimerFired.model_validate_json(msg.data)
+            return Item("wf", timer.workflow_id, timer, msg, None)
+        except ValidationError as exc:
+            err = validation_failed(exc)
+            raise Malformed(ErrorInfo(code=f"invalid-{kind}", message=err.message,
+                                      errors=err.errors)) from None
+        except NatsflowError as exc:
+            raise Malformed(exc.info()) from None
+
+    def _parse_submit(self, msg: Msg) -> Item:
+        config = WorkflowConfig.model_validate_json(msg.data)
+        if config.id is None:
+            # A redelivered submit must map to the same workflow: derive the id from
+            # the message's place in the stream.
+            meta = msg.metadata
+            config = config.model_copy(update={"id": deterministic_id(
+                meta.timestamp, f"{meta.stream}:{meta.sequence.stream}")})
+        assert config.id is not None
+        return Item("wf", config.id, CreateWorkflow(config=config,
+                                                    fingerprint=fingerprint(config)),
+                    msg, None)
+
+    # -- processing -----------------------------------------------------------------
+    async def handle(self, msgs: Sequence[Msg]) -> None:
+        """Process one fetched batch of inbox messages and settle each of them."""
+        items: list[Item] = []
+        for msg in msgs:
+            try:
+                items.append(self.parse(msg))
+            except Malformed as exc:
+                await self.dead_letter(msg, exc.info)
+        await self.process(items)
+
+    async def process(self, items: Sequence[Item]) -> None:
+        """Apply parsed items, grouped by record, groups concurrently."""
+        groups: dict[tuple[str, str], list[Item]] = {}
+        for item in items:
+            groups.setdefault((item.entity, item.key), []).append(item)
+        await asyncio.gather(*(self._process_group(self.wf if ent == "wf" else self.batch,
+                                                   key, group)
+                               for (ent, key), group in groups.items()))
+
+    async def _process_group(self, entity: _Entity[Any], key: str, items: list[Item]) -> None:
+        try:
+            outcome = await self._apply(entity, key, items)
+        except Exception:  # noqa: BLE001 - one bad group must not stop the others
+            log.exception("processing %s %s failed; will retry", entity.name, key)
+            entity.cache.pop(key, None)
+            for item in items:
+                await self._retry_or_dead_letter(item, "processing failed")
+            return
+        if outcome is None:
+            for item in items:
+                await self._retry_or_dead_letter(item, "store contention")
+            return
+        record, replies = outcome
+        for item, reply in zip(items, replies, strict=True):
+            if item.msg is not None:
+                await self.settle(item.msg, Verdict.ACK)
+            if item.reply_to:
+                await self._send_reply(item.reply_to, entity, key, record, reply)
+        self.stats["processed"] += len(items)
+
+    async def _apply(self, entity: _Entity[Any], key: str, items: list[Item]
+                     ) -> tuple[Any, list[Reply]] | None:
+        for _ in range(_CAS_ATTEMPTS):
+            record, revision, cached = await self._load(entity, key)
+            if record is not None and not cached and record.outbox:
+                await self._flush_stale_outbox(key, record)
+            now = self.clock()
+            current = record
+            effects: list[Effect] = []
+            replies: list[Reply] = []
+            for item in items:
+                decision = entity.decide(current, item.input, now, key)
+                if decision.record is not None:
+                    current = decision.record
+                    effects.extend(decision.effects)
+                replies.append(decision.reply)
+            if current is record:
+                if record is not None:
+                    entity.remember(key, revision, record, self._is_terminal(record))
+                return record, replies
+            current.outbox = effects
+            current.outbox_at = now
+            try:
+                new_rev = await entity.store.save(key, current.model_dump_json().encode(),
+                                                  revision=revision)
+            except StaleRevision:
+                self.stats["cas_retries"] += 1
+                entity.cache.pop(key, None)
+                continue
+            await self.publish(key, effects)
+            entity.remember(key, new_rev, current, self._is_terminal(current))
+            return current, replies
+        return None
+
+    @staticmethod
+    def _is_terminal(record: Any) -> bool:
+        return record.status.state in WORKFLOW_TERMINAL or (
+            isinstance(record, BatchRecord) and record.status.finished_at is not None)
+
+    async def _load(self, entity: _Entity[Any], key: str) -> tuple[Any, int, bool]:
+        hit = entity.cache.get(key)
+        if hit is not None:
+            entity.cache.move_to_end(key)
+            return hit[1], hit[0], True
+        data, revision = await entity.store.load(key)
+        if data is None:
+            return None, 0, False
+        return entity.model.model_validate_json(data), revision, False
+
+    # -- publishing -----------------------------------------------------------------
+    def _route(self, key: str, effect: Effect) -> tuple[str, bytes, str | None]:
+        s = self.subjects
+        if isinstance(effect, EventEffect):
+            ev = effect.event
+            return (s.event(ev.workflow_id, ev.type.value), ev.model_dump_json().encode(),
+                    f"ev:{ev.workflow_id}:{ev.seq}")
+        if isinstance(effect, TaskEffect):
+            t = effect.task
+            return s.task(t.task), t.model_dump_json().encode(), f"task:{t.idempotency_key}"
+        if isinstance(effect, TimerEffect):
+            tm = effect.timer
+            return (s.timer(tm.workflow_id), tm.model_dump_json().encode(),
+                    f"timer:{tm.workflow_id}:{tm.step_id}:{tm.attempt}:{tm.purpose}")
+        if isinstance(effect, CancelEffect):
+            return s.cancel(effect.notice.workflow_id), effect.notice.model_dump_json().encode(), None
+        if isinstance(effect, NotifyBatchEffect):
+            body = MemberFinished(workflow_id=effect.workflow_id, state=effect.state)
+            return (s.batch_command(effect.batch_id), body.model_dump_json().encode(),
+                    f"done:{effect.workflow_id}")
+        assert isinstance(effect, WorkflowCommandEffect)
+        return (s.workflow_command(effect.workflow_id), effect.command.model_dump_json().encode(),
+                f"bcmd:{key}:{effect.workflow_id}:{effect.command.kind}")
+
+    async def publish(self, key: str, effects: Sequence[Effect]) -> None:
+        """Publish an outbox: everything else first, then the events.
+
+        Events go last so that the presence of an outbox's events in the events stream
+        proves the whole outbox was published (see :meth:`_flush_stale_outbox`).
+        """
+        first = [e for e in effects if not isinstance(e, EventEffect)]
+        events = [e for e in effects if isinstance(e, EventEffect)]
+        for group in (first, events):
+            futures = []
+            for effect in group:
+                subject, payload, msg_id = self._route(key, effect)
+                if msg_id is None:
+                    await self.nc.publish(subject, payload)
+                    continue
+                futures.append(await self.js.publish_async(
+                    subject, payload, headers={"Nats-Msg-Id": msg_id}))
+            if futures:
+                await asyncio.wait_for(asyncio.gather(*futures), _PUBLISH_TIMEOUT)
+
+    async def _flush_stale_outbox(self, key: str, record: Any) -> None:
+        """Republish an outbox whose publication this process did not witness."""
+        assert record.outbox_at is not None
+        age = (self.clock() - record.outbox_at).total_seconds()
+        if age < DUPLICATE_WINDOW - 20:
+            await self.publish(key, record.outbox)  # duplicates are dropped by msg id
+            return
+        # Too old for the dedupe window: publish only what is provably missing.
+        missing = []
+        for effect in record.outbox:
+            if isinstance(effect, EventEffect) and not await self._event_stored(effect):
+                missing.append(effect)
+        if missing:
+            others = [e for e in record.outbox if not isinstance(e, EventEffect)]
+            await self.publish(key, [*others, *missing])
+
+    async def _event_stored(self, effect: EventEffect) -> bool:
+        ev = effect.event
+        try:
+            msg = await self.js.get_last_msg(self.subjects.events_stream,
+                                             self.subjects.event(ev.workflow_id, ev.type.value))
+        except nats.js.errors.NotFoundError:
+            return False
+        try:
+            return int(json.loads(msg.data or b"{}").get("seq", 0)) >= ev.seq
+        except ValueError:
+            return False
+
+    async def _send_reply(self, subject: str, entity: _Entity[Any], key: str, record: Any,
+                          reply: Reply) -> None:
+        if reply.error is not None:
+            body = reply.error.model_dump_json(exclude_none=True).encode()
+            headers = {"Natsflow-Error": reply.error.code}
+        else:
+            body = entity.reply(key, record, reply).model_dump_json().encode()
+            headers = {}
+        try:
+            await self.nc.publish(subject, body, headers=headers)
+        except nats.errors.Error:
+            log.warning("could not deliver a reply to %s", subject)
+
+    # -- settling -------------------------------------------------------------------
+    async def settle(self, msg: Msg, verdict: Verdict) -> None:
+        """The one place where inbox messages are acked, retried or terminated."""
+        try:
+            if verdict is Verdict.ACK:
+                await msg.ack()
+            elif verdict is Verdict.RETRY:
+                await msg.nak(delay=0.5)
+            else:
+                await msg.term()
+        except nats.errors.Error as exc:
+            # Not settled: JetStream redelivers after the ack wait; inputs are idempotent.
+            log.warning("could not %s a message: %s", verdict.value, exc)
+
+    async def settle_later(self, msg: Msg, delay: float) -> None:
+        """Hand a not-yet-due timer back to JetStream for ``delay`` seconds."""
+        try:
+            await msg.nak(delay=delay)
+        except nats.errors.Error as exc:
+            log.warning("could not defer a timer: %s", exc)
+
+    async def _retry_or_dead_letter(self, item: Item, why: str) -> None:
+        if item.msg is None:
+            return
+        if item.msg.metadata.num_delivered >= MAX_DELIVERIES:
+            await self.dead_letter(item.msg, ErrorInfo(
+                code="too-many-deliveries",
+                message=f"gave up after {item.msg.metadata.num_delivered} deliveries: {why}"))
+        else:
+            await self.settle(item.msg, Verdict.RETRY)
+
+    async def dead_letter(self, msg: Msg, reason: ErrorInfo) -> None:
+        """Keep an unusable message in the dead-letter stream, then terminate it."""
+        self.stats["dead_letters"] += 1
+        meta = None
+        try:
+            meta = msg.metadata
+        except Exception:  # noqa: BLE001 - not a JetStream message
+            meta = None
+        letter = DeadLetter(reason=reason, subject=msg.subject,
+                            stream_seq=meta.sequence.stream if meta else None,
+                            deliveries=meta.num_delivered if meta else None,
+                            data=msg.data.decode("utf-8", errors="replace"), time=self.clock())
+        log.warning("dead letter from %s: %s", msg.subject, reason.message)
+        try:
+            await self.js.publish(self.subjects.dlq(reason.code), letter.model_dump_json().encode())
+        except nats.errors.Error:
+            await self.settle(msg, Verdict.RETRY)
+            return
+        await self.settle(msg, Verdict.TERM)

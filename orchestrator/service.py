@@ -1,0 +1,154 @@
+"""The orchestrator process: declarations, the API, and the consume loops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from types import TracebackType
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from contracts.connect import NatsSettings, connect
+from contracts.streams import Topology, declare_stream, ensure_consumer
+
+from .api import Api
+from .engine import EngineSettings
+from .records import TimerFired
+from .runtime import Item, Malformed, Processor, Verdict
+from .store import KvRecordStore
+
+__all__ = ["Orchestrator"]
+
+log = logging.getLogger("natsflow.orchestrator")
+
+
+class Orchestrator:
+    """One orchestrator replica. Run as many as you like against one NATS.
+
+    Args:
+        settings: How to reach NATS, and the deployment prefix.
+        replicas: JetStream replicas for streams and buckets it declares.
+        nc: An already connected client to use (not closed on stop).
+        fetch_batch: Most messages taken per fetch.
+        stop_grace: Seconds a stopping workflow waits for its running steps.
+    """
+
+    def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
+                 fetch_batch: int = 256, stop_grace: float = 10.0) -> None:
+        self.settings = settings
+        self.subjects = settings.subjects
+        self.topology = Topology(self.subjects, replicas=replicas)
+        self.nc = nc
+        self._owns_nc = nc is None
+        self.fetch_batch = fetch_batch
+        self.engine_settings = EngineSettings(subjects=self.subjects, stop_grace=stop_grace)
+        self.processor: Processor | None = None
+        self.api: Api | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        """Connect, declare streams/consumers/buckets, serve the API, start consuming."""
+        if self.nc is None:
+            self.nc = await connect(self.settings, name="natsflow-orchestrator", timeout=None)
+        js = self.nc.jetstream()
+        t = self.topology
+        for stream in (t.inbox(), t.tasks(), t.events(), t.dlq()):
+            await declare_stream(js, stream)
+        await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
+        await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
+        workflows = KvRecordStore(await js.create_key_value(t.workflows_kv()))
+        batches = KvRecordStore(await js.create_key_value(t.batches_kv()))
+        idempotency = await js.create_key_value(t.idempotency_kv())
+        self.processor = Processor(self.nc, self.subjects, workflows=workflows,
+                                   batches=batches, settings=self.engine_settings)
+        self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
+                       idempotency=idempotency)
+        engine_sub = await js.pull_subscribe_bind(self.subjects.engine_consumer,
+                                                  stream=self.subjects.inbox_stream)
+        timer_sub = await js.pull_subscribe_bind(self.subjects.timer_consumer,
+                                                 stream=self.subjects.inbox_stream)
+        self._loops = [asyncio.create_task(self._engine_loop(engine_sub)),
+                       asyncio.create_task(self._timer_loop(timer_sub))]
+        await self.api.start()
+        log.info("orchestrator ready (prefix %s)", self.subjects.prefix)
+
+    async def stop(self) -> None:
+        """Stop fetching, let in-flight groups finish, deregister, disconnect."""
+        self._stopping.set()
+        if self.api is not None:
+            await self.api.close()
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._owns_nc and self.nc is not None:
+            await self.nc.drain()
+
+    async def run(self) -> None:
+        """Start, then serve until cancelled."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.shield(self.stop())
+
+    async def __aenter__(self) -> Orchestrator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    # -- loops ----------------------------------------------------------------------
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[nats.aio.msg.Msg]:
+        try:
+            return await sub.fetch(self.fetch_batch, timeout=1.0)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("fetch failed (%s); retrying", exc)
+            await asyncio.sleep(0.5)
+            return []
+
+    async def _engine_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        assert self.processor is not None
+        while not self._stopping.is_set():
+            msgs = await self._fetch(sub)
+            if msgs:
+                try:
+                    await self.processor.handle(msgs)
+                except Exception:  # noqa: BLE001 - the loop must survive anything
+                    log.exception("engine batch failed; messages will be redelivered")
+
+    async def _timer_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        processor = self.processor
+        assert processor is not None
+        while not self._stopping.is_set():
+            msgs = await self._fetch(sub)
+            if not msgs:
+                continue
+            due: list[Item] = []
+            now = datetime.now(UTC)
+            for msg in msgs:
+                try:
+                    item = processor.parse(msg)
+                except Malformed as exc:
+                    await processor.dead_letter(msg, exc.info)
+                    continue
+                timer = item.input
+                assert isinstance(timer, TimerFired)
+                wait = (timer.due - now).total_seconds()
+                if wait > 0.005:
+                    # Not yet: JetStream hands it back when due (survives restarts).
+                    await processor.settle_later(msg, wait)
+                else:
+                    due.append(item)
+            try:
+                await processor.process(due)
+            except Exception:  # noqa: BLE001
+                log.exception("timer batch failed; timers will be redelivered")

@@ -259,8 +259,16 @@ class Processor:
 
     async def _apply(self, entity: _Entity[Any], key: str, items: list[Item]
                      ) -> tuple[Any, list[Reply]] | None:
+        # A create for a key this process has not seen is almost always for a new
+        # record: try the write as "must not exist" and skip the read; if the key does
+        # exist the write fails and the normal read-decide-write loop takes over.
+        assume_new = key not in entity.cache and items[0].input.kind == "create"
         for _ in range(_CAS_ATTEMPTS):
-            record, revision, cached = await self._load(entity, key)
+            if assume_new:
+                record, revision, cached = None, 0, True
+                assume_new = False
+            else:
+                record, revision, cached = await self._load(entity, key)
             if record is not None and not cached and record.outbox:
                 await self._flush_stale_outbox(key, record)
             now = self.clock()

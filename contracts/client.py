@@ -130,7 +130,7 @@ class NatsflowClient:
         try:
             await self.nc.request(f"$SRV.PING.{self.subjects.service_name}", b"",
                                   timeout=timeout)
-        except (nats.errors.Error, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.Error):
             return False
         return True
 
@@ -169,7 +169,7 @@ class NatsflowClient:
                 pass
         try:
             await asyncio.wait_for(_until_terminal(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise EngineTimeout(f"workflow {workflow_id} not finished in {timeout}s") from None
         return await self.get(workflow_id)
 

@@ -131,5 +131,5 @@ async def connect(
         kwargs["tls"] = tls
     try:
         return await asyncio.wait_for(nats.connect(**kwargs), timeout)
-    except (asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, OSError) as exc:
         raise Unavailable(f"cannot reach NATS at {', '.join(settings.servers)}") from exc

@@ -17,7 +17,7 @@ Hierarchy::
     ├── Conflict                  conflict             the request clashes with current state
     │   ├── IdConflict            id-conflict          same id, different config
     │   └── AlreadyFinished       already-finished     the workflow/batch is terminal
-    └── Unavailable               unavailable          NATS or the engine cannot be reached (retryable)
+    └── Unavailable               unavailable          NATS or the engine is unreachable (retryable)
         └── EngineTimeout         engine-timeout       no answer in time (retryable)
 
 Errors of *steps* (reported by workers) are not exceptions here: they are

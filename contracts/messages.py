@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 MAX_BATCH_SIZE = 10_000
+_BatchId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")]
 
 
 class TaskMessage(BaseModel):
@@ -149,7 +150,7 @@ class BatchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")] | None = None
+    id: _BatchId | None = None
     workflow: WorkflowTemplate
     inputs: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_SIZE)
     max_concurrency: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)

@@ -129,7 +129,7 @@ class Api:
                 await self._respond_error(req, validation_failed(exc))
             except NatsflowError as exc:
                 await self._respond_error(req, exc)
-            except Exception as exc:  # noqa: BLE001 - answer, never crash the service
+            except Exception as exc:
                 log.exception("API handler failed")
                 err = NatsflowError(f"internal error: {type(exc).__name__}")
                 await self._respond_error(req, err)
@@ -167,11 +167,11 @@ class Api:
             try:
                 await self.js.publish(subject, body.model_dump_json().encode(),
                                       headers={REPLY_HEADER: reply_subject})
-            except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
                 raise Unavailable(f"command not persisted: {exc!r}") from None
             try:
                 return await asyncio.wait_for(fut, self.command_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
         finally:
             self._pending.pop(reply_subject, None)

@@ -58,8 +58,7 @@ def decide_batch(record: BatchRecord | None, inp: BatchInput, now: datetime, *,
                      for i in range(len(cfg.inputs))],
             created_at=now)
         rec = BatchRecord(config=cfg, fingerprint=inp.fingerprint, status=status)
-        effects = _start_members(rec)
-        return _decision(rec, effects, now, Reply(created=True))
+        return _decision(rec, _start_members(rec), now, Reply(created=True))
     if record is None:
         if isinstance(inp, MemberFinished):
             return BatchDecision(record=None)
@@ -80,8 +79,8 @@ def decide_batch(record: BatchRecord | None, inp: BatchInput, now: datetime, *,
         return _decision(rec, effects, now, Reply())
     # stop
     if st.state in BATCH_TERMINAL:
-        err = AlreadyFinished(f"batch {batch_id} is already {st.state}")
-        return BatchDecision(record=None, reply=Reply(error=err.info()))
+        done = AlreadyFinished(f"batch {batch_id} is already {st.state}")
+        return BatchDecision(record=None, reply=Reply(error=done.info()))
     if st.state == BatchState.STOPPING:
         return BatchDecision(record=None)
     st.state = BatchState.STOPPING
@@ -131,7 +130,8 @@ def _maybe_finish(rec: BatchRecord, now: datetime) -> None:
     st.finished_at = now
 
 
-def _decision(rec: BatchRecord, effects: list[Effect], now: datetime, reply: Reply) -> BatchDecision:
+def _decision(rec: BatchRecord, effects: list[Effect], now: datetime,
+              reply: Reply) -> BatchDecision:
     counts: dict[str, int] = {}
     for m in rec.status.members:
         counts[m.state] = counts.get(m.state, 0) + 1

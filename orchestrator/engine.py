@@ -120,8 +120,8 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
             tx.start()
     elif isinstance(inp, StopWorkflow):
         if tx.status.state in WORKFLOW_TERMINAL:
-            err = AlreadyFinished(f"workflow {tx.status.id} is already {tx.status.state}")
-            return WorkflowDecision(record=None, reply=Reply(error=err.info()))
+            done = AlreadyFinished(f"workflow {tx.status.id} is already {tx.status.state}")
+            return WorkflowDecision(record=None, reply=Reply(error=done.info()))
         tx.stop(inp.reason)
     elif isinstance(inp, ResultInput):
         tx.on_result(inp)

@@ -120,9 +120,9 @@ class _Entity(Generic[R]):
                  reply_fn: Callable[[str, R | None, Reply], BaseModel]) -> None:
         self.name = name
         self.store = store
-        self.model = model
-        self.decide = decide_fn
-        self.reply = reply_fn
+        self.model: type[R] = model
+        self.decide: Callable[[R | None, Any, datetime, str], Any] = decide_fn
+        self.reply: Callable[[str, R | None, Reply], BaseModel] = reply_fn
         self.cache: OrderedDict[str, tuple[int, R]] = OrderedDict()
         self.cache_size = 20_000
 
@@ -239,7 +239,7 @@ class Processor:
     async def _process_group(self, entity: _Entity[Any], key: str, items: list[Item]) -> None:
         try:
             outcome = await self._apply(entity, key, items)
-        except Exception:  # noqa: BLE001 - one bad group must not stop the others
+        except Exception:
             log.exception("processing %s %s failed; will retry", entity.name, key)
             entity.cache.pop(key, None)
             for item in items:
@@ -281,7 +281,7 @@ class Processor:
                     current = decision.record
                     effects.extend(decision.effects)
                 replies.append(decision.reply)
-            if current is record:
+            if current is record or current is None:
                 if record is not None:
                     entity.remember(key, revision, record, self._is_terminal(record))
                 return record, replies
@@ -329,7 +329,8 @@ class Processor:
             return (s.timer(tm.workflow_id), tm.model_dump_json().encode(),
                     f"timer:{tm.workflow_id}:{tm.step_id}:{tm.attempt}:{tm.purpose}")
         if isinstance(effect, CancelEffect):
-            return s.cancel(effect.notice.workflow_id), effect.notice.model_dump_json().encode(), None
+            notice = effect.notice
+            return s.cancel(notice.workflow_id), notice.model_dump_json().encode(), None
         if isinstance(effect, NotifyBatchEffect):
             body = MemberFinished(workflow_id=effect.workflow_id, state=effect.state)
             return (s.batch_command(effect.batch_id), body.model_dump_json().encode(),
@@ -436,7 +437,7 @@ class Processor:
         meta = None
         try:
             meta = msg.metadata
-        except Exception:  # noqa: BLE001 - not a JetStream message
+        except Exception:
             meta = None
         letter = DeadLetter(reason=reason, subject=msg.subject,
                             stream_seq=meta.sequence.stream if meta else None,

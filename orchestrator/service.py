@@ -10,6 +10,7 @@ from types import TracebackType
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from contracts.connect import NatsSettings, connect
@@ -18,7 +19,7 @@ from contracts.streams import Topology, declare_stream, ensure_consumer
 from .api import Api
 from .engine import EngineSettings
 from .records import TimerFired
-from .runtime import Item, Malformed, Processor, Verdict
+from .runtime import Item, Malformed, Processor
 from .store import KvRecordStore
 
 __all__ = ["Orchestrator"]
@@ -105,10 +106,10 @@ class Orchestrator:
         await self.stop()
 
     # -- loops ----------------------------------------------------------------------
-    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[nats.aio.msg.Msg]:
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         try:
             return await sub.fetch(self.fetch_batch, timeout=1.0)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return []
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("fetch failed (%s); retrying", exc)
@@ -122,7 +123,7 @@ class Orchestrator:
             if msgs:
                 try:
                     await self.processor.handle(msgs)
-                except Exception:  # noqa: BLE001 - the loop must survive anything
+                except Exception:
                     log.exception("engine batch failed; messages will be redelivered")
 
     async def _timer_loop(self, sub: JetStreamContext.PullSubscription) -> None:
@@ -150,5 +151,5 @@ class Orchestrator:
                     due.append(item)
             try:
                 await processor.process(due)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("timer batch failed; timers will be redelivered")

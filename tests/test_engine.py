@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from contracts.errors import ErrorInfo
@@ -91,7 +92,7 @@ def test_retry_with_backoff_arms_a_timer_then_redispatches() -> None:
     timers = [e.timer for e in eff if isinstance(e, TimerEffect)]
     assert timers[-1].purpose == "retry" and timers[-1].attempt == 2
     assert timers[-1].due == T0 + timedelta(seconds=1 + 5)
-    rec2, eff2 = run(cfg, [fail("a"), timers[-1], ok("a", attempt=2)])
+    rec2, _eff2 = run(cfg, [fail("a"), timers[-1], ok("a", attempt=2)])
     assert rec2.status.state == WorkflowState.COMPLETED
     assert rec2.status.step("a").attempts == 2
 
@@ -99,7 +100,7 @@ def test_retry_with_backoff_arms_a_timer_then_redispatches() -> None:
 def test_zero_backoff_redispatches_in_the_same_transition() -> None:
     cfg = config([{"id": "a", "task": "t", "retry": {"max_attempts": 2,
                                                     "initial_interval": 0}}])
-    rec, eff = run(cfg, [fail("a")])
+    rec, _eff = run(cfg, [fail("a")])
     assert rec.status.step("a").state == StepState.DISPATCHED
     assert rec.status.step("a").attempts == 2
 
@@ -107,7 +108,7 @@ def test_zero_backoff_redispatches_in_the_same_transition() -> None:
 def test_non_retryable_and_exhausted_attempts_fail_the_workflow_naming_the_step() -> None:
     cfg = config([{"id": "a", "task": "t", "retry": {"max_attempts": 5}},
                   {"id": "b", "task": "t"}])
-    rec, eff = run(cfg, [fail("a", retryable=False)])
+    rec, _eff = run(cfg, [fail("a", retryable=False)])
     assert rec.status.state == WorkflowState.FAILED
     assert rec.status.error is not None and rec.status.error.step == "a"
     assert rec.status.step("b").state == StepState.CANCELLED
@@ -119,7 +120,7 @@ def test_non_retryable_and_exhausted_attempts_fail_the_workflow_naming_the_step(
 
 def test_timeout_timer_fails_the_attempt() -> None:
     cfg = config([{"id": "a", "task": "t", "timeout": 3}])
-    rec, eff = run(cfg, [])
+    _rec, eff = run(cfg, [])
     timer = next(e.timer for e in eff if isinstance(e, TimerEffect))
     assert timer.purpose == "timeout"
     rec2, _ = run(cfg, [timer])
@@ -136,7 +137,7 @@ def test_stop_cancels_running_steps_and_ends_stopped() -> None:
     rec, eff = run(cfg, [StopWorkflow()])
     assert rec.status.state == WorkflowState.STOPPING
     assert any(e.kind == "cancel" for e in eff)
-    rec2, eff2 = run(cfg, [StopWorkflow(), fail("a", code="cancelled", retryable=False)])
+    rec2, _eff2 = run(cfg, [StopWorkflow(), fail("a", code="cancelled", retryable=False)])
     assert rec2.status.state == WorkflowState.STOPPED
     assert rec2.status.step("b").state == StepState.CANCELLED
     grace = next(e.timer for e in eff if isinstance(e, TimerEffect))

@@ -22,7 +22,7 @@ async def raw_worker(nc: Client, settings: NatsSettings, task_type: str, stop: a
     while not stop.is_set():
         try:
             msgs = await sub.fetch(10, timeout=0.5)
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
         for msg in msgs:
             task = json.loads(msg.data)

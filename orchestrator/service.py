@@ -83,11 +83,15 @@ class Orchestrator:
         self._stopping.set()
         if self.api is not None:
             await self.api.close()
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        # Loops finish the batch in hand and exit at their next fetch; what is still
+        # unfinished after the bound is redelivered to another replica later.
+        if self._loops:
+            _, pending = await asyncio.wait(self._loops, timeout=5.0)
+            for loop in pending:
+                loop.cancel()
+            await asyncio.gather(*self._loops, return_exceptions=True)
         if self._owns_nc and self.nc is not None:
-            await self.nc.drain()
+            await self.nc.close()
 
     async def run(self) -> None:
         """Start, then serve until cancelled."""

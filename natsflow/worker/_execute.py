@@ -1,0 +1,162 @@
+"""Running one delivered task: parse, call the handler, heartbeat, report, settle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from contracts.errors import ErrorInfo
+from contracts.messages import (
+    CancelNotice,
+    TaskFailed,
+    TaskMessage,
+    TaskProgress,
+    TaskSucceeded,
+)
+from contracts.streams import TASK_HEARTBEAT
+from contracts.subjects import Subjects
+
+from ._context import TaskContext
+from ._errors import TaskError
+from ._handler import TaskHandler, invalid_input_info, to_json_value
+from ._publish import (
+    Publisher,
+    malformed_task_info,
+    publish_dead_letter,
+    publish_progress,
+    publish_result,
+)
+from ._settle import (
+    DeliveredMessage,
+    after_dead_letter,
+    after_result,
+    after_shutdown,
+    settle,
+)
+
+__all__ = ["AttemptKey", "RunningAttempts", "error_info_for", "execute_delivery"]
+
+log = logging.getLogger("natsflow.worker")
+
+AttemptKey = tuple[str, str, int]  # (workflow_id, step_id, attempt)
+
+CANCELLED = ErrorInfo(code="cancelled", message="cancelled by a cancel notice", retryable=False)
+
+
+@dataclass
+class RunningAttempts:
+    """The handler tasks running now, by attempt, so cancel notices can reach them."""
+
+    _by_key: dict[AttemptKey, dict[asyncio.Task[object], TaskContext]] = field(
+        default_factory=dict)
+
+    def add(self, key: AttemptKey, task: asyncio.Task[object], ctx: TaskContext) -> None:
+        """Register a running handler."""
+        self._by_key.setdefault(key, {})[task] = ctx
+
+    def remove(self, key: AttemptKey, task: asyncio.Task[object]) -> None:
+        """Forget a handler that finished."""
+        entries = self._by_key.get(key)
+        if entries is not None:
+            entries.pop(task, None)
+            if not entries:
+                del self._by_key[key]
+
+    def cancel(self, notice: CancelNotice) -> int:
+        """Cancel every handler running the noticed attempt; returns how many."""
+        entries = self._by_key.get((notice.workflow_id, notice.step_id, notice.attempt), {})
+        for task, ctx in entries.items():
+            ctx.mark_cancelled()
+            task.cancel()
+        return len(entries)
+
+
+def error_info_for(exc: Exception) -> ErrorInfo:
+    """The error a handler's exception is reported as."""
+    if isinstance(exc, TaskError):
+        return exc.info()
+    return ErrorInfo(code="worker-error", message=repr(exc), retryable=True)
+
+
+async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: Publisher,
+                           subjects: Subjects, running: RunningAttempts) -> None:
+    """Handle one delivery end to end; never raises except on cancellation (shutdown).
+
+    Args:
+        msg: The delivery from the task type's consumer.
+        handler: The handler of that task type.
+        js: Where results, progress and dead letters are published.
+        subjects: The deployment's names.
+        running: Registry that cancel notices use to reach this attempt.
+    """
+    try:
+        task = TaskMessage.model_validate_json(msg.data)
+    except ValidationError as exc:
+        log.warning("dead-lettering malformed task on %s: %s", msg.subject, exc)
+        published = await publish_dead_letter(js, subjects, msg, malformed_task_info(exc))
+        await settle(msg, after_dead_letter(published))
+        return
+
+    started_at = datetime.now(UTC)
+
+    async def progress_sink(progress: TaskProgress) -> None:
+        await publish_progress(js, task, progress)
+
+    ctx = TaskContext(task, started_at=started_at, delivery=msg, progress_sink=progress_sink)
+    interval = task.heartbeat_interval if task.heartbeat_interval > 0 else TASK_HEARTBEAT
+    beating = asyncio.create_task(_heartbeat(ctx, interval))
+    try:
+        try:
+            result = await _run_handler(handler, ctx, running)
+        except asyncio.CancelledError:
+            await settle(msg, after_shutdown())
+            raise
+        published = await publish_result(js, task, result)
+        await settle(msg, after_result(published))
+    finally:
+        beating.cancel()
+
+
+async def _heartbeat(ctx: TaskContext, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await ctx.heartbeat()
+
+
+async def _run_handler(handler: TaskHandler, ctx: TaskContext,
+                       running: RunningAttempts) -> TaskSucceeded | TaskFailed:
+    task = ctx.message
+
+    def failed(error: ErrorInfo) -> TaskFailed:
+        return TaskFailed(workflow_id=task.workflow_id, step_id=task.step_id,
+                          attempt=task.attempt, started_at=ctx.started_at, error=error)
+
+    try:
+        data = handler.parse_input(task.input)
+    except ValidationError as exc:
+        return failed(invalid_input_info(exc))
+
+    key: AttemptKey = (task.workflow_id, task.step_id, task.attempt)
+    call: asyncio.Task[object] = asyncio.create_task(handler.fn(ctx, data))
+    running.add(key, call, ctx)
+    try:
+        output = await call
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the worker is stopping: not a result
+        return failed(CANCELLED)
+    except Exception as exc:
+        level = logging.INFO if isinstance(exc, TaskError) else logging.WARNING
+        ctx.logger.log(level, "task %s failed: %r", task.task, exc,
+                       exc_info=not isinstance(exc, TaskError))
+        return failed(error_info_for(exc))
+    finally:
+        running.remove(key, call)
+    return TaskSucceeded(workflow_id=task.workflow_id, step_id=task.step_id,
+                         attempt=task.attempt, started_at=ctx.started_at,
+                         output=to_json_value(output))

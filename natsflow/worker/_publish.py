@@ -1,0 +1,100 @@
+"""What the worker stores in JetStream: results, progress and dead letters."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from contracts.errors import ErrorInfo
+from contracts.messages import DeadLetter, TaskFailed, TaskMessage, TaskProgress, TaskSucceeded
+from contracts.subjects import Subjects
+
+from ._settle import DeliveredMessage
+
+__all__ = [
+    "Publisher",
+    "malformed_task_info",
+    "publish_dead_letter",
+    "publish_progress",
+    "publish_result",
+    "result_payload",
+]
+
+log = logging.getLogger("natsflow.worker")
+
+#: Header JetStream uses to drop duplicates within the stream's duplicate window.
+MSG_ID = "Nats-Msg-Id"
+
+
+class Publisher(Protocol):
+    """JetStream publishing that waits for the stream's ack (``JetStreamContext`` fits)."""
+
+    async def publish(self, subject: str, payload: bytes = b"", *,
+                      headers: dict[str, Any] | None = None) -> Any: ...
+
+
+def result_payload(result: TaskSucceeded | TaskFailed) -> bytes:
+    """The JSON of ``result``; output that is not JSON becomes an ``invalid-output`` failure."""
+    try:
+        return result.model_dump_json().encode()
+    except Exception as exc:  # pydantic raises several types for unserializable values
+        failed = TaskFailed(workflow_id=result.workflow_id, step_id=result.step_id,
+                            attempt=result.attempt, started_at=result.started_at,
+                            error=ErrorInfo(code="invalid-output", retryable=False,
+                                            message=f"output is not JSON-serializable: {exc}"))
+        return failed.model_dump_json().encode()
+
+
+async def publish_result(js: Publisher, task: TaskMessage,
+                         result: TaskSucceeded | TaskFailed) -> bool:
+    """Store ``result`` at ``task.reply_to``, deduplicated per attempt; True once acked."""
+    try:
+        await js.publish(task.reply_to, result_payload(result),
+                         headers={MSG_ID: f"{task.idempotency_key}:result"})
+    except Exception:
+        log.warning("could not publish result of %s", task.idempotency_key, exc_info=True)
+        return False
+    return True
+
+
+async def publish_progress(js: Publisher, task: TaskMessage, progress: TaskProgress) -> None:
+    """Store a progress report; progress is best effort, so failures are only logged."""
+    try:
+        await js.publish(task.reply_to, progress.model_dump_json().encode())
+    except Exception:
+        log.warning("could not publish progress of %s", task.idempotency_key, exc_info=True)
+
+
+def malformed_task_info(exc: ValidationError | ValueError) -> ErrorInfo:
+    """Why a delivery is not a usable :class:`~contracts.messages.TaskMessage`."""
+    return ErrorInfo(code="malformed-task", message=f"not a valid TaskMessage: {exc}",
+                     retryable=False)
+
+
+async def publish_dead_letter(js: Publisher, subjects: Subjects, msg: DeliveredMessage,
+                              reason: ErrorInfo) -> bool:
+    """Store ``msg`` as a dead letter under ``reason.code``; True once acked."""
+    stream_seq: int | None = None
+    deliveries: int | None = None
+    headers: dict[str, Any] | None = None
+    try:
+        meta: Any = getattr(msg, "metadata", None)
+        if meta is not None:
+            stream_seq, deliveries = meta.sequence.stream, meta.num_delivered
+            # One letter per stored message, however often it is redelivered.
+            headers = {MSG_ID: f"{meta.stream}:{stream_seq}:dead-letter"}
+    except Exception:  # no JetStream metadata: keep the letter without it
+        pass
+    letter = DeadLetter(reason=reason, subject=msg.subject, stream_seq=stream_seq,
+                        deliveries=deliveries, data=msg.data.decode("utf-8", errors="replace"),
+                        time=datetime.now(UTC))
+    try:
+        await js.publish(subjects.dlq(reason.code), letter.model_dump_json().encode(),
+                         headers=headers)
+    except Exception:
+        log.warning("could not dead-letter message on %s", msg.subject, exc_info=True)
+        return False
+    return True

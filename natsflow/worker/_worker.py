@@ -1,0 +1,257 @@
+"""The Worker: registers handlers, then serves their task types from JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from contracts.connect import NatsSettings, connect
+from contracts.messages import CancelNotice
+from contracts.streams import Topology, declare_stream, ensure_consumer
+from contracts.subjects import TASK_TYPE_RE, Subjects
+
+from ._execute import RunningAttempts, execute_delivery
+from ._handler import HandlerFn, TaskHandler
+from ._slots import SlotPool
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("natsflow.worker")
+
+F = TypeVar("F", bound=HandlerFn)
+
+#: Most messages one fetch asks for, whatever the free concurrency.
+MAX_FETCH_BATCH = 256
+#: Seconds a fetch waits for messages; also how long a stop waits for fetches to end.
+FETCH_TIMEOUT = 1.0
+#: Seconds the fetch loop rests after an error (e.g. while NATS is reconnecting).
+ERROR_PAUSE = 0.5
+#: Seconds a graceful stop lets running handlers finish before cancelling them.
+STOP_GRACE = 10.0
+
+
+class Worker:
+    """Runs task handlers for natsflow workflows.
+
+    Example::
+
+        worker = Worker(concurrency=64)
+
+        @worker.task("demo.echo")
+        async def echo(ctx: TaskContext, data: EchoIn) -> EchoOut:
+            return EchoOut(text=data.text)
+
+        await worker.run(NatsSettings.from_env())
+
+    Args:
+        concurrency: Most tasks running at once in this process, over all task types.
+        name: Connection name shown by the NATS server.
+        stop_grace: Seconds a stop waits for running handlers before cancelling them.
+    """
+
+    def __init__(self, concurrency: int = 64, *, name: str = "natsflow-worker",
+                 stop_grace: float = STOP_GRACE) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.concurrency = concurrency
+        self.name = name
+        self.stop_grace = stop_grace
+        self._handlers: dict[str, TaskHandler] = {}
+
+    @property
+    def task_types(self) -> list[str]:
+        """The task types registered so far."""
+        return list(self._handlers)
+
+    def task(self, task_type: str) -> Callable[[F], F]:
+        """Register the decorated ``async def handler(ctx, input)`` for ``task_type``.
+
+        If the input parameter is annotated with a pydantic model, the task input is
+        validated into it (failing the attempt with ``invalid-input`` otherwise). A
+        returned pydantic model is sent as its JSON dump; other values are sent as is.
+
+        Raises:
+            ValueError: the task type is invalid or already registered.
+            TypeError: the handler is not an async function of ``(ctx, input)``.
+        """
+        if not TASK_TYPE_RE.match(task_type):
+            raise ValueError(f"invalid task type {task_type!r}")
+        if task_type in self._handlers:
+            raise ValueError(f"task type {task_type!r} is already registered")
+
+        def register(fn: F) -> F:
+            self._handlers[task_type] = TaskHandler.of(task_type, fn)
+            return fn
+
+        return register
+
+    async def run(self, settings: NatsSettings, *, replicas: int = 1) -> None:
+        """Connect and serve until cancelled, then stop gracefully.
+
+        Args:
+            settings: Where NATS is and the deployment's prefix.
+            replicas: Replicas of the tasks stream, if this worker creates it.
+        """
+        async with self.running(settings, replicas=replicas):
+            await asyncio.Event().wait()
+
+    @contextlib.asynccontextmanager
+    async def running(self, settings: NatsSettings, *, nc: Client | None = None,
+                      replicas: int = 1) -> AsyncIterator[Worker]:
+        """Serve while the block runs; on exit stop gracefully.
+
+        When the block is entered, the streams and consumers exist and fetching has begun.
+
+        Args:
+            settings: Where NATS is and the deployment's prefix.
+            nc: An existing connection to use (left open); by default one is made and closed.
+            replicas: Replicas of the tasks stream, if this worker creates it.
+
+        Raises:
+            ValueError: no task type is registered.
+            contracts.errors.Unavailable: NATS cannot be reached.
+        """
+        if not self._handlers:
+            raise ValueError("no task types registered")
+        client = nc if nc is not None else await connect(settings, name=self.name)
+        try:
+            session = _Session(client, Topology(settings.subjects, replicas=replicas),
+                               dict(self._handlers), concurrency=self.concurrency)
+            try:
+                await session.start()
+            except BaseException:
+                await session.stop(grace=0)
+                raise
+            try:
+                yield self
+            finally:
+                await session.stop(grace=self.stop_grace)
+        finally:
+            if nc is None:
+                await client.close()
+
+
+class _Session:
+    """One period of serving, on one connection."""
+
+    def __init__(self, nc: Client, topology: Topology, handlers: dict[str, TaskHandler], *,
+                 concurrency: int) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._topology = topology
+        self._handlers = handlers
+        self._slots = SlotPool(concurrency)
+        # A fair share per type, so an idle type's pending fetch cannot hog every slot.
+        self._batch = max(1, min(MAX_FETCH_BATCH, concurrency // len(handlers)))
+        self._running = RunningAttempts()
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._subs: list[Any] = []
+        self._stopping = False
+
+    @property
+    def _subjects(self) -> Subjects:
+        return self._topology.subjects
+
+    async def start(self) -> None:
+        await self._declare()
+        self._subs.append(await self._nc.subscribe(self._subjects.all_cancels,
+                                                   cb=self._on_cancel))
+        for handler in self._handlers.values():
+            sub = await self._js.pull_subscribe_bind(
+                self._subjects.worker_consumer(handler.task_type),
+                stream=self._subjects.tasks_stream)
+            self._subs.append(sub)
+            self._loops.append(asyncio.create_task(self._fetch_loop(handler, sub),
+                                                   name=f"fetch {handler.task_type}"))
+        log.info("serving %s", ", ".join(self._handlers))
+
+    async def _declare(self) -> None:
+        await declare_stream(self._js, self._topology.tasks())
+        # Malformed tasks are dead-lettered here; without the stream they would loop.
+        await declare_stream(self._js, self._topology.dlq())
+        for task_type in self._handlers:
+            await ensure_consumer(self._js, self._subjects.tasks_stream,
+                                  self._topology.worker_consumer(task_type))
+
+    async def stop(self, *, grace: float) -> None:
+        self._stopping = True
+        self._slots.close()
+        # Let in-flight fetches end on their own, so no fetched message is dropped.
+        await _finish(self._loops, within=FETCH_TIMEOUT + 1.0)
+        await _finish(self._deliveries, within=grace)
+        for sub in self._subs:  # the connection may be shared and outlive us
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        log.info("stopped serving %s", ", ".join(self._handlers))
+
+    async def _fetch_loop(self, handler: TaskHandler, sub: Any) -> None:
+        while not self._stopping:
+            reserved = await self._slots.reserve(self._batch)
+            if reserved == 0:
+                return
+            try:
+                msgs: list[Msg] = await sub.fetch(batch=reserved, timeout=FETCH_TIMEOUT)
+            except nats.errors.TimeoutError:
+                msgs = []
+            except asyncio.CancelledError:
+                self._slots.release(reserved)
+                raise
+            except Exception:
+                self._slots.release(reserved)
+                log.warning("fetching %s failed; retrying", handler.task_type, exc_info=True)
+                await asyncio.sleep(ERROR_PAUSE)
+                await self._redeclare_quietly()
+                continue
+            self._slots.release(reserved - len(msgs))
+            for msg in msgs:
+                self._spawn(handler, msg)
+
+    async def _redeclare_quietly(self) -> None:
+        # After a server restart without persistence the stream or consumer may be gone.
+        try:
+            await self._declare()
+        except Exception:
+            log.debug("re-declaring the tasks stream failed", exc_info=True)
+
+    def _spawn(self, handler: TaskHandler, msg: Msg) -> None:
+        task = asyncio.create_task(execute_delivery(
+            msg, handler, js=self._js, subjects=self._subjects, running=self._running))
+        self._deliveries.add(task)
+        task.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        self._deliveries.discard(task)
+        self._slots.release(1)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task delivery crashed", exc_info=task.exception())
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            notice = CancelNotice.model_validate_json(msg.data)
+        except ValidationError:
+            log.warning("ignoring malformed cancel notice on %s", msg.subject)
+            return
+        if self._running.cancel(notice):
+            log.info("cancelled %s/%s attempt %d", notice.workflow_id, notice.step_id,
+                     notice.attempt)
+
+
+async def _finish(tasks: list[asyncio.Task[None]] | set[asyncio.Task[None]], *,
+                  within: float) -> None:
+    """Wait up to ``within`` seconds for ``tasks``, then cancel the rest and wait for them."""
+    pending = set(tasks)
+    if not pending:
+        return
+    _, still = await asyncio.wait(pending, timeout=within)
+    for task in still:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

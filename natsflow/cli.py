@@ -1,0 +1,284 @@
+"""The ``natsflow`` command: run the services, and create and watch workflows.
+
+Every command that talks to NATS takes the connection options ``--nats-url``,
+``--user``, ``--password``, ``--token``, ``--creds``, ``--tls-ca``, ``--tls-cert``,
+``--tls-key`` and ``--prefix``, each also read from its environment variable (see
+:mod:`contracts.connect`). Errors print as ``error[<code>]: <message>`` and exit with 2
+(the request is wrong: invalid input, unknown id, conflict) or 3 (NATS, the orchestrator
+or the gateway cannot be reached).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from contracts.connect import NatsSettings
+from contracts.errors import InvalidRequest, NatsflowError
+from contracts.models import WorkflowState, WorkflowStatus
+
+from ._cli_common import console, fail, run, run_until_signal, with_settings
+from ._cli_render import event_line, workflow_view
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="natsflow",
+    help="natsflow: workflows on NATS. Start with `natsflow dev`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_GatewayOpt = Annotated[str | None, typer.Option(
+    "--gateway", envvar="NATSFLOW_GATEWAY", show_envvar=True,
+    help="Talk to this gateway over HTTP (e.g. http://127.0.0.1:8000) instead of NATS.")]
+_JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+# -- services -------------------------------------------------------------------------
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Gateway interface.")] = "127.0.0.1",
+    nats_port: Annotated[int | None, typer.Option(
+        help="Port of the embedded nats-server (default 4222 if free, else any).")] = None,
+    data_dir: Annotated[Path, typer.Option(
+        help="Where the embedded nats-server keeps its data and the services their logs."
+    )] = Path(".natsflow"),
+    ephemeral: Annotated[bool, typer.Option(
+        help="Keep nothing: data in a temporary directory removed at exit.")] = False,
+    worker: Annotated[bool, typer.Option(help="Run the demo worker.")] = True,
+    nats_url: Annotated[str | None, typer.Option(
+        envvar="NATS_URL", show_envvar=True,
+        help="Use this NATS instead of starting one.")] = None,
+    prefix: Annotated[str | None, typer.Option(
+        envvar="NATSFLOW_PREFIX", show_envvar=True, help="Subject prefix.")] = None,
+) -> None:
+    """Run everything locally: nats-server, orchestrator, gateway and the demo worker."""
+    from .dev import DevOptions, run_dev
+
+    code = run_dev(DevOptions(host=host, port=port, nats_port=nats_port, data_dir=data_dir,
+                              ephemeral=ephemeral, worker=worker, nats_url=nats_url,
+                              prefix=prefix))
+    raise typer.Exit(code)
+
+
+@app.command()
+@with_settings
+def orchestrator(
+    replicas: Annotated[int, typer.Option(
+        min=1, help="JetStream replicas of the streams and buckets it declares.")] = 1,
+    *,
+    settings: NatsSettings,
+) -> None:
+    """Run the orchestrator until SIGINT/SIGTERM."""
+    from orchestrator import Orchestrator
+
+    run_until_signal(lambda: Orchestrator(settings, replicas=replicas).run())
+
+
+@app.command()
+@with_settings
+def gateway(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    *,
+    settings: NatsSettings,
+) -> None:
+    """Run the HTTP gateway until SIGINT/SIGTERM."""
+    from gateway import serve
+
+    run_until_signal(lambda: serve(settings, host=host, port=port))
+
+
+@app.command("worker")
+@with_settings
+def worker_command(
+    target: Annotated[str, typer.Argument(
+        metavar="MODULE:OBJ", help="The Worker to run, e.g. natsflow.demo:worker.")],
+    *,
+    settings: NatsSettings,
+) -> None:
+    """Run a worker until SIGINT/SIGTERM."""
+    obj = _load_object(target)
+    if not callable(getattr(obj, "run", None)):
+        fail(InvalidRequest(f"{target} is not a natsflow Worker (it has no run method)"))
+    run_until_signal(lambda: obj.run(settings))
+
+
+def _load_object(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        fail(InvalidRequest(f"expected MODULE:OBJ, got {target!r}", field="MODULE:OBJ"))
+    # Like uvicorn: modules next to where the command runs are importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        fail(InvalidRequest(f"cannot import {module_name}: {exc}"))
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        fail(InvalidRequest(f"module {module_name} has no attribute {attr!r}"))
+
+
+# -- workflows ------------------------------------------------------------------------
+
+
+@app.command()
+@with_settings
+def submit(
+    file: Annotated[Path, typer.Argument(help="A WorkflowConfig as YAML or JSON.")],
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Show live progress; exit 0 if it completes, 1 if not.")] = False,
+    gateway_url: _GatewayOpt = None,
+    as_json: _JsonOpt = False,
+    *,
+    settings: NatsSettings,
+) -> None:
+    """Create a workflow from a file."""
+    from ._cli_workflows import load_config
+
+    try:
+        config = load_config(file)
+    except NatsflowError as err:
+        fail(err)
+    status: WorkflowStatus = run(_submit(config, settings, gateway_url, watch=watch,
+                                         as_json=as_json))
+    if as_json:
+        typer.echo(status.model_dump_json(indent=2))
+    if watch and status.state != WorkflowState.COMPLETED:
+        raise typer.Exit(1)
+
+
+async def _submit(config: Any, settings: NatsSettings, gateway_url: str | None, *,
+                  watch: bool, as_json: bool) -> WorkflowStatus:
+    from ._cli_workflows import (
+        GatewayClient,
+        nats_client,
+        require_status,
+        watch_gateway,
+        watch_nats,
+    )
+
+    def announce(status: WorkflowStatus, created: bool) -> None:
+        if not as_json:
+            note = "" if created else " (already existed)"
+            console.print(f"workflow [bold]{status.id}[/] {status.state.value}{note}")
+
+    if gateway_url:
+        async with GatewayClient(gateway_url) as gw:
+            reply = await gw.create(config)
+            status = require_status(reply)
+            announce(status, reply.created)
+            return await _quiet(watch_gateway(gw, reply.id), as_json) if watch else status
+    async with nats_client(settings) as client:
+        reply = await client.create(config)
+        status = require_status(reply)
+        announce(status, reply.created)
+        return await _quiet(watch_nats(client, reply.id), as_json) if watch else status
+
+
+async def _quiet(coro: Any, quiet: bool) -> WorkflowStatus:
+    # --json --watch: wait for the end without drawing the live table.
+    if not quiet:
+        return await coro  # type: ignore[no-any-return]
+    with console.capture():
+        return await coro  # type: ignore[no-any-return]
+
+
+@app.command()
+@with_settings
+def status(
+    workflow_id: Annotated[str, typer.Argument(metavar="ID", help="The workflow's id.")],
+    gateway_url: _GatewayOpt = None,
+    as_json: _JsonOpt = False,
+    *,
+    settings: NatsSettings,
+) -> None:
+    """Show a workflow's state and its steps."""
+    result = run(_get(workflow_id, settings, gateway_url))
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        console.print(workflow_view(result))
+
+
+async def _get(workflow_id: str, settings: NatsSettings,
+               gateway_url: str | None) -> WorkflowStatus:
+    from ._cli_workflows import GatewayClient, nats_client, require_status
+
+    if gateway_url:
+        async with GatewayClient(gateway_url) as gw:
+            return require_status(await gw.get(workflow_id))
+    async with nats_client(settings) as client:
+        return require_status(await client.get(workflow_id))
+
+
+@app.command()
+@with_settings
+def stop(
+    workflow_id: Annotated[str, typer.Argument(metavar="ID", help="The workflow's id.")],
+    as_json: _JsonOpt = False,
+    *,
+    settings: NatsSettings,
+) -> None:
+    """Stop a workflow: running steps are cancelled and it ends `stopped`."""
+    from ._cli_workflows import nats_client, require_status
+
+    async def _stop() -> WorkflowStatus:
+        async with nats_client(settings) as client:
+            return require_status(await client.stop(workflow_id))
+
+    result = run(_stop())
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        console.print(f"workflow [bold]{result.id}[/] {result.state.value}")
+
+
+@app.command()
+@with_settings
+def events(
+    workflow_id: Annotated[str, typer.Argument(metavar="ID", help="The workflow's id.")],
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Wait for new events until the workflow ends.")] = False,
+    as_json: _JsonOpt = False,
+    *,
+    settings: NatsSettings,
+) -> None:
+    """Print a workflow's events (seq, time, type, step, data)."""
+    from ._cli_workflows import nats_client
+
+    async def _events() -> int:
+        count = 0
+        async with nats_client(settings) as client:
+            # An unknown id fails with workflow-not-found instead of printing nothing.
+            await client.get(workflow_id)
+            async for event in client.events(workflow_id, follow=follow):
+                count += 1
+                if as_json:
+                    typer.echo(event.model_dump_json())
+                else:
+                    console.print(event_line(event), markup=False, soft_wrap=True)
+        return count
+
+    run(_events())
+
+
+def main() -> None:
+    """Entry point of the ``natsflow`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

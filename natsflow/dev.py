@@ -1,0 +1,233 @@
+"""``natsflow dev``: the whole system on one machine, started and stopped as one.
+
+It runs a nats-server (unless ``NATS_URL`` points at one), then the orchestrator, the
+gateway and the demo worker as child processes started exactly as a user would start
+them (``python -m natsflow.cli <service>``), waits until the gateway is ready, and
+supervises them: Ctrl-C or SIGTERM stops the children, then the server, and exits 0;
+a child that dies on its own stops everything with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, TextIO
+
+import httpx
+from rich.panel import Panel
+from rich.text import Text
+
+from contracts.connect import NatsSettings
+
+from ._cli_common import console, err_console, settings_env
+from .embedded import EmbeddedNats, free_port, port_is_free
+
+__all__ = ["DEMO_WORKFLOW", "DevOptions", "demo_curl", "run_dev"]
+
+#: The workflow ``natsflow dev`` suggests posting; README and examples/hello.yaml match it.
+DEMO_WORKFLOW: Final[dict[str, Any]] = {
+    "name": "hello",
+    "input": {"who": "world", "a": 2, "b": 3},
+    "steps": [
+        {"id": "greet", "task": "demo.echo", "input": {"message": "hello ${input.who}"}},
+        {"id": "add", "task": "demo.add", "input": {"a": "${input.a}", "b": "${input.b}"},
+         "depends_on": ["greet"]},
+    ],
+}
+
+_DEFAULT_NATS_PORT: Final = 4222
+_READY_TIMEOUT: Final = 60.0
+_STOP_TIMEOUT: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DevOptions:
+    """What ``natsflow dev`` was asked for."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    nats_port: int | None = None
+    data_dir: Path = Path(".natsflow")
+    ephemeral: bool = False
+    worker: bool = True
+    nats_url: str | None = None  # an existing NATS; None starts one
+    prefix: str | None = None
+
+
+@dataclass
+class _Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log: TextIO = field(repr=False)
+
+
+def demo_curl(gateway_url: str) -> str:
+    """A ready-to-paste curl that creates the demo workflow."""
+    body = json.dumps(DEMO_WORKFLOW, separators=(",", ":"))
+    return (f"curl -s -X POST {gateway_url}/workflows "
+            f"-H 'content-type: application/json' -d {shlex.quote(body)}")
+
+
+class _StopRequested:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+def run_dev(opts: DevOptions) -> int:
+    """Run the dev system until Ctrl-C/SIGTERM (exit 0) or a child's death (non-zero)."""
+    stop = _StopRequested()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if not port_is_free(opts.port, _probe_host(opts.host)):
+        err_console.print(f"error[unavailable]: port {opts.port} is in use; "
+                          f"pick another with --port")
+        return 3
+    base = Path(tempfile.mkdtemp(prefix="natsflow-dev-")) if opts.ephemeral else opts.data_dir
+    server: EmbeddedNats | None = None
+    children: list[_Child] = []
+    try:
+        if opts.nats_url:
+            settings = NatsSettings.from_env(servers=opts.nats_url, prefix=opts.prefix)
+        else:
+            server = _start_nats(base, opts.nats_port)
+            settings = NatsSettings.from_env({}, servers=server.url, prefix=opts.prefix)
+        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+        logs = base / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        services: list[tuple[str, list[str]]] = [
+            ("orchestrator", ["orchestrator"]),
+            ("gateway", ["gateway", "--host", opts.host, "--port", str(opts.port)]),
+        ]
+        if opts.worker:
+            services.append(("worker", ["worker", "natsflow.demo:worker"]))
+        for name, args in services:
+            children.append(_spawn(name, args, env=env, log_path=logs / f"{name}.log"))
+        gateway_url = f"http://{_url_host(opts.host)}:{opts.port}"
+        if not _wait_ready(gateway_url, children, stop):
+            if stop.requested:
+                return 0
+            return _report_failure(children, "did not become ready")
+        _print_banner(gateway_url, settings, logs, server, opts)
+        while not stop.requested:
+            dead = next((c for c in children if c.proc.poll() is not None), None)
+            if dead is not None:
+                return _report_failure(children, f"exited with code {dead.proc.returncode}",
+                                       dead)
+            time.sleep(0.2)
+        console.print("stopping…")
+        return 0
+    finally:
+        _stop_children(children)
+        if server is not None:
+            server.stop()
+        if opts.ephemeral:
+            shutil.rmtree(base, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _probe_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "localhost", "") else host
+
+
+def _url_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _start_nats(base: Path, port: int | None) -> EmbeddedNats:
+    if port is None:
+        port = _DEFAULT_NATS_PORT if port_is_free(_DEFAULT_NATS_PORT) else free_port()
+    server = EmbeddedNats(base / "nats", port=port, log_file=base / "nats.log")
+    return server.start()
+
+
+def _spawn(name: str, args: list[str], *, env: dict[str, str], log_path: Path) -> _Child:
+    log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in _stop_children
+    # A session of its own: the terminal's Ctrl-C reaches only us, and we stop the
+    # children in order.
+    proc = subprocess.Popen([sys.executable, "-m", "natsflow.cli", *args], env=env,
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    return _Child(name, proc, log_path, log)
+
+
+def _wait_ready(url: str, children: list[_Child], stop: _StopRequested) -> bool:
+    deadline = time.monotonic() + _READY_TIMEOUT
+    with httpx.Client(timeout=1.0) as http:
+        while time.monotonic() < deadline and not stop.requested:
+            if any(c.proc.poll() is not None for c in children):
+                return False
+            try:
+                if http.get(f"{url}/readyz").status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    return False
+
+
+def _stop_children(children: list[_Child]) -> None:
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    for child in children:
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            err_console.print(f"{child.name} did not stop in {_STOP_TIMEOUT:.0f}s; killing it")
+            child.proc.kill()
+            child.proc.wait()
+        child.log.close()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _report_failure(children: list[_Child], what: str, culprit: _Child | None = None) -> int:
+    culprit = culprit or next((c for c in children if c.proc.poll() is not None), None)
+    name = culprit.name if culprit else "the gateway"
+    err_console.print(f"error[unavailable]: {name} {what}; stopping natsflow dev",
+                      markup=False)
+    if culprit is not None:
+        err_console.print(Text(f"--- last lines of {culprit.log_path} ---\n"
+                               + _tail(culprit.log_path), style="dim"))
+    return 1
+
+
+def _print_banner(gateway_url: str, settings: NatsSettings, logs: Path,
+                  server: EmbeddedNats | None, opts: DevOptions) -> None:
+    nats_note = ("embedded, ephemeral" if opts.ephemeral else f"embedded, data in {opts.data_dir}"
+                 ) if server else "existing server"
+    body = Text.assemble(
+        ("natsflow is running\n\n", "bold green"),
+        ("gateway  ", "bold"), f"{gateway_url}\n",
+        ("docs     ", "bold"), f"{gateway_url}/docs\n",
+        ("NATS     ", "bold"), f"{', '.join(settings.servers)} ({nats_note})\n",
+        ("logs     ", "bold"), f"{logs}\n\n",
+        ("Ctrl-C stops everything.", "dim"),
+    )
+    console.print(Panel(body, title="natsflow dev", expand=False))
+    # Outside the panel, so that they copy and paste without box characters.
+    console.print("Create a workflow:", style="bold")
+    console.print(demo_curl(gateway_url), markup=False, soft_wrap=True)
+    console.print("Then watch it:", style="bold")
+    console.print("uv run natsflow status <id>\nuv run natsflow events <id> --follow\n",
+                  markup=False)

@@ -1,0 +1,281 @@
+"""The ``natsflow`` CLI against a real nats-server, with the services started by the CLI.
+
+The orchestrator, the demo worker and the gateway run as ``natsflow <service>``
+subprocesses (once for the module); the workflow commands run through typer's runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from contracts.client import NatsflowClient
+from contracts.connect import NatsSettings, connect
+from contracts.models import Event, EventType, WorkflowStatus
+from natsflow.cli import app
+from natsflow.embedded import EmbeddedNats, free_port
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+class Deployment:
+    """The env and gateway URL of a running natsflow deployment."""
+
+    def __init__(self, env: dict[str, str], gateway_url: str) -> None:
+        self.env = env
+        self.gateway_url = gateway_url
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "natsflow.cli", *args]
+
+
+async def _orchestrator_answers(settings: NatsSettings) -> bool:
+    nc = await connect(settings, name="test-probe")
+    try:
+        return await NatsflowClient(nc, settings.subjects).ping()
+    finally:
+        await nc.close()
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(20))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait())
+    return codes
+
+
+@pytest.fixture(scope="module")
+def deployment(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Deployment]:
+    """Orchestrator, demo worker and gateway, started with ``natsflow <service>``."""
+    prefix = "cli" + uuid.uuid4().hex[:8]
+    settings = NatsSettings(servers=[nats_server.url], prefix=prefix)
+    env = {**os.environ, "NATS_URL": nats_server.url, "NATSFLOW_PREFIX": prefix}
+    logs = tmp_path_factory.mktemp("cli-logs")
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str, *args: str) -> None:
+        with open(logs / f"{name}.log", "wb") as log:
+            procs.append(subprocess.Popen(_cli(*args), env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
+
+    try:
+        spawn("orchestrator", "orchestrator")
+        deadline = time.monotonic() + 30
+        while not asyncio.run(_orchestrator_answers(settings)):
+            assert time.monotonic() < deadline, (logs / "orchestrator.log").read_text()
+            time.sleep(0.2)
+        spawn("worker", "worker", "natsflow.demo:worker")
+        spawn("gateway", "gateway", "--port", str(port))
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (logs / "gateway.log").read_text()
+            time.sleep(0.2)
+        yield Deployment(env, url)
+    finally:
+        codes = _stop(procs)
+    # Each service exits 0 on SIGTERM.
+    assert codes == [0] * len(procs), [(logs / f).read_text() for f in os.listdir(logs)]
+
+
+@pytest.fixture
+def cli(deployment: Deployment) -> CliRunner:
+    return CliRunner(env={k: deployment.env[k] for k in ("NATS_URL", "NATSFLOW_PREFIX")})
+
+
+def _submit_json(cli: CliRunner, *args: str) -> WorkflowStatus:
+    result = cli.invoke(app, ["submit", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return WorkflowStatus.model_validate_json(result.stdout)
+
+
+def _wait_state(cli: CliRunner, workflow_id: str, states: set[str]) -> WorkflowStatus:
+    deadline = time.monotonic() + 30
+    while True:
+        result = cli.invoke(app, ["status", workflow_id, "--json"])
+        assert result.exit_code == 0, result.output
+        status = WorkflowStatus.model_validate_json(result.stdout)
+        if status.state in states:
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+
+
+def test_help_lists_every_command() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("dev", "orchestrator", "gateway", "worker", "submit", "status", "stop",
+                    "events"):
+        assert command in result.stdout
+
+
+def test_python_m_runs_the_cli() -> None:
+    result = subprocess.run(_cli("--help"), capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert "submit" in result.stdout
+
+
+def test_submit_watch_shows_steps_and_exits_0(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["submit", str(EXAMPLES / "hello.yaml"), "--watch"])
+    assert result.exit_code == 0, result.output
+    assert "completed" in result.stdout
+    for text in ("greet", "demo.echo", "add", "demo.add", "succeeded", '{"sum":5}'):
+        assert text in result.stdout
+
+
+def test_submit_watch_json_returns_the_final_status(cli: CliRunner) -> None:
+    status = _submit_json(cli, str(EXAMPLES / "retry.yaml"), "--watch")
+    assert status.state == "completed"
+    assert status.output == {"total": 42, "attempts": 3}
+    assert status.step("flaky").attempts == 3
+
+
+def test_submit_json_file_then_status_and_events(cli: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps({"name": "json-file", "steps": [
+        {"id": "one", "task": "demo.add", "input": {"a": 40, "b": 2}}]}))
+    created = _submit_json(cli, str(path))
+    assert created.name == "json-file"
+    done = _wait_state(cli, created.id, {"completed"})
+    assert done.step("one").output == {"sum": 42}
+
+    table = cli.invoke(app, ["status", created.id])
+    assert table.exit_code == 0
+    assert created.id in table.stdout and "completed" in table.stdout
+
+    lines = cli.invoke(app, ["events", created.id, "--json"])
+    assert lines.exit_code == 0, lines.output
+    events = [Event.model_validate_json(line) for line in lines.stdout.splitlines()]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[0].type == EventType.WORKFLOW_CREATED
+    assert events[-1].type == EventType.WORKFLOW_COMPLETED
+
+    text = cli.invoke(app, ["events", created.id, "--follow"])
+    assert text.exit_code == 0
+    assert "workflow.completed" in text.stdout.splitlines()[-1]
+    assert "step.succeeded" in text.stdout
+
+
+def test_failed_workflow_exits_1_with_its_error(cli: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "fail.yaml"
+    path.write_text("name: doomed\nsteps:\n  - {id: boom, task: demo.fail}\n")
+    result = cli.invoke(app, ["submit", str(path), "--watch"])
+    assert result.exit_code == 1, result.output
+    assert "failed" in result.stdout
+    assert "demo-failure" in result.stdout
+
+
+def test_stop_a_running_workflow(cli: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "slow.yaml"
+    path.write_text("name: slow\nsteps:\n  - {id: nap, task: demo.sleep, "
+                    "input: {seconds: 60, steps: 60}}\n")
+    created = _submit_json(cli, str(path))
+    result = cli.invoke(app, ["stop", created.id])
+    assert result.exit_code == 0, result.output
+    assert created.id in result.stdout
+    _wait_state(cli, created.id, {"stopped"})
+
+    again = cli.invoke(app, ["stop", created.id])
+    assert again.exit_code == 2
+    assert again.stderr.startswith("error[already-finished]:")
+
+
+def test_submit_and_status_through_the_gateway(cli: CliRunner, deployment: Deployment) -> None:
+    gw = ["--gateway", deployment.gateway_url]
+    result = cli.invoke(app, ["submit", str(EXAMPLES / "hello.yaml"), "--watch", "--json", *gw])
+    assert result.exit_code == 0, result.output
+    status = WorkflowStatus.model_validate_json(result.stdout)
+    assert status.state == "completed"
+    again = cli.invoke(app, ["status", status.id, "--json", *gw])
+    assert WorkflowStatus.model_validate_json(again.stdout).output == {"add": {"sum": 5}}
+
+    missing = cli.invoke(app, ["status", "no-such-id", *gw])
+    assert missing.exit_code == 2
+    assert missing.stderr.startswith("error[workflow-not-found]:")
+
+
+@pytest.mark.parametrize("command", [["status", "no-such-id"], ["events", "no-such-id"],
+                                     ["stop", "no-such-id"]])
+def test_unknown_id_is_a_client_error(cli: CliRunner, command: list[str]) -> None:
+    result = cli.invoke(app, command)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error[workflow-not-found]:")
+    assert "Traceback" not in result.output
+
+
+# -- errors that need no running services ---------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "code", "names"), [
+    ("name: x\nsteps: [\n", "invalid-request", "not valid YAML"),
+    ("- just\n- a list\n", "invalid-request", "mapping"),
+    ("name: x\nsteps:\n  - {id: a, task: demo.echo, color: red}\n", "validation-failed",
+     "steps.0.color"),
+    ("name: x\nsteps:\n  - {id: a, task: 'bad task'}\n", "validation-failed", "steps.0.task"),
+    ("name: x\nsteps:\n  - {id: a, task: demo.echo, depends_on: [b]}\n"
+     "  - {id: b, task: demo.echo, depends_on: [a]}\n", "invalid-graph", "step a"),
+    ("name: x\nsteps:\n  - {id: a, task: demo.echo, depends_on: [ghost]}\n", "invalid-graph",
+     "field steps.0.depends_on"),
+])
+def test_invalid_file_is_a_client_error(tmp_path: Path, content: str, code: str,
+                                        names: str) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text(content)
+    result = CliRunner().invoke(app, ["submit", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error[{code}]:"), result.stderr
+    assert names in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_file_is_a_client_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["submit", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error[invalid-request]: cannot read")
+
+
+def test_no_orchestrator_is_unavailable(nats_server: EmbeddedNats) -> None:
+    env = {"NATS_URL": nats_server.url, "NATSFLOW_PREFIX": "nobody" + uuid.uuid4().hex[:6]}
+    result = CliRunner(env=env).invoke(app, ["status", "anything"])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith("error[unavailable]:")
+
+
+def test_no_nats_is_unavailable() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(app, ["status", "anything", "--nats-url", url])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith("error[unavailable]: cannot reach NATS")
+
+
+def test_worker_with_a_bad_target_is_a_client_error() -> None:
+    for target in ("no_colon", "natsflow.nothing_here:worker", "natsflow.demo:nobody"):
+        result = CliRunner().invoke(app, ["worker", target])
+        assert result.exit_code == 2, (target, result.output)
+        assert result.stderr.startswith("error[invalid-request]:")

@@ -1,0 +1,146 @@
+"""Every example in the README and docs is checked against the code it describes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from contracts.models import WorkflowConfig
+from contracts.subjects import Subjects
+from natsflow.cli import app
+from natsflow.dev import DEMO_WORKFLOW, demo_curl
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
+SUBJECTS_DOC = (ROOT / "docs" / "subjects.md").read_text()
+
+
+def _blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def _natsflow_commands(text: str) -> list[list[str]]:
+    """Every ``natsflow ...`` command line in the sh blocks, as argv after ``natsflow``."""
+    commands = []
+    for block in _blocks(text, "sh"):
+        for line in block.splitlines():
+            argv = shlex.split(line, comments=True)
+            if argv[:3] == ["uv", "run", "natsflow"]:
+                commands.append(argv[3:])
+    return commands
+
+
+def _parses(argv: list[str]) -> None:
+    group = typer.main.get_command(app)
+    name, *args = argv
+    command = group.commands.get(name)  # type: ignore[attr-defined]
+    assert command is not None, f"natsflow has no command {name!r}"
+    # Raises click's UsageError for an unknown option or a missing argument.
+    command.make_context(name, args)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=str)
+def test_examples_are_valid_workflows(path: Path) -> None:
+    config = WorkflowConfig.model_validate(yaml.safe_load(path.read_text()))
+    assert {s.task for s in config.steps} <= {"demo.echo", "demo.add", "demo.sleep",
+                                              "demo.flaky", "demo.noop", "demo.fail"}
+
+
+def test_hello_example_is_the_demo_workflow() -> None:
+    assert yaml.safe_load((ROOT / "examples" / "hello.yaml").read_text()) == DEMO_WORKFLOW
+
+
+def test_readme_curl_is_what_dev_prints_and_a_valid_workflow() -> None:
+    curls = [line for block in _blocks(README, "sh") for line in block.splitlines()
+             if line.startswith("curl ")]
+    assert curls == [demo_curl("http://127.0.0.1:8000")]
+    body = shlex.split(curls[0])[-1]
+    WorkflowConfig.model_validate(json.loads(body))
+
+
+def test_readme_yaml_is_a_valid_workflow() -> None:
+    blocks = _blocks(README, "yaml")
+    assert blocks
+    for block in blocks:
+        WorkflowConfig.model_validate(yaml.safe_load(block))
+
+
+def test_readme_python_runs() -> None:
+    blocks = _blocks(README, "python")
+    assert blocks
+    for block in blocks:
+        namespace: dict[str, object] = {}
+        exec(compile(block, "README.md", "exec"), namespace)
+        worker = namespace["worker"]
+        assert worker.task_types == ["billing.charge"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/cli.md"])
+def test_documented_commands_exist(doc: str) -> None:
+    text = (ROOT / doc).read_text()
+    commands = _natsflow_commands(text)
+    assert len(commands) >= 5
+    for argv in commands:
+        _parses(argv)
+    help_text = CliRunner().invoke(app, ["--help"]).stdout
+    for name in {argv[0] for argv in commands}:
+        assert name in help_text
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    assert "uv run pytest" in _blocks(README, "sh")[0]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert [line for line in ci.splitlines() if "pytest" in line] == ["uv run pytest"]
+
+
+def test_cli_doc_error_example_is_real(tmp_path: Path) -> None:
+    (expected,) = _blocks(CLI_DOC, "text")
+    path = tmp_path / "wf.yaml"
+    path.write_text("name: x\nsteps:\n  - {id: a, task: demo.echo, depends_on: [ghost]}\n")
+    result = CliRunner().invoke(app, ["submit", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr == expected
+
+
+def test_subjects_doc_matches_the_code() -> None:
+    s = Subjects("natsflow")
+    rows = re.findall(r"^\| `(s\.[^`]+)` \| `([^`]+)` \|", SUBJECTS_DOC, flags=re.M)
+    assert len(rows) >= 20
+    for expr, name in rows:
+        assert eval(expr, {"s": s}) == name, expr
+    # Every public name-building member of Subjects is documented.
+    documented = {re.match(r"s\.(\w+)", expr).group(1) for expr, _ in rows}  # type: ignore[union-attr]
+    members = {n for n in vars(Subjects) if not n.startswith("_")}
+    wildcards = {"inbox_subjects", "engine_filters", "timer_filter", "all_tasks",
+                 "all_cancels", "all_events", "all_dlq", "kind_of", "prefix"}
+    assert members - wildcards <= documented
+
+
+def test_compose_runs_every_service_from_the_image() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"nats", "orchestrator", "gateway", "worker"}
+    nats = services["nats"]
+    assert nats["image"].startswith("nats:2.1")
+    assert {"-js", "-sd", "/data", "-m", "8222"} <= set(nats["command"])
+    assert "8222/healthz" in " ".join(nats["healthcheck"]["test"])
+    for name in ("orchestrator", "gateway", "worker"):
+        svc = services[name]
+        assert svc["build"] == "."
+        assert svc["environment"]["NATS_URL"] == "nats://nats:4222"
+        assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
+        assert svc["command"][0] == name
+        _parses(svc["command"])
+    assert services["worker"]["command"] == ["worker", "natsflow.demo:worker"]
+    assert "8000:8000" in services["gateway"]["ports"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["natsflow"]' in dockerfile
+    assert "uv sync --frozen --no-dev" in dockerfile

@@ -1,0 +1,93 @@
+"""``natsflow dev`` started as a user starts it, driven over HTTP only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from natsflow.dev import DEMO_WORKFLOW, demo_curl
+from natsflow.embedded import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _children_of(pid: int) -> set[int]:
+    """Direct children of ``pid``, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_dev_runs_a_workflow_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NATSFLOW_PREFIX")}
+    natsflow = Path(sys.executable).parent / "natsflow"
+    proc = subprocess.Popen([str(natsflow), "dev", "--ephemeral", "--port", str(port)],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=url, timeout=5) as http:
+            while True:
+                assert proc.poll() is None, proc.communicate()[0]
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "gateway never became ready"
+                time.sleep(0.2)
+            children = _children_of(proc.pid)
+            # nats-server, orchestrator, gateway and the demo worker
+            assert len(children) == 4, children
+
+            created = http.post("/workflows", json=DEMO_WORKFLOW)
+            assert created.status_code == 202, created.text
+            workflow_id = created.json()["id"]
+            while True:
+                status = http.get(f"/workflows/{workflow_id}").json()
+                if status["state"] in ("completed", "failed", "stopped"):
+                    break
+                assert time.monotonic() < deadline, status
+                time.sleep(0.2)
+        assert status["state"] == "completed", status
+        assert status["output"] == {"add": {"sum": 5}}
+        assert status["steps"][0]["output"] == {"message": "hello world"}
+
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    # What the banner tells the user to paste is what this test posted.
+    assert demo_curl(url) in out
+    assert f"{url}/docs" in out
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() < deadline, [p for p in children if _alive(p)]
+        time.sleep(0.1)
+    assert not (tmp_path / ".natsflow").exists()  # --ephemeral keeps nothing

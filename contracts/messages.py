@@ -35,6 +35,7 @@ __all__ = [
     "DeadLetter",
     "IdRequest",
     "BATCH_TERMINAL",
+    "MAX_BATCH_BYTES",
     "MAX_BATCH_SIZE",
     "TaskFailed",
     "TaskMessage",
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 MAX_BATCH_SIZE = 10_000
+#: Largest accepted BatchConfig, as JSON (a template plus up to MAX_BATCH_SIZE inputs).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 _BatchId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")]
 
 

@@ -18,7 +18,14 @@ from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
-from .errors import EngineTimeout, ErrorInfo, NatsflowError, Unavailable, error_from_info
+from .errors import (
+    EngineTimeout,
+    ErrorInfo,
+    NatsflowError,
+    PayloadTooLarge,
+    Unavailable,
+    error_from_info,
+)
 from .messages import (
     BatchConfig,
     BatchReply,
@@ -60,6 +67,9 @@ class NatsflowClient:
                                         body.model_dump_json().encode(), timeout=self.timeout)
         except nats.errors.NoRespondersError:
             raise Unavailable("no orchestrator is running") from None
+        except nats.errors.MaxPayloadError:
+            raise PayloadTooLarge(f"{operation} request is larger than the NATS server's "
+                                  f"max_payload ({self.nc.max_payload} bytes)") from None
         except nats.errors.TimeoutError:
             raise EngineTimeout(f"no answer to {operation} within {self.timeout}s") from None
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,

@@ -1,0 +1,77 @@
+"""Request bodies: read within a size limit, parse JSON, validate against the contracts.
+
+Bodies are validated here rather than by FastAPI so that every way a config can be wrong
+(bad JSON, too large, a wrong field, an invalid step graph raised from inside model
+validation) becomes a natsflow error with a code, and from there one problem document.
+Rules beyond the models (a batch template must make a valid workflow) are the
+orchestrator's, which answers them with the same codes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from contracts.errors import InvalidRequest, PayloadTooLarge, validation_failed
+from contracts.messages import BatchConfig
+from contracts.models import WorkflowConfig
+
+__all__ = ["read_batch_config", "read_json", "read_workflow_config"]
+
+
+async def read_json(request: Request, *, limit: int) -> Any:
+    """The request body parsed as JSON, refusing more than ``limit`` bytes.
+
+    Raises:
+        PayloadTooLarge: the body (or its announced Content-Length) is over ``limit``.
+        InvalidRequest: the body is empty or not JSON.
+    """
+    too_large = PayloadTooLarge(f"request body is larger than {limit} bytes",
+                                details={"limit": limit})
+    announced = request.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    # Streamed, so a body without Content-Length cannot make us buffer more than limit.
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and UnicodeDecodeError.
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def read_workflow_config(data: Any) -> WorkflowConfig:
+    """Validate a parsed body as a :class:`WorkflowConfig`.
+
+    Raises:
+        ValidationFailed: fields are wrong (each one named).
+        InvalidGraph: the step graph is wrong (step and field named).
+    """
+    try:
+        return WorkflowConfig.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(exc) from None
+
+
+def read_batch_config(data: Any) -> BatchConfig:
+    """Validate a parsed body as a :class:`BatchConfig`.
+
+    Raises:
+        ValidationFailed: fields are wrong (each one named).
+    """
+    try:
+        return BatchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(exc) from None

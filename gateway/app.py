@@ -1,0 +1,252 @@
+"""natsflow's HTTP gateway: REST over the NATS API, one client among others.
+
+The gateway holds no state and no logic of the orchestrator: each request becomes one
+:class:`contracts.client.NatsflowClient` call, each reply one HTTP answer, each error one
+RFC 9457 problem document (see ``_problems.HTTP_BY_CODE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Final
+
+import uvicorn
+from fastapi import FastAPI, Header, Path, Request, Response
+from nats.aio.client import Client
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from contracts.connect import NatsSettings
+from contracts.errors import Unavailable
+from contracts.messages import (
+    MAX_BATCH_BYTES,
+    BatchConfig,
+    BatchReply,
+    BatchStatus,
+    WorkflowReply,
+)
+from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowStatus
+
+from ._bodies import read_batch_config, read_json, read_workflow_config
+from ._link import NatsLink
+from ._problems import install_problem_handlers, problem_responses
+
+__all__ = ["Accepted", "Health", "create_app", "serve"]
+
+_JSON: Final = "application/json"
+_WorkflowId = Annotated[str, Path(min_length=1, max_length=128, description="Workflow id.")]
+_BatchId = Annotated[str, Path(min_length=1, max_length=128, description="Batch id.")]
+
+
+class Accepted(BaseModel):
+    """The orchestrator accepted the command but had no status ready yet; poll the id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: str = Field(description="`ok` (alive) or `ready`.")
+
+
+class _Gateway(FastAPI):
+    """FastAPI, plus the request-body models in the OpenAPI components.
+
+    Bodies are validated by the gateway itself (see ``_bodies``), so FastAPI does not
+    see their models; they are added here so ``/openapi.json`` documents them.
+    """
+
+    body_models: tuple[type[BaseModel], ...] = (WorkflowConfig, BatchConfig)
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema:
+            return self.openapi_schema
+        schema = super().openapi()
+        _, defs = models_json_schema([(m, "validation") for m in self.body_models],
+                                     ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in defs.get("$defs", {}).items():
+            components.setdefault(name, definition)
+        return schema
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        _JSON: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def _json(model: BaseModel, status_code: int, *,
+          headers: dict[str, str] | None = None) -> Response:
+    return Response(model.model_dump_json(), status_code=status_code, media_type=_JSON,
+                    headers=headers)
+
+
+def _answer(reply: WorkflowReply | BatchReply, status_code: int, *,
+            location: str | None = None) -> Response:
+    # No status means accepted but not processed in time: 202 and the id to poll.
+    headers = {"Location": location} if location else None
+    if reply.status is None:
+        return _json(Accepted(id=reply.id), 202, headers=headers)
+    return _json(reply.status, status_code, headers=headers)
+
+
+def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
+               nc: Client | None = None) -> FastAPI:
+    """The gateway's ASGI app.
+
+    Args:
+        settings: NATS connection and deployment prefix.
+        request_timeout: Seconds to wait for each orchestrator reply (then 503).
+        nc: An already-connected NATS client to use instead of connecting in the
+            lifespan; it is not closed by the app.
+
+    Returns:
+        The FastAPI app. Its lifespan connects to NATS in the background, so it starts
+        even when NATS is down and answers 503 until connected.
+    """
+    link = NatsLink(settings, request_timeout=request_timeout, nc=nc)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        link.start()
+        try:
+            yield
+        finally:
+            await link.close()
+
+    app = _Gateway(
+        title="natsflow",
+        summary="Workflows on NATS: create, start, stop and watch DAGs of tasks.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.link = link
+    install_problem_handlers(app)
+
+    # -- workflows -------------------------------------------------------------------
+    @app.post(
+        "/workflows", status_code=202, response_model=WorkflowStatus | Accepted,
+        summary="Create (and start) a workflow", tags=["workflows"],
+        openapi_extra=_json_body(WorkflowConfig),
+        responses={
+            200: {"model": WorkflowStatus,
+                  "description": "It already existed (same id or Idempotency-Key)."},
+            **problem_responses(400, 409, 413, 422, 503),
+        },
+    )
+    async def create_workflow(
+        request: Request,
+        idempotency_key: Annotated[str | None, Header(
+            max_length=256,
+            description="Makes retries of this request create the workflow only once.",
+        )] = None,
+    ) -> Response:
+        """Create a workflow from a WorkflowConfig; started at once unless `start` is false.
+
+        202 with `Location` when created; 200 with the existing status when this id or
+        Idempotency-Key was already used for the same config; 409 for another config.
+        """
+        config = read_workflow_config(await read_json(request, limit=MAX_CONFIG_BYTES))
+        reply = await link.client().create(config, idempotency_key=idempotency_key)
+        location = str(app.url_path_for("get_workflow", workflow_id=reply.id))
+        return _answer(reply, 202 if reply.created else 200, location=location)
+
+    @app.get("/workflows/{workflow_id}", response_model=WorkflowStatus,
+             summary="A workflow's status", tags=["workflows"],
+             responses=problem_responses(404, 422, 503))
+    async def get_workflow(workflow_id: _WorkflowId) -> Response:
+        """Where the workflow and each of its steps stand."""
+        return _answer(await link.client().get(workflow_id), 200)
+
+    @app.post("/workflows/{workflow_id}/start", response_model=WorkflowStatus,
+              summary="Start a created workflow", tags=["workflows"],
+              responses=problem_responses(404, 409, 422, 503))
+    async def start_workflow(workflow_id: _WorkflowId) -> Response:
+        """Start a workflow created with `start: false`; a no-op when already started."""
+        return _answer(await link.client().start(workflow_id), 200)
+
+    @app.post("/workflows/{workflow_id}/stop", status_code=202, response_model=WorkflowStatus,
+              summary="Stop a workflow", tags=["workflows"],
+              responses=problem_responses(404, 409, 422, 503))
+    async def stop_workflow(workflow_id: _WorkflowId) -> Response:
+        """Cancel running steps; the workflow ends `stopped`. 409 if already finished."""
+        return _answer(await link.client().stop(workflow_id), 202)
+
+    # -- batches ---------------------------------------------------------------------
+    @app.post(
+        "/batches", status_code=202, response_model=BatchStatus | Accepted,
+        summary="Run a workflow template once per input", tags=["batches"],
+        openapi_extra=_json_body(BatchConfig),
+        responses={200: {"model": BatchStatus, "description": "It already existed."},
+                   **problem_responses(400, 409, 413, 422, 503)},
+    )
+    async def create_batch(request: Request) -> Response:
+        """Create and start a batch: at most `max_concurrency` members run at a time."""
+        config = read_batch_config(await read_json(request, limit=MAX_BATCH_BYTES))
+        reply = await link.client().create_batch(config)
+        location = str(app.url_path_for("get_batch", batch_id=reply.id))
+        return _answer(reply, 202 if reply.created else 200, location=location)
+
+    @app.get("/batches/{batch_id}", response_model=BatchStatus,
+             summary="A batch's status", tags=["batches"],
+             responses=problem_responses(404, 422, 503))
+    async def get_batch(batch_id: _BatchId) -> Response:
+        """Counts per state and every member workflow."""
+        return _answer(await link.client().get_batch(batch_id), 200)
+
+    @app.post("/batches/{batch_id}/stop", status_code=202, response_model=BatchStatus,
+              summary="Stop a batch", tags=["batches"],
+              responses=problem_responses(404, 409, 422, 503))
+    async def stop_batch(batch_id: _BatchId) -> Response:
+        """Start no more members and stop the running ones."""
+        return _answer(await link.client().stop_batch(batch_id), 202)
+
+    # -- health ----------------------------------------------------------------------
+    @app.get("/healthz", response_model=Health, summary="Liveness", tags=["health"])
+    async def healthz() -> Health:
+        """200 while the process runs, whatever the state of NATS."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, summary="Readiness", tags=["health"],
+             responses=problem_responses(503))
+    async def readyz() -> Health:
+        """200 when NATS is connected and an orchestrator answers a ping, else 503."""
+        if not await link.client().ping():
+            raise Unavailable("no orchestrator answers on NATS")
+        return Health(status="ready")
+
+    return app
+
+
+async def serve(settings: NatsSettings, *, host: str = "127.0.0.1", port: int = 8000,
+                request_timeout: float = 10.0, log_level: str = "info") -> None:
+    """Run the gateway with uvicorn in the current event loop.
+
+    Returns when uvicorn exits (SIGINT/SIGTERM when run in the main thread). When the
+    calling task is cancelled, uvicorn shuts down gracefully first, then the
+    cancellation propagates.
+
+    Args:
+        settings: NATS connection and deployment prefix.
+        host: Interface to listen on.
+        port: TCP port to listen on.
+        request_timeout: Seconds to wait for each orchestrator reply.
+        log_level: uvicorn's log level.
+    """
+    config = uvicorn.Config(create_app(settings, request_timeout=request_timeout),
+                            host=host, port=port, lifespan="on", log_level=log_level)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(), name="natsflow-gateway-uvicorn")
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await task
+        raise

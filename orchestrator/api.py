@@ -38,6 +38,7 @@ from contracts.errors import (
 )
 from contracts.ids import new_id
 from contracts.messages import (
+    MAX_BATCH_BYTES,
     BatchConfig,
     BatchReply,
     CreateWorkflowRequest,
@@ -64,7 +65,6 @@ __all__ = ["Api", "VERSION"]
 log = logging.getLogger("natsflow.api")
 
 VERSION = "0.1.0"
-_MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 class Api:
@@ -248,9 +248,9 @@ class Api:
     # -- batches --------------------------------------------------------------------
     async def create_batch(self, data: bytes) -> BatchReply:
         """``batch.create``: BatchConfig -> BatchReply."""
-        if len(data) > _MAX_BATCH_BYTES:
+        if len(data) > MAX_BATCH_BYTES:
             raise PayloadTooLarge(f"batch of {len(data)} bytes is over the limit of "
-                                  f"{_MAX_BATCH_BYTES} bytes")
+                                  f"{MAX_BATCH_BYTES} bytes")
         config = BatchConfig.model_validate_json(data)
         bid = config.id or new_id().replace("-", "")
         try:  # the template must make a valid workflow

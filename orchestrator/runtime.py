@@ -282,6 +282,13 @@ class Processor:
                     effects.extend(decision.effects)
                 replies.append(decision.reply)
             if current is record or current is None:
+                if cached and record is not None:
+                    # "Nothing to do" may only mean the cached copy is stale: another
+                    # replica moved the record on, and e.g. a result for the step it
+                    # dispatched looks stale here. No write means no CAS to catch it,
+                    # so decide again on the stored record.
+                    entity.cache.pop(key, None)
+                    continue
                 if record is not None:
                     entity.remember(key, revision, record, self._is_terminal(record))
                 return record, replies

@@ -1,0 +1,219 @@
+"""Shared helpers of the integration tests: a probed demo worker, event and DLQ readers.
+
+Everything here talks to the real nats-server with plain nats-py; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import typing
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from nats.js.api import DeliverPolicy
+
+from contracts.connect import NatsSettings
+from contracts.messages import DeadLetter
+from contracts.models import EVENT_TERMINAL, Event, EventType
+from contracts.subjects import Subjects
+from natsflow import demo
+from natsflow.worker import TaskContext, Worker
+
+__all__ = [
+    "AttemptKey",
+    "Probe",
+    "assert_history",
+    "by_workflow",
+    "make_demo_worker",
+    "read_dead_letters",
+    "read_events",
+    "running_demo_worker",
+    "wait_for",
+]
+
+AttemptKey = tuple[str, str, int]  # (workflow id, step id, attempt)
+
+_DEMO_HANDLERS = {
+    "demo.echo": demo.echo,
+    "demo.noop": demo.noop,
+    "demo.add": demo.add,
+    "demo.sleep": demo.sleep,
+    "demo.flaky": demo.flaky,
+    "demo.fail": demo.fail,
+}
+
+
+@dataclass
+class Probe:
+    """What the demo worker's handlers did, as seen from inside the worker."""
+
+    running: int = 0
+    max_running: int = 0
+    runs: Counter[AttemptKey] = field(default_factory=Counter)
+    cancelled: list[AttemptKey] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def enter(self, key: AttemptKey) -> None:
+        self.runs[key] += 1
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        self.started.set()
+
+    def leave(self, key: AttemptKey, ctx: TaskContext) -> None:
+        self.running -= 1
+        if ctx.cancelled:
+            self.cancelled.append(key)
+
+
+def _probed(probe: Probe, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a demo handler so the probe sees every run; keeps the input model."""
+
+    async def handler(ctx: TaskContext, data: Any) -> Any:
+        key = (ctx.workflow_id, ctx.step_id, ctx.attempt)
+        probe.enter(key)
+        try:
+            return await fn(ctx, data)
+        finally:
+            probe.leave(key, ctx)
+
+    # The worker validates the input into the handler's annotated model.
+    handler.__annotations__ = {**handler.__annotations__,
+                               "data": typing.get_type_hints(fn)["data"]}
+    return handler
+
+
+def make_demo_worker(probe: Probe, *, concurrency: int = 64, stop_grace: float = 0.5) -> Worker:
+    """A Worker serving every ``demo.*`` task type, each run reported to ``probe``."""
+    worker = Worker(concurrency=concurrency, name="test-demo-worker", stop_grace=stop_grace)
+    for task_type, fn in _DEMO_HANDLERS.items():
+        worker.task(task_type)(_probed(probe, fn))
+    return worker
+
+
+@contextlib.asynccontextmanager
+async def running_demo_worker(settings: NatsSettings, *, concurrency: int = 64
+                              ) -> AsyncIterator[Probe]:
+    """Serve the demo task types while the block runs; yields the probe."""
+    probe = Probe()
+    async with make_demo_worker(probe, concurrency=concurrency).running(settings):
+        yield probe
+
+
+async def wait_for(predicate: Callable[[], bool], *, timeout: float = 10.0,
+                   what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def _terminal_count(events: Sequence[Event]) -> int:
+    return sum(1 for e in events if e.type in EVENT_TERMINAL)
+
+
+async def read_events(nc: Client, subjects: Subjects, workflow_id: str = "*",
+                      event_type: str = ">", *, terminals: int | None = 1,
+                      count: int | None = None, timeout: float = 20.0,
+                      linger: float = 0.3) -> list[Event]:
+    """Events from the events stream, read with a plain ordered JetStream consumer.
+
+    Reads until ``terminals`` terminal events (or ``count`` events) have arrived, then
+    ``linger`` seconds more, so a stray event after the end is caught too.
+
+    Raises:
+        AssertionError: the awaited events did not arrive within ``timeout``.
+    """
+    js = nc.jetstream()
+    sub = await js.subscribe(subjects.events_of(workflow_id, event_type),
+                             ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    events: list[Event] = []
+    seen_terminals = 0
+
+    def done() -> bool:
+        if count is not None:
+            return len(events) >= count
+        return terminals is not None and seen_terminals >= terminals
+
+    try:
+        while not done():
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(
+                    f"timed out after {timeout}s: {len(events)} events, {seen_terminals} "
+                    f"terminal, last {[e.type.value for e in events[-5:]]}")
+            try:
+                msg = await sub.next_msg(timeout=min(left, 1.0))
+            except nats.errors.TimeoutError:
+                continue
+            event = Event.model_validate_json(msg.data)
+            events.append(event)
+            seen_terminals += event.type in EVENT_TERMINAL
+        end = loop.time() + linger
+        while (left := end - loop.time()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except nats.errors.TimeoutError:
+                break
+            events.append(Event.model_validate_json(msg.data))
+    finally:
+        await sub.unsubscribe()
+    return events
+
+
+def by_workflow(events: Iterable[Event]) -> dict[str, list[Event]]:
+    """Events grouped by workflow id, each group in stream order."""
+    out: dict[str, list[Event]] = {}
+    for e in events:
+        out.setdefault(e.workflow_id, []).append(e)
+    return out
+
+
+def assert_history(events: Sequence[Event], *, terminal: EventType | None = None) -> None:
+    """One workflow's events: seq 1..n without gaps, exactly one terminal event, last."""
+    assert events, "no events"
+    wid = events[0].workflow_id
+    assert all(e.workflow_id == wid for e in events)
+    seqs = sorted(e.seq for e in events)
+    assert seqs == list(range(1, len(events) + 1)), f"{wid}: seqs {seqs}"
+    ordered = sorted(events, key=lambda e: e.seq)
+    assert ordered[0].type == EventType.WORKFLOW_CREATED
+    assert _terminal_count(events) == 1, f"{wid}: {[e.type.value for e in ordered]}"
+    assert ordered[-1].type in EVENT_TERMINAL, f"{wid}: {[e.type.value for e in ordered]}"
+    if terminal is not None:
+        assert ordered[-1].type == terminal, f"{wid}: {[e.type.value for e in ordered]}"
+
+
+async def read_dead_letters(nc: Client, subjects: Subjects, *, count: int,
+                            timeout: float = 10.0) -> list[tuple[str, DeadLetter]]:
+    """The first ``count`` dead letters as (subject, letter), read from the DLQ stream."""
+    js = nc.jetstream()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    # The orchestrator declares the stream; wait for it rather than race it.
+    sub = await js.subscribe(subjects.all_dlq, stream=subjects.dlq_stream,
+                             ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    letters: list[tuple[str, DeadLetter]] = []
+    try:
+        while len(letters) < count:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"timed out: {len(letters)} of {count} dead letters: "
+                                     f"{letters}")
+            try:
+                msg = await sub.next_msg(timeout=min(left, 1.0))
+            except nats.errors.TimeoutError:
+                continue
+            letters.append((msg.subject, DeadLetter.model_validate_json(msg.data)))
+    finally:
+        await sub.unsubscribe()
+    return letters

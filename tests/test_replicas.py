@@ -1,0 +1,177 @@
+"""Several orchestrator replicas sharing one deployment on a real nats-server.
+
+Each replica has its own NATS connection; they share the durable engine and timer
+consumers, the KV buckets and the API's queue group. Whatever the interleaving, every
+workflow must complete with each attempt dispatched once and a gap-free history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from helpers import (
+    Probe,
+    assert_history,
+    by_workflow,
+    read_events,
+    running_demo_worker,
+    wait_for,
+)
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from contracts.client import NatsflowClient
+from contracts.connect import NatsSettings
+from contracts.messages import TaskSucceeded
+from contracts.models import Event, EventType, StepState, WorkflowConfig, WorkflowState
+from contracts.streams import Topology, declare_stream
+from orchestrator import Orchestrator
+from orchestrator.records import CreateWorkflow, ResultInput, WorkflowRecord
+from orchestrator.runtime import Item, Processor, fingerprint
+from orchestrator.store import KvRecordStore
+
+
+@pytest.fixture
+async def replicas(settings: NatsSettings) -> AsyncIterator[list[Orchestrator]]:
+    """Two orchestrators with the same settings, each on its own connection."""
+    orchs = [Orchestrator(settings, stop_grace=2.0) for _ in range(2)]
+    for orch in orchs:
+        await orch.start()
+    try:
+        yield orchs
+    finally:
+        for orch in orchs:
+            if not orch._stopping.is_set():
+                await orch.stop()
+
+
+def chain(i: int, *, nap: float = 0.0) -> dict[str, Any]:
+    """A three-step workflow whose result depends on its input; the last step may nap."""
+    last = ({"id": "three", "task": "demo.sleep", "depends_on": ["two"],
+             "input": {"seconds": nap}} if nap else
+            {"id": "three", "task": "demo.echo", "depends_on": ["two"],
+             "input": {"n": "${steps.two.output.sum}"}})
+    return {"name": "chain", "id": f"wf-{i}", "input": {"n": i}, "steps": [
+        {"id": "one", "task": "demo.add", "input": {"a": "${input.n}", "b": 1}},
+        {"id": "two", "task": "demo.add", "depends_on": ["one"],
+         "input": {"a": "${steps.one.output.sum}", "b": 1}},
+        last]}
+
+
+async def submit_all(client: NatsflowClient, n: int, *, nap: float = 0.0) -> None:
+    """Half through the API (answered by either replica), half fire-and-forget."""
+    limit = asyncio.Semaphore(32)
+
+    async def create(i: int) -> None:
+        async with limit:
+            reply = await client.create(chain(i, nap=nap))
+            assert reply.created and reply.id == f"wf-{i}"
+
+    await asyncio.gather(*(create(i) for i in range(0, n, 2)))
+    for i in range(1, n, 2):
+        await client.submit(chain(i, nap=nap))
+
+
+def assert_all_done_once(events: Sequence[Event], n: int, probe: Probe, *,
+                         nap: float = 0.0) -> None:
+    """Every workflow completed correctly; every attempt dispatched and run exactly once."""
+    flows = by_workflow(events)
+    assert sorted(flows) == sorted(f"wf-{i}" for i in range(n))
+    for wid, evs in flows.items():
+        assert_history(evs, terminal=EventType.WORKFLOW_COMPLETED)
+        i = int(wid.split("-")[1])
+        want = {"slept": nap} if nap else {"n": i + 2}
+        assert evs[-1].data["output"] == {"three": want}, wid
+    dispatched = Counter((e.workflow_id, e.step_id, e.attempt) for e in events
+                         if e.type == EventType.STEP_DISPATCHED)
+    assert len(dispatched) == 3 * n
+    assert set(dispatched.values()) == {1}, dispatched.most_common(3)
+    assert set(dispatched) == set(probe.runs)
+    assert set(probe.runs.values()) == {1}, probe.runs.most_common(3)
+
+
+async def test_two_replicas_complete_200_workflows_dispatching_each_attempt_once(
+        replicas: list[Orchestrator], nc: Client, settings: NatsSettings) -> None:
+    n = 200
+    client = NatsflowClient(nc, settings.subjects)
+    async with running_demo_worker(settings) as probe:
+        await submit_all(client, n)
+        events = await read_events(nc, settings.subjects, terminals=n, timeout=90, linger=0.5)
+    assert_all_done_once(events, n, probe)
+    for orch in replicas:  # both replicas took part
+        assert orch.processor is not None
+        assert orch.processor.stats["processed"] > 0
+        assert orch.processor.stats["dead_letters"] == 0
+
+
+async def test_the_other_replica_finishes_everything_when_one_stops_mid_run(
+        replicas: list[Orchestrator], nc: Client, settings: NatsSettings) -> None:
+    n = 100
+    s = settings.subjects
+    client = NatsflowClient(nc, s)
+    completed: list[str] = []
+
+    async def on_completed(msg: Msg) -> None:
+        completed.append(Event.model_validate_json(msg.data).workflow_id)
+
+    watch = await nc.subscribe(s.events_of("*", EventType.WORKFLOW_COMPLETED.value),
+                               cb=on_completed)
+    loop = asyncio.get_running_loop()
+    async with running_demo_worker(settings, concurrency=16) as probe:
+        await submit_all(client, n, nap=0.2)
+        await wait_for(lambda: len(completed) >= n // 5, timeout=30)
+        await replicas[0].stop()
+        at_stop = len(completed)
+        began = loop.time()
+        events = await read_events(nc, s, terminals=n, timeout=90, linger=0.5)
+        # Nothing waited for a redelivery after the ack wait of the stopped replica.
+        assert loop.time() - began < 20
+    await watch.unsubscribe()
+    assert at_stop < n, "the replica stopped after the work was done: nothing proven"
+    assert_all_done_once(events, n, probe, nap=0.2)
+    assert await client.ping()
+
+
+async def test_a_replica_deciding_on_a_stale_cached_record_does_not_drop_a_result(
+        nc: Client, settings: NatsSettings) -> None:
+    """Regression: a result that looked stale to a replica's outdated cache was acked unseen.
+
+    Replica ``a`` created the workflow (and cached it); replica ``b`` took the result of
+    step one and dispatched step two. The result of step two then reaches ``a``: by its
+    cached copy step two was never dispatched, so the result looked stale and, with no
+    write to lose a compare-and-set, was acked and dropped; the workflow hung forever.
+    """
+    s = settings.subjects
+    js = nc.jetstream()
+    topology = Topology(s)
+    for stream in (topology.inbox(), topology.tasks(), topology.events(), topology.dlq()):
+        await declare_stream(js, stream)
+    workflows = KvRecordStore(await js.create_key_value(topology.workflows_kv()))
+    batches = KvRecordStore(await js.create_key_value(topology.batches_kv()))
+    a, b = (Processor(nc, s, workflows=workflows, batches=batches) for _ in range(2))
+
+    config = WorkflowConfig.model_validate({"name": "pair", "id": "wf", "steps": [
+        {"id": "one", "task": "demo.noop"},
+        {"id": "two", "task": "demo.noop", "depends_on": ["one"]}]})
+
+    def item(inp: Any) -> Item:
+        return Item("wf", "wf", inp, None, None)
+
+    def done(step: str) -> Item:
+        return item(ResultInput(result=TaskSucceeded(workflow_id="wf", step_id=step,
+                                                     attempt=1, output={"step": step})))
+
+    await a.process([item(CreateWorkflow(config=config, fingerprint=fingerprint(config)))])
+    await b.process([done("one")])
+    await a.process([done("two")])
+
+    raw, _ = await workflows.load("wf")
+    assert raw is not None
+    status = WorkflowRecord.model_validate_json(raw).status
+    assert [(st.id, st.state) for st in status.steps] == [("one", StepState.SUCCEEDED),
+                                                          ("two", StepState.SUCCEEDED)]
+    assert status.state == WorkflowState.COMPLETED

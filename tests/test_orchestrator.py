@@ -267,6 +267,23 @@ async def test_step_timeout_cancels_the_attempt_at_the_worker(
     assert demo_worker.cancelled == [(reply.id, "nap", 1)]
 
 
+async def test_an_output_over_the_limit_fails_the_step(
+        demo_worker: Probe, client: NatsflowClient, nc: Client,
+        settings: NatsSettings) -> None:
+    reply = await client.create({"name": "big", "input": {"blob": "x" * (130 * 1024)},
+                                 "steps": [{"id": "copy", "task": "demo.echo",
+                                            "input": {"blob": "${input.blob}"},
+                                            "retry": retry(3)}]})
+    events = await read_events(nc, settings.subjects, reply.id)
+    assert_history(events, terminal=EventType.WORKFLOW_FAILED)
+    final = await client.get(reply.id)
+    st = final.status
+    assert st is not None and st.error is not None
+    assert (st.error.code, st.error.step) == ("output-too-large", "copy")
+    assert st.step("copy").attempts == 1  # not retried: it would only fail again
+    assert st.step("copy").output is None
+
+
 # -- stop and start -----------------------------------------------------------------
 
 
@@ -297,6 +314,28 @@ async def test_stop_cancels_the_running_step_at_the_worker(
     assert [(x.id, x.state) for x in st.steps] == [("nap", StepState.CANCELLED),
                                                    ("later", StepState.CANCELLED)]
     assert st.step("later").attempts == 0
+
+
+async def test_stop_ends_a_step_nobody_answers_for_after_the_grace_period(
+        engine: Orchestrator, client: NatsflowClient, nc: Client,
+        settings: NatsSettings) -> None:
+    # No worker serves ghost.task: the dispatched step never reports back.
+    reply = await client.create({"name": "orphan", "steps": [
+        {"id": "lost", "task": "ghost.task"}]})
+    loop = asyncio.get_running_loop()
+    stopping = await client.stop(reply.id)
+    began = loop.time()
+    assert stopping.status is not None
+    assert stopping.status.state == WorkflowState.STOPPING
+
+    events = await read_events(nc, settings.subjects, reply.id, timeout=10)
+    waited = loop.time() - began
+    assert 1.5 < waited < 5, f"stop_grace is 2s, the stop took {waited:.1f}s"
+    assert_history(events, terminal=EventType.WORKFLOW_STOPPED)
+    assert [e.type for e in events] == [
+        EventType.WORKFLOW_CREATED, EventType.WORKFLOW_STARTED, EventType.STEP_DISPATCHED,
+        EventType.WORKFLOW_STOPPING, EventType.STEP_CANCELLED, EventType.WORKFLOW_STOPPED]
+    assert "grace" in events[4].data["reason"]
 
 
 async def test_stop_of_a_finished_workflow_is_already_finished(

@@ -33,6 +33,7 @@ __all__ = [
     "read_dead_letters",
     "read_events",
     "running_demo_worker",
+    "terminal_of",
     "wait_for",
 ]
 
@@ -176,6 +177,11 @@ def by_workflow(events: Iterable[Event]) -> dict[str, list[Event]]:
     for e in events:
         out.setdefault(e.workflow_id, []).append(e)
     return out
+
+
+def terminal_of(events: Iterable[Event]) -> Event:
+    """The (first) terminal event among ``events``."""
+    return next(e for e in events if e.type in EVENT_TERMINAL)
 
 
 def assert_history(events: Sequence[Event], *, terminal: EventType | None = None) -> None:

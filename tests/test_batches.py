@@ -8,7 +8,15 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from helpers import Probe, assert_history, by_workflow, read_events, running_demo_worker, wait_for
+from helpers import (
+    Probe,
+    assert_history,
+    by_workflow,
+    read_events,
+    running_demo_worker,
+    terminal_of,
+    wait_for,
+)
 from nats.aio.client import Client
 
 from contracts.client import NatsflowClient
@@ -98,7 +106,7 @@ async def test_batch_of_ten_runs_at_most_three_members_at_once_and_completes(
         ended = next(e.time for e in evs if e.type in EVENT_TERMINAL)
         lifetimes.append((started, ended))
         index = int(wid.rsplit("-", 1)[1])
-        assert evs[-1].data["output"] == {"sum": {"sum": index + 100}}
+        assert terminal_of(evs).data["output"] == {"sum": {"sum": index + 100}}
     assert max_overlap(lifetimes) == 3
 
     member = await client.get("tenfold-4")

@@ -18,6 +18,7 @@ from helpers import (
     read_dead_letters,
     read_events,
     running_demo_worker,
+    terminal_of,
     wait_for,
 )
 from nats.aio.client import Client
@@ -104,7 +105,7 @@ async def test_create_over_api_completes_and_outputs_flow_through_references(
         (EventType.STEP_DISPATCHED, "double"))
     assert order.index((EventType.STEP_SUCCEEDED, "double")) < order.index(
         (EventType.STEP_DISPATCHED, "say"))
-    assert events[-1].data["output"] == {"say": {"text": "sum=5", "total": {"sum": 10}}}
+    assert terminal_of(events).data["output"] == {"say": {"text": "sum=5", "total": {"sum": 10}}}
 
     final = await client.get(reply.id)
     assert final.status is not None
@@ -197,7 +198,7 @@ async def test_flaky_step_fails_the_workflow_when_attempts_run_out(
     assert (st.step("shaky").state, st.step("shaky").attempts) == (StepState.FAILED, 2)
     # The dependent step never ran.
     assert (st.step("after").state, st.step("after").attempts) == (StepState.CANCELLED, 0)
-    assert events[-1].data["error"]["step"] == "shaky"
+    assert terminal_of(events).data["error"]["step"] == "shaky"
 
 
 async def test_non_retryable_error_fails_after_one_attempt(

@@ -19,6 +19,7 @@ from helpers import (
     by_workflow,
     read_events,
     running_demo_worker,
+    terminal_of,
     wait_for,
 )
 from nats.aio.client import Client
@@ -49,17 +50,16 @@ async def replicas(settings: NatsSettings) -> AsyncIterator[list[Orchestrator]]:
                 await orch.stop()
 
 
-def chain(i: int, *, nap: float = 0.0) -> dict[str, Any]:
-    """A three-step workflow whose result depends on its input; the last step may nap."""
-    last = ({"id": "three", "task": "demo.sleep", "depends_on": ["two"],
+def fan_in(i: int, *, nap: float = 0.0) -> dict[str, Any]:
+    """Three steps: two in parallel (their results race to the replicas), then a join."""
+    join = ({"id": "three", "task": "demo.sleep", "depends_on": ["one", "two"],
              "input": {"seconds": nap}} if nap else
-            {"id": "three", "task": "demo.echo", "depends_on": ["two"],
-             "input": {"n": "${steps.two.output.sum}"}})
-    return {"name": "chain", "id": f"wf-{i}", "input": {"n": i}, "steps": [
+            {"id": "three", "task": "demo.add", "depends_on": ["one", "two"],
+             "input": {"a": "${steps.one.output.sum}", "b": "${steps.two.output.sum}"}})
+    return {"name": "fan-in", "id": f"wf-{i}", "input": {"n": i}, "steps": [
         {"id": "one", "task": "demo.add", "input": {"a": "${input.n}", "b": 1}},
-        {"id": "two", "task": "demo.add", "depends_on": ["one"],
-         "input": {"a": "${steps.one.output.sum}", "b": 1}},
-        last]}
+        {"id": "two", "task": "demo.add", "input": {"a": "${input.n}", "b": 2}},
+        join]}
 
 
 async def submit_all(client: NatsflowClient, n: int, *, nap: float = 0.0) -> None:
@@ -68,12 +68,12 @@ async def submit_all(client: NatsflowClient, n: int, *, nap: float = 0.0) -> Non
 
     async def create(i: int) -> None:
         async with limit:
-            reply = await client.create(chain(i, nap=nap))
+            reply = await client.create(fan_in(i, nap=nap))
             assert reply.created and reply.id == f"wf-{i}"
 
     await asyncio.gather(*(create(i) for i in range(0, n, 2)))
     for i in range(1, n, 2):
-        await client.submit(chain(i, nap=nap))
+        await client.submit(fan_in(i, nap=nap))
 
 
 def assert_all_done_once(events: Sequence[Event], n: int, probe: Probe, *,
@@ -84,8 +84,8 @@ def assert_all_done_once(events: Sequence[Event], n: int, probe: Probe, *,
     for wid, evs in flows.items():
         assert_history(evs, terminal=EventType.WORKFLOW_COMPLETED)
         i = int(wid.split("-")[1])
-        want = {"slept": nap} if nap else {"n": i + 2}
-        assert evs[-1].data["output"] == {"three": want}, wid
+        want = {"slept": nap} if nap else {"sum": 2 * i + 3}
+        assert terminal_of(evs).data["output"] == {"three": want}, wid
     dispatched = Counter((e.workflow_id, e.step_id, e.attempt) for e in events
                          if e.type == EventType.STEP_DISPATCHED)
     assert len(dispatched) == 3 * n

@@ -396,6 +396,9 @@ class _Tx:
             if step.state == StepState.RETRYING and step.attempts + 1 == timer.attempt:
                 self.dispatch(cfg, step)
         elif step.state in STEP_IN_FLIGHT and step.attempts == timer.attempt:
+            # The worker may still be running it: ask it to stop.
+            self.effects.append(CancelEffect(notice=CancelNotice(
+                workflow_id=st.id, step_id=step.id, attempt=timer.attempt)))
             self.on_failure(cfg, step, TaskFailed(
                 workflow_id=st.id, step_id=step.id, attempt=timer.attempt,
                 error=ErrorInfo(code="step-timeout", retryable=True, step=step.id,

@@ -123,7 +123,8 @@ def test_timeout_timer_fails_the_attempt() -> None:
     _rec, eff = run(cfg, [])
     timer = next(e.timer for e in eff if isinstance(e, TimerEffect))
     assert timer.purpose == "timeout"
-    rec2, _ = run(cfg, [timer])
+    rec2, eff2 = run(cfg, [timer])
+    assert [e.notice.step_id for e in eff2 if e.kind == "cancel"] == ["a"]
     assert rec2.status.state == WorkflowState.FAILED
     assert rec2.status.step("a").error is not None
     assert rec2.status.step("a").error.code == "step-timeout"

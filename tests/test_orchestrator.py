@@ -254,8 +254,6 @@ async def test_step_timeout_fails_the_workflow_long_before_the_task_ends(
     assert st.step("nap").state == StepState.FAILED
 
 
-@pytest.mark.xfail(strict=True, reason="a timed-out attempt gets no cancel notice: the worker "
-                   "keeps running it to the end (engine.on_timer emits no CancelEffect)")
 async def test_step_timeout_cancels_the_attempt_at_the_worker(
         demo_worker: Probe, client: NatsflowClient, nc: Client,
         settings: NatsSettings) -> None:

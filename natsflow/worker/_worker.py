@@ -200,7 +200,7 @@ class _Session:
                 return
             try:
                 msgs: list[Msg] = await sub.fetch(batch=reserved, timeout=FETCH_TIMEOUT)
-            except nats.errors.TimeoutError:
+            except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
             except asyncio.CancelledError:
                 self._slots.release(reserved)

@@ -1,0 +1,124 @@
+"""Runs one natsflow service as its own process for the benchmark.
+
+Usage::
+
+    NATS_URL=... NATSFLOW_PREFIX=... python bench/_serve.py orchestrator
+    NATS_URL=... NATSFLOW_PREFIX=... python bench/_serve.py worker        # SDK, bench.noop
+    NATS_URL=... NATSFLOW_PREFIX=... python bench/_serve.py demo-worker   # natsflow.demo
+    NATS_URL=... NATSFLOW_PREFIX=... python bench/_serve.py raw-worker    # bare nats-py
+
+``NATSFLOW_BENCH_PROFILE=<file>`` runs the service under cProfile and writes the stats
+to ``<file>`` when it stops (SIGTERM or SIGINT). ``NATSFLOW_BENCH_WORKER_CONCURRENCY``
+sets the SDK worker's concurrency (default 256).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import cProfile
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from contracts.connect import NatsSettings, connect
+from contracts.streams import Topology, declare_stream, ensure_consumer
+
+#: The task type every benchmark step runs.
+NOOP_TASK = "bench.noop"
+
+
+def _orchestrator(settings: NatsSettings) -> Awaitable[None]:
+    from orchestrator import Orchestrator
+
+    return Orchestrator(settings).run()
+
+
+def _sdk_worker(settings: NatsSettings) -> Awaitable[None]:
+    from natsflow.worker import TaskContext, Worker
+
+    concurrency = int(os.environ.get("NATSFLOW_BENCH_WORKER_CONCURRENCY", "256"))
+    worker = Worker(concurrency=concurrency, name="bench-worker")
+
+    @worker.task(NOOP_TASK)
+    async def noop(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    return worker.run(settings)
+
+
+def _demo_worker(settings: NatsSettings) -> Awaitable[None]:
+    from natsflow.demo import worker
+
+    return worker.run(settings)
+
+
+async def _raw_worker(settings: NatsSettings) -> None:
+    """The documented worker contract with nothing but nats-py: a floor for the SDK."""
+    nc = await connect(settings, name="bench-raw-worker")
+    js = nc.jetstream()
+    s = settings.subjects
+    topology = Topology(s)
+    await declare_stream(js, topology.tasks())
+    await ensure_consumer(js, s.tasks_stream, topology.worker_consumer(NOOP_TASK))
+    sub = await js.pull_subscribe_bind(s.worker_consumer(NOOP_TASK), stream=s.tasks_stream)
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(256, timeout=1.0)
+            except TimeoutError:
+                continue
+            acks = []
+            for msg in msgs:
+                task = json.loads(msg.data)
+                result = {"kind": "succeeded", "workflow_id": task["workflow_id"],
+                          "step_id": task["step_id"], "attempt": task["attempt"],
+                          "output": {}}
+                acks.append(await js.publish_async(
+                    task["reply_to"], json.dumps(result).encode(),
+                    headers={"Nats-Msg-Id": task["idempotency_key"] + ":result"}))
+            await asyncio.gather(*acks)
+            for msg in msgs:
+                await msg.ack()
+    finally:
+        await nc.close()
+
+
+_ROLES: dict[str, Callable[[NatsSettings], Awaitable[None]]] = {
+    "orchestrator": _orchestrator,
+    "worker": _sdk_worker,
+    "demo-worker": _demo_worker,
+    "raw-worker": _raw_worker,
+}
+
+
+async def _serve(role: str) -> None:
+    task = asyncio.ensure_future(_ROLES[role](NatsSettings.from_env()))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def main() -> None:
+    """Entry point: ``python bench/_serve.py ROLE``."""
+    if len(sys.argv) != 2 or sys.argv[1] not in _ROLES:
+        sys.exit(f"usage: {sys.argv[0]} {{{'|'.join(_ROLES)}}}")
+    profile_path = os.environ.get("NATSFLOW_BENCH_PROFILE")
+    profiler = cProfile.Profile() if profile_path else None
+    if profiler is not None:
+        profiler.enable()
+    try:
+        asyncio.run(_serve(sys.argv[1]))
+    finally:
+        if profiler is not None and profile_path:
+            profiler.disable()
+            profiler.dump_stats(profile_path)
+
+
+if __name__ == "__main__":
+    main()

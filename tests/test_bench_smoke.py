@@ -1,0 +1,52 @@
+"""The benchmark runs end to end with tiny numbers and reports positive figures.
+
+No timing is asserted: the machine is shared and noisy. What must hold is that every
+phase finishes every workflow and that each figure the README talks about is there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(300)
+def test_benchmark_reports_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "throughput.py"), "--workflows", "50",
+         "--steps", "1,3", "--concurrency", "8", "--sequential", "5",
+         "--floor-seconds", "0.5", "--memory-run", "60", "--wave", "30", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+
+    assert report["floor"]["publish_msgs_per_s"] > 0
+    assert report["floor"]["publish_rtt_ms"] > 0
+    names = [ph["name"] for ph in report["phases"]]
+    assert names == [f"{n}-step {kind}" for n in (1, 3)
+                     for kind in ("sequential (create)", "load (create)", "load (submit)")]
+    for ph in report["phases"]:
+        assert ph["completed"] == ph["workflows"] > 0, ph
+        assert ph["failed"] == 0, ph
+        assert ph["workflows_per_s"] > 0 and ph["steps_per_s"] > 0, ph
+        assert 0 < ph["p50_ms"] <= ph["p99_ms"], ph
+        # A workflow stores at least its create, task, result, KV writes and events.
+        assert ph["stored_msgs_per_workflow"] >= 5, ph
+        assert ph["steps_vs_floor"] > 0 and ph["writes_vs_floor"] > 0, ph
+        assert ph["cpu_ms_per_workflow"]["orchestrator"] > 0, ph
+    assert report["phases"][3]["steps_per_workflow"] == 3
+
+    memory = report["memory"]
+    assert memory["orchestrator_rss_kib_before"] > 0
+    assert memory["orchestrator_rss_kib_after"] > 0
+    assert [s["finished"] for s in memory["run"]] == [0, 30, 60]
+    assert all(s["rss_kib"] > 0 for s in memory["run"])
+    assert set(report["targets"]) >= {"flat orchestrator RSS"}

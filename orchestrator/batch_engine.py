@@ -57,7 +57,8 @@ def decide_batch(record: BatchRecord | None, inp: BatchInput, now: datetime, *,
             members=[BatchMember(index=i, workflow_id=member_id(batch_id, i))
                      for i in range(len(cfg.inputs))],
             created_at=now)
-        rec = BatchRecord(config=cfg, fingerprint=inp.fingerprint, status=status)
+        rec = BatchRecord.model_construct(config=cfg, fingerprint=inp.fingerprint,
+                                          status=status, outbox=[], outbox_at=None)
         return _decision(rec, _start_members(rec), now, Reply(created=True))
     if record is None:
         if isinstance(inp, MemberFinished):

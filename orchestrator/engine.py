@@ -78,7 +78,10 @@ def new_record(inp: CreateWorkflow, now: datetime) -> WorkflowRecord:
         labels=cfg.labels, batch_id=inp.batch_id, created_at=now,
         steps=[StepStatus(id=s.id, task=s.task) for s in cfg.steps],
     )
-    return WorkflowRecord(config=cfg, fingerprint=inp.fingerprint, status=status)
+    # Built from validated parts; model_construct skips re-running the graph check.
+    return WorkflowRecord.model_construct(config=cfg, fingerprint=inp.fingerprint,
+                                          status=status, outputs_bytes=0, outbox=[],
+                                          outbox_at=None)
 
 
 def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
@@ -134,9 +137,11 @@ class _Tx:
     """One transition: a working copy of the record plus the effects so far."""
 
     def __init__(self, record: WorkflowRecord, now: datetime, settings: EngineSettings) -> None:
-        # Copy the containers we change; outputs are shared (never mutated).
-        self.status = record.status.model_copy(
-            update={"steps": [s.model_copy() for s in record.status.steps]})
+        # Copy on write: the status and its step list are copied here, a step only when
+        # it changes (see own()); outputs are shared, never mutated.
+        self.status = record.status.model_copy(update={"steps": list(record.status.steps)})
+        self._index = {s.id: i for i, s in enumerate(self.status.steps)}
+        self._owned: set[int] = set()
         self.config: WorkflowConfig = record.config
         self.fingerprint = record.fingerprint
         self.outputs_bytes = record.outputs_bytes
@@ -146,16 +151,24 @@ class _Tx:
         self.steps = {s.id: s for s in self.status.steps}
 
     # -- plumbing -----------------------------------------------------------------
+    def own(self, step: StepStatus) -> StepStatus:
+        """This transition's own copy of ``step``, safe to change."""
+        if id(step) in self._owned:
+            return step
+        copy = step.model_copy()
+        self.status.steps[self._index[step.id]] = copy
+        self.steps[step.id] = copy
+        self._owned.add(id(copy))
+        return copy
+
     def decision(self, reply: Reply) -> WorkflowDecision:
         # Every change of state emits an event, so no effects means nothing changed.
         if not self.effects:
             return WorkflowDecision(record=None, reply=reply)
-        record = WorkflowRecord(config=self.config, fingerprint=self.fingerprint,
-                                status=self.status, outputs_bytes=self.outputs_bytes,
-                                outbox=list(self.effects),
-                                outbox_at=self.now if self.effects else None)
-        return WorkflowDecision(record=record, effects=list(self.effects),
-                                reply=reply)
+        record = WorkflowRecord.model_construct(
+            config=self.config, fingerprint=self.fingerprint, status=self.status,
+            outputs_bytes=self.outputs_bytes, outbox=list(self.effects), outbox_at=self.now)
+        return WorkflowDecision(record=record, effects=list(self.effects), reply=reply)
 
     def emit(self, type_: EventType, *, step: str | None = None, attempt: int | None = None,
              data: dict[str, object] | None = None, time: datetime | None = None) -> None:
@@ -180,8 +193,9 @@ class _Tx:
         if st.state == WorkflowState.STOPPING:
             return
         in_flight = [s for s in st.steps if s.state in STEP_IN_FLIGHT]
-        for s in st.steps:
+        for s in list(st.steps):
             if s.state in (StepState.PENDING, StepState.RETRYING):
+                s = self.own(s)
                 s.state = StepState.CANCELLED
                 s.next_attempt_at = None
         for s in in_flight:
@@ -234,6 +248,7 @@ class _Tx:
         self.maybe_complete()
 
     def dispatch(self, cfg: StepConfig, step: StepStatus) -> None:
+        step = self.own(step)
         try:
             task_input = render(cfg.input, workflow_input=self.status.input,
                                 outputs=self.outputs())
@@ -289,6 +304,7 @@ class _Tx:
                 or self.status.state in WORKFLOW_TERMINAL):
             return  # stale or duplicate: that attempt is no longer running
         cfg = self.config.step(res.step_id)
+        step = self.own(step)
         if step.state == StepState.DISPATCHED:
             step.state = StepState.RUNNING
             step.started_at = res.started_at or self.now
@@ -323,6 +339,7 @@ class _Tx:
             self.on_failure(cfg, step, res)
 
     def on_failure(self, cfg: StepConfig, step: StepStatus, res: TaskFailed) -> None:
+        step = self.own(step)
         if self.status.state == WorkflowState.STOPPING:
             step.state = StepState.CANCELLED
             step.error = res.error
@@ -338,6 +355,7 @@ class _Tx:
 
     def fail_step(self, cfg: StepConfig, step: StepStatus, error: ErrorInfo, *,
                   final: bool) -> None:
+        step = self.own(step)
         step.error = error
         err_data = error.model_dump(exclude_none=True)
         if not final:
@@ -359,7 +377,10 @@ class _Tx:
         self.emit(EventType.STEP_FAILED, step=step.id, attempt=step.attempts,
                   data={"error": err_data})
         # Fail fast: cancel what still runs, drop what has not started.
-        for other in self.status.steps:
+        for other in list(self.status.steps):
+            if other.state in STEP_IN_FLIGHT or other.state in (StepState.PENDING,
+                                                                StepState.RETRYING):
+                other = self.own(other)
             if other.state in STEP_IN_FLIGHT:
                 self.effects.append(CancelEffect(notice=CancelNotice(
                     workflow_id=self.status.id, step_id=other.id, attempt=other.attempts)))
@@ -380,8 +401,9 @@ class _Tx:
         if timer.purpose == "stop-grace":
             if st.state != WorkflowState.STOPPING:
                 return
-            for s in st.steps:
+            for s in list(st.steps):
                 if s.state in STEP_IN_FLIGHT:
+                    s = self.own(s)
                     s.state = StepState.CANCELLED
                     s.finished_at = self.now
                     self.emit(EventType.STEP_CANCELLED, step=s.id, attempt=s.attempts,

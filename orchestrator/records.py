@@ -8,6 +8,7 @@ crash between the write and the publish loses nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -204,17 +205,16 @@ class Reply(BaseModel):
     error: ErrorInfo | None = None
 
 
-class WorkflowDecision(BaseModel):
-    """The engine's answer to one input.
+@dataclass(slots=True)
+class WorkflowDecision:
+    """The engine's answer to one input (a plain value: never stored nor sent).
 
     ``record`` is None when nothing changed (nothing to write, nothing to publish).
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     record: WorkflowRecord | None
-    effects: list[Effect] = Field(default_factory=list)
-    reply: Reply = Field(default_factory=Reply)
+    effects: list[Effect] = field(default_factory=list)
+    reply: Reply = field(default_factory=Reply)
 
 
 # -- batches --------------------------------------------------------------------
@@ -261,13 +261,12 @@ class BatchRecord(BaseModel):
     outbox_at: datetime | None = None
 
 
-class BatchDecision(BaseModel):
+@dataclass(slots=True)
+class BatchDecision:
     """The batch engine's answer to one input."""
 
-    model_config = ConfigDict(extra="forbid")
-
     record: BatchRecord | None
-    effects: list[Effect] = Field(default_factory=list)
-    reply: Reply = Field(default_factory=Reply)
+    effects: list[Effect] = field(default_factory=list)
+    reply: Reply = field(default_factory=Reply)
 
 

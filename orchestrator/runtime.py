@@ -35,7 +35,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from contracts.errors import ErrorInfo, NatsflowError, validation_failed
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, DeadLetter, TaskResult, WorkflowReply
-from contracts.models import WORKFLOW_TERMINAL, WorkflowConfig
+from contracts.models import TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
 from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
 
@@ -319,7 +319,8 @@ class Processor:
         data, revision = await entity.store.load(key)
         if data is None:
             return None, 0, False
-        return entity.model.model_validate_json(data), revision, False
+        return (entity.model.model_validate_json(data, context={TRUSTED: True}), revision,
+                False)
 
     # -- publishing -----------------------------------------------------------------
     def _route(self, key: str, effect: Effect) -> tuple[str, bytes, str | None]:

@@ -228,8 +228,10 @@ class EngineMachine(RuleBasedStateMachine):
         if record_history:
             self.history.append(inp)
         before = self.record
+        snapshot = before.model_copy(deep=True) if before is not None else None
         self.clock += 1
         d = decide(before, inp, T0 + timedelta(seconds=self.clock))
+        assert before == snapshot, "decide never changes the record it was given"
         if before is not None and before.status.state in WORKFLOW_TERMINAL:
             assert d.record is None, "a terminal workflow absorbs every input"
         if d.record is None:

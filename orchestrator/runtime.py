@@ -348,24 +348,17 @@ class Processor:
                 f"bcmd:{key}:{effect.workflow_id}:{effect.command.kind}")
 
     async def publish(self, key: str, effects: Sequence[Effect]) -> None:
-        """Publish an outbox: everything else first, then the events.
-
-        Events go last so that the presence of an outbox's events in the events stream
-        proves the whole outbox was published (see :meth:`_flush_stale_outbox`).
-        """
-        first = [e for e in effects if not isinstance(e, EventEffect)]
-        events = [e for e in effects if isinstance(e, EventEffect)]
-        for group in (first, events):
-            futures = []
-            for effect in group:
-                subject, payload, msg_id = self._route(key, effect)
-                if msg_id is None:
-                    await self.nc.publish(subject, payload)
-                    continue
-                futures.append(await self.js.publish_async(
-                    subject, payload, headers={"Nats-Msg-Id": msg_id}))
-            if futures:
-                await asyncio.wait_for(asyncio.gather(*futures), _PUBLISH_TIMEOUT)
+        """Publish an outbox in one round: send everything, then await every ack."""
+        futures = []
+        for effect in effects:
+            subject, payload, msg_id = self._route(key, effect)
+            if msg_id is None:
+                await self.nc.publish(subject, payload)
+                continue
+            futures.append(await self.js.publish_async(
+                subject, payload, headers={"Nats-Msg-Id": msg_id}))
+        if futures:
+            await asyncio.wait_for(asyncio.gather(*futures), _PUBLISH_TIMEOUT)
 
     async def _flush_stale_outbox(self, key: str, record: Any) -> None:
         """Republish an outbox whose publication this process did not witness."""
@@ -374,14 +367,14 @@ class Processor:
         if age < DUPLICATE_WINDOW - 20:
             await self.publish(key, record.outbox)  # duplicates are dropped by msg id
             return
-        # Too old for the dedupe window: publish only what is provably missing.
-        missing = []
-        for effect in record.outbox:
-            if isinstance(effect, EventEffect) and not await self._event_stored(effect):
-                missing.append(effect)
-        if missing:
-            others = [e for e in record.outbox if not isinstance(e, EventEffect)]
-            await self.publish(key, [*others, *missing])
+        # Too old for the dedupe window. Events must not be duplicated: publish only the
+        # ones provably missing. Everything else is idempotent where it lands (a task is
+        # at-least-once by contract, a timer or command for a state that moved on is a
+        # no-op), so it is simply sent again.
+        missing = [e for e in record.outbox
+                   if isinstance(e, EventEffect) and not await self._event_stored(e)]
+        others = [e for e in record.outbox if not isinstance(e, EventEffect)]
+        await self.publish(key, [*others, *missing])
 
     async def _event_stored(self, effect: EventEffect) -> bool:
         ev = effect.event

@@ -111,6 +111,49 @@ class Item:
 
 R = TypeVar("R", WorkflowRecord, BatchRecord)
 
+#: JSON bytes of unfinished records one process keeps in memory (about ten times as
+#: much RSS); beyond it the least recently used are dropped and re-read from KV.
+CACHE_BUDGET_BYTES = 16 * 1024 * 1024
+
+
+class RecordCache(Generic[R]):
+    """Records this process wrote (and published) itself: LRU, bounded in bytes.
+
+    A hit saves a KV read; a stale hit costs nothing but a failed compare-and-set.
+    """
+
+    def __init__(self, budget: int = CACHE_BUDGET_BYTES) -> None:
+        self.budget = budget
+        self.used = 0
+        self._items: OrderedDict[str, tuple[int, R, int]] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> tuple[int, R, int] | None:
+        """(revision, record, size), most recently used now; None if absent."""
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        self._items.move_to_end(key)
+        return hit
+
+    def pop(self, key: str) -> None:
+        hit = self._items.pop(key, None)
+        if hit is not None:
+            self.used -= hit[2]
+
+    def put(self, key: str, revision: int, record: R, size: int) -> None:
+        self.pop(key)
+        self._items[key] = (revision, record, size)
+        self.used += size
+        while self.used > self.budget and self._items:
+            _, (_, _, dropped) = self._items.popitem(last=False)
+            self.used -= dropped
+
 
 class _Entity(Generic[R]):
     """How to load, decide and answer for one kind of record."""
@@ -123,16 +166,17 @@ class _Entity(Generic[R]):
         self.model: type[R] = model
         self.decide: Callable[[R | None, Any, datetime, str], Any] = decide_fn
         self.reply: Callable[[str, R | None, Reply], BaseModel] = reply_fn
-        self.cache: OrderedDict[str, tuple[int, R]] = OrderedDict()
-        self.cache_size = 20_000
+        self.cache: RecordCache[R] = RecordCache()
 
-    def remember(self, key: str, revision: int, record: R, terminal: bool) -> None:
-        self.cache.pop(key, None)
+    def remember(self, key: str, revision: int, record: R, *, terminal: bool,
+                 size: int) -> None:
+        """Cache a record whose outbox is published (finished ones leave the process)."""
+        self.cache.pop(key)
         if terminal:
-            return  # finished records leave the process; their state lives in NATS
-        self.cache[key] = (revision, record)
-        while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
+            return  # its state lives in NATS
+        # The outbox is published: the cached copy need not carry it.
+        record.outbox = []
+        self.cache.put(key, revision, record, size)
 
 
 class Processor:
@@ -241,7 +285,7 @@ class Processor:
             outcome = await self._apply(entity, key, items)
         except Exception:
             log.exception("processing %s %s failed; will retry", entity.name, key)
-            entity.cache.pop(key, None)
+            entity.cache.pop(key)
             for item in items:
                 await self._retry_or_dead_letter(item, "processing failed")
             return
@@ -265,10 +309,10 @@ class Processor:
         assume_new = key not in entity.cache and items[0].input.kind == "create"
         for _ in range(_CAS_ATTEMPTS):
             if assume_new:
-                record, revision, cached = None, 0, True
+                record, revision, cached, size = None, 0, True, 0
                 assume_new = False
             else:
-                record, revision, cached = await self._load(entity, key)
+                record, revision, cached, size = await self._load(entity, key)
             if record is not None and not cached and record.outbox:
                 await self._flush_stale_outbox(key, record)
             now = self.clock()
@@ -287,22 +331,24 @@ class Processor:
                     # replica moved the record on, and e.g. a result for the step it
                     # dispatched looks stale here. No write means no CAS to catch it,
                     # so decide again on the stored record.
-                    entity.cache.pop(key, None)
+                    entity.cache.pop(key)
                     continue
                 if record is not None:
-                    entity.remember(key, revision, record, self._is_terminal(record))
+                    entity.remember(key, revision, record, terminal=self._is_terminal(record),
+                                    size=size)
                 return record, replies
             current.outbox = effects
             current.outbox_at = now
+            data = current.model_dump_json().encode()
             try:
-                new_rev = await entity.store.save(key, current.model_dump_json().encode(),
-                                                  revision=revision)
+                new_rev = await entity.store.save(key, data, revision=revision)
             except StaleRevision:
                 self.stats["cas_retries"] += 1
-                entity.cache.pop(key, None)
+                entity.cache.pop(key)
                 continue
             await self.publish(key, effects)
-            entity.remember(key, new_rev, current, self._is_terminal(current))
+            entity.remember(key, new_rev, current, terminal=self._is_terminal(current),
+                            size=len(data))
             return current, replies
         return None
 
@@ -311,16 +357,16 @@ class Processor:
         return record.status.state in WORKFLOW_TERMINAL or (
             isinstance(record, BatchRecord) and record.status.finished_at is not None)
 
-    async def _load(self, entity: _Entity[Any], key: str) -> tuple[Any, int, bool]:
+    async def _load(self, entity: _Entity[Any], key: str) -> tuple[Any, int, bool, int]:
+        """(record, revision, from the cache, stored size); the cache knows sizes too."""
         hit = entity.cache.get(key)
         if hit is not None:
-            entity.cache.move_to_end(key)
-            return hit[1], hit[0], True
+            return hit[1], hit[0], True, hit[2]
         data, revision = await entity.store.load(key)
         if data is None:
-            return None, 0, False
-        return (entity.model.model_validate_json(data, context={TRUSTED: True}), revision,
-                False)
+            return None, 0, False, 0
+        record = entity.model.model_validate_json(data, context={TRUSTED: True})
+        return record, revision, False, len(data)
 
     # -- publishing -----------------------------------------------------------------
     def _route(self, key: str, effect: Effect) -> tuple[str, bytes, str | None]:

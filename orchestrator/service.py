@@ -7,13 +7,11 @@ import logging
 from datetime import UTC, datetime
 from types import TracebackType
 
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from contracts.connect import NatsSettings, connect
+from contracts.consume import PullConsumer
 from contracts.streams import Topology, declare_stream, ensure_consumer
 
 from .api import Api
@@ -50,6 +48,7 @@ class Orchestrator:
         self.processor: Processor | None = None
         self.api: Api | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._subs: list[PullConsumer] = []
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -69,10 +68,13 @@ class Orchestrator:
                                    batches=batches, settings=self.engine_settings)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency)
-        engine_sub = await js.pull_subscribe_bind(self.subjects.engine_consumer,
-                                                  stream=self.subjects.inbox_stream)
-        timer_sub = await js.pull_subscribe_bind(self.subjects.timer_consumer,
-                                                 stream=self.subjects.inbox_stream)
+        engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
+                                        self.subjects.engine_consumer,
+                                        batch=self.fetch_batch).start()
+        timer_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
+                                       self.subjects.timer_consumer,
+                                       batch=self.fetch_batch).start()
+        self._subs = [engine_sub, timer_sub]
         self._loops = [asyncio.create_task(self._engine_loop(engine_sub)),
                        asyncio.create_task(self._timer_loop(timer_sub))]
         await self.api.start()
@@ -90,6 +92,8 @@ class Orchestrator:
             for loop in pending:
                 loop.cancel()
             await asyncio.gather(*self._loops, return_exceptions=True)
+        for sub in self._subs:
+            await sub.stop()
         if self._owns_nc and self.nc is not None:
             await self.nc.close()
 
@@ -110,17 +114,15 @@ class Orchestrator:
         await self.stop()
 
     # -- loops ----------------------------------------------------------------------
-    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+    async def _fetch(self, sub: PullConsumer) -> list[Msg]:
         try:
-            return await sub.fetch(self.fetch_batch, timeout=1.0)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            log.warning("fetch failed (%s); retrying", exc)
+            return await sub.next_batch(self.fetch_batch, timeout=1.0)
+        except Exception:
+            log.exception("taking messages failed; retrying")
             await asyncio.sleep(0.5)
             return []
 
-    async def _engine_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _engine_loop(self, sub: PullConsumer) -> None:
         assert self.processor is not None
         while not self._stopping.is_set():
             msgs = await self._fetch(sub)
@@ -130,7 +132,7 @@ class Orchestrator:
                 except Exception:
                     log.exception("engine batch failed; messages will be redelivered")
 
-    async def _timer_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _timer_loop(self, sub: PullConsumer) -> None:
         processor = self.processor
         assert processor is not None
         while not self._stopping.is_set():

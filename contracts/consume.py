@@ -1,0 +1,121 @@
+"""Continuous pull consumption: pull requests kept open ahead of need.
+
+``fetch()`` pays two round trips per call and a long poll that ends with every batch;
+this keeps pull requests outstanding (as nats.go's ``Consume`` does), so a message is
+handed over the moment it arrives, and whatever has arrived meanwhile comes as one
+batch. Flow control stays with JetStream: never more than ``batch`` messages are asked
+for at once, and more are asked for only as they are taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["PullConsumer"]
+
+log = logging.getLogger("natsflow.consume")
+
+_STATUS = "Status"
+_PENDING_MSGS = "Nats-Pending-Messages"
+
+
+class PullConsumer:
+    """Messages of one durable pull consumer, in batches, as soon as they arrive.
+
+    Args:
+        nc: Connected NATS client.
+        stream: Stream name.
+        consumer: Durable consumer name.
+        batch: Most messages asked for and not yet received at any time.
+        expires: Seconds each pull request lives on the server.
+        heartbeat: Seconds between the server's idle heartbeats; silence for three of
+            them (a lost connection, a restarted server) makes it ask afresh.
+    """
+
+    def __init__(self, nc: Client, stream: str, consumer: str, *, batch: int = 256,
+                 expires: float = 30.0, heartbeat: float = 5.0) -> None:
+        self.nc = nc
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.batch = batch
+        self.expires = expires
+        self.heartbeat = heartbeat
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._ready: deque[Msg] = deque()
+        self._arrived = asyncio.Event()
+        self._outstanding = 0
+        self._last_seen = time.monotonic()
+
+    async def start(self) -> PullConsumer:
+        """Subscribe to this consumer's private inbox."""
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message)
+        return self
+
+    async def stop(self) -> None:
+        """Stop receiving; messages not yet taken are left to redelivery."""
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._last_seen = time.monotonic()
+        status = msg.headers.get(_STATUS) if msg.headers else None
+        if status is None:
+            self._outstanding = max(0, self._outstanding - 1)
+            self._ready.append(msg)
+            self._arrived.set()
+        elif status != "100":
+            # 408 (request expired) / 409 (e.g. leadership change): the rest of that
+            # request will never come.
+            unfilled = msg.headers.get(_PENDING_MSGS) if msg.headers else None
+            if unfilled and unfilled.isdigit():
+                self._outstanding = max(0, self._outstanding - int(unfilled))
+            else:
+                self._outstanding = 0
+            self._arrived.set()
+
+    async def _top_up(self) -> None:
+        if time.monotonic() - self._last_seen > 3 * self.heartbeat:
+            # Nothing heard for too long: whatever we asked for is lost; ask again.
+            self._outstanding = 0
+            self._last_seen = time.monotonic()
+        want = self.batch - self._outstanding - len(self._ready)
+        if want < max(1, self.batch // 2):
+            return
+        request = {"batch": want, "expires": int(self.expires * 1e9),
+                   "idle_heartbeat": int(self.heartbeat * 1e9)}
+        try:
+            await self.nc.publish(self.subject, json.dumps(request).encode(),
+                                  reply=self._inbox)
+        except nats.errors.Error as exc:
+            log.warning("pull request failed: %s", exc)
+            return
+        self._outstanding += want
+
+    async def next_batch(self, max_msgs: int, *, timeout: float = 1.0) -> list[Msg]:
+        """Up to ``max_msgs`` messages: at least one, unless ``timeout`` passes first."""
+        await self._top_up()
+        if not self._ready:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
+                return []
+        out: list[Msg] = []
+        while self._ready and len(out) < max_msgs:
+            out.append(self._ready.popleft())
+        if out:
+            await self._top_up()
+        return out

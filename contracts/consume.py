@@ -21,12 +21,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["PullConsumer"]
+__all__ = ["ConsumerStalled", "PullConsumer"]
 
 log = logging.getLogger("natsflow.consume")
 
 _STATUS = "Status"
 _PENDING_MSGS = "Nats-Pending-Messages"
+
+
+class ConsumerStalled(Exception):
+    """The server stopped answering pull requests (consumer or stream gone?)."""
 
 
 class PullConsumer:
@@ -55,6 +59,7 @@ class PullConsumer:
         self._arrived = asyncio.Event()
         self._outstanding = 0
         self._last_seen = time.monotonic()
+        self._stalls = 0
 
     async def start(self) -> PullConsumer:
         """Subscribe to this consumer's private inbox."""
@@ -71,6 +76,7 @@ class PullConsumer:
 
     async def _on_message(self, msg: Msg) -> None:
         self._last_seen = time.monotonic()
+        self._stalls = 0
         status = msg.headers.get(_STATUS) if msg.headers else None
         if status is None:
             self._outstanding = max(0, self._outstanding - 1)
@@ -86,13 +92,19 @@ class PullConsumer:
                 self._outstanding = 0
             self._arrived.set()
 
-    async def _top_up(self) -> None:
-        if time.monotonic() - self._last_seen > 3 * self.heartbeat:
-            # Nothing heard for too long: whatever we asked for is lost; ask again.
+    async def _top_up(self, limit: int) -> None:
+        if self._outstanding and time.monotonic() - self._last_seen > 3 * self.heartbeat:
+            # Nothing heard for too long: whatever we asked for is lost; ask again, and
+            # tell the caller when it keeps happening (it may need to re-declare).
             self._outstanding = 0
             self._last_seen = time.monotonic()
-        want = self.batch - self._outstanding - len(self._ready)
-        if want < max(1, self.batch // 2):
+            self._stalls += 1
+            if self._stalls >= 2:
+                self._stalls = 0
+                raise ConsumerStalled(self.subject)
+        cap = min(self.batch, limit)
+        want = cap - self._outstanding - len(self._ready)
+        if want < max(1, cap // 2):
             return
         request = {"batch": want, "expires": int(self.expires * 1e9),
                    "idle_heartbeat": int(self.heartbeat * 1e9)}
@@ -105,8 +117,12 @@ class PullConsumer:
         self._outstanding += want
 
     async def next_batch(self, max_msgs: int, *, timeout: float = 1.0) -> list[Msg]:
-        """Up to ``max_msgs`` messages: at least one, unless ``timeout`` passes first."""
-        await self._top_up()
+        """Up to ``max_msgs`` messages: at least one, unless ``timeout`` passes first.
+
+        Never more than ``max_msgs`` (nor ``batch``) messages are asked for and not yet
+        taken, so a caller that can only take a few does not hoard messages.
+        """
+        await self._top_up(max_msgs)
         if not self._ready:
             self._arrived.clear()
             try:
@@ -116,6 +132,4 @@ class PullConsumer:
         out: list[Msg] = []
         while self._ready and len(out) < max_msgs:
             out.append(self._ready.popleft())
-        if out:
-            await self._top_up()
         return out

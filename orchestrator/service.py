@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from types import TracebackType
@@ -11,7 +12,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from contracts.connect import NatsSettings, connect
-from contracts.consume import PullConsumer
+from contracts.consume import ConsumerStalled, PullConsumer
 from contracts.streams import Topology, declare_stream, ensure_consumer
 
 from .api import Api
@@ -57,10 +58,7 @@ class Orchestrator:
             self.nc = await connect(self.settings, name="natsflow-orchestrator", timeout=None)
         js = self.nc.jetstream()
         t = self.topology
-        for stream in (t.inbox(), t.tasks(), t.events(), t.dlq()):
-            await declare_stream(js, stream)
-        await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
-        await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
+        await self._declare()
         workflows = KvRecordStore(await js.create_key_value(t.workflows_kv()))
         batches = KvRecordStore(await js.create_key_value(t.batches_kv()))
         idempotency = await js.create_key_value(t.idempotency_kv())
@@ -79,6 +77,16 @@ class Orchestrator:
                        asyncio.create_task(self._timer_loop(timer_sub))]
         await self.api.start()
         log.info("orchestrator ready (prefix %s)", self.subjects.prefix)
+
+    async def _declare(self) -> None:
+        """Declare the streams and consumers (idempotent)."""
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        t = self.topology
+        for stream in (t.inbox(), t.tasks(), t.events(), t.dlq()):
+            await declare_stream(js, stream)
+        await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
+        await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight groups finish, deregister, disconnect."""
@@ -117,6 +125,12 @@ class Orchestrator:
     async def _fetch(self, sub: PullConsumer) -> list[Msg]:
         try:
             return await sub.next_batch(self.fetch_batch, timeout=1.0)
+        except ConsumerStalled:
+            # e.g. a server restarted without its data: declare everything again.
+            log.warning("the server stopped answering pull requests; re-declaring")
+            with contextlib.suppress(Exception):
+                await self._declare()
+            return []
         except Exception:
             log.exception("taking messages failed; retrying")
             await asyncio.sleep(0.5)

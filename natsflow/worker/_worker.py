@@ -8,12 +8,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from contracts.connect import NatsSettings, connect
+from contracts.consume import PullConsumer
 from contracts.messages import CancelNotice
 from contracts.streams import Topology, declare_stream, ensure_consumer
 from contracts.subjects import TASK_TYPE_RE, Subjects
@@ -166,9 +166,9 @@ class _Session:
         self._subs.append(await self._nc.subscribe(self._subjects.all_cancels,
                                                    cb=self._on_cancel))
         for handler in self._handlers.values():
-            sub = await self._js.pull_subscribe_bind(
-                self._subjects.worker_consumer(handler.task_type),
-                stream=self._subjects.tasks_stream)
+            sub = await PullConsumer(self._nc, self._subjects.tasks_stream,
+                                     self._subjects.worker_consumer(handler.task_type),
+                                     batch=self._batch).start()
             self._subs.append(sub)
             self._loops.append(asyncio.create_task(self._fetch_loop(handler, sub),
                                                    name=f"fetch {handler.task_type}"))
@@ -190,7 +190,7 @@ class _Session:
         await _finish(self._deliveries, within=grace)
         for sub in self._subs:  # the connection may be shared and outlive us
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await (sub.stop() if isinstance(sub, PullConsumer) else sub.unsubscribe())
         log.info("stopped serving %s", ", ".join(self._handlers))
 
     async def _fetch_loop(self, handler: TaskHandler, sub: Any) -> None:
@@ -199,9 +199,7 @@ class _Session:
             if reserved == 0:
                 return
             try:
-                msgs: list[Msg] = await sub.fetch(batch=reserved, timeout=FETCH_TIMEOUT)
-            except (TimeoutError, nats.errors.TimeoutError):
-                msgs = []
+                msgs: list[Msg] = await sub.next_batch(reserved, timeout=FETCH_TIMEOUT)
             except asyncio.CancelledError:
                 self._slots.release(reserved)
                 raise

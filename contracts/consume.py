@@ -68,23 +68,31 @@ class PullConsumer:
         return self
 
     async def stop(self) -> None:
-        """Stop receiving; messages not yet taken are left to redelivery."""
+        """Stop receiving; messages received but not taken are handed back at once."""
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
+        while self._ready:
+            with contextlib.suppress(nats.errors.Error):
+                await self._ready.popleft().nak()
 
     async def _on_message(self, msg: Msg) -> None:
-        self._last_seen = time.monotonic()
-        self._stalls = 0
         status = msg.headers.get(_STATUS) if msg.headers else None
+        if status is None or status in ("100", "408"):
+            # A message, an idle heartbeat, or a request that simply expired: all is well.
+            self._last_seen = time.monotonic()
+            self._stalls = 0
+        else:
+            # 409 (consumer deleted, leadership change...), 503 (no one serves the
+            # consumer): something is wrong on the server's side.
+            self._stalls += 1
         if status is None:
             self._outstanding = max(0, self._outstanding - 1)
             self._ready.append(msg)
             self._arrived.set()
         elif status != "100":
-            # 408 (request expired) / 409 (e.g. leadership change): the rest of that
-            # request will never come.
+            # The rest of that request will never come.
             unfilled = msg.headers.get(_PENDING_MSGS) if msg.headers else None
             if unfilled and unfilled.isdigit():
                 self._outstanding = max(0, self._outstanding - int(unfilled))
@@ -94,14 +102,14 @@ class PullConsumer:
 
     async def _top_up(self, limit: int) -> None:
         if self._outstanding and time.monotonic() - self._last_seen > 3 * self.heartbeat:
-            # Nothing heard for too long: whatever we asked for is lost; ask again, and
-            # tell the caller when it keeps happening (it may need to re-declare).
+            # Nothing heard for too long: whatever we asked for is lost; ask again.
             self._outstanding = 0
             self._last_seen = time.monotonic()
             self._stalls += 1
-            if self._stalls >= 2:
-                self._stalls = 0
-                raise ConsumerStalled(self.subject)
+        if self._stalls >= 2:
+            # Tell the caller when it keeps happening (it may need to re-declare).
+            self._stalls = 0
+            raise ConsumerStalled(self.subject)
         cap = min(self.batch, limit)
         want = cap - self._outstanding - len(self._ready)
         if want < max(1, cap // 2):

@@ -1,0 +1,88 @@
+"""Continuous pull consumption against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from contracts.consume import ConsumerStalled, PullConsumer
+
+
+async def _setup(nc: Client, prefix: str, *, ack_wait: float = 30) -> str:
+    js = nc.jetstream()
+    stream = f"{prefix.upper()}_C"
+    await js.add_stream(name=stream, subjects=[f"{prefix}.c.>"])
+    await js.add_consumer(stream, ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT,
+                                                 ack_wait=ack_wait))
+    return stream
+
+
+async def test_hands_over_what_arrived_as_one_batch_and_bounds_the_batch(
+        nc: Client, prefix: str) -> None:
+    stream = await _setup(nc, prefix)
+    consumer = await PullConsumer(nc, stream, "c", batch=8).start()
+    try:
+        assert await consumer.next_batch(8, timeout=0.2) == []  # nothing yet
+        js = nc.jetstream()
+        for i in range(20):
+            await js.publish(f"{prefix}.c.x", str(i).encode())
+        got: list[bytes] = []
+        while len(got) < 20:
+            batch = await consumer.next_batch(5, timeout=2)
+            assert 1 <= len(batch) <= 5
+            for msg in batch:
+                got.append(msg.data)
+                await msg.ack()
+        assert got == [str(i).encode() for i in range(20)]
+    finally:
+        await consumer.stop()
+
+
+async def test_keeps_asking_after_requests_expire(nc: Client, prefix: str) -> None:
+    stream = await _setup(nc, prefix)
+    consumer = await PullConsumer(nc, stream, "c", batch=4, expires=0.3, heartbeat=0.1).start()
+    try:
+        assert await consumer.next_batch(4, timeout=1.0) == []  # outlives one request
+        await nc.jetstream().publish(f"{prefix}.c.x", b"late")
+        batch = await consumer.next_batch(4, timeout=2)
+        assert [m.data for m in batch] == [b"late"]
+    finally:
+        await consumer.stop()
+
+
+async def test_stop_hands_back_messages_not_taken(nc: Client, prefix: str) -> None:
+    stream = await _setup(nc, prefix)
+    js = nc.jetstream()
+    for i in range(3):
+        await js.publish(f"{prefix}.c.x", str(i).encode())
+    first = await PullConsumer(nc, stream, "c", batch=8).start()
+    taken = await first.next_batch(1, timeout=2)
+    await asyncio.sleep(0.2)  # the other two arrive but are not taken
+    await taken[0].ack()
+    await first.stop()
+    second = await PullConsumer(nc, stream, "c", batch=8).start()
+    try:
+        got: list[bytes] = []
+        for _ in range(20):
+            got += [m.data for m in await second.next_batch(8, timeout=0.5)]
+            if len(got) == 2:
+                break
+        assert sorted(got) == [b"1", b"2"]  # well before the 30 s ack wait
+    finally:
+        await second.stop()
+
+
+async def test_reports_a_consumer_that_stopped_answering(nc: Client, prefix: str) -> None:
+    stream = await _setup(nc, prefix)
+    consumer = await PullConsumer(nc, stream, "c", batch=4, heartbeat=0.1).start()
+    try:
+        await consumer.next_batch(4, timeout=0.2)
+        await nc.jetstream().delete_consumer(stream, "c")
+        with pytest.raises(ConsumerStalled):
+            for _ in range(50):
+                await consumer.next_batch(4, timeout=0.1)
+    finally:
+        await consumer.stop()

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,18 +48,21 @@ def test_dev_runs_a_workflow_and_stops_cleanly(tmp_path: Path) -> None:
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    stdout = proc.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")),
+                              daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 60
+        # As a user does: wait for the banner, then paste its curl.
+        while not any("curl" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "natsflow dev never printed its banner"
+            time.sleep(0.1)
         with httpx.Client(base_url=url, timeout=5) as http:
-            while True:
-                assert proc.poll() is None, proc.communicate()[0]
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "gateway never became ready"
-                time.sleep(0.2)
+            assert http.get("/readyz").status_code == 200
             children = _children_of(proc.pid)
             # nats-server, orchestrator, gateway and the demo worker
             assert len(children) == 4, children
@@ -77,11 +81,14 @@ def test_dev_runs_a_workflow_and_stops_cleanly(tmp_path: Path) -> None:
         assert status["steps"][0]["output"] == {"message": "hello world"}
 
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
+        reader.join(timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
+        stdout.close()
+    out = "".join(lines)
     assert proc.returncode == 0, out
     # What the banner tells the user to paste is what this test posted.
     assert demo_curl(url) in out

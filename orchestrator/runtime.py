@@ -339,7 +339,7 @@ class Processor:
                 return record, replies
             current.outbox = effects
             current.outbox_at = now
-            data = current.model_dump_json().encode()
+            data = current.model_dump_json(exclude_none=True).encode()  # see test_engine
             try:
                 new_rev = await entity.store.save(key, data, revision=revision)
             except StaleRevision:

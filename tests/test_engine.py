@@ -173,6 +173,17 @@ def test_resubmit_and_conflict() -> None:
     assert other.reply.error is not None and other.reply.error.code == "id-conflict"
 
 
+def test_records_round_trip_through_their_stored_form() -> None:
+    # The shell stores records with exclude_none (smaller KV values): nothing may be lost,
+    # not even JSON nulls inside inputs and outputs.
+    cfg = config([{"id": "a", "task": "t", "input": {"n": None}},
+                  {"id": "b", "task": "t", "depends_on": ["a"]}], input={"x": None, "y": [None]})
+    rec, _ = run(cfg, [ok("a", output={"z": None})])
+    stored = rec.model_dump_json(exclude_none=True)
+    assert len(stored) < len(rec.model_dump_json())
+    assert WorkflowRecord.model_validate_json(stored) == rec
+
+
 def test_output_too_large_fails_the_step() -> None:
     cfg = config([{"id": "a", "task": "t"}])
     rec, _ = run(cfg, [ok("a", output={"x": "y" * 200_000})])

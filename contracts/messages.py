@@ -190,7 +190,7 @@ class BatchStatus(BaseModel):
     id: str
     name: str
     state: BatchState
-    max_concurrency: int | None
+    max_concurrency: int | None = None
     counts: dict[str, int] = Field(description="Members per state (pending, running, ...).")
     members: list[BatchMember]
     created_at: datetime

@@ -394,9 +394,12 @@ class Processor:
                 f"bcmd:{key}:{effect.workflow_id}:{effect.command.kind}")
 
     async def publish(self, key: str, effects: Sequence[Effect]) -> None:
-        """Publish an outbox in one round: send everything, then await every ack."""
+        """Publish an outbox in one round: send everything, then await every ack.
+
+        Tasks go out first: a worker can start while the events are still being stored.
+        """
         futures = []
-        for effect in effects:
+        for effect in sorted(effects, key=lambda e: not isinstance(e, TaskEffect)):
             subject, payload, msg_id = self._route(key, effect)
             if msg_id is None:
                 await self.nc.publish(subject, payload)

@@ -76,3 +76,9 @@ def test_conflicting_recreate_and_unknown_batch() -> None:
     assert other.reply.error is not None and other.reply.error.code == "id-conflict"
     missing = decide_batch(None, StopBatch(), NOW, batch_id="zz")
     assert missing.reply.error is not None and missing.reply.error.code == "batch-not-found"
+
+
+def test_batch_records_round_trip_through_their_stored_form() -> None:
+    rec, _ = created(3, None)  # max_concurrency None: dropped when stored, restored on load
+    stored = rec.model_dump_json(exclude_none=True)
+    assert BatchRecord.model_validate_json(stored) == rec

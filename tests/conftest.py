@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Probe, running_demo_worker
 from nats.aio.client import Client
 
+from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings, connect
 from natsflow.embedded import EmbeddedNats
 
@@ -56,3 +58,16 @@ async def engine(settings: NatsSettings) -> AsyncIterator[object]:
     await orch.start()
     yield orch
     await orch.stop()
+
+
+@pytest.fixture
+async def demo_worker(engine: object, settings: NatsSettings) -> AsyncIterator[Probe]:
+    """The demo task types served by a probed worker (started after the engine)."""
+    async with running_demo_worker(settings) as probe:
+        yield probe
+
+
+@pytest.fixture
+def client(nc: Client, settings: NatsSettings) -> NatsflowClient:
+    """The reference client over this test's connection."""
+    return NatsflowClient(nc, settings.subjects)

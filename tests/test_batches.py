@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +12,6 @@ from helpers import (
     assert_history,
     by_workflow,
     read_events,
-    running_demo_worker,
     terminal_of,
     wait_for,
 )
@@ -25,19 +23,6 @@ from contracts.errors import AlreadyFinished, BatchNotFound, WorkflowNotFound
 from contracts.messages import BATCH_TERMINAL, BatchReply, BatchState
 from contracts.models import EVENT_TERMINAL, EventType, WorkflowState
 from orchestrator import Orchestrator
-
-
-@pytest.fixture
-async def demo_worker(engine: Orchestrator, settings: NatsSettings) -> AsyncIterator[Probe]:
-    """The demo task types served by a probed worker (started after the engine)."""
-    async with running_demo_worker(settings) as probe:
-        yield probe
-
-
-@pytest.fixture
-def client(nc: Client, settings: NatsSettings) -> NatsflowClient:
-    """The reference client over this test's connection."""
-    return NatsflowClient(nc, settings.subjects)
 
 
 def template(*steps: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -34,19 +33,6 @@ from contracts.errors import (
 )
 from contracts.models import MAX_CONFIG_BYTES, EventType, StepState, WorkflowState
 from orchestrator import Orchestrator
-
-
-@pytest.fixture
-async def demo_worker(engine: Orchestrator, settings: NatsSettings) -> AsyncIterator[Probe]:
-    """The demo task types served by a probed worker (started after the engine)."""
-    async with running_demo_worker(settings) as probe:
-        yield probe
-
-
-@pytest.fixture
-def client(nc: Client, settings: NatsSettings) -> NatsflowClient:
-    """The reference client over this test's connection."""
-    return NatsflowClient(nc, settings.subjects)
 
 
 def retry(max_attempts: int, **more: Any) -> dict[str, Any]:

@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from helpers import assert_history, read_events, running_demo_worker
 from nats.aio.client import Client
 
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from orchestrator import Orchestrator
 from orchestrator.records import Effect, TaskEffect
-from tests.helpers import assert_history, read_events, running_demo_worker
 
 WORKFLOW = {"name": "crashy", "id": "crashy1", "input": {"n": 1},
             "steps": [{"id": "a", "task": "demo.echo", "input": {"v": "${input.n}"}},

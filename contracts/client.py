@@ -8,7 +8,6 @@ the events stream.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -189,7 +188,3 @@ def error_reply(err: NatsflowError) -> tuple[bytes, dict[str, str]]:
     return (err.info().model_dump_json(exclude_none=True).encode(),
             {ERROR_CODE_HEADER: err.code, "Nats-Service-Error": err.message[:200]})
 
-
-def json_dumps(value: Any) -> bytes:
-    """Compact JSON bytes."""
-    return json.dumps(value, separators=(",", ":")).encode()

@@ -253,7 +253,7 @@ class Api:
             raise PayloadTooLarge(f"batch of {len(data)} bytes is over the limit of "
                                   f"{MAX_BATCH_BYTES} bytes")
         config = BatchConfig.model_validate_json(data)
-        bid = config.id or new_id().replace("-", "")
+        bid = config.id or new_id()
         try:  # the template must make a valid workflow
             config.workflow.config_for(workflow_id=f"{bid}-0", input=config.inputs[0],
                                        batch_id=bid)

@@ -266,7 +266,7 @@ class _Tx:
         wid = self.status.id
         self.effects.append(TaskEffect(task=TaskMessage(
             workflow_id=wid, step_id=cfg.id, attempt=attempt, task=cfg.task,
-            input=task_input if isinstance(task_input, dict) else {"value": task_input},
+            input=task_input,  # a dict rendered stays a dict
             idempotency_key=f"{wid}:{cfg.id}:{attempt}",
             reply_to=self.settings.subjects.result(wid), deadline=deadline,
             heartbeat_interval=self.settings.heartbeat)))

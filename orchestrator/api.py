@@ -57,7 +57,7 @@ from .records import (
     StopWorkflow,
     WorkflowRecord,
 )
-from .runtime import REPLY_HEADER, fingerprint
+from .runtime import OUTCOME_ERROR_HEADER, REPLY_HEADER, fingerprint
 from .store import RecordStore
 
 __all__ = ["Api", "VERSION"]
@@ -180,7 +180,7 @@ class Api:
     def _outcome(msg: Msg | None, model: type[Any], key: str) -> Any:
         if msg is None:
             return model(id=key, created=False, status=None)
-        if msg.headers and msg.headers.get("Natsflow-Error"):
+        if msg.headers and msg.headers.get(OUTCOME_ERROR_HEADER):
             raise error_from_info(ErrorInfo.model_validate_json(msg.data))
         return model.model_validate_json(msg.data)
 
@@ -223,28 +223,38 @@ class Api:
             raise missing(f"no such id {req.id!r}", field="id")
         return req.id
 
-    async def _workflow_op(self, data: bytes, command: BaseModel) -> WorkflowReply:
-        req = IdRequest(id=self._id(data, WorkflowNotFound))
-        msg = await self._command(self.subjects.workflow_command(req.id), command)
-        reply: WorkflowReply = self._outcome(msg, WorkflowReply, req.id)
-        return reply
+    async def _by_id_command(self, data: bytes, command: BaseModel, *, batch: bool) -> Any:
+        """Send ``command`` to the workflow (or batch) named in the request."""
+        key = self._id(data, BatchNotFound if batch else WorkflowNotFound)
+        subject = (self.subjects.batch_command if batch else self.subjects.workflow_command)(key)
+        msg = await self._command(subject, command)
+        return self._outcome(msg, BatchReply if batch else WorkflowReply, key)
+
+    async def _read_status(self, data: bytes, *, batch: bool) -> Any:
+        """Read the record named in the request straight from its KV bucket."""
+        missing = BatchNotFound if batch else WorkflowNotFound
+        key = self._id(data, missing)
+        raw, _ = await (self.batches if batch else self.workflows).load(key)
+        if raw is None:
+            raise missing(f"no {'batch' if batch else 'workflow'} {key!r}", field="id")
+        model = BatchRecord if batch else WorkflowRecord
+        record = model.model_validate_json(raw, context={TRUSTED: True})
+        return (BatchReply if batch else WorkflowReply)(id=key, status=record.status)
 
     async def start_workflow(self, data: bytes) -> WorkflowReply:
         """``workflow.start``."""
-        return await self._workflow_op(data, StartWorkflow())
+        reply: WorkflowReply = await self._by_id_command(data, StartWorkflow(), batch=False)
+        return reply
 
     async def stop_workflow(self, data: bytes) -> WorkflowReply:
         """``workflow.stop``."""
-        return await self._workflow_op(data, StopWorkflow())
+        reply: WorkflowReply = await self._by_id_command(data, StopWorkflow(), batch=False)
+        return reply
 
     async def get(self, data: bytes) -> WorkflowReply:
-        """``workflow.get``: read the record straight from the KV bucket."""
-        req = IdRequest(id=self._id(data, WorkflowNotFound))
-        raw, _ = await self.workflows.load(req.id)
-        if raw is None:
-            raise WorkflowNotFound(f"no workflow {req.id!r}", field="id")
-        record = WorkflowRecord.model_validate_json(raw, context={TRUSTED: True})
-        return WorkflowReply(id=req.id, status=record.status)
+        """``workflow.get``."""
+        reply: WorkflowReply = await self._read_status(data, batch=False)
+        return reply
 
     # -- batches --------------------------------------------------------------------
     async def create_batch(self, data: bytes) -> BatchReply:
@@ -272,16 +282,10 @@ class Api:
 
     async def get_batch(self, data: bytes) -> BatchReply:
         """``batch.get``."""
-        req = IdRequest(id=self._id(data, BatchNotFound))
-        raw, _ = await self.batches.load(req.id)
-        if raw is None:
-            raise BatchNotFound(f"no batch {req.id!r}", field="id")
-        batch = BatchRecord.model_validate_json(raw, context={TRUSTED: True})
-        return BatchReply(id=req.id, status=batch.status)
+        reply: BatchReply = await self._read_status(data, batch=True)
+        return reply
 
     async def stop_batch(self, data: bytes) -> BatchReply:
         """``batch.stop``."""
-        req = IdRequest(id=self._id(data, BatchNotFound))
-        msg = await self._command(self.subjects.batch_command(req.id), StopBatch())
-        reply: BatchReply = self._outcome(msg, BatchReply, req.id)
+        reply: BatchReply = await self._by_id_command(data, StopBatch(), batch=True)
         return reply

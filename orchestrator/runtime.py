@@ -61,12 +61,14 @@ from .records import (
 )
 from .store import RecordStore, StaleRevision
 
-__all__ = ["REPLY_HEADER", "Processor", "Verdict", "fingerprint"]
+__all__ = ["OUTCOME_ERROR_HEADER", "REPLY_HEADER", "Processor", "Verdict", "fingerprint"]
 
 log = logging.getLogger("natsflow.orchestrator")
 
 #: Header on a command: the subject where the requester waits for the outcome.
 REPLY_HEADER = "Natsflow-Reply"
+#: Header on an outcome that is an error (the body is then an ErrorInfo).
+OUTCOME_ERROR_HEADER = "Natsflow-Error"
 #: Deliveries after which a message that keeps failing is dead-lettered.
 MAX_DELIVERIES = 20
 _CAS_ATTEMPTS = 8
@@ -441,7 +443,7 @@ class Processor:
                           reply: Reply) -> None:
         if reply.error is not None:
             body = reply.error.model_dump_json(exclude_none=True).encode()
-            headers = {"Natsflow-Error": reply.error.code}
+            headers = {OUTCOME_ERROR_HEADER: reply.error.code}
         else:
             body = entity.reply(key, record, reply).model_dump_json().encode()
             headers = {}

@@ -30,6 +30,7 @@ from .messages import (
     BatchReply,
     CreateWorkflowRequest,
     IdRequest,
+    SignalRequest,
     WorkflowReply,
 )
 from .models import EVENT_TERMINAL, Event, WorkflowConfig
@@ -103,6 +104,12 @@ class NatsflowClient:
     async def stop(self, workflow_id: str) -> WorkflowReply:
         """Stop a workflow: running steps are cancelled and it ends ``stopped``."""
         return await self._call("workflow.stop", IdRequest(id=workflow_id), WorkflowReply)
+
+    async def signal(self, workflow_id: str, name: str, payload: Any = None) -> WorkflowReply:
+        """Send the signal ``name`` to a workflow (a wait step takes it, or it is kept)."""
+        return await self._call("workflow.signal",
+                                SignalRequest(id=workflow_id, name=name, payload=payload),
+                                WorkflowReply)
 
     async def submit(self, config: WorkflowConfig | dict[str, Any]) -> int:
         """Fire-and-forget: persist a config on the submit subject; returns its stream seq.

@@ -16,7 +16,8 @@ Hierarchy::
     │   └── BatchNotFound         batch-not-found
     ├── Conflict                  conflict             the request clashes with current state
     │   ├── IdConflict            id-conflict          same id, different config
-    │   └── AlreadyFinished       already-finished     the workflow/batch is terminal
+    │   ├── AlreadyFinished       already-finished     the workflow/batch is terminal
+    │   └── TooManySignals        too-many-signals     signals pile up with no wait step
     └── Unavailable               unavailable          NATS or the engine is unreachable (retryable)
         └── EngineTimeout         engine-timeout       no answer in time (retryable)
 
@@ -45,6 +46,7 @@ __all__ = [
     "NatsflowError",
     "NotFound",
     "PayloadTooLarge",
+    "TooManySignals",
     "Unavailable",
     "ValidationFailed",
     "WorkflowNotFound",
@@ -172,6 +174,12 @@ class AlreadyFinished(Conflict):
     code = "already-finished"
 
 
+class TooManySignals(Conflict):
+    """Too many signals are kept for wait steps that have not started."""
+
+    code = "too-many-signals"
+
+
 class Unavailable(NatsflowError):
     """NATS or the orchestrator cannot be reached; try again later."""
 
@@ -210,6 +218,17 @@ def error_from_info(info: ErrorInfo) -> NatsflowError:
                details=info.details)
 
 
+#: Tags of the step-kind union (filled in by ``contracts.models``): pydantic puts the
+#: tag into error locations (``steps.0.task.input``); clients should see ``steps.0.input``.
+STEP_TAGS: set[str] = set()
+
+
+def _untagged(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    return tuple(p for i, p in enumerate(loc)
+                 if not (i >= 2 and p in STEP_TAGS and isinstance(loc[i - 1], int)
+                         and loc[i - 2] == "steps"))
+
+
 def validation_failed(exc: Any, *, loc_prefix: tuple[str | int, ...] = (),
                       drop_first: int = 0) -> ValidationFailed:
     """Turn a pydantic ``ValidationError`` into :class:`ValidationFailed` naming each field.
@@ -221,7 +240,7 @@ def validation_failed(exc: Any, *, loc_prefix: tuple[str | int, ...] = (),
     """
     errors: list[FieldError] = []
     for e in exc.errors(include_url=False):
-        loc = (*loc_prefix, *tuple(e.get("loc", ()))[drop_first:])
+        loc = _untagged((*loc_prefix, *tuple(e.get("loc", ()))[drop_first:]))
         errors.append(FieldError(loc=".".join(str(p) for p in loc) or "(body)",
                                  message=str(e.get("msg", "invalid")),
                                  type=str(e.get("type", "value_error"))))

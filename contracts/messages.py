@@ -42,6 +42,7 @@ __all__ = [
     "TaskProgress",
     "TaskResult",
     "TaskSucceeded",
+    "SignalRequest",
     "WorkflowReply",
     "WorkflowTemplate",
 ]
@@ -68,6 +69,9 @@ class TaskMessage(BaseModel):
     deadline: datetime | None = Field(default=None, description="When this attempt times out.")
     heartbeat_interval: float = Field(description="Send an in-progress ack at least this "
                                       "often (seconds).")
+    heartbeat_timeout: float | None = Field(
+        default=None, description="If set, report progress (a `progress` result, `progress` "
+        "may be null) at least this often (seconds), or the attempt is presumed dead.")
 
 
 class _ResultBase(BaseModel):
@@ -215,6 +219,20 @@ class IdRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1, max_length=128)
+
+
+class SignalRequest(BaseModel):
+    """``workflow.signal``: deliver the signal ``name`` (with ``payload``) to a workflow.
+
+    A wait step waiting for that name takes it at once; otherwise it is kept until one
+    starts (at most 100 per workflow).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
+    payload: Any = None
 
 
 class WorkflowReply(BaseModel):

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from .errors import ErrorInfo, InvalidGraph
-from .refs import RefError, find_refs
+from .errors import STEP_TAGS, ErrorInfo, InvalidGraph
+from .expr import check_expression, check_template
 from .subjects import TASK_TYPE_RE, TOKEN_RE
 
 __all__ = [
@@ -32,6 +35,22 @@ __all__ = [
     "TRUSTED",
     "StepState",
     "STEP_IN_FLIGHT",
+    "STEP_ACTIVE",
+    "BUILTIN_TASK",
+    "WORKER_KINDS",
+    "StepKind",
+    "TaskStep",
+    "RequestStep",
+    "HttpStep",
+    "PublishStep",
+    "SleepStep",
+    "WaitStep",
+    "TransformStep",
+    "SwitchStep",
+    "WorkflowStep",
+    "ParentRef",
+    "PendingSignal",
+    "EXPRESSION_VARIABLES",
     "STEP_TERMINAL",
     "StepStatus",
     "WorkflowConfig",
@@ -69,13 +88,14 @@ class WorkflowState(StrEnum):
     FAILED = "failed"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    COMPENSATING = "compensating"
 
 
 WORKFLOW_TERMINAL: Final[frozenset[WorkflowState]] = frozenset(
     {WorkflowState.COMPLETED, WorkflowState.FAILED, WorkflowState.STOPPED}
 )
 WORKFLOW_ACTIVE: Final[frozenset[WorkflowState]] = frozenset(
-    {WorkflowState.RUNNING, WorkflowState.STOPPING}
+    {WorkflowState.RUNNING, WorkflowState.STOPPING, WorkflowState.COMPENSATING}
 )
 
 
@@ -85,23 +105,33 @@ class StepState(StrEnum):
     PENDING = "pending"
     DISPATCHED = "dispatched"
     RUNNING = "running"
+    WAITING = "waiting"
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
 
 
 STEP_TERMINAL: Final[frozenset[StepState]] = frozenset(
-    {StepState.SUCCEEDED, StepState.FAILED, StepState.CANCELLED}
+    {StepState.SUCCEEDED, StepState.FAILED, StepState.CANCELLED, StepState.SKIPPED}
 )
+#: Attempts that a worker holds (a cancel notice reaches them).
 STEP_IN_FLIGHT: Final[frozenset[StepState]] = frozenset(
     {StepState.DISPATCHED, StepState.RUNNING}
 )
+#: Started and not finished: at a worker, or waiting on a timer, signal or child.
+STEP_ACTIVE: Final[frozenset[StepState]] = STEP_IN_FLIGHT | {StepState.WAITING}
 
 
 
 class RetryPolicy(BaseModel):
-    """How often and how patiently a step is retried (Temporal's names)."""
+    """How often and how patiently a step is retried (Temporal's names).
+
+    Fixed backoff is ``backoff_coefficient: 1``; exponential is any coefficient above 1.
+    ``jitter`` takes up to that share off each wait (0.2 = waits of 80-100%),
+    deterministically per workflow, step and attempt so that a replay agrees.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -111,31 +141,244 @@ class RetryPolicy(BaseModel):
     backoff_coefficient: float = Field(default=2.0, ge=1, le=100)
     max_interval: float = Field(default=300.0, ge=0, le=86400,
                                 description="Longest wait between attempts, seconds.")
+    jitter: float = Field(default=0.0, ge=0, le=1,
+                          description="Share of each wait that is randomised away (0-1).")
     non_retryable_codes: list[str] = Field(
         default_factory=list, description="Error codes that end the step at once."
     )
 
-    def delay_before(self, attempt: int) -> float:
+    def delay_before(self, attempt: int, *, seed: str = "") -> float:
         """Seconds to wait before ``attempt`` (2 = the first retry)."""
         raw = self.initial_interval * self.backoff_coefficient ** max(0, attempt - 2)
-        return float(min(raw, self.max_interval))
+        delay = float(min(raw, self.max_interval))
+        if self.jitter and delay:
+            digest = hashlib.sha256(f"{seed}:{attempt}".encode()).digest()
+            share = int.from_bytes(digest[:4], "big") / 2**32
+            delay *= 1 - self.jitter * share
+        return delay
 
 
-class StepConfig(BaseModel):
-    """One step of a workflow: a task for workers of type ``task``."""
+class StepKind(StrEnum):
+    """What a step does."""
 
+    TASK = "task"
+    REQUEST = "request"
+    HTTP = "http"
+    PUBLISH = "publish"
+    SLEEP = "sleep"
+    WAIT = "wait"
+    TRANSFORM = "transform"
+    SWITCH = "switch"
+    WORKFLOW = "workflow"
+
+
+#: Kinds whose attempts run on a worker (built-in ones for request/http/publish).
+WORKER_KINDS: Final[frozenset[StepKind]] = frozenset(
+    {StepKind.TASK, StepKind.REQUEST, StepKind.HTTP, StepKind.PUBLISH}
+)
+#: Reserved task types of the built-in executors that the orchestrator runs.
+BUILTIN_TASK: Final[dict[StepKind, str]] = {
+    StepKind.REQUEST: "natsflow.request",
+    StepKind.HTTP: "natsflow.http",
+    StepKind.PUBLISH: "natsflow.publish",
+}
+
+_Expr = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class _StepBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: _Id
-    task: _TaskType = Field(description="The task type a worker serves, e.g. `email.send`.")
-    input: dict[str, Any] = Field(
-        default_factory=dict,
-        description="The task's input; strings may hold `${input.x}` or "
-        "`${steps.<id>.output.y}` references.",
-    )
     depends_on: list[_Id] = Field(default_factory=list)
+    when: _Expr | None = Field(
+        default=None, description="CEL condition; false skips the step (see `join`).")
+    join: Literal["all", "any"] = Field(
+        default="all", description="`all`: runs when every dependency succeeded, skipped if "
+        "one was skipped. `any`: runs when all dependencies are done and one succeeded.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     timeout: _Seconds | None = Field(default=None, description="Seconds per attempt.")
+    total_timeout: _Seconds | None = Field(
+        default=None, description="Seconds for the whole step, across retries.")
+    compensate: _Id | None = Field(
+        default=None, description="A step that undoes this one if the workflow fails or "
+        "is stopped after this step succeeded.")
+    output_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema the step's output must match.")
+
+    @property
+    def task_type(self) -> str | None:
+        """The task type a worker serves for this step (None: the engine runs it)."""
+        return None
+
+    def templates(self) -> dict[str, Any]:
+        """The fields that hold ``${...}`` templates, by name."""
+        return {}
+
+
+class TaskStep(_StepBase):
+    """Run a task on a worker serving ``task``."""
+
+    kind: Literal["task"] = "task"
+    task: _TaskType = Field(description="The task type a worker serves, e.g. `email.send`.")
+    input: dict[str, Any] = Field(
+        default_factory=dict, description="The task's input; `${expr}` templates allowed.")
+    heartbeat_timeout: _Seconds | None = Field(
+        default=None, description="A worker silent for this long is presumed dead.")
+
+    @property
+    def task_type(self) -> str:
+        return self.task
+
+    def templates(self) -> dict[str, Any]:
+        return {"input": self.input}
+
+
+class RequestStep(_StepBase):
+    """A NATS request/reply to any subject: an existing service becomes a step."""
+
+    kind: Literal["request"] = "request"
+    subject: str = Field(min_length=1, max_length=512)
+    payload: Any = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    request_timeout: _Seconds = Field(default=5.0, description="Seconds to wait for the reply.")
+
+    @property
+    def task_type(self) -> str:
+        return BUILTIN_TASK[StepKind.REQUEST]
+
+    def templates(self) -> dict[str, Any]:
+        return {"subject": self.subject, "payload": self.payload, "headers": self.headers}
+
+
+class HttpStep(_StepBase):
+    """An HTTP call; the response body becomes the output."""
+
+    kind: Literal["http"] = "http"
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    url: str = Field(min_length=1, max_length=4096)
+    headers: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, str] = Field(default_factory=dict)
+    body: Any = None
+    expect: list[int] = Field(default_factory=list,
+                              description="Accepted statuses; empty = any 2xx.")
+    request_timeout: _Seconds = Field(default=30.0)
+
+    @property
+    def task_type(self) -> str:
+        return BUILTIN_TASK[StepKind.HTTP]
+
+    def templates(self) -> dict[str, Any]:
+        return {"url": self.url, "headers": self.headers, "query": self.query,
+                "body": self.body}
+
+
+class PublishStep(_StepBase):
+    """Emit a message on a NATS subject (JetStream when ``stream`` is true)."""
+
+    kind: Literal["publish"] = "publish"
+    subject: str = Field(min_length=1, max_length=512)
+    payload: Any = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    stream: bool = False
+
+    @property
+    def task_type(self) -> str:
+        return BUILTIN_TASK[StepKind.PUBLISH]
+
+    def templates(self) -> dict[str, Any]:
+        return {"subject": self.subject, "payload": self.payload, "headers": self.headers}
+
+
+class SleepStep(_StepBase):
+    """A durable timer: ``duration`` seconds (or "1h30m"), or ``until`` a time."""
+
+    kind: Literal["sleep"] = "sleep"
+    duration: float | str | None = Field(
+        default=None, description="Seconds, a duration like `90s`/`1h30m`, or a template.")
+    until: str | None = Field(default=None, description="RFC 3339 time, or a template.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SleepStep:
+        if (self.duration is None) == (self.until is None):
+            raise InvalidGraph("a sleep step needs exactly one of `duration` and `until`",
+                               step=self.id, field="duration")
+        return self
+
+    def templates(self) -> dict[str, Any]:
+        return {"duration": self.duration, "until": self.until}
+
+
+class WaitStep(_StepBase):
+    """Wait for the signal ``signal``; its payload becomes the output."""
+
+    kind: Literal["wait"] = "wait"
+    signal: _Id
+
+
+class TransformStep(_StepBase):
+    """Compute an output from a template, with no worker."""
+
+    kind: Literal["transform"] = "transform"
+    output: Any = None
+
+    def templates(self) -> dict[str, Any]:
+        return {"output": self.output}
+
+
+class SwitchStep(_StepBase):
+    """Choose one branch: the steps of the other cases are skipped."""
+
+    kind: Literal["switch"] = "switch"
+    value: _Expr = Field(description="CEL expression; its value (as text) picks the case.")
+    cases: dict[str, list[_Id]] = Field(description="Case value -> the steps of that branch.")
+    default: list[_Id] = Field(default_factory=list,
+                               description="Steps run when no case matches.")
+
+
+class WorkflowStep(_StepBase):
+    """Run a child workflow from a stored definition and wait for it."""
+
+    kind: Literal["workflow"] = "workflow"
+    definition: str = Field(min_length=1, max_length=200)
+    version: int | None = Field(default=None, ge=1, description="Default: the latest.")
+    input: dict[str, Any] = Field(default_factory=dict)
+
+    def templates(self) -> dict[str, Any]:
+        return {"input": self.input}
+
+
+STEP_TAGS.update(k.value for k in StepKind)
+
+
+def _step_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", "task"))
+    return str(getattr(value, "kind", "task"))
+
+
+StepConfig = Annotated[
+    Annotated[TaskStep, Tag("task")] | Annotated[RequestStep, Tag("request")]
+    | Annotated[HttpStep, Tag("http")] | Annotated[PublishStep, Tag("publish")]
+    | Annotated[SleepStep, Tag("sleep")] | Annotated[WaitStep, Tag("wait")]
+    | Annotated[TransformStep, Tag("transform")] | Annotated[SwitchStep, Tag("switch")]
+    | Annotated[WorkflowStep, Tag("workflow")],
+    Discriminator(_step_kind),
+]
+
+
+#: Variables an expression may use, outside a map.
+EXPRESSION_VARIABLES: Final = frozenset({"input", "steps", "workflow"})
+
+
+class ParentRef(BaseModel):
+    """The step of a parent workflow that runs this one as its child."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: _Id
+    step_id: _Id
+    attempt: int = Field(ge=1)
 
 
 class WorkflowConfig(BaseModel):
@@ -150,10 +393,17 @@ class WorkflowConfig(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     output: Any = Field(
         default=None,
-        description="The workflow's output, with references; default: the outputs of "
+        description="The workflow's output, a `${expr}` template; default: the outputs of "
         "the steps nothing depends on, by step id.",
     )
     start: bool = Field(default=True, description="Start at once; false leaves it `created`.")
+    on_failure: Literal["fail-fast", "continue"] = Field(
+        default="fail-fast", description="`fail-fast`: a failed step cancels the rest. "
+        "`continue`: independent branches finish; the workflow fails at the end.")
+    timeout: _Seconds | None = Field(default=None,
+                                     description="Seconds for the whole workflow once started.")
+    parent: ParentRef | None = Field(default=None,
+                                     description="Set by natsflow on a child workflow.")
 
     @field_validator("steps")
     @classmethod
@@ -178,10 +428,11 @@ class WorkflowConfig(BaseModel):
 
 
 def check_graph(config: WorkflowConfig) -> None:
-    """Validate the step graph: ids, dependencies, cycles and references.
+    """Validate the step graph: ids, dependencies, cycles, branches and expressions.
 
     Raises:
         InvalidGraph: naming the offending step and field.
+        ExpressionError: an expression does not parse (naming the field).
     """
     ids: dict[str, int] = {}
     for i, s in enumerate(config.steps):
@@ -215,25 +466,76 @@ def check_graph(config: WorkflowConfig) -> None:
         cyclic = sorted(sid for sid, n in indegree.items() if n > 0)
         raise InvalidGraph(f"steps {', '.join(cyclic)} form a cycle", step=cyclic[0],
                            field=f"steps.{ids[cyclic[0]]}.depends_on")
+    compensated_by = _check_compensations(config, ids, children)
+    _check_switches(config, ids)
     ancestors = ancestors_of(config)
     for i, s in enumerate(config.steps):
-        try:
-            refs = list(find_refs(s.input))
-        except RefError as exc:
-            raise InvalidGraph(str(exc), step=s.id, field=f"steps.{i}.input") from None
-        for ref in refs:
-            if ref.step is not None and ref.step not in ancestors[s.id]:
-                raise InvalidGraph(
-                    f"step {s.id!r} refers to ${{{ref.text}}}, but {ref.step!r} is not "
-                    "one of its dependencies",
-                    step=s.id, field=f"steps.{i}.input")
-    try:
-        out_refs = list(find_refs(config.output))
-    except RefError as exc:
-        raise InvalidGraph(str(exc), field="output") from None
-    for ref in out_refs:
-        if ref.step is not None and ref.step not in ids:
-            raise InvalidGraph(f"output refers to unknown step {ref.step!r}", field="output")
+        # A compensation may read what the step it undoes could read, and that step.
+        target = compensated_by.get(s.id)
+        visible = (ancestors[target] | {target}) if target else ancestors[s.id]
+        exprs: list[tuple[str, frozenset[str]]] = []
+        if s.when is not None:
+            exprs.append(("when", check_expression(
+                s.when, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.when")))
+        if isinstance(s, SwitchStep):
+            exprs.append(("value", check_expression(
+                s.value, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.value")))
+        for name, template in s.templates().items():
+            exprs.append((name, check_template(template, variables=EXPRESSION_VARIABLES,
+                                               field=f"steps.{i}.{name}")))
+        for name, refs in exprs:
+            for ref in sorted(refs):
+                if ref not in visible:
+                    raise InvalidGraph(
+                        f"step {s.id!r} reads steps.{ref} in `{name}`, but {ref!r} is not "
+                        "one of its dependencies", step=s.id, field=f"steps.{i}.{name}")
+    for ref in sorted(check_template(config.output, variables=EXPRESSION_VARIABLES,
+                                     field="output")):
+        if ref not in ids:
+            raise InvalidGraph(f"output refers to unknown step {ref!r}", field="output")
+
+
+def _check_compensations(config: WorkflowConfig, ids: dict[str, int],
+                         children: dict[str, list[str]]) -> dict[str, str]:
+    """Compensation steps: known, named once, outside the normal flow. Returns comp -> step."""
+    by: dict[str, str] = {}
+    for i, s in enumerate(config.steps):
+        comp = s.compensate
+        if comp is None:
+            continue
+        where = f"steps.{i}.compensate"
+        if comp not in ids:
+            raise InvalidGraph(f"step {s.id!r} is compensated by unknown step {comp!r}",
+                               step=s.id, field=where)
+        if comp == s.id:
+            raise InvalidGraph(f"step {s.id!r} cannot compensate itself", step=s.id, field=where)
+        if comp in by:
+            raise InvalidGraph(f"step {comp!r} already compensates {by[comp]!r}",
+                               step=s.id, field=where)
+        c = config.steps[ids[comp]]
+        if c.depends_on or children[comp] or c.compensate:
+            raise InvalidGraph(
+                f"compensation step {comp!r} must stand outside the flow: no depends_on, "
+                "no dependants, no compensation of its own", step=comp,
+                field=f"steps.{ids[comp]}.depends_on")
+        by[comp] = s.id
+    return by
+
+
+def _check_switches(config: WorkflowConfig, ids: dict[str, int]) -> None:
+    for i, s in enumerate(config.steps):
+        if not isinstance(s, SwitchStep):
+            continue
+        branches = [*s.cases.values(), s.default]
+        for branch in branches:
+            for target in branch:
+                if target not in ids:
+                    raise InvalidGraph(f"switch {s.id!r} names unknown step {target!r}",
+                                       step=s.id, field=f"steps.{i}.cases")
+                if s.id not in config.steps[ids[target]].depends_on:
+                    raise InvalidGraph(
+                        f"step {target!r} is a branch of switch {s.id!r} and must depend "
+                        "on it", step=target, field=f"steps.{ids[target]}.depends_on")
 
 
 def ancestors_of(config: WorkflowConfig) -> dict[str, frozenset[str]]:
@@ -261,7 +563,8 @@ class StepStatus(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str
-    task: str
+    kind: StepKind = StepKind.TASK
+    task: str | None = Field(default=None, description="The task type, for worker steps.")
     state: StepState = StepState.PENDING
     attempts: int = Field(default=0, description="Attempts dispatched so far.")
     output: Any = None
@@ -272,6 +575,22 @@ class StepStatus(BaseModel):
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = Field(default=None,
                                              description="When a retrying step goes again.")
+    heartbeat_at: datetime | None = Field(default=None,
+                                          description="Last sign of life from its worker.")
+    wake_at: datetime | None = Field(default=None, description="When a sleep step ends.")
+    child_id: str | None = Field(default=None, description="A workflow step's child.")
+    compensates: str | None = Field(default=None,
+                                    description="The step this compensation undoes.")
+
+
+class PendingSignal(BaseModel):
+    """A signal received before a wait step took it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    payload: Any = None
+    received_at: datetime
 
 
 class WorkflowStatus(BaseModel):
@@ -287,11 +606,18 @@ class WorkflowStatus(BaseModel):
     error: ErrorInfo | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     batch_id: str | None = None
+    parent: ParentRef | None = None
     steps: list[StepStatus]
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     last_seq: int = Field(default=0, description="`seq` of the last event published.")
+    signals: list[PendingSignal] = Field(
+        default_factory=list, description="Signals received that no wait step took yet.")
+    compensation: list[str] = Field(
+        default_factory=list, description="Compensation steps still to run, in order.")
+    outcome: WorkflowState | None = Field(
+        default=None, description="While compensating: the state it will end in.")
 
     def step(self, step_id: str) -> StepStatus:
         """The status of the step with this id (KeyError if none)."""
@@ -317,6 +643,10 @@ class EventType(StrEnum):
     STEP_FAILED = "step.failed"
     STEP_RETRYING = "step.retrying"
     STEP_CANCELLED = "step.cancelled"
+    STEP_SKIPPED = "step.skipped"
+    STEP_WAITING = "step.waiting"
+    SIGNAL_RECEIVED = "signal.received"
+    WORKFLOW_COMPENSATING = "workflow.compensating"
 
 
 EVENT_TERMINAL: Final[frozenset[EventType]] = frozenset(

@@ -22,8 +22,10 @@ from contracts.models import WorkflowConfig
 __all__ = ["read_batch_config", "read_json", "read_workflow_config"]
 
 
-async def read_json(request: Request, *, limit: int) -> Any:
+async def read_json(request: Request, *, limit: int, optional: bool = False) -> Any:
     """The request body parsed as JSON, refusing more than ``limit`` bytes.
+
+    An empty body is None when ``optional``, else an error.
 
     Raises:
         PayloadTooLarge: the body (or its announced Content-Length) is over ``limit``.
@@ -44,6 +46,8 @@ async def read_json(request: Request, *, limit: int) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
+        if optional:
+            return None
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
         return json.loads(raw)

@@ -30,6 +30,7 @@ from contracts.errors import (
     NatsflowError,
     NotFound,
     PayloadTooLarge,
+    TooManySignals,
     Unavailable,
     ValidationFailed,
     WorkflowNotFound,
@@ -75,6 +76,7 @@ HTTP_BY_CODE: Final[Mapping[str, HttpMapping]] = {
     Conflict.code: HttpMapping(409, "Conflict"),
     IdConflict.code: HttpMapping(409, "Id already used by a different config"),
     AlreadyFinished.code: HttpMapping(409, "Already finished"),
+    TooManySignals.code: HttpMapping(409, "Too many signals waiting"),
     Unavailable.code: HttpMapping(503, "Service unavailable", retry_after=2),
     EngineTimeout.code: HttpMapping(503, "Orchestrator did not answer in time", retry_after=5),
 }

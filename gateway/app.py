@@ -38,6 +38,10 @@ __all__ = ["Accepted", "Health", "create_app", "serve"]
 _JSON: Final = "application/json"
 _WorkflowId = Annotated[str, Path(min_length=1, max_length=128, description="Workflow id.")]
 _BatchId = Annotated[str, Path(min_length=1, max_length=128, description="Batch id.")]
+_SignalName = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$",
+                                  description="Signal name (a wait step's `signal`).")]
+#: Largest signal payload accepted over HTTP.
+MAX_SIGNAL_BYTES: Final = 256 * 1024
 
 
 class Accepted(BaseModel):
@@ -178,6 +182,19 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
     async def stop_workflow(workflow_id: _WorkflowId) -> Response:
         """Cancel running steps; the workflow ends `stopped`. 409 if already finished."""
         return _answer(await link.client().stop(workflow_id), 202)
+
+    @app.post("/workflows/{workflow_id}/signals/{name}", status_code=202,
+              response_model=WorkflowStatus, summary="Send a signal", tags=["workflows"],
+              responses=problem_responses(404, 409, 413, 422, 503))
+    async def signal_workflow(workflow_id: _WorkflowId, name: _SignalName,
+                              request: Request) -> Response:
+        """Deliver the signal `name`; the JSON body (optional) is its payload.
+
+        A `wait` step waiting for that signal takes it at once, with the payload as its
+        output; otherwise the signal is kept until one starts. 409 if already finished.
+        """
+        payload = await read_json(request, limit=MAX_SIGNAL_BYTES, optional=True)
+        return _answer(await link.client().signal(workflow_id, name, payload), 202)
 
     # -- batches ---------------------------------------------------------------------
     @app.post(

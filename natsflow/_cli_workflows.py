@@ -19,13 +19,13 @@ from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings, connect
 from contracts.errors import (
     ErrorInfo,
-    FieldError,
     InvalidRequest,
     NatsflowError,
     Unavailable,
     ValidationFailed,
     error_from_info,
 )
+from contracts.errors import validation_failed as errors_of
 from contracts.messages import WorkflowReply
 from contracts.models import WORKFLOW_TERMINAL, WorkflowConfig, WorkflowStatus
 
@@ -45,8 +45,7 @@ __all__ = [
 
 def validation_failed(exc: ValidationError, what: str) -> ValidationFailed:
     """A pydantic error as natsflow's ``validation-failed``, one FieldError per field."""
-    errors = [FieldError(loc=".".join(str(p) for p in e["loc"]) or "(root)", message=e["msg"],
-                         type=e["type"]) for e in exc.errors()]
+    errors = errors_of(exc).errors or []
     return ValidationFailed(f"{what} is not a valid workflow config", errors=errors,
                             field=errors[0].loc if len(errors) == 1 else None)
 

@@ -43,6 +43,7 @@ from contracts.messages import (
     BatchReply,
     CreateWorkflowRequest,
     IdRequest,
+    SignalRequest,
     WorkflowReply,
 )
 from contracts.models import MAX_CONFIG_BYTES, TRUSTED
@@ -52,6 +53,7 @@ from .records import (
     BatchRecord,
     CreateBatch,
     CreateWorkflow,
+    SignalWorkflow,
     StartWorkflow,
     StopBatch,
     StopWorkflow,
@@ -105,6 +107,7 @@ class Api:
         routes: dict[str, Callable[[bytes], Awaitable[BaseModel]]] = {
             "workflow.create": self.create, "workflow.start": self.start_workflow,
             "workflow.get": self.get, "workflow.stop": self.stop_workflow,
+            "workflow.signal": self.signal_workflow,
             "batch.create": self.create_batch, "batch.get": self.get_batch,
             "batch.stop": self.stop_batch,
         }
@@ -249,6 +252,16 @@ class Api:
     async def stop_workflow(self, data: bytes) -> WorkflowReply:
         """``workflow.stop``."""
         reply: WorkflowReply = await self._by_id_command(data, StopWorkflow(), batch=False)
+        return reply
+
+    async def signal_workflow(self, data: bytes) -> WorkflowReply:
+        """``workflow.signal``: SignalRequest -> WorkflowReply."""
+        req = SignalRequest.model_validate_json(data)
+        if not TOKEN_RE.match(req.id):
+            raise WorkflowNotFound(f"no such id {req.id!r}", field="id")
+        msg = await self._command(self.subjects.workflow_command(req.id),
+                                  SignalWorkflow(name=req.name, payload=req.payload))
+        reply: WorkflowReply = self._outcome(msg, WorkflowReply, req.id)
         return reply
 
     async def get(self, data: bytes) -> WorkflowReply:

@@ -5,53 +5,75 @@ reply for the requester. No I/O, no clock, never raises for anything an input ca
 contain: a failed workflow is a value. Every input is idempotent — a duplicate or stale
 input (a result for an attempt that is no longer running, a second start, a redelivered
 create) changes nothing — which is what makes at-least-once delivery safe.
+
+How a step goes (``_Tx.advance``): a pending step whose dependencies are all finished is
+*ready*; its ``join`` rule and ``when`` condition decide whether it runs, is skipped or
+is cancelled (a dependency failed under ``on_failure: continue``). A step that runs is
+*begun* by its kind (:mod:`orchestrator.kinds`): worker kinds become task messages,
+the others are timers, signals, child workflows or computed on the spot. When the flow
+is over, a failed or stopped workflow first runs the compensations of its succeeded
+steps, newest first (state ``compensating``), then ends.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from contracts.errors import AlreadyFinished, ErrorInfo, IdConflict, WorkflowNotFound
-from contracts.messages import CancelNotice, TaskFailed, TaskMessage, TaskProgress, TaskSucceeded
+from contracts.errors import (
+    AlreadyFinished,
+    ErrorInfo,
+    IdConflict,
+    TooManySignals,
+    WorkflowNotFound,
+)
+from contracts.messages import CancelNotice, TaskFailed, TaskProgress, TaskSucceeded
 from contracts.models import (
-    MAX_OUTPUTS_BYTES,
-    MAX_STEP_OUTPUT_BYTES,
+    STEP_ACTIVE,
     STEP_IN_FLIGHT,
+    STEP_TERMINAL,
     WORKFLOW_TERMINAL,
     Event,
     EventType,
+    PendingSignal,
     StepConfig,
+    StepKind,
     StepState,
     StepStatus,
+    WaitStep,
     WorkflowConfig,
     WorkflowState,
     WorkflowStatus,
 )
-from contracts.refs import RefError, render
 from contracts.streams import TASK_HEARTBEAT
 from contracts.subjects import Subjects
 
+from . import kinds
 from .records import (
     CancelEffect,
     CreateWorkflow,
     Effect,
     EventEffect,
     NotifyBatchEffect,
+    NotifyParentEffect,
     Reply,
     ResultInput,
+    SignalWorkflow,
     StartWorkflow,
     StopWorkflow,
-    TaskEffect,
     TimerEffect,
     TimerFired,
+    WorkflowCommandEffect,
     WorkflowDecision,
     WorkflowInput,
     WorkflowRecord,
 )
 
-__all__ = ["EngineSettings", "decide", "new_record"]
+__all__ = ["MAX_PENDING_SIGNALS", "EngineSettings", "decide", "new_record"]
+
+#: Signals kept for wait steps that have not started; more are refused.
+MAX_PENDING_SIGNALS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +95,12 @@ def new_record(inp: CreateWorkflow, now: datetime) -> WorkflowRecord:
     """The record of a workflow just created (state ``created``, no events yet)."""
     cfg = inp.config
     assert cfg.id is not None, "the API assigns an id before creating"
+    undoes = {s.compensate: s.id for s in cfg.steps if s.compensate}
     status = WorkflowStatus(
         id=cfg.id, name=cfg.name, state=WorkflowState.CREATED, input=cfg.input,
-        labels=cfg.labels, batch_id=inp.batch_id, created_at=now,
-        steps=[StepStatus(id=s.id, task=s.task) for s in cfg.steps],
+        labels=cfg.labels, batch_id=inp.batch_id, parent=cfg.parent, created_at=now,
+        steps=[StepStatus(id=s.id, kind=StepKind(s.kind), task=s.task_type,
+                          compensates=undoes.get(s.id)) for s in cfg.steps],
     )
     # Built from validated parts; model_construct skips re-running the graph check.
     return WorkflowRecord.model_construct(config=cfg, fingerprint=inp.fingerprint,
@@ -112,7 +136,7 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
         return tx.decision(Reply(created=True))
 
     if record is None:
-        if isinstance(inp, StartWorkflow | StopWorkflow):
+        if isinstance(inp, StartWorkflow | StopWorkflow | SignalWorkflow):
             return WorkflowDecision(record=None, reply=Reply(
                 error=WorkflowNotFound("no such workflow").info()))
         return WorkflowDecision(record=None)
@@ -121,15 +145,21 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
     if isinstance(inp, StartWorkflow):
         if tx.status.state == WorkflowState.CREATED:
             tx.start()
-    elif isinstance(inp, StopWorkflow):
+    elif isinstance(inp, StopWorkflow | SignalWorkflow):
         if tx.status.state in WORKFLOW_TERMINAL:
             done = AlreadyFinished(f"workflow {tx.status.id} is already {tx.status.state}")
             return WorkflowDecision(record=None, reply=Reply(error=done.info()))
-        tx.stop(inp.reason)
+        if isinstance(inp, StopWorkflow):
+            tx.stop(inp.reason)
+        else:
+            error = tx.on_signal(inp)
+            if error is not None:
+                return WorkflowDecision(record=None, reply=Reply(error=error))
     elif isinstance(inp, ResultInput):
         tx.on_result(inp)
     else:
         tx.on_timer(inp)
+    tx.advance()
     return tx.decision(Reply())
 
 
@@ -139,15 +169,19 @@ class _Tx:
     def __init__(self, record: WorkflowRecord, now: datetime, settings: EngineSettings) -> None:
         # Copy on write: the status and its step list are copied here, a step only when
         # it changes (see own()); outputs are shared, never mutated.
-        self.status = record.status.model_copy(update={"steps": list(record.status.steps)})
+        self.status = record.status.model_copy(update={
+            "steps": list(record.status.steps), "signals": list(record.status.signals),
+            "compensation": list(record.status.compensation)})
         self._index = {s.id: i for i, s in enumerate(self.status.steps)}
         self._owned: set[int] = set()
         self.config: WorkflowConfig = record.config
+        self.cfgs: dict[str, StepConfig] = {c.id: c for c in record.config.steps}
         self.fingerprint = record.fingerprint
         self.outputs_bytes = record.outputs_bytes
         self.now = now
         self.settings = settings
         self.effects: list[Effect] = []
+        self.dirty = False  # changed without an event (a heartbeat)
         self.steps = {s.id: s for s in self.status.steps}
 
     # -- plumbing -----------------------------------------------------------------
@@ -162,8 +196,9 @@ class _Tx:
         return copy
 
     def decision(self, reply: Reply) -> WorkflowDecision:
-        # Every change of state emits an event, so no effects means nothing changed.
-        if not self.effects:
+        # Every change of state emits an event, so no effects means nothing changed
+        # (but a heartbeat, which only moves a time).
+        if not self.effects and not self.dirty:
             return WorkflowDecision(record=None, reply=reply)
         record = WorkflowRecord.model_construct(
             config=self.config, fingerprint=self.fingerprint, status=self.status,
@@ -177,178 +212,268 @@ class _Tx:
                       time=time or self.now, step_id=step, attempt=attempt, data=data or {})
         self.effects.append(EventEffect(event=event))
 
+    def timer(self, purpose: Any, due: datetime, *, step: str | None = None,
+              attempt: int = 0) -> None:
+        self.effects.append(TimerEffect(timer=TimerFired(
+            workflow_id=self.status.id, step_id=step, attempt=attempt, purpose=purpose,
+            due=due)))
+
     @property
-    def active(self) -> bool:
+    def running(self) -> bool:
         return self.status.state == WorkflowState.RUNNING
+
+    def context(self) -> dict[str, Any]:
+        """What expressions see: input, finished steps, the workflow itself."""
+        steps: dict[str, Any] = {}
+        for s in self.status.steps:
+            if s.state in STEP_TERMINAL:
+                steps[s.id] = {"output": s.output, "state": s.state.value,
+                               "error": s.error.model_dump(exclude_none=True)
+                               if s.error else None}
+        st = self.status
+        return {"input": st.input, "steps": steps,
+                "workflow": {"id": st.id, "name": st.name, "labels": st.labels}}
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
         self.status.state = WorkflowState.RUNNING
         self.status.started_at = self.now
         self.emit(EventType.WORKFLOW_STARTED)
-        self.dispatch_ready_steps()
+        if self.config.timeout:
+            self.timer("workflow-timeout", self.now + timedelta(seconds=self.config.timeout))
+        self.advance()
 
     def stop(self, reason: str | None) -> None:
         st = self.status
-        if st.state == WorkflowState.STOPPING:
-            return
-        in_flight = [s for s in st.steps if s.state in STEP_IN_FLIGHT]
+        if st.state in (WorkflowState.STOPPING, WorkflowState.COMPENSATING):
+            return  # already on its way out; compensations are not interrupted
         for s in list(st.steps):
             if s.state in (StepState.PENDING, StepState.RETRYING):
                 s = self.own(s)
                 s.state = StepState.CANCELLED
                 s.next_attempt_at = None
+            elif s.state == StepState.WAITING:
+                self.cancel_step(s, "workflow stopped")
+        in_flight = [s for s in st.steps if s.state in STEP_IN_FLIGHT]
         for s in in_flight:
             self.effects.append(CancelEffect(notice=CancelNotice(
                 workflow_id=st.id, step_id=s.id, attempt=s.attempts)))
         if not in_flight:
-            self.finish(WorkflowState.STOPPED, None)
+            self.conclude(WorkflowState.STOPPED, None)
             return
         st.state = WorkflowState.STOPPING
         self.emit(EventType.WORKFLOW_STOPPING, data={"reason": reason} if reason else {})
-        self.effects.append(TimerEffect(timer=TimerFired(
-            workflow_id=st.id, purpose="stop-grace",
-            due=self.now + timedelta(seconds=self.settings.stop_grace))))
+        self.timer("stop-grace", self.now + timedelta(seconds=self.settings.stop_grace))
+
+    def conclude(self, state: WorkflowState, error: ErrorInfo | None) -> None:
+        """End a failed or stopped workflow, compensating its succeeded steps first."""
+        st = self.status
+        undo = sorted((s for s in st.steps if s.state == StepState.SUCCEEDED
+                       and self.cfgs[s.id].compensate),
+                      key=lambda s: (s.finished_at or self.now, self._index[s.id]),
+                      reverse=True)
+        comps = [c for s in undo if (c := self.cfgs[s.id].compensate) is not None
+                 and self.steps[c].state == StepState.PENDING]
+        if state == WorkflowState.COMPLETED or not comps:
+            self.finish(state, error)
+            return
+        st.state = WorkflowState.COMPENSATING
+        st.outcome = state
+        st.error = error
+        st.compensation = comps
+        self.emit(EventType.WORKFLOW_COMPENSATING,
+                  data={"steps": list(comps), "outcome": state.value})
+        self.next_compensation()
+
+    def next_compensation(self) -> None:
+        """Begin the next compensation, or end the workflow when none is left."""
+        st = self.status
+        while st.state == WorkflowState.COMPENSATING:
+            if any(self.steps[c].state in STEP_ACTIVE | {StepState.RETRYING}
+                   for c in self.cfgs if self.steps[c].compensates):
+                return
+            if not st.compensation:
+                outcome = st.outcome or WorkflowState.FAILED
+                st.outcome = None
+                self.finish(outcome, st.error)
+                return
+            comp = st.compensation.pop(0)
+            self.begin(self.cfgs[comp], self.steps[comp])
 
     def finish(self, state: WorkflowState, error: ErrorInfo | None) -> None:
         st = self.status
         st.state = state
         st.finished_at = self.now
         st.error = error
-        data: dict[str, object] = {}
+        for s in list(st.steps):
+            if s.state == StepState.PENDING:  # compensations nobody needed
+                s = self.own(s)
+                s.state = StepState.SKIPPED
         if state == WorkflowState.COMPLETED:
             self.emit(EventType.WORKFLOW_COMPLETED, data={"output": st.output})
         elif state == WorkflowState.FAILED:
             assert error is not None
-            data = {"error": error.model_dump(exclude_none=True)}
-            self.emit(EventType.WORKFLOW_FAILED, data=data)
+            self.emit(EventType.WORKFLOW_FAILED,
+                      data={"error": error.model_dump(exclude_none=True)})
         else:
             self.emit(EventType.WORKFLOW_STOPPED)
         if st.batch_id is not None:
             self.effects.append(NotifyBatchEffect(batch_id=st.batch_id, workflow_id=st.id,
                                                   state=state.value))
+        if st.parent is not None:
+            p = st.parent
+            result: TaskSucceeded | TaskFailed
+            if state == WorkflowState.COMPLETED:
+                result = TaskSucceeded(workflow_id=p.workflow_id, step_id=p.step_id,
+                                       attempt=p.attempt, output=st.output)
+            else:
+                result = TaskFailed(workflow_id=p.workflow_id, step_id=p.step_id,
+                                    attempt=p.attempt, error=ErrorInfo(
+                                        code=error.code if error else "child-stopped",
+                                        message=f"child workflow {st.id} {state.value}"
+                                        + (f": {error.message}" if error else ""),
+                                        retryable=False))
+            self.effects.append(NotifyParentEffect(result=result))
 
     def maybe_finish_stopping(self) -> None:
         if self.status.state == WorkflowState.STOPPING and not any(
                 s.state in STEP_IN_FLIGHT for s in self.status.steps):
-            self.finish(WorkflowState.STOPPED, None)
+            self.conclude(WorkflowState.STOPPED, None)
 
-    # -- dispatch -----------------------------------------------------------------
-    def outputs(self) -> dict[str, object]:
-        return {s.id: s.output for s in self.status.steps if s.state == StepState.SUCCEEDED}
-
-    def dispatch_ready_steps(self) -> None:
-        """Dispatch every pending step whose dependencies all succeeded."""
-        for cfg in self.config.steps:
-            step = self.steps[cfg.id]
-            if step.state != StepState.PENDING or not self.active:
-                continue
-            if all(self.steps[d].state == StepState.SUCCEEDED for d in cfg.depends_on):
-                self.dispatch(cfg, step)
+    # -- scheduling ---------------------------------------------------------------
+    def advance(self) -> None:
+        """Run, skip or cancel every ready step until nothing changes; then maybe end."""
+        progressed = True
+        while progressed and self.running:
+            progressed = False
+            for cfg in self.config.steps:
+                step = self.steps[cfg.id]
+                if step.state != StepState.PENDING or step.compensates or not self.running:
+                    continue
+                verdict = self.readiness(cfg)
+                if verdict is None:
+                    continue
+                progressed = True
+                if verdict == "run":
+                    self.begin(cfg, step)
+                elif verdict == "cancel":
+                    step = self.own(step)
+                    step.state = StepState.CANCELLED
+                    step.finished_at = self.now
+                    self.emit(EventType.STEP_CANCELLED, step=step.id,
+                              data={"reason": "a dependency failed"})
+                else:
+                    self.skip(step, verdict)
         self.maybe_complete()
 
-    def dispatch(self, cfg: StepConfig, step: StepStatus) -> None:
+    def readiness(self, cfg: StepConfig) -> str | None:
+        """None (not yet), "run", "cancel", or the reason it is skipped."""
+        deps = [self.steps[d] for d in cfg.depends_on]
+        if any(d.state not in STEP_TERMINAL for d in deps):
+            return None
+        failed = any(d.state in (StepState.FAILED, StepState.CANCELLED) for d in deps)
+        if cfg.join == "all":
+            if failed:
+                return "cancel"
+            if any(d.state == StepState.SKIPPED for d in deps):
+                return "a dependency was skipped"
+        elif deps and not any(d.state == StepState.SUCCEEDED for d in deps):
+            return "cancel" if failed else "every dependency was skipped"
+        return "run"
+
+    def skip(self, step: StepStatus, reason: str) -> None:
         step = self.own(step)
-        try:
-            task_input = render(cfg.input, workflow_input=self.status.input,
-                                outputs=self.outputs())
-        except RefError as exc:
-            step.attempts += 1
-            self.fail_step(cfg, step, ErrorInfo(code="input-error", message=str(exc),
-                                                step=cfg.id), final=True)
-            return
+        step.state = StepState.SKIPPED
+        step.finished_at = self.now
+        self.emit(EventType.STEP_SKIPPED, step=step.id, data={"reason": reason})
+
+    def begin(self, cfg: StepConfig, step: StepStatus) -> None:
+        """Start one attempt of a step (its condition first, on the first attempt)."""
+        step = self.own(step)
+        if cfg.when is not None and step.attempts == 0:
+            try:
+                go = kinds.condition(cfg, self.context())
+            except kinds.StepInputError as exc:
+                step.attempts += 1
+                self.fail_step(cfg, step, exc.error, final=True)
+                return
+            if not go:
+                self.skip(step, "condition is false")
+                return
+        if step.attempts == 0 and cfg.total_timeout:
+            self.timer("total-timeout", self.now + timedelta(seconds=cfg.total_timeout),
+                       step=cfg.id, attempt=1)
         step.attempts += 1
-        step.state = StepState.DISPATCHED
-        step.dispatched_at = self.now
         step.next_attempt_at = None
-        attempt = step.attempts
-        deadline = self.now + timedelta(seconds=cfg.timeout) if cfg.timeout else None
-        wid = self.status.id
-        self.effects.append(TaskEffect(task=TaskMessage(
-            workflow_id=wid, step_id=cfg.id, attempt=attempt, task=cfg.task,
-            input=task_input,  # a dict rendered stays a dict
-            idempotency_key=f"{wid}:{cfg.id}:{attempt}",
-            reply_to=self.settings.subjects.result(wid), deadline=deadline,
-            heartbeat_interval=self.settings.heartbeat)))
-        self.emit(EventType.STEP_DISPATCHED, step=cfg.id, attempt=attempt,
-                  data={"task": cfg.task})
-        if deadline is not None:
-            self.effects.append(TimerEffect(timer=TimerFired(
-                workflow_id=wid, step_id=cfg.id, attempt=attempt, purpose="timeout",
-                due=deadline)))
+        step.dispatched_at = self.now
+        try:
+            kinds.begin(self, cfg, step)
+        except kinds.StepInputError as exc:
+            self.fail_step(cfg, step, exc.error, final=True)
+            return
+        if step.state in STEP_ACTIVE and cfg.timeout:
+            self.timer("timeout", self.now + timedelta(seconds=cfg.timeout), step=cfg.id,
+                       attempt=step.attempts)
 
     def maybe_complete(self) -> None:
         st = self.status
-        if not self.active or not all(s.state == StepState.SUCCEEDED for s in st.steps):
+        if not self.running:
+            return
+        flow = [s for s in st.steps if not s.compensates]
+        if not all(s.state in STEP_TERMINAL for s in flow):
+            return
+        failed = [s for s in flow if s.state == StepState.FAILED]
+        if failed:
+            first = min(failed, key=lambda s: (s.finished_at or self.now, self._index[s.id]))
+            err = first.error or ErrorInfo(code="step-failed", message="")
+            self.conclude(WorkflowState.FAILED, ErrorInfo(
+                code=err.code, message=f"step {first.id!r} failed: {err.message}",
+                step=first.id, retryable=False))
             return
         try:
-            st.output = self.workflow_output()
-        except RefError as exc:
-            self.finish(WorkflowState.FAILED, ErrorInfo(code="output-error", message=str(exc),
-                                                        field="output"))
+            st.output = kinds.workflow_output(self.config, self.context(), st.steps)
+        except kinds.StepInputError as exc:
+            self.conclude(WorkflowState.FAILED, exc.error.model_copy(
+                update={"code": "output-error", "field": "output", "step": None}))
             return
         self.finish(WorkflowState.COMPLETED, None)
 
-    def workflow_output(self) -> object:
-        outputs = self.outputs()
-        if self.config.output is not None:
-            return render(self.config.output, workflow_input=self.status.input, outputs=outputs)
-        needed = {d for s in self.config.steps for d in s.depends_on}
-        return {sid: out for sid, out in outputs.items() if sid not in needed}
-
-    # -- results and timers -------------------------------------------------------
-    def on_result(self, inp: ResultInput) -> None:
-        res = inp.result
-        step = self.steps.get(res.step_id)
-        if (step is None or step.attempts != res.attempt or step.state not in STEP_IN_FLIGHT
-                or self.status.state in WORKFLOW_TERMINAL):
-            return  # stale or duplicate: that attempt is no longer running
-        cfg = self.config.step(res.step_id)
+    # -- outcomes of steps --------------------------------------------------------
+    def succeed(self, cfg: StepConfig, step: StepStatus, output: Any, *,
+                attempt: int | None = None) -> None:
+        """A step's attempt produced ``output`` (size and schema are checked here)."""
         step = self.own(step)
-        if step.state == StepState.DISPATCHED:
-            step.state = StepState.RUNNING
-            step.started_at = res.started_at or self.now
-            self.emit(EventType.STEP_STARTED, step=step.id, attempt=res.attempt,
-                      time=step.started_at)
-        if isinstance(res, TaskProgress):
-            step.progress = res.progress
-            self.emit(EventType.STEP_PROGRESS, step=step.id, attempt=res.attempt,
-                      data={"progress": res.progress})
-        elif isinstance(res, TaskSucceeded):
-            size = len(json.dumps(res.output, separators=(",", ":")))
-            if size > MAX_STEP_OUTPUT_BYTES or self.outputs_bytes + size > MAX_OUTPUTS_BYTES:
-                limit = (MAX_STEP_OUTPUT_BYTES if size > MAX_STEP_OUTPUT_BYTES
-                         else MAX_OUTPUTS_BYTES - self.outputs_bytes)
-                self.fail_step(cfg, step, ErrorInfo(
-                    code="output-too-large", step=step.id,
-                    message=f"output of {size} bytes is over the limit of {limit} bytes"),
-                    final=True)
-                return
-            self.outputs_bytes += size
-            step.state = StepState.SUCCEEDED
-            step.output = res.output
-            step.error = None
-            step.finished_at = self.now
-            self.emit(EventType.STEP_SUCCEEDED, step=step.id, attempt=res.attempt,
-                      data={"output": res.output})
-            if self.status.state == WorkflowState.STOPPING:
-                self.maybe_finish_stopping()
-            else:
-                self.dispatch_ready_steps()
-        else:
-            self.on_failure(cfg, step, res)
+        try:
+            size = kinds.check_output(cfg, output, self.outputs_bytes)
+        except kinds.StepInputError as exc:
+            self.fail_step(cfg, step, exc.error, final=True)
+            return
+        self.outputs_bytes += size
+        step.state = StepState.SUCCEEDED
+        step.output = output
+        step.error = None
+        step.finished_at = self.now
+        self.emit(EventType.STEP_SUCCEEDED, step=step.id, attempt=attempt or step.attempts,
+                  data={"output": output})
+        self.after_step_ended(step)
 
-    def on_failure(self, cfg: StepConfig, step: StepStatus, res: TaskFailed) -> None:
+    def after_step_ended(self, step: StepStatus) -> None:
+        if self.status.state == WorkflowState.STOPPING:
+            self.maybe_finish_stopping()
+        elif self.status.state == WorkflowState.COMPENSATING and step.compensates:
+            self.next_compensation()
+
+    def on_failure(self, cfg: StepConfig, step: StepStatus, error: ErrorInfo) -> None:
         step = self.own(step)
         if self.status.state == WorkflowState.STOPPING:
             step.state = StepState.CANCELLED
-            step.error = res.error
+            step.error = error
             step.finished_at = self.now
-            self.emit(EventType.STEP_CANCELLED, step=step.id, attempt=res.attempt,
-                      data={"error": res.error.model_dump(exclude_none=True)})
+            self.emit(EventType.STEP_CANCELLED, step=step.id, attempt=step.attempts,
+                      data={"error": error.model_dump(exclude_none=True)})
             self.maybe_finish_stopping()
             return
-        error = res.error.model_copy(update={"step": step.id})
+        error = error.model_copy(update={"step": step.id})
         final = (not error.retryable or error.code in cfg.retry.non_retryable_codes
                  or step.attempts >= cfg.retry.max_attempts)
         self.fail_step(cfg, step, error, final=final)
@@ -359,40 +484,110 @@ class _Tx:
         step.error = error
         err_data = error.model_dump(exclude_none=True)
         if not final:
-            delay = cfg.retry.delay_before(step.attempts + 1)
+            delay = cfg.retry.delay_before(step.attempts + 1,
+                                           seed=f"{self.status.id}:{step.id}")
             step.state = StepState.RETRYING
             step.next_attempt_at = self.now + timedelta(seconds=delay)
             self.emit(EventType.STEP_RETRYING, step=step.id, attempt=step.attempts,
                       data={"error": err_data, "next_attempt": step.attempts + 1,
                             "delay": delay})
             if delay <= 0:
-                self.dispatch(cfg, step)
+                self.begin(cfg, step)
             else:
-                self.effects.append(TimerEffect(timer=TimerFired(
-                    workflow_id=self.status.id, step_id=step.id, attempt=step.attempts + 1,
-                    purpose="retry", due=step.next_attempt_at)))
+                self.timer("retry", step.next_attempt_at, step=step.id,
+                           attempt=step.attempts + 1)
             return
         step.state = StepState.FAILED
         step.finished_at = self.now
+        step.next_attempt_at = None
         self.emit(EventType.STEP_FAILED, step=step.id, attempt=step.attempts,
                   data={"error": err_data})
-        # Fail fast: cancel what still runs, drop what has not started.
+        if step.compensates:
+            self.after_step_ended(step)
+        elif self.running and self.config.on_failure == "fail-fast":
+            self.cancel_all("another step failed")
+            self.conclude(WorkflowState.FAILED, ErrorInfo(
+                code=error.code, message=f"step {step.id!r} failed: {error.message}",
+                step=step.id, retryable=False))
+
+    def cancel_step(self, step: StepStatus, reason: str) -> None:
+        """Cancel an active step now (its worker or child is told to stop)."""
+        step = self.own(step)
+        st = self.status
+        if step.state in STEP_IN_FLIGHT:
+            self.effects.append(CancelEffect(notice=CancelNotice(
+                workflow_id=st.id, step_id=step.id, attempt=step.attempts)))
+        if step.child_id is not None and step.state == StepState.WAITING:
+            self.effects.append(WorkflowCommandEffect(
+                workflow_id=step.child_id, command=StopWorkflow(reason=f"parent: {reason}")))
+        step.state = StepState.CANCELLED
+        step.finished_at = self.now
+        step.next_attempt_at = None
+        self.emit(EventType.STEP_CANCELLED, step=step.id, attempt=step.attempts,
+                  data={"reason": reason})
+
+    def cancel_all(self, reason: str) -> None:
+        """Fail fast: cancel what runs, drop what has not started."""
         for other in list(self.status.steps):
-            if other.state in STEP_IN_FLIGHT or other.state in (StepState.PENDING,
-                                                                StepState.RETRYING):
-                other = self.own(other)
-            if other.state in STEP_IN_FLIGHT:
-                self.effects.append(CancelEffect(notice=CancelNotice(
-                    workflow_id=self.status.id, step_id=other.id, attempt=other.attempts)))
-                other.state = StepState.CANCELLED
-                other.finished_at = self.now
-                self.emit(EventType.STEP_CANCELLED, step=other.id, attempt=other.attempts)
+            if other.compensates:
+                continue
+            if other.state in STEP_ACTIVE:
+                self.cancel_step(other, reason)
             elif other.state in (StepState.PENDING, StepState.RETRYING):
+                other = self.own(other)
                 other.state = StepState.CANCELLED
                 other.next_attempt_at = None
-        self.finish(WorkflowState.FAILED, ErrorInfo(
-            code=error.code, message=f"step {step.id!r} failed: {error.message}",
-            step=step.id, retryable=False))
+
+    # -- inputs -------------------------------------------------------------------
+    def on_signal(self, sig: SignalWorkflow) -> ErrorInfo | None:
+        st = self.status
+        for cfg in self.config.steps:
+            step = self.steps[cfg.id]
+            if (isinstance(cfg, WaitStep) and cfg.signal == sig.name
+                    and step.state == StepState.WAITING):
+                self.emit(EventType.SIGNAL_RECEIVED, step=cfg.id, data={"name": sig.name})
+                self.succeed(cfg, step, sig.payload)
+                return None
+        if len(st.signals) >= MAX_PENDING_SIGNALS:
+            return TooManySignals(f"{MAX_PENDING_SIGNALS} signals are already waiting",
+                                  field="name").info()
+        st.signals.append(PendingSignal(name=sig.name, payload=sig.payload,
+                                        received_at=self.now))
+        self.emit(EventType.SIGNAL_RECEIVED, data={"name": sig.name, "kept": True})
+        return None
+
+    def take_signal(self, name: str) -> PendingSignal | None:
+        """The oldest kept signal of that name, removed (a wait step starting)."""
+        for i, sig in enumerate(self.status.signals):
+            if sig.name == name:
+                return self.status.signals.pop(i)
+        return None
+
+    def on_result(self, inp: ResultInput) -> None:
+        res = inp.result
+        step = self.steps.get(res.step_id)
+        if (step is None or step.attempts != res.attempt or step.state not in STEP_ACTIVE
+                or self.status.state in WORKFLOW_TERMINAL):
+            return  # stale or duplicate: that attempt is no longer running
+        cfg = self.cfgs[res.step_id]
+        step = self.own(step)
+        if step.state == StepState.DISPATCHED:
+            step.state = StepState.RUNNING
+            step.started_at = res.started_at or self.now
+            step.heartbeat_at = step.started_at
+            self.emit(EventType.STEP_STARTED, step=step.id, attempt=res.attempt,
+                      time=step.started_at)
+        if isinstance(res, TaskProgress):
+            step.heartbeat_at = self.now
+            self.dirty = True
+            if res.progress is not None:
+                step.progress = res.progress
+                self.emit(EventType.STEP_PROGRESS, step=step.id, attempt=res.attempt,
+                          data={"progress": res.progress})
+        elif isinstance(res, TaskSucceeded):
+            self.succeed(cfg, step, res.output, attempt=res.attempt)
+        else:
+            self.on_failure(cfg, step, res.error)
 
     def on_timer(self, timer: TimerFired) -> None:
         st = self.status
@@ -408,22 +603,66 @@ class _Tx:
                     s.finished_at = self.now
                     self.emit(EventType.STEP_CANCELLED, step=s.id, attempt=s.attempts,
                               data={"reason": "no answer within the stop grace period"})
-            self.finish(WorkflowState.STOPPED, None)
+            self.conclude(WorkflowState.STOPPED, None)
+            return
+        if timer.purpose == "workflow-timeout":
+            if self.running:
+                self.cancel_all("the workflow timed out")
+                self.conclude(WorkflowState.FAILED, ErrorInfo(
+                    code="workflow-timeout", retryable=False,
+                    message=f"the workflow did not finish within {self.config.timeout}s"))
             return
         step = self.steps.get(timer.step_id or "")
-        if step is None or not self.active:
+        if step is None or st.state not in (WorkflowState.RUNNING, WorkflowState.COMPENSATING):
             return
-        cfg = self.config.step(step.id)
+        cfg = self.cfgs[step.id]
         if timer.purpose == "retry":
             if step.state == StepState.RETRYING and step.attempts + 1 == timer.attempt:
-                self.dispatch(cfg, step)
-        elif step.state in STEP_IN_FLIGHT and step.attempts == timer.attempt:
-            # The worker may still be running it: ask it to stop.
-            self.effects.append(CancelEffect(notice=CancelNotice(
-                workflow_id=st.id, step_id=step.id, attempt=timer.attempt)))
-            self.on_failure(cfg, step, TaskFailed(
-                workflow_id=st.id, step_id=step.id, attempt=timer.attempt,
-                error=ErrorInfo(code="step-timeout", retryable=True, step=step.id,
-                                message=f"attempt {timer.attempt} timed out after "
-                                        f"{cfg.timeout}s")))
+                self.begin(cfg, step)
+        elif timer.purpose == "total-timeout":
+            if step.state in STEP_ACTIVE | {StepState.RETRYING}:
+                self.time_out(cfg, step, ErrorInfo(
+                    code="step-total-timeout", retryable=False, step=step.id,
+                    message=f"the step did not finish within {cfg.total_timeout}s"))
+        elif step.attempts != timer.attempt or step.state not in STEP_ACTIVE:
+            return  # that attempt is over
+        elif timer.purpose == "sleep":
+            if step.state == StepState.WAITING and step.wake_at is not None:
+                self.succeed(cfg, step, {"slept_until": step.wake_at.isoformat()})
+        elif timer.purpose == "heartbeat":
+            self.check_heartbeat(cfg, step)
+        else:
+            self.time_out(cfg, step, ErrorInfo(
+                code="step-timeout", retryable=True, step=step.id,
+                message=f"attempt {timer.attempt} timed out after {cfg.timeout}s"))
 
+    def time_out(self, cfg: StepConfig, step: StepStatus, error: ErrorInfo) -> None:
+        """An attempt ran out of time: tell whoever runs it, then fail the attempt."""
+        step = self.own(step)
+        if step.state in STEP_IN_FLIGHT:
+            self.effects.append(CancelEffect(notice=CancelNotice(
+                workflow_id=self.status.id, step_id=step.id, attempt=step.attempts)))
+        elif step.child_id is not None and step.state == StepState.WAITING:
+            self.effects.append(WorkflowCommandEffect(
+                workflow_id=step.child_id, command=StopWorkflow(reason="step timed out")))
+        if step.state == StepState.RETRYING:
+            step.next_attempt_at = None
+            self.fail_step(cfg, step, error, final=True)
+        else:
+            self.on_failure(cfg, step, error)
+
+    def check_heartbeat(self, cfg: StepConfig, step: StepStatus) -> None:
+        limit = kinds.heartbeat_timeout(cfg)
+        if limit is None:
+            return
+        window = timedelta(seconds=limit)
+        last = step.heartbeat_at if step.state == StepState.RUNNING else None
+        if last is None or last + window > self.now:
+            # Not started yet (queued), or alive: look again one window after the last sign.
+            base = last or self.now
+            self.timer("heartbeat", base + window, step=step.id, attempt=step.attempts)
+            self.dirty = True
+            return
+        self.time_out(cfg, step, ErrorInfo(
+            code="heartbeat-timeout", retryable=True, step=step.id,
+            message=f"no heartbeat from the worker for {limit}s"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,7 +24,7 @@ from contracts.messages import (
     TaskProgress,
     TaskSucceeded,
 )
-from contracts.models import Event, WorkflowConfig, WorkflowStatus
+from contracts.models import Event, ParentRef, WorkflowConfig, WorkflowStatus
 
 __all__ = [
     "BatchCommand",
@@ -37,6 +37,9 @@ __all__ = [
     "Effect",
     "EventEffect",
     "MemberFinished",
+    "NotifyParentEffect",
+    "SignalWorkflow",
+    "StartChildEffect",
     "NotifyBatchEffect",
     "Reply",
     "ResultInput",
@@ -84,8 +87,17 @@ class StopWorkflow(BaseModel):
     reason: str | None = None
 
 
+class SignalWorkflow(BaseModel):
+    """Deliver a named signal (a wait step takes it, or it is kept until one does)."""
+
+    model_config = _Frozen
+    kind: Literal["signal"] = "signal"
+    name: str
+    payload: Any = None
+
+
 #: Commands sent on ``<prefix>.cmd.wf.<id>``.
-WorkflowCommand = Annotated[CreateWorkflow | StartWorkflow | StopWorkflow,
+WorkflowCommand = Annotated[CreateWorkflow | StartWorkflow | StopWorkflow | SignalWorkflow,
                             Field(discriminator="kind")]
 
 
@@ -98,7 +110,8 @@ class ResultInput(BaseModel):
     size: int = Field(default=0, description="Bytes of the message, to police output size.")
 
 
-TimerPurpose = Literal["retry", "timeout", "stop-grace"]
+TimerPurpose = Literal["retry", "timeout", "total-timeout", "heartbeat", "sleep",
+                       "workflow-timeout", "stop-grace"]
 
 
 class TimerFired(BaseModel):
@@ -114,7 +127,7 @@ class TimerFired(BaseModel):
 
 
 WorkflowInput = Annotated[
-    CreateWorkflow | StartWorkflow | StopWorkflow | ResultInput | TimerFired,
+    CreateWorkflow | StartWorkflow | StopWorkflow | SignalWorkflow | ResultInput | TimerFired,
     Field(discriminator="kind"),
 ]
 
@@ -173,9 +186,29 @@ class WorkflowCommandEffect(BaseModel):
     command: WorkflowCommand
 
 
+class StartChildEffect(BaseModel):
+    """Create a child workflow from a stored definition (the shell resolves it)."""
+
+    model_config = _Frozen
+    kind: Literal["start-child"] = "start-child"
+    child_id: str
+    definition: str
+    version: int | None = None
+    input: dict[str, Any]
+    parent: ParentRef
+
+
+class NotifyParentEffect(BaseModel):
+    """Report a child's end to its parent's step, as a worker would (on its result subject)."""
+
+    model_config = _Frozen
+    kind: Literal["notify-parent"] = "notify-parent"
+    result: Annotated[TaskSucceeded | TaskFailed, Field(discriminator="kind")]
+
+
 Effect = Annotated[
     EventEffect | TaskEffect | TimerEffect | CancelEffect | NotifyBatchEffect
-    | WorkflowCommandEffect,
+    | WorkflowCommandEffect | StartChildEffect | NotifyParentEffect,
     Field(discriminator="kind"),
 ]
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -34,7 +34,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from contracts.errors import ErrorInfo, NatsflowError, validation_failed
 from contracts.ids import deterministic_id
-from contracts.messages import BatchReply, DeadLetter, TaskResult, WorkflowReply
+from contracts.messages import BatchReply, DeadLetter, TaskFailed, TaskResult, WorkflowReply
 from contracts.models import TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
 from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
@@ -50,8 +50,10 @@ from .records import (
     EventEffect,
     MemberFinished,
     NotifyBatchEffect,
+    NotifyParentEffect,
     Reply,
     ResultInput,
+    StartChildEffect,
     TaskEffect,
     TimerEffect,
     TimerFired,
@@ -61,7 +63,8 @@ from .records import (
 )
 from .store import RecordStore, StaleRevision
 
-__all__ = ["OUTCOME_ERROR_HEADER", "REPLY_HEADER", "Processor", "Verdict", "fingerprint"]
+__all__ = ["OUTCOME_ERROR_HEADER", "REPLY_HEADER", "DefinitionResolver", "Processor", "Verdict",
+           "fingerprint"]
 
 log = logging.getLogger("natsflow.orchestrator")
 
@@ -82,6 +85,18 @@ _task_results: TypeAdapter[Any] = TypeAdapter(TaskResult)
 def fingerprint(model: BaseModel) -> str:
     """A digest of a config, to tell an identical resubmit from a conflicting one."""
     return hashlib.sha256(model.model_dump_json(exclude={"id"}).encode()).hexdigest()[:32]
+
+
+class DefinitionResolver(Protocol):
+    """Where child workflows' definitions come from (the definitions registry)."""
+
+    async def resolve_config(self, name: str, version: int | None) -> WorkflowConfig:
+        """The config of that definition version (latest if None).
+
+        Raises:
+            NatsflowError: no such definition or version (a code saying so).
+        """
+        ...
 
 
 class Verdict(Enum):
@@ -195,8 +210,10 @@ class Processor:
 
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
                  batches: RecordStore, settings: EngineSettings | None = None,
+                 definitions: DefinitionResolver | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.nc = nc
+        self.definitions = definitions
         self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
         self.settings = settings or EngineSettings(subjects=subjects)
@@ -382,8 +399,10 @@ class Processor:
             return s.task(t.task), t.model_dump_json().encode(), f"task:{t.idempotency_key}"
         if isinstance(effect, TimerEffect):
             tm = effect.timer
+            # The due time is part of the id: a heartbeat timer is armed again and again.
             return (s.timer(tm.workflow_id), tm.model_dump_json().encode(),
-                    f"timer:{tm.workflow_id}:{tm.step_id}:{tm.attempt}:{tm.purpose}")
+                    f"timer:{tm.workflow_id}:{tm.step_id}:{tm.attempt}:{tm.purpose}:"
+                    f"{tm.due.timestamp()}")
         if isinstance(effect, CancelEffect):
             notice = effect.notice
             return s.cancel(notice.workflow_id), notice.model_dump_json().encode(), None
@@ -391,9 +410,30 @@ class Processor:
             body = MemberFinished(workflow_id=effect.workflow_id, state=effect.state)
             return (s.batch_command(effect.batch_id), body.model_dump_json().encode(),
                     f"done:{effect.workflow_id}")
+        if isinstance(effect, NotifyParentEffect):
+            res = effect.result
+            return (s.result(res.workflow_id), res.model_dump_json().encode(),
+                    f"child:{key}:{res.attempt}")
         assert isinstance(effect, WorkflowCommandEffect)
         return (s.workflow_command(effect.workflow_id), effect.command.model_dump_json().encode(),
                 f"bcmd:{key}:{effect.workflow_id}:{effect.command.kind}")
+
+    async def _child_command(self, effect: StartChildEffect) -> Effect:
+        """The create command of a child workflow, or its failure reported to the parent."""
+        try:
+            if self.definitions is None:
+                raise NatsflowError("this orchestrator has no definitions registry")
+            config = await self.definitions.resolve_config(effect.definition, effect.version)
+        except NatsflowError as exc:
+            p = effect.parent
+            return NotifyParentEffect(result=TaskFailed(
+                workflow_id=p.workflow_id, step_id=p.step_id, attempt=p.attempt,
+                error=exc.info().model_copy(update={"retryable": False, "step": p.step_id})))
+        child = config.model_copy(update={
+            "id": effect.child_id, "input": effect.input, "parent": effect.parent,
+            "start": True})
+        return WorkflowCommandEffect(workflow_id=effect.child_id, command=CreateWorkflow(
+            config=child, fingerprint=fingerprint(child)))
 
     async def publish(self, key: str, effects: Sequence[Effect]) -> None:
         """Publish an outbox in one round: send everything, then await every ack.
@@ -402,6 +442,8 @@ class Processor:
         """
         futures = []
         for effect in sorted(effects, key=lambda e: not isinstance(e, TaskEffect)):
+            if isinstance(effect, StartChildEffect):
+                effect = await self._child_command(effect)
             subject, payload, msg_id = self._route(key, effect)
             if msg_id is None:
                 await self.nc.publish(subject, payload)

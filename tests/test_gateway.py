@@ -270,8 +270,8 @@ async def test_openapi_documents_paths_bodies_and_problems(http: httpx.AsyncClie
             "/workflows/{workflow_id}/stop", "/batches", "/batches/{batch_id}",
             "/batches/{batch_id}/stop", "/healthz", "/readyz"} <= set(spec["paths"])
     schemas = spec["components"]["schemas"]
-    for name in ("WorkflowConfig", "StepConfig", "RetryPolicy", "BatchConfig",
-                 "WorkflowTemplate", "WorkflowStatus", "BatchStatus", "Problem"):
+    for name in ("WorkflowConfig", "TaskStep", "SleepStep", "WaitStep", "RetryPolicy",
+                 "BatchConfig", "WorkflowTemplate", "WorkflowStatus", "BatchStatus", "Problem"):
         assert name in schemas, name
     create = spec["paths"]["/workflows"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"] == {
@@ -304,7 +304,8 @@ def test_every_error_code_has_one_http_status() -> None:
     expected = {"validation-failed": 422, "invalid-graph": 422, "invalid-request": 400,
                 "payload-too-large": 413, "workflow-not-found": 404, "batch-not-found": 404,
                 "not-found": 404, "id-conflict": 409, "already-finished": 409,
-                "conflict": 409, "unavailable": 503, "engine-timeout": 503}
+                "conflict": 409, "unavailable": 503, "engine-timeout": 503,
+                "too-many-signals": 409}
     for cls in subclasses(NatsflowError):
         if cls.__module__ == "contracts.errors" and cls is not NatsflowError:
             assert http_mapping(cls("x")).status == expected[cls.code], cls

@@ -248,6 +248,8 @@ class _Tx:
         if st.state in (WorkflowState.STOPPING, WorkflowState.COMPENSATING):
             return  # already on its way out; compensations are not interrupted
         for s in list(st.steps):
+            if s.compensates:
+                continue  # kept for the compensation that follows the stop
             if s.state in (StepState.PENDING, StepState.RETRYING):
                 s = self.own(s)
                 s.state = StepState.CANCELLED

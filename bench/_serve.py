@@ -29,6 +29,9 @@ from contracts.streams import Topology, declare_stream, ensure_consumer
 
 #: The task type every benchmark step runs.
 NOOP_TASK = "bench.noop"
+#: A no-op whose output is 1 KB (the map benchmark's items).
+KB_TASK = "bench.kb"
+_KB = "x" * 1000
 
 
 def _orchestrator(settings: NatsSettings) -> Awaitable[None]:
@@ -46,6 +49,10 @@ def _sdk_worker(settings: NatsSettings) -> Awaitable[None]:
     @worker.task(NOOP_TASK)
     async def noop(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
         return {}
+
+    @worker.task(KB_TASK)
+    async def kb(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
+        return {"pad": _KB}
 
     return worker.run(settings)
 

@@ -52,10 +52,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _variables(text: str) -> frozenset[str]:
+    return frozenset(compile_expression(text).references()["variables"])
+
+
 def evaluate(text: str, context: Mapping[str, Any], *, field: str | None = None) -> Any:
     prog = compile_expression(text)
+    # Only the variables the expression reads: CEL converts every value it is given,
+    # and a map's context holds the whole item list.
+    names = _variables(text)
     try:
-        return _plain(prog.execute(dict(context)))
+        return _plain(prog.execute({k: v for k, v in context.items() if k in names}))
     except Exception as exc:
         what = f"no such key {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ExpressionError(f"{text!r} failed: {what}", expression=text, field=field) from None

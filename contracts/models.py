@@ -36,6 +36,10 @@ __all__ = [
     "StepState",
     "STEP_IN_FLIGHT",
     "STEP_ACTIVE",
+    "ITEM_VARIABLES",
+    "MAX_MAP_ITEMS",
+    "MapStep",
+    "MapProgress",
     "BUILTIN_TASK",
     "WORKER_KINDS",
     "StepKind",
@@ -170,6 +174,7 @@ class StepKind(StrEnum):
     TRANSFORM = "transform"
     SWITCH = "switch"
     WORKFLOW = "workflow"
+    MAP = "map"
 
 
 #: Kinds whose attempts run on a worker (built-in ones for request/http/publish).
@@ -357,12 +362,52 @@ def _step_kind(value: Any) -> str:
     return str(getattr(value, "kind", "task"))
 
 
+#: What a map runs per item: a worker kind or a transform, without id or dependencies.
+MapBody = Annotated[
+    Annotated[TaskStep, Tag("task")] | Annotated[RequestStep, Tag("request")]
+    | Annotated[HttpStep, Tag("http")] | Annotated[PublishStep, Tag("publish")]
+    | Annotated[TransformStep, Tag("transform")],
+    Discriminator(_step_kind),
+]
+#: Largest number of items one map step fans out to.
+MAX_MAP_ITEMS: Final = 100_000
+#: Variables an expression may use inside a map's item step.
+ITEM_VARIABLES: Final = frozenset({"input", "steps", "workflow", "item", "index"})
+
+
+class MapStep(_StepBase):
+    """Fan one step out over a list computed at run time; the output lists the items'
+    outputs in input order. Item outputs are stored apart from the workflow's record."""
+
+    kind: Literal["map"] = "map"
+    items: _Expr = Field(description="CEL expression giving the list to map over.")
+    step: MapBody = Field(description="What runs per item (`item` and `index` in "
+                          "its templates); its retry and timeout apply per item.")
+    max_concurrency: int = Field(default=100, ge=1, le=1000,
+                                 description="Items running at once.")
+
+    @field_validator("step", mode="before")
+    @classmethod
+    def _item_id(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "id" not in value:
+            return {"id": "item", **value}
+        return value
+
+    @model_validator(mode="after")
+    def _plain_body(self) -> MapStep:
+        b = self.step
+        if b.depends_on or b.when or b.compensate or b.total_timeout:
+            raise InvalidGraph("a map's item step takes no depends_on, when, compensate or "
+                               "total_timeout", step=self.id, field="step")
+        return self
+
+
 StepConfig = Annotated[
     Annotated[TaskStep, Tag("task")] | Annotated[RequestStep, Tag("request")]
     | Annotated[HttpStep, Tag("http")] | Annotated[PublishStep, Tag("publish")]
     | Annotated[SleepStep, Tag("sleep")] | Annotated[WaitStep, Tag("wait")]
     | Annotated[TransformStep, Tag("transform")] | Annotated[SwitchStep, Tag("switch")]
-    | Annotated[WorkflowStep, Tag("workflow")],
+    | Annotated[WorkflowStep, Tag("workflow")] | Annotated[MapStep, Tag("map")],
     Discriminator(_step_kind),
 ]
 
@@ -480,6 +525,12 @@ def check_graph(config: WorkflowConfig) -> None:
         if isinstance(s, SwitchStep):
             exprs.append(("value", check_expression(
                 s.value, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.value")))
+        if isinstance(s, MapStep):
+            exprs.append(("items", check_expression(
+                s.items, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.items")))
+            for name, template in s.step.templates().items():
+                exprs.append((f"step.{name}", check_template(
+                    template, variables=ITEM_VARIABLES, field=f"steps.{i}.step.{name}")))
         for name, template in s.templates().items():
             exprs.append((name, check_template(template, variables=EXPRESSION_VARIABLES,
                                                field=f"steps.{i}.{name}")))
@@ -581,6 +632,25 @@ class StepStatus(BaseModel):
     child_id: str | None = Field(default=None, description="A workflow step's child.")
     compensates: str | None = Field(default=None,
                                     description="The step this compensation undoes.")
+    map: MapProgress | None = Field(default=None, description="A map step's items.")
+
+
+class MapProgress(BaseModel):
+    """Where a map step's items stand (their outputs are stored apart, by index)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total: int
+    next: int = Field(default=0, description="Items below this index were dispatched.")
+    running: dict[str, int] = Field(default_factory=dict,
+                                    description="Item index -> attempt, at a worker.")
+    retrying: dict[str, int] = Field(default_factory=dict,
+                                     description="Item index -> next attempt, on a timer.")
+    succeeded: int = 0
+    failed: list[int] = Field(default_factory=list, description="Indexes of failed items.")
+    errors: list[ErrorInfo] = Field(default_factory=list,
+                                    description="The first errors of failed items.")
+    joining: bool = Field(default=False, description="All done; outputs being collected.")
 
 
 class PendingSignal(BaseModel):

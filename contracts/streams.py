@@ -14,6 +14,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -92,6 +93,16 @@ class Topology:
         """Batch id -> record."""
         return KeyValueConfig(bucket=self.subjects.batches_bucket, history=1,
                               replicas=self.replicas, storage=StorageType.FILE, direct=True)
+
+    def outputs_kv(self) -> KeyValueConfig:
+        """Map item outputs, one key per item."""
+        return KeyValueConfig(bucket=self.subjects.outputs_bucket, history=1,
+                              replicas=self.replicas, storage=StorageType.FILE, direct=True)
+
+    def blobs_store(self) -> ObjectStoreConfig:
+        """Large outputs (a big map's joined output), chunked."""
+        return ObjectStoreConfig(bucket=self.subjects.blobs_bucket, replicas=self.replicas,
+                                 storage=StorageType.FILE)
 
     def idempotency_kv(self) -> KeyValueConfig:
         """Idempotency-Key digest -> workflow id, for 24 hours."""

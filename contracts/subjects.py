@@ -104,6 +104,20 @@ class Subjects:
         return f"{_lower_name(self.prefix)}_batches"
 
     @property
+    def outputs_bucket(self) -> str:
+        """KV bucket: ``<workflow>.<step>.<attempt>.<index>`` -> a map item's output."""
+        return f"{_lower_name(self.prefix)}_outputs"
+
+    def kv_put(self, bucket: str, key: str) -> str:
+        """The subject a KV put of ``key`` in ``bucket`` is published on."""
+        return f"$KV.{bucket}.{key}"
+
+    @property
+    def blobs_bucket(self) -> str:
+        """Object store: outputs too large for a record or a message."""
+        return f"{_lower_name(self.prefix)}_blobs"
+
+    @property
     def idempotency_bucket(self) -> str:
         """KV bucket: idempotency key digest -> workflow id (with a TTL)."""
         return f"{_lower_name(self.prefix)}_idempotency"

@@ -11,6 +11,7 @@ Task types::
     demo.flaky   {fail_times} -> fails (retryable, code "flaky") while attempt <= fail_times,
                  then -> {attempt}
     demo.fail    always fails (non-retryable, code "demo-failure")
+    demo.count   {items: [...]} -> {count, first, last}  (e.g. a large map's joined output)
 """
 
 from __future__ import annotations
@@ -99,3 +100,19 @@ async def flaky(ctx: TaskContext, data: FlakyIn) -> dict[str, Any]:
 async def fail(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
     """Always fail, without retries."""
     raise TaskError("demo-failure", "demo.fail always fails", retryable=False)
+
+
+class CountIn(BaseModel):
+    """Input of ``demo.count``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Any]
+
+
+@worker.task("demo.count")
+async def count(ctx: TaskContext, data: CountIn) -> dict[str, Any]:
+    """Count a list (and show its ends)."""
+    items = data.items
+    return {"count": len(items), "first": items[0] if items else None,
+            "last": items[-1] if items else None}

@@ -33,9 +33,11 @@ from contracts.models import (
     STEP_ACTIVE,
     STEP_IN_FLIGHT,
     STEP_TERMINAL,
+    WORKFLOW_ACTIVE,
     WORKFLOW_TERMINAL,
     Event,
     EventType,
+    MapStep,
     PendingSignal,
     StepConfig,
     StepKind,
@@ -45,16 +47,18 @@ from contracts.models import (
     WorkflowConfig,
     WorkflowState,
     WorkflowStatus,
+    WorkflowStep,
 )
 from contracts.streams import TASK_HEARTBEAT
 from contracts.subjects import Subjects
 
-from . import kinds
+from . import fanout, kinds
 from .records import (
     CancelEffect,
     CreateWorkflow,
     Effect,
     EventEffect,
+    MapJoined,
     NotifyBatchEffect,
     NotifyParentEffect,
     Reply,
@@ -99,7 +103,8 @@ def new_record(inp: CreateWorkflow, now: datetime) -> WorkflowRecord:
     status = WorkflowStatus(
         id=cfg.id, name=cfg.name, state=WorkflowState.CREATED, input=cfg.input,
         labels=cfg.labels, batch_id=inp.batch_id, parent=cfg.parent, created_at=now,
-        steps=[StepStatus(id=s.id, kind=StepKind(s.kind), task=s.task_type,
+        steps=[StepStatus(id=s.id, kind=StepKind(s.kind),
+                          task=s.step.task_type if isinstance(s, MapStep) else s.task_type,
                           compensates=undoes.get(s.id)) for s in cfg.steps],
     )
     # Built from validated parts; model_construct skips re-running the graph check.
@@ -157,6 +162,8 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
                 return WorkflowDecision(record=None, reply=Reply(error=error))
     elif isinstance(inp, ResultInput):
         tx.on_result(inp)
+    elif isinstance(inp, MapJoined):
+        tx.on_joined(inp)
     else:
         tx.on_timer(inp)
     tx.advance()
@@ -174,6 +181,7 @@ class _Tx:
             "compensation": list(record.status.compensation)})
         self._index = {s.id: i for i, s in enumerate(self.status.steps)}
         self._owned: set[int] = set()
+        self.owned_maps: set[int] = set()
         self.config: WorkflowConfig = record.config
         self.cfgs: dict[str, StepConfig] = {c.id: c for c in record.config.steps}
         self.fingerprint = record.fingerprint
@@ -258,8 +266,7 @@ class _Tx:
                 self.cancel_step(s, "workflow stopped")
         in_flight = [s for s in st.steps if s.state in STEP_IN_FLIGHT]
         for s in in_flight:
-            self.effects.append(CancelEffect(notice=CancelNotice(
-                workflow_id=st.id, step_id=s.id, attempt=s.attempts)))
+            self.notify_cancel(s)
         if not in_flight:
             self.conclude(WorkflowState.STOPPED, None)
             return
@@ -515,10 +522,7 @@ class _Tx:
     def cancel_step(self, step: StepStatus, reason: str) -> None:
         """Cancel an active step now (its worker or child is told to stop)."""
         step = self.own(step)
-        st = self.status
-        if step.state in STEP_IN_FLIGHT:
-            self.effects.append(CancelEffect(notice=CancelNotice(
-                workflow_id=st.id, step_id=step.id, attempt=step.attempts)))
+        self.notify_cancel(step)
         if step.child_id is not None and step.state == StepState.WAITING:
             self.effects.append(WorkflowCommandEffect(
                 workflow_id=step.child_id, command=StopWorkflow(reason=f"parent: {reason}")))
@@ -527,6 +531,14 @@ class _Tx:
         step.next_attempt_at = None
         self.emit(EventType.STEP_CANCELLED, step=step.id, attempt=step.attempts,
                   data={"reason": reason})
+
+    def notify_cancel(self, step: StepStatus) -> None:
+        """Tell whoever runs the step's current attempt (or its items) to stop."""
+        if step.map is not None:
+            fanout.cancel_items(self, step)
+        elif step.state in STEP_IN_FLIGHT:
+            self.effects.append(CancelEffect(notice=CancelNotice(
+                workflow_id=self.status.id, step_id=step.id, attempt=step.attempts)))
 
     def cancel_all(self, reason: str) -> None:
         """Fail fast: cancel what runs, drop what has not started."""
@@ -565,13 +577,31 @@ class _Tx:
                 return self.status.signals.pop(i)
         return None
 
+    def on_joined(self, inp: MapJoined) -> None:
+        step = self.steps.get(inp.step_id)
+        if step is not None and self.status.state in WORKFLOW_ACTIVE:
+            cfg = self.cfgs[step.id]
+            if isinstance(cfg, MapStep):
+                fanout.on_joined(self, cfg, self.own(step), inp)
+
     def on_result(self, inp: ResultInput) -> None:
         res = inp.result
+        item = fanout.parse_item(res.step_id)
+        if item is not None:
+            mapped = self.steps.get(item[0])
+            cfg = self.cfgs.get(item[0])
+            if (mapped is not None and isinstance(cfg, MapStep)
+                    and mapped.state == StepState.RUNNING and mapped.attempts >= 1
+                    and self.status.state in WORKFLOW_ACTIVE):
+                fanout.on_item_result(self, cfg, self.own(mapped), item[1], inp)
+            return
         step = self.steps.get(res.step_id)
         if (step is None or step.attempts != res.attempt or step.state not in STEP_ACTIVE
                 or self.status.state in WORKFLOW_TERMINAL):
             return  # stale or duplicate: that attempt is no longer running
         cfg = self.cfgs[res.step_id]
+        if cfg.task_type is None and not isinstance(cfg, WorkflowStep):
+            return  # the engine runs this kind itself; nobody reports on it
         step = self.own(step)
         if step.state == StepState.DISPATCHED:
             step.state = StepState.RUNNING
@@ -614,6 +644,14 @@ class _Tx:
                     code="workflow-timeout", retryable=False,
                     message=f"the workflow did not finish within {self.config.timeout}s"))
             return
+        item = fanout.parse_item(timer.step_id or "")
+        if item is not None:
+            mapped = self.steps.get(item[0])
+            cfg_ = self.cfgs.get(item[0])
+            if (mapped is not None and isinstance(cfg_, MapStep)
+                    and mapped.state == StepState.RUNNING and st.state in WORKFLOW_ACTIVE):
+                fanout.on_item_timer(self, cfg_, self.own(mapped), item[1], timer)
+            return
         step = self.steps.get(timer.step_id or "")
         if step is None or st.state not in (WorkflowState.RUNNING, WorkflowState.COMPENSATING):
             return
@@ -642,8 +680,7 @@ class _Tx:
         """An attempt ran out of time: tell whoever runs it, then fail the attempt."""
         step = self.own(step)
         if step.state in STEP_IN_FLIGHT:
-            self.effects.append(CancelEffect(notice=CancelNotice(
-                workflow_id=self.status.id, step_id=step.id, attempt=step.attempts)))
+            self.notify_cancel(step)
         elif step.child_id is not None and step.state == StepState.WAITING:
             self.effects.append(WorkflowCommandEffect(
                 workflow_id=step.child_id, command=StopWorkflow(reason="step timed out")))

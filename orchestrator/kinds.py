@@ -18,6 +18,7 @@ from contracts.models import (
     MAX_OUTPUTS_BYTES,
     MAX_STEP_OUTPUT_BYTES,
     HttpStep,
+    MapStep,
     ParentRef,
     PublishStep,
     RequestStep,
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from .engine import _Tx
 
 __all__ = ["StepInputError", "begin", "check_output", "child_id", "condition",
-           "heartbeat_timeout", "workflow_output"]
+           "evaluate_for", "heartbeat_timeout", "json_size", "task_input", "workflow_output"]
 
 
 class StepInputError(Exception):
@@ -49,6 +50,16 @@ class StepInputError(Exception):
     def __init__(self, error: ErrorInfo) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+def evaluate_for(step: str, where: str, fn: Any, *args: Any) -> Any:
+    """``fn(*args, field=where)`` (evaluate or render), failures as StepInputError."""
+    return _eval(fn, step, where, *args)
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON."""
+    return len(json.dumps(value, separators=(",", ":")))
 
 
 def _eval(fn: Any, step: str, where: str, *args: Any) -> Any:
@@ -148,6 +159,9 @@ def begin(tx: _Tx, cfg: StepConfig, step: StepStatus) -> None:
             return
         step.state = StepState.WAITING
         tx.emit(Ev.STEP_WAITING, step=cfg.id, attempt=attempt, data={"signal": cfg.signal})
+    elif isinstance(cfg, MapStep):
+        from .fanout import begin_map  # fanout builds on this module
+        begin_map(tx, cfg, step)
     else:
         assert isinstance(cfg, WorkflowStep)
         inp = _eval(render, cfg.id, "input", cfg.input, tx.context())
@@ -201,7 +215,7 @@ def _wake_time(cfg: SleepStep, ctx: dict[str, Any], now: datetime) -> datetime:
 
 def check_output(cfg: StepConfig, output: Any, used: int) -> int:
     """The output's size in bytes, if it fits the limits and the step's schema."""
-    size = len(json.dumps(output, separators=(",", ":")))
+    size = json_size(output)
     if size > MAX_STEP_OUTPUT_BYTES or used + size > MAX_OUTPUTS_BYTES:
         limit = MAX_STEP_OUTPUT_BYTES if size > MAX_STEP_OUTPUT_BYTES else MAX_OUTPUTS_BYTES - used
         raise StepInputError(ErrorInfo(

@@ -36,7 +36,10 @@ __all__ = [
     "CreateWorkflow",
     "Effect",
     "EventEffect",
+    "JoinMapEffect",
+    "MapJoined",
     "MemberFinished",
+    "PutOutputEffect",
     "NotifyParentEffect",
     "SignalWorkflow",
     "StartChildEffect",
@@ -96,9 +99,22 @@ class SignalWorkflow(BaseModel):
     payload: Any = None
 
 
+class MapJoined(BaseModel):
+    """A map step's item outputs were collected (by the shell) into its output."""
+
+    model_config = _Frozen
+    kind: Literal["map-joined"] = "map-joined"
+    step_id: str
+    attempt: int
+    output: Any = Field(default=None,
+                        description="The list of outputs, or a blob reference if large.")
+    size: int = Field(default=0, description="Bytes of the list as JSON.")
+    error: ErrorInfo | None = Field(default=None, description="Why they could not be kept.")
+
+
 #: Commands sent on ``<prefix>.cmd.wf.<id>``.
-WorkflowCommand = Annotated[CreateWorkflow | StartWorkflow | StopWorkflow | SignalWorkflow,
-                            Field(discriminator="kind")]
+WorkflowCommand = Annotated[CreateWorkflow | StartWorkflow | StopWorkflow | SignalWorkflow
+                            | MapJoined, Field(discriminator="kind")]
 
 
 class ResultInput(BaseModel):
@@ -127,7 +143,8 @@ class TimerFired(BaseModel):
 
 
 WorkflowInput = Annotated[
-    CreateWorkflow | StartWorkflow | StopWorkflow | SignalWorkflow | ResultInput | TimerFired,
+    CreateWorkflow | StartWorkflow | StopWorkflow | SignalWorkflow | MapJoined | ResultInput
+    | TimerFired,
     Field(discriminator="kind"),
 ]
 
@@ -206,9 +223,30 @@ class NotifyParentEffect(BaseModel):
     result: Annotated[TaskSucceeded | TaskFailed, Field(discriminator="kind")]
 
 
+class PutOutputEffect(BaseModel):
+    """Store one map item's output apart from the record (outputs bucket, by key)."""
+
+    model_config = _Frozen
+    kind: Literal["put-output"] = "put-output"
+    key: str
+    output: Any = None
+
+
+class JoinMapEffect(BaseModel):
+    """Collect a map step's item outputs, in order, and send them back as MapJoined."""
+
+    model_config = _Frozen
+    kind: Literal["join-map"] = "join-map"
+    workflow_id: str
+    step_id: str
+    attempt: int
+    total: int
+
+
 Effect = Annotated[
     EventEffect | TaskEffect | TimerEffect | CancelEffect | NotifyBatchEffect
-    | WorkflowCommandEffect | StartChildEffect | NotifyParentEffect,
+    | WorkflowCommandEffect | StartChildEffect | NotifyParentEffect | PutOutputEffect
+    | JoinMapEffect,
     Field(discriminator="kind"),
 ]
 

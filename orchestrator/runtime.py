@@ -41,6 +41,7 @@ from contracts.subjects import Subjects
 
 from .batch_engine import decide_batch
 from .engine import EngineSettings, decide
+from .outputs import OutputStore
 from .records import (
     BatchCommand,
     BatchRecord,
@@ -48,9 +49,12 @@ from .records import (
     CreateWorkflow,
     Effect,
     EventEffect,
+    JoinMapEffect,
+    MapJoined,
     MemberFinished,
     NotifyBatchEffect,
     NotifyParentEffect,
+    PutOutputEffect,
     Reply,
     ResultInput,
     StartChildEffect,
@@ -211,9 +215,11 @@ class Processor:
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
                  batches: RecordStore, settings: EngineSettings | None = None,
                  definitions: DefinitionResolver | None = None,
+                 outputs: OutputStore | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.nc = nc
         self.definitions = definitions
+        self.outputs = outputs
         self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
         self.settings = settings or EngineSettings(subjects=subjects)
@@ -410,6 +416,11 @@ class Processor:
             body = MemberFinished(workflow_id=effect.workflow_id, state=effect.state)
             return (s.batch_command(effect.batch_id), body.model_dump_json().encode(),
                     f"done:{effect.workflow_id}")
+        if isinstance(effect, PutOutputEffect):
+            assert self.outputs is not None, "map steps need an output store"
+            return (self.outputs.put_subject(effect.key),
+                    json.dumps(effect.output, separators=(",", ":")).encode(),
+                    f"out:{effect.key}")
         if isinstance(effect, NotifyParentEffect):
             res = effect.result
             return (s.result(res.workflow_id), res.model_dump_json().encode(),
@@ -441,7 +452,10 @@ class Processor:
         Tasks go out first: a worker can start while the events are still being stored.
         """
         futures = []
+        joins = [e for e in effects if isinstance(e, JoinMapEffect)]
         for effect in sorted(effects, key=lambda e: not isinstance(e, TaskEffect)):
+            if isinstance(effect, JoinMapEffect):
+                continue  # after the item outputs it reads are stored
             if isinstance(effect, StartChildEffect):
                 effect = await self._child_command(effect)
             subject, payload, msg_id = self._route(key, effect)
@@ -452,6 +466,25 @@ class Processor:
                 subject, payload, headers={"Nats-Msg-Id": msg_id}))
         if futures:
             await asyncio.wait_for(asyncio.gather(*futures), _PUBLISH_TIMEOUT)
+        for join in joins:
+            await self._join_map(join)
+
+    async def _join_map(self, join: JoinMapEffect) -> None:
+        """Collect a map's item outputs and hand them to its workflow as MapJoined."""
+        assert self.outputs is not None, "map steps need an output store"
+        cmd: MapJoined
+        try:
+            output, size = await self.outputs.joined(join.workflow_id, join.step_id,
+                                                     join.attempt, join.total)
+            cmd = MapJoined(step_id=join.step_id, attempt=join.attempt, output=output,
+                            size=size)
+        except ValueError as exc:  # too large even for the blob store
+            cmd = MapJoined(step_id=join.step_id, attempt=join.attempt, error=ErrorInfo(
+                code="output-too-large", message=str(exc), step=join.step_id))
+        await self.js.publish(
+            self.subjects.workflow_command(join.workflow_id), cmd.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": f"join:{join.workflow_id}:{join.step_id}:{join.attempt}"},
+            timeout=_PUBLISH_TIMEOUT)
 
     async def _flush_stale_outbox(self, key: str, record: Any) -> None:
         """Republish an outbox whose publication this process did not witness."""

@@ -17,6 +17,7 @@ from contracts.streams import Topology, declare_stream, ensure_consumer
 
 from .api import Api
 from .engine import EngineSettings
+from .outputs import OutputStore
 from .records import TimerFired
 from .runtime import Item, Malformed, Processor
 from .store import KvRecordStore
@@ -62,8 +63,13 @@ class Orchestrator:
         workflows = KvRecordStore(await js.create_key_value(t.workflows_kv()))
         batches = KvRecordStore(await js.create_key_value(t.batches_kv()))
         idempotency = await js.create_key_value(t.idempotency_kv())
+        outputs = OutputStore(js, self.subjects, await js.create_key_value(t.outputs_kv()),
+                              await js.create_object_store(
+                                  # nats-py overwrites config.bucket with this argument
+                                  self.subjects.blobs_bucket, config=t.blobs_store()))
         self.processor = Processor(self.nc, self.subjects, workflows=workflows,
-                                   batches=batches, settings=self.engine_settings)
+                                   batches=batches, settings=self.engine_settings,
+                                   outputs=outputs)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,

@@ -46,6 +46,7 @@ _DEMO_HANDLERS = {
     "demo.sleep": demo.sleep,
     "demo.flaky": demo.flaky,
     "demo.fail": demo.fail,
+    "demo.count": demo.count,
 }
 
 

@@ -50,3 +50,17 @@ def test_benchmark_reports_every_figure() -> None:
     assert [s["finished"] for s in memory["run"]] == [0, 30, 60]
     assert all(s["rss_kib"] > 0 for s in memory["run"])
     assert set(report["targets"]) >= {"flat orchestrator RSS"}
+
+
+@pytest.mark.timeout(200)
+def test_map_benchmark_completes_every_map_and_reports_its_figures() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "map.py"), "--items", "300", "--concurrency",
+         "50", "--runs", "1", "--floor-seconds", "0.5", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["floor_msgs_per_s"] > 0
+    (run,) = report["runs"]
+    assert run["completed"] is True
+    assert run["seconds"] > 0 and run["items_per_s"] > 0 and run["items_per_s_over_floor"] > 0

@@ -30,7 +30,10 @@ from orchestrator.records import (
     CancelEffect,
     CreateWorkflow,
     EventEffect,
+    JoinMapEffect,
+    MapJoined,
     NotifyParentEffect,
+    PutOutputEffect,
     ResultInput,
     SignalWorkflow,
     StartChildEffect,
@@ -356,7 +359,7 @@ def test_definitions_are_checked_on_arrival_naming_the_field(steps: list[dict[st
 
 # -- properties over every kind --------------------------------------------------------
 
-_KINDS = ["task", "task", "transform", "sleep", "wait", "request", "switch"]
+_KINDS = ["task", "task", "transform", "sleep", "wait", "request", "switch", "map"]
 
 
 @st.composite
@@ -387,6 +390,9 @@ def kind_dags(draw: st.DrawFn) -> WorkflowConfig:
             step.update(kind="wait", signal=draw(st.sampled_from(["a", "b"])))
         elif kind == "request":
             step.update(kind="request", subject="svc.x")
+        elif kind == "map":
+            step.update(kind="map", items=draw(st.sampled_from(["[]", "[1, 2, 3]"])),
+                        max_concurrency=2, step={"task": "t", "retry": step.pop("retry")})
         else:
             step.update(kind="switch", value="input.yes", cases={"true": []})
         steps.append(step)
@@ -404,7 +410,7 @@ def _check_effects(rec: WorkflowRecord, effects: list[Any], seen_compensating: b
     for eff in effects:
         if not isinstance(eff, TaskEffect):
             continue
-        step = rec.config.step(eff.task.step_id)
+        step = rec.config.step(eff.task.step_id.split("[")[0])
         status = rec.status.step(step.id)
         assert status.state != StepState.SKIPPED
         deps = [rec.status.step(d).state for d in step.depends_on]
@@ -452,16 +458,24 @@ class KindsMachine(RuleBasedStateMachine):
         self.record = d.record
         self.delivered.append(inp)
 
-    def active(self) -> list[Any]:
+    def active(self) -> list[tuple[str, int]]:
         assert self.record is not None
-        return [s for s in self.record.status.steps if s.state in STEP_IN_FLIGHT]
+        return at_work(self.record)
 
     @precondition(lambda self: bool(self.active()))
     @rule(data=st.data(), outcome=st.sampled_from(["ok", "retryable", "fatal"]))
     def result(self, data: st.DataObject, outcome: str) -> None:
-        s = data.draw(st.sampled_from(self.active()))
-        self.apply(ok(s.id, s.attempts, output={"v": 1}) if outcome == "ok"
-                   else fail(s.id, s.attempts, retryable=outcome == "retryable"))
+        sid, attempt = data.draw(st.sampled_from(self.active()))
+        self.apply(ok(sid, attempt, output={"v": 1}) if outcome == "ok"
+                   else fail(sid, attempt, retryable=outcome == "retryable"))
+
+    @rule()
+    def join_maps(self) -> None:
+        assert self.record is not None
+        for s in self.record.status.steps:
+            if s.map is not None and s.map.joining and s.state == StepState.RUNNING:
+                self.apply(MapJoined(step_id=s.id, attempt=s.attempts, output=[1], size=3))
+                return
 
     @rule(name=st.sampled_from(["a", "b"]))
     def signal(self, name: str) -> None:
@@ -498,6 +512,17 @@ TestKindsMachine.settings = settings(max_examples=150, stateful_step_count=40, d
                                      suppress_health_check=[HealthCheck.too_slow])
 
 
+def at_work(record: WorkflowRecord) -> list[tuple[str, int]]:
+    """(step id, attempt) of every attempt a worker holds, map items included."""
+    out: list[tuple[str, int]] = []
+    for s in record.status.steps:
+        if s.map is not None and s.state == StepState.RUNNING:
+            out += [(f"{s.id}[{i}]", a) for i, a in s.map.running.items()]
+        elif s.state in STEP_IN_FLIGHT and s.map is None:
+            out.append((s.id, s.attempts))
+    return out
+
+
 def drive_to_the_end(record: WorkflowRecord, outcomes: list[bool]) -> WorkflowRecord:
     """Answer whatever the workflow waits for until it ends (bounded)."""
     it = iter(outcomes)
@@ -509,12 +534,22 @@ def drive_to_the_end(record: WorkflowRecord, outcomes: list[bool]) -> WorkflowRe
         clock += 1
         now = T0 + timedelta(seconds=clock)
         inp: Any
-        flights = [s for s in st_.steps if s.state in STEP_IN_FLIGHT]
+        flights = at_work(record)
         waiting = [s for s in st_.steps if s.state == StepState.WAITING]
         retrying = [s for s in st_.steps if s.state == StepState.RETRYING]
+        joining = [s for s in st_.steps if s.map is not None and s.map.joining
+                   and s.state == StepState.RUNNING]
+        item_retry = [(s, i, a) for s in st_.steps if s.map is not None
+                      and s.state == StepState.RUNNING for i, a in s.map.retrying.items()]
         if flights:
-            s = flights[0]
-            inp = ok(s.id, s.attempts) if next(it, True) else fail(s.id, s.attempts)
+            sid, att = flights[0]
+            inp = ok(sid, att) if next(it, True) else fail(sid, att)
+        elif joining:
+            inp = MapJoined(step_id=joining[0].id, attempt=joining[0].attempts, output=[])
+        elif item_retry:
+            s, i, a = item_retry[0]
+            inp = TimerFired(workflow_id="w", step_id=f"{s.id}[{i}]", attempt=a,
+                             purpose="retry", due=now)
         elif waiting:
             s = waiting[0]
             cfg = record.config.step(s.id)
@@ -557,3 +592,88 @@ def test_every_kind_of_run_reaches_exactly_one_terminal_state(
     if record.status.state == WorkflowState.COMPLETED:
         assert not any(s.state == StepState.FAILED for s in record.status.steps
                        if not s.compensates)
+
+
+# -- map -------------------------------------------------------------------------------
+
+
+def item_ok(step: str, attempt: int = 1, output: Any = None) -> ResultInput:
+    return ok(step, attempt, output)
+
+
+def test_map_fans_out_with_bounded_concurrency_and_joins_in_order() -> None:
+    cfg = config([{"id": "m", "kind": "map", "items": "input.xs", "max_concurrency": 2,
+                   "step": {"task": "t", "input": {"v": "${item}", "i": "${index}"}}}],
+                 input={"xs": ["a", "b", "c"]})
+    rec, eff = run(cfg, [])
+    assert [(t.step_id, t.input) for t in tasks(eff)] == [("m[0]", {"v": "a", "i": 0}),
+                                                         ("m[1]", {"v": "b", "i": 1})]
+    assert rec.status.step("m").map is not None and rec.status.step("m").map.total == 3
+    rec2, eff2 = run(cfg, [ok("m[1]", output="B"), ok("m[1]", output="dup"),
+                           ok("m[0]", output="A"), ok("m[2]", output="C")])
+    puts = [e for e in eff2 if isinstance(e, PutOutputEffect)]
+    assert [(p.key, p.output) for p in puts] == [("w.m.1.1", "B"), ("w.m.1.0", "A"),
+                                                 ("w.m.1.2", "C")]
+    assert [t.step_id for t in tasks(eff2)] == ["m[0]", "m[1]", "m[2]"]
+    (join,) = [e for e in eff2 if isinstance(e, JoinMapEffect)]
+    assert (join.step_id, join.attempt, join.total) == ("m", 1, 3)
+    assert rec2.status.state == WorkflowState.RUNNING
+    joined = MapJoined(step_id="m", attempt=1, output=["A", "B", "C"], size=13)
+    rec3, _ = run(cfg, [ok("m[1]", output="B"), ok("m[0]", output="A"),
+                        ok("m[2]", output="C"), joined, joined])
+    assert rec3.status.state == WorkflowState.COMPLETED
+    assert rec3.status.output == {"m": ["A", "B", "C"]}
+
+
+def test_map_items_retry_and_a_final_failure_fails_fast() -> None:
+    cfg = config([{"id": "m", "kind": "map", "items": "[1, 2, 3]", "max_concurrency": 3,
+                   "step": {"task": "t", "retry": {"max_attempts": 2, "initial_interval": 0}}}])
+    rec, eff = run(cfg, [fail("m[1]"), fail("m[1]", attempt=2)])
+    assert [(t.step_id, t.attempt) for t in tasks(eff)] == [
+        ("m[0]", 1), ("m[1]", 1), ("m[2]", 1), ("m[1]", 2)]
+    assert rec.status.state == WorkflowState.FAILED
+    assert rec.status.step("m").error is not None
+    assert "item 1 failed" in rec.status.step("m").error.message
+    cancels = [e.notice.step_id for e in eff if isinstance(e, CancelEffect)]
+    assert sorted(cancels) == ["m[0]", "m[2]"]
+
+
+def test_map_under_continue_runs_every_item_then_fails_listing_them() -> None:
+    cfg = config([{"id": "m", "kind": "map", "items": "[1, 2, 3]",
+                   "step": {"task": "t"}}], on_failure="continue")
+    rec, eff = run(cfg, [fail("m[0]", retryable=False), ok("m[1]"), ok("m[2]")])
+    assert rec.status.state == WorkflowState.FAILED
+    assert rec.status.step("m").error is not None
+    assert rec.status.step("m").error.code == "items-failed"
+    assert rec.status.step("m").map is not None and rec.status.step("m").map.failed == [0]
+    assert not [e for e in eff if isinstance(e, JoinMapEffect)]
+
+
+def test_map_of_transforms_needs_no_worker_and_an_empty_map_succeeds_at_once() -> None:
+    cfg = config([{"id": "m", "kind": "map", "items": "input.xs",
+                   "step": {"kind": "transform", "output": "${item * 2}"}}],
+                 input={"xs": [1, 2]})
+    rec, eff = run(cfg, [])
+    assert not tasks(eff)
+    assert [p.output for p in eff if isinstance(p, PutOutputEffect)] == [2, 4]
+    assert rec.status.step("m").map is not None and rec.status.step("m").map.joining
+    empty = config([{"id": "m", "kind": "map", "items": "[]", "step": {"task": "t"}}])
+    rec2, _ = run(empty, [])
+    assert rec2.status.state == WorkflowState.COMPLETED and rec2.status.output == {"m": []}
+    bad = config([{"id": "m", "kind": "map", "items": "input", "step": {"task": "t"}}])
+    rec3, _ = run(bad, [])
+    assert rec3.status.state == WorkflowState.FAILED
+    assert rec3.status.step("m").error is not None
+    assert rec3.status.step("m").error.field == "items"
+
+
+def test_stopping_a_map_cancels_its_running_items() -> None:
+    cfg = config([{"id": "m", "kind": "map", "items": "[1, 2]", "step": {"task": "t"}}])
+    rec, eff = run(cfg, [StopWorkflow()])
+    assert sorted(e.notice.step_id for e in eff if isinstance(e, CancelEffect)) == [
+        "m[0]", "m[1]"]
+    assert rec.status.state == WorkflowState.STOPPING
+    rec2, _ = run(cfg, [StopWorkflow(), fail("m[0]", code="cancelled", retryable=False),
+                        fail("m[1]", code="cancelled", retryable=False)])
+    assert rec2.status.state == WorkflowState.STOPPED
+    assert rec2.status.step("m").state == StepState.CANCELLED

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from contracts.blobs import find_blobs
 from contracts.errors import ErrorInfo
 from contracts.messages import (
     CancelNotice,
@@ -20,6 +21,7 @@ from contracts.messages import (
 from contracts.streams import TASK_HEARTBEAT
 from contracts.subjects import Subjects
 
+from ._blobs import resolve_blobs
 from ._context import TaskContext
 from ._errors import TaskError
 from ._handler import TaskHandler, invalid_input_info, to_json_value
@@ -102,6 +104,17 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         return
 
     started_at = datetime.now(UTC)
+    if find_blobs(task.input):
+        try:
+            task = task.model_copy(update={"input": await resolve_blobs(js, task.input)})
+        except Exception as exc:  # the blob is gone or unreadable: the attempt fails
+            unreadable = TaskFailed(
+                workflow_id=task.workflow_id, step_id=task.step_id, attempt=task.attempt,
+                started_at=started_at, error=ErrorInfo(
+                    code="blob-unavailable", retryable=True,
+                    message=f"could not read an input blob: {exc}"))
+            await settle(msg, after_result(await publish_result(js, task, unreadable)))
+            return
 
     async def progress_sink(progress: TaskProgress) -> None:
         await publish_progress(js, task, progress)

@@ -1,0 +1,74 @@
+"""Map steps on a real nats-server: fan-out, item outputs kept outside the record, blobs."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import Probe, assert_history, read_events
+from nats.aio.client import Client
+
+from contracts.blobs import is_blob_ref
+from contracts.client import NatsflowClient
+from contracts.connect import NatsSettings
+from contracts.models import MAX_STEP_OUTPUT_BYTES, WorkflowState
+
+
+async def test_a_map_over_hundreds_of_items_joins_outputs_in_order_and_a_large_join_is_a_blob(
+        demo_worker: Probe, client: NatsflowClient, nc: Client,
+        settings: NatsSettings) -> None:
+    n = 300
+    pad = "x" * 1000  # 1 KB per item output: 300 KB joined, more than one step output
+    config = {
+        "name": "fan-out", "id": "fan", "input": {"n": n, "pad": pad},
+        "steps": [
+            {"id": "ids", "kind": "transform", "output": "${[0, 1, 2].map(x, x)}"},
+            {"id": "m", "kind": "map", "depends_on": ["ids"], "max_concurrency": 50,
+             "items": "input.pad.size() > 0 ? [" + ", ".join(str(i) for i in range(n)) + "]"
+                      " : []",
+             "step": {"task": "demo.echo", "input": {"i": "${index}", "v": "${item}",
+                                                     "pad": "${input.pad}"}}},
+            {"id": "count", "task": "demo.count", "depends_on": ["m"],
+             "input": {"items": "${steps.m.output}"}},
+        ],
+        "output": {"joined": "${steps.m.output}"},
+    }
+    await client.create(config)
+    reply = await client.wait("fan", timeout=90)
+    status = reply.status
+    assert status is not None and status.state == WorkflowState.COMPLETED, status.error
+    m = status.step("m")
+    assert m.map is not None and m.map.succeeded == n and m.map.running == {}
+    ref = m.output
+    assert is_blob_ref(ref) and ref["count"] == n and ref["bytes"] > MAX_STEP_OUTPUT_BYTES
+    # The record stays small: item outputs live in their own bucket.
+    raw = await (await nc.jetstream().key_value(settings.subjects.workflows_bucket)).get("fan")
+    assert raw.value is not None and len(raw.value) < 64 * 1024
+    # The worker of the next step got the list itself, in order.
+    counted = status.step("count").output
+    assert counted["count"] == n and counted["first"]["i"] == 0
+    assert counted["last"] == {"i": n - 1, "v": n - 1, "pad": pad}
+    # The blob is there for anyone with a NATS client.
+    obs = await nc.jetstream().object_store(ref["$blob"]["bucket"])
+    stored = json.loads((await obs.get(ref["$blob"]["name"])).data or b"")
+    assert [o["i"] for o in stored] == list(range(n)) and stored[7]["pad"] == pad
+    events = await read_events(nc, settings.subjects, "fan", terminals=1)
+    assert_history(events, terminal=None)
+    assert len(events) < 60, "items do not flood the event stream"
+
+
+async def test_a_small_map_output_stays_inline_and_a_failing_item_fails_the_map(
+        demo_worker: Probe, client: NatsflowClient) -> None:
+    await client.create({
+        "name": "small", "id": "small", "input": {"xs": [{"a": 1, "b": 2}, {"a": 3, "b": 4}]},
+        "steps": [{"id": "sums", "kind": "map", "items": "input.xs",
+                   "step": {"task": "demo.add", "input": {"a": "${item.a}", "b": "${item.b}"}}}]})
+    status = (await client.wait("small", timeout=30)).status
+    assert status is not None and status.state == WorkflowState.COMPLETED
+    assert status.output == {"sums": [{"sum": 3}, {"sum": 7}]}
+    await client.create({
+        "name": "bad", "id": "bad", "input": {"xs": [1, 2, 3]},
+        "steps": [{"id": "m", "kind": "map", "items": "input.xs",
+                   "step": {"task": "demo.fail", "input": {"code": "nope"}}}]})
+    failed = (await client.wait("bad", timeout=30)).status
+    assert failed is not None and failed.state == WorkflowState.FAILED
+    assert failed.error is not None and failed.error.step == "m"

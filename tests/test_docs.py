@@ -12,7 +12,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from contracts.models import WorkflowConfig
+from contracts.models import TaskStep, WorkflowConfig
 from contracts.subjects import Subjects
 from natsflow.cli import app
 from natsflow.dev import DEMO_WORKFLOW, demo_curl
@@ -21,6 +21,7 @@ ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
 SUBJECTS_DOC = (ROOT / "docs" / "subjects.md").read_text()
+STEPS_DOC = (ROOT / "docs" / "steps.md").read_text()
 
 
 def _blocks(text: str, lang: str) -> list[str]:
@@ -50,8 +51,15 @@ def _parses(argv: list[str]) -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=str)
 def test_examples_are_valid_workflows(path: Path) -> None:
     config = WorkflowConfig.model_validate(yaml.safe_load(path.read_text()))
-    assert {s.task for s in config.steps} <= {"demo.echo", "demo.add", "demo.sleep",
-                                              "demo.flaky", "demo.noop", "demo.fail"}
+    tasks = {s.task for s in config.steps if isinstance(s, TaskStep)}
+    assert tasks <= {"demo.echo", "demo.add", "demo.sleep", "demo.flaky", "demo.noop",
+                     "demo.fail", "demo.count"}
+
+
+@pytest.mark.parametrize("block", _blocks(STEPS_DOC, "yaml"), ids=lambda b: b.split("\n")[0])
+def test_every_workflow_in_the_language_doc_is_valid(block: str) -> None:
+    config = WorkflowConfig.model_validate(yaml.safe_load(block))
+    assert config.steps
 
 
 def test_hello_example_is_the_demo_workflow() -> None:

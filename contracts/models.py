@@ -362,11 +362,12 @@ def _step_kind(value: Any) -> str:
     return str(getattr(value, "kind", "task"))
 
 
-#: What a map runs per item: a worker kind or a transform, without id or dependencies.
+#: What a map runs per item: a worker kind, a transform, or a child workflow (a sub-graph),
+#: without id or dependencies.
 MapBody = Annotated[
     Annotated[TaskStep, Tag("task")] | Annotated[RequestStep, Tag("request")]
     | Annotated[HttpStep, Tag("http")] | Annotated[PublishStep, Tag("publish")]
-    | Annotated[TransformStep, Tag("transform")],
+    | Annotated[TransformStep, Tag("transform")] | Annotated[WorkflowStep, Tag("workflow")],
     Discriminator(_step_kind),
 ]
 #: Largest number of items one map step fans out to.
@@ -422,7 +423,8 @@ class ParentRef(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     workflow_id: _Id
-    step_id: _Id
+    step_id: str = Field(min_length=1, max_length=200,
+                         description="The step, or `<map>[<index>]` for a map item.")
     attempt: int = Field(ge=1)
 
 

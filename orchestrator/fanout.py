@@ -24,10 +24,12 @@ from contracts.models import (
     EventType,
     MapProgress,
     MapStep,
+    ParentRef,
     StepState,
     StepStatus,
     TransformStep,
     WorkflowState,
+    WorkflowStep,
 )
 
 from . import kinds
@@ -37,8 +39,11 @@ from .records import (
     MapJoined,
     PutOutputEffect,
     ResultInput,
+    StartChildEffect,
+    StopWorkflow,
     TaskEffect,
     TimerFired,
+    WorkflowCommandEffect,
 )
 
 if TYPE_CHECKING:
@@ -154,6 +159,14 @@ def _dispatch(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, attempt: int,
             out = kinds.evaluate_for(cfg.id, f"step.output (item {i})", render, body.output,
                                      ctx)
             _item_succeeded(tx, cfg, step, i, out)
+            return
+        if isinstance(body, WorkflowStep):
+            child_input = kinds.evaluate_for(cfg.id, "step.input", render, body.input, ctx)
+            m.running[str(i)] = attempt
+            tx.effects.append(StartChildEffect(
+                child_id=_child_id(wid, cfg.id, i, attempt), definition=body.definition,
+                version=body.version, input=child_input,
+                parent=ParentRef(workflow_id=wid, step_id=sid, attempt=attempt)))
             return
         inp = kinds.task_input(body, ctx)
     except kinds.StepInputError as exc:
@@ -306,11 +319,22 @@ def on_joined(tx: _Tx, cfg: MapStep, step: StepStatus, inp: MapJoined) -> None:
         tx.succeed(cfg, step, inp.output)
 
 
+def _child_id(workflow_id: str, step_id: str, index: int, attempt: int) -> str:
+    return f"{workflow_id}-{step_id}-{index}-{attempt}"[:128]
+
+
 def cancel_items(tx: _Tx, step: StepStatus) -> None:
-    """Tell the workers of every running item to stop."""
+    """Tell the workers (or child workflows) of every running item to stop."""
     if step.map is None:
         return
+    cfg = tx.cfgs[step.id]
+    children = isinstance(cfg, MapStep) and isinstance(cfg.step, WorkflowStep)
     for key, attempt in step.map.running.items():
-        tx.effects.append(CancelEffect(notice=CancelNotice(
-            workflow_id=tx.status.id, step_id=item_step_id(step.id, int(key)),
-            attempt=attempt)))
+        if children:
+            tx.effects.append(WorkflowCommandEffect(
+                workflow_id=_child_id(tx.status.id, step.id, int(key), attempt),
+                command=StopWorkflow(reason="the map step was cancelled")))
+        else:
+            tx.effects.append(CancelEffect(notice=CancelNotice(
+                workflow_id=tx.status.id, step_id=item_step_id(step.id, int(key)),
+                attempt=attempt)))

@@ -677,3 +677,17 @@ def test_stopping_a_map_cancels_its_running_items() -> None:
                         fail("m[1]", code="cancelled", retryable=False)])
     assert rec2.status.state == WorkflowState.STOPPED
     assert rec2.status.step("m").state == StepState.CANCELLED
+
+
+def test_a_map_can_run_a_child_workflow_per_item() -> None:
+    cfg = config([{"id": "m", "kind": "map", "items": "input.xs",
+                   "step": {"kind": "workflow", "definition": "per-item",
+                            "input": {"x": "${item}"}}}], input={"xs": [10, 20]})
+    rec, eff = run(cfg, [])
+    starts = [e for e in eff if isinstance(e, StartChildEffect)]
+    assert [(s.child_id, s.input, s.parent.step_id) for s in starts] == [
+        ("w-m-0-1", {"x": 10}, "m[0]"), ("w-m-1-1", {"x": 20}, "m[1]")]
+    rec2, eff2 = run(cfg, [ok("m[1]", output=2), StopWorkflow()])
+    stops = [e.workflow_id for e in eff2 if isinstance(e, WorkflowCommandEffect)]
+    assert stops == ["w-m-0-1"]
+    assert rec2.status.state == WorkflowState.STOPPING

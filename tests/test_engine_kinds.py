@@ -683,7 +683,7 @@ def test_a_map_can_run_a_child_workflow_per_item() -> None:
     cfg = config([{"id": "m", "kind": "map", "items": "input.xs",
                    "step": {"kind": "workflow", "definition": "per-item",
                             "input": {"x": "${item}"}}}], input={"xs": [10, 20]})
-    rec, eff = run(cfg, [])
+    _rec, eff = run(cfg, [])
     starts = [e for e in eff if isinstance(e, StartChildEffect)]
     assert [(s.child_id, s.input, s.parent.step_id) for s in starts] == [
         ("w-m-0-1", {"x": 10}, "m[0]"), ("w-m-1-1", {"x": 20}, "m[1]")]

@@ -72,3 +72,31 @@ async def test_a_small_map_output_stays_inline_and_a_failing_item_fails_the_map(
     failed = (await client.wait("bad", timeout=30)).status
     assert failed is not None and failed.state == WorkflowState.FAILED
     assert failed.error is not None and failed.error.step == "m"
+
+
+async def test_a_map_of_ten_thousand_items_with_1kb_outputs_completes(
+        engine: object, client: NatsflowClient, nc: Client, settings: NatsSettings) -> None:
+    # Speed is measured by bench/map.py; here: it finishes, everything is kept, in order.
+    from natsflow.worker import TaskContext, Worker
+
+    worker = Worker(concurrency=256, name="kb-worker")
+    pad = "k" * 1000
+
+    @worker.task("test.kb")
+    async def kb(ctx: TaskContext, data: dict[str, int]) -> dict[str, object]:
+        return {"i": data["i"], "pad": pad}
+
+    n = 10_000
+    async with worker.running(settings):
+        await client.create({
+            "name": "big-map", "id": "big", "input": {"xs": list(range(n))},
+            "steps": [{"id": "m", "kind": "map", "items": "input.xs", "max_concurrency": 1000,
+                       "step": {"task": "test.kb", "input": {"i": "${item}"}}}]})
+        status = (await client.wait("big", timeout=110)).status
+    assert status is not None and status.state == WorkflowState.COMPLETED, status.error
+    ref = status.step("m").output
+    assert is_blob_ref(ref) and ref["count"] == n
+    obs = await nc.jetstream().object_store(ref["$blob"]["bucket"])
+    stored = json.loads((await obs.get(ref["$blob"]["name"])).data or b"")
+    assert [o["i"] for o in stored] == list(range(n))
+    assert all(o["pad"] == pad for o in stored)

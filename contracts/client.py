@@ -17,6 +17,15 @@ from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
+from .definitions import (
+    Definition,
+    DefinitionInfo,
+    DefinitionList,
+    DefinitionReply,
+    GetDefinitionRequest,
+    ListDefinitionsRequest,
+    PutDefinitionRequest,
+)
 from .errors import (
     EngineTimeout,
     ErrorInfo,
@@ -92,6 +101,36 @@ class NatsflowClient:
             config = WorkflowConfig.model_validate(config)
         req = CreateWorkflowRequest(config=config, idempotency_key=idempotency_key)
         return await self._call("workflow.create", req, WorkflowReply)
+
+    async def run(self, definition: str, input: dict[str, Any] | None = None, *,
+                  version: int | None = None, workflow_id: str | None = None,
+                  labels: dict[str, str] | None = None, start: bool = True,
+                  idempotency_key: str | None = None) -> WorkflowReply:
+        """Create a workflow from a stored definition (the latest, or ``version``)."""
+        req = CreateWorkflowRequest(definition=definition, version=version,
+                                    input=input or {}, id=workflow_id, labels=labels or {},
+                                    start=start, idempotency_key=idempotency_key)
+        return await self._call("workflow.create", req, WorkflowReply)
+
+    # -- definitions -----------------------------------------------------------------
+    async def put_definition(self, name: str, config: dict[str, Any]) -> DefinitionReply:
+        """Store ``config`` (a WorkflowConfig without id) as the next version of ``name``."""
+        return await self._call("definition.put", PutDefinitionRequest(name=name, config=config),
+                                DefinitionReply)
+
+    async def get_definition(self, name: str) -> DefinitionInfo:
+        """A definition's latest version and the list of its versions."""
+        return await self._call("definition.get", GetDefinitionRequest(name=name),
+                                DefinitionInfo)
+
+    async def get_definition_version(self, name: str, version: int) -> Definition:
+        """One version of a definition."""
+        return await self._call("definition.get",
+                                GetDefinitionRequest(name=name, version=version), Definition)
+
+    async def list_definitions(self) -> DefinitionList:
+        """Every stored definition with its latest version."""
+        return await self._call("definition.list", ListDefinitionsRequest(), DefinitionList)
 
     async def start(self, workflow_id: str) -> WorkflowReply:
         """Start a created workflow (no-op on a started one)."""

@@ -13,7 +13,8 @@ Hierarchy::
     │   └── PayloadTooLarge       payload-too-large    over the size limit
     ├── NotFound                  not-found
     │   ├── WorkflowNotFound      workflow-not-found
-    │   └── BatchNotFound         batch-not-found
+    │   ├── BatchNotFound         batch-not-found
+    │   └── DefinitionNotFound    definition-not-found
     ├── Conflict                  conflict             the request clashes with current state
     │   ├── IdConflict            id-conflict          same id, different config
     │   ├── AlreadyFinished       already-finished     the workflow/batch is terminal
@@ -37,6 +38,7 @@ __all__ = [
     "AlreadyFinished",
     "BatchNotFound",
     "Conflict",
+    "DefinitionNotFound",
     "EngineTimeout",
     "ErrorInfo",
     "FieldError",
@@ -154,6 +156,12 @@ class BatchNotFound(NotFound):
     """No batch with this id."""
 
     code = "batch-not-found"
+
+
+class DefinitionNotFound(NotFound):
+    """No stored definition of that name (or version)."""
+
+    code = "definition-not-found"
 
 
 class Conflict(NatsflowError):

@@ -19,9 +19,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .errors import ErrorInfo
+from .errors import ErrorInfo, ValidationFailed
 from .models import WorkflowConfig, WorkflowStatus
 
 __all__ = [
@@ -205,12 +205,31 @@ class BatchStatus(BaseModel):
 
 
 class CreateWorkflowRequest(BaseModel):
-    """Body of ``<prefix>.api.workflow.create``."""
+    """Body of ``<prefix>.api.workflow.create``: a whole ``config``, or a stored
+    ``definition`` (latest, or ``version``) with its ``input``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    config: WorkflowConfig
+    config: WorkflowConfig | None = None
+    definition: str | None = Field(default=None, min_length=1, max_length=100)
+    version: int | None = Field(default=None, ge=1)
+    input: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(default=None, min_length=1, max_length=128,
+                           pattern=r"^[A-Za-z0-9_-]+$")
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    start: bool = True
     idempotency_key: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CreateWorkflowRequest:
+        if (self.config is None) == (self.definition is None):
+            raise ValidationFailed("give exactly one of `config` and `definition`",
+                                   field="definition" if self.config else "config")
+        if self.config is not None and (self.input or self.labels or self.id
+                                        or self.version or not self.start):
+            raise ValidationFailed("`input`, `labels`, `id`, `version` and `start` go "
+                                   "inside `config` here", field="config")
+        return self
 
 
 class IdRequest(BaseModel):

@@ -451,6 +451,10 @@ class WorkflowConfig(BaseModel):
                                      description="Seconds for the whole workflow once started.")
     parent: ParentRef | None = Field(default=None,
                                      description="Set by natsflow on a child workflow.")
+    definition: str | None = Field(default=None,
+                                   description="Set by natsflow: the stored definition run.")
+    definition_version: int | None = Field(default=None,
+                                           description="Set by natsflow: its version.")
 
     @field_validator("steps")
     @classmethod
@@ -679,6 +683,9 @@ class WorkflowStatus(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     batch_id: str | None = None
     parent: ParentRef | None = None
+    definition: str | None = Field(default=None, description="The stored definition run.")
+    definition_version: int | None = Field(default=None, description="Its version, kept "
+                                           "for the whole run.")
     steps: list[StepStatus]
     created_at: datetime
     started_at: datetime | None = None

@@ -94,6 +94,11 @@ class Topology:
         return KeyValueConfig(bucket=self.subjects.batches_bucket, history=1,
                               replicas=self.replicas, storage=StorageType.FILE, direct=True)
 
+    def definitions_kv(self) -> KeyValueConfig:
+        """Workflow definitions, one immutable key per version."""
+        return KeyValueConfig(bucket=self.subjects.definitions_bucket, history=1,
+                              replicas=self.replicas, storage=StorageType.FILE, direct=True)
+
     def outputs_kv(self) -> KeyValueConfig:
         """Map item outputs, one key per item."""
         return KeyValueConfig(bucket=self.subjects.outputs_bucket, history=1,

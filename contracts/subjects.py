@@ -104,6 +104,11 @@ class Subjects:
         return f"{_lower_name(self.prefix)}_batches"
 
     @property
+    def definitions_bucket(self) -> str:
+        """KV bucket: ``<name>.<version>`` -> a stored workflow definition (immutable)."""
+        return f"{_lower_name(self.prefix)}_definitions"
+
+    @property
     def outputs_bucket(self) -> str:
         """KV bucket: ``<workflow>.<step>.<attempt>.<index>`` -> a map item's output."""
         return f"{_lower_name(self.prefix)}_outputs"

@@ -25,6 +25,13 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from pydantic import BaseModel, ValidationError
 
 from contracts.client import error_reply
+from contracts.definitions import (
+    DefinitionList,
+    DefinitionReply,
+    GetDefinitionRequest,
+    ListDefinitionsRequest,
+    PutDefinitionRequest,
+)
 from contracts.errors import (
     BatchNotFound,
     ErrorInfo,
@@ -46,9 +53,10 @@ from contracts.messages import (
     SignalRequest,
     WorkflowReply,
 )
-from contracts.models import MAX_CONFIG_BYTES, TRUSTED
+from contracts.models import MAX_CONFIG_BYTES, TRUSTED, WorkflowConfig
 from contracts.subjects import TOKEN_RE, Subjects
 
+from .definitions import DefinitionStore
 from .records import (
     BatchRecord,
     CreateBatch,
@@ -84,6 +92,7 @@ class Api:
 
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
                  batches: RecordStore, idempotency: KeyValue,
+                 definitions: DefinitionStore | None = None,
                  command_timeout: float = 5.0) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -91,6 +100,7 @@ class Api:
         self.workflows = workflows
         self.batches = batches
         self.idempotency = idempotency
+        self.definitions = definitions
         self.command_timeout = command_timeout
         self.service: Service | None = None
         self._pending: dict[str, asyncio.Future[Msg]] = {}
@@ -108,6 +118,8 @@ class Api:
             "workflow.create": self.create, "workflow.start": self.start_workflow,
             "workflow.get": self.get, "workflow.stop": self.stop_workflow,
             "workflow.signal": self.signal_workflow,
+            "definition.put": self.put_definition, "definition.get": self.get_definition,
+            "definition.list": self.list_definitions,
             "batch.create": self.create_batch, "batch.get": self.get_batch,
             "batch.stop": self.stop_batch,
         }
@@ -207,7 +219,7 @@ class Api:
         except InvalidGraph as exc:
             exc.field = f"config.{exc.field}" if exc.field else "config"
             raise
-        config = req.config
+        config = req.config if req.config is not None else await self._from_definition(req)
         if config.id is None:
             wid = await self._id_for_key(req.idempotency_key) if req.idempotency_key else new_id()
             config = config.model_copy(update={"id": wid})
@@ -218,6 +230,44 @@ class Api:
         if msg is None:
             reply.created = True  # accepted; the engine will create it
         return reply
+
+    def _registry(self) -> DefinitionStore:
+        if self.definitions is None:
+            raise Unavailable("this orchestrator has no definitions registry")
+        return self.definitions
+
+    async def _from_definition(self, req: CreateWorkflowRequest) -> WorkflowConfig:
+        """The config of a run of a stored definition (its version pinned)."""
+        assert req.definition is not None
+        base = await self._registry().resolve_config(req.definition, req.version)
+        try:
+            return WorkflowConfig.model_validate({
+                **base.model_dump(exclude_none=True), "input": req.input, "id": req.id,
+                "labels": {**base.labels, **req.labels}, "start": req.start})
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+
+    # -- definitions ----------------------------------------------------------------
+    async def put_definition(self, data: bytes) -> DefinitionReply:
+        """``definition.put``: PutDefinitionRequest -> DefinitionReply."""
+        if len(data) > MAX_CONFIG_BYTES + 1024:
+            raise PayloadTooLarge(f"request of {len(data)} bytes is over the limit of "
+                                  f"{MAX_CONFIG_BYTES} bytes", field="config")
+        req = PutDefinitionRequest.model_validate_json(data)
+        stored, created = await self._registry().put(req.name, req.config)
+        return DefinitionReply(definition=stored, created=created)
+
+    async def get_definition(self, data: bytes) -> BaseModel:
+        """``definition.get``: a Definition (with ``version``) or a DefinitionInfo."""
+        req = GetDefinitionRequest.model_validate_json(data)
+        if req.version is not None:
+            return await self._registry().get(req.name, req.version)
+        return await self._registry().info(req.name)
+
+    async def list_definitions(self, data: bytes) -> DefinitionList:
+        """``definition.list``."""
+        ListDefinitionsRequest.model_validate_json(data or b"{}")
+        return DefinitionList(definitions=await self._registry().summaries())
 
     @staticmethod
     def _id(data: bytes, missing: type[NatsflowError]) -> str:

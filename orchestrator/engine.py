@@ -103,6 +103,7 @@ def new_record(inp: CreateWorkflow, now: datetime) -> WorkflowRecord:
     status = WorkflowStatus(
         id=cfg.id, name=cfg.name, state=WorkflowState.CREATED, input=cfg.input,
         labels=cfg.labels, batch_id=inp.batch_id, parent=cfg.parent, created_at=now,
+        definition=cfg.definition, definition_version=cfg.definition_version,
         steps=[StepStatus(id=s.id, kind=StepKind(s.kind),
                           task=s.step.task_type if isinstance(s, MapStep) else s.task_type,
                           compensates=undoes.get(s.id)) for s in cfg.steps],

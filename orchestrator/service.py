@@ -16,6 +16,7 @@ from contracts.consume import ConsumerStalled, PullConsumer
 from contracts.streams import Topology, declare_stream, ensure_consumer
 
 from .api import Api
+from .definitions import DefinitionStore
 from .engine import EngineSettings
 from .outputs import OutputStore
 from .records import TimerFired
@@ -67,11 +68,12 @@ class Orchestrator:
                               await js.create_object_store(
                                   # nats-py overwrites config.bucket with this argument
                                   self.subjects.blobs_bucket, config=t.blobs_store()))
+        definitions = DefinitionStore(await js.create_key_value(t.definitions_kv()))
         self.processor = Processor(self.nc, self.subjects, workflows=workflows,
                                    batches=batches, settings=self.engine_settings,
-                                   outputs=outputs)
+                                   definitions=definitions, outputs=outputs)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
-                       idempotency=idempotency)
+                       idempotency=idempotency, definitions=definitions)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
                                         self.subjects.engine_consumer,
                                         batch=self.fetch_batch).start()

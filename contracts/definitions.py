@@ -1,0 +1,115 @@
+"""Stored workflow definitions: named, versioned, immutable (the definitions registry).
+
+``PUT /definitions/{name}`` (or ``definition.put`` over NATS) stores a new version of a
+WorkflowConfig without ``id``; a workflow is then started by name (the latest version, or
+a pinned one) with just its input, and records the version it runs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models import WorkflowConfig
+from .subjects import TOKEN_RE
+
+__all__ = [
+    "Definition",
+    "DefinitionInfo",
+    "DefinitionList",
+    "DefinitionReply",
+    "DefinitionSummary",
+    "DefinitionVersion",
+    "GetDefinitionRequest",
+    "ListDefinitionsRequest",
+    "PutDefinitionRequest",
+]
+
+_Frozen = ConfigDict(extra="forbid", frozen=True)
+#: Definition names are tokens (they are part of KV keys).
+DefinitionName = Annotated[str, Field(min_length=1, max_length=100, pattern=TOKEN_RE.pattern)]
+
+
+class Definition(BaseModel):
+    """One stored version of a definition."""
+
+    model_config = _Frozen
+
+    name: str
+    version: int = Field(ge=1)
+    config: WorkflowConfig
+    fingerprint: str = Field(description="Digest of the config: equal configs, equal digests.")
+    created_at: datetime
+
+
+class DefinitionVersion(BaseModel):
+    """One version, without its config."""
+
+    model_config = _Frozen
+
+    version: int
+    created_at: datetime
+    fingerprint: str
+
+
+class DefinitionInfo(BaseModel):
+    """A definition: its latest version in full, and every version."""
+
+    model_config = _Frozen
+
+    name: str
+    latest: Definition
+    versions: list[DefinitionVersion]
+
+
+class DefinitionSummary(BaseModel):
+    """A line of the definitions list."""
+
+    model_config = _Frozen
+
+    name: str
+    latest_version: int
+    updated_at: datetime
+
+
+class DefinitionList(BaseModel):
+    """Every stored definition, by name."""
+
+    model_config = _Frozen
+
+    definitions: list[DefinitionSummary]
+
+
+class PutDefinitionRequest(BaseModel):
+    """``definition.put``: store ``config`` (a WorkflowConfig without id) as ``name``."""
+
+    model_config = _Frozen
+
+    name: DefinitionName
+    config: dict[str, Any]
+
+
+class GetDefinitionRequest(BaseModel):
+    """``definition.get``: one definition (``version`` None = every version + latest)."""
+
+    model_config = _Frozen
+
+    name: DefinitionName
+    version: int | None = Field(default=None, ge=1)
+
+
+class ListDefinitionsRequest(BaseModel):
+    """``definition.list``."""
+
+    model_config = _Frozen
+
+
+class DefinitionReply(BaseModel):
+    """Answer of ``definition.put``: the stored version; ``created`` false if unchanged."""
+
+    model_config = _Frozen
+
+    definition: Definition
+    created: bool

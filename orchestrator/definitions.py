@@ -1,0 +1,170 @@
+"""The definitions registry, on a JetStream KV bucket (one immutable key per version).
+
+Keys are ``<name>.<version>``. A new version is allocated with KV ``create`` (which
+fails if the key exists), so two orchestrators storing at once get distinct versions.
+Versions never change, so they are cached in memory; "latest" is looked up each time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.js.errors
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from contracts.definitions import (
+    Definition,
+    DefinitionInfo,
+    DefinitionSummary,
+    DefinitionVersion,
+)
+from contracts.errors import (
+    DefinitionNotFound,
+    InvalidGraph,
+    ValidationFailed,
+    validation_failed,
+)
+from contracts.models import TRUSTED, WorkflowConfig
+
+__all__ = ["DefinitionStore", "definition_fingerprint"]
+
+_VERSION_RACE_ATTEMPTS = 20
+
+
+def definition_fingerprint(config: WorkflowConfig) -> str:
+    """A digest of a definition's config (its name excluded)."""
+    data = config.model_dump_json(exclude={"id", "name", "definition", "definition_version"})
+    return hashlib.sha256(data.encode()).hexdigest()[:32]
+
+
+def _key(name: str, version: int) -> str:
+    return f"{name}.{version}"
+
+
+class DefinitionStore:
+    """Stored definitions; also the runtime's resolver for child workflows."""
+
+    def __init__(self, kv: KeyValue,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.kv = kv
+        self.clock = clock
+        self._versions: dict[tuple[str, int], Definition] = {}
+
+    @staticmethod
+    def validate(name: str, config: dict[str, Any]) -> WorkflowConfig:
+        """A definition's config, checked like any workflow's.
+
+        Raises:
+            ValidationFailed: a field is wrong (named ``config.<field>``).
+            InvalidGraph: the graph is wrong (step and field named).
+        """
+        for reserved in ("id", "parent", "definition", "definition_version"):
+            if config.get(reserved) is not None:
+                raise ValidationFailed(f"a definition has no {reserved!r}; it is set per run",
+                                       field=f"config.{reserved}")
+        if config.get("name", name) != name:
+            raise ValidationFailed(f"the config's name {config['name']!r} is not {name!r}",
+                                   field="config.name")
+        try:
+            return WorkflowConfig.model_validate({**config, "name": name})
+        except InvalidGraph as exc:
+            exc.field = f"config.{exc.field}" if exc.field else "config"
+            raise
+        except ValidationError as exc:
+            raise validation_failed(exc, loc_prefix=("config",)) from None
+
+    async def put(self, name: str, config: dict[str, Any]) -> tuple[Definition, bool]:
+        """Store ``config`` as the next version of ``name``; (definition, created).
+
+        An identical config to the latest version stores nothing and returns it.
+        """
+        checked = self.validate(name, config)
+        digest = definition_fingerprint(checked)
+        for _ in range(_VERSION_RACE_ATTEMPTS):
+            versions = await self._version_numbers(name)
+            if versions:
+                latest = await self.get(name, versions[-1])
+                if latest.fingerprint == digest:
+                    return latest, False
+            version = (versions[-1] if versions else 0) + 1
+            stored = Definition(name=name, version=version, config=checked,
+                                fingerprint=digest, created_at=self.clock())
+            try:
+                await self.kv.create(_key(name, version),
+                                     stored.model_dump_json(exclude_none=True).encode())
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another writer took this version number: look again
+            self._versions[(name, version)] = stored
+            return stored, True
+        raise RuntimeError(f"could not allocate a version of {name!r}")
+
+    async def get(self, name: str, version: int | None = None) -> Definition:
+        """One version (the latest if None).
+
+        Raises:
+            DefinitionNotFound: no such name or version.
+        """
+        if version is None:
+            versions = await self._version_numbers(name)
+            if not versions:
+                raise DefinitionNotFound(f"no definition {name!r}", field="definition")
+            version = versions[-1]
+        hit = self._versions.get((name, version))
+        if hit is not None:
+            return hit
+        try:
+            entry = await self.kv.get(_key(name, version))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            raise DefinitionNotFound(f"no version {version} of definition {name!r}",
+                                     field="version") from None
+        found = Definition.model_validate_json(entry.value or b"", context={TRUSTED: True})
+        self._versions[(name, version)] = found
+        return found
+
+    async def info(self, name: str) -> DefinitionInfo:
+        """The latest version and the list of all versions."""
+        versions = await self._version_numbers(name)
+        if not versions:
+            raise DefinitionNotFound(f"no definition {name!r}", field="name")
+        defs = [await self.get(name, v) for v in versions]
+        return DefinitionInfo(name=name, latest=defs[-1], versions=[
+            DefinitionVersion(version=d.version, created_at=d.created_at,
+                              fingerprint=d.fingerprint) for d in defs])
+
+    async def summaries(self) -> list[DefinitionSummary]:
+        """Every definition name with its latest version, by name."""
+        latest: dict[str, int] = {}
+        for name, version in await self._all_keys():
+            latest[name] = max(version, latest.get(name, 0))
+        out = []
+        for name in sorted(latest):
+            d = await self.get(name, latest[name])
+            out.append(DefinitionSummary(name=name, latest_version=d.version,
+                                         updated_at=d.created_at))
+        return out
+
+    async def resolve_config(self, name: str, version: int | None) -> WorkflowConfig:
+        """The config to run for ``name`` (``version`` or the latest), marked with both."""
+        d = await self.get(name, version)
+        return d.config.model_copy(update={"definition": d.name,
+                                           "definition_version": d.version})
+
+    async def _all_keys(self) -> list[tuple[str, int]]:
+        try:
+            keys = await self.kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        out = []
+        for key in keys:
+            name, _, version = key.rpartition(".")
+            if name and version.isdigit():
+                out.append((name, int(version)))
+        return out
+
+    async def _version_numbers(self, name: str) -> list[int]:
+        # Not kv.keys(filters=...): nats-py 2.x returns nothing for a filtered listing.
+        return sorted(v for n, v in await self._all_keys() if n == name)

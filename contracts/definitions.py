@@ -25,6 +25,7 @@ __all__ = [
     "GetDefinitionRequest",
     "ListDefinitionsRequest",
     "PutDefinitionRequest",
+    "RunDefinition",
 ]
 
 _Frozen = ConfigDict(extra="forbid", frozen=True)
@@ -104,6 +105,20 @@ class ListDefinitionsRequest(BaseModel):
     """``definition.list``."""
 
     model_config = _Frozen
+
+
+class RunDefinition(BaseModel):
+    """``POST /workflows`` body that starts a stored definition with just its input."""
+
+    model_config = _Frozen
+
+    definition: DefinitionName
+    version: int | None = Field(default=None, ge=1, description="Default: the latest.")
+    input: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(default=None, min_length=1, max_length=128,
+                           pattern=TOKEN_RE.pattern)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    start: bool = True
 
 
 class DefinitionReply(BaseModel):

@@ -12,24 +12,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import yaml
 from fastapi import Request
 from pydantic import ValidationError
 
+from contracts.definitions import RunDefinition
 from contracts.errors import InvalidRequest, PayloadTooLarge, validation_failed
 from contracts.messages import BatchConfig
 from contracts.models import WorkflowConfig
 
-__all__ = ["read_batch_config", "read_json", "read_workflow_config"]
+__all__ = ["read_batch_config", "read_body", "read_create_body", "read_json",
+           "read_workflow_config", "read_yaml_or_json"]
 
 
-async def read_json(request: Request, *, limit: int, optional: bool = False) -> Any:
-    """The request body parsed as JSON, refusing more than ``limit`` bytes.
-
-    An empty body is None when ``optional``, else an error.
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The raw request body, refusing more than ``limit`` bytes.
 
     Raises:
         PayloadTooLarge: the body (or its announced Content-Length) is over ``limit``.
-        InvalidRequest: the body is empty or not JSON.
     """
     too_large = PayloadTooLarge(f"request body is larger than {limit} bytes",
                                 details={"limit": limit})
@@ -44,11 +44,43 @@ async def read_json(request: Request, *, limit: int, optional: bool = False) -> 
         if size > limit:
             raise too_large
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, *, limit: int, optional: bool = False) -> Any:
+    """The request body parsed as JSON, refusing more than ``limit`` bytes.
+
+    An empty body is None when ``optional``, else an error.
+
+    Raises:
+        PayloadTooLarge: the body (or its announced Content-Length) is over ``limit``.
+        InvalidRequest: the body is empty or not JSON.
+    """
+    raw = await read_body(request, limit=limit)
     if not raw.strip():
         if optional:
             return None
         raise InvalidRequest("request body is empty; expected a JSON object")
+    return read_yaml_or_json(raw, "application/json")
+
+
+def read_create_body(data: Any) -> WorkflowConfig | RunDefinition:
+    """``POST /workflows``: a whole WorkflowConfig, or a run of a stored definition."""
+    if isinstance(data, dict) and "definition" in data and "steps" not in data:
+        try:
+            return RunDefinition.model_validate(data)
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+    return read_workflow_config(data)
+
+
+def read_yaml_or_json(raw: bytes, content_type: str) -> Any:
+    """A body in YAML (``application/yaml``, ``text/yaml``) or JSON."""
+    if "yaml" in content_type:
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise InvalidRequest(f"request body is not valid YAML: {exc}") from None
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from contracts.connect import NatsSettings
+from contracts.definitions import RunDefinition
 from contracts.errors import Unavailable
 from contracts.messages import (
     MAX_BATCH_BYTES,
@@ -29,7 +30,8 @@ from contracts.messages import (
 )
 from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowStatus
 
-from ._bodies import read_batch_config, read_json, read_workflow_config
+from ._bodies import read_batch_config, read_create_body, read_json
+from ._definitions import add_definition_routes
 from ._link import NatsLink
 from ._problems import install_problem_handlers, problem_responses
 
@@ -67,7 +69,7 @@ class _Gateway(FastAPI):
     see their models; they are added here so ``/openapi.json`` documents them.
     """
 
-    body_models: tuple[type[BaseModel], ...] = (WorkflowConfig, BatchConfig)
+    body_models: tuple[type[BaseModel], ...] = (WorkflowConfig, BatchConfig, RunDefinition)
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema:
@@ -138,7 +140,9 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
     @app.post(
         "/workflows", status_code=202, response_model=WorkflowStatus | Accepted,
         summary="Create (and start) a workflow", tags=["workflows"],
-        openapi_extra=_json_body(WorkflowConfig),
+        openapi_extra={"requestBody": {"required": True, "content": {_JSON: {"schema": {
+            "oneOf": [{"$ref": "#/components/schemas/WorkflowConfig"},
+                      {"$ref": "#/components/schemas/RunDefinition"}]}}}}},
         responses={
             200: {"model": WorkflowStatus,
                   "description": "It already existed (same id or Idempotency-Key)."},
@@ -152,13 +156,20 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
             description="Makes retries of this request create the workflow only once.",
         )] = None,
     ) -> Response:
-        """Create a workflow from a WorkflowConfig; started at once unless `start` is false.
+        """Create a workflow from a WorkflowConfig, or from a stored definition with
+        `{"definition": name, "version": n (optional), "input": {...}}`; started at once
+        unless `start` is false.
 
         202 with `Location` when created; 200 with the existing status when this id or
         Idempotency-Key was already used for the same config; 409 for another config.
         """
-        config = read_workflow_config(await read_json(request, limit=MAX_CONFIG_BYTES))
-        reply = await link.client().create(config, idempotency_key=idempotency_key)
+        body = read_create_body(await read_json(request, limit=MAX_CONFIG_BYTES))
+        if isinstance(body, RunDefinition):
+            reply = await link.client().run(
+                body.definition, body.input, version=body.version, workflow_id=body.id,
+                labels=body.labels, start=body.start, idempotency_key=idempotency_key)
+        else:
+            reply = await link.client().create(body, idempotency_key=idempotency_key)
         location = str(app.url_path_for("get_workflow", workflow_id=reply.id))
         return _answer(reply, 202 if reply.created else 200, location=location)
 
@@ -195,6 +206,8 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         """
         payload = await read_json(request, limit=MAX_SIGNAL_BYTES, optional=True)
         return _answer(await link.client().signal(workflow_id, name, payload), 202)
+
+    add_definition_routes(app, link)
 
     # -- batches ---------------------------------------------------------------------
     @app.post(

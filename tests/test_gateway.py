@@ -274,8 +274,10 @@ async def test_openapi_documents_paths_bodies_and_problems(http: httpx.AsyncClie
                  "BatchConfig", "WorkflowTemplate", "WorkflowStatus", "BatchStatus", "Problem"):
         assert name in schemas, name
     create = spec["paths"]["/workflows"]["post"]
-    assert create["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/WorkflowConfig"}
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {"oneOf": [
+        {"$ref": "#/components/schemas/WorkflowConfig"},
+        {"$ref": "#/components/schemas/RunDefinition"}]}
+    assert "RunDefinition" in schemas and "/definitions/{name}" in spec["paths"]
     assert {"200", "202", "409", "413", "422", "503"} <= set(create["responses"])
     assert PROBLEM in create["responses"]["422"]["content"]
     assert any(p["name"] == "idempotency-key" for p in create["parameters"])

@@ -35,6 +35,7 @@ from ._cli_render import workflow_view
 __all__ = [
     "GatewayClient",
     "load_config",
+    "load_mapping",
     "nats_client",
     "require_status",
     "validation_failed",
@@ -58,6 +59,19 @@ def load_config(path: Path) -> WorkflowConfig:
         ValidationFailed: a field is wrong.
         InvalidGraph: the step graph is wrong.
     """
+    data = load_mapping(path)
+    try:
+        return WorkflowConfig.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(exc, str(path)) from None
+
+
+def load_mapping(path: Path) -> dict[str, Any]:
+    """Read a mapping from a YAML or JSON file (by its suffix).
+
+    Raises:
+        InvalidRequest: the file cannot be read or parsed, or is not a mapping.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -70,10 +84,7 @@ def load_config(path: Path) -> WorkflowConfig:
                              ) from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"{path} must hold a mapping (a workflow config)")
-    try:
-        return WorkflowConfig.model_validate(data)
-    except ValidationError as exc:
-        raise validation_failed(exc, str(path)) from None
+    return data
 
 
 @asynccontextmanager

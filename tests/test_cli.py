@@ -279,3 +279,33 @@ def test_worker_with_a_bad_target_is_a_client_error() -> None:
         result = CliRunner().invoke(app, ["worker", target])
         assert result.exit_code == 2, (target, result.output)
         assert result.stderr.startswith("error[invalid-request]:")
+
+
+def test_definitions_apply_ls_show_and_run(cli: CliRunner, tmp_path: Path) -> None:
+    name = "cli-greet-" + os.urandom(3).hex()
+    yaml_file = tmp_path / "greet.yaml"
+    yaml_file.write_text(f"name: {name}\nsteps:\n  - id: hi\n    task: demo.echo\n"
+                         "    input: {text: 'hi ${input.who}'}\n")
+    first = cli.invoke(app, ["definitions", "apply", str(yaml_file)])
+    assert first.exit_code == 0, first.output
+    assert f"definition {name} stored as version 1" in first.stdout
+    same = cli.invoke(app, ["definitions", "apply", str(yaml_file)])
+    assert "unchanged, latest is version 1" in same.stdout
+    json_file = tmp_path / "greet.json"
+    json_file.write_text(json.dumps({"name": name, "steps": [
+        {"id": "hi", "task": "demo.echo", "input": {"text": "hey ${input.who}"}}]}))
+    second = cli.invoke(app, ["definitions", "apply", str(json_file), "--json"])
+    assert json.loads(second.stdout)["definition"]["version"] == 2
+    listed = cli.invoke(app, ["definitions", "ls", "--json"])
+    assert {"name": name, "latest_version": 2} in [
+        {k: d[k] for k in ("name", "latest_version")}
+        for d in json.loads(listed.stdout)["definitions"]]
+    shown = cli.invoke(app, ["definitions", "show", name, "--version", "1"])
+    assert json.loads(shown.stdout)["config"]["steps"][0]["input"] == {"text": "hi ${input.who}"}
+    ran = cli.invoke(app, ["run", name, "--input", '{"who": "ada"}', "--version", "1",
+                           "--watch", "--json"])
+    assert ran.exit_code == 0, ran.output
+    status = WorkflowStatus.model_validate_json(ran.stdout)
+    assert status.step("hi").output == {"text": "hi ada"} and status.definition_version == 1
+    missing = cli.invoke(app, ["run", "no-such-definition"])
+    assert missing.exit_code == 2 and "definition-not-found" in missing.stderr

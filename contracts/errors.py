@@ -10,6 +10,7 @@ Hierarchy::
     ├── InvalidRequest            invalid-request      a client sent something unusable
     │   ├── ValidationFailed      validation-failed    a field is wrong (names the field)
     │   ├── InvalidGraph          invalid-graph        the step graph is wrong (names the step)
+    │   ├── ExpressionError       expression-error     a CEL expression does not parse or fails
     │   └── PayloadTooLarge       payload-too-large    over the size limit
     ├── NotFound                  not-found
     │   ├── WorkflowNotFound      workflow-not-found
@@ -40,6 +41,7 @@ __all__ = [
     "Conflict",
     "DefinitionNotFound",
     "EngineTimeout",
+    "ExpressionError",
     "ErrorInfo",
     "FieldError",
     "IdConflict",
@@ -132,6 +134,18 @@ class InvalidGraph(InvalidRequest):
     """The step graph is invalid: unknown dependency, duplicate id, cycle, no steps."""
 
     code = "invalid-graph"
+
+
+class ExpressionError(InvalidRequest):
+    """A CEL expression does not parse, uses an unknown variable, or fails at run time."""
+
+    code = "expression-error"
+
+    def __init__(self, message: str, *, expression: str = "", field: str | None = None,
+                 step: str | None = None) -> None:
+        super().__init__(message, field=field, step=step,
+                         details={"expression": expression} if expression else None)
+        self.expression = expression
 
 
 class PayloadTooLarge(InvalidRequest):

@@ -1,55 +1,67 @@
-"""CEL expressions (provisional minimal version; replaced by the full module)."""
+"""Expressions: CEL (Common Expression Language), sandboxed, no ``eval``.
+
+Values in a workflow are computed by CEL through the ``common-expression-language``
+package (a Rust implementation: no access to anything but the variables given).
+
+* A *condition* (``when``, a switch's ``value``, a map's ``items``) is a bare CEL
+  expression.
+* A *template* (a step's ``input``, ``payload``, ``url``, a transform's ``output``, the
+  workflow's ``output``) is any JSON value whose strings may hold ``${expr}``: a string
+  that is exactly one ``${expr}`` becomes the expression's value (any JSON type); text
+  around one or more ``${expr}`` gets each value interpolated (strings as they are,
+  other values as compact JSON). ``$${`` is a literal ``${``.
+
+Variables: ``input`` (the workflow's input), ``steps`` (finished steps by id:
+``{"output", "state", "error"}``), ``workflow`` (``{"id", "name", "labels"}``), and in a
+map's item step ``item`` and ``index``. A step id with a dash is read as
+``steps["my-step"]``. See docs/expressions.md.
+"""
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import re
 from collections.abc import Collection, Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import cel
 
-from .errors import InvalidRequest
+from .errors import ExpressionError
 
-__all__ = ["ExpressionError", "check_expression", "check_template", "evaluate", "render",
-           "referenced_steps", "template_expressions"]
+__all__ = [
+    "ExpressionError",
+    "check_expression",
+    "check_template",
+    "compile_expression",
+    "evaluate",
+    "referenced_steps",
+    "render",
+    "template_expressions",
+]
 
-
-class ExpressionError(InvalidRequest):
-    """An expression does not parse or fails to evaluate."""
-
-    code = "expression-error"
-
-    def __init__(self, message: str, *, expression: str = "", field: str | None = None,
-                 step: str | None = None) -> None:
-        super().__init__(message, field=field, step=step)
-        self.expression = expression
-
-
-_TEMPLATE_RE = re.compile(r"\$\{([^}]*)\}")
-_STEP_RE = re.compile(r"(?<![\w.])steps\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(['\"])([^'\"]+)\2\s*\])")
+_BRACKETED_RE = re.compile(r"(?<![\w.])steps\s*\[\s*(['\"])(([^'\"]+))\1\s*\]")
+_DOTTED_RE = re.compile(r"(?<![\w.])steps\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+_STRING_RE = re.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+_MACRO_VAR_RE = re.compile(r"\.\s*(?:map|filter|all|exists|exists_one)\s*\(\s*([A-Za-z_]\w*)"
+                           r"\s*,")
 
 
 @functools.lru_cache(maxsize=4096)
 def compile_expression(text: str) -> Any:
+    """The compiled program of ``text`` (cached).
+
+    Raises:
+        ExpressionError: it does not parse (the message says where).
+    """
     try:
         return cel.compile(text)
     except Exception as exc:
-        raise ExpressionError(f"{text!r} does not parse: {exc}", expression=text) from None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return value
+        detail = " ".join(str(exc).split())
+        raise ExpressionError(f"expression {text!r} does not parse: {detail}",
+                              expression=text) from None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -57,22 +69,56 @@ def _variables(text: str) -> frozenset[str]:
     return frozenset(compile_expression(text).references()["variables"])
 
 
+def _plain(value: Any) -> Any:
+    """A CEL result as plain JSON data."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
 def evaluate(text: str, context: Mapping[str, Any], *, field: str | None = None) -> Any:
-    prog = compile_expression(text)
+    """Evaluate one expression against ``context``; the result is plain JSON.
+
+    Raises:
+        ExpressionError: it does not parse, or fails (no such key, wrong types, ...).
+    """
+    try:
+        prog = compile_expression(text)
+    except ExpressionError as exc:
+        exc.field = field
+        raise
     # Only the variables the expression reads: CEL converts every value it is given,
     # and a map's context holds the whole item list.
     names = _variables(text)
     try:
         return _plain(prog.execute({k: v for k, v in context.items() if k in names}))
     except Exception as exc:
-        what = f"no such key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ExpressionError(f"{text!r} failed: {what}", expression=text, field=field) from None
+        if isinstance(exc, KeyError):
+            what = f"no such key {exc}"
+        else:
+            what = " ".join(str(exc).split()) or type(exc).__name__
+        raise ExpressionError(f"expression {text!r} failed: {what}", expression=text,
+                              field=field) from None
 
 
 def template_expressions(template: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(JSON path, expression) of every ``${...}`` in a template, in order.
+
+    Raises:
+        ExpressionError: a ``${`` is never closed.
+    """
     if isinstance(template, str):
-        for m in _TEMPLATE_RE.finditer(template):
-            yield path, m.group(1)
+        for _, expr in _pieces(template, path):
+            if expr is not None:
+                yield path, expr
     elif isinstance(template, dict):
         for k, v in template.items():
             yield from template_expressions(v, f"{path}.{k}" if path else str(k))
@@ -81,19 +127,79 @@ def template_expressions(template: Any, path: str = "") -> Iterator[tuple[str, s
             yield from template_expressions(v, f"{path}.{i}" if path else str(i))
 
 
+def _pieces(text: str, where: str | None) -> list[tuple[str, str | None]]:
+    """A template string as (literal, None) and (source, expression) pieces."""
+    out: list[tuple[str, str | None]] = []
+    i = 0
+    literal: list[str] = []
+    while i < len(text):
+        if text.startswith("$${", i):
+            literal.append("${")
+            i += 3
+            continue
+        if text.startswith("${", i):
+            end = _closing(text, i + 2)
+            if end < 0:
+                raise ExpressionError(f"unterminated '${{' in {text!r}", expression=text,
+                                      field=where or None)
+            if literal:
+                out.append(("".join(literal), None))
+                literal = []
+            out.append((text[i:end + 1], text[i + 2:end].strip()))
+            i = end + 1
+            continue
+        literal.append(text[i])
+        i += 1
+    if literal:
+        out.append(("".join(literal), None))
+    return out
+
+
+def _closing(text: str, start: int) -> int:
+    """Index of the ``}`` closing a ``${`` (braces and strings inside are skipped)."""
+    depth = 0
+    quote = ""
+    i = start
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            if depth == 0:
+                return i
+            depth -= 1
+        i += 1
+    return -1
+
+
 def render(template: Any, context: Mapping[str, Any], *, field: str | None = None) -> Any:
+    """Fill a template's ``${...}`` from ``context``.
+
+    Raises:
+        ExpressionError: an expression fails; ``field`` names where (``<field>.<path>``).
+    """
     if isinstance(template, str):
         if "${" not in template:
             return template
-        m = _TEMPLATE_RE.fullmatch(template)
-        if m:
-            return evaluate(m.group(1), context, field=field)
-
-        def sub(m: re.Match[str]) -> str:
-            v = evaluate(m.group(1), context, field=field)
-            return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-
-        return _TEMPLATE_RE.sub(sub, template)
+        pieces = _pieces(template, field)
+        if len(pieces) == 1 and pieces[0][1] is not None:
+            return evaluate(pieces[0][1], context, field=field)
+        parts = []
+        for literal, expr in pieces:
+            if expr is None:
+                parts.append(literal)
+                continue
+            value = evaluate(expr, context, field=field)
+            parts.append(value if isinstance(value, str)
+                         else json.dumps(value, separators=(",", ":")))
+        return "".join(parts)
     if isinstance(template, dict):
         return {k: render(v, context, field=f"{field}.{k}" if field else k)
                 for k, v in template.items()}
@@ -104,22 +210,39 @@ def render(template: Any, context: Mapping[str, Any], *, field: str | None = Non
 
 
 def referenced_steps(text: str) -> frozenset[str]:
-    return frozenset(m.group(1) or m.group(3) for m in _STEP_RE.finditer(text))
+    """Ids of the steps an expression reads (``steps.x``, ``steps["x-y"]``).
+
+    Text inside other string literals (``"steps.x"``) is not a reference.
+    """
+    found = {m.group(3) for m in _BRACKETED_RE.finditer(text)}
+    bare = _STRING_RE.sub('""', _BRACKETED_RE.sub("_", text))
+    found |= {m.group(1) for m in _DOTTED_RE.finditer(bare)}
+    return frozenset(found)
 
 
 def check_expression(text: str, *, variables: Collection[str],
                      field: str | None = None) -> frozenset[str]:
+    """Check an expression when a definition arrives; returns the steps it reads.
+
+    Raises:
+        ExpressionError: it does not parse, or uses a variable that does not exist.
+    """
     try:
-        prog = compile_expression(text)
+        names = _variables(text)
     except ExpressionError as exc:
         exc.field = field
         raise
-    del prog
+    unknown = names - set(variables) - set(_MACRO_VAR_RE.findall(text))
+    if unknown:
+        raise ExpressionError(
+            f"expression {text!r} uses unknown variable(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(variables))}", expression=text, field=field)
     return referenced_steps(text)
 
 
 def check_template(template: Any, *, variables: Collection[str],
                    field: str | None = None) -> frozenset[str]:
+    """:func:`check_expression` for every expression of a template (steps read, united)."""
     acc: set[str] = set()
     for path, text in template_expressions(template):
         where = ".".join(p for p in (field, path) if p) or None

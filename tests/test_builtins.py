@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import nats.errors
 import pytest
 import uvicorn
+import yaml
 from helpers import RESULT, new_task, results_of, run_one, send
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -21,6 +24,7 @@ from nats.js.api import StreamConfig
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -37,7 +41,7 @@ from contracts.builtins import (
 )
 from contracts.connect import NatsSettings
 from contracts.messages import TaskFailed, TaskSucceeded
-from contracts.models import MAX_STEP_OUTPUT_BYTES
+from contracts.models import MAX_STEP_OUTPUT_BYTES, StepConfig
 from contracts.streams import Topology, declare_stream
 from contracts.subjects import TASK_TYPE_RE
 from natsflow.embedded import free_port
@@ -393,3 +397,16 @@ async def test_the_orchestrator_serves_builtins_unless_told_not_to(
         (msg,) = await results.fetch(1, timeout=10)
     result = RESULT.validate_json(msg.data)
     assert isinstance(result, TaskSucceeded) and result.output == "plain words"
+
+
+def test_docs_examples_are_valid_builtin_steps() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "workers.md").read_text()
+    section = doc[doc.index("## Built-in steps"):]
+    blocks = re.findall(r"^```yaml\n(.*?)^```", section, flags=re.S | re.M)
+    models: dict[str, type[BaseModel]] = {REQUEST_TASK: RequestInput, HTTP_TASK: HttpInput,
+                                          PUBLISH_TASK: PublishInput}
+    assert len(blocks) == 3
+    for block in blocks:
+        step = StepConfig.model_validate(yaml.safe_load(block))
+        models[step.task].model_validate(step.input)
+    assert {StepConfig.model_validate(yaml.safe_load(b)).task for b in blocks} == BUILTIN_TASKS

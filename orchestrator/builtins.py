@@ -192,11 +192,12 @@ class BuiltinSteps:
         try:
             # httpx's ``params`` would replace the URL's own query; the contract adds to it.
             url = httpx.URL(data.url).copy_merge_params(data.query)
-            async with self._http.stream(data.method, url, headers=headers,
-                                         timeout=data.timeout, **body) as response:
-                # httpx bounds each read; this bounds the whole call, body included.
-                content, complete = await _read_within(response, data.timeout)
-        except httpx.TimeoutException:
+            # httpx bounds each network operation; this bounds the whole call.
+            async with asyncio.timeout(data.timeout):
+                async with self._http.stream(data.method, url, headers=headers,
+                                             timeout=data.timeout, **body) as response:
+                    content, complete = await _read_bounded(response)
+        except (TimeoutError, httpx.TimeoutException):
             raise TaskError("http-timeout", f"{where}: no response within {data.timeout:g}s",
                             retryable=True) from None
         except httpx.InvalidURL as exc:
@@ -248,20 +249,16 @@ class BuiltinSteps:
         return {"subject": data.subject, "stream": ack.stream, "seq": ack.seq}
 
 
-async def _read_within(response: httpx.Response, timeout: float) -> tuple[bytes, bool]:
+async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
     """At most MAX_STEP_OUTPUT_BYTES of the body, and whether that was all of it."""
-    try:
-        async with asyncio.timeout(timeout):
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_STEP_OUTPUT_BYTES:
-                    return b"".join(chunks)[:MAX_STEP_OUTPUT_BYTES], False
-            return b"".join(chunks), True
-    except TimeoutError:
-        raise httpx.ReadTimeout("the body did not arrive in time") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_STEP_OUTPUT_BYTES:
+            return b"".join(chunks)[:MAX_STEP_OUTPUT_BYTES], False
+    return b"".join(chunks), True
 
 
 def _safe_url(method: str, url: str) -> str:

@@ -27,7 +27,7 @@ from nats.micro.service import EndpointConfig, ServiceConfig
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from contracts.builtins import (
@@ -126,6 +126,15 @@ async def _slow(request: HttpRequest) -> Response:
     return PlainTextResponse("late")
 
 
+async def _trickle(request: HttpRequest) -> Response:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(30):  # each chunk within any read timeout, the whole far beyond
+            await asyncio.sleep(0.1)
+            yield b"."
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
 async def _big(request: HttpRequest) -> Response:
     return PlainTextResponse("x" * (MAX_STEP_OUTPUT_BYTES + 1))
 
@@ -137,6 +146,7 @@ _APP = Starlette(routes=[
     Route("/bad-json", _bad_json),
     Route("/status/{code:int}", _status, methods=["GET", "POST"]),
     Route("/slow", _slow),
+    Route("/trickle", _trickle),
     Route("/big", _big),
 ])
 
@@ -317,6 +327,8 @@ async def test_http_timeout_connection_error_and_size_bound(
         steps: BuiltinSteps, web: str, js: JetStreamContext, settings: NatsSettings) -> None:
     slow = await _failed(js, settings, HTTP_TASK, {"url": f"{web}/slow", "timeout": 0.3})
     assert (slow.error.code, slow.error.retryable) == ("http-timeout", True)
+    trickle = await _failed(js, settings, HTTP_TASK, {"url": f"{web}/trickle", "timeout": 0.5})
+    assert (trickle.error.code, trickle.error.retryable) == ("http-timeout", True)
     closed = await _failed(js, settings, HTTP_TASK, {"url": f"http://127.0.0.1:{free_port()}/"})
     assert (closed.error.code, closed.error.retryable) == ("http-error", True)
     big = await _failed(js, settings, HTTP_TASK, {"url": f"{web}/big"})

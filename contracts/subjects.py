@@ -216,6 +216,15 @@ class Subjects:
         """Subjects captured by the dead-letter stream."""
         return f"{self.prefix}.dlq.>"
 
+    def is_internal(self, subject: str) -> bool:
+        """True for the deployment's own machinery: every subject under the prefix but
+        the public ones (``submit`` and ``api.*``), which built-in steps may not touch."""
+        head = self.prefix + "."
+        if not subject.startswith(head):
+            return False
+        rest = subject[len(head):]
+        return rest != "submit" and not rest.startswith("api.")
+
     def kind_of(self, subject: str) -> tuple[str, str]:
         """Split an inbox subject into (kind, key).
 

@@ -77,13 +77,16 @@ def dev(
 def orchestrator(
     replicas: Annotated[int, typer.Option(
         min=1, help="JetStream replicas of the streams and buckets it declares.")] = 1,
+    builtins: Annotated[bool, typer.Option(
+        help="Serve the built-in steps natsflow.request, natsflow.http and natsflow.publish."
+    )] = True,
     *,
     settings: NatsSettings,
 ) -> None:
     """Run the orchestrator until SIGINT/SIGTERM."""
     from orchestrator import Orchestrator
 
-    run_until_signal(lambda: Orchestrator(settings, replicas=replicas).run())
+    run_until_signal(lambda: Orchestrator(settings, replicas=replicas, builtins=builtins).run())
 
 
 @app.command()

@@ -17,6 +17,7 @@ from contracts.streams import Topology, declare_stream, ensure_consumer
 
 from .api import Api
 from .definitions import DefinitionStore
+from .builtins import BuiltinSteps
 from .engine import EngineSettings
 from .outputs import OutputStore
 from .records import TimerFired
@@ -37,10 +38,13 @@ class Orchestrator:
         nc: An already connected client to use (not closed on stop).
         fetch_batch: Most messages taken per fetch.
         stop_grace: Seconds a stopping workflow waits for its running steps.
+        builtins: Also serve the built-in steps (``natsflow.request``, ``natsflow.http``,
+            ``natsflow.publish``) in this process.
     """
 
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
-                 fetch_batch: int = 256, stop_grace: float = 10.0) -> None:
+                 fetch_batch: int = 256, stop_grace: float = 10.0,
+                 builtins: bool = True) -> None:
         self.settings = settings
         self.subjects = settings.subjects
         self.topology = Topology(self.subjects, replicas=replicas)
@@ -53,6 +57,8 @@ class Orchestrator:
         self._loops: list[asyncio.Task[None]] = []
         self._subs: list[PullConsumer] = []
         self._stopping = asyncio.Event()
+        self.builtins = builtins
+        self._builtins = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
         """Connect, declare streams/consumers/buckets, serve the API, start consuming."""
@@ -84,6 +90,10 @@ class Orchestrator:
         self._loops = [asyncio.create_task(self._engine_loop(engine_sub)),
                        asyncio.create_task(self._timer_loop(timer_sub))]
         await self.api.start()
+        if self.builtins:
+            steps = BuiltinSteps(self.nc, self.subjects)
+            await self._builtins.enter_async_context(
+                steps.running(self.settings, replicas=self.topology.replicas))
         log.info("orchestrator ready (prefix %s)", self.subjects.prefix)
 
     async def _declare(self) -> None:
@@ -101,6 +111,14 @@ class Orchestrator:
         self._stopping.set()
         if self.api is not None:
             await self.api.close()
+        # Built-in steps and the engine wind down side by side: each waits for a fetch.
+        await asyncio.gather(self._builtins.aclose(), self._stop_loops())
+        for sub in self._subs:
+            await sub.stop()
+        if self._owns_nc and self.nc is not None:
+            await self.nc.close()
+
+    async def _stop_loops(self) -> None:
         # Loops finish the batch in hand and exit at their next fetch; what is still
         # unfinished after the bound is redelivered to another replica later.
         if self._loops:
@@ -108,10 +126,6 @@ class Orchestrator:
             for loop in pending:
                 loop.cancel()
             await asyncio.gather(*self._loops, return_exceptions=True)
-        for sub in self._subs:
-            await sub.stop()
-        if self._owns_nc and self.nc is not None:
-            await self.nc.close()
 
     async def run(self) -> None:
         """Start, then serve until cancelled."""

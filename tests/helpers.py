@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import typing
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,10 +16,19 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from pydantic import TypeAdapter
 
 from contracts.connect import NatsSettings
-from contracts.messages import DeadLetter
+from contracts.messages import (
+    DeadLetter,
+    TaskFailed,
+    TaskMessage,
+    TaskProgress,
+    TaskResult,
+    TaskSucceeded,
+)
 from contracts.models import EVENT_TERMINAL, Event, EventType
 from contracts.subjects import Subjects
 from natsflow import demo
@@ -26,18 +36,25 @@ from natsflow.worker import TaskContext, Worker
 
 __all__ = [
     "AttemptKey",
+    "RESULT",
     "Probe",
     "assert_history",
     "by_workflow",
     "make_demo_worker",
+    "new_task",
     "read_dead_letters",
     "read_events",
+    "results_of",
+    "run_one",
     "running_demo_worker",
+    "send",
     "terminal_of",
     "wait_for",
 ]
 
 AttemptKey = tuple[str, str, int]  # (workflow id, step id, attempt)
+
+RESULT = TypeAdapter[TaskSucceeded | TaskFailed | TaskProgress](TaskResult)
 
 _DEMO_HANDLERS = {
     "demo.echo": demo.echo,
@@ -224,3 +241,54 @@ async def read_dead_letters(nc: Client, subjects: Subjects, *, count: int,
     finally:
         await sub.unsubscribe()
     return letters
+
+
+# -- playing the orchestrator for workers -----------------------------------------------
+
+
+def new_task(subjects: Subjects, task_type: str, data: dict[str, Any], *, attempt: int = 1,
+             heartbeat: float = 10.0, reply_to: str | None = None) -> TaskMessage:
+    """A task for a fresh workflow id."""
+    wid = "wf" + uuid.uuid4().hex[:12]
+    return TaskMessage(workflow_id=wid, step_id="s1", attempt=attempt, task=task_type,
+                       input=data, idempotency_key=f"{wid}:s1:{attempt}",
+                       reply_to=reply_to or subjects.result(wid), heartbeat_interval=heartbeat)
+
+
+async def send(js: JetStreamContext, subjects: Subjects, task: TaskMessage) -> None:
+    """Publish ``task`` to its task type's work queue."""
+    await js.publish(subjects.task(task.task), task.model_dump_json().encode())
+
+
+async def results_of(js: JetStreamContext, subjects: Subjects, task: TaskMessage, *,
+                     within: float = 5.0) -> list[TaskSucceeded | TaskFailed | TaskProgress]:
+    """Every result of ``task``'s workflow up to and including the final one."""
+    sub = await js.pull_subscribe(subjects.result(task.workflow_id),
+                                  stream=subjects.inbox_stream)
+    got: list[TaskSucceeded | TaskFailed | TaskProgress] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    try:
+        while loop.time() < end:
+            try:
+                msgs = await sub.fetch(batch=10, timeout=max(0.1, end - loop.time()))
+            except nats.errors.TimeoutError:
+                break
+            for msg in msgs:
+                await msg.ack()
+                got.append(RESULT.validate_json(msg.data))
+            if got and got[-1].kind != "progress":
+                return got
+        raise AssertionError(f"no final result for {task.idempotency_key}; got {got}")
+    finally:
+        await sub.unsubscribe()
+
+
+async def run_one(js: JetStreamContext, subjects: Subjects, task_type: str,
+                  data: dict[str, Any], **kwargs: Any) -> TaskSucceeded | TaskFailed:
+    """Send one task and return its final result."""
+    task = new_task(subjects, task_type, data, **kwargs)
+    await send(js, subjects, task)
+    final = (await results_of(js, subjects, task))[-1]
+    assert not isinstance(final, TaskProgress)
+    return final

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import re
 import textwrap
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,10 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import pytest
+from helpers import RESULT, new_task, results_of, run_one, send
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 
 from contracts.connect import NatsSettings, connect
 from contracts.messages import (
@@ -30,7 +30,6 @@ from contracts.messages import (
     TaskFailed,
     TaskMessage,
     TaskProgress,
-    TaskResult,
     TaskSucceeded,
 )
 from contracts.streams import Topology, declare_stream
@@ -45,9 +44,6 @@ from natsflow.worker._settle import (
 )
 from natsflow.worker._slots import SlotPool
 
-RESULT = TypeAdapter[TaskSucceeded | TaskFailed | TaskProgress](TaskResult)
-
-
 # -- playing the orchestrator -----------------------------------------------------------
 
 
@@ -59,54 +55,6 @@ async def js(nc: Client, settings: NatsSettings) -> JetStreamContext:
     await declare_stream(ctx, topology.inbox())
     await declare_stream(ctx, topology.dlq())
     return ctx
-
-
-def new_task(subjects: Subjects, task_type: str, data: dict[str, Any], *, attempt: int = 1,
-             heartbeat: float = 10.0, reply_to: str | None = None) -> TaskMessage:
-    """A task for a fresh workflow id."""
-    wid = "wf" + uuid.uuid4().hex[:12]
-    return TaskMessage(workflow_id=wid, step_id="s1", attempt=attempt, task=task_type,
-                       input=data, idempotency_key=f"{wid}:s1:{attempt}",
-                       reply_to=reply_to or subjects.result(wid), heartbeat_interval=heartbeat)
-
-
-async def send(js: JetStreamContext, subjects: Subjects, task: TaskMessage) -> None:
-    """Publish ``task`` to its task type's work queue."""
-    await js.publish(subjects.task(task.task), task.model_dump_json().encode())
-
-
-async def results_of(js: JetStreamContext, subjects: Subjects, task: TaskMessage, *,
-                     within: float = 5.0) -> list[TaskSucceeded | TaskFailed | TaskProgress]:
-    """Every result of ``task``'s workflow up to and including the final one."""
-    sub = await js.pull_subscribe(subjects.result(task.workflow_id),
-                                  stream=subjects.inbox_stream)
-    got: list[TaskSucceeded | TaskFailed | TaskProgress] = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    try:
-        while loop.time() < end:
-            try:
-                msgs = await sub.fetch(batch=10, timeout=max(0.1, end - loop.time()))
-            except nats.errors.TimeoutError:
-                break
-            for msg in msgs:
-                await msg.ack()
-                got.append(RESULT.validate_json(msg.data))
-            if got and got[-1].kind != "progress":
-                return got
-        raise AssertionError(f"no final result for {task.idempotency_key}; got {got}")
-    finally:
-        await sub.unsubscribe()
-
-
-async def run_one(js: JetStreamContext, subjects: Subjects, task_type: str,
-                  data: dict[str, Any], **kwargs: Any) -> TaskSucceeded | TaskFailed:
-    """Send one task and return its final result."""
-    task = new_task(subjects, task_type, data, **kwargs)
-    await send(js, subjects, task)
-    final = (await results_of(js, subjects, task))[-1]
-    assert not isinstance(final, TaskProgress)
-    return final
 
 
 async def tasks_left(js: JetStreamContext, subjects: Subjects) -> int:

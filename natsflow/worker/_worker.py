@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from contracts.builtins import RESERVED_TASK_PREFIX, is_reserved_task
 from contracts.connect import NatsSettings, connect
 from contracts.consume import PullConsumer
 from contracts.messages import CancelNotice
@@ -57,6 +58,10 @@ class Worker:
         stop_grace: Seconds a stop waits for running handlers before cancelling them.
     """
 
+    #: Whether ``natsflow.*`` task types may be registered: only natsflow's built-in
+    #: steps (a subclass in the orchestrator) set it.
+    _serves_reserved: ClassVar[bool] = False
+
     def __init__(self, concurrency: int = 64, *, name: str = "natsflow-worker",
                  stop_grace: float = STOP_GRACE) -> None:
         if concurrency < 1:
@@ -79,11 +84,15 @@ class Worker:
         returned pydantic model is sent as its JSON dump; other values are sent as is.
 
         Raises:
-            ValueError: the task type is invalid or already registered.
+            ValueError: the task type is invalid, reserved (``natsflow.*``, natsflow's
+                built-in steps) or already registered.
             TypeError: the handler is not an async function of ``(ctx, input)``.
         """
         if not TASK_TYPE_RE.match(task_type):
             raise ValueError(f"invalid task type {task_type!r}")
+        if is_reserved_task(task_type) and not self._serves_reserved:
+            raise ValueError(f"task type {task_type!r} is reserved: task types starting with "
+                             f"{RESERVED_TASK_PREFIX!r} are natsflow's built-in steps")
         if task_type in self._handlers:
             raise ValueError(f"task type {task_type!r} is already registered")
 

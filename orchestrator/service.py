@@ -16,8 +16,8 @@ from contracts.consume import ConsumerStalled, PullConsumer
 from contracts.streams import Topology, declare_stream, ensure_consumer
 
 from .api import Api
-from .definitions import DefinitionStore
 from .builtins import BuiltinSteps
+from .definitions import DefinitionStore
 from .engine import EngineSettings
 from .outputs import OutputStore
 from .records import TimerFired

@@ -41,7 +41,7 @@ from contracts.builtins import (
 )
 from contracts.connect import NatsSettings
 from contracts.messages import TaskFailed, TaskSucceeded
-from contracts.models import MAX_STEP_OUTPUT_BYTES, StepConfig
+from contracts.models import MAX_STEP_OUTPUT_BYTES, TaskStep
 from contracts.streams import Topology, declare_stream
 from contracts.subjects import TASK_TYPE_RE
 from natsflow.embedded import free_port
@@ -418,7 +418,7 @@ def test_docs_examples_are_valid_builtin_steps() -> None:
     models: dict[str, type[BaseModel]] = {REQUEST_TASK: RequestInput, HTTP_TASK: HttpInput,
                                           PUBLISH_TASK: PublishInput}
     assert len(blocks) == 3
-    for block in blocks:
-        step = StepConfig.model_validate(yaml.safe_load(block))
+    steps = [TaskStep.model_validate(yaml.safe_load(block)) for block in blocks]
+    for step in steps:
         models[step.task].model_validate(step.input)
-    assert {StepConfig.model_validate(yaml.safe_load(b)).task for b in blocks} == BUILTIN_TASKS
+    assert {step.task for step in steps} == BUILTIN_TASKS

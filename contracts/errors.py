@@ -11,6 +11,7 @@ Hierarchy::
     │   ├── ValidationFailed      validation-failed    a field is wrong (names the field)
     │   ├── InvalidGraph          invalid-graph        the step graph is wrong (names the step)
     │   ├── ExpressionError       expression-error     a CEL expression does not parse or fails
+    │   ├── SchemaMismatch        schema-mismatch      a value does not match its JSON Schema
     │   └── PayloadTooLarge       payload-too-large    over the size limit
     ├── NotFound                  not-found
     │   ├── WorkflowNotFound      workflow-not-found
@@ -50,6 +51,7 @@ __all__ = [
     "NatsflowError",
     "NotFound",
     "PayloadTooLarge",
+    "SchemaMismatch",
     "TooManySignals",
     "Unavailable",
     "ValidationFailed",
@@ -146,6 +148,12 @@ class ExpressionError(InvalidRequest):
         super().__init__(message, field=field, step=step,
                          details={"expression": expression} if expression else None)
         self.expression = expression
+
+
+class SchemaMismatch(InvalidRequest):
+    """A workflow's input (or a step's output) does not match its JSON Schema."""
+
+    code = "schema-mismatch"
 
 
 class PayloadTooLarge(InvalidRequest):

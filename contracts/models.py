@@ -20,6 +20,7 @@ from pydantic import (
 
 from .errors import STEP_TAGS, ErrorInfo, InvalidGraph
 from .expr import check_expression, check_template
+from .schema import check_schema, validate_instance
 from .subjects import TASK_TYPE_RE, TOKEN_RE
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "RetryPolicy",
     "StepConfig",
     "TRUSTED",
+    "TEMPLATE",
     "StepState",
     "STEP_IN_FLIGHT",
     "STEP_ACTIVE",
@@ -68,6 +70,8 @@ __all__ = [
 
 #: Validation-context key: set (to True) only when reading data natsflow stored itself.
 TRUSTED: Final = "natsflow-trusted"
+#: Validation-context key: the config is a definition or template, its input comes later.
+TEMPLATE: Final = "natsflow-template"
 
 #: Largest accepted WorkflowConfig, as JSON.
 MAX_CONFIG_BYTES: Final = 256 * 1024
@@ -451,6 +455,9 @@ class WorkflowConfig(BaseModel):
                                      description="Seconds for the whole workflow once started.")
     parent: ParentRef | None = Field(default=None,
                                      description="Set by natsflow on a child workflow.")
+    input_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema (2020-12) the input must match; a create "
+        "whose input does not is refused with `schema-mismatch`.")
     definition: str | None = Field(default=None,
                                    description="Set by natsflow: the stored definition run.")
     definition_version: int | None = Field(default=None,
@@ -466,8 +473,11 @@ class WorkflowConfig(BaseModel):
     @model_validator(mode="after")
     def _check_graph(self, info: ValidationInfo) -> WorkflowConfig:
         # Records read back from natsflow's own store were checked on arrival.
-        if not (isinstance(info.context, dict) and info.context.get(TRUSTED)):
+        ctx = info.context if isinstance(info.context, dict) else {}
+        if not ctx.get(TRUSTED):
             check_graph(self)
+            if self.input_schema is not None and not ctx.get(TEMPLATE):
+                validate_instance(self.input, self.input_schema, field="input")
         return self
 
     def step(self, step_id: str) -> StepConfig:
@@ -546,6 +556,11 @@ def check_graph(config: WorkflowConfig) -> None:
                     raise InvalidGraph(
                         f"step {s.id!r} reads steps.{ref} in `{name}`, but {ref!r} is not "
                         "one of its dependencies", step=s.id, field=f"steps.{i}.{name}")
+    if config.input_schema is not None:
+        check_schema(config.input_schema, field="input_schema")
+    for i, s in enumerate(config.steps):
+        if s.output_schema is not None:
+            check_schema(s.output_schema, field=f"steps.{i}.output_schema")
     for ref in sorted(check_template(config.output, variables=EXPRESSION_VARIABLES,
                                      field="output")):
         if ref not in ids:

@@ -28,7 +28,7 @@ from contracts.errors import (
     ValidationFailed,
     validation_failed,
 )
-from contracts.models import TRUSTED, WorkflowConfig
+from contracts.models import TEMPLATE, TRUSTED, WorkflowConfig
 
 __all__ = ["DefinitionStore", "definition_fingerprint"]
 
@@ -70,7 +70,8 @@ class DefinitionStore:
             raise ValidationFailed(f"the config's name {config['name']!r} is not {name!r}",
                                    field="config.name")
         try:
-            return WorkflowConfig.model_validate({**config, "name": name})
+            return WorkflowConfig.model_validate({**config, "name": name},
+                                                 context={TEMPLATE: True})
         except InvalidGraph as exc:
             exc.field = f"config.{exc.field}" if exc.field else "config"
             raise
@@ -91,8 +92,10 @@ class DefinitionStore:
                 if latest.fingerprint == digest:
                     return latest, False
             version = (versions[-1] if versions else 0) + 1
-            stored = Definition(name=name, version=version, config=checked,
-                                fingerprint=digest, created_at=self.clock())
+            # Checked above as a template: its input comes with each run.
+            stored = Definition.model_validate(
+                {"name": name, "version": version, "config": checked, "fingerprint": digest,
+                 "created_at": self.clock()}, context={TRUSTED: True})
             try:
                 await self.kv.create(_key(name, version),
                                      stored.model_dump_json(exclude_none=True).encode())

@@ -11,7 +11,8 @@ import json
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from contracts.errors import ErrorInfo, NatsflowError
+from contracts.blobs import is_blob_ref
+from contracts.errors import ErrorInfo, NatsflowError, SchemaMismatch
 from contracts.expr import evaluate, render
 from contracts.messages import TaskMessage
 from contracts.models import (
@@ -34,6 +35,7 @@ from contracts.models import (
     WorkflowStep,
 )
 from contracts.models import EventType as Ev
+from contracts.schema import validate_instance
 
 from .records import StartChildEffect, TaskEffect
 
@@ -215,6 +217,11 @@ def _wake_time(cfg: SleepStep, ctx: dict[str, Any], now: datetime) -> datetime:
 
 def check_output(cfg: StepConfig, output: Any, used: int) -> int:
     """The output's size in bytes, if it fits the limits and the step's schema."""
+    if cfg.output_schema is not None and not is_blob_ref(output):
+        try:
+            validate_instance(output, cfg.output_schema, field="output")
+        except SchemaMismatch as exc:
+            raise StepInputError(exc.info().model_copy(update={"step": cfg.id})) from None
     size = json_size(output)
     if size > MAX_STEP_OUTPUT_BYTES or used + size > MAX_OUTPUTS_BYTES:
         limit = MAX_STEP_OUTPUT_BYTES if size > MAX_STEP_OUTPUT_BYTES else MAX_OUTPUTS_BYTES - used

@@ -152,3 +152,37 @@ def test_compose_runs_every_service_from_the_image() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["natsflow"]' in dockerfile
     assert "uv sync --frozen --no-dev" in dockerfile
+
+
+EXPR_DOC = (ROOT / "docs" / "expressions.md").read_text()
+
+
+def _expr_rows(header: str) -> list[tuple[str, str, str]]:
+    section = EXPR_DOC[EXPR_DOC.index(f"| {header} | context | result |"):]
+    rows = []
+    for line in section.splitlines()[2:]:
+        if not line.startswith("| `"):
+            break
+        cells = re.findall(r"`((?:[^`])*)`", line.replace("\\|", "|"))
+        rows.append((cells[0], cells[1], cells[2]))
+    return rows
+
+
+@pytest.mark.parametrize(("expression", "context", "result"), _expr_rows("expression"))
+def test_expression_examples_evaluate_as_documented(expression: str, context: str,
+                                                     result: str) -> None:
+    from contracts.expr import evaluate
+
+    assert evaluate(expression, json.loads(context)) == json.loads(result)
+
+
+@pytest.mark.parametrize(("template", "context", "result"), _expr_rows("template"))
+def test_template_examples_render_as_documented(template: str, context: str,
+                                                result: str) -> None:
+    from contracts.expr import render
+
+    assert render(json.loads(template), json.loads(context)) == json.loads(result)
+
+
+def test_expression_doc_has_enough_examples() -> None:
+    assert len(_expr_rows("expression")) >= 10 and len(_expr_rows("template")) >= 4

@@ -335,33 +335,6 @@ async def test_a_long_task_that_heartbeats_outlives_its_heartbeat_timeout(
     assert demo_worker.runs == {(reply.id, "long", 1): 1}
 
 
-async def test_the_worker_sends_liveness_reports_only_when_asked(
-        demo_worker: Probe, client: NatsflowClient, nc: Client,
-        settings: NatsSettings) -> None:
-    results: list[TaskProgress] = []
-
-    async def collect(msg: Any) -> None:
-        data = json.loads(msg.data)
-        if data.get("kind") == "progress" and data.get("progress") is None:
-            results.append(TaskProgress.model_validate(data))
-
-    sub = await nc.subscribe(settings.subjects.result("*"), cb=collect)
-    try:
-        plain = await client.create({"name": "plain", "steps": [
-            {"id": "s", "task": "demo.sleep", "input": {"seconds": 1.2}}]})
-        beating = await client.create({"name": "beating", "steps": [
-            {"id": "s", "task": "demo.sleep", "input": {"seconds": 1.2},
-             "heartbeat_timeout": 0.9}]})
-        for wid in (plain.id, beating.id):
-            await client.wait(wid, timeout=20)
-    finally:
-        await sub.unsubscribe()
-    assert {r.workflow_id for r in results} == {beating.id}
-    # One at the start and one per 0.3 s while the 1.2 s handler ran.
-    assert len(results) >= 3
-    assert all((r.step_id, r.attempt) == ("s", 1) and r.started_at for r in results)
-
-
 async def test_a_worker_gone_silent_fails_the_attempt_with_heartbeat_timeout_and_it_is_retried(
         engine: Orchestrator, client: NatsflowClient, nc: Client,
         settings: NatsSettings) -> None:

@@ -134,9 +134,11 @@ async def _heartbeat(ctx: TaskContext, interval: float, *, liveness: float | Non
             await asyncio.sleep(interval)
             await ctx.heartbeat()
     period = min(interval, liveness / 3)
+    loop = asyncio.get_running_loop()
     while True:
+        due = loop.time() + period  # a slow publish must not stretch the period
         await ctx.progress(None)  # an in-progress ack plus the report
-        await asyncio.sleep(period)
+        await asyncio.sleep(max(0.0, due - loop.time()))
 
 
 async def _run_handler(handler: TaskHandler, ctx: TaskContext,

@@ -5,7 +5,9 @@ Worker contract (any language; JSON over NATS):
 1. Bind to the durable pull consumer ``worker-<task type, dots as _>`` on stream
    ``<PREFIX>_TASKS`` (filter ``<prefix>.task.<task type>``), or create it if missing.
 2. Each message is a :class:`TaskMessage`. Run it. While it runs, send an in-progress
-   ack (``+WPI``) at least every ``heartbeat_interval`` seconds.
+   ack (``+WPI``) at least every ``heartbeat_interval`` seconds; if ``heartbeat_timeout``
+   is set, also publish a :class:`TaskProgress` with ``progress: null`` to ``reply_to``
+   when it starts and at least every ``heartbeat_timeout / 3`` seconds.
 3. Publish a :class:`TaskResult` (``succeeded`` or ``failed``) to ``reply_to`` with
    JetStream (wait for the publish ack), header ``Nats-Msg-Id: <idempotency_key>:result``;
    then ack the task message. Optional ``progress`` results may be sent meanwhile.

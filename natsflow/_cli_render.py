@@ -27,13 +27,16 @@ _STATE_STYLE = {
     WorkflowState.FAILED: "red",
     WorkflowState.STOPPING: "yellow",
     WorkflowState.STOPPED: "yellow",
+    WorkflowState.COMPENSATING: "magenta",
     StepState.PENDING: "dim",
     StepState.DISPATCHED: "blue",
     StepState.RUNNING: "cyan",
+    StepState.WAITING: "blue",
     StepState.RETRYING: "yellow",
     StepState.SUCCEEDED: "green",
     StepState.FAILED: "red",
     StepState.CANCELLED: "yellow",
+    StepState.SKIPPED: "dim",
 }
 
 
@@ -67,12 +70,14 @@ def workflow_view(status: WorkflowStatus, *, now: datetime | None = None) -> Gro
         _styled(status.state),
     )
     table = Table(show_edge=False, pad_edge=False)
-    for col in ("step", "task", "state", "attempts", "duration", "output / error"):
+    for col in ("step", "task / kind", "state", "attempts", "duration", "output / error"):
         table.add_column(col, no_wrap=col != "output / error")
     for step in status.steps:
         detail = (Text(f"{step.error.code}: {step.error.message}", style="red")
                   if step.error else Text(short_json(step.output)))
-        table.add_row(step.id, step.task, _styled(step.state), str(step.attempts),
+        # Steps the engine runs itself (sleep, wait, switch, ...) show their kind.
+        what = Text(step.task) if step.task else Text(step.kind.value, style="italic")
+        table.add_row(step.id, what, _styled(step.state), str(step.attempts),
                       step_duration(step, now), detail)
     parts: list[Any] = [header, table]
     if status.error is not None:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import yaml
@@ -37,6 +38,7 @@ __all__ = [
     "load_config",
     "load_mapping",
     "nats_client",
+    "parse_payload",
     "require_status",
     "validation_failed",
     "watch_gateway",
@@ -85,6 +87,28 @@ def load_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest(f"{path} must hold a mapping (a workflow config)")
     return data
+
+
+def parse_payload(text: str | None) -> Any:
+    """A signal's payload from the command line: JSON, ``@path`` of a JSON file, or None.
+
+    Raises:
+        InvalidRequest: the file cannot be read or the text is not JSON.
+    """
+    if text is None:
+        return None
+    where = "--payload"
+    if text.startswith("@"):
+        path = Path(text[1:])
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"cannot read {path}: {exc}", field="--payload") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"{where} is not valid JSON: {exc}", field="--payload") from None
 
 
 @asynccontextmanager
@@ -144,6 +168,12 @@ class GatewayClient:
     async def get(self, workflow_id: str) -> WorkflowReply:
         """GET /workflows/{id}."""
         _, data = await self._send("GET", f"/workflows/{workflow_id}")
+        return _as_reply(data)
+
+    async def signal(self, workflow_id: str, name: str, payload: Any = None) -> WorkflowReply:
+        """POST /workflows/{id}/signals/{name}, the payload as the JSON body."""
+        path = f"/workflows/{quote(workflow_id, safe='')}/signals/{quote(name, safe='')}"
+        _, data = await self._send("POST", path, payload)
         return _as_reply(data)
 
 

@@ -252,6 +252,44 @@ def stop(
 
 @app.command()
 @with_settings
+def signal(
+    workflow_id: Annotated[str, typer.Argument(metavar="ID", help="The workflow's id.")],
+    name: Annotated[str, typer.Argument(metavar="NAME",
+                                        help="The signal's name (a wait step's `signal`).")],
+    payload: Annotated[str | None, typer.Option(
+        "--payload", metavar="JSON|@FILE",
+        help="The payload: JSON, or @path of a JSON file. It becomes the wait step's "
+             "output.")] = None,
+    gateway_url: _GatewayOpt = None,
+    as_json: _JsonOpt = False,
+    *,
+    settings: NatsSettings,
+) -> None:
+    """Send a signal: a wait step waiting for it takes it, or it is kept until one does."""
+    from ._cli_workflows import GatewayClient, nats_client, parse_payload, require_status
+
+    try:
+        value = parse_payload(payload)
+    except NatsflowError as err:
+        fail(err)
+
+    async def _signal() -> WorkflowStatus:
+        if gateway_url:
+            async with GatewayClient(gateway_url) as gw:
+                return require_status(await gw.signal(workflow_id, name, value))
+        async with nats_client(settings) as client:
+            return require_status(await client.signal(workflow_id, name, value))
+
+    result = run(_signal())
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        console.print(f"signal [bold]{name}[/] sent to workflow [bold]{result.id}[/] "
+                      f"({result.state.value})")
+
+
+@app.command()
+@with_settings
 def events(
     workflow_id: Annotated[str, typer.Argument(metavar="ID", help="The workflow's id.")],
     follow: Annotated[bool, typer.Option(

@@ -127,6 +127,9 @@ class Api:
             await self.service.add_endpoint(EndpointConfig(
                 name=operation.replace(".", "-"), subject=self.subjects.api(operation),
                 handler=self._endpoint(fn)))
+        # Serving once this returns: the server has the subscriptions, so a request
+        # made right after start (from any connection) finds a responder.
+        await self.nc.flush()
 
     async def close(self) -> None:
         """Deregister; pending requests get no answer (clients time out and retry)."""

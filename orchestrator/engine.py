@@ -671,7 +671,7 @@ class _Tx:
             if step.state == StepState.WAITING and step.wake_at is not None:
                 self.succeed(cfg, step, {"slept_until": step.wake_at.isoformat()})
         elif timer.purpose == "heartbeat":
-            self.check_heartbeat(cfg, step)
+            self.check_heartbeat(cfg, step, due=timer.due)
         else:
             self.time_out(cfg, step, ErrorInfo(
                 code="step-timeout", retryable=True, step=step.id,
@@ -691,13 +691,15 @@ class _Tx:
         else:
             self.on_failure(cfg, step, error)
 
-    def check_heartbeat(self, cfg: StepConfig, step: StepStatus) -> None:
+    def check_heartbeat(self, cfg: StepConfig, step: StepStatus, *, due: datetime) -> None:
         limit = kinds.heartbeat_timeout(cfg)
         if limit is None:
             return
         window = timedelta(seconds=limit)
         last = step.heartbeat_at if step.state == StepState.RUNNING else None
-        if last is None or last + window > self.now:
+        # Judged at the timer's due time: a timer handled a moment early would otherwise
+        # re-arm itself at that same due time, which JetStream drops as a duplicate.
+        if last is None or last + window > max(self.now, due):
             # Not started yet (queued), or alive: look again one window after the last sign.
             base = last or self.now
             self.timer("heartbeat", base + window, step=step.id, attempt=step.attempts)

@@ -131,7 +131,7 @@ def test_help_lists_every_command() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     for command in ("dev", "orchestrator", "gateway", "worker", "submit", "status", "stop",
-                    "events"):
+                    "signal", "events"):
         assert command in result.stdout
 
 
@@ -220,8 +220,79 @@ def test_submit_and_status_through_the_gateway(cli: CliRunner, deployment: Deplo
     assert missing.stderr.startswith("error[workflow-not-found]:")
 
 
+GATES = """\
+name: gates
+steps:
+  - {id: first, kind: wait, signal: one}
+  - {id: second, kind: wait, signal: two, depends_on: [first]}
+  - {id: never, kind: transform, depends_on: [first], when: "false", output: 1}
+"""
+
+
+def test_signal_over_nats_and_through_the_gateway(cli: CliRunner, deployment: Deployment,
+                                                  tmp_path: Path) -> None:
+    path = tmp_path / "gates.yaml"
+    path.write_text(GATES)
+    created = _submit_json(cli, str(path))
+    assert created.step("first").state == "waiting"  # a wait step begins with its workflow
+
+    table = cli.invoke(app, ["status", created.id])
+    assert table.exit_code == 0, table.output
+    # Steps without a task type show their kind; the new states have their names.
+    assert _row(table.stdout, "first")[:2] == ["wait", "waiting"]
+    assert _row(table.stdout, "second")[:2] == ["wait", "pending"]
+
+    sent = cli.invoke(app, ["signal", created.id, "one", "--payload", '{"by": "ana"}',
+                            "--json"])
+    assert sent.exit_code == 0, sent.output
+    status = WorkflowStatus.model_validate_json(sent.stdout)
+    assert status.step("first").output == {"by": "ana"}
+    assert status.step("never").state == "skipped"
+    assert status.step("second").state == "waiting"
+
+    table = cli.invoke(app, ["status", created.id])
+    assert _row(table.stdout, "never")[:2] == ["transform", "skipped"]
+    assert _row(table.stdout, "second")[:2] == ["wait", "waiting"]
+
+    payload = tmp_path / "two.json"
+    payload.write_text('[1, 2, 3]')
+    last = cli.invoke(app, ["signal", created.id, "two", "--payload", f"@{payload}",
+                            "--gateway", deployment.gateway_url])
+    assert last.exit_code == 0, last.output
+    assert f"signal two sent to workflow {created.id} (completed)" in last.stdout
+    done = _wait_state(cli, created.id, {"completed"})
+    assert done.output == {"second": [1, 2, 3]}
+
+    for gw in ([], ["--gateway", deployment.gateway_url]):
+        late = cli.invoke(app, ["signal", created.id, "two", *gw])
+        assert late.exit_code == 2, late.output
+        assert late.stderr.startswith("error[already-finished]:")
+        missing = cli.invoke(app, ["signal", "no-such-id", "two", *gw])
+        assert missing.exit_code == 2, missing.output
+        assert missing.stderr.startswith("error[workflow-not-found]:")
+
+
+def _row(table: str, step: str) -> list[str]:
+    """The cells after the step id in a status table's row for ``step``."""
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if cells[0] == step:
+            return cells[1:]
+    raise AssertionError(f"no row for {step!r} in\n{table}")
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ("{not json", "--payload is not valid JSON"),
+    ("@/no/such/file.json", "cannot read /no/such/file.json"),
+])
+def test_signal_with_a_bad_payload_is_a_client_error(payload: str, message: str) -> None:
+    result = CliRunner().invoke(app, ["signal", "some-id", "go", "--payload", payload])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error[invalid-request]: {message}"), result.stderr
+
+
 @pytest.mark.parametrize("command", [["status", "no-such-id"], ["events", "no-such-id"],
-                                     ["stop", "no-such-id"]])
+                                     ["stop", "no-such-id"], ["signal", "no-such-id", "go"]])
 def test_unknown_id_is_a_client_error(cli: CliRunner, command: list[str]) -> None:
     result = cli.invoke(app, command)
     assert result.exit_code == 2

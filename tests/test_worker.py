@@ -200,6 +200,30 @@ async def test_heartbeats_keep_a_long_task_past_the_ack_wait(
     assert info.num_redelivered == 0
 
 
+async def test_a_heartbeat_timeout_adds_liveness_reports_for_the_orchestrator(
+        settings: NatsSettings, nc: Client, js: JetStreamContext) -> None:
+    s = settings.subjects
+    worker = Worker()
+
+    @worker.task("t.quiet")
+    async def quiet(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(1.0)  # no progress of its own
+        return {"done": True}
+
+    async with worker.running(settings, nc=nc):
+        task = new_task(s, "t.quiet", {}).model_copy(update={"heartbeat_timeout": 0.6})
+        await send(js, s, task)
+        got = await results_of(js, s, task)
+    *reports, final = got
+    assert final.kind == "succeeded"
+    # One when the handler starts, then one per heartbeat_timeout / 3 = 0.2 s.
+    assert len(reports) >= 3, got
+    for r in reports:
+        assert isinstance(r, TaskProgress) and r.progress is None
+        assert (r.workflow_id, r.step_id, r.attempt) == (task.workflow_id, "s1", 1)
+        assert r.started_at == final.started_at
+
+
 async def test_cancel_notice_cancels_the_running_attempt(
         settings: NatsSettings, nc: Client, js: JetStreamContext) -> None:
     s = settings.subjects
@@ -458,7 +482,7 @@ def doc_blocks(language: str) -> list[str]:
 
 def test_doc_json_examples_are_valid_messages() -> None:
     blocks = doc_blocks("json")
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     for block in blocks:
         data = json.loads(block)
         if "reply_to" in data:

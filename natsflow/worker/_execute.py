@@ -121,7 +121,7 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
 
     ctx = TaskContext(task, started_at=started_at, delivery=msg, progress_sink=progress_sink)
     interval = task.heartbeat_interval if task.heartbeat_interval > 0 else TASK_HEARTBEAT
-    beating = asyncio.create_task(_heartbeat(ctx, interval))
+    beating = asyncio.create_task(_heartbeat(ctx, interval, liveness=task.heartbeat_timeout))
     try:
         try:
             result = await _run_handler(handler, ctx, running)
@@ -134,10 +134,24 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         beating.cancel()
 
 
-async def _heartbeat(ctx: TaskContext, interval: float) -> None:
+async def _heartbeat(ctx: TaskContext, interval: float, *, liveness: float | None) -> None:
+    """Keep the attempt alive while its handler runs.
+
+    JetStream gets an in-progress ack every ``interval``. With a ``liveness`` limit (the
+    step's ``heartbeat_timeout``) the orchestrator must hear from the worker too: an
+    empty progress report (``progress: null``) goes to ``reply_to`` at once and then at
+    least three times per limit, so one lost report does not kill a live attempt.
+    """
+    if liveness is None or liveness <= 0:
+        while True:
+            await asyncio.sleep(interval)
+            await ctx.heartbeat()
+    period = min(interval, liveness / 3)
+    loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(interval)
-        await ctx.heartbeat()
+        due = loop.time() + period  # a slow publish must not stretch the period
+        await ctx.progress(None)  # an in-progress ack plus the report
+        await asyncio.sleep(max(0.0, due - loop.time()))
 
 
 async def _run_handler(handler: TaskHandler, ctx: TaskContext,

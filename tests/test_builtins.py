@@ -39,9 +39,10 @@ from contracts.builtins import (
     PublishInput,
     RequestInput,
 )
+from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from contracts.messages import TaskFailed, TaskSucceeded
-from contracts.models import MAX_STEP_OUTPUT_BYTES, TaskStep
+from contracts.models import MAX_STEP_OUTPUT_BYTES, StepState, TaskStep, WorkflowState
 from contracts.streams import Topology, declare_stream
 from contracts.subjects import TASK_TYPE_RE
 from natsflow.embedded import free_port
@@ -422,3 +423,55 @@ def test_docs_examples_are_valid_builtin_steps() -> None:
     for step in steps:
         models[step.task].model_validate(step.input)
     assert {step.task for step in steps} == BUILTIN_TASKS
+
+
+# -- through the engine: kind request / http / publish ----------------------------------
+
+
+async def test_request_http_and_publish_steps_run_through_the_engine(
+        engine: object, client: NatsflowClient, nc: Client, web: str,
+        service: str) -> None:
+    published: list[bytes] = []
+
+    async def on_msg(msg: Any) -> None:
+        published.append(msg.data)
+
+    sub = await nc.subscribe("engine.out.eu", cb=on_msg)
+    try:
+        await client.create({
+            "name": "no-code", "id": "nocode", "input": {"region": "eu", "n": 3},
+            "steps": [
+                {"id": "ask", "kind": "request", "subject": f"{service}.echo",
+                 "payload": {"n": "${input.n}"}, "headers": {"X-Test": "yes"}},
+                {"id": "call", "kind": "http", "method": "POST", "url": f"{web}/echo",
+                 "body": {"asked": "${steps.ask.output.hdr}"}, "depends_on": ["ask"]},
+                {"id": "get", "kind": "http", "url": f"{web}/json",
+                 "query": {"region": "${input.region}"}},
+                {"id": "tell", "kind": "publish", "subject": "engine.out.${input.region}",
+                 "payload": {"method": "${steps.call.output.method}"},
+                 "depends_on": ["call", "get"]},
+                {"id": "missing", "kind": "http", "url": f"{web}/status/404",
+                 "when": "input.n > 5"},
+            ]})
+        status = (await client.wait("nocode", timeout=60)).status
+    finally:
+        await sub.unsubscribe()
+    assert status is not None and status.state == WorkflowState.COMPLETED, status.error
+    assert status.step("ask").output == {"got": '{"n":3}', "hdr": "yes"}
+    assert status.step("call").output["body"] == '{"asked":"yes"}'
+    assert status.step("get").output == {"hello": "world", "query": {"region": "eu"}}
+    assert status.step("tell").output["subject"] == "engine.out.eu"
+    assert json.loads(published[0]) == {"method": "POST"}
+    assert status.step("missing").state == StepState.SKIPPED
+
+
+async def test_an_http_step_with_an_unexpected_status_fails_naming_it(
+        engine: object, client: NatsflowClient, web: str) -> None:
+    await client.create({"name": "bad-http", "id": "badhttp", "steps": [
+        {"id": "call", "kind": "http", "url": f"{web}/status/404",
+         "retry": {"max_attempts": 3, "initial_interval": 0.1}}]})
+    status = (await client.wait("badhttp", timeout=60)).status
+    assert status is not None and status.state == WorkflowState.FAILED
+    err = status.step("call").error
+    assert err is not None and err.code == "http-status" and "404" in err.message
+    assert status.step("call").attempts == 1  # a 404 is not retried

@@ -691,3 +691,19 @@ def test_a_map_can_run_a_child_workflow_per_item() -> None:
     stops = [e.workflow_id for e in eff2 if isinstance(e, WorkflowCommandEffect)]
     assert stops == ["w-m-0-1"]
     assert rec2.status.state == WorkflowState.STOPPING
+
+
+def test_an_expression_failing_at_run_time_fails_its_step_naming_expression_and_path() -> None:
+    cfg = config([{"id": "a", "task": "t", "input": {"total": {"n": "${input.count + 1}"}},
+                   "retry": {"max_attempts": 3}},
+                  {"id": "b", "task": "t", "when": "input.flag"}], on_failure="continue",
+                 input={"count": "three"})
+    rec, eff = run(cfg, [])
+    err = rec.status.step("a").error
+    assert err is not None and err.code == "expression-error" and err.step == "a"
+    assert err.field == "input.total.n" and "input.count + 1" in err.message
+    assert err.details == {"expression": "input.count + 1"}
+    assert rec.status.step("a").attempts == 1  # not retried: it would fail the same way
+    assert rec.status.step("b").error is not None
+    assert rec.status.step("b").error.field == "when"
+    assert rec.status.state == WorkflowState.FAILED and not tasks(eff)

@@ -39,6 +39,8 @@ from .messages import (
     BatchReply,
     CreateWorkflowRequest,
     IdRequest,
+    RerunRequest,
+    RetryRequest,
     SignalRequest,
     WorkflowReply,
 )
@@ -144,6 +146,26 @@ class NatsflowClient:
     async def stop(self, workflow_id: str) -> WorkflowReply:
         """Stop a workflow: running steps are cancelled and it ends ``stopped``."""
         return await self._call("workflow.stop", IdRequest(id=workflow_id), WorkflowReply)
+
+    async def pause(self, workflow_id: str) -> WorkflowReply:
+        """Pause a running workflow: nothing new starts, timers wait (409 otherwise)."""
+        return await self._call("workflow.pause", IdRequest(id=workflow_id), WorkflowReply)
+
+    async def resume(self, workflow_id: str) -> WorkflowReply:
+        """Resume a paused workflow."""
+        return await self._call("workflow.resume", IdRequest(id=workflow_id), WorkflowReply)
+
+    async def retry(self, workflow_id: str, *,
+                    inputs: dict[str, dict[str, Any]] | None = None) -> WorkflowReply:
+        """Run a failed or stopped workflow again from its unfinished steps."""
+        return await self._call("workflow.retry",
+                                RetryRequest(id=workflow_id, inputs=inputs or {}), WorkflowReply)
+
+    async def rerun(self, workflow_id: str, *, input: dict[str, Any] | None = None,
+                    from_step: str | None = None, new_id: str | None = None) -> WorkflowReply:
+        """A new workflow from the same config (the reply is the new one's)."""
+        return await self._call("workflow.rerun", RerunRequest(
+            id=workflow_id, input=input, from_step=from_step, new_id=new_id), WorkflowReply)
 
     async def signal(self, workflow_id: str, name: str, payload: Any = None) -> WorkflowReply:
         """Send the signal ``name`` to a workflow (a wait step takes it, or it is kept)."""

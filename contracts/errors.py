@@ -20,6 +20,7 @@ Hierarchy::
     ├── Conflict                  conflict             the request clashes with current state
     │   ├── IdConflict            id-conflict          same id, different config
     │   ├── AlreadyFinished       already-finished     the workflow/batch is terminal
+    │   ├── InvalidState          invalid-state        not allowed in the workflow's state
     │   └── TooManySignals        too-many-signals     signals pile up with no wait step
     └── Unavailable               unavailable          NATS or the engine is unreachable (retryable)
         └── EngineTimeout         engine-timeout       no answer in time (retryable)
@@ -48,6 +49,7 @@ __all__ = [
     "IdConflict",
     "InvalidGraph",
     "InvalidRequest",
+    "InvalidState",
     "NatsflowError",
     "NotFound",
     "PayloadTooLarge",
@@ -202,6 +204,12 @@ class AlreadyFinished(Conflict):
     """The workflow or batch has already reached a terminal state."""
 
     code = "already-finished"
+
+
+class InvalidState(Conflict):
+    """The operation is not allowed in the workflow's current state (the reason says why)."""
+
+    code = "invalid-state"
 
 
 class TooManySignals(Conflict):

@@ -44,6 +44,8 @@ __all__ = [
     "TaskProgress",
     "TaskResult",
     "TaskSucceeded",
+    "RerunRequest",
+    "RetryRequest",
     "SignalRequest",
     "WorkflowReply",
     "WorkflowTemplate",
@@ -240,6 +242,31 @@ class IdRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1, max_length=128)
+
+
+class RetryRequest(BaseModel):
+    """``workflow.retry``: run a failed or stopped workflow again from its unfinished steps,
+    keeping the outputs of the steps that succeeded; ``inputs`` replace the input of
+    retried steps (by step id)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=128)
+    inputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class RerunRequest(BaseModel):
+    """``workflow.rerun``: a new workflow from the same config, with the same input (or
+    ``input``). With ``from_step``, only that step and the steps after it run again; the
+    others that had succeeded take their earlier outputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=128)
+    input: dict[str, Any] | None = None
+    from_step: str | None = Field(default=None, max_length=128)
+    new_id: str | None = Field(default=None, min_length=1, max_length=128,
+                               pattern=r"^[A-Za-z0-9_-]+$")
 
 
 class SignalRequest(BaseModel):

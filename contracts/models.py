@@ -97,13 +97,15 @@ class WorkflowState(StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     COMPENSATING = "compensating"
+    PAUSED = "paused"
 
 
 WORKFLOW_TERMINAL: Final[frozenset[WorkflowState]] = frozenset(
     {WorkflowState.COMPLETED, WorkflowState.FAILED, WorkflowState.STOPPED}
 )
 WORKFLOW_ACTIVE: Final[frozenset[WorkflowState]] = frozenset(
-    {WorkflowState.RUNNING, WorkflowState.STOPPING, WorkflowState.COMPENSATING}
+    {WorkflowState.RUNNING, WorkflowState.STOPPING, WorkflowState.COMPENSATING,
+     WorkflowState.PAUSED}
 )
 
 
@@ -638,7 +640,9 @@ class StepStatus(BaseModel):
     kind: StepKind = StepKind.TASK
     task: str | None = Field(default=None, description="The task type, for worker steps.")
     state: StepState = StepState.PENDING
-    attempts: int = Field(default=0, description="Attempts dispatched so far.")
+    attempts: int = Field(default=0, description="Attempts dispatched so far (all runs).")
+    attempt_base: int = Field(default=0, description="Attempts of earlier runs (a retried "
+                              "workflow numbers its attempts on, so each stays unique).")
     output: Any = None
     error: ErrorInfo | None = None
     progress: Any = Field(default=None, description="The last progress a worker reported.")
@@ -653,6 +657,10 @@ class StepStatus(BaseModel):
     child_id: str | None = Field(default=None, description="A workflow step's child.")
     compensates: str | None = Field(default=None,
                                     description="The step this compensation undoes.")
+    input_override: dict[str, Any] | None = Field(
+        default=None, description="Input given by a retry, used instead of the config's.")
+    reused_from: str | None = Field(default=None, description="A rerun took this step's "
+                                    "output from that workflow instead of running it.")
     map: MapProgress | None = Field(default=None, description="A map step's items.")
 
 
@@ -712,6 +720,10 @@ class WorkflowStatus(BaseModel):
         default_factory=list, description="Compensation steps still to run, in order.")
     outcome: WorkflowState | None = Field(
         default=None, description="While compensating: the state it will end in.")
+    deferred_timers: list[dict[str, Any]] = Field(
+        default_factory=list, description="Timers that came due while paused.")
+    runs: int = Field(default=1, description="1, plus one per retry.")
+    rerun_of: str | None = Field(default=None, description="The workflow this one reruns.")
 
     def step(self, step_id: str) -> StepStatus:
         """The status of the step with this id (KeyError if none)."""
@@ -741,6 +753,9 @@ class EventType(StrEnum):
     STEP_WAITING = "step.waiting"
     SIGNAL_RECEIVED = "signal.received"
     WORKFLOW_COMPENSATING = "workflow.compensating"
+    WORKFLOW_PAUSED = "workflow.paused"
+    WORKFLOW_RESUMED = "workflow.resumed"
+    WORKFLOW_RETRIED = "workflow.retried"
 
 
 EVENT_TERMINAL: Final[frozenset[EventType]] = frozenset(

@@ -10,19 +10,21 @@ orchestrator's, which answers them with the same codes.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from fastapi import Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from contracts.definitions import RunDefinition
 from contracts.errors import InvalidRequest, PayloadTooLarge, validation_failed
 from contracts.messages import BatchConfig
 from contracts.models import WorkflowConfig
 
+_M = TypeVar("_M", bound=BaseModel)
+
 __all__ = ["read_batch_config", "read_body", "read_create_body", "read_json",
-           "read_workflow_config", "read_yaml_or_json"]
+           "read_model", "read_workflow_config", "read_yaml_or_json"]
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
@@ -86,6 +88,14 @@ def read_yaml_or_json(raw: bytes, content_type: str) -> Any:
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and UnicodeDecodeError.
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def read_model(model: type[_M], data: Any) -> _M:
+    """Validate a parsed body as ``model``, each wrong field named."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(exc) from None
 
 
 def read_workflow_config(data: Any) -> WorkflowConfig:

@@ -29,6 +29,7 @@ from contracts.errors import (
     IdConflict,
     InvalidGraph,
     InvalidRequest,
+    InvalidState,
     NatsflowError,
     NotFound,
     PayloadTooLarge,
@@ -83,6 +84,7 @@ HTTP_BY_CODE: Final[Mapping[str, HttpMapping]] = {
     IdConflict.code: HttpMapping(409, "Id already used by a different config"),
     AlreadyFinished.code: HttpMapping(409, "Already finished"),
     TooManySignals.code: HttpMapping(409, "Too many signals waiting"),
+    InvalidState.code: HttpMapping(409, "Not allowed in this state"),
     Unavailable.code: HttpMapping(503, "Service unavailable", retry_after=2),
     EngineTimeout.code: HttpMapping(503, "Orchestrator did not answer in time", retry_after=5),
 }

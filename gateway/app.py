@@ -26,11 +26,13 @@ from contracts.messages import (
     BatchConfig,
     BatchReply,
     BatchStatus,
+    RerunRequest,
+    RetryRequest,
     WorkflowReply,
 )
 from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowStatus
 
-from ._bodies import read_batch_config, read_create_body, read_json
+from ._bodies import read_batch_config, read_create_body, read_json, read_model
 from ._definitions import add_definition_routes
 from ._link import NatsLink
 from ._problems import install_problem_handlers, problem_responses
@@ -206,6 +208,46 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         """
         payload = await read_json(request, limit=MAX_SIGNAL_BYTES, optional=True)
         return _answer(await link.client().signal(workflow_id, name, payload), 202)
+
+    @app.post("/workflows/{workflow_id}/pause", response_model=WorkflowStatus,
+              summary="Pause a running workflow", tags=["workflows"],
+              responses=problem_responses(404, 409, 422, 503))
+    async def pause_workflow(workflow_id: _WorkflowId) -> Response:
+        """Nothing new is dispatched and timers wait until resumed; running steps may
+        finish and their results are kept. 409 unless running (or already paused)."""
+        return _answer(await link.client().pause(workflow_id), 200)
+
+    @app.post("/workflows/{workflow_id}/resume", response_model=WorkflowStatus,
+              summary="Resume a paused workflow", tags=["workflows"],
+              responses=problem_responses(404, 409, 422, 503))
+    async def resume_workflow(workflow_id: _WorkflowId) -> Response:
+        """Carry on; timers that came due while paused fire now. 409 unless paused."""
+        return _answer(await link.client().resume(workflow_id), 200)
+
+    @app.post("/workflows/{workflow_id}/retry", status_code=202,
+              response_model=WorkflowStatus, summary="Retry a failed or stopped workflow",
+              tags=["workflows"], responses=problem_responses(404, 409, 413, 422, 503))
+    async def retry_workflow(workflow_id: _WorkflowId, request: Request) -> Response:
+        """Run it again from its unfinished steps, keeping the outputs of those that
+        succeeded. Optional body `{"inputs": {"<step>": {...}}}` replaces retried steps'
+        inputs. 409 unless failed or stopped (or when it was compensated)."""
+        body = await read_json(request, limit=MAX_CONFIG_BYTES, optional=True) or {}
+        req = read_model(RetryRequest, {**body, "id": workflow_id})
+        return _answer(await link.client().retry(workflow_id, inputs=req.inputs), 202)
+
+    @app.post("/workflows/{workflow_id}/rerun", status_code=202,
+              response_model=WorkflowStatus, summary="Run a workflow again as a new one",
+              tags=["workflows"], responses=problem_responses(404, 413, 422, 503))
+    async def rerun_workflow(workflow_id: _WorkflowId, request: Request) -> Response:
+        """A new workflow from the same config and input. Optional body: `input` (a new
+        input), `from_step` (only that step and those after it run; the others reuse
+        their outputs), `new_id`. 202 with the new workflow and its `Location`."""
+        body = await read_json(request, limit=MAX_CONFIG_BYTES, optional=True) or {}
+        req = read_model(RerunRequest, {**body, "id": workflow_id})
+        reply = await link.client().rerun(workflow_id, input=req.input,
+                                          from_step=req.from_step, new_id=req.new_id)
+        location = str(app.url_path_for("get_workflow", workflow_id=reply.id))
+        return _answer(reply, 202, location=location)
 
     add_definition_routes(app, link)
 

@@ -23,6 +23,7 @@ from contracts.errors import InvalidRequest, NatsflowError
 from contracts.models import WorkflowState, WorkflowStatus
 
 from ._cli_common import console, fail, run, run_until_signal, with_settings
+from ._cli_control import register_control_commands
 from ._cli_definitions import definitions_app, run_command
 from ._cli_render import event_line, workflow_view
 
@@ -318,6 +319,7 @@ def events(
 
 
 app.add_typer(definitions_app)
+register_control_commands(app)
 app.command("run")(run_command)
 
 

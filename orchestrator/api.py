@@ -39,6 +39,7 @@ from contracts.errors import (
     NatsflowError,
     PayloadTooLarge,
     Unavailable,
+    ValidationFailed,
     WorkflowNotFound,
     error_from_info,
     validation_failed,
@@ -50,10 +51,18 @@ from contracts.messages import (
     BatchReply,
     CreateWorkflowRequest,
     IdRequest,
+    RerunRequest,
+    RetryRequest,
     SignalRequest,
     WorkflowReply,
 )
-from contracts.models import MAX_CONFIG_BYTES, TRUSTED, WorkflowConfig
+from contracts.models import (
+    MAX_CONFIG_BYTES,
+    TRUSTED,
+    StepState,
+    WorkflowConfig,
+    ancestors_of,
+)
 from contracts.subjects import TOKEN_RE, Subjects
 
 from .definitions import DefinitionStore
@@ -61,6 +70,9 @@ from .records import (
     BatchRecord,
     CreateBatch,
     CreateWorkflow,
+    PauseWorkflow,
+    ResumeWorkflow,
+    RetryWorkflow,
     SignalWorkflow,
     StartWorkflow,
     StopBatch,
@@ -118,6 +130,8 @@ class Api:
             "workflow.create": self.create, "workflow.start": self.start_workflow,
             "workflow.get": self.get, "workflow.stop": self.stop_workflow,
             "workflow.signal": self.signal_workflow,
+            "workflow.pause": self.pause_workflow, "workflow.resume": self.resume_workflow,
+            "workflow.retry": self.retry_workflow, "workflow.rerun": self.rerun_workflow,
             "definition.put": self.put_definition, "definition.get": self.get_definition,
             "definition.list": self.list_definitions,
             "batch.create": self.create_batch, "batch.get": self.get_batch,
@@ -315,6 +329,63 @@ class Api:
         msg = await self._command(self.subjects.workflow_command(req.id),
                                   SignalWorkflow(name=req.name, payload=req.payload))
         reply: WorkflowReply = self._outcome(msg, WorkflowReply, req.id)
+        return reply
+
+    async def pause_workflow(self, data: bytes) -> WorkflowReply:
+        """``workflow.pause``: dispatch nothing new, hold timers (IdRequest)."""
+        reply: WorkflowReply = await self._by_id_command(data, PauseWorkflow(), batch=False)
+        return reply
+
+    async def resume_workflow(self, data: bytes) -> WorkflowReply:
+        """``workflow.resume`` (IdRequest)."""
+        reply: WorkflowReply = await self._by_id_command(data, ResumeWorkflow(), batch=False)
+        return reply
+
+    async def retry_workflow(self, data: bytes) -> WorkflowReply:
+        """``workflow.retry``: RetryRequest -> WorkflowReply."""
+        req = RetryRequest.model_validate_json(data)
+        if not TOKEN_RE.match(req.id):
+            raise WorkflowNotFound(f"no such id {req.id!r}", field="id")
+        msg = await self._command(self.subjects.workflow_command(req.id),
+                                  RetryWorkflow(inputs=req.inputs))
+        reply: WorkflowReply = self._outcome(msg, WorkflowReply, req.id)
+        return reply
+
+    async def rerun_workflow(self, data: bytes) -> WorkflowReply:
+        """``workflow.rerun``: RerunRequest -> WorkflowReply of the new workflow."""
+        req = RerunRequest.model_validate_json(data)
+        if not TOKEN_RE.match(req.id):
+            raise WorkflowNotFound(f"no such id {req.id!r}", field="id")
+        raw, _ = await self.workflows.load(req.id)
+        if raw is None:
+            raise WorkflowNotFound(f"no workflow {req.id!r}", field="id")
+        old = WorkflowRecord.model_validate_json(raw, context={TRUSTED: True})
+        cfg = old.config
+        reuse: dict[str, Any] = {}
+        if req.from_step is not None:
+            ids = {s.id for s in cfg.steps}
+            if req.from_step not in ids:
+                raise ValidationFailed(f"no step {req.from_step!r} in workflow {req.id}",
+                                       field="from_step")
+            ancestors = ancestors_of(cfg)
+            again = {sid for sid in ids if req.from_step in ancestors[sid]} | {req.from_step}
+            reuse = {s.id: s.output for s in old.status.steps
+                     if s.id not in again and s.state == StepState.SUCCEEDED
+                     and not s.compensates}
+        try:
+            config = WorkflowConfig.model_validate({
+                **cfg.model_dump(exclude_none=True), "id": req.new_id or new_id(),
+                "input": old.status.input if req.input is None else req.input,
+                "start": True})
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+        assert config.id is not None
+        cmd = CreateWorkflow(config=config, fingerprint=fingerprint(config), reuse=reuse,
+                             rerun_of=req.id)
+        msg = await self._command(self.subjects.workflow_command(config.id), cmd)
+        reply: WorkflowReply = self._outcome(msg, WorkflowReply, config.id)
+        if msg is None:
+            reply.created = True
         return reply
 
     async def get(self, data: bytes) -> WorkflowReply:

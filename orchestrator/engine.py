@@ -25,6 +25,7 @@ from contracts.errors import (
     AlreadyFinished,
     ErrorInfo,
     IdConflict,
+    InvalidState,
     TooManySignals,
     WorkflowNotFound,
 )
@@ -61,8 +62,11 @@ from .records import (
     MapJoined,
     NotifyBatchEffect,
     NotifyParentEffect,
+    PauseWorkflow,
     Reply,
     ResultInput,
+    ResumeWorkflow,
+    RetryWorkflow,
     SignalWorkflow,
     StartWorkflow,
     StopWorkflow,
@@ -136,13 +140,18 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
                              field="id")
             return WorkflowDecision(record=None, reply=Reply(error=err.info()))
         tx = _Tx(new_record(inp, now), now, settings)
-        tx.emit(EventType.WORKFLOW_CREATED, data={"name": inp.config.name})
+        created: dict[str, object] = {"name": inp.config.name}
+        if inp.rerun_of:
+            created["rerun_of"] = inp.rerun_of
+        tx.emit(EventType.WORKFLOW_CREATED, data=created)
+        tx.reuse(inp)
         if inp.config.start:
             tx.start()
         return tx.decision(Reply(created=True))
 
     if record is None:
-        if isinstance(inp, StartWorkflow | StopWorkflow | SignalWorkflow):
+        if isinstance(inp, StartWorkflow | StopWorkflow | SignalWorkflow | PauseWorkflow
+                      | ResumeWorkflow | RetryWorkflow):
             return WorkflowDecision(record=None, reply=Reply(
                 error=WorkflowNotFound("no such workflow").info()))
         return WorkflowDecision(record=None)
@@ -161,6 +170,10 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
             error = tx.on_signal(inp)
             if error is not None:
                 return WorkflowDecision(record=None, reply=Reply(error=error))
+    elif isinstance(inp, PauseWorkflow | ResumeWorkflow | RetryWorkflow):
+        error = tx.control(inp)
+        if error is not None:
+            return WorkflowDecision(record=None, reply=Reply(error=error))
     elif isinstance(inp, ResultInput):
         tx.on_result(inp)
     elif isinstance(inp, MapJoined):
@@ -249,7 +262,8 @@ class _Tx:
         self.status.started_at = self.now
         self.emit(EventType.WORKFLOW_STARTED)
         if self.config.timeout:
-            self.timer("workflow-timeout", self.now + timedelta(seconds=self.config.timeout))
+            self.timer("workflow-timeout", self.now + timedelta(seconds=self.config.timeout),
+                       attempt=self.status.runs)
         self.advance()
 
     def stop(self, reason: str | None) -> None:
@@ -400,7 +414,8 @@ class _Tx:
     def begin(self, cfg: StepConfig, step: StepStatus) -> None:
         """Start one attempt of a step (its condition first, on the first attempt)."""
         step = self.own(step)
-        if cfg.when is not None and step.attempts == 0:
+        first = step.attempts == step.attempt_base
+        if cfg.when is not None and first:
             try:
                 go = kinds.condition(cfg, self.context())
             except kinds.StepInputError as exc:
@@ -410,9 +425,9 @@ class _Tx:
             if not go:
                 self.skip(step, "condition is false")
                 return
-        if step.attempts == 0 and cfg.total_timeout:
+        if first and cfg.total_timeout:
             self.timer("total-timeout", self.now + timedelta(seconds=cfg.total_timeout),
-                       step=cfg.id, attempt=1)
+                       step=cfg.id, attempt=step.attempt_base + 1)
         step.attempts += 1
         step.next_attempt_at = None
         step.dispatched_at = self.now
@@ -485,7 +500,7 @@ class _Tx:
             return
         error = error.model_copy(update={"step": step.id})
         final = (not error.retryable or error.code in cfg.retry.non_retryable_codes
-                 or step.attempts >= cfg.retry.max_attempts)
+                 or step.attempts - step.attempt_base >= cfg.retry.max_attempts)
         self.fail_step(cfg, step, error, final=final)
 
     def fail_step(self, cfg: StepConfig, step: StepStatus, error: ErrorInfo, *,
@@ -494,16 +509,16 @@ class _Tx:
         step.error = error
         err_data = error.model_dump(exclude_none=True)
         if not final:
-            delay = cfg.retry.delay_before(step.attempts + 1,
+            delay = cfg.retry.delay_before(step.attempts - step.attempt_base + 1,
                                            seed=f"{self.status.id}:{step.id}")
             step.state = StepState.RETRYING
             step.next_attempt_at = self.now + timedelta(seconds=delay)
             self.emit(EventType.STEP_RETRYING, step=step.id, attempt=step.attempts,
                       data={"error": err_data, "next_attempt": step.attempts + 1,
                             "delay": delay})
-            if delay <= 0:
+            if delay <= 0 and self.status.state != WorkflowState.PAUSED:
                 self.begin(cfg, step)
-            else:
+            else:  # a paused workflow starts nothing: the timer waits for the resume
                 self.timer("retry", step.next_attempt_at, step=step.id,
                            attempt=step.attempts + 1)
             return
@@ -552,6 +567,108 @@ class _Tx:
                 other = self.own(other)
                 other.state = StepState.CANCELLED
                 other.next_attempt_at = None
+
+    # -- control ------------------------------------------------------------------
+    def reuse(self, inp: CreateWorkflow) -> None:
+        """A rerun: the steps it reuses succeed at once with the earlier outputs."""
+        self.status.rerun_of = inp.rerun_of
+        for sid, output in inp.reuse.items():
+            step = self.steps.get(sid)
+            if step is None:
+                continue
+            step = self.own(step)
+            step.state = StepState.SUCCEEDED
+            step.output = output
+            step.reused_from = inp.rerun_of
+            step.finished_at = self.now
+            self.outputs_bytes += kinds.json_size(output)
+            self.emit(EventType.STEP_SUCCEEDED, step=sid,
+                      data={"output": output, "reused_from": inp.rerun_of})
+
+    def control(self, inp: PauseWorkflow | ResumeWorkflow | RetryWorkflow) -> ErrorInfo | None:
+        """Pause, resume or retry; an error when the state does not allow it."""
+        st = self.status
+        state = st.state
+        if isinstance(inp, PauseWorkflow):
+            if state == WorkflowState.PAUSED:
+                return None
+            if state != WorkflowState.RUNNING:
+                return InvalidState(f"only a running workflow can be paused; "
+                                    f"{st.id} is {state.value}").info()
+            st.state = WorkflowState.PAUSED
+            self.emit(EventType.WORKFLOW_PAUSED)
+            return None
+        if isinstance(inp, ResumeWorkflow):
+            if state == WorkflowState.RUNNING:
+                return None
+            if state != WorkflowState.PAUSED:
+                return InvalidState(f"only a paused workflow can be resumed; "
+                                    f"{st.id} is {state.value}").info()
+            st.state = WorkflowState.RUNNING
+            self.emit(EventType.WORKFLOW_RESUMED,
+                      data={"timers": len(st.deferred_timers)})
+            deferred, st.deferred_timers = st.deferred_timers, []
+            for raw in deferred:
+                self.on_timer(TimerFired.model_validate(raw))
+            self.after_resume()
+            return None
+        return self.retry(inp)
+
+    def after_resume(self) -> None:
+        """What a pause held back: a fail-fast failure, map items, then the next steps."""
+        if not self.running:
+            return
+        failed = [s for s in self.status.steps
+                  if s.state == StepState.FAILED and not s.compensates]
+        if failed and self.config.on_failure == "fail-fast":
+            self.cancel_all("another step failed")
+            err = failed[0].error or ErrorInfo(code="step-failed", message="")
+            self.conclude(WorkflowState.FAILED, ErrorInfo(
+                code=err.code, message=f"step {failed[0].id!r} failed: {err.message}",
+                step=failed[0].id, retryable=False))
+            return
+        for s in list(self.status.steps):
+            cfg = self.cfgs[s.id]
+            if isinstance(cfg, MapStep) and s.state == StepState.RUNNING:
+                fanout.resume(self, cfg, self.own(s))
+
+    def retry(self, inp: RetryWorkflow) -> ErrorInfo | None:
+        """A failed or stopped workflow runs again from its unfinished steps."""
+        st = self.status
+        if st.state not in (WorkflowState.FAILED, WorkflowState.STOPPED):
+            return InvalidState(f"only a failed or stopped workflow can be retried; "
+                                f"{st.id} is {st.state.value}").info()
+        if any(s.compensates and s.state in (StepState.SUCCEEDED, StepState.FAILED)
+               for s in st.steps):
+            return InvalidState(f"workflow {st.id} was compensated; rerun it instead").info()
+        unknown = sorted(set(inp.inputs) - set(self.cfgs))
+        if unknown:
+            return ErrorInfo(code="validation-failed", field=f"inputs.{unknown[0]}",
+                             message=f"no step {unknown[0]!r} in workflow {st.id}")
+        again = []
+        for s in list(st.steps):
+            if s.state == StepState.SUCCEEDED:
+                continue
+            s = self.own(s)
+            again.append(s.id)
+            s.attempt_base = s.attempts
+            s.state = StepState.PENDING
+            s.input_override = inp.inputs.get(s.id, s.input_override)
+            for name in ("output", "error", "progress", "dispatched_at", "started_at",
+                         "finished_at", "next_attempt_at", "heartbeat_at", "wake_at",
+                         "child_id", "map"):
+                setattr(s, name, None)
+        st.runs += 1
+        st.state = WorkflowState.RUNNING
+        st.error = None
+        st.output = None
+        st.finished_at = None
+        st.outcome = None
+        self.emit(EventType.WORKFLOW_RETRIED, data={"run": st.runs, "steps": again})
+        if self.config.timeout:
+            self.timer("workflow-timeout", self.now + timedelta(seconds=self.config.timeout),
+                       attempt=st.runs)
+        return None
 
     # -- inputs -------------------------------------------------------------------
     def on_signal(self, sig: SignalWorkflow) -> ErrorInfo | None:
@@ -626,6 +743,11 @@ class _Tx:
         st = self.status
         if st.state in WORKFLOW_TERMINAL:
             return
+        if st.state == WorkflowState.PAUSED:
+            # Held until the resume, which fires it (its guards are checked then).
+            st.deferred_timers.append(timer.model_dump(mode="json"))
+            self.dirty = True
+            return
         if timer.purpose == "stop-grace":
             if st.state != WorkflowState.STOPPING:
                 return
@@ -639,7 +761,7 @@ class _Tx:
             self.conclude(WorkflowState.STOPPED, None)
             return
         if timer.purpose == "workflow-timeout":
-            if self.running:
+            if self.running and timer.attempt in (0, st.runs):
                 self.cancel_all("the workflow timed out")
                 self.conclude(WorkflowState.FAILED, ErrorInfo(
                     code="workflow-timeout", retryable=False,
@@ -661,7 +783,8 @@ class _Tx:
             if step.state == StepState.RETRYING and step.attempts + 1 == timer.attempt:
                 self.begin(cfg, step)
         elif timer.purpose == "total-timeout":
-            if step.state in STEP_ACTIVE | {StepState.RETRYING}:
+            if (step.state in STEP_ACTIVE | {StepState.RETRYING}
+                    and timer.attempt == step.attempt_base + 1):
                 self.time_out(cfg, step, ErrorInfo(
                     code="step-total-timeout", retryable=False, step=step.id,
                     message=f"the step did not finish within {cfg.total_timeout}s"))

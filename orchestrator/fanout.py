@@ -49,7 +49,7 @@ from .records import (
 if TYPE_CHECKING:
     from .engine import _Tx
 
-__all__ = ["begin_map", "cancel_items", "item_step_id", "on_item_result", "on_item_timer",
+__all__ = ["begin_map", "cancel_items", "resume", "item_step_id", "on_item_result", "on_item_timer",
            "on_joined", "output_key", "output_prefix", "parse_item"]
 
 _ITEM_RE = re.compile(r"^(?P<step>[A-Za-z0-9_-]+)\[(?P<index>\d+)\]$")
@@ -253,6 +253,8 @@ def _advance(tx: _Tx, cfg: MapStep, step: StepStatus) -> None:
             tx.emit(EventType.STEP_CANCELLED, step=cfg.id, attempt=step.attempts)
             tx.maybe_finish_stopping()
         return
+    if tx.status.state != WorkflowState.RUNNING:
+        return  # paused: nothing new starts; the resume carries on from here
     _fill(tx, cfg, step)
     if step.state != StepState.RUNNING or m.next < m.total or m.running or m.retrying:
         return
@@ -267,6 +269,11 @@ def _advance(tx: _Tx, cfg: MapStep, step: StepStatus) -> None:
         m.joining = True
         tx.effects.append(JoinMapEffect(workflow_id=tx.status.id, step_id=cfg.id,
                                         attempt=step.attempts, total=m.total))
+
+
+def resume(tx: _Tx, cfg: MapStep, step: StepStatus) -> None:
+    """After a pause: start the items held back, or join."""
+    _advance(tx, cfg, step)
 
 
 def on_item_result(tx: _Tx, cfg: MapStep, step: StepStatus, i: int,

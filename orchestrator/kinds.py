@@ -95,13 +95,14 @@ def child_id(workflow_id: str, step_id: str, attempt: int) -> str:
     return f"{workflow_id}-{step_id}-{attempt}"[:128]
 
 
-def task_input(cfg: StepConfig, ctx: dict[str, Any]) -> dict[str, Any]:
-    """The rendered input of a worker-kind step's task message."""
+def task_input(cfg: StepConfig, ctx: dict[str, Any],
+               override: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The rendered input of a worker-kind step's task message (``override``: a retry's)."""
     def r(name: str, value: Any) -> Any:
         return _eval(render, cfg.id, name, value, ctx)
 
     if isinstance(cfg, TaskStep):
-        out = r("input", cfg.input)
+        out = r("input", cfg.input if override is None else override)
         assert isinstance(out, dict)
         return out
     if isinstance(cfg, RequestStep):
@@ -126,7 +127,7 @@ def begin(tx: _Tx, cfg: StepConfig, step: StepStatus) -> None:
     wid = tx.status.id
     attempt = step.attempts
     if cfg.task_type is not None:
-        inp = task_input(cfg, tx.context())
+        inp = task_input(cfg, tx.context(), step.input_override)
         step.state = StepState.DISPATCHED
         hb = heartbeat_timeout(cfg)
         deadline = tx.now + timedelta(seconds=cfg.timeout) if cfg.timeout else None

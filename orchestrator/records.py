@@ -39,6 +39,9 @@ __all__ = [
     "JoinMapEffect",
     "MapJoined",
     "MemberFinished",
+    "PauseWorkflow",
+    "ResumeWorkflow",
+    "RetryWorkflow",
     "PutOutputEffect",
     "NotifyParentEffect",
     "SignalWorkflow",
@@ -73,6 +76,9 @@ class CreateWorkflow(BaseModel):
     config: WorkflowConfig
     fingerprint: str
     batch_id: str | None = None
+    reuse: dict[str, Any] = Field(default_factory=dict,
+                                  description="Rerun: step id -> output taken as is.")
+    rerun_of: str | None = None
 
 
 class StartWorkflow(BaseModel):
@@ -88,6 +94,29 @@ class StopWorkflow(BaseModel):
     model_config = _Frozen
     kind: Literal["stop"] = "stop"
     reason: str | None = None
+
+
+class PauseWorkflow(BaseModel):
+    """Dispatch nothing new and hold timers until resumed."""
+
+    model_config = _Frozen
+    kind: Literal["pause"] = "pause"
+
+
+class ResumeWorkflow(BaseModel):
+    """Carry on after a pause (timers that came due fire now)."""
+
+    model_config = _Frozen
+    kind: Literal["resume"] = "resume"
+
+
+class RetryWorkflow(BaseModel):
+    """Run a failed or stopped workflow again from its unfinished steps."""
+
+    model_config = _Frozen
+    kind: Literal["retry"] = "retry"
+    inputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Step id -> input to use instead of its own.")
 
 
 class SignalWorkflow(BaseModel):
@@ -114,7 +143,8 @@ class MapJoined(BaseModel):
 
 #: Commands sent on ``<prefix>.cmd.wf.<id>``.
 WorkflowCommand = Annotated[CreateWorkflow | StartWorkflow | StopWorkflow | SignalWorkflow
-                            | MapJoined, Field(discriminator="kind")]
+                            | MapJoined | PauseWorkflow | ResumeWorkflow | RetryWorkflow,
+                            Field(discriminator="kind")]
 
 
 class ResultInput(BaseModel):
@@ -144,7 +174,7 @@ class TimerFired(BaseModel):
 
 WorkflowInput = Annotated[
     CreateWorkflow | StartWorkflow | StopWorkflow | SignalWorkflow | MapJoined | ResultInput
-    | TimerFired,
+    | TimerFired | PauseWorkflow | ResumeWorkflow | RetryWorkflow,
     Field(discriminator="kind"),
 ]
 

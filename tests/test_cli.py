@@ -380,3 +380,29 @@ def test_definitions_apply_ls_show_and_run(cli: CliRunner, tmp_path: Path) -> No
     assert status.step("hi").output == {"text": "hi ada"} and status.definition_version == 1
     missing = cli.invoke(app, ["run", "no-such-definition"])
     assert missing.exit_code == 2 and "definition-not-found" in missing.stderr
+
+
+def test_pause_resume_retry_and_rerun_from_the_cli(cli: CliRunner, tmp_path: Path) -> None:
+    wf = tmp_path / "wf.yaml"
+    wid = "cli-ctl-" + os.urandom(3).hex()
+    wf.write_text(f"name: ctl\nid: {wid}\nsteps:\n"
+                  "  - {id: nap, task: demo.sleep, input: {seconds: 1}}\n"
+                  "  - {id: bad, task: demo.fail, depends_on: [nap]}\n")
+    assert cli.invoke(app, ["submit", str(wf)]).exit_code == 0
+    paused = cli.invoke(app, ["pause", wid, "--json"])
+    assert paused.exit_code == 0, paused.output
+    assert WorkflowStatus.model_validate_json(paused.stdout).state == "paused"
+    refused = cli.invoke(app, ["retry", wid])
+    assert refused.exit_code == 2 and "invalid-state" in refused.stderr
+    assert cli.invoke(app, ["resume", wid]).exit_code == 0
+    _wait_state(cli, wid, {"failed"})
+    retried = cli.invoke(app, ["retry", wid, "--json"])
+    assert retried.exit_code == 0, retried.output
+    assert WorkflowStatus.model_validate_json(retried.stdout).runs == 2
+    _wait_state(cli, wid, {"failed"})
+    rerun = cli.invoke(app, ["rerun", wid, "--from-step", "bad", "--id", wid + "-b"])
+    assert rerun.exit_code == 0, rerun.output
+    status = _wait_state(cli, wid + "-b", {"failed"})
+    assert status.step("nap").reused_from == wid
+    bad = cli.invoke(app, ["retry", wid, "--inputs", "[1]"])
+    assert bad.exit_code == 2 and "invalid-request" in bad.stderr

@@ -33,8 +33,10 @@ from orchestrator.records import (
     JoinMapEffect,
     MapJoined,
     NotifyParentEffect,
+    PauseWorkflow,
     PutOutputEffect,
     ResultInput,
+    ResumeWorkflow,
     SignalWorkflow,
     StartChildEffect,
     StopWorkflow,
@@ -498,6 +500,20 @@ class KindsMachine(RuleBasedStateMachine):
     @rule()
     def stop(self) -> None:
         self.apply(StopWorkflow())
+
+    @rule()
+    def pause(self) -> None:
+        self.apply(PauseWorkflow())
+
+    @rule()
+    def resume(self) -> None:
+        self.apply(ResumeWorkflow())
+
+    @invariant()
+    def a_paused_workflow_starts_nothing(self) -> None:
+        if self.record is not None and self.record.status.state == WorkflowState.PAUSED:
+            d = decide(self.record, SignalWorkflow(name="a"), T0 + timedelta(days=1))
+            assert d.record is None or not any(isinstance(e, TaskEffect) for e in d.effects)
 
     @invariant()
     def events_are_gap_free_with_one_terminal(self) -> None:

@@ -1,0 +1,98 @@
+"""``natsflow pause|resume|retry|rerun``: control a workflow over the NATS API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from contracts.client import NatsflowClient
+from contracts.connect import NatsSettings
+from contracts.errors import InvalidRequest
+from contracts.messages import WorkflowReply
+from contracts.models import WorkflowStatus
+
+from ._cli_common import console, fail, run, with_settings
+
+__all__ = ["register_control_commands"]
+
+_Id = Annotated[str, typer.Argument(metavar="ID", help="The workflow's id.")]
+_JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _json_object(value: str | None, option: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        fail(InvalidRequest(f"{option} is not a JSON object: {exc}", field=option))
+    if not isinstance(data, dict):
+        fail(InvalidRequest(f"{option} must be a JSON object", field=option))
+    return data
+
+
+def _call(settings: NatsSettings, as_json: bool,
+          op: Callable[[NatsflowClient], Awaitable[WorkflowReply]]) -> None:
+    from ._cli_workflows import nats_client, require_status
+
+    async def _go() -> WorkflowStatus:
+        async with nats_client(settings) as client:
+            return require_status(await op(client))
+
+    status = run(_go())
+    if as_json:
+        typer.echo(status.model_dump_json(indent=2))
+    else:
+        console.print(f"workflow [bold]{status.id}[/] {status.state.value}")
+
+
+def register_control_commands(app: typer.Typer) -> None:
+    """Add pause, resume, retry and rerun to the ``natsflow`` command."""
+
+    @app.command()
+    @with_settings
+    def pause(workflow_id: _Id, as_json: _JsonOpt = False, *,
+              settings: NatsSettings) -> None:
+        """Pause a running workflow: nothing new starts and timers wait until resumed."""
+        _call(settings, as_json, lambda c: c.pause(workflow_id))
+
+    @app.command()
+    @with_settings
+    def resume(workflow_id: _Id, as_json: _JsonOpt = False, *,
+               settings: NatsSettings) -> None:
+        """Resume a paused workflow."""
+        _call(settings, as_json, lambda c: c.resume(workflow_id))
+
+    @app.command()
+    @with_settings
+    def retry(
+        workflow_id: _Id,
+        inputs: Annotated[str | None, typer.Option(
+            help='New inputs of retried steps: {"<step>": {...}} as JSON, or @FILE.')] = None,
+        as_json: _JsonOpt = False, *, settings: NatsSettings,
+    ) -> None:
+        """Run a failed or stopped workflow again from its unfinished steps."""
+        data = _json_object(inputs, "inputs")
+        _call(settings, as_json, lambda c: c.retry(workflow_id, inputs=data))
+
+    @app.command()
+    @with_settings
+    def rerun(
+        workflow_id: _Id,
+        input_: Annotated[str | None, typer.Option(
+            "--input", help="A new input (JSON object or @FILE); default: the same.")] = None,
+        from_step: Annotated[str | None, typer.Option(
+            help="Run only this step and those after it; reuse the other outputs.")] = None,
+        new_id: Annotated[str | None, typer.Option("--id", help="The new workflow's id.")
+                          ] = None,
+        as_json: _JsonOpt = False, *, settings: NatsSettings,
+    ) -> None:
+        """Start a new workflow from the same config (and input)."""
+        data = _json_object(input_, "input")
+        _call(settings, as_json, lambda c: c.rerun(workflow_id, input=data,
+                                                   from_step=from_step, new_id=new_id))

@@ -25,7 +25,6 @@ from contracts.errors import (
     AlreadyFinished,
     ErrorInfo,
     IdConflict,
-    InvalidState,
     TooManySignals,
     WorkflowNotFound,
 )
@@ -53,7 +52,7 @@ from contracts.models import (
 from contracts.streams import TASK_HEARTBEAT
 from contracts.subjects import Subjects
 
-from . import fanout, kinds
+from . import control, fanout, kinds
 from .records import (
     CancelEffect,
     CreateWorkflow,
@@ -144,7 +143,7 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
         if inp.rerun_of:
             created["rerun_of"] = inp.rerun_of
         tx.emit(EventType.WORKFLOW_CREATED, data=created)
-        tx.reuse(inp)
+        control.reuse(tx, inp)
         if inp.config.start:
             tx.start()
         return tx.decision(Reply(created=True))
@@ -171,7 +170,7 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
             if error is not None:
                 return WorkflowDecision(record=None, reply=Reply(error=error))
     elif isinstance(inp, PauseWorkflow | ResumeWorkflow | RetryWorkflow):
-        error = tx.control(inp)
+        error = control.control(tx, inp)
         if error is not None:
             return WorkflowDecision(record=None, reply=Reply(error=error))
     elif isinstance(inp, ResultInput):
@@ -567,108 +566,6 @@ class _Tx:
                 other = self.own(other)
                 other.state = StepState.CANCELLED
                 other.next_attempt_at = None
-
-    # -- control ------------------------------------------------------------------
-    def reuse(self, inp: CreateWorkflow) -> None:
-        """A rerun: the steps it reuses succeed at once with the earlier outputs."""
-        self.status.rerun_of = inp.rerun_of
-        for sid, output in inp.reuse.items():
-            step = self.steps.get(sid)
-            if step is None:
-                continue
-            step = self.own(step)
-            step.state = StepState.SUCCEEDED
-            step.output = output
-            step.reused_from = inp.rerun_of
-            step.finished_at = self.now
-            self.outputs_bytes += kinds.json_size(output)
-            self.emit(EventType.STEP_SUCCEEDED, step=sid,
-                      data={"output": output, "reused_from": inp.rerun_of})
-
-    def control(self, inp: PauseWorkflow | ResumeWorkflow | RetryWorkflow) -> ErrorInfo | None:
-        """Pause, resume or retry; an error when the state does not allow it."""
-        st = self.status
-        state = st.state
-        if isinstance(inp, PauseWorkflow):
-            if state == WorkflowState.PAUSED:
-                return None
-            if state != WorkflowState.RUNNING:
-                return InvalidState(f"only a running workflow can be paused; "
-                                    f"{st.id} is {state.value}").info()
-            st.state = WorkflowState.PAUSED
-            self.emit(EventType.WORKFLOW_PAUSED)
-            return None
-        if isinstance(inp, ResumeWorkflow):
-            if state == WorkflowState.RUNNING:
-                return None
-            if state != WorkflowState.PAUSED:
-                return InvalidState(f"only a paused workflow can be resumed; "
-                                    f"{st.id} is {state.value}").info()
-            st.state = WorkflowState.RUNNING
-            self.emit(EventType.WORKFLOW_RESUMED,
-                      data={"timers": len(st.deferred_timers)})
-            deferred, st.deferred_timers = st.deferred_timers, []
-            for raw in deferred:
-                self.on_timer(TimerFired.model_validate(raw))
-            self.after_resume()
-            return None
-        return self.retry(inp)
-
-    def after_resume(self) -> None:
-        """What a pause held back: a fail-fast failure, map items, then the next steps."""
-        if not self.running:
-            return
-        failed = [s for s in self.status.steps
-                  if s.state == StepState.FAILED and not s.compensates]
-        if failed and self.config.on_failure == "fail-fast":
-            self.cancel_all("another step failed")
-            err = failed[0].error or ErrorInfo(code="step-failed", message="")
-            self.conclude(WorkflowState.FAILED, ErrorInfo(
-                code=err.code, message=f"step {failed[0].id!r} failed: {err.message}",
-                step=failed[0].id, retryable=False))
-            return
-        for s in list(self.status.steps):
-            cfg = self.cfgs[s.id]
-            if isinstance(cfg, MapStep) and s.state == StepState.RUNNING:
-                fanout.resume(self, cfg, self.own(s))
-
-    def retry(self, inp: RetryWorkflow) -> ErrorInfo | None:
-        """A failed or stopped workflow runs again from its unfinished steps."""
-        st = self.status
-        if st.state not in (WorkflowState.FAILED, WorkflowState.STOPPED):
-            return InvalidState(f"only a failed or stopped workflow can be retried; "
-                                f"{st.id} is {st.state.value}").info()
-        if any(s.compensates and s.state in (StepState.SUCCEEDED, StepState.FAILED)
-               for s in st.steps):
-            return InvalidState(f"workflow {st.id} was compensated; rerun it instead").info()
-        unknown = sorted(set(inp.inputs) - set(self.cfgs))
-        if unknown:
-            return ErrorInfo(code="validation-failed", field=f"inputs.{unknown[0]}",
-                             message=f"no step {unknown[0]!r} in workflow {st.id}")
-        again = []
-        for s in list(st.steps):
-            if s.state == StepState.SUCCEEDED:
-                continue
-            s = self.own(s)
-            again.append(s.id)
-            s.attempt_base = s.attempts
-            s.state = StepState.PENDING
-            s.input_override = inp.inputs.get(s.id, s.input_override)
-            for name in ("output", "error", "progress", "dispatched_at", "started_at",
-                         "finished_at", "next_attempt_at", "heartbeat_at", "wake_at",
-                         "child_id", "map"):
-                setattr(s, name, None)
-        st.runs += 1
-        st.state = WorkflowState.RUNNING
-        st.error = None
-        st.output = None
-        st.finished_at = None
-        st.outcome = None
-        self.emit(EventType.WORKFLOW_RETRIED, data={"run": st.runs, "steps": again})
-        if self.config.timeout:
-            self.timer("workflow-timeout", self.now + timedelta(seconds=self.config.timeout),
-                       attempt=st.runs)
-        return None
 
     # -- inputs -------------------------------------------------------------------
     def on_signal(self, sig: SignalWorkflow) -> ErrorInfo | None:

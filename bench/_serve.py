@@ -94,8 +94,15 @@ async def _raw_worker(settings: NatsSettings) -> None:
         await nc.close()
 
 
+def _index(settings: NatsSettings) -> Awaitable[None]:
+    from orchestrator.index import IndexService
+
+    return IndexService(settings).run()
+
+
 _ROLES: dict[str, Callable[[NatsSettings], Awaitable[None]]] = {
     "orchestrator": _orchestrator,
+    "index": _index,
     "worker": _sdk_worker,
     "demo-worker": _demo_worker,
     "raw-worker": _raw_worker,

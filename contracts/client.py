@@ -39,9 +39,11 @@ from .messages import (
     BatchReply,
     CreateWorkflowRequest,
     IdRequest,
+    ListWorkflowsRequest,
     RerunRequest,
     RetryRequest,
     SignalRequest,
+    WorkflowList,
     WorkflowReply,
 )
 from .models import EVENT_TERMINAL, TRUSTED, Event, WorkflowConfig
@@ -146,6 +148,12 @@ class NatsflowClient:
     async def stop(self, workflow_id: str) -> WorkflowReply:
         """Stop a workflow: running steps are cancelled and it ends ``stopped``."""
         return await self._call("workflow.stop", IdRequest(id=workflow_id), WorkflowReply)
+
+    async def list_workflows(self, query: ListWorkflowsRequest | None = None, **filters: Any
+                   ) -> WorkflowList:
+        """A page of workflows, newest first (filters: ListWorkflowsRequest's fields)."""
+        req = query if query is not None else ListWorkflowsRequest.model_validate(filters)
+        return await self._call("workflow.list", req, WorkflowList)
 
     async def pause(self, workflow_id: str) -> WorkflowReply:
         """Pause a running workflow: nothing new starts, timers wait (409 otherwise)."""

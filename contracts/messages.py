@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import ErrorInfo, ValidationFailed
-from .models import WorkflowConfig, WorkflowStatus
+from .models import WorkflowConfig, WorkflowState, WorkflowStatus, WorkflowSummary
 
 __all__ = [
     "BatchConfig",
@@ -44,7 +44,9 @@ __all__ = [
     "TaskProgress",
     "TaskResult",
     "TaskSucceeded",
+    "ListWorkflowsRequest",
     "RerunRequest",
+    "WorkflowList",
     "RetryRequest",
     "SignalRequest",
     "WorkflowReply",
@@ -242,6 +244,31 @@ class IdRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1, max_length=128)
+
+
+class ListWorkflowsRequest(BaseModel):
+    """``workflow.list``: filters (all optional, combined with AND), newest first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state: list[WorkflowState] = Field(default_factory=list, description="Any of these.")
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict, description="All of these.")
+    batch_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    cursor: str | None = Field(default=None, description="`next_cursor` of the last page.")
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class WorkflowList(BaseModel):
+    """A page of the workflow list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[WorkflowSummary]
+    next_cursor: str | None = Field(default=None, description="Pass it back for the "
+                                    "next page; absent on the last page.")
 
 
 class RetryRequest(BaseModel):

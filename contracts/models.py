@@ -62,6 +62,7 @@ __all__ = [
     "WorkflowConfig",
     "WorkflowState",
     "WorkflowStatus",
+    "WorkflowSummary",
     "WORKFLOW_ACTIVE",
     "WORKFLOW_TERMINAL",
     "ancestors_of",
@@ -731,6 +732,34 @@ class WorkflowStatus(BaseModel):
             if s.id == step_id:
                 return s
         raise KeyError(step_id)
+
+
+class WorkflowSummary(BaseModel):
+    """One line of the workflow list (kept apart from the record, for the index)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    state: WorkflowState
+    labels: dict[str, str] = Field(default_factory=dict)
+    batch_id: str | None = None
+    parent_id: str | None = None
+    definition: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error_code: str | None = None
+
+    @classmethod
+    def of(cls, status: WorkflowStatus) -> WorkflowSummary:
+        """The summary of a status."""
+        return cls(id=status.id, name=status.name, state=status.state, labels=status.labels,
+                   batch_id=status.batch_id,
+                   parent_id=status.parent.workflow_id if status.parent else None,
+                   definition=status.definition, created_at=status.created_at,
+                   started_at=status.started_at, finished_at=status.finished_at,
+                   error_code=status.error.code if status.error else None)
 
 
 class EventType(StrEnum):

@@ -94,6 +94,11 @@ class Topology:
         return KeyValueConfig(bucket=self.subjects.batches_bucket, history=1,
                               replicas=self.replicas, storage=StorageType.FILE, direct=True)
 
+    def summaries_kv(self) -> KeyValueConfig:
+        """Workflow id -> WorkflowSummary: what the list index is built from."""
+        return KeyValueConfig(bucket=self.subjects.summaries_bucket, history=1,
+                              replicas=self.replicas, storage=StorageType.FILE, direct=True)
+
     def definitions_kv(self) -> KeyValueConfig:
         """Workflow definitions, one immutable key per version."""
         return KeyValueConfig(bucket=self.subjects.definitions_bucket, history=1,

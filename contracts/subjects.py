@@ -104,6 +104,11 @@ class Subjects:
         return f"{_lower_name(self.prefix)}_batches"
 
     @property
+    def summaries_bucket(self) -> str:
+        """KV bucket: workflow id -> its list line (WorkflowSummary), for the index."""
+        return f"{_lower_name(self.prefix)}_summaries"
+
+    @property
     def definitions_bucket(self) -> str:
         """KV bucket: ``<name>.<version>`` -> a stored workflow definition (immutable)."""
         return f"{_lower_name(self.prefix)}_definitions"

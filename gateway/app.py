@@ -10,27 +10,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any, Final
 
 import uvicorn
-from fastapi import FastAPI, Header, Path, Request, Response
+from fastapi import FastAPI, Header, Path, Query, Request, Response
 from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from contracts.connect import NatsSettings
 from contracts.definitions import RunDefinition
-from contracts.errors import Unavailable
+from contracts.errors import Unavailable, ValidationFailed
 from contracts.messages import (
     MAX_BATCH_BYTES,
     BatchConfig,
     BatchReply,
     BatchStatus,
+    ListWorkflowsRequest,
     RerunRequest,
     RetryRequest,
+    WorkflowList,
     WorkflowReply,
 )
-from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowStatus
+from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowState, WorkflowStatus
 
 from ._bodies import read_batch_config, read_create_body, read_json, read_model
 from ._definitions import add_definition_routes
@@ -174,6 +177,35 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
             reply = await link.client().create(body, idempotency_key=idempotency_key)
         location = str(app.url_path_for("get_workflow", workflow_id=reply.id))
         return _answer(reply, 202 if reply.created else 200, location=location)
+
+    @app.get("/workflows", response_model=WorkflowList, summary="List workflows",
+             tags=["workflows"], responses=problem_responses(422, 503))
+    async def list_workflows(
+        state: Annotated[list[WorkflowState] | None, Query(
+            description="Any of these states (repeat the parameter).")] = None,
+        name: Annotated[str | None, Query(description="Workflow name.")] = None,
+        label: Annotated[list[str] | None, Query(
+            description="`key:value`; all must match (repeat the parameter).")] = None,
+        batch: Annotated[str | None, Query(description="Batch id.")] = None,
+        created_after: Annotated[datetime | None, Query()] = None,
+        created_before: Annotated[datetime | None, Query()] = None,
+        cursor: Annotated[str | None, Query(description="`next_cursor` of the last page.")
+                          ] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> Response:
+        """Workflows newest first, filtered, a page at a time (follow `next_cursor`)."""
+        labels: dict[str, str] = {}
+        for item in label or []:
+            key, sep, value = item.partition(":")
+            if not sep or not key:
+                raise ValidationFailed(f"label {item!r} is not key:value", field="label")
+            labels[key] = value
+        query = ListWorkflowsRequest(
+            state=state or [], name=name, labels=labels, batch_id=batch,
+            created_after=created_after, created_before=created_before, cursor=cursor,
+            limit=limit)
+        page = await link.client().list_workflows(query)
+        return Response(page.model_dump_json(exclude_none=True), media_type=_JSON)
 
     @app.get("/workflows/{workflow_id}", response_model=WorkflowStatus,
              summary="A workflow's status", tags=["workflows"],

@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
+from rich.table import Table
 
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from contracts.errors import InvalidRequest
-from contracts.messages import WorkflowReply
+from contracts.errors import validation_failed as errors_of
+from contracts.messages import ListWorkflowsRequest, WorkflowList, WorkflowReply
 from contracts.models import WorkflowStatus
 
 from ._cli_common import console, fail, run, with_settings
@@ -52,7 +55,53 @@ def _call(settings: NatsSettings, as_json: bool,
 
 
 def register_control_commands(app: typer.Typer) -> None:
-    """Add pause, resume, retry and rerun to the ``natsflow`` command."""
+    """Add ls, pause, resume, retry and rerun to the ``natsflow`` command."""
+
+    @app.command("ls")
+    @with_settings
+    def ls(
+        state: Annotated[list[str] | None, typer.Option(
+            help="Only these states (repeatable).")] = None,
+        name: Annotated[str | None, typer.Option(help="Only this workflow name.")] = None,
+        label: Annotated[list[str] | None, typer.Option(
+            help="key:value; all must match (repeatable).")] = None,
+        batch: Annotated[str | None, typer.Option(help="Only this batch's members.")] = None,
+        limit: Annotated[int, typer.Option(min=1, max=500, help="Rows.")] = 50,
+        cursor: Annotated[str | None, typer.Option(help="Continue after a page.")] = None,
+        as_json: _JsonOpt = False, *, settings: NatsSettings,
+    ) -> None:
+        """List workflows, newest first."""
+        from ._cli_workflows import nats_client
+
+        labels: dict[str, str] = {}
+        for item in label or []:
+            key, sep, value = item.partition(":")
+            if not sep or not key:
+                fail(InvalidRequest(f"--label {item!r} is not key:value", field="label"))
+            labels[key] = value
+        try:
+            query = ListWorkflowsRequest.model_validate({
+                "state": state or [], "name": name, "labels": labels, "batch_id": batch,
+                "limit": limit, "cursor": cursor})
+        except ValidationError as exc:
+            fail(errors_of(exc))
+
+        async def _ls() -> WorkflowList:
+            async with nats_client(settings) as client:
+                return await client.list_workflows(query)
+
+        page = run(_ls())
+        if as_json:
+            typer.echo(page.model_dump_json(indent=2, exclude_none=True))
+            return
+        table = Table("id", "name", "state", "created", "finished")
+        for w in page.items:
+            table.add_row(w.id, w.name, w.state.value,
+                          w.created_at.isoformat(timespec="seconds"),
+                          w.finished_at.isoformat(timespec="seconds") if w.finished_at else "")
+        console.print(table)
+        if page.next_cursor:
+            console.print(f"more: --cursor {page.next_cursor}")
 
     @app.command()
     @with_settings

@@ -64,7 +64,7 @@ def dev(
     prefix: Annotated[str | None, typer.Option(
         envvar="NATSFLOW_PREFIX", show_envvar=True, help="Subject prefix.")] = None,
 ) -> None:
-    """Run everything locally: nats-server, orchestrator, gateway and the demo worker."""
+    """Run everything locally: nats-server, orchestrator, index, gateway and the demo worker."""
     from .dev import DevOptions, run_dev
 
     code = run_dev(DevOptions(host=host, port=port, nats_port=nats_port, data_dir=data_dir,
@@ -88,6 +88,20 @@ def orchestrator(
     from orchestrator import Orchestrator
 
     run_until_signal(lambda: Orchestrator(settings, replicas=replicas, builtins=builtins).run())
+
+
+@app.command()
+@with_settings
+def index(
+    replicas: Annotated[int, typer.Option(
+        min=1, help="JetStream replicas of the summaries bucket if it declares it.")] = 1,
+    *,
+    settings: NatsSettings,
+) -> None:
+    """Run the workflow index (answers `workflow.list`) until SIGINT/SIGTERM."""
+    from orchestrator.index import IndexService
+
+    run_until_signal(lambda: IndexService(settings, replicas=replicas).run())
 
 
 @app.command()

@@ -109,6 +109,7 @@ def run_dev(opts: DevOptions) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         services: list[tuple[str, list[str]]] = [
             ("orchestrator", ["orchestrator"]),
+            ("index", ["index"]),
             ("gateway", ["gateway", "--host", opts.host, "--port", str(opts.port)]),
         ]
         if opts.worker:

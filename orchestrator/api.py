@@ -132,6 +132,7 @@ class Api:
             "workflow.signal": self.signal_workflow,
             "workflow.pause": self.pause_workflow, "workflow.resume": self.resume_workflow,
             "workflow.retry": self.retry_workflow, "workflow.rerun": self.rerun_workflow,
+
             "definition.put": self.put_definition, "definition.get": self.get_definition,
             "definition.list": self.list_definitions,
             "batch.create": self.create_batch, "batch.get": self.get_batch,

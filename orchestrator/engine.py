@@ -48,6 +48,7 @@ from contracts.models import (
     WorkflowState,
     WorkflowStatus,
     WorkflowStep,
+    WorkflowSummary,
 )
 from contracts.streams import TASK_HEARTBEAT
 from contracts.subjects import Subjects
@@ -69,6 +70,7 @@ from .records import (
     SignalWorkflow,
     StartWorkflow,
     StopWorkflow,
+    SummaryEffect,
     TimerEffect,
     TimerFired,
     WorkflowCommandEffect,
@@ -203,6 +205,8 @@ class _Tx:
         self.settings = settings
         self.effects: list[Effect] = []
         self.dirty = False  # changed without an event (a heartbeat)
+        self.state_before: WorkflowState | None = (
+            None if record.status.last_seq == 0 else record.status.state)
         self.steps = {s.id: s for s in self.status.steps}
 
     # -- plumbing -----------------------------------------------------------------
@@ -221,6 +225,10 @@ class _Tx:
         # (but a heartbeat, which only moves a time).
         if not self.effects and not self.dirty:
             return WorkflowDecision(record=None, reply=reply)
+        if self.status.state != self.state_before:
+            # The list index follows the state (and nothing else: steps churn too much).
+            self.effects.append(SummaryEffect(summary=WorkflowSummary.of(self.status),
+                                              seq=self.status.last_seq))
         record = WorkflowRecord.model_construct(
             config=self.config, fingerprint=self.fingerprint, status=self.status,
             outputs_bytes=self.outputs_bytes, outbox=list(self.effects), outbox_at=self.now)

@@ -24,7 +24,7 @@ from contracts.messages import (
     TaskProgress,
     TaskSucceeded,
 )
-from contracts.models import Event, ParentRef, WorkflowConfig, WorkflowStatus
+from contracts.models import Event, ParentRef, WorkflowConfig, WorkflowStatus, WorkflowSummary
 
 __all__ = [
     "BatchCommand",
@@ -52,6 +52,7 @@ __all__ = [
     "StartWorkflow",
     "StopBatch",
     "StopWorkflow",
+    "SummaryEffect",
     "TaskEffect",
     "TimerEffect",
     "TimerFired",
@@ -253,6 +254,15 @@ class NotifyParentEffect(BaseModel):
     result: Annotated[TaskSucceeded | TaskFailed, Field(discriminator="kind")]
 
 
+class SummaryEffect(BaseModel):
+    """Store the workflow's list line (its state changed), for the list index."""
+
+    model_config = _Frozen
+    kind: Literal["summary"] = "summary"
+    summary: WorkflowSummary
+    seq: int = Field(description="`last_seq` when it was taken (for the message id).")
+
+
 class PutOutputEffect(BaseModel):
     """Store one map item's output apart from the record (outputs bucket, by key)."""
 
@@ -276,7 +286,7 @@ class JoinMapEffect(BaseModel):
 Effect = Annotated[
     EventEffect | TaskEffect | TimerEffect | CancelEffect | NotifyBatchEffect
     | WorkflowCommandEffect | StartChildEffect | NotifyParentEffect | PutOutputEffect
-    | JoinMapEffect,
+    | JoinMapEffect | SummaryEffect,
     Field(discriminator="kind"),
 ]
 

@@ -58,6 +58,7 @@ from .records import (
     Reply,
     ResultInput,
     StartChildEffect,
+    SummaryEffect,
     TaskEffect,
     TimerEffect,
     TimerFired,
@@ -416,6 +417,10 @@ class Processor:
             body = MemberFinished(workflow_id=effect.workflow_id, state=effect.state)
             return (s.batch_command(effect.batch_id), body.model_dump_json().encode(),
                     f"done:{effect.workflow_id}")
+        if isinstance(effect, SummaryEffect):
+            sm = effect.summary
+            return (s.kv_put(s.summaries_bucket, sm.id),
+                    sm.model_dump_json(exclude_none=True).encode(), f"sum:{sm.id}:{effect.seq}")
         if isinstance(effect, PutOutputEffect):
             assert self.outputs is not None, "map steps need an output store"
             return (self.outputs.put_subject(effect.key),

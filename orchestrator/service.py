@@ -75,6 +75,7 @@ class Orchestrator:
                                   # nats-py overwrites config.bucket with this argument
                                   self.subjects.blobs_bucket, config=t.blobs_store()))
         definitions = DefinitionStore(await js.create_key_value(t.definitions_kv()))
+        await js.create_key_value(t.summaries_kv())  # written by the outbox
         self.processor = Processor(self.nc, self.subjects, workflows=workflows,
                                    batches=batches, settings=self.engine_settings,
                                    definitions=definitions, outputs=outputs)

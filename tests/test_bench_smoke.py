@@ -64,3 +64,17 @@ def test_map_benchmark_completes_every_map_and_reports_its_figures() -> None:
     (run,) = report["runs"]
     assert run["completed"] is True
     assert run["seconds"] > 0 and run["items_per_s"] > 0 and run["items_per_s_over_floor"] > 0
+
+
+@pytest.mark.timeout(200)
+def test_list_benchmark_reports_every_filter() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "list.py"), "--workflows", "500",
+         "--queries", "5", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert len(report["results"]) == 10
+    for row in report["results"]:
+        assert row["items"] == 50 or row["filter"].startswith("state=failed + "), row
+        assert 0 < row["p50_ms"] <= row["p99_ms"], row

@@ -87,6 +87,7 @@ def deployment(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFacto
             assert time.monotonic() < deadline, (logs / "orchestrator.log").read_text()
             time.sleep(0.2)
         spawn("worker", "worker", "natsflow.demo:worker")
+        spawn("index", "index")
         spawn("gateway", "gateway", "--port", str(port))
         url = f"http://127.0.0.1:{port}"
         while True:
@@ -406,3 +407,23 @@ def test_pause_resume_retry_and_rerun_from_the_cli(cli: CliRunner, tmp_path: Pat
     assert status.step("nap").reused_from == wid
     bad = cli.invoke(app, ["retry", wid, "--inputs", "[1]"])
     assert bad.exit_code == 2 and "invalid-request" in bad.stderr
+
+
+def test_ls_lists_newest_first_with_filters(cli: CliRunner, tmp_path: Path) -> None:
+    tag = os.urandom(3).hex()
+    wf = tmp_path / "wf.yaml"
+    for i in range(2):
+        wf.write_text(f"name: ls-{tag}\nid: ls-{tag}-{i}\nlabels: {{tag: '{tag}'}}\n"
+                      "steps:\n  - {id: a, task: demo.noop}\n")
+        assert cli.invoke(app, ["submit", str(wf), "--watch"]).exit_code == 0
+    for _ in range(50):
+        result = cli.invoke(app, ["ls", "--label", f"tag:{tag}", "--json"])
+        ids = [w["id"] for w in json.loads(result.stdout)["items"]]
+        if len(ids) == 2:
+            break
+        time.sleep(0.1)
+    assert ids == [f"ls-{tag}-1", f"ls-{tag}-0"]
+    table = cli.invoke(app, ["ls", "--name", f"ls-{tag}", "--state", "completed"])
+    assert table.exit_code == 0 and f"ls-{tag}-0" in table.stdout
+    bad = cli.invoke(app, ["ls", "--label", "nocolon"])
+    assert bad.exit_code == 2

@@ -135,12 +135,12 @@ def test_subjects_doc_matches_the_code() -> None:
 def test_compose_runs_every_service_from_the_image() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"nats", "orchestrator", "gateway", "worker"}
+    assert set(services) == {"nats", "orchestrator", "index", "gateway", "worker"}
     nats = services["nats"]
     assert nats["image"].startswith("nats:2.1")
     assert {"-js", "-sd", "/data", "-m", "8222"} <= set(nats["command"])
     assert "8222/healthz" in " ".join(nats["healthcheck"]["test"])
-    for name in ("orchestrator", "gateway", "worker"):
+    for name in ("orchestrator", "index", "gateway", "worker"):
         svc = services[name]
         assert svc["build"] == "."
         assert svc["environment"]["NATS_URL"] == "nats://nats:4222"

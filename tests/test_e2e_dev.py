@@ -64,8 +64,8 @@ def test_dev_runs_a_workflow_and_stops_cleanly(tmp_path: Path) -> None:
         with httpx.Client(base_url=url, timeout=5) as http:
             assert http.get("/readyz").status_code == 200
             children = _children_of(proc.pid)
-            # nats-server, orchestrator, gateway and the demo worker
-            assert len(children) == 4, children
+            # nats-server, orchestrator, index, gateway and the demo worker
+            assert len(children) == 5, children
 
             created = http.post("/workflows", json=DEMO_WORKFLOW)
             assert created.status_code == 202, created.text
@@ -79,6 +79,13 @@ def test_dev_runs_a_workflow_and_stops_cleanly(tmp_path: Path) -> None:
         assert status["state"] == "completed", status
         assert status["output"] == {"add": {"sum": 5}}
         assert status["steps"][0]["output"] == {"message": "hello world"}
+        with httpx.Client(base_url=url, timeout=5) as http:
+            listed = http.get("/workflows", params={"state": "completed"}).json()["items"]
+            while not listed:  # the index follows the engine closely, not in lockstep
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+                listed = http.get("/workflows", params={"state": "completed"}).json()["items"]
+            assert listed[0]["id"] == workflow_id
 
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)

@@ -392,11 +392,17 @@ async def test_serve_runs_uvicorn_until_cancelled(settings: NatsSettings) -> Non
 @pytest.fixture
 async def live(engine: object, settings: NatsSettings,
                nc: Client) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway with an orchestrator and the demo worker running."""
+    """The gateway with an orchestrator, the index and the demo worker running."""
     from natsflow.demo import worker
+    from orchestrator.index import IndexService
 
-    async with worker.running(settings), _http(create_app(settings, nc=nc)) as client:
-        yield client
+    index = IndexService(settings, nc=nc)
+    await index.start()
+    try:
+        async with worker.running(settings), _http(create_app(settings, nc=nc)) as client:
+            yield client
+    finally:
+        await index.stop()
 
 
 async def _poll(http: httpx.AsyncClient, location: str, *states: str,

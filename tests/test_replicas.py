@@ -152,6 +152,7 @@ async def test_a_replica_deciding_on_a_stale_cached_record_does_not_drop_a_resul
         await declare_stream(js, stream)
     workflows = KvRecordStore(await js.create_key_value(topology.workflows_kv()))
     batches = KvRecordStore(await js.create_key_value(topology.batches_kv()))
+    await js.create_key_value(topology.summaries_kv())  # the outbox writes list lines
     a, b = (Processor(nc, s, workflows=workflows, batches=batches) for _ in range(2))
 
     config = WorkflowConfig.model_validate({"name": "pair", "id": "wf", "steps": [

@@ -1,0 +1,222 @@
+"""The workflow list: an index service holding every workflow's summary, newest first.
+
+The engine stores each workflow's list line (:class:`WorkflowSummary`) in the summaries
+bucket whenever its state changes. The index service (``natsflow index``, its own
+process so that the orchestrator's memory stays flat however many workflows finish)
+watches that bucket, keeps the lines sorted by creation time, and answers
+``<prefix>.api.workflow.list``: a filtered page is a scan from the cursor that stops
+after ``limit`` matches, with no round trip to NATS. Run several for availability; each
+keeps its own copy (a NATS micro service queue group shares the requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
+from pydantic import ValidationError
+
+from contracts.client import error_reply
+from contracts.connect import NatsSettings, connect
+from contracts.errors import NatsflowError, ValidationFailed, validation_failed
+from contracts.messages import ListWorkflowsRequest, WorkflowList
+from contracts.models import WorkflowSummary
+from contracts.streams import Topology
+
+VERSION = "0.1.0"
+
+__all__ = ["IndexService", "WorkflowIndex", "decode_cursor", "encode_cursor"]
+
+log = logging.getLogger("natsflow.index")
+
+
+def _sort_key(s: WorkflowSummary) -> tuple[float, str]:
+    # Newest first: negate the time; the id breaks ties.
+    return (-s.created_at.timestamp(), s.id)
+
+
+def encode_cursor(key: tuple[float, str]) -> str:
+    """An opaque cursor for the line after ``key``."""
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The sort key a cursor stands for.
+
+    Raises:
+        ValidationFailed: not a cursor we gave out.
+    """
+    try:
+        t, wid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(t), str(wid)
+    except (ValueError, TypeError):
+        raise ValidationFailed("not a cursor of this list", field="cursor") from None
+
+
+class WorkflowIndex:
+    """Summaries of every workflow, kept in memory from a KV watch."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self._by_id: dict[str, WorkflowSummary] = {}
+        self._keys: list[tuple[float, str]] = []  # sorted, newest first
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    async def start(self) -> None:
+        """Load every summary, then follow changes in the background."""
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        """Stop following."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                watcher = await self.kv.watchall(ignore_deletes=True)
+                async for entry in watcher:
+                    if entry is None:
+                        self.ready.set()  # the initial values are in
+                        continue
+                    self._put(entry.value or b"")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the workflow index lost its watch; starting again")
+                await asyncio.sleep(1.0)
+
+    def _put(self, data: bytes) -> None:
+        try:
+            s = WorkflowSummary.model_validate_json(data)
+        except ValidationError:
+            return
+        old = self._by_id.get(s.id)
+        if old is None:
+            key = _sort_key(s)
+            self._keys.insert(bisect.bisect_left(self._keys, key), key)
+        self._by_id[s.id] = s
+
+    def _after(self, cursor: str | None) -> Iterator[WorkflowSummary]:
+        start = 0
+        if cursor is not None:
+            start = bisect.bisect_right(self._keys, decode_cursor(cursor))
+        for _, wid in self._keys[start:]:
+            yield self._by_id[wid]
+
+    async def query(self, q: ListWorkflowsRequest, *, wait: float = 10.0) -> tuple[
+            list[WorkflowSummary], str | None]:
+        """A page of summaries matching ``q`` and the cursor of the next page (or None)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), wait)
+        states = set(q.state)
+        after = q.created_after.timestamp() if q.created_after else None
+        before = q.created_before.timestamp() if q.created_before else None
+        page: list[WorkflowSummary] = []
+        for s in self._after(q.cursor):
+            t = s.created_at.timestamp()
+            if before is not None and t >= before:
+                continue
+            if after is not None and t <= after:
+                break  # newest first: everything further is older still
+            if states and s.state not in states:
+                continue
+            if q.name is not None and s.name != q.name:
+                continue
+            if q.batch_id is not None and s.batch_id != q.batch_id:
+                continue
+            if q.labels and any(s.labels.get(k) != v for k, v in q.labels.items()):
+                continue
+            page.append(s)
+            if len(page) > q.limit:
+                break
+        more = len(page) > q.limit
+        page = page[:q.limit]
+        cursor = encode_cursor(_sort_key(page[-1])) if more and page else None
+        return page, cursor
+
+
+class IndexService:
+    """The ``<prefix>-index`` micro service answering ``workflow.list``.
+
+    Args:
+        settings: Where NATS is and the deployment prefix.
+        nc: An existing connection (else one is made and closed by this service).
+    """
+
+    def __init__(self, settings: NatsSettings, *, nc: Client | None = None,
+                 replicas: int = 1) -> None:
+        self.settings = settings
+        self.subjects = settings.subjects
+        self.nc = nc
+        self._owns_nc = nc is None
+        self.replicas = replicas
+        self.index: WorkflowIndex | None = None
+        self._service: Service | None = None
+
+    async def start(self) -> None:
+        """Connect, load the index, register the endpoint."""
+        if self.nc is None:
+            self.nc = await connect(self.settings, name="natsflow-index", timeout=None)
+        js = self.nc.jetstream()
+        kv = await js.create_key_value(Topology(self.subjects, replicas=self.replicas)
+                                       .summaries_kv())
+        self.index = WorkflowIndex(kv)
+        await self.index.start()
+        self._service = await add_service(self.nc, ServiceConfig(
+            name=f"{self.subjects.service_name}-index", version=VERSION,
+            description="natsflow workflow list", metadata={"prefix": self.subjects.prefix}))
+        await self._service.add_endpoint(EndpointConfig(
+            name="workflow-list", subject=self.subjects.api("workflow.list"),
+            handler=self._handle))
+        await self.nc.flush()
+
+    async def _handle(self, req: Request) -> None:
+        assert self.index is not None
+        try:
+            query = ListWorkflowsRequest.model_validate_json(req.data or b"{}")
+            items, cursor = await self.index.query(query)
+            body = WorkflowList(items=items, next_cursor=cursor).model_dump_json(
+                exclude_none=True)
+        except ValidationError as exc:
+            data, headers = error_reply(validation_failed(exc))
+            await req.respond(data, headers=headers)
+            return
+        except NatsflowError as err:
+            data, headers = error_reply(err)
+            await req.respond(data, headers=headers)
+            return
+        await req.respond(body.encode())
+
+    async def stop(self) -> None:
+        """Deregister and stop following."""
+        if self._service is not None:
+            await self._service.stop()
+        if self.index is not None:
+            await self.index.stop()
+        if self._owns_nc and self.nc is not None:
+            await self.nc.close()
+
+    async def run(self) -> None:
+        """Start, then serve until cancelled."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()

@@ -37,6 +37,8 @@ from .errors import (
 from .messages import (
     BatchConfig,
     BatchReply,
+    BulkRequest,
+    BulkResult,
     CreateWorkflowRequest,
     IdRequest,
     ListWorkflowsRequest,
@@ -154,6 +156,22 @@ class NatsflowClient:
         """A page of workflows, newest first (filters: ListWorkflowsRequest's fields)."""
         req = query if query is not None else ListWorkflowsRequest.model_validate(filters)
         return await self._call("workflow.list", req, WorkflowList)
+
+    async def bulk(self, operation: str, *, dry_run: bool = False,
+                   max_workflows: int = 10_000, **filters: Any) -> BulkResult:
+        """Stop, pause, resume or retry every workflow the filters select (index service).
+
+        ``dry_run`` only reports the matches. Waits up to a minute (or the client timeout,
+        if longer) for the operations to be sent.
+        """
+        req = BulkRequest.model_validate({
+            "operation": operation, "dry_run": dry_run, "max_workflows": max_workflows,
+            "filter": ListWorkflowsRequest.model_validate(filters)})
+        saved, self.timeout = self.timeout, max(self.timeout, 60.0)
+        try:
+            return await self._call("workflow.bulk", req, BulkResult)
+        finally:
+            self.timeout = saved
 
     async def pause(self, workflow_id: str) -> WorkflowReply:
         """Pause a running workflow: nothing new starts, timers wait (409 otherwise)."""

@@ -44,6 +44,8 @@ __all__ = [
     "TaskProgress",
     "TaskResult",
     "TaskSucceeded",
+    "BulkRequest",
+    "BulkResult",
     "ListWorkflowsRequest",
     "RerunRequest",
     "WorkflowList",
@@ -269,6 +271,34 @@ class WorkflowList(BaseModel):
     items: list[WorkflowSummary]
     next_cursor: str | None = Field(default=None, description="Pass it back for the "
                                     "next page; absent on the last page.")
+
+
+class BulkRequest(BaseModel):
+    """``workflow.bulk``: apply one operation to every workflow a filter selects."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    operation: Literal["stop", "pause", "resume", "retry"]
+    filter: ListWorkflowsRequest = Field(default_factory=ListWorkflowsRequest,
+                                         description="Which workflows (cursor and limit "
+                                         "are ignored: every match is taken).")
+    dry_run: bool = Field(default=False, description="Only report what would be touched.")
+    max_workflows: int = Field(default=10_000, ge=1, le=100_000,
+                               description="Refuse to touch more than this many.")
+
+
+class BulkResult(BaseModel):
+    """What a bulk operation touched (or, in a dry run, would touch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operation: str
+    dry_run: bool
+    matched: int
+    ids: list[str] = Field(description="The matched ids (the first 1,000).")
+    done: int = Field(default=0, description="Operations accepted.")
+    refused: dict[str, str] = Field(default_factory=dict,
+                                    description="Id -> error code, for those refused.")
 
 
 class RetryRequest(BaseModel):

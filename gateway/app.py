@@ -27,6 +27,8 @@ from contracts.messages import (
     BatchConfig,
     BatchReply,
     BatchStatus,
+    BulkRequest,
+    BulkResult,
     ListWorkflowsRequest,
     RerunRequest,
     RetryRequest,
@@ -206,6 +208,22 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
             limit=limit)
         page = await link.client().list_workflows(query)
         return Response(page.model_dump_json(exclude_none=True), media_type=_JSON)
+
+    @app.post("/workflows/bulk/{operation}", response_model=BulkResult,
+              summary="Stop, pause, resume or retry every workflow a filter selects",
+              tags=["workflows"], responses=problem_responses(413, 422, 503))
+    async def bulk_operation(
+            operation: Annotated[str, Path(pattern="^(stop|pause|resume|retry)$")],
+            request: Request) -> Response:
+        """Body: `{"filter": {...list filters...}, "dry_run": true}` (all optional). A dry
+        run reports what would be touched; otherwise each selected workflow gets the
+        operation, and the answer counts what was done and what was refused (by code)."""
+        body = await read_json(request, limit=64 * 1024, optional=True) or {}
+        req = read_model(BulkRequest, {**body, "operation": operation})
+        result = await link.client().bulk(
+            req.operation, dry_run=req.dry_run, max_workflows=req.max_workflows,
+            **req.filter.model_dump(exclude_none=True, exclude={"cursor", "limit"}))
+        return Response(result.model_dump_json(), media_type=_JSON)
 
     @app.get("/workflows/{workflow_id}", response_model=WorkflowStatus,
              summary="A workflow's status", tags=["workflows"],

@@ -54,6 +54,16 @@ def _call(settings: NatsSettings, as_json: bool,
         console.print(f"workflow [bold]{status.id}[/] {status.state.value}")
 
 
+def _labels(items: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            fail(InvalidRequest(f"--label {item!r} is not key:value", field="label"))
+        labels[key] = value
+    return labels
+
+
 def register_control_commands(app: typer.Typer) -> None:
     """Add ls, pause, resume, retry and rerun to the ``natsflow`` command."""
 
@@ -73,12 +83,7 @@ def register_control_commands(app: typer.Typer) -> None:
         """List workflows, newest first."""
         from ._cli_workflows import nats_client
 
-        labels: dict[str, str] = {}
-        for item in label or []:
-            key, sep, value = item.partition(":")
-            if not sep or not key:
-                fail(InvalidRequest(f"--label {item!r} is not key:value", field="label"))
-            labels[key] = value
+        labels = _labels(label)
         try:
             query = ListWorkflowsRequest.model_validate({
                 "state": state or [], "name": name, "labels": labels, "batch_id": batch,
@@ -102,6 +107,44 @@ def register_control_commands(app: typer.Typer) -> None:
         console.print(table)
         if page.next_cursor:
             console.print(f"more: --cursor {page.next_cursor}")
+
+    @app.command()
+    @with_settings
+    def bulk(
+        operation: Annotated[str, typer.Argument(help="stop, pause, resume or retry.")],
+        state: Annotated[list[str] | None, typer.Option(
+            help="Only these states (repeatable).")] = None,
+        name: Annotated[str | None, typer.Option(help="Only this workflow name.")] = None,
+        label: Annotated[list[str] | None, typer.Option(
+            help="key:value; all must match (repeatable).")] = None,
+        batch: Annotated[str | None, typer.Option(help="Only this batch's members.")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be "
+                                              "touched.")] = False,
+        as_json: _JsonOpt = False, *, settings: NatsSettings,
+    ) -> None:
+        """Apply an operation to every workflow the filters select (see --dry-run)."""
+        from ._cli_workflows import nats_client
+
+        if operation not in ("stop", "pause", "resume", "retry"):
+            fail(InvalidRequest(f"unknown operation {operation!r}", field="operation"))
+        labels = _labels(label)
+
+        async def _bulk() -> Any:
+            async with nats_client(settings) as client:
+                return await client.bulk(operation, dry_run=dry_run, state=state or [],
+                                         name=name, labels=labels, batch_id=batch)
+
+        result = run(_bulk())
+        if as_json:
+            typer.echo(result.model_dump_json(indent=2))
+            return
+        verb = "would" if dry_run else "did"
+        console.print(f"{result.matched} workflows matched; {verb} {operation} "
+                      f"{result.matched if dry_run else result.done}"
+                      + (f", {len(result.refused)} refused" if result.refused else ""))
+        for wid in result.ids[:20]:
+            console.print(f"  {wid}" + (f"  [red]{result.refused[wid]}[/]"
+                                        if wid in result.refused else ""))
 
     @app.command()
     @with_settings

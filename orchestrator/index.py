@@ -17,7 +17,7 @@ import bisect
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
@@ -26,10 +26,10 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from pydantic import ValidationError
 
-from contracts.client import error_reply
+from contracts.client import NatsflowClient, error_reply
 from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsflowError, ValidationFailed, validation_failed
-from contracts.messages import ListWorkflowsRequest, WorkflowList
+from contracts.messages import BulkRequest, BulkResult, ListWorkflowsRequest, WorkflowList
 from contracts.models import WorkflowSummary
 from contracts.streams import Topology
 
@@ -184,25 +184,71 @@ class IndexService:
             description="natsflow workflow list", metadata={"prefix": self.subjects.prefix}))
         await self._service.add_endpoint(EndpointConfig(
             name="workflow-list", subject=self.subjects.api("workflow.list"),
-            handler=self._handle))
+            handler=self._handler(self._list)))
+        await self._service.add_endpoint(EndpointConfig(
+            name="workflow-bulk", subject=self.subjects.api("workflow.bulk"),
+            handler=self._handler(self._bulk)))
         await self.nc.flush()
 
-    async def _handle(self, req: Request) -> None:
+    async def _list(self, data: bytes) -> str:
         assert self.index is not None
-        try:
-            query = ListWorkflowsRequest.model_validate_json(req.data or b"{}")
+        query = ListWorkflowsRequest.model_validate_json(data or b"{}")
+        items, cursor = await self.index.query(query)
+        return WorkflowList(items=items, next_cursor=cursor).model_dump_json(exclude_none=True)
+
+    async def _bulk(self, data: bytes) -> str:
+        """Select by the filter, then call the public API for each (no back door)."""
+        assert self.index is not None and self.nc is not None
+        req = BulkRequest.model_validate_json(data)
+        ids: list[str] = []
+        query = req.filter.model_copy(update={"cursor": None, "limit": 500})
+        while True:
             items, cursor = await self.index.query(query)
-            body = WorkflowList(items=items, next_cursor=cursor).model_dump_json(
-                exclude_none=True)
-        except ValidationError as exc:
-            data, headers = error_reply(validation_failed(exc))
-            await req.respond(data, headers=headers)
-            return
-        except NatsflowError as err:
-            data, headers = error_reply(err)
-            await req.respond(data, headers=headers)
-            return
-        await req.respond(body.encode())
+            ids += [w.id for w in items]
+            if len(ids) > req.max_workflows:
+                raise ValidationFailed(
+                    f"the filter selects more than {req.max_workflows} workflows; narrow it "
+                    "or raise max_workflows", field="max_workflows")
+            if cursor is None:
+                break
+            query = query.model_copy(update={"cursor": cursor})
+        result = BulkResult(operation=req.operation, dry_run=req.dry_run, matched=len(ids),
+                            ids=ids[:1000])
+        if req.dry_run:
+            return result.model_dump_json()
+        client = NatsflowClient(self.nc, self.subjects)
+        calls = {"stop": client.stop, "pause": client.pause, "resume": client.resume,
+                 "retry": client.retry}
+        op = calls[req.operation]
+        gate = asyncio.Semaphore(64)
+
+        async def one(wid: str) -> None:
+            async with gate:
+                try:
+                    await op(wid)
+                    result.done += 1
+                except NatsflowError as err:
+                    result.refused[wid] = err.code
+
+        await asyncio.gather(*(one(wid) for wid in ids))
+        return result.model_dump_json()
+
+    def _handler(self, fn: Callable[[bytes], Awaitable[str]]
+                 ) -> Callable[[Request], Awaitable[None]]:
+        async def handle(req: Request) -> None:
+            try:
+                body = await fn(req.data)
+            except ValidationError as exc:
+                data, headers = error_reply(validation_failed(exc))
+                await req.respond(data, headers=headers)
+                return
+            except NatsflowError as err:
+                data, headers = error_reply(err)
+                await req.respond(data, headers=headers)
+                return
+            await req.respond(body.encode())
+
+        return handle
 
     async def stop(self) -> None:
         """Deregister and stop following."""

@@ -104,3 +104,34 @@ async def test_the_gateway_lists_with_query_parameters(
         assert bad.status_code == 422 and bad.json()["field"] == "label"
         bad_state = await http.get("/workflows", params={"state": "sleepy"})
         assert bad_state.status_code == 422
+
+
+async def test_bulk_operations_select_by_filter_with_a_dry_run(
+        demo_worker: Probe, client: NatsflowClient, settings: NatsSettings,
+        nc: Client) -> None:
+    for i in range(4):
+        await client.create({"name": "sleepy", "id": f"s-{i}", "labels": {"grp": "x"},
+                             "steps": [{"id": "nap", "task": "demo.sleep",
+                                        "input": {"seconds": 30}}]})
+    await client.create({"name": "quick", "id": "q-0",
+                         "steps": [{"id": "a", "task": "demo.noop"}]})
+    await client.wait("q-0", timeout=30)
+    await _listed(client, 4, name="sleepy", state=["running"])
+    dry = await client.bulk("pause", dry_run=True, name="sleepy")
+    assert (dry.matched, dry.done, sorted(dry.ids)) == (4, 0, ["s-0", "s-1", "s-2", "s-3"])
+    assert (await client.get("s-0")).status.state == WorkflowState.RUNNING  # type: ignore[union-attr]
+    paused = await client.bulk("pause", labels={"grp": "x"})
+    assert paused.matched == 4 and paused.done == 4 and not paused.refused
+    assert await _listed(client, 4, state=["paused"]) != []
+    transport = httpx.ASGITransport(app=create_app(settings, nc=nc))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        stop = await http.post("/workflows/bulk/stop", json={"filter": {"name": "sleepy"}})
+        assert stop.status_code == 200, stop.text
+        assert stop.json()["done"] == 4
+        refused = await http.post("/workflows/bulk/pause", json={"filter": {"name": "quick"}})
+        assert refused.json()["refused"] == {"q-0": "invalid-state"}
+        bad = await http.post("/workflows/bulk/explode")
+        assert bad.status_code == 422
+    for i in range(4):
+        status = (await client.wait(f"s-{i}", timeout=30)).status
+        assert status is not None and status.state == WorkflowState.STOPPED

@@ -16,7 +16,7 @@ from contracts.connect import NatsSettings
 from contracts.errors import InvalidRequest
 from contracts.errors import validation_failed as errors_of
 from contracts.messages import ListWorkflowsRequest, WorkflowList, WorkflowReply
-from contracts.models import WorkflowStatus
+from contracts.models import WorkflowState, WorkflowStatus
 
 from ._cli_common import console, fail, run, with_settings
 
@@ -107,6 +107,28 @@ def register_control_commands(app: typer.Typer) -> None:
         console.print(table)
         if page.next_cursor:
             console.print(f"more: --cursor {page.next_cursor}")
+
+    @app.command()
+    @with_settings
+    def watch(
+        workflow_id: _Id,
+        gateway_url: Annotated[str | None, typer.Option(
+            "--gateway", envvar="NATSFLOW_GATEWAY",
+            help="Poll this gateway over HTTP instead of following NATS.")] = None,
+        *, settings: NatsSettings,
+    ) -> None:
+        """Show a workflow's steps live until it ends; exit 0 if it completes, else 1."""
+        from ._cli_workflows import GatewayClient, nats_client, watch_gateway, watch_nats
+
+        async def _watch() -> WorkflowStatus:
+            if gateway_url:
+                async with GatewayClient(gateway_url) as gw:
+                    return await watch_gateway(gw, workflow_id)
+            async with nats_client(settings) as client:
+                return await watch_nats(client, workflow_id)
+
+        if run(_watch()).state != WorkflowState.COMPLETED:
+            raise typer.Exit(1)
 
     @app.command()
     @with_settings

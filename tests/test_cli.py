@@ -427,3 +427,18 @@ def test_ls_lists_newest_first_with_filters(cli: CliRunner, tmp_path: Path) -> N
     assert table.exit_code == 0 and f"ls-{tag}-0" in table.stdout
     bad = cli.invoke(app, ["ls", "--label", "nocolon"])
     assert bad.exit_code == 2
+
+
+def test_watch_follows_a_workflow_to_its_end(cli: CliRunner, tmp_path: Path) -> None:
+    wid = "cli-watch-" + os.urandom(3).hex()
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"name: w\nid: {wid}\nsteps:\n  - {{id: nap, task: demo.sleep, "
+                  "input: {seconds: 0.5}}\n")
+    assert cli.invoke(app, ["submit", str(wf)]).exit_code == 0
+    watched = cli.invoke(app, ["watch", wid])
+    assert watched.exit_code == 0, watched.output
+    assert "completed" in watched.stdout and "nap" in watched.stdout
+    failing = tmp_path / "bad.yaml"
+    failing.write_text(f"name: w\nid: {wid}-bad\nsteps:\n  - {{id: boom, task: demo.fail}}\n")
+    assert cli.invoke(app, ["submit", str(failing)]).exit_code == 0
+    assert cli.invoke(app, ["watch", f"{wid}-bad"]).exit_code == 1

@@ -470,7 +470,8 @@ class Processor:
             futures.append(await self.js.publish_async(
                 subject, payload, headers={"Nats-Msg-Id": msg_id}))
         if futures:
-            await asyncio.wait_for(asyncio.gather(*futures), _PUBLISH_TIMEOUT)
+            async with asyncio.timeout(_PUBLISH_TIMEOUT):  # no extra task, unlike wait_for
+                await asyncio.gather(*futures)
         for join in joins:
             await self._join_map(join)
 

@@ -56,7 +56,8 @@ class PullConsumer:
         self._inbox = ""
         self._sub: Subscription | None = None
         self._ready: deque[Msg] = deque()
-        self._arrived = asyncio.Event()
+        # The one waiter of next_batch (a bare future: no Event, no wait_for task).
+        self._waiter: asyncio.Future[None] | None = None
         self._outstanding = 0
         self._last_seen = time.monotonic()
         self._stalls = 0
@@ -77,6 +78,11 @@ class PullConsumer:
             with contextlib.suppress(nats.errors.Error):
                 await self._ready.popleft().nak()
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def _on_message(self, msg: Msg) -> None:
         status = msg.headers.get(_STATUS) if msg.headers else None
         if status is None or status in ("100", "408"):
@@ -90,7 +96,7 @@ class PullConsumer:
         if status is None:
             self._outstanding = max(0, self._outstanding - 1)
             self._ready.append(msg)
-            self._arrived.set()
+            self._wake()
         elif status != "100":
             # The rest of that request will never come.
             unfilled = msg.headers.get(_PENDING_MSGS) if msg.headers else None
@@ -98,7 +104,7 @@ class PullConsumer:
                 self._outstanding = max(0, self._outstanding - int(unfilled))
             else:
                 self._outstanding = 0
-            self._arrived.set()
+            self._wake()
 
     async def _top_up(self, limit: int) -> None:
         if self._outstanding and time.monotonic() - self._last_seen > 3 * self.heartbeat:
@@ -132,10 +138,15 @@ class PullConsumer:
         """
         await self._top_up(max_msgs)
         if not self._ready:
-            self._arrived.clear()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, self._wake)
             try:
-                await asyncio.wait_for(self._arrived.wait(), timeout)
-            except TimeoutError:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._ready:
                 return []
         out: list[Msg] = []
         while self._ready and len(out) < max_msgs:

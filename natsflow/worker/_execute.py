@@ -121,7 +121,12 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
 
     ctx = TaskContext(task, started_at=started_at, delivery=msg, progress_sink=progress_sink)
     interval = task.heartbeat_interval if task.heartbeat_interval > 0 else TASK_HEARTBEAT
-    beating = asyncio.create_task(_heartbeat(ctx, interval, liveness=task.heartbeat_timeout))
+    beating: _Heartbeat | asyncio.Task[None]
+    if task.heartbeat_timeout:
+        beating = asyncio.create_task(_heartbeat(ctx, interval,
+                                                 liveness=task.heartbeat_timeout))
+    else:
+        beating = _Heartbeat(ctx, interval)
     try:
         try:
             result = await _run_handler(handler, ctx, running)
@@ -152,6 +157,40 @@ async def _heartbeat(ctx: TaskContext, interval: float, *, liveness: float | Non
         due = loop.time() + period  # a slow publish must not stretch the period
         await ctx.progress(None)  # an in-progress ack plus the report
         await asyncio.sleep(max(0.0, due - loop.time()))
+
+
+class _Heartbeat:
+    """Calls ``ctx.heartbeat()`` every ``interval`` seconds until cancelled.
+
+    A timer, not a task: most attempts end long before their first beat, and a timer
+    costs far less to start and cancel than a task.
+    """
+
+    def __init__(self, ctx: TaskContext, interval: float) -> None:
+        self._ctx = ctx
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._beat: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(interval, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._beat = self._loop.create_task(self._ctx.heartbeat())
+        self._beat.add_done_callback(self._done)
+
+    def _done(self, beat: asyncio.Task[None]) -> None:
+        if self._beat is beat:  # not cancelled meanwhile: the next beat is one interval away
+            self._beat = None
+            self._timer = self._loop.call_later(self._interval, self._due)
+
+    def cancel(self) -> None:
+        """Stop beating (a beat in flight is cancelled)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        beat, self._beat = self._beat, None
+        if beat is not None:
+            beat.cancel()
 
 
 async def _run_handler(handler: TaskHandler, ctx: TaskContext,

@@ -8,13 +8,14 @@ the events stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
 from .definitions import (
@@ -238,38 +239,87 @@ class NatsflowClient:
             return False
         return True
 
+    async def watch(self, workflow_id: str, *, after: int = 0) -> AsyncGenerator[Event, None]:
+        """The workflow's events in ``seq`` order, from the first (or after ``after``),
+        then live as they happen, ending after the terminal one.
+
+        Replays from the events stream with an ordered consumer, so a watcher that
+        starts after the workflow finished still sees every event and then ends. ``seq``
+        has no gaps; a redelivered event is dropped, so each ``seq`` is yielded once.
+
+        Args:
+            workflow_id: The workflow to watch (it is not checked to exist: an unknown
+                id simply yields nothing until events appear).
+            after: Yield only events with ``seq`` above this one, e.g. the last one seen
+                before reconnecting.
+        """
+        async with aclosing(self.events(workflow_id, follow=True, after=after)) as events:
+            async for event in events:
+                yield event
+
     async def events(self, workflow_id: str, *, follow: bool = True,
-                     after: int = 0, idle_timeout: float = 0.5) -> AsyncIterator[Event]:
+                     after: int = 0, idle_timeout: float = 0.5) -> AsyncGenerator[Event, None]:
         """The workflow's events in ``seq`` order, from the first (or after ``after``).
 
-        With ``follow`` it waits for new events until the terminal one; without, it stops
-        when no event arrives for ``idle_timeout`` seconds.
+        With ``follow`` it waits for new events until the terminal one (that is
+        :meth:`watch`); without, it stops when no event arrives for ``idle_timeout``
+        seconds.
         """
-        js = self.nc.jetstream()
-        sub = await js.subscribe(self.subjects.events_of(workflow_id), ordered_consumer=True,
-                                 deliver_policy=DeliverPolicy.ALL)
+        last = after
+        feed = self.event_feed(self.subjects.events_of(workflow_id), deliver_all=True,
+                               idle_timeout=None if follow else idle_timeout)
+        async with aclosing(feed):
+            async for _, event in feed:
+                if event.seq <= last:
+                    continue
+                last = event.seq
+                yield event
+                if event.type in EVENT_TERMINAL:
+                    return
+
+    async def event_feed(self, subject_filter: str, *, deliver_all: bool = False,
+                         after_stream_seq: int = 0, idle_timeout: float | None = None,
+                         ) -> AsyncGenerator[tuple[int, Event], None]:
+        """Every event on ``subject_filter`` (see :meth:`Subjects.events_of` and
+        :meth:`Subjects.events_matching`) with its events-stream sequence, never ending.
+
+        Args:
+            subject_filter: Full subject filter inside the events stream.
+            deliver_all: Start from the first stored event instead of from now.
+            after_stream_seq: Start after this events-stream sequence (wins over
+                ``deliver_all`` when set).
+            idle_timeout: Stop when no event arrives for this many seconds.
+
+        Yields:
+            ``(stream_seq, event)``; messages that are not events are skipped.
+        """
+        if after_stream_seq > 0:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                    opt_start_seq=after_stream_seq + 1)
+        else:
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL if deliver_all else DeliverPolicy.NEW)
+        sub = await self.nc.jetstream().subscribe(
+            subject_filter, stream=self.subjects.events_stream, ordered_consumer=True,
+            config=config)
         try:
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=None if follow else idle_timeout)
+                    msg = await sub.next_msg(timeout=idle_timeout)
                 except nats.errors.TimeoutError:
                     return
                 try:
                     event = Event.model_validate_json(msg.data)
                 except ValidationError:
                     continue
-                if event.seq <= after:
-                    continue
-                yield event
-                if event.type in EVENT_TERMINAL:
-                    return
+                yield msg.metadata.sequence.stream, event
         finally:
             await sub.unsubscribe()
 
     async def wait(self, workflow_id: str, *, timeout: float = 60.0) -> WorkflowReply:
         """Wait until the workflow is terminal, then return its status."""
         async def _until_terminal() -> None:
-            async for _ in self.events(workflow_id, follow=True):
+            async for _ in self.watch(workflow_id):
                 pass
         try:
             await asyncio.wait_for(_until_terminal(), timeout)

@@ -175,6 +175,21 @@ class Subjects:
         """A filter over events, by workflow id and/or type, with NATS wildcards."""
         return f"{self.prefix}.events.{workflow_id}.{event_type}"
 
+    def events_matching(self, pattern: str) -> str:
+        """The events-stream filter for ``pattern``, a subject-style filter over
+        ``<workflow_id>.<kind>.<what>`` (e.g. ``*.workflow.failed``, ``wf1.>``).
+
+        Raises:
+            ValueError: ``pattern`` is not tokens, ``*`` and a final ``>`` joined by dots.
+        """
+        tokens = pattern.split(".")
+        for i, token in enumerate(tokens):
+            last = i == len(tokens) - 1
+            if not (TOKEN_RE.match(token) or token == "*" or (token == ">" and last)):
+                raise ValueError(f"invalid event filter {pattern!r}: each dot-separated "
+                                 "token is letters, digits, '_', '-', '*', or a final '>'")
+        return f"{self.prefix}.events.{pattern}"
+
     def dlq(self, reason: str) -> str:
         """A dead letter with its reason code."""
         return f"{self.prefix}.dlq.{reason}"

@@ -39,6 +39,7 @@ from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowState, Wo
 
 from ._bodies import read_batch_config, read_create_body, read_json, read_model
 from ._definitions import add_definition_routes
+from ._events import HEARTBEAT_SECONDS, add_event_routes
 from ._link import NatsLink
 from ._problems import install_problem_handlers, problem_responses
 
@@ -111,7 +112,8 @@ def _answer(reply: WorkflowReply | BatchReply, status_code: int, *,
 
 
 def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
-               nc: Client | None = None) -> FastAPI:
+               nc: Client | None = None,
+               heartbeat: float = HEARTBEAT_SECONDS) -> FastAPI:
     """The gateway's ASGI app.
 
     Args:
@@ -119,6 +121,7 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         request_timeout: Seconds to wait for each orchestrator reply (then 503).
         nc: An already-connected NATS client to use instead of connecting in the
             lifespan; it is not closed by the app.
+        heartbeat: Seconds between ``: keep-alive`` comments on idle event streams.
 
     Returns:
         The FastAPI app. Its lifespan connects to NATS in the background, so it starts
@@ -299,6 +302,7 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         location = str(app.url_path_for("get_workflow", workflow_id=reply.id))
         return _answer(reply, 202, location=location)
 
+    add_event_routes(app, link, heartbeat=heartbeat)
     add_definition_routes(app, link)
 
     # -- batches ---------------------------------------------------------------------

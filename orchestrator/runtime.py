@@ -261,8 +261,6 @@ class Processor:
         Raises:
             Malformed: the message can never be processed.
         """
-        if _redelivered(msg):
-            self.metrics.redeliveries.inc()
         try:
             kind, key = self.subjects.kind_of(msg.subject)
         except ValueError as exc:
@@ -310,6 +308,9 @@ class Processor:
         """Process one fetched batch of inbox messages and settle each of them."""
         items: list[Item] = []
         for msg in msgs:
+            # Counted here, not in parse: the timer loop hands timers back until due.
+            if _redelivered(msg):
+                self.metrics.redeliveries.inc()
             try:
                 items.append(self.parse(msg))
             except Malformed as exc:

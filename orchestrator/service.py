@@ -73,6 +73,10 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Connect, declare streams/consumers/buckets, serve the API, start consuming."""
+        if self.metrics_server is not None:
+            self.metrics_server.start()  # first: a port in use fails the start at once
+            log.info("metrics on http://%s:%d/metrics", self.metrics_server.host,
+                     self.metrics_server.port)
         if self.nc is None:
             self.nc = await connect(self.settings, name="natsflow-orchestrator", timeout=None)
         js = self.nc.jetstream()
@@ -107,10 +111,6 @@ class Orchestrator:
             steps = BuiltinSteps(self.nc, self.subjects)
             await self._builtins.enter_async_context(
                 steps.running(self.settings, replicas=self.topology.replicas))
-        if self.metrics_server is not None:
-            self.metrics_server.start()
-            log.info("metrics on http://%s:%d/metrics", self.metrics_server.host,
-                     self.metrics_server.port)
         log.info("orchestrator ready (prefix %s)", self.subjects.prefix)
 
     async def _declare(self) -> None:

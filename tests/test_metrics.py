@@ -80,8 +80,9 @@ async def test_workflow_and_step_metrics_move_with_their_labels(
         {"id": "b", "kind": "transform", "output": "${ steps.a.output }",
          "depends_on": ["a"]}]})
     bad = await client.create({"name": "bad", "steps": [{"id": "boom", "task": "demo.fail"}]})
-    assert (await client.wait(ok.id)).status.state == WorkflowState.COMPLETED  # type: ignore[union-attr]
-    assert (await client.wait(bad.id)).status.state == WorkflowState.FAILED  # type: ignore[union-attr]
+    for wid, state in ((ok.id, WorkflowState.COMPLETED), (bad.id, WorkflowState.FAILED)):
+        status = (await client.wait(wid)).status
+        assert status is not None and status.state == state
 
     samples = await _wait_scraped(engine, "natsflow_workflows_finished_total", 1.0,
                                   state="failed")
@@ -100,6 +101,32 @@ async def test_workflow_and_step_metrics_move_with_their_labels(
     assert _value(samples, "natsflow_dead_letters_total", reason="invalid-submit") == 0
     # Both workflows finished, so neither is cached any more.
     assert ("natsflow_record_cache_records", frozenset({("entity", "wf")})) in samples
+
+
+async def test_a_retried_step_counts_each_attempt_and_its_duration(
+        demo_worker: Probe, engine: Orchestrator, client: NatsflowClient) -> None:
+    wf = await client.create({"name": "flaky", "steps": [
+        {"id": "f", "task": "demo.flaky", "input": {"fail_times": 2},
+         "retry": {"max_attempts": 3, "initial_interval": 0.05, "backoff_coefficient": 1.0}}]})
+    status = (await client.wait(wf.id)).status
+    assert status is not None and status.state == WorkflowState.COMPLETED
+    samples = await _wait_scraped(engine, "natsflow_workflows_finished_total", 1.0,
+                                  state="completed")
+    attempts = "natsflow_step_attempts_finished_total"
+    assert _value(samples, attempts, kind="task", task="demo.flaky", outcome="retrying") == 2
+    assert _value(samples, attempts, kind="task", task="demo.flaky", outcome="succeeded") == 1
+    assert _value(samples, "natsflow_step_duration_seconds_count", kind="task",
+                  task="demo.flaky") == 3
+
+
+async def test_a_port_in_use_fails_the_start_at_once(settings: NatsSettings,
+                                                     engine: Orchestrator) -> None:
+    assert engine.metrics_server is not None
+    taken = Orchestrator(settings, metrics_port=engine.metrics_server.port,
+                         metrics_host="127.0.0.1")
+    with pytest.raises(OSError):
+        await taken.start()
+    assert taken.nc is None  # it failed before connecting
 
 
 async def test_a_malformed_submit_counts_as_a_dead_letter_by_reason(
@@ -252,3 +279,23 @@ def test_the_operations_doc_lists_exactly_the_registered_metrics() -> None:
     documented = set(re.findall(r"^\| `(natsflow_\w+)`", text, flags=re.M))
     registered = set(OrchestratorMetrics().names()) | set(GatewayMetrics().names())
     assert documented == registered
+
+
+def test_the_services_take_the_log_format_from_the_environment() -> None:
+    from typer.testing import CliRunner
+
+    from natsflow.cli import app
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    try:
+        done = CliRunner().invoke(app, ["worker", "no_such_module_here:worker"],
+                                  env={"NATSFLOW_LOG_FORMAT": "json"})
+        assert done.exit_code == 2, done.output
+        assert [type(h.formatter) for h in root.handlers] == [JsonFormatter]
+        done = CliRunner().invoke(app, ["worker", "no_such_module_here:worker",
+                                        "--log-format", "yaml"])
+        assert done.exit_code == 2  # not a choice
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from contracts.models import WorkflowState
+from contracts.streams import Topology, declare_stream, ensure_consumer
 from gateway import create_app
 from gateway._metrics import UNMATCHED_ROUTE, GatewayMetrics
 from natsflow._logging import JsonFormatter, LogFormat, setup_logging
@@ -299,3 +300,25 @@ def test_the_services_take_the_log_format_from_the_environment() -> None:
     finally:
         root.handlers[:] = saved
         root.setLevel(level)
+
+
+async def test_a_redelivered_command_counts_as_a_redelivery(
+        settings: NatsSettings, nc: Client, client: NatsflowClient) -> None:
+    s = settings.subjects
+    # Declared, not consumed: a stopped orchestrator's last pull could take the message.
+    js, topology = nc.jetstream(), Topology(s)
+    await declare_stream(js, topology.inbox())
+    await ensure_consumer(js, s.inbox_stream, topology.engine_consumer())
+    await client.submit({"id": "again", "name": "again",
+                         "steps": [{"id": "t", "kind": "transform", "output": "1"}]})
+    # Take the submit off the engine consumer and hand it back: its next delivery is #2.
+    sub = await nc.jetstream().pull_subscribe_bind(s.engine_consumer, stream=s.inbox_stream)
+    [msg] = await sub.fetch(1, timeout=5.0)
+    await msg.nak()
+    orch = Orchestrator(settings, builtins=False, metrics_port=0, metrics_host="127.0.0.1")
+    async with orch:
+        status = (await client.wait("again")).status
+        assert status is not None and status.state == WorkflowState.COMPLETED
+        samples = await _scrape(orch)
+    assert _value(samples, "natsflow_inbox_redeliveries_total") == 1
+    assert _value(samples, "natsflow_workflows_started_total") == 1

@@ -41,6 +41,7 @@ from ._bodies import read_batch_config, read_create_body, read_json, read_model
 from ._definitions import add_definition_routes
 from ._events import HEARTBEAT_SECONDS, add_event_routes
 from ._link import NatsLink
+from ._metrics import install_metrics
 from ._problems import install_problem_handlers, problem_responses
 
 __all__ = ["Accepted", "Health", "create_app", "serve"]
@@ -144,6 +145,7 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         lifespan=lifespan,
     )
     app.state.link = link
+    app.state.metrics = install_metrics(app)
     install_problem_handlers(app)
 
     # -- workflows -------------------------------------------------------------------
@@ -352,7 +354,8 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
 
 
 async def serve(settings: NatsSettings, *, host: str = "127.0.0.1", port: int = 8000,
-                request_timeout: float = 10.0, log_level: str = "info") -> None:
+                request_timeout: float = 10.0, log_level: str = "info",
+                configure_logging: bool = True) -> None:
     """Run the gateway with uvicorn in the current event loop.
 
     Returns when uvicorn exits (SIGINT/SIGTERM when run in the main thread). When the
@@ -365,9 +368,13 @@ async def serve(settings: NatsSettings, *, host: str = "127.0.0.1", port: int = 
         port: TCP port to listen on.
         request_timeout: Seconds to wait for each orchestrator reply.
         log_level: uvicorn's log level.
+        configure_logging: Let uvicorn install its own log handlers; False leaves its
+            loggers to the root logger's handlers (e.g. JSON lines).
     """
     config = uvicorn.Config(create_app(settings, request_timeout=request_timeout),
-                            host=host, port=port, lifespan="on", log_level=log_level)
+                            host=host, port=port, lifespan="on", log_level=log_level,
+                            log_config=uvicorn.config.LOGGING_CONFIG if configure_logging
+                            else None)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="natsflow-gateway-uvicorn")
     try:

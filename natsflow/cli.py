@@ -26,6 +26,7 @@ from ._cli_common import console, fail, run, run_until_signal, with_settings
 from ._cli_control import register_control_commands
 from ._cli_definitions import definitions_app, run_command
 from ._cli_render import event_line, workflow_view
+from ._logging import LogFormat, setup_logging
 
 __all__ = ["app", "main"]
 
@@ -41,6 +42,9 @@ _GatewayOpt = Annotated[str | None, typer.Option(
     "--gateway", envvar="NATSFLOW_GATEWAY", show_envvar=True,
     help="Talk to this gateway over HTTP (e.g. http://127.0.0.1:8000) instead of NATS.")]
 _JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+_LogFormatOpt = Annotated[LogFormat, typer.Option(
+    "--log-format", envvar="NATSFLOW_LOG_FORMAT", show_envvar=True, case_sensitive=False,
+    help="Log lines as text, or as one JSON object per line (with workflow_id when known).")]
 
 
 # -- services -------------------------------------------------------------------------
@@ -81,13 +85,20 @@ def orchestrator(
     builtins: Annotated[bool, typer.Option(
         help="Serve the built-in steps natsflow.request, natsflow.http and natsflow.publish."
     )] = True,
+    metrics_port: Annotated[int | None, typer.Option(
+        envvar="NATSFLOW_METRICS_PORT", show_envvar=True, min=0, max=65535,
+        help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off).")
+    ] = None,
+    log_format: _LogFormatOpt = LogFormat.TEXT,
     *,
     settings: NatsSettings,
 ) -> None:
     """Run the orchestrator until SIGINT/SIGTERM."""
     from orchestrator import Orchestrator
 
-    run_until_signal(lambda: Orchestrator(settings, replicas=replicas, builtins=builtins).run())
+    setup_logging(log_format)
+    run_until_signal(lambda: Orchestrator(settings, replicas=replicas, builtins=builtins,
+                                          metrics_port=metrics_port).run())
 
 
 @app.command()
@@ -109,13 +120,15 @@ def index(
 def gateway(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    log_format: _LogFormatOpt = LogFormat.TEXT,
     *,
     settings: NatsSettings,
 ) -> None:
-    """Run the HTTP gateway until SIGINT/SIGTERM."""
+    """Run the HTTP gateway until SIGINT/SIGTERM (its metrics at GET /metrics)."""
     from gateway import serve
 
-    run_until_signal(lambda: serve(settings, host=host, port=port))
+    setup_logging(log_format)
+    run_until_signal(lambda: serve(settings, host=host, port=port, configure_logging=False))
 
 
 @app.command("worker")
@@ -123,10 +136,12 @@ def gateway(
 def worker_command(
     target: Annotated[str, typer.Argument(
         metavar="MODULE:OBJ", help="The Worker to run, e.g. natsflow.demo:worker.")],
+    log_format: _LogFormatOpt = LogFormat.TEXT,
     *,
     settings: NatsSettings,
 ) -> None:
     """Run a worker until SIGINT/SIGTERM."""
+    setup_logging(log_format)
     obj = _load_object(target)
     if not callable(getattr(obj, "run", None)):
         fail(InvalidRequest(f"{target} is not a natsflow Worker (it has no run method)"))

@@ -41,6 +41,7 @@ from contracts.subjects import Subjects
 
 from .batch_engine import decide_batch
 from .engine import EngineSettings, decide
+from .metrics import OrchestratorMetrics
 from .outputs import OutputStore
 from .records import (
     BatchCommand,
@@ -85,6 +86,18 @@ _PUBLISH_TIMEOUT = 10.0
 _workflow_commands: TypeAdapter[Any] = TypeAdapter(WorkflowCommand)
 _batch_commands: TypeAdapter[Any] = TypeAdapter(BatchCommand)
 _task_results: TypeAdapter[Any] = TypeAdapter(TaskResult)
+
+
+def _log_context(entity: str, key: str) -> dict[str, str]:
+    """``extra`` for a log line about one record (structured logs carry it)."""
+    return {"workflow_id": key} if entity == "wf" else {"batch_id": key}
+
+
+def _redelivered(msg: Msg) -> bool:
+    try:
+        return msg.metadata.num_delivered > 1
+    except Exception:  # not a JetStream message (no metadata to tell)
+        return False
 
 
 def fingerprint(model: BaseModel) -> str:
@@ -211,13 +224,15 @@ class Processor:
         batches: Store of batch records.
         settings: Engine knobs.
         clock: Source of ``now`` (UTC).
+        metrics: Where to count what happens (a registry of its own if None).
     """
 
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
                  batches: RecordStore, settings: EngineSettings | None = None,
                  definitions: DefinitionResolver | None = None,
                  outputs: OutputStore | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 metrics: OrchestratorMetrics | None = None) -> None:
         self.nc = nc
         self.definitions = definitions
         self.outputs = outputs
@@ -236,6 +251,9 @@ class Processor:
             lambda rec, inp, now, key: decide_batch(rec, inp, now, batch_id=key),
             lambda key, rec, reply: BatchReply(
                 id=key, created=reply.created, status=rec.status if rec else None))
+        self.metrics = metrics or OrchestratorMetrics()
+        self.metrics.track_cache(self.wf.name, self.wf.cache.__len__)
+        self.metrics.track_cache(self.batch.name, self.batch.cache.__len__)
 
     # -- parsing --------------------------------------------------------------------
     def parse(self, msg: Msg) -> Item:
@@ -291,6 +309,9 @@ class Processor:
         """Process one fetched batch of inbox messages and settle each of them."""
         items: list[Item] = []
         for msg in msgs:
+            # Counted here, not in parse: the timer loop hands timers back until due.
+            if _redelivered(msg):
+                self.metrics.redeliveries.inc()
             try:
                 items.append(self.parse(msg))
             except Malformed as exc:
@@ -310,7 +331,8 @@ class Processor:
         try:
             outcome = await self._apply(entity, key, items)
         except Exception:
-            log.exception("processing %s %s failed; will retry", entity.name, key)
+            log.exception("processing %s %s failed; will retry", entity.name, key,
+                          extra=_log_context(entity.name, key))
             entity.cache.pop(key)
             for item in items:
                 await self._retry_or_dead_letter(item, "processing failed")
@@ -370,9 +392,16 @@ class Processor:
                 new_rev = await entity.store.save(key, data, revision=revision)
             except StaleRevision:
                 self.stats["cas_retries"] += 1
+                self.metrics.cas_retries.inc()
                 entity.cache.pop(key)
                 continue
             await self.publish(key, effects)
+            if isinstance(current, WorkflowRecord):
+                self.metrics.observe_published(record, current, effects)
+                if self._is_terminal(current) and (record is None
+                                                   or not self._is_terminal(record)):
+                    log.info("workflow %s %s", key, current.status.state.value,
+                             extra=_log_context(entity.name, key))
             entity.remember(key, new_rev, current, terminal=self._is_terminal(current),
                             size=len(data))
             return current, replies
@@ -560,13 +589,22 @@ class Processor:
         if item.msg.metadata.num_delivered >= MAX_DELIVERIES:
             await self.dead_letter(item.msg, ErrorInfo(
                 code="too-many-deliveries",
-                message=f"gave up after {item.msg.metadata.num_delivered} deliveries: {why}"))
+                message=f"gave up after {item.msg.metadata.num_delivered} deliveries: {why}"),
+                log_context=_log_context(item.entity, item.key))
         else:
             await self.settle(item.msg, Verdict.RETRY)
 
-    async def dead_letter(self, msg: Msg, reason: ErrorInfo) -> None:
-        """Keep an unusable message in the dead-letter stream, then terminate it."""
+    async def dead_letter(self, msg: Msg, reason: ErrorInfo, *,
+                          log_context: dict[str, str] | None = None) -> None:
+        """Keep an unusable message in the dead-letter stream, then terminate it.
+
+        Args:
+            msg: The message.
+            reason: Why it can never be processed (its code names the DLQ subject).
+            log_context: ``extra`` of the log line (``workflow_id`` when known).
+        """
         self.stats["dead_letters"] += 1
+        self.metrics.dead_letters.labels(reason=reason.code).inc()
         meta = None
         try:
             meta = msg.metadata
@@ -576,7 +614,7 @@ class Processor:
                             stream_seq=meta.sequence.stream if meta else None,
                             deliveries=meta.num_delivered if meta else None,
                             data=msg.data.decode("utf-8", errors="replace"), time=self.clock())
-        log.warning("dead letter from %s: %s", msg.subject, reason.message)
+        log.warning("dead letter from %s: %s", msg.subject, reason.message, extra=log_context)
         try:
             await self.js.publish(self.subjects.dlq(reason.code), letter.model_dump_json().encode())
         except nats.errors.Error:

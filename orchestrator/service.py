@@ -19,6 +19,7 @@ from .api import Api
 from .builtins import BuiltinSteps
 from .definitions import DefinitionStore
 from .engine import EngineSettings
+from .metrics import MetricsServer, OrchestratorMetrics
 from .outputs import OutputStore
 from .records import TimerFired
 from .runtime import Item, Malformed, Processor
@@ -40,11 +41,16 @@ class Orchestrator:
         stop_grace: Seconds a stopping workflow waits for its running steps.
         builtins: Also serve the built-in steps (``natsflow.request``, ``natsflow.http``,
             ``natsflow.publish``) in this process.
+        metrics_port: Serve ``/metrics`` (Prometheus) on this port; 0 picks a free one
+            (see :attr:`metrics_server`), None serves none. Metrics are counted either way.
+        metrics_host: Interface the metrics server listens on.
+        queue_sample_interval: Seconds between samples of the queues' depths.
     """
 
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
                  fetch_batch: int = 256, stop_grace: float = 10.0,
-                 builtins: bool = True) -> None:
+                 builtins: bool = True, metrics_port: int | None = None,
+                 metrics_host: str = "0.0.0.0", queue_sample_interval: float = 5.0) -> None:
         self.settings = settings
         self.subjects = settings.subjects
         self.topology = Topology(self.subjects, replicas=replicas)
@@ -59,9 +65,18 @@ class Orchestrator:
         self._stopping = asyncio.Event()
         self.builtins = builtins
         self._builtins = contextlib.AsyncExitStack()
+        self.metrics = OrchestratorMetrics()
+        self.metrics_server = (MetricsServer(self.metrics.registry, port=metrics_port,
+                                             host=metrics_host)
+                               if metrics_port is not None else None)
+        self.queue_sample_interval = queue_sample_interval
 
     async def start(self) -> None:
         """Connect, declare streams/consumers/buckets, serve the API, start consuming."""
+        if self.metrics_server is not None:
+            self.metrics_server.start()  # first: a port in use fails the start at once
+            log.info("metrics on http://%s:%d/metrics", self.metrics_server.host,
+                     self.metrics_server.port)
         if self.nc is None:
             self.nc = await connect(self.settings, name="natsflow-orchestrator", timeout=None)
         js = self.nc.jetstream()
@@ -78,7 +93,8 @@ class Orchestrator:
         await js.create_key_value(t.summaries_kv())  # written by the outbox
         self.processor = Processor(self.nc, self.subjects, workflows=workflows,
                                    batches=batches, settings=self.engine_settings,
-                                   definitions=definitions, outputs=outputs)
+                                   definitions=definitions, outputs=outputs,
+                                   metrics=self.metrics)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency, definitions=definitions)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
@@ -89,7 +105,8 @@ class Orchestrator:
                                        batch=self.fetch_batch).start()
         self._subs = [engine_sub, timer_sub]
         self._loops = [asyncio.create_task(self._engine_loop(engine_sub)),
-                       asyncio.create_task(self._timer_loop(timer_sub))]
+                       asyncio.create_task(self._timer_loop(timer_sub)),
+                       asyncio.create_task(self._sample_queues())]
         await self.api.start()
         if self.builtins:
             steps = BuiltinSteps(self.nc, self.subjects)
@@ -116,6 +133,8 @@ class Orchestrator:
         await asyncio.gather(self._builtins.aclose(), self._stop_loops())
         for sub in self._subs:
             await sub.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if self._owns_nc and self.nc is not None:
             await self.nc.close()
 
@@ -168,6 +187,28 @@ class Orchestrator:
                     await self.processor.handle(msgs)
                 except Exception:
                     log.exception("engine batch failed; messages will be redelivered")
+
+    async def _sample_queues(self) -> None:
+        """Every ``queue_sample_interval`` s: num_pending of the inbox and task consumers."""
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        s = self.subjects
+        while not self._stopping.is_set():
+            try:
+                samples = [(s.inbox_stream, info.name, info.num_pending)
+                           for info in [await js.consumer_info(s.inbox_stream, name)
+                                        for name in (s.engine_consumer, s.timer_consumer)]]
+                samples += [(s.tasks_stream, info.name, info.num_pending)
+                            for info in await js.consumers_info(s.tasks_stream)]
+            except Exception as exc:  # NATS away: keep the last samples
+                log.debug("sampling the queues failed: %s", exc)
+            else:
+                gauge = self.metrics.queue_pending
+                gauge.clear()  # consumers that are gone are gone from the metric too
+                for stream, consumer, pending in samples:
+                    gauge.labels(stream=stream, consumer=consumer).set(pending or 0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.queue_sample_interval)
 
     async def _timer_loop(self, sub: PullConsumer) -> None:
         processor = self.processor

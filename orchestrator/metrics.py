@@ -1,0 +1,171 @@
+"""The orchestrator's Prometheus metrics: every metric object lives here.
+
+Each :class:`OrchestratorMetrics` has its own ``CollectorRegistry`` (never the global
+one), so several orchestrators in one process keep apart. The engine stays pure: the
+runtime derives workflow and step metrics from the events of a decision it has stored
+and published (:meth:`OrchestratorMetrics.observe_published`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from contracts.models import EVENT_TERMINAL, Event, EventType, StepKind, StepStatus, WorkflowState
+
+from .records import Effect, EventEffect, WorkflowRecord
+
+__all__ = ["STEP_DURATION_BUCKETS", "MetricsServer", "OrchestratorMetrics"]
+
+#: Seconds; steps run from milliseconds (transforms) to hours (human approvals).
+STEP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                         60.0, 300.0, 900.0, 3600.0, float("inf"))
+
+#: The event that ends one attempt of a step, and the outcome it counts as.
+_ATTEMPT_OUTCOME = {
+    EventType.STEP_SUCCEEDED: "succeeded",
+    EventType.STEP_FAILED: "failed",
+    EventType.STEP_RETRYING: "retrying",
+    EventType.STEP_CANCELLED: "cancelled",
+}
+_FINISHED_STATE = {
+    EventType.WORKFLOW_COMPLETED: WorkflowState.COMPLETED,
+    EventType.WORKFLOW_FAILED: WorkflowState.FAILED,
+    EventType.WORKFLOW_STOPPED: WorkflowState.STOPPED,
+}
+_ATTEMPT_BEGUN = frozenset({EventType.STEP_DISPATCHED, EventType.STEP_STARTED})
+
+
+class OrchestratorMetrics:
+    """The metrics of one orchestrator replica, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.workflows_started = Counter(
+            "natsflow_workflows_started", "Workflows started.", registry=r)
+        self.workflows_finished = Counter(
+            "natsflow_workflows_finished", "Workflows that reached a terminal state.",
+            ["state"], registry=r)
+        self.step_attempts = Counter(
+            "natsflow_step_attempts_finished",
+            "Step attempts that ended, by step kind, task type ('' if none) and outcome "
+            "(succeeded, failed, retrying, cancelled).",
+            ["kind", "task", "outcome"], registry=r)
+        self.step_duration = Histogram(
+            "natsflow_step_duration_seconds",
+            "Seconds from an attempt's dispatch (or start) to its end.",
+            ["kind", "task"], buckets=STEP_DURATION_BUCKETS, registry=r)
+        self.redeliveries = Counter(
+            "natsflow_inbox_redeliveries", "Inbox messages delivered more than once.",
+            registry=r)
+        self.dead_letters = Counter(
+            "natsflow_dead_letters", "Messages moved to the dead-letter stream, by reason.",
+            ["reason"], registry=r)
+        self.cas_retries = Counter(
+            "natsflow_cas_retries",
+            "Record writes that lost a compare-and-set and were decided again.", registry=r)
+        self.cache_records = Gauge(
+            "natsflow_record_cache_records", "Records held in this process's cache.",
+            ["entity"], registry=r)
+        self.queue_pending = Gauge(
+            "natsflow_queue_pending",
+            "Messages not yet delivered to a consumer (num_pending), sampled periodically.",
+            ["stream", "consumer"], registry=r)
+
+    def names(self) -> list[str]:
+        """Every metric's exposed name (``_total`` on counters; a histogram's base name)."""
+        return sorted(m.name + ("_total" if m.type == "counter" else "")
+                      for m in self.registry.collect())
+
+    def track_cache(self, entity: str, size: Callable[[], int]) -> None:
+        """Report ``size()`` as the cache size of ``entity`` at every scrape."""
+        self.cache_records.labels(entity=entity).set_function(lambda: float(size()))
+
+    def observe_published(self, before: WorkflowRecord | None, after: WorkflowRecord,
+                          effects: Sequence[Effect]) -> None:
+        """Count what the events of one published decision say happened.
+
+        Args:
+            before: The workflow record as it was before the decision (None if new);
+                it says when an attempt that ends now was dispatched.
+            after: The record the decision made: it says each step's kind and task.
+            effects: The decision's effects; only status events are looked at.
+        """
+        begun: dict[tuple[str, int], datetime] = {}
+        if before is not None:
+            # Attempts already under way: dispatched (or started) in an earlier decision.
+            for step in before.status.steps:
+                if step.attempts and (at := step.dispatched_at or step.started_at):
+                    begun[(step.id, step.attempts)] = at
+        steps = {s.id: s for s in after.status.steps}
+        for effect in effects:
+            if not isinstance(effect, EventEffect):
+                continue
+            event = effect.event
+            if event.type == EventType.WORKFLOW_STARTED:
+                self.workflows_started.inc()
+            elif event.type in EVENT_TERMINAL:
+                self.workflows_finished.labels(state=_FINISHED_STATE[event.type].value).inc()
+            elif event.step_id is not None and event.attempt is not None:
+                key = (event.step_id, event.attempt)
+                if event.type in _ATTEMPT_BEGUN:
+                    if event.type == EventType.STEP_DISPATCHED:
+                        begun[key] = event.time
+                    else:
+                        begun.setdefault(key, event.time)
+                elif event.type in _ATTEMPT_OUTCOME:
+                    self._attempt_ended(event, steps.get(event.step_id), begun.get(key))
+
+    def _attempt_ended(self, event: Event, step: StepStatus | None,
+                       begun: datetime | None) -> None:
+        kind = step.kind.value if step is not None else StepKind.TASK.value
+        task = (step.task if step is not None else None) or ""
+        self.step_attempts.labels(kind=kind, task=task,
+                                  outcome=_ATTEMPT_OUTCOME[event.type]).inc()
+        if begun is not None:
+            seconds = (event.time - begun).total_seconds()
+            self.step_duration.labels(kind=kind, task=task).observe(max(seconds, 0.0))
+
+
+class MetricsServer:
+    """``/metrics`` of a registry over HTTP (prometheus_client's own server, a thread).
+
+    Args:
+        registry: What to expose.
+        port: TCP port; 0 picks a free one (see :attr:`port`).
+        host: Interface to listen on.
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, port: int, host: str = "0.0.0.0") -> None:
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Listen; :attr:`port` is then the bound port."""
+        self._server, self._thread = start_http_server(self.port, addr=self.host,
+                                                       registry=self.registry)
+        self.port = self._server.server_port
+
+    async def stop(self) -> None:
+        """Stop listening and wait for the server thread."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+
+        def shut() -> None:
+            server.shutdown()
+            server.server_close()
+            if thread is not None:
+                thread.join(timeout=5.0)
+
+        await asyncio.to_thread(shut)

@@ -49,7 +49,7 @@ from .messages import (
     WorkflowList,
     WorkflowReply,
 )
-from .models import EVENT_TERMINAL, TRUSTED, Event, WorkflowConfig
+from .models import EVENT_TERMINAL, TRUSTED, WORKFLOW_TERMINAL, Event, WorkflowConfig
 from .subjects import Subjects
 
 __all__ = ["NatsflowClient"]
@@ -317,10 +317,19 @@ class NatsflowClient:
             await sub.unsubscribe()
 
     async def wait(self, workflow_id: str, *, timeout: float = 60.0) -> WorkflowReply:
-        """Wait until the workflow is terminal, then return its status."""
+        """Wait until the workflow is terminal, then return its status.
+
+        A retried workflow has a terminal event per run: waiting goes on past an earlier
+        run's end when the stored state says the workflow runs again.
+        """
         async def _until_terminal() -> None:
-            async for _ in self.watch(workflow_id):
-                pass
+            after = 0
+            while True:
+                async for event in self.watch(workflow_id, after=after):
+                    after = event.seq
+                status = (await self.get(workflow_id)).status
+                if status is None or status.state in WORKFLOW_TERMINAL:
+                    return
         try:
             await asyncio.wait_for(_until_terminal(), timeout)
         except TimeoutError:

@@ -30,6 +30,8 @@ from contracts.errors import (
 )
 from contracts.models import TEMPLATE, TRUSTED, WorkflowConfig
 
+from .kvscan import scan
+
 __all__ = ["DefinitionStore", "definition_fingerprint"]
 
 _VERSION_RACE_ATTEMPTS = 20
@@ -157,17 +159,12 @@ class DefinitionStore:
                                            "definition_version": d.version})
 
     async def _all_keys(self) -> list[tuple[str, int]]:
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
         out = []
-        for key in keys:
-            name, _, version = key.rpartition(".")
+        for entry in await scan(self.kv, keys_only=True):
+            name, _, version = entry.key.rpartition(".")
             if name and version.isdigit():
                 out.append((name, int(version)))
         return out
 
     async def _version_numbers(self, name: str) -> list[int]:
-        # Not kv.keys(filters=...): nats-py 2.x returns nothing for a filtered listing.
         return sorted(v for n, v in await self._all_keys() if n == name)

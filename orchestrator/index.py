@@ -90,12 +90,22 @@ class WorkflowIndex:
     async def _follow(self) -> None:
         while True:
             try:
-                watcher = await self.kv.watchall(ignore_deletes=True)
+                # Not the watcher's "initial values done" marker: nats-py can send it
+                # before the values (see kvscan). Ready once the stream's last message
+                # at the start has come through, which the per-key watch always sends.
+                last = (await self.kv.status()).stream_info.state.last_seq
+                if not last:
+                    self.ready.set()
+                watcher = await self.kv.watchall()
                 async for entry in watcher:
                     if entry is None:
-                        self.ready.set()  # the initial values are in
                         continue
-                    self._put(entry.value or b"")
+                    if entry.operation in ("DEL", "PURGE"):
+                        self._drop(entry.key)
+                    else:
+                        self._put(entry.value or b"")
+                    if entry.revision is not None and entry.revision >= last:
+                        self.ready.set()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -112,6 +122,14 @@ class WorkflowIndex:
             key = _sort_key(s)
             self._keys.insert(bisect.bisect_left(self._keys, key), key)
         self._by_id[s.id] = s
+
+    def _drop(self, wid: str) -> None:
+        old = self._by_id.pop(wid, None)
+        if old is not None:
+            key = _sort_key(old)
+            i = bisect.bisect_left(self._keys, key)
+            if i < len(self._keys) and self._keys[i] == key:
+                del self._keys[i]
 
     def _after(self, cursor: str | None) -> Iterator[WorkflowSummary]:
         start = 0

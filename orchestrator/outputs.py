@@ -20,6 +20,7 @@ from contracts.models import MAX_STEP_OUTPUT_BYTES
 from contracts.subjects import Subjects
 
 from .fanout import output_prefix
+from .kvscan import scan
 
 __all__ = ["IncompleteOutputs", "OutputStore"]
 
@@ -55,17 +56,11 @@ class OutputStore:
         prefix = output_prefix(workflow_id, step_id, attempt)
         outputs: list[Any] = [None] * total
         seen = 0
-        watcher = await self.kv.watch(f"{prefix}.*", ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:  # the initial values are all delivered
-                    break
-                index = int(entry.key.rsplit(".", 1)[1])
-                if 0 <= index < total:
-                    outputs[index] = json.loads(entry.value or b"null")
-                    seen += 1
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        for entry in await scan(self.kv, f"{prefix}.*"):
+            index = int(entry.key.rsplit(".", 1)[1])
+            if 0 <= index < total:
+                outputs[index] = json.loads(entry.value or b"null")
+                seen += 1
         if seen < total:
             raise IncompleteOutputs(f"{seen} of {total} outputs of {prefix} are stored")
         return outputs

@@ -640,6 +640,8 @@ class StepStatus(BaseModel):
     id: str
     kind: StepKind = StepKind.TASK
     task: str | None = Field(default=None, description="The task type, for worker steps.")
+    depends_on: list[str] = Field(default_factory=list,
+                                  description="The steps it runs after (from the config).")
     state: StepState = StepState.PENDING
     attempts: int = Field(default=0, description="Attempts dispatched so far (all runs).")
     attempt_base: int = Field(default=0, description="Attempts of earlier runs (a retried "

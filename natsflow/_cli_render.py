@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from rich.console import Group
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from contracts.models import (
+    STEP_TERMINAL,
     Event,
     StepState,
     StepStatus,
@@ -63,23 +66,116 @@ def _styled(state: WorkflowState | StepState) -> Text:
     return Text(state.value, style=_STATE_STYLE.get(state, ""))
 
 
-def workflow_view(status: WorkflowStatus, *, now: datetime | None = None) -> Group:
-    """A header line and a table of the workflow's steps."""
+def _fraction(step: StepStatus) -> tuple[float, str] | None:
+    """(done, label) for a bar: a map's items, or a worker's ``{done, of}`` progress."""
+    if step.map is not None and step.map.total:
+        items = step.map.succeeded + len(step.map.failed)
+        return items / step.map.total, f"{items}/{step.map.total} items"
+    p = step.progress
+    if not isinstance(p, dict):
+        return None
+    total = p.get("of", p.get("total"))
+    done = p.get("done")
+    if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
+        return min(1.0, done / total), f"{done:g}/{total:g}"
+    percent = p.get("percent")
+    if isinstance(percent, int | float):
+        return min(1.0, percent / 100), f"{percent:g}%"
+    return None
+
+
+def _parents(status: WorkflowStatus, depends: dict[str, list[str]]) -> dict[str, str | None]:
+    """Where each step hangs in the tree.
+
+    A compensation under the step it undoes; any other step under the dependency that
+    finished last (the one it waited for), so each branch reads as a critical path.
+    """
+    by_id = {s.id: s for s in status.steps}
+    far_past = datetime.min.replace(tzinfo=UTC)
+    out: dict[str, str | None] = {}
+    for step in status.steps:
+        if step.compensates in by_id:
+            out[step.id] = step.compensates
+            continue
+        deps = [d for d in depends.get(step.id, []) if d in by_id]
+        out[step.id] = max(deps, key=lambda d: by_id[d].finished_at or far_past,
+                           default=None)
+    return out
+
+
+def _step_label(step: StepStatus, parent: str | None, deps: list[str],
+                now: datetime | None) -> RenderableType:
+    # Steps the engine runs itself (sleep, wait, switch, ...) show their kind.
+    what = Text(step.task) if step.task else Text(step.kind.value, style="italic")
+    cells: list[Text] = [Text(step.id, style="bold"), what, _styled(step.state)]
+    if step.attempts > 1:
+        cells.append(Text(f"attempt {step.attempts}", style="yellow"))
+    duration = step_duration(step, now)
+    if duration:
+        cells.append(Text(duration))
+    others = [d for d in deps if d != parent]
+    if others:
+        cells.append(Text("after " + ", ".join(others), style="dim"))
+    if step.child_id:
+        cells.append(Text(f"child {step.child_id}", style="dim"))
+    if step.reused_from:
+        cells.append(Text(f"reused from {step.reused_from}", style="dim"))
+    if step.error is not None:
+        cells.append(Text(f"{step.error.code}: {step.error.message}", style="red"))
+    elif step.output is not None:
+        cells.append(Text(short_json(step.output)))
+    line = Text("  ").join(cells)
+    bar = _fraction(step) if step.state not in STEP_TERMINAL else None
+    if bar is None:
+        return line
+    row = Table.grid(padding=(0, 1))
+    row.add_row(ProgressBar(total=1.0, completed=bar[0], width=24), Text(bar[1]))
+    return Group(line, row)
+
+
+def _since(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    return f"{max(0.0, (end - start).total_seconds()):.2f}s"
+
+
+def workflow_view(status: WorkflowStatus, *, now: datetime | None = None,
+                  depends_on: dict[str, list[str]] | None = None) -> Group:
+    """The workflow's header, an overall bar, and its steps as a tree with durations.
+
+    Args:
+        status: What to show.
+        now: The time running things are measured to (None: show no running times).
+        depends_on: Each step's dependencies (default: as the status records them).
+    """
+    depends = depends_on if depends_on is not None else {
+        s.id: list(s.depends_on) for s in status.steps}
     header = Text.assemble(
         ("workflow ", "bold"), (status.id, "bold"), f"  {status.name}  ",
-        _styled(status.state),
-    )
-    table = Table(show_edge=False, pad_edge=False)
-    for col in ("step", "task / kind", "state", "attempts", "duration", "output / error"):
-        table.add_column(col, no_wrap=col != "output / error")
+        _styled(status.state))
+    took = _since(status.started_at or status.created_at, status.finished_at or now)
+    if took:
+        header.append(f"  {took}")
+    done = sum(1 for s in status.steps if s.state in STEP_TERMINAL)
+    overall = Table.grid(padding=(0, 1))
+    overall.add_row(ProgressBar(total=max(1, len(status.steps)), completed=done, width=40),
+                    Text(f"{done}/{len(status.steps)} steps finished"))
+    parents = _parents(status, depends)
+    tree = Tree(header, guide_style="dim")
+    nodes: dict[str, Tree] = {}
+
+    def place(step_id: str) -> Tree:
+        if step_id in nodes:
+            return nodes[step_id]
+        parent_id = parents.get(step_id)
+        parent = place(parent_id) if parent_id is not None else tree
+        step = status.step(step_id)
+        nodes[step_id] = parent.add(_step_label(step, parent_id, depends.get(step_id, []), now))
+        return nodes[step_id]
+
     for step in status.steps:
-        detail = (Text(f"{step.error.code}: {step.error.message}", style="red")
-                  if step.error else Text(short_json(step.output)))
-        # Steps the engine runs itself (sleep, wait, switch, ...) show their kind.
-        what = Text(step.task) if step.task else Text(step.kind.value, style="italic")
-        table.add_row(step.id, what, _styled(step.state), str(step.attempts),
-                      step_duration(step, now), detail)
-    parts: list[Any] = [header, table]
+        place(step.id)
+    parts: list[RenderableType] = [tree, overall]
     if status.error is not None:
         parts.append(Text(f"error[{status.error.code}]: {status.error.message}", style="red"))
     if status.output is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -244,7 +245,7 @@ def status(
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     else:
-        console.print(workflow_view(result))
+        console.print(workflow_view(result, now=datetime.now(UTC)))
 
 
 async def _get(workflow_id: str, settings: NatsSettings,

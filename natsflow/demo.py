@@ -84,7 +84,7 @@ async def sleep(ctx: TaskContext, data: SleepIn) -> dict[str, Any]:
     part = data.seconds / data.steps
     for step in range(1, data.steps + 1):
         await asyncio.sleep(part)
-        await ctx.progress({"step": step, "steps": data.steps})
+        await ctx.progress({"done": step, "of": data.steps})
     return {"slept": data.seconds}
 
 

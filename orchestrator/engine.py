@@ -111,6 +111,7 @@ def new_record(inp: CreateWorkflow, now: datetime) -> WorkflowRecord:
         definition=cfg.definition, definition_version=cfg.definition_version,
         steps=[StepStatus(id=s.id, kind=StepKind(s.kind),
                           task=s.step.task_type if isinstance(s, MapStep) else s.task_type,
+                          depends_on=list(s.depends_on),
                           compensates=undoes.get(s.id)) for s in cfg.steps],
     )
     # Built from validated parts; model_construct skips re-running the graph check.

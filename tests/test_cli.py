@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -183,6 +184,35 @@ def test_submit_json_file_then_status_and_events(cli: CliRunner, tmp_path: Path)
     assert "step.succeeded" in text.stdout
 
 
+def test_status_draws_the_steps_as_a_tree_with_durations(cli: CliRunner,
+                                                         tmp_path: Path) -> None:
+    path = tmp_path / "diamond.yaml"
+    path.write_text("name: diamond\nsteps:\n"
+                    "  - {id: top, task: demo.echo, input: {text: a}}\n"
+                    "  - {id: left, task: demo.sleep, input: {seconds: 0.3}, depends_on: [top]}\n"
+                    "  - {id: right, task: demo.echo, input: {text: b}, depends_on: [top]}\n"
+                    "  - {id: join, task: demo.echo, input: {text: c}, "
+                    "depends_on: [right, left]}\n")
+    created = _submit_json(cli, str(path))
+    _wait_state(cli, created.id, {"completed"})
+    tree = cli.invoke(app, ["status", created.id])
+    assert tree.exit_code == 0, tree.output
+    lines = tree.stdout.splitlines()
+    assert lines[0].startswith(f"workflow {created.id}  diamond  completed  ")
+    assert any(x.endswith("4/4 steps finished") for x in lines), lines
+
+    def depth(step: str) -> int:
+        return next(len(x) - len(x.lstrip("│├└─ ")) for x in lines
+                    if x.lstrip("│├└─ ").startswith(step + "  ")) // 4
+
+    assert (depth("top"), depth("left"), depth("right")) == (1, 2, 2)
+    assert depth("join") == 3  # under left, the slower of its two dependencies
+    fields = _row(tree.stdout, "join")
+    assert fields[:2] == ["demo.echo", "succeeded"]
+    assert re.fullmatch(r"\d+\.\d\ds", fields[2]) and fields[3] == "after right"
+    assert float(_row(tree.stdout, "left")[2][:-1]) >= 0.3
+
+
 def test_failed_workflow_exits_1_with_its_error(cli: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "fail.yaml"
     path.write_text("name: doomed\nsteps:\n  - {id: boom, task: demo.fail}\n")
@@ -273,13 +303,13 @@ def test_signal_over_nats_and_through_the_gateway(cli: CliRunner, deployment: De
         assert missing.stderr.startswith("error[workflow-not-found]:")
 
 
-def _row(table: str, step: str) -> list[str]:
-    """The cells after the step id in a status table's row for ``step``."""
-    for line in table.splitlines():
-        cells = [c.strip() for c in line.split("│")]
+def _row(tree: str, step: str) -> list[str]:
+    """The fields after the step id on the status tree's line for ``step``."""
+    for line in tree.splitlines():
+        cells = re.split(r"\s{2,}", line.lstrip("│├└─ "))
         if cells[0] == step:
             return cells[1:]
-    raise AssertionError(f"no row for {step!r} in\n{table}")
+    raise AssertionError(f"no line for {step!r} in\n{tree}")
 
 
 @pytest.mark.parametrize(("payload", "message"), [

@@ -210,3 +210,35 @@ def register_control_commands(app: typer.Typer) -> None:
         data = _json_object(input_, "input")
         _call(settings, as_json, lambda c: c.rerun(workflow_id, input=data,
                                                    from_step=from_step, new_id=new_id))
+
+    @app.command()
+    @with_settings
+    def verify(
+        workflow_ids: Annotated[list[str] | None, typer.Argument(
+            metavar="[ID]...", help="Only these workflows (default: every one with events).")
+                                ] = None,
+        join_any: Annotated[bool, typer.Option(
+            help="Some steps join 'any': a step may begin once one dependency "
+                 "succeeded.")] = False,
+        as_json: _JsonOpt = False, *, settings: NatsSettings,
+    ) -> None:
+        """Check natsflow's promises on stored events and states; exit 1 on a violation."""
+        from contracts.promises import check_all
+
+        from ._cli_workflows import nats_client
+
+        async def _verify() -> tuple[int, list[Any]]:
+            async with nats_client(settings) as client:
+                return await check_all(client, workflow_ids or None, join_all=not join_any)
+
+        checked, violations = run(_verify())
+        if as_json:
+            typer.echo(json.dumps({"checked": checked, "violations": [
+                {"workflow_id": v.workflow_id, "promise": v.promise, "message": v.message}
+                for v in violations]}, indent=2))
+        else:
+            for v in violations:
+                console.print(f"[red]{v}[/]", highlight=False)
+            console.print(f"{checked} workflows checked, {len(violations)} violations")
+        if violations:
+            raise typer.Exit(1)

@@ -472,3 +472,16 @@ def test_watch_follows_a_workflow_to_its_end(cli: CliRunner, tmp_path: Path) -> 
     failing.write_text(f"name: w\nid: {wid}-bad\nsteps:\n  - {{id: boom, task: demo.fail}}\n")
     assert cli.invoke(app, ["submit", str(failing)]).exit_code == 0
     assert cli.invoke(app, ["watch", f"{wid}-bad"]).exit_code == 1
+
+
+def test_verify_checks_the_promises_of_stored_workflows(cli: CliRunner) -> None:
+    created = _submit_json(cli, str(EXAMPLES / "hello.yaml"))
+    _wait_state(cli, created.id, {"completed"})
+    sound = cli.invoke(app, ["verify", created.id])
+    assert sound.exit_code == 0, sound.output
+    assert sound.stdout.strip() == "1 workflows checked, 0 violations"
+    bad = cli.invoke(app, ["verify", created.id, "never-submitted", "--json"])
+    assert bad.exit_code == 1
+    assert json.loads(bad.stdout) == {"checked": 2, "violations": [
+        {"workflow_id": "never-submitted", "promise": 1, "message": "accepted but not stored"},
+        {"workflow_id": "never-submitted", "promise": 3, "message": "no events"}]}

@@ -19,12 +19,14 @@ from contracts.models import (
     STEP_IN_FLIGHT,
     STEP_TERMINAL,
     WORKFLOW_TERMINAL,
+    Event,
     EventType,
     RetryPolicy,
     StepState,
     WorkflowConfig,
     WorkflowState,
 )
+from contracts.promises import check_workflow
 from orchestrator.engine import MAX_PENDING_SIGNALS, decide
 from orchestrator.records import (
     CancelEffect,
@@ -434,6 +436,7 @@ class KindsMachine(RuleBasedStateMachine):
     def create(self, cfg: WorkflowConfig) -> None:
         self.record: WorkflowRecord | None = None
         self.seqs: list[int] = []
+        self.events: list[Event] = []
         self.terminal_events = 0
         self.compensating = False
         self.timers: list[TimerFired] = []
@@ -452,6 +455,7 @@ class KindsMachine(RuleBasedStateMachine):
         for eff in d.effects:
             if isinstance(eff, EventEffect):
                 self.seqs.append(eff.event.seq)
+                self.events.append(eff.event)
                 self.terminal_events += eff.event.type in EVENT_TERMINAL
                 self.compensating |= eff.event.type == EventType.WORKFLOW_COMPENSATING
             elif isinstance(eff, TimerEffect):
@@ -521,6 +525,12 @@ class KindsMachine(RuleBasedStateMachine):
         assert self.terminal_events <= 1
         if self.record is not None:
             assert self.terminal_events == (self.record.status.state in WORKFLOW_TERMINAL)
+
+    @invariant()
+    def an_ended_history_keeps_the_promises(self) -> None:
+        if self.record is not None and self.record.status.state in WORKFLOW_TERMINAL:
+            status = self.record.status
+            assert check_workflow(status.id, status, self.events, join_all=False) == []
 
 
 TestKindsMachine = KindsMachine.TestCase

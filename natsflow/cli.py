@@ -146,7 +146,9 @@ def worker_command(
     obj = _load_object(target)
     if not callable(getattr(obj, "run", None)):
         fail(InvalidRequest(f"{target} is not a natsflow Worker (it has no run method)"))
-    run_until_signal(lambda: obj.run(settings))
+    # Room for the worker's own grace (running handlers finish, the rest are handed back).
+    run_until_signal(lambda: obj.run(settings),
+                     grace=float(getattr(obj, "stop_grace", 10.0)) + 5.0)
 
 
 def _load_object(target: str) -> Any:

@@ -22,7 +22,7 @@ from .engine import EngineSettings
 from .metrics import MetricsServer, OrchestratorMetrics
 from .outputs import OutputStore
 from .records import TimerFired
-from .runtime import Item, Malformed, Processor
+from .runtime import Item, Malformed, Processor, Verdict
 from .store import KvRecordStore
 
 __all__ = ["Orchestrator"]
@@ -182,11 +182,28 @@ class Orchestrator:
         assert self.processor is not None
         while not self._stopping.is_set():
             msgs = await self._fetch(sub)
-            if msgs:
+            if msgs and self._stopping.is_set():
+                await self._hand_back(msgs)  # fetched as the stop came: another replica's
+            elif msgs:
                 try:
                     await self.processor.handle(msgs)
+                except asyncio.CancelledError:
+                    await self._hand_back(msgs)
+                    raise
                 except Exception:
                     log.exception("engine batch failed; messages will be redelivered")
+
+    async def _hand_back(self, msgs: list[Msg]) -> None:
+        """Cut short by a stop: give the batch back now, not after the ack wait.
+
+        Messages already acked are unaffected (a nak after an ack is ignored); a
+        transition saved but not published is finished by whoever takes its message
+        next, from the record's outbox.
+        """
+        assert self.processor is not None
+        await asyncio.shield(asyncio.gather(
+            *(self.processor.settle(m, Verdict.RETRY) for m in msgs)))
+        log.info("stopping: handed %d unfinished messages back", len(msgs))
 
     async def _sample_queues(self) -> None:
         """Every ``queue_sample_interval`` s: num_pending of the inbox and task consumers."""
@@ -235,5 +252,8 @@ class Orchestrator:
                     due.append(item)
             try:
                 await processor.process(due)
+            except asyncio.CancelledError:
+                await self._hand_back([i.msg for i in due if i.msg is not None])
+                raise
             except Exception:
                 log.exception("timer batch failed; timers will be redelivered")

@@ -413,7 +413,7 @@ async def test_demo_tasks(settings: NatsSettings, nc: Client, js: JetStreamConte
         got = await results_of(js, s, task)
         assert [r.kind for r in got] == ["progress"] * 3 + ["succeeded"]
         assert [r.progress for r in got if isinstance(r, TaskProgress)] == [
-            {"step": i, "steps": 3} for i in (1, 2, 3)]
+            {"done": i, "of": 3} for i in (1, 2, 3)]
         assert isinstance(got[-1], TaskSucceeded) and got[-1].output == {"slept": 0.3}
 
 

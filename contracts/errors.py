@@ -22,8 +22,10 @@ Hierarchy::
     │   ├── AlreadyFinished       already-finished     the workflow/batch is terminal
     │   ├── InvalidState          invalid-state        not allowed in the workflow's state
     │   └── TooManySignals        too-many-signals     signals pile up with no wait step
-    └── Unavailable               unavailable          NATS or the engine is unreachable (retryable)
-        └── EngineTimeout         engine-timeout       no answer in time (retryable)
+    ├── Unavailable               unavailable          NATS or the engine is unreachable (retryable)
+    │   └── EngineTimeout         engine-timeout       no answer in time (retryable)
+    └── ConfigMismatch            config-mismatch      a stream, bucket or consumer in NATS is
+                                                       set up in a way natsflow cannot work with
 
 Errors of *steps* (reported by workers) are not exceptions here: they are
 :class:`ErrorInfo` values inside results and statuses, with codes chosen by the worker,
@@ -40,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "AlreadyFinished",
     "BatchNotFound",
+    "ConfigMismatch",
     "Conflict",
     "DefinitionNotFound",
     "EngineTimeout",
@@ -229,6 +232,15 @@ class EngineTimeout(Unavailable):
     """The orchestrator did not answer in time."""
 
     code = "engine-timeout"
+
+
+class ConfigMismatch(NatsflowError):
+    """What exists in NATS contradicts what natsflow needs (found at start-up).
+
+    ``field`` names the setting, ``details`` says where, what is needed and what is there.
+    """
+
+    code = "config-mismatch"
 
 
 def _all_subclasses(cls: type[NatsflowError]) -> list[type[NatsflowError]]:

@@ -6,6 +6,7 @@ the config changed); nobody creates them by hand.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import nats.js.errors
@@ -19,7 +20,9 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from nats.js.kv import KeyValue
 
+from .errors import ConfigMismatch
 from .subjects import Subjects
 
 __all__ = [
@@ -27,8 +30,11 @@ __all__ = [
     "TASK_ACK_WAIT",
     "TASK_HEARTBEAT",
     "Topology",
+    "check_consumer",
+    "declare_bucket",
     "declare_stream",
     "ensure_consumer",
+    "reconcile_stream",
 ]
 
 #: Seconds within which JetStream drops a message whose Nats-Msg-Id it has seen.
@@ -146,16 +152,105 @@ class Topology:
 _NAME_IN_USE = 10058  # stream name already in use with a different configuration
 
 
+def _value(v: object) -> object:
+    return getattr(v, "value", v)
+
+
+def reconcile_stream(wanted: StreamConfig, have: StreamConfig) -> StreamConfig:
+    """The config to apply to an existing stream: ``wanted``, but never fewer replicas.
+
+    A deployment made with ``--replicas 3`` stays R3 when a service started without it
+    declares the stream again (a worker, say): scaling down would drop copies silently.
+
+    Raises:
+        ConfigMismatch: the stream differs in a way that cannot be changed in place
+            (retention, storage) or that natsflow cannot work with (missing subjects).
+    """
+    where = {"stream": wanted.name}
+    for field in ("retention", "storage"):
+        want, got = _value(getattr(wanted, field)), _value(getattr(have, field))
+        if want is not None and got is not None and want != got:
+            raise ConfigMismatch(
+                f"stream {wanted.name} has {field} {got}, natsflow needs {want}; it cannot "
+                f"be changed in place (move the data, or use another NATSFLOW_PREFIX)",
+                field=field, details={**where, "needed": want, "found": got})
+    missing = sorted(set(wanted.subjects or []) - set(have.subjects or []))
+    if missing and have.sealed:
+        raise ConfigMismatch(f"stream {wanted.name} is sealed without subjects {missing}",
+                             field="subjects", details={**where, "needed": missing})
+    replicas = max(wanted.num_replicas or 1, have.num_replicas or 1)
+    return dataclasses.replace(wanted, num_replicas=replicas)
+
+
 async def declare_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or bring an existing one to ``config``."""
+    """Create the stream, or bring an existing one to ``config`` (see reconcile_stream).
+
+    Raises:
+        ConfigMismatch: the existing stream cannot be made fit.
+    """
     try:
         await js.add_stream(config)
+        return
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _NAME_IN_USE:
             raise
-        await js.update_stream(config)
+    assert config.name is not None
+    have = (await js.stream_info(config.name)).config
+    await js.update_stream(reconcile_stream(config, have))
 
 
-async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
-    """Create the durable consumer, or update it to ``config``."""
-    await js.add_consumer(stream, config)
+async def declare_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Create the KV bucket, or bind to an existing one if natsflow can use it.
+
+    An existing bucket is left as it is (its replicas too), unless it cannot work: a
+    different storage type, or history below what natsflow needs.
+
+    Raises:
+        ConfigMismatch: the existing bucket cannot be used.
+    """
+    try:
+        return await js.create_key_value(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _NAME_IN_USE:
+            raise
+    have = (await js.stream_info(f"KV_{config.bucket}")).config
+    where = {"bucket": config.bucket}
+    want_storage, got_storage = _value(config.storage), _value(have.storage)
+    if want_storage is not None and got_storage != want_storage:
+        raise ConfigMismatch(f"KV bucket {config.bucket} has storage {got_storage}, natsflow "
+                             f"needs {want_storage}", field="storage",
+                             details={**where, "needed": want_storage, "found": got_storage})
+    if (have.max_msgs_per_subject or 1) < (config.history or 1):
+        raise ConfigMismatch(f"KV bucket {config.bucket} keeps history "
+                             f"{have.max_msgs_per_subject}, natsflow needs {config.history}",
+                             field="history", details=where)
+    return await js.key_value(config.bucket)
+
+
+def check_consumer(stream: str, wanted: ConsumerConfig, have: ConsumerConfig,
+                   *, heartbeat: float | None = None) -> None:
+    """Raise if a consumer natsflow declared is not what it needs.
+
+    Raises:
+        ConfigMismatch: explicit acks missing, or an ack wait a heartbeat cannot cover.
+    """
+    where = {"stream": stream, "consumer": wanted.durable_name}
+    if _value(have.ack_policy) != _value(AckPolicy.EXPLICIT):
+        raise ConfigMismatch(f"consumer {wanted.durable_name} on {stream} does not use "
+                             f"explicit acks", field="ack_policy", details=where)
+    if heartbeat is not None and (have.ack_wait or 0) <= heartbeat:
+        raise ConfigMismatch(
+            f"consumer {wanted.durable_name} on {stream} has ack wait {have.ack_wait}s, not "
+            f"above the {heartbeat}s heartbeat: running tasks would be redelivered",
+            field="ack_wait", details={**where, "heartbeat": heartbeat})
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig, *,
+                          heartbeat: float | None = None) -> None:
+    """Create the durable consumer, or update it to ``config``; then check it.
+
+    Raises:
+        ConfigMismatch: the consumer still is not fit (see check_consumer).
+    """
+    info = await js.add_consumer(stream, config)
+    check_consumer(stream, config, info.config, heartbeat=heartbeat)

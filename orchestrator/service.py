@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from datetime import UTC, datetime
 from types import TracebackType
 
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from contracts.connect import NatsSettings, connect
 from contracts.consume import ConsumerStalled, PullConsumer
-from contracts.streams import Topology, declare_stream, ensure_consumer
+from contracts.streams import Topology, declare_bucket, declare_stream, ensure_consumer
 
 from .api import Api
 from .builtins import BuiltinSteps
@@ -80,17 +82,17 @@ class Orchestrator:
         if self.nc is None:
             self.nc = await connect(self.settings, name="natsflow-orchestrator", timeout=None)
         js = self.nc.jetstream()
-        t = self.topology
         await self._declare()
-        workflows = KvRecordStore(await js.create_key_value(t.workflows_kv()))
-        batches = KvRecordStore(await js.create_key_value(t.batches_kv()))
-        idempotency = await js.create_key_value(t.idempotency_kv())
-        outputs = OutputStore(js, self.subjects, await js.create_key_value(t.outputs_kv()),
+        t = self.topology  # _declare may have adopted the deployment's replicas
+        workflows = KvRecordStore(await declare_bucket(js, t.workflows_kv()))
+        batches = KvRecordStore(await declare_bucket(js, t.batches_kv()))
+        idempotency = await declare_bucket(js, t.idempotency_kv())
+        outputs = OutputStore(js, self.subjects, await declare_bucket(js, t.outputs_kv()),
                               await js.create_object_store(
                                   # nats-py overwrites config.bucket with this argument
                                   self.subjects.blobs_bucket, config=t.blobs_store()))
-        definitions = DefinitionStore(await js.create_key_value(t.definitions_kv()))
-        await js.create_key_value(t.summaries_kv())  # written by the outbox
+        definitions = DefinitionStore(await declare_bucket(js, t.definitions_kv()))
+        await declare_bucket(js, t.summaries_kv())  # written by the outbox
         self.processor = Processor(self.nc, self.subjects, workflows=workflows,
                                    batches=batches, settings=self.engine_settings,
                                    definitions=definitions, outputs=outputs,
@@ -118,11 +120,33 @@ class Orchestrator:
         """Declare the streams and consumers (idempotent)."""
         assert self.nc is not None
         js = self.nc.jetstream()
+        await self._adopt_replicas()
         t = self.topology
         for stream in (t.inbox(), t.tasks(), t.events(), t.dlq()):
             await declare_stream(js, stream)
         await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
         await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
+
+    async def _adopt_replicas(self) -> None:
+        """Run with the deployment's replicas when it has more than asked for.
+
+        Someone made this deployment with ``--replicas 3``; a replica started without it
+        must not create its buckets at R1 beside R3 streams (nor scale streams down).
+        """
+        assert self.nc is not None
+        try:
+            have = (await self.nc.jetstream().stream_info(self.subjects.inbox_stream)
+                    ).config.num_replicas or 1
+        except nats.js.errors.NotFoundError:
+            have = 0
+        if have > self.topology.replicas:
+            log.warning("the deployment's streams have %d replicas; running with %d, not %d",
+                        have, have, self.topology.replicas)
+            self.topology = dataclasses.replace(self.topology, replicas=have)
+        if self.topology.replicas == 1 and self.nc._server_info.get("cluster"):
+            log.warning("NATS is a cluster (%s) but streams have 1 replica: losing one "
+                        "server loses data; start with --replicas 3",
+                        self.nc._server_info.get("cluster"))
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight groups finish, deregister, disconnect."""

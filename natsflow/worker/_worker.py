@@ -16,7 +16,7 @@ from contracts.builtins import RESERVED_TASK_PREFIX, is_reserved_task
 from contracts.connect import NatsSettings, connect
 from contracts.consume import PullConsumer
 from contracts.messages import CancelNotice
-from contracts.streams import Topology, declare_stream, ensure_consumer
+from contracts.streams import TASK_HEARTBEAT, Topology, declare_stream, ensure_consumer
 from contracts.subjects import TASK_TYPE_RE, Subjects
 
 from ._execute import RunningAttempts, execute_delivery
@@ -189,7 +189,8 @@ class _Session:
         await declare_stream(self._js, self._topology.dlq())
         for task_type in self._handlers:
             await ensure_consumer(self._js, self._subjects.tasks_stream,
-                                  self._topology.worker_consumer(task_type))
+                                  self._topology.worker_consumer(task_type),
+                                  heartbeat=TASK_HEARTBEAT)
 
     async def stop(self, *, grace: float) -> None:
         self._stopping = True

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shlex
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
-from helpers import read_dead_letters, read_events, wait_for
+from helpers import read_dead_letters, read_events, running_demo_worker, wait_for
 from nats.aio.client import Client
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -236,7 +240,14 @@ async def receiver() -> AsyncIterator[Receiver]:
                 return PlainTextResponse("busy", status_code=503)
         return Response(status_code=204)
 
-    app = Starlette(routes=[Route("/{name}", hook, methods=["POST"])])
+    async with _serving(Starlette(routes=[Route("/{name}", hook, methods=["POST"])])) as base:
+        rec.base = base
+        yield rec
+
+
+@asynccontextmanager
+async def _serving(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free port; yields its base URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
                                            ws="none", log_level="warning"))
@@ -244,10 +255,11 @@ async def receiver() -> AsyncIterator[Receiver]:
     while not server.started:
         assert not serving.done(), "uvicorn did not start"
         await asyncio.sleep(0.02)
-    rec.base = f"http://127.0.0.1:{port}"
-    yield rec
-    server.should_exit = True
-    await serving
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
 
 
 #: Small backoffs keep the retry tests fast.
@@ -370,3 +382,90 @@ async def test_a_bad_webhook_url_is_refused_at_submit_naming_the_field(
     assert isinstance(err, ValidationFailed)
     assert err.field == "config.webhooks.0.url"
     assert "http" in err.message
+
+
+# -- the examples of docs/webhooks.md and docs/http-api.md --------------------------------
+
+_DOCS = Path(__file__).resolve().parent.parent / "docs"
+_DOC = (_DOCS / "webhooks.md").read_text()
+
+
+def _blocks(lang: str, text: str = _DOC) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_the_plain_python_check_agrees_with_verify_signature() -> None:
+    (_, plain) = _blocks("python")
+    namespace: dict[str, Any] = {}
+    exec(compile(plain, "webhooks.md", "exec"), namespace)
+    verify = namespace["verify"]
+    ts, body = str(int(time.time())), b'{"seq":1}'
+    good = sign(SECRET, ts, body)
+    for args in [(SECRET, ts, body, good), (SECRET, ts, body, f"v1=00,{good}"),
+                 ("other", ts, body, good), (SECRET, ts, body + b" ", good),
+                 (SECRET, "1700000000", body, sign(SECRET, "1700000000", body)),
+                 (SECRET, "soon", body, good), (SECRET, ts, body, good[3:])]:
+        assert verify(*args) == verify_signature(*args), args
+    assert verify(SECRET, ts, body, good)
+
+
+async def test_the_documented_receiver_takes_the_documented_workflows_events(
+        hooked: Orchestrator, client: NatsflowClient, nc: Client, settings: NatsSettings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    (config_block,) = _blocks("json")
+    config = json.loads(config_block)
+    WorkflowConfig.model_validate(config)
+    monkeypatch.setenv("NATSFLOW_WEBHOOK_SECRET", SECRET)
+    (recipe, _) = _blocks("python")
+    namespace: dict[str, Any] = {}
+    exec(compile(recipe, "webhooks.md", "exec"), namespace)
+    received: list[Event] = namespace["received"]
+    async with _serving(namespace["app"]) as base, running_demo_worker(settings):
+        # Both webhooks go to the documented receiver: it dedupes the terminal event.
+        for hook in config["webhooks"]:
+            hook["url"] = f"{base}/hooks/natsflow"
+        await client.create(config)
+        await client.wait("order_42", timeout=20)
+        events = await read_events(nc, settings.subjects, "order_42")
+        await wait_for(lambda: len(received) == len(events), what="every event")
+        await asyncio.sleep(0.3)
+        assert received == events
+        async with httpx.AsyncClient() as http:
+            forged = await http.post(f"{base}/hooks/natsflow", content=b"{}", headers={
+                "Natsflow-Event-Id": "x:1", "Natsflow-Timestamp": str(int(time.time())),
+                "Natsflow-Signature": "v1=" + "0" * 64})
+        assert forged.status_code == 401
+    assert _delivered(hooked, "delivered") == len(events) + 1
+    # The documented request is what the receiver got (but for the time).
+    (request,) = _blocks("http")
+    head, _, shown_body = request.partition("\n\n")
+    shown = json.loads(shown_body)
+    last = received[-1].model_dump(mode="json")
+    assert shown | {"time": None} == last | {"time": None}
+    names = [line.split(":")[0] for line in head.splitlines()[1:]]
+    assert names == ["Content-Type", EVENT_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER]
+    assert f"{EVENT_ID_HEADER}: order_42:{last['seq']}" in head
+
+
+async def test_the_http_api_doc_webhook_example_is_what_the_gateway_answers(
+        settings: NatsSettings, nc: Client) -> None:
+    import httpx
+
+    from gateway import create_app
+
+    doc = (_DOCS / "http-api.md").read_text()
+    section = doc[doc.index("#### Webhooks"):doc.index("### `GET /workflows`")]
+    (command,) = _blocks("bash", section)
+    body = shlex.split(command.replace("\\\n", " "))[-1]
+    (answer,) = _blocks("http", section)
+    shown = json.loads(answer.partition("\n\n")[2].replace('[...]', '[]'))
+    transport = httpx.ASGITransport(app=create_app(settings, nc=nc))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        resp = await http.post("/workflows", content=body,
+                               headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422
+    got = resp.json()
+    assert {k: v for k, v in got.items() if k != "errors"} == \
+        {k: v for k, v in shown.items() if k != "errors"}

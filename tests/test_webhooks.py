@@ -8,7 +8,7 @@ import json
 import re
 import shlex
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +28,14 @@ from starlette.routing import Route
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from contracts.errors import ErrorInfo, ValidationFailed, error_from_info
-from contracts.models import EVENT_TERMINAL, Event, EventType, Webhook, WorkflowConfig
+from contracts.models import (
+    EVENT_TERMINAL,
+    Event,
+    EventType,
+    TaskStep,
+    Webhook,
+    WorkflowConfig,
+)
 from contracts.webhooks import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
@@ -42,7 +49,7 @@ from contracts.webhooks import (
 from natsflow.embedded import free_port
 from orchestrator import Orchestrator
 from orchestrator.engine import decide
-from orchestrator.records import CreateWorkflow, EventEffect, WebhookEffect
+from orchestrator.records import CreateWorkflow, Effect, EventEffect, TaskEffect, WebhookEffect
 from orchestrator.runtime import fingerprint
 from orchestrator.webhooks import (
     Action,
@@ -368,6 +375,38 @@ async def test_an_unreachable_receiver_is_dead_lettered_after_max_deliveries(
     assert letter.reason.message.startswith(f"gave up after 3 deliveries: POST {url}: ")
     assert letter.deliveries == FAST.max_deliveries
     assert _delivered(hooked, "retried") == FAST.max_deliveries - 1
+
+
+async def test_a_replayed_outbox_queues_each_delivery_once(
+        hooked: Orchestrator, client: NatsflowClient, nc: Client, settings: NatsSettings,
+        receiver: Receiver) -> None:
+    processor = hooked.processor
+    assert processor is not None
+    real = processor.publish
+    crashes: list[int] = []
+
+    async def publish(key: str, effects: Sequence[Effect]) -> None:
+        await real(key, effects)
+        if not crashes and any(isinstance(e, TaskEffect) for e in effects):
+            # Published, but "crashed" before the ack: the redelivered command finds the
+            # outbox in the record and publishes all of it again.
+            crashes.append(len(effects))
+            raise ConnectionError("simulated crash after the publish")
+
+    processor.publish = publish  # type: ignore[method-assign]
+    config = _config({"url": f"{receiver.base}/ok", "events": "all"}, wid="wh_replay")
+    config = config.model_copy(update={"steps": [
+        TaskStep(id="a", task="demo.echo", input={"text": "x"})]})
+    async with running_demo_worker(settings):
+        await client.create(config)
+        await client.wait("wh_replay", timeout=20)
+        events = await read_events(nc, settings.subjects, "wh_replay")
+        await wait_for(lambda: len(receiver.got.get("/ok", [])) >= len(events),
+                       what="every event")
+        await asyncio.sleep(0.5)  # time for a duplicate to show up
+    assert crashes
+    ids = [h[EVENT_ID_HEADER.lower()] for h, _ in receiver.got["/ok"]]
+    assert sorted(ids) == sorted(f"wh_replay:{e.seq}" for e in events)
 
 
 async def test_a_bad_webhook_url_is_refused_at_submit_naming_the_field(

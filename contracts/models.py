@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AnyHttpUrl,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_OUTPUTS_BYTES",
     "MAX_STEPS",
     "MAX_STEP_OUTPUT_BYTES",
+    "MAX_WEBHOOKS",
     "Event",
     "EventType",
     "RetryPolicy",
@@ -59,6 +61,7 @@ __all__ = [
     "EXPRESSION_VARIABLES",
     "STEP_TERMINAL",
     "StepStatus",
+    "Webhook",
     "WorkflowConfig",
     "WorkflowState",
     "WorkflowStatus",
@@ -82,6 +85,10 @@ MAX_STEPS: Final = 200
 MAX_STEP_OUTPUT_BYTES: Final = 128 * 1024
 #: Budget for all step outputs of one workflow together (its state lives in one KV value).
 MAX_OUTPUTS_BYTES: Final = 512 * 1024
+#: Most webhooks one workflow may name.
+MAX_WEBHOOKS: Final = 5
+#: Longest webhook URL.
+MAX_WEBHOOK_URL: Final = 2048
 
 _Id = Annotated[str, Field(min_length=1, max_length=128, pattern=TOKEN_RE.pattern)]
 _TaskType = Annotated[str, Field(min_length=1, max_length=128, pattern=TASK_TYPE_RE.pattern)]
@@ -435,6 +442,24 @@ class ParentRef(BaseModel):
     attempt: int = Field(ge=1)
 
 
+class Webhook(BaseModel):
+    """Where to POST a workflow's status events (see docs/webhooks.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: AnyHttpUrl = Field(description="An http or https URL; each event is POSTed to it.")
+    events: Literal["terminal", "all"] = Field(
+        default="terminal", description="`terminal`: only the event that ends the workflow "
+        "(`workflow.completed`, `workflow.failed`, `workflow.stopped`). `all`: every event.")
+
+    @field_validator("url")
+    @classmethod
+    def _bounded(cls, url: AnyHttpUrl) -> AnyHttpUrl:
+        if len(str(url)) > MAX_WEBHOOK_URL:
+            raise ValueError(f"a webhook URL has at most {MAX_WEBHOOK_URL} characters")
+        return url
+
+
 class WorkflowConfig(BaseModel):
     """What a client submits: a named DAG of steps and its input."""
 
@@ -465,6 +490,11 @@ class WorkflowConfig(BaseModel):
                                    description="Set by natsflow: the stored definition run.")
     definition_version: int | None = Field(default=None,
                                            description="Set by natsflow: its version.")
+    # Left out of the JSON when empty: the fingerprints of configs without webhooks (and
+    # so identical resubmits of workflows stored before webhooks existed) stay the same.
+    webhooks: list[Webhook] = Field(
+        default_factory=list, max_length=MAX_WEBHOOKS, exclude_if=lambda hooks: not hooks,
+        description="URLs to POST the workflow's status events to (docs/webhooks.md).")
 
     @field_validator("steps")
     @classmethod

@@ -29,6 +29,7 @@ __all__ = [
     "DUPLICATE_WINDOW",
     "TASK_ACK_WAIT",
     "TASK_HEARTBEAT",
+    "WEBHOOK_ACK_WAIT",
     "Topology",
     "check_consumer",
     "declare_bucket",
@@ -45,6 +46,9 @@ TASK_ACK_WAIT = 30.0
 TASK_HEARTBEAT = 10.0
 #: Seconds an engine message may stay unacked before it is redelivered.
 ENGINE_ACK_WAIT = 30.0
+#: Seconds a webhook delivery may go without news from its deliverer (it sends an
+#: in-progress ack every third of this while it waits or POSTs) before it is redelivered.
+WEBHOOK_ACK_WAIT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,13 @@ class Topology:
         return StreamConfig(name=s.dlq_stream, subjects=[s.all_dlq],
                             retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
                             num_replicas=self.replicas, max_age=30 * 24 * 3600)
+
+    def webhooks(self) -> StreamConfig:
+        """Webhook deliveries to make, one subject per workflow."""
+        s = self.subjects
+        return StreamConfig(name=s.webhooks_stream, subjects=[s.all_webhooks],
+                            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                            num_replicas=self.replicas, duplicate_window=DUPLICATE_WINDOW)
 
     def workflows_kv(self) -> KeyValueConfig:
         """Workflow id -> record."""
@@ -139,6 +150,14 @@ class Topology:
         return ConsumerConfig(durable_name=s.timer_consumer, filter_subject=s.timer_filter,
                               ack_policy=AckPolicy.EXPLICIT, ack_wait=ENGINE_ACK_WAIT,
                               max_deliver=-1, max_ack_pending=1_000_000, max_waiting=512)
+
+    def webhook_consumer(self) -> ConsumerConfig:
+        """Webhook deliveries; shared by every deliverer. Deliveries are counted, and
+        bounded, by the deliverer itself (it dead-letters what it gives up on)."""
+        s = self.subjects
+        return ConsumerConfig(durable_name=s.webhook_consumer, filter_subject=s.all_webhooks,
+                              ack_policy=AckPolicy.EXPLICIT, ack_wait=WEBHOOK_ACK_WAIT,
+                              max_deliver=-1, max_ack_pending=10_000, max_waiting=512)
 
     def worker_consumer(self, task_type: str) -> ConsumerConfig:
         """Tasks of one type; shared by every worker serving it."""

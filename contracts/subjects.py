@@ -16,6 +16,7 @@ Subject scheme (``p`` is the prefix)::
                                   status events, e.g. p.events.<id>.workflow.completed,
                                   p.events.<id>.step.succeeded (EVENTS stream)
     p.dlq.<reason>                dead letters with a reason (DLQ stream)
+    p.webhooks.<workflow_id>      webhook deliveries to make (WEBHOOKS work-queue stream)
     p.api.<group>.<operation>     request/reply API (NATS micro service ``p``)
 """
 
@@ -80,6 +81,11 @@ class Subjects:
         return f"{_upper_name(self.prefix)}_DLQ"
 
     @property
+    def webhooks_stream(self) -> str:
+        """Work-queue stream of webhook deliveries."""
+        return f"{_upper_name(self.prefix)}_WEBHOOKS"
+
+    @property
     def engine_consumer(self) -> str:
         """Durable consumer shared by all orchestrators for commands and results."""
         return "engine"
@@ -88,6 +94,11 @@ class Subjects:
     def timer_consumer(self) -> str:
         """Durable consumer shared by all orchestrators for timers."""
         return "timers"
+
+    @property
+    def webhook_consumer(self) -> str:
+        """Durable consumer shared by all webhook deliverers."""
+        return "webhooks"
 
     def worker_consumer(self, task_type: str) -> str:
         """Durable consumer shared by all workers of one task type."""
@@ -194,6 +205,10 @@ class Subjects:
         """A dead letter with its reason code."""
         return f"{self.prefix}.dlq.{reason}"
 
+    def webhook(self, workflow_id: str) -> str:
+        """Webhook deliveries of one workflow's events."""
+        return f"{self.prefix}.webhooks.{workflow_id}"
+
     def api(self, operation: str) -> str:
         """A request/reply API endpoint, e.g. ``workflow.create``."""
         return f"{self.prefix}.api.{operation}"
@@ -235,6 +250,11 @@ class Subjects:
     def all_dlq(self) -> str:
         """Subjects captured by the dead-letter stream."""
         return f"{self.prefix}.dlq.>"
+
+    @property
+    def all_webhooks(self) -> str:
+        """Subjects captured by the webhooks stream."""
+        return f"{self.prefix}.webhooks.>"
 
     def is_internal(self, subject: str) -> bool:
         """True for the deployment's own machinery: every subject under the prefix but

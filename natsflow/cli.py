@@ -91,15 +91,30 @@ def orchestrator(
         help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off).")
     ] = None,
     log_format: _LogFormatOpt = LogFormat.TEXT,
+    webhooks: Annotated[bool, typer.Option(
+        help="Deliver webhooks in this process (see docs/webhooks.md).")] = True,
+    webhook_secret: Annotated[str | None, typer.Option(
+        envvar="NATSFLOW_WEBHOOK_SECRET", show_envvar=True,
+        help="Sign webhooks with this key (Natsflow-Signature header); unset: unsigned.")
+    ] = None,
+    webhook_max_deliveries: Annotated[int, typer.Option(
+        envvar="NATSFLOW_WEBHOOK_MAX_DELIVERIES", show_envvar=True, min=1,
+        help="Attempts at one webhook delivery before it is dead-lettered.")] = 8,
+    webhook_timeout: Annotated[float, typer.Option(
+        min=0.1, max=60.0, help="Seconds one webhook POST may take.")] = 10.0,
     *,
     settings: NatsSettings,
 ) -> None:
     """Run the orchestrator until SIGINT/SIGTERM."""
     from orchestrator import Orchestrator
+    from orchestrator.webhooks import WebhookSettings
 
     setup_logging(log_format)
+    hooks = WebhookSettings(secret=webhook_secret or None,
+                            max_deliveries=webhook_max_deliveries, timeout=webhook_timeout)
     run_until_signal(lambda: Orchestrator(settings, replicas=replicas, builtins=builtins,
-                                          metrics_port=metrics_port).run())
+                                          metrics_port=metrics_port, webhooks=webhooks,
+                                          webhook_settings=hooks).run())
 
 
 @app.command()

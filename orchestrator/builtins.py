@@ -45,7 +45,7 @@ from contracts.models import MAX_STEP_OUTPUT_BYTES
 from contracts.subjects import Subjects
 from natsflow.worker import TaskContext, TaskError, Worker
 
-__all__ = ["BuiltinSteps", "decode_reply", "encode_payload"]
+__all__ = ["BuiltinSteps", "decode_reply", "encode_payload", "safe_url"]
 
 #: NATS micro error reply headers (the convention of every NATS services framework).
 ERROR_HEADER: Final = "Nats-Service-Error"
@@ -188,7 +188,7 @@ class BuiltinSteps:
                 headers["Content-Type"] = "text/plain; charset=utf-8"
         elif data.body is not None:
             body["json"] = data.body
-        where = _safe_url(data.method, data.url)
+        where = safe_url(data.method, data.url)
         try:
             # httpx's ``params`` would replace the URL's own query; the contract adds to it.
             url = httpx.URL(data.url).copy_merge_params(data.query)
@@ -261,7 +261,7 @@ async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
     return b"".join(chunks), True
 
 
-def _safe_url(method: str, url: str) -> str:
+def safe_url(method: str, url: str) -> str:
     """``METHOD scheme://host/path`` without credentials or query (they may be secrets)."""
     try:
         u = httpx.URL(url)

@@ -52,6 +52,7 @@ from contracts.models import (
 )
 from contracts.streams import TASK_HEARTBEAT
 from contracts.subjects import Subjects
+from contracts.webhooks import deliveries_for
 
 from . import control, fanout, kinds
 from .records import (
@@ -73,6 +74,7 @@ from .records import (
     SummaryEffect,
     TimerEffect,
     TimerFired,
+    WebhookEffect,
     WorkflowCommandEffect,
     WorkflowDecision,
     WorkflowInput,
@@ -241,6 +243,8 @@ class _Tx:
         event = Event(workflow_id=self.status.id, seq=self.status.last_seq, type=type_,
                       time=time or self.now, step_id=step, attempt=attempt, data=data or {})
         self.effects.append(EventEffect(event=event))
+        self.effects.extend(WebhookEffect(delivery=d)
+                            for d in deliveries_for(self.config.webhooks, event))
 
     def timer(self, purpose: Any, due: datetime, *, step: str | None = None,
               attempt: int = 0) -> None:

@@ -73,6 +73,10 @@ class OrchestratorMetrics:
         self.cache_records = Gauge(
             "natsflow_record_cache_records", "Records held in this process's cache.",
             ["entity"], registry=r)
+        self.webhook_deliveries = Counter(
+            "natsflow_webhook_deliveries",
+            "Webhook POSTs made, by outcome (delivered, retried, dead-lettered).",
+            ["outcome"], registry=r)
         self.queue_pending = Gauge(
             "natsflow_queue_pending",
             "Messages not yet delivered to a consumer (num_pending), sampled periodically.",

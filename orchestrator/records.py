@@ -25,6 +25,7 @@ from contracts.messages import (
     TaskSucceeded,
 )
 from contracts.models import Event, ParentRef, WorkflowConfig, WorkflowStatus, WorkflowSummary
+from contracts.webhooks import WebhookDelivery
 
 __all__ = [
     "BatchCommand",
@@ -56,6 +57,7 @@ __all__ = [
     "TaskEffect",
     "TimerEffect",
     "TimerFired",
+    "WebhookEffect",
     "WorkflowCommand",
     "WorkflowCommandEffect",
     "WorkflowDecision",
@@ -191,6 +193,14 @@ class EventEffect(BaseModel):
     event: Event
 
 
+class WebhookEffect(BaseModel):
+    """Queue one event for one of the workflow's webhooks."""
+
+    model_config = _Frozen
+    kind: Literal["webhook"] = "webhook"
+    delivery: WebhookDelivery
+
+
 class TaskEffect(BaseModel):
     """Dispatch one attempt of a step to its work queue."""
 
@@ -286,7 +296,7 @@ class JoinMapEffect(BaseModel):
 Effect = Annotated[
     EventEffect | TaskEffect | TimerEffect | CancelEffect | NotifyBatchEffect
     | WorkflowCommandEffect | StartChildEffect | NotifyParentEffect | PutOutputEffect
-    | JoinMapEffect | SummaryEffect,
+    | JoinMapEffect | SummaryEffect | WebhookEffect,
     Field(discriminator="kind"),
 ]
 

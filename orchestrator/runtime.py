@@ -63,6 +63,7 @@ from .records import (
     TaskEffect,
     TimerEffect,
     TimerFired,
+    WebhookEffect,
     WorkflowCommand,
     WorkflowCommandEffect,
     WorkflowRecord,
@@ -455,6 +456,11 @@ class Processor:
             return (self.outputs.put_subject(effect.key),
                     json.dumps(effect.output, separators=(",", ":")).encode(),
                     f"out:{effect.key}")
+        if isinstance(effect, WebhookEffect):
+            d = effect.delivery
+            # One message per (event, webhook): a replayed outbox never queues it twice.
+            return (s.webhook(d.event.workflow_id), d.model_dump_json().encode(),
+                    f"wh:{d.event.workflow_id}:{d.event.seq}:{d.index}")
         if isinstance(effect, NotifyParentEffect):
             res = effect.result
             return (s.result(res.workflow_id), res.model_dump_json().encode(),

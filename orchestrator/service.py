@@ -26,6 +26,7 @@ from .outputs import OutputStore
 from .records import TimerFired
 from .runtime import Item, Malformed, Processor, Verdict
 from .store import KvRecordStore
+from .webhooks import WebhookDeliverer, WebhookSettings
 
 __all__ = ["Orchestrator"]
 
@@ -47,12 +48,17 @@ class Orchestrator:
             (see :attr:`metrics_server`), None serves none. Metrics are counted either way.
         metrics_host: Interface the metrics server listens on.
         queue_sample_interval: Seconds between samples of the queues' depths.
+        webhooks: Also deliver webhooks in this process (the queue is shared by every
+            orchestrator that does).
+        webhook_settings: Secret, retries and timeouts of webhook deliveries.
     """
 
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
                  fetch_batch: int = 256, stop_grace: float = 10.0,
                  builtins: bool = True, metrics_port: int | None = None,
-                 metrics_host: str = "0.0.0.0", queue_sample_interval: float = 5.0) -> None:
+                 metrics_host: str = "0.0.0.0", queue_sample_interval: float = 5.0,
+                 webhooks: bool = True, webhook_settings: WebhookSettings | None = None
+                 ) -> None:
         self.settings = settings
         self.subjects = settings.subjects
         self.topology = Topology(self.subjects, replicas=replicas)
@@ -72,6 +78,9 @@ class Orchestrator:
                                              host=metrics_host)
                                if metrics_port is not None else None)
         self.queue_sample_interval = queue_sample_interval
+        self.webhooks = webhooks
+        self.webhook_settings = webhook_settings or WebhookSettings()
+        self.deliverer: WebhookDeliverer | None = None
 
     async def start(self) -> None:
         """Connect, declare streams/consumers/buckets, serve the API, start consuming."""
@@ -110,6 +119,12 @@ class Orchestrator:
                        asyncio.create_task(self._timer_loop(timer_sub)),
                        asyncio.create_task(self._sample_queues())]
         await self.api.start()
+        if self.webhooks:
+            self.deliverer = WebhookDeliverer(self.nc, self.subjects,
+                                              dead_letter=self.processor.dead_letter,
+                                              settings=self.webhook_settings,
+                                              metrics=self.metrics)
+            await self.deliverer.start()
         if self.builtins:
             steps = BuiltinSteps(self.nc, self.subjects)
             await self._builtins.enter_async_context(
@@ -122,10 +137,11 @@ class Orchestrator:
         js = self.nc.jetstream()
         await self._adopt_replicas()
         t = self.topology
-        for stream in (t.inbox(), t.tasks(), t.events(), t.dlq()):
+        for stream in (t.inbox(), t.tasks(), t.events(), t.dlq(), t.webhooks()):
             await declare_stream(js, stream)
         await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
         await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
+        await ensure_consumer(js, self.subjects.webhooks_stream, t.webhook_consumer())
 
     async def _adopt_replicas(self) -> None:
         """Run with the deployment's replicas when it has more than asked for.
@@ -154,13 +170,18 @@ class Orchestrator:
         if self.api is not None:
             await self.api.close()
         # Built-in steps and the engine wind down side by side: each waits for a fetch.
-        await asyncio.gather(self._builtins.aclose(), self._stop_loops())
+        await asyncio.gather(self._builtins.aclose(), self._stop_loops(),
+                             self._stop_deliverer())
         for sub in self._subs:
             await sub.stop()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         if self._owns_nc and self.nc is not None:
             await self.nc.close()
+
+    async def _stop_deliverer(self) -> None:
+        if self.deliverer is not None:
+            await self.deliverer.stop()
 
     async def _stop_loops(self) -> None:
         # Loops finish the batch in hand and exit at their next fetch; what is still
@@ -230,7 +251,8 @@ class Orchestrator:
         log.info("stopping: handed %d unfinished messages back", len(msgs))
 
     async def _sample_queues(self) -> None:
-        """Every ``queue_sample_interval`` s: num_pending of the inbox and task consumers."""
+        """Every ``queue_sample_interval`` s: num_pending of the inbox, task and webhook
+        consumers."""
         assert self.nc is not None
         js = self.nc.jetstream()
         s = self.subjects
@@ -241,6 +263,8 @@ class Orchestrator:
                                         for name in (s.engine_consumer, s.timer_consumer)]]
                 samples += [(s.tasks_stream, info.name, info.num_pending)
                             for info in await js.consumers_info(s.tasks_stream)]
+                hooks = await js.consumer_info(s.webhooks_stream, s.webhook_consumer)
+                samples.append((s.webhooks_stream, hooks.name, hooks.num_pending))
             except Exception as exc:  # NATS away: keep the last samples
                 log.debug("sampling the queues failed: %s", exc)
             else:

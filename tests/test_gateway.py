@@ -145,6 +145,8 @@ async def test_invalid_graph_is_422_naming_step_and_field(
                      ["steps.0.timeout"], id="nested-wrong-type"),
         pytest.param({"steps": [{"id": "a b", "task": "t"}]}, ["steps.0.id"], id="bad-id"),
         pytest.param({"surprise": 1}, ["surprise"], id="unknown-field"),
+        pytest.param({"webhooks": [{"url": "ftp://hooks.example/x"}]}, ["webhooks.0.url"],
+                     id="webhook-url"),
     ],
 )
 async def test_wrong_fields_are_422_naming_each_field(

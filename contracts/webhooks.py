@@ -1,0 +1,115 @@
+"""Webhooks: which events go to which URL, the delivery message, and signatures.
+
+A workflow names up to :data:`~contracts.models.MAX_WEBHOOKS` webhooks in its config.
+For each status event a webhook wants (:func:`wants`), the orchestrator's outbox queues a
+:class:`WebhookDelivery`; a deliverer POSTs the event's JSON -- byte for byte what the
+events stream carries -- with these headers::
+
+    Content-Type: application/json
+    Natsflow-Event-Id: <workflow id>:<seq>      the same for every retry: dedupe on it
+    Natsflow-Timestamp: <unix seconds>          when this attempt was signed
+    Natsflow-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
+
+The signature header is present only when the orchestrator has a webhook secret. A
+receiver checks it with :func:`verify_signature` (see docs/webhooks.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models import EVENT_TERMINAL, Event, Webhook
+
+__all__ = [
+    "EVENT_ID_HEADER",
+    "SIGNATURE_HEADER",
+    "SIGNATURE_TOLERANCE",
+    "TIMESTAMP_HEADER",
+    "WebhookDelivery",
+    "deliveries_for",
+    "event_id",
+    "sign",
+    "verify_signature",
+    "wants",
+]
+
+EVENT_ID_HEADER: Final = "Natsflow-Event-Id"
+TIMESTAMP_HEADER: Final = "Natsflow-Timestamp"
+SIGNATURE_HEADER: Final = "Natsflow-Signature"
+#: Seconds a signed timestamp may be off the receiver's clock (replays are refused).
+SIGNATURE_TOLERANCE: Final = 300.0
+_SCHEME: Final = "v1"
+
+
+class WebhookDelivery(BaseModel):
+    """One event to POST to one webhook (the payload of ``<prefix>.webhooks.<id>``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="The webhook's URL, as validated at submit.")
+    index: int = Field(ge=0, description="The webhook's place in the config's `webhooks`.")
+    event: Event
+
+
+def wants(webhook: Webhook, event: Event) -> bool:
+    """Whether ``webhook`` is sent ``event``: every event, or only the terminal one."""
+    return webhook.events == "all" or event.type in EVENT_TERMINAL
+
+
+def deliveries_for(webhooks: Sequence[Webhook], event: Event) -> list[WebhookDelivery]:
+    """The deliveries one event makes, in the order of the config's webhooks."""
+    return [WebhookDelivery(url=str(hook.url), index=i, event=event)
+            for i, hook in enumerate(webhooks) if wants(hook, event)]
+
+
+def event_id(event: Event) -> str:
+    """The ``Natsflow-Event-Id`` of an event: ``<workflow id>:<seq>``, unique and stable."""
+    return f"{event.workflow_id}:{event.seq}"
+
+
+def _digest(secret: str, timestamp: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body,
+                    hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``Natsflow-Signature`` value for ``body`` sent at ``timestamp``: ``v1=<hex>``."""
+    return f"{_SCHEME}={_digest(secret, timestamp, body)}"
+
+
+def verify_signature(secret: str, timestamp: str, body: bytes, header: str, *,
+                     tolerance: float | None = SIGNATURE_TOLERANCE,
+                     now: float | None = None) -> bool:
+    """Check a webhook request's signature, as a receiver should.
+
+    Args:
+        secret: The orchestrator's webhook secret.
+        timestamp: The ``Natsflow-Timestamp`` header, as received.
+        body: The raw request body (not re-serialized JSON).
+        header: The ``Natsflow-Signature`` header; a comma-separated list of
+            ``v1=<hex>`` is accepted, any one matching will do.
+        tolerance: Most seconds between ``timestamp`` and ``now`` (None: no check).
+        now: The receiver's clock, Unix seconds (default: ``time.time()``).
+
+    Returns:
+        True if the signature is valid (and, with a tolerance, fresh).
+    """
+    if tolerance is not None:
+        try:
+            sent = int(timestamp)
+        except ValueError:
+            return False
+        if abs((time.time() if now is None else now) - sent) > tolerance:
+            return False
+    expected = _digest(secret, timestamp, body)
+    for part in header.split(","):
+        scheme, _, value = part.strip().partition("=")
+        if scheme == _SCHEME and hmac.compare_digest(value, expected):
+            return True
+    return False

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -51,14 +52,15 @@ class Orchestrator:
         webhooks: Also deliver webhooks in this process (the queue is shared by every
             orchestrator that does).
         webhook_settings: Secret, retries and timeouts of webhook deliveries.
+        clock: Source of ``now`` (UTC) for decisions and for deciding a timer is due.
     """
 
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
                  fetch_batch: int = 256, stop_grace: float = 10.0,
                  builtins: bool = True, metrics_port: int | None = None,
                  metrics_host: str = "0.0.0.0", queue_sample_interval: float = 5.0,
-                 webhooks: bool = True, webhook_settings: WebhookSettings | None = None
-                 ) -> None:
+                 webhooks: bool = True, webhook_settings: WebhookSettings | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.settings = settings
         self.subjects = settings.subjects
         self.topology = Topology(self.subjects, replicas=replicas)
@@ -78,6 +80,7 @@ class Orchestrator:
                                              host=metrics_host)
                                if metrics_port is not None else None)
         self.queue_sample_interval = queue_sample_interval
+        self.clock = clock
         self.webhooks = webhooks
         self.webhook_settings = webhook_settings or WebhookSettings()
         self.deliverer: WebhookDeliverer | None = None
@@ -105,7 +108,7 @@ class Orchestrator:
         self.processor = Processor(self.nc, self.subjects, workflows=workflows,
                                    batches=batches, settings=self.engine_settings,
                                    definitions=definitions, outputs=outputs,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, clock=self.clock)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency, definitions=definitions)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
@@ -283,7 +286,7 @@ class Orchestrator:
             if not msgs:
                 continue
             due: list[Item] = []
-            now = datetime.now(UTC)
+            now = self.clock()
             for msg in msgs:
                 try:
                     item = processor.parse(msg)

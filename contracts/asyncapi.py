@@ -72,16 +72,19 @@ class ApiOperation:
         request: The request body.
         replies: The reply body (more than one: any of them).
         summary: What it does, for the document.
-        service: The NATS micro service that serves it.
+        index: Served by the index service (``Subjects.index_service_name``), not the
+            orchestrator's (``Subjects.service_name``).
     """
 
     request: type[BaseModel]
     replies: tuple[type[BaseModel], ...]
     summary: str
-    service: str = "natsflow"
+    index: bool = False
 
+    def service(self, subjects: Subjects) -> str:
+        """The name of the NATS micro service that serves it."""
+        return subjects.index_service_name if self.index else subjects.service_name
 
-_INDEX: Final = "natsflow-index"
 
 #: Every ``<prefix>.api.<operation>`` natsflow serves. ``tests/test_asyncapi.py`` checks
 #: this against the endpoints the running services register.
@@ -107,10 +110,10 @@ API_OPERATIONS: Final[dict[str, ApiOperation]] = {
                                    "A new workflow from the same config (and input)."),
     "workflow.list": ApiOperation(ListWorkflowsRequest, (WorkflowList,),
                                   "Workflows newest first, filtered, a page at a time.",
-                                  service=_INDEX),
+                                  index=True),
     "workflow.bulk": ApiOperation(BulkRequest, (BulkResult,),
                                   "Stop, pause, resume or retry every workflow a filter "
-                                  "selects.", service=_INDEX),
+                                  "selects.", index=True),
     "batch.create": ApiOperation(BatchConfig, (BatchReply,),
                                  "Run a workflow template once per input."),
     "batch.get": ApiOperation(IdRequest, (BatchReply,), "A batch's status."),
@@ -172,7 +175,7 @@ def _broker(s: Subjects) -> NatsBroker:
     for operation, op in API_OPERATIONS.items():
         receive(f"api.{operation}", s.api(operation), op.request,
                 f"{op.summary} Request/reply, served by the NATS micro service "
-                f"`{op.service}`; an error answers an `ErrorInfo` with header "
+                f"`{op.service(s)}`; an error answers an `ErrorInfo` with header "
                 f"`{ERROR_CODE_HEADER}`.")
     receive("submit", s.submit, WorkflowConfig,
             f"Fire-and-forget: publish a WorkflowConfig with JetStream (stream "

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .client import ERROR_CODE_HEADER
+from .connect import NatsSettings
 from .definitions import (
     Definition,
     DefinitionInfo,
@@ -161,15 +162,15 @@ def _stub(payload: Any, name: str) -> _Stub:
 
 def _broker(s: Subjects) -> NatsBroker:
     """The documentation-only broker: never connected, its handlers never run."""
-    broker = NatsBroker("nats://127.0.0.1:4222", description="The NATS server(s) of the deployment "
-                        "(`NATS_URL`, default `nats://127.0.0.1:4222`).")
+    default = NatsSettings().servers
+    broker = NatsBroker(default, description="The deployment's NATS server(s): `NATS_URL`, "
+                        f"default `{','.join(default)}`.")
 
     def receive(title: str, subject: str, payload: Any, description: str) -> None:
         broker.subscriber(subject, title=title, description=description)(
             _stub(payload, title.replace(".", "_")))
 
-    def send(title: str, subject: str, payload: type[BaseModel] | Any,
-             description: str) -> None:
+    def send(title: str, subject: str, payload: Any, description: str) -> None:
         broker.publisher(subject, title=title, description=description, schema=payload)
 
     for operation, op in API_OPERATIONS.items():

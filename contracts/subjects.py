@@ -148,6 +148,11 @@ class Subjects:
         """Name of the orchestrator's NATS micro service."""
         return _lower_name(self.prefix)
 
+    @property
+    def index_service_name(self) -> str:
+        """Name of the index's NATS micro service (``workflow.list`` and ``workflow.bulk``)."""
+        return f"{self.service_name}-index"
+
     # -- subjects --------------------------------------------------------------------
     @property
     def submit(self) -> str:

@@ -37,6 +37,7 @@ from contracts.messages import (
 )
 from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowState, WorkflowStatus
 
+from ._asyncapi import add_asyncapi_routes
 from ._bodies import read_batch_config, read_create_body, read_json, read_model
 from ._definitions import add_definition_routes
 from ._events import HEARTBEAT_SECONDS, add_event_routes
@@ -141,6 +142,9 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
     app = _Gateway(
         title="natsflow",
         summary="Workflows on NATS: create, start, stop and watch DAGs of tasks.",
+        description="The NATS interface behind this API (subjects and message "
+                    "payloads) is described by an AsyncAPI document: "
+                    "[/asyncapi](/asyncapi) ([/asyncapi.json](/asyncapi.json)).",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -306,6 +310,7 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
 
     add_event_routes(app, link, heartbeat=heartbeat)
     add_definition_routes(app, link)
+    add_asyncapi_routes(app, settings.subjects)
 
     # -- batches ---------------------------------------------------------------------
     @app.post(

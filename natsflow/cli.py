@@ -22,6 +22,7 @@ import typer
 from contracts.connect import NatsSettings
 from contracts.errors import InvalidRequest, NatsflowError
 from contracts.models import WorkflowState, WorkflowStatus
+from contracts.subjects import DEFAULT_PREFIX, Subjects
 
 from ._cli_common import console, fail, run, run_until_signal, with_settings
 from ._cli_control import register_control_commands
@@ -363,6 +364,22 @@ def events(
         return count
 
     run(_events())
+
+
+@app.command()
+def asyncapi(
+    prefix: Annotated[str, typer.Option(
+        "--prefix", help="The deployment's subject prefix, for the subjects in the document.")
+    ] = DEFAULT_PREFIX,
+) -> None:
+    """Print the AsyncAPI document of natsflow's subjects (JSON; needs no NATS)."""
+    from contracts.asyncapi import asyncapi_json
+
+    try:
+        subjects = Subjects(prefix)
+    except ValueError as exc:
+        fail(InvalidRequest(str(exc), field="prefix"))
+    typer.echo(asyncapi_json(subjects), nl=False)
 
 
 app.add_typer(definitions_app)

@@ -198,7 +198,7 @@ class IndexService:
         self.index = WorkflowIndex(kv)
         await self.index.start()
         self._service = await add_service(self.nc, ServiceConfig(
-            name=f"{self.subjects.service_name}-index", version=VERSION,
+            name=self.subjects.index_service_name, version=VERSION,
             description="natsflow workflow list", metadata={"prefix": self.subjects.prefix}))
         await self._service.add_endpoint(EndpointConfig(
             name="workflow-list", subject=self.subjects.api("workflow.list"),

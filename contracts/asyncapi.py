@@ -60,6 +60,7 @@ from .messages import (
 )
 from .models import Event, EventType, WorkflowConfig
 from .subjects import Subjects
+from .webhooks import WebhookDelivery
 
 __all__ = ["API_OPERATIONS", "ApiOperation", "asyncapi_html", "asyncapi_json",
            "asyncapi_schema"]
@@ -210,6 +211,10 @@ def _broker(s: Subjects) -> NatsBroker:
          f"workflow's events from 1 without gaps. Filter with wildcards, e.g. "
          f"`{s.events_of('*', EventType.WORKFLOW_FAILED.value)}` or "
          f"`{s.events_of('<workflow_id>')}`.")
+    send("webhooks", s.webhook("{workflow_id}"), WebhookDelivery,
+         f"Internal: webhook deliveries queued by the engine (work-queue stream "
+         f"`{s.webhooks_stream}`, consumer `{s.webhook_consumer}`); the orchestrator's "
+         "deliverer POSTs each event to its URL (see docs/webhooks.md).")
     send("dlq", s.dlq("{reason}"), DeadLetter,
          f"Messages natsflow could not use, with the reason (stream `{s.dlq_stream}`); "
          "workers publish here too.")

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contracts.errors import (
     AlreadyFinished,
     BatchNotFound,
+    ConfigMismatch,
     Conflict,
     DefinitionNotFound,
     EngineTimeout,
@@ -87,6 +88,9 @@ HTTP_BY_CODE: Final[Mapping[str, HttpMapping]] = {
     InvalidState.code: HttpMapping(409, "Not allowed in this state"),
     Unavailable.code: HttpMapping(503, "Service unavailable", retry_after=2),
     EngineTimeout.code: HttpMapping(503, "Orchestrator did not answer in time", retry_after=5),
+    # A start-up error of a service; should one ever reach a client, NATS is not fit yet.
+    ConfigMismatch.code: HttpMapping(503, "NATS is not set up as natsflow needs",
+                                     retry_after=30),
 }
 
 _INTERNAL: Final = HttpMapping(500, "Internal server error")

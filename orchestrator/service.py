@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 
 from contracts.connect import NatsSettings, connect
 from contracts.consume import ConsumerStalled, PullConsumer
-from contracts.streams import Topology, declare_stream, ensure_consumer
+from contracts.streams import ENGINE_ACK_WAIT, Topology, declare_stream, ensure_consumer
 
 from .api import Api
 from .builtins import BuiltinSteps
@@ -45,15 +45,19 @@ class Orchestrator:
             (see :attr:`metrics_server`), None serves none. Metrics are counted either way.
         metrics_host: Interface the metrics server listens on.
         queue_sample_interval: Seconds between samples of the queues' depths.
+        ack_wait: Seconds a message this replica took may stay unacked before JetStream
+            hands it to a replica again: after a crash, how long its work in hand waits.
+            Every replica should use the same value (each start declares it).
     """
 
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
                  fetch_batch: int = 256, stop_grace: float = 10.0,
                  builtins: bool = True, metrics_port: int | None = None,
-                 metrics_host: str = "0.0.0.0", queue_sample_interval: float = 5.0) -> None:
+                 metrics_host: str = "0.0.0.0", queue_sample_interval: float = 5.0,
+                 ack_wait: float = ENGINE_ACK_WAIT) -> None:
         self.settings = settings
         self.subjects = settings.subjects
-        self.topology = Topology(self.subjects, replicas=replicas)
+        self.topology = Topology(self.subjects, replicas=replicas, engine_ack_wait=ack_wait)
         self.nc = nc
         self._owns_nc = nc is None
         self.fetch_batch = fetch_batch

@@ -60,6 +60,7 @@ class Service:
     proc: subprocess.Popen[bytes] | None = None
     lives: int = 0
     deaths: list[int] = field(default_factory=list)
+    dead_pids: list[int] = field(default_factory=list)
     restart: bool = True
 
     def start(self) -> Service:
@@ -100,8 +101,9 @@ class Service:
         if self.proc is None or self.proc.poll() is None:
             return None
         code = self.proc.returncode
-        self.proc = None
         self.deaths.append(code)
+        self.dead_pids.append(self.proc.pid)
+        self.proc = None
         return code
 
     def kill(self) -> None:

@@ -60,6 +60,13 @@ async def test_a_task_whose_worker_died_is_redelivered_under_the_same_idempotenc
     ids = [c["id"] for c in configs]
     async with supervise(orch, *workers):
         await wait_ready([orch, *workers])
+        s = settings.subjects
+        js = client.nc.jetstream()
+        # The short ack waits are the deployment's: every life declares them again.
+        tasks = await js.consumer_info(s.tasks_stream, s.worker_consumer(LEDGER_TASK))
+        engine = await js.consumer_info(s.inbox_stream, s.engine_consumer)
+        assert (tasks.config.ack_wait, engine.config.ack_wait) == (TASK_ACK_WAIT,
+                                                                   ENGINE_ACK_WAIT)
         for config in configs:
             await client.create(config)
         still_open = await drain(client, ids, timeout=60)

@@ -6,6 +6,7 @@ Usage::
     NATS_URL=... NATSFLOW_PREFIX=... python bench/_serve.py worker        # SDK, bench.noop
     NATS_URL=... NATSFLOW_PREFIX=... python bench/_serve.py demo-worker   # natsflow.demo
     NATS_URL=... NATSFLOW_PREFIX=... python bench/_serve.py raw-worker    # bare nats-py
+    NATS_URL=... NATSFLOW_PREFIX=... SOAK_LEDGER=... python bench/_serve.py soak-worker
 
 ``NATSFLOW_BENCH_PROFILE=<file>`` runs the service under cProfile and writes the stats
 to ``<file>`` when it stops (SIGTERM or SIGINT). ``NATSFLOW_BENCH_WORKER_CONCURRENCY``
@@ -29,6 +30,8 @@ from contracts.streams import Topology, declare_stream, ensure_consumer
 
 #: The task type every benchmark step runs.
 NOOP_TASK = "bench.noop"
+#: The soak benchmark's step: records each execution of an idempotency key.
+SOAK_TASK = "soak.step"
 #: A no-op whose output is 1 KB (the map benchmark's items).
 KB_TASK = "bench.kb"
 _KB = "x" * 1000
@@ -53,6 +56,23 @@ def _sdk_worker(settings: NatsSettings) -> Awaitable[None]:
     @worker.task(KB_TASK)
     async def kb(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
         return {"pad": _KB}
+
+    return worker.run(settings)
+
+
+def _soak_worker(settings: NatsSettings) -> Awaitable[None]:
+    """Serves ``soak.step``; appends each execution's idempotency key to $SOAK_LEDGER."""
+    from natsflow.worker import TaskContext, Worker
+
+    worker = Worker(concurrency=64, name="soak-worker")
+    ledger = os.open(os.environ["SOAK_LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    @worker.task(SOAK_TASK)
+    async def step(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
+        os.write(ledger, f"{ctx.idempotency_key}\n".encode())  # unbuffered: survives a kill
+        if data.get("sleep"):
+            await asyncio.sleep(float(data["sleep"]))
+        return {"n": data.get("n", 0)}
 
     return worker.run(settings)
 
@@ -105,6 +125,7 @@ _ROLES: dict[str, Callable[[NatsSettings], Awaitable[None]]] = {
     "index": _index,
     "worker": _sdk_worker,
     "demo-worker": _demo_worker,
+    "soak-worker": _soak_worker,
     "raw-worker": _raw_worker,
 }
 

@@ -27,6 +27,7 @@ from .subjects import Subjects
 
 __all__ = [
     "DUPLICATE_WINDOW",
+    "ENGINE_ACK_WAIT",
     "TASK_ACK_WAIT",
     "TASK_HEARTBEAT",
     "WEBHOOK_ACK_WAIT",
@@ -59,11 +60,19 @@ class Topology:
         subjects: The deployment's names.
         replicas: JetStream replicas of every stream and bucket (3 in a cluster).
         events_max_age: Seconds status events are kept.
+        engine_ack_wait: Seconds an engine or timer message taken by an orchestrator may
+            stay unacked before it is redelivered (to any replica): how long the work in
+            hand of a crashed orchestrator waits.
+        task_ack_wait: Seconds a worker may stay silent on a task before it is
+            redelivered: how long the task of a crashed worker waits. Keep it above
+            the heartbeat interval (``TASK_HEARTBEAT``).
     """
 
     subjects: Subjects
     replicas: int = 1
     events_max_age: float = 7 * 24 * 3600
+    engine_ack_wait: float = ENGINE_ACK_WAIT
+    task_ack_wait: float = TASK_ACK_WAIT
 
     def inbox(self) -> StreamConfig:
         """Everything the engine consumes: submits, commands, results, timers."""
@@ -141,14 +150,14 @@ class Topology:
         """Commands and results; shared by every orchestrator replica."""
         s = self.subjects
         return ConsumerConfig(durable_name=s.engine_consumer, filter_subjects=s.engine_filters,
-                              ack_policy=AckPolicy.EXPLICIT, ack_wait=ENGINE_ACK_WAIT,
+                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
                               max_deliver=-1, max_ack_pending=20_000, max_waiting=512)
 
     def timer_consumer(self) -> ConsumerConfig:
         """Durable timers; each waits as a delayed nak until due."""
         s = self.subjects
         return ConsumerConfig(durable_name=s.timer_consumer, filter_subject=s.timer_filter,
-                              ack_policy=AckPolicy.EXPLICIT, ack_wait=ENGINE_ACK_WAIT,
+                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
                               max_deliver=-1, max_ack_pending=1_000_000, max_waiting=512)
 
     def webhook_consumer(self) -> ConsumerConfig:
@@ -164,7 +173,7 @@ class Topology:
         s = self.subjects
         return ConsumerConfig(durable_name=s.worker_consumer(task_type),
                               filter_subject=s.task(task_type), ack_policy=AckPolicy.EXPLICIT,
-                              ack_wait=TASK_ACK_WAIT, max_deliver=-1, max_ack_pending=10_000,
+                              ack_wait=self.task_ack_wait, max_deliver=-1, max_ack_pending=10_000,
                               max_waiting=512)
 
 

@@ -22,6 +22,7 @@ import typer
 from contracts.connect import NatsSettings
 from contracts.errors import InvalidRequest, NatsflowError
 from contracts.models import WorkflowState, WorkflowStatus
+from contracts.streams import ENGINE_ACK_WAIT
 from contracts.subjects import DEFAULT_PREFIX, Subjects
 
 from ._cli_common import console, fail, run, run_until_signal, with_settings
@@ -91,6 +92,10 @@ def orchestrator(
         envvar="NATSFLOW_METRICS_PORT", show_envvar=True, min=0, max=65535,
         help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off).")
     ] = None,
+    ack_wait: Annotated[float, typer.Option(
+        envvar="NATSFLOW_ACK_WAIT", show_envvar=True, min=0.5,
+        help="Seconds before a message a crashed orchestrator held is redelivered. Give "
+             "every replica the same value.")] = ENGINE_ACK_WAIT,
     log_format: _LogFormatOpt = LogFormat.TEXT,
     webhooks: Annotated[bool, typer.Option(
         help="Deliver webhooks in this process (see docs/webhooks.md).")] = True,
@@ -107,15 +112,19 @@ def orchestrator(
     settings: NatsSettings,
 ) -> None:
     """Run the orchestrator until SIGINT/SIGTERM."""
-    from orchestrator import Orchestrator
+    from orchestrator import Orchestrator, faults
     from orchestrator.webhooks import WebhookSettings
 
     setup_logging(log_format)
+    try:
+        faults.arm()  # fault-injection tests only: off unless NATSFLOW_CRASH_AT is set
+    except NatsflowError as err:
+        fail(err)
     hooks = WebhookSettings(secret=webhook_secret or None,
                             max_deliveries=webhook_max_deliveries, timeout=webhook_timeout)
     run_until_signal(lambda: Orchestrator(settings, replicas=replicas, builtins=builtins,
                                           metrics_port=metrics_port, webhooks=webhooks,
-                                          webhook_settings=hooks).run())
+                                          webhook_settings=hooks, ack_wait=ack_wait).run())
 
 
 @app.command()

@@ -39,6 +39,7 @@ from contracts.models import TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
 from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
 
+from . import faults
 from .batch_engine import decide_batch
 from .engine import EngineSettings, decide
 from .metrics import OrchestratorMetrics
@@ -389,6 +390,8 @@ class Processor:
             current.outbox = effects
             current.outbox_at = now
             data = current.model_dump_json(exclude_none=True).encode()  # see test_engine
+            if faults.PLAN is not None:
+                faults.PLAN.reach("before-save")
             try:
                 new_rev = await entity.store.save(key, data, revision=revision)
             except StaleRevision:
@@ -396,7 +399,11 @@ class Processor:
                 self.metrics.cas_retries.inc()
                 entity.cache.pop(key)
                 continue
+            if faults.PLAN is not None:
+                faults.PLAN.reach("after-save")
             await self.publish(key, effects)
+            if faults.PLAN is not None:
+                faults.PLAN.reach("after-publish")
             if isinstance(current, WorkflowRecord):
                 self.metrics.observe_published(record, current, effects)
                 if self._is_terminal(current) and (record is None

@@ -16,7 +16,13 @@ from nats.aio.msg import Msg
 
 from contracts.connect import NatsSettings, connect
 from contracts.consume import ConsumerStalled, PullConsumer
-from contracts.streams import Topology, declare_bucket, declare_stream, ensure_consumer
+from contracts.streams import (
+    ENGINE_ACK_WAIT,
+    Topology,
+    declare_bucket,
+    declare_stream,
+    ensure_consumer,
+)
 
 from .api import Api
 from .builtins import BuiltinSteps
@@ -53,6 +59,9 @@ class Orchestrator:
             orchestrator that does).
         webhook_settings: Secret, retries and timeouts of webhook deliveries.
         clock: Source of ``now`` (UTC) for decisions and for deciding a timer is due.
+        ack_wait: Seconds a message this replica took may stay unacked before JetStream
+            hands it to a replica again: after a crash, how long its work in hand waits.
+            Every replica should use the same value (each start declares it).
     """
 
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
@@ -60,10 +69,11 @@ class Orchestrator:
                  builtins: bool = True, metrics_port: int | None = None,
                  metrics_host: str = "0.0.0.0", queue_sample_interval: float = 5.0,
                  webhooks: bool = True, webhook_settings: WebhookSettings | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 ack_wait: float = ENGINE_ACK_WAIT) -> None:
         self.settings = settings
         self.subjects = settings.subjects
-        self.topology = Topology(self.subjects, replicas=replicas)
+        self.topology = Topology(self.subjects, replicas=replicas, engine_ack_wait=ack_wait)
         self.nc = nc
         self._owns_nc = nc is None
         self.fetch_batch = fetch_batch

@@ -78,3 +78,23 @@ def test_list_benchmark_reports_every_filter() -> None:
     for row in report["results"]:
         assert row["items"] == 50 or row["filter"].startswith("state=failed + "), row
         assert 0 < row["p50_ms"] <= row["p99_ms"], row
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(200)
+def test_soak_kills_the_orchestrator_and_every_workflow_keeps_its_promises() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--minutes", "0.15", "--rate", "20",
+         "--kill-every", "3", "--ack-wait", "2", "--sample-every", "1", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["submitted"] == report["checked"] == report["terminal_seen"] == 180
+    assert report["violation_count"] == 0 and report["not_terminal"] == []
+    assert report["kills"] >= 2
+    assert report["orchestrator_lives"] == report["kills"] + 1
+    assert report["task_executions"] >= report["idempotency_keys"] >= 2 * 180
+    assert report["duplicate_keys"] >= 0
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    assert len(report["rss_kib"]["samples"]) >= 3
+    assert all(s["rss_kib"] > 0 for s in report["rss_kib"]["samples"])

@@ -85,7 +85,8 @@ def error_info_for(exc: Exception) -> ErrorInfo:
 
 
 async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: Publisher,
-                           subjects: Subjects, running: RunningAttempts) -> None:
+                           subjects: Subjects, running: RunningAttempts,
+                           ack_wait: float | None = None) -> None:
     """Handle one delivery end to end; never raises except on cancellation (shutdown).
 
     Args:
@@ -94,6 +95,7 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         js: Where results, progress and dead letters are published.
         subjects: The deployment's names.
         running: Registry that cancel notices use to reach this attempt.
+        ack_wait: The consumer's ack wait: heartbeats come at least three times in it.
     """
     try:
         task = TaskMessage.model_validate_json(msg.data)
@@ -121,6 +123,10 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
 
     ctx = TaskContext(task, started_at=started_at, delivery=msg, progress_sink=progress_sink)
     interval = task.heartbeat_interval if task.heartbeat_interval > 0 else TASK_HEARTBEAT
+    if ack_wait is not None:
+        # In-progress acks must come well inside this consumer's ack wait, whatever the
+        # orchestrator suggests, or a running task is redelivered.
+        interval = min(interval, ack_wait / 3)
     beating: _Heartbeat | asyncio.Task[None]
     if task.heartbeat_timeout:
         beating = asyncio.create_task(_heartbeat(ctx, interval,

@@ -16,7 +16,12 @@ from contracts.builtins import RESERVED_TASK_PREFIX, is_reserved_task
 from contracts.connect import NatsSettings, connect
 from contracts.consume import PullConsumer
 from contracts.messages import CancelNotice
-from contracts.streams import TASK_HEARTBEAT, Topology, declare_stream, ensure_consumer
+from contracts.streams import (
+    TASK_ACK_WAIT,
+    Topology,
+    declare_stream,
+    ensure_consumer,
+)
 from contracts.subjects import TASK_TYPE_RE, Subjects
 
 from ._execute import RunningAttempts, execute_delivery
@@ -56,6 +61,10 @@ class Worker:
         concurrency: Most tasks running at once in this process, over all task types.
         name: Connection name shown by the NATS server.
         stop_grace: Seconds a stop waits for running handlers before cancelling them.
+        ack_wait: Seconds a task may go without a heartbeat before JetStream redelivers
+            it (to this or another worker): after a crash, how long its tasks wait. It
+            is a setting of the task type's shared consumer, so give every worker
+            serving a task type the same value; keep it above ``TASK_HEARTBEAT``.
     """
 
     #: Whether ``natsflow.*`` task types may be registered: only natsflow's built-in
@@ -63,10 +72,13 @@ class Worker:
     _serves_reserved: ClassVar[bool] = False
 
     def __init__(self, concurrency: int = 64, *, name: str = "natsflow-worker",
-                 stop_grace: float = STOP_GRACE) -> None:
+                 stop_grace: float = STOP_GRACE, ack_wait: float = TASK_ACK_WAIT) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if ack_wait <= 0:
+            raise ValueError("ack_wait must be positive")
         self.concurrency = concurrency
+        self.ack_wait = ack_wait
         self.name = name
         self.stop_grace = stop_grace
         self._handlers: dict[str, TaskHandler] = {}
@@ -132,7 +144,8 @@ class Worker:
             raise ValueError("no task types registered")
         client = nc if nc is not None else await connect(settings, name=self.name)
         try:
-            session = _Session(client, Topology(settings.subjects, replicas=replicas),
+            session = _Session(client, Topology(settings.subjects, replicas=replicas,
+                                                task_ack_wait=self.ack_wait),
                                dict(self._handlers), concurrency=self.concurrency)
             try:
                 await session.start()
@@ -190,7 +203,7 @@ class _Session:
         for task_type in self._handlers:
             await ensure_consumer(self._js, self._subjects.tasks_stream,
                                   self._topology.worker_consumer(task_type),
-                                  heartbeat=TASK_HEARTBEAT)
+                                  heartbeat=self._topology.task_ack_wait / 3)
 
     async def stop(self, *, grace: float) -> None:
         self._stopping = True
@@ -232,7 +245,8 @@ class _Session:
 
     def _spawn(self, handler: TaskHandler, msg: Msg) -> None:
         task = asyncio.create_task(execute_delivery(
-            msg, handler, js=self._js, subjects=self._subjects, running=self._running))
+            msg, handler, js=self._js, subjects=self._subjects, running=self._running,
+            ack_wait=self._topology.task_ack_wait))
         self._deliveries.add(task)
         task.add_done_callback(self._delivery_done)
 

@@ -1,0 +1,68 @@
+"""Two and three orchestrator processes on one deployment; one is SIGKILLed mid-run.
+
+The replicas share the engine and timer consumers, the KV records (compare-and-set) and
+the API's queue group. One of them dies with work in hand and is not restarted: the
+others take over what it held once the engine ack wait has passed, and every workflow
+completes and passes the promise checker (promises 1-3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+from fault_procs import (
+    ENGINE_ACK_WAIT,
+    Service,
+    drain,
+    not_completed,
+    oracle,
+    submit_all,
+    supervise,
+    wait_ready,
+    workload,
+)
+
+from contracts.client import NatsflowClient
+from contracts.connect import NatsSettings
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
+
+N = 200
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+async def test_every_workflow_completes_when_one_of_several_replicas_is_killed(
+        replicas: int, settings: NatsSettings, client: NatsflowClient, tmp_path: Path) -> None:
+    client = NatsflowClient(client.nc, client.subjects, timeout=3.0)
+    orchs = [Service(f"orchestrator{r}", ["orchestrator"], settings, tmp_path,
+                     env={"NATSFLOW_ACK_WAIT": str(ENGINE_ACK_WAIT)},
+                     ready_line="orchestrator ready")
+             for r in range(replicas)]
+    worker = Service("worker", ["worker", "natsflow.demo:worker"], settings, tmp_path,
+                     ready_line="serving")
+    configs = workload(N, seed=replicas, sleepy=0.5)
+    ids = [str(c["id"]) for c in configs]
+    victim, *survivors = orchs
+    async with supervise(*orchs, worker):
+        await wait_ready([*orchs, worker])
+        submitting = asyncio.create_task(submit_all(client, configs, rate=50))
+        while True:  # until a fifth of the work is done
+            open_ = await drain(client, ids, timeout=0.2)
+            if len(open_) <= 0.8 * N:
+                break
+            await asyncio.sleep(0.1)
+        victim.restart = False
+        victim.kill()
+        await submitting
+        still_open = await drain(client, ids, timeout=60)
+        statuses, violations = await oracle(client, ids)
+    assert len(open_) >= 0.5 * N, "the replica died after the work was done: nothing proven"
+    assert not violations, "\n".join(map(str, violations[:20]))
+    assert not still_open and not not_completed(statuses), not_completed(statuses)
+    assert victim.deaths == [-signal.SIGKILL]
+    assert all(o.deaths == [] for o in survivors) and worker.deaths == []
+    # The victim had finished workflows of its own before it died: the work was shared.
+    assert " completed" in victim.logs(), victim.logs()

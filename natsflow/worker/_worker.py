@@ -179,7 +179,7 @@ class _Session:
                                      self._subjects.worker_consumer(handler.task_type),
                                      batch=self._batch).start()
             self._subs.append(sub)
-            self._loops.append(asyncio.create_task(self._fetch_loop(handler, sub),
+            self._loops.append(asyncio.create_task(self._watchdog(handler, sub),
                                                    name=f"fetch {handler.task_type}"))
         log.info("serving %s", ", ".join(self._handlers))
 
@@ -201,6 +201,19 @@ class _Session:
             with contextlib.suppress(Exception):
                 await (sub.stop() if isinstance(sub, PullConsumer) else sub.unsubscribe())
         log.info("stopped serving %s", ", ".join(self._handlers))
+
+    async def _watchdog(self, handler: TaskHandler, sub: Any) -> None:
+        """Run the fetch loop until stopping; if it dies of an error, log and restart it.
+
+        The loop survives the errors it expects (NATS away, a consumer gone); this is
+        for the others, so a worker that looks alive never quietly stops fetching.
+        """
+        while not self._stopping:
+            try:
+                await self._fetch_loop(handler, sub)
+            except Exception:
+                log.exception("fetching %s died; starting again", handler.task_type)
+                await asyncio.sleep(ERROR_PAUSE)
 
     async def _fetch_loop(self, handler: TaskHandler, sub: Any) -> None:
         while not self._stopping:

@@ -29,6 +29,7 @@ __all__ = [
     "Topology",
     "declare_stream",
     "ensure_consumer",
+    "ensure_stream",
 ]
 
 #: Seconds within which JetStream drops a message whose Nats-Msg-Id it has seen.
@@ -154,6 +155,20 @@ async def declare_stream(js: JetStreamContext, config: StreamConfig) -> None:
         if exc.err_code != _NAME_IN_USE:
             raise
         await js.update_stream(config)
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream if it is missing; one that exists is left as it is.
+
+    For services that use a stream the orchestrator owns (workers and the tasks stream):
+    a worker started without ``--replicas`` must not turn an R3 deployment's streams
+    into R1 ones, nor undo any other setting the orchestrator declared.
+    """
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _NAME_IN_USE:
+            raise
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:

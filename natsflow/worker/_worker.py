@@ -16,7 +16,7 @@ from contracts.builtins import RESERVED_TASK_PREFIX, is_reserved_task
 from contracts.connect import NatsSettings, connect
 from contracts.consume import PullConsumer
 from contracts.messages import CancelNotice
-from contracts.streams import Topology, declare_stream, ensure_consumer
+from contracts.streams import Topology, ensure_consumer, ensure_stream
 from contracts.subjects import TASK_TYPE_RE, Subjects
 
 from ._execute import RunningAttempts, execute_delivery
@@ -184,9 +184,10 @@ class _Session:
         log.info("serving %s", ", ".join(self._handlers))
 
     async def _declare(self) -> None:
-        await declare_stream(self._js, self._topology.tasks())
+        # Created if missing, never changed: the orchestrator owns their configs.
+        await ensure_stream(self._js, self._topology.tasks())
         # Malformed tasks are dead-lettered here; without the stream they would loop.
-        await declare_stream(self._js, self._topology.dlq())
+        await ensure_stream(self._js, self._topology.dlq())
         for task_type in self._handlers:
             await ensure_consumer(self._js, self._subjects.tasks_stream,
                                   self._topology.worker_consumer(task_type))

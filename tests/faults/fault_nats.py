@@ -36,7 +36,8 @@ from gateway import create_app
 from natsflow.embedded import find_nats_server, free_port
 from orchestrator import Orchestrator
 
-__all__ = ["Deployment", "NatsNode", "cluster", "deployment", "fan_in", "wait_terminal"]
+__all__ = ["Answer", "Deployment", "Load", "NatsNode", "cluster", "deployment", "fan_in",
+           "wait_for_meta_leader", "wait_terminal"]
 
 
 class NatsNode:
@@ -243,6 +244,84 @@ async def deployment(urls: Sequence[str], prefix: str, *, replicas: int = 1,
     finally:
         await orch.stop()
         await nc.close()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One POST /workflows: when it was sent and answered (loop time), and how."""
+
+    workflow_id: str
+    sent: float
+    answered: float
+    status: int
+    headers: httpx.Headers
+    body: dict[str, object]
+
+
+class Load:
+    """Creates workflows through the gateway at a steady pace, whatever the answers."""
+
+    def __init__(self, d: Deployment, tag: str, *, every: float = 0.03,
+                 in_flight: int = 32) -> None:
+        self.d = d
+        self.tag = tag
+        self.every = every
+        self.answers: list[Answer] = []
+        self._limit = asyncio.Semaphore(in_flight)
+        self._stop = asyncio.Event()
+        self._sends: set[asyncio.Task[None]] = set()
+        self._pace = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            await self._limit.acquire()
+            task = asyncio.create_task(self._create(i))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+            i += 1
+            await asyncio.sleep(self.every)
+
+    async def _create(self, i: int) -> None:
+        loop = asyncio.get_running_loop()
+        config = fan_in(i, self.tag)
+        sent = loop.time()
+        try:
+            r = await self.d.http.post("/workflows", json=config)
+            self.answers.append(Answer(str(config["id"]), sent, loop.time(), r.status_code,
+                                       r.headers, r.json()))
+        finally:
+            self._limit.release()
+
+    def accepted(self, *, after: float = 0.0) -> list[str]:
+        return [a.workflow_id for a in self.answers if a.status < 300 and a.sent >= after]
+
+    async def until_accepted(self, n: int, *, after: float, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.accepted(after=after)) < n:
+            assert loop.time() < deadline, (
+                f"only {len(self.accepted(after=after))} creates accepted in {timeout}s; "
+                f"last answers {[(a.status, a.body) for a in self.answers[-3:]]}")
+            await asyncio.sleep(0.05)
+
+    async def __aenter__(self) -> Load:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:  # the test failed: do not wait for the sends
+            self._pace.cancel()
+            for task in list(self._sends):
+                task.cancel()
+            await asyncio.gather(self._pace, *self._sends, return_exceptions=True)
+        elif not self._stop.is_set():
+            await self.stop()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._pace
+        # A send that failed at the HTTP level (the gateway did not answer) fails here.
+        await asyncio.gather(*self._sends)
 
 
 async def wait_terminal(client: NatsflowClient, ids: Sequence[str], *,

@@ -61,10 +61,12 @@ class PullConsumer:
         self._outstanding = 0
         self._last_seen = time.monotonic()
         self._stalls = 0
+        self._reconnects = 0
 
     async def start(self) -> PullConsumer:
         """Subscribe to this consumer's private inbox."""
         self._inbox = self.nc.new_inbox()
+        self._reconnects = self.nc.stats["reconnects"]
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message)
         return self
 
@@ -115,6 +117,13 @@ class PullConsumer:
             self._wake()
 
     async def _top_up(self, limit: int) -> None:
+        reconnects = self.nc.stats["reconnects"]
+        if reconnects != self._reconnects:
+            # A new connection, maybe to a restarted server: the pull requests made on
+            # the old one are gone with it. Ask afresh now rather than after the silence.
+            self._reconnects = reconnects
+            self._outstanding = 0
+            self._last_seen = time.monotonic()
         if self._outstanding and time.monotonic() - self._last_seen > 3 * self.heartbeat:
             # Nothing heard for too long: whatever we asked for is lost; ask again.
             self._outstanding = 0

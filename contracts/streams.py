@@ -36,6 +36,7 @@ __all__ = [
     "declare_bucket",
     "declare_stream",
     "ensure_consumer",
+    "ensure_stream",
     "reconcile_stream",
 ]
 
@@ -225,6 +226,20 @@ async def declare_stream(js: JetStreamContext, config: StreamConfig) -> None:
     assert config.name is not None
     have = (await js.stream_info(config.name)).config
     await js.update_stream(reconcile_stream(config, have))
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream if it is missing; one that exists is left as it is.
+
+    For services that use a stream the orchestrator owns (workers and the tasks stream):
+    a worker started without ``--replicas`` must not turn an R3 deployment's streams
+    into R1 ones, nor undo any other setting the orchestrator declared.
+    """
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _NAME_IN_USE:
+            raise
 
 
 async def declare_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:

@@ -70,6 +70,10 @@ class OrchestratorMetrics:
         self.cas_retries = Counter(
             "natsflow_cas_retries",
             "Record writes that lost a compare-and-set and were decided again.", registry=r)
+        self.loop_restarts = Counter(
+            "natsflow_loop_restarts",
+            "Consume loops that died of an unexpected error and were started again.",
+            ["loop"], registry=r)
         self.cache_records = Gauge(
             "natsflow_record_cache_records", "Records held in this process's cache.",
             ["entity"], registry=r)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -38,6 +38,9 @@ from .webhooks import WebhookDeliverer, WebhookSettings
 __all__ = ["Orchestrator"]
 
 log = logging.getLogger("natsflow.orchestrator")
+
+#: Seconds before a consume loop that died of an error is started again.
+_WATCHDOG_PAUSE = 0.5
 
 
 class Orchestrator:
@@ -128,9 +131,10 @@ class Orchestrator:
                                        self.subjects.timer_consumer,
                                        batch=self.fetch_batch).start()
         self._subs = [engine_sub, timer_sub]
-        self._loops = [asyncio.create_task(self._engine_loop(engine_sub)),
-                       asyncio.create_task(self._timer_loop(timer_sub)),
-                       asyncio.create_task(self._sample_queues())]
+        self._loops = [
+            asyncio.create_task(self._watchdog("engine", lambda: self._engine_loop(engine_sub))),
+            asyncio.create_task(self._watchdog("timer", lambda: self._timer_loop(timer_sub))),
+            asyncio.create_task(self._watchdog("queue sampling", self._sample_queues))]
         await self.api.start()
         if self.webhooks:
             self.deliverer = WebhookDeliverer(self.nc, self.subjects,
@@ -222,6 +226,20 @@ class Orchestrator:
         await self.stop()
 
     # -- loops ----------------------------------------------------------------------
+    async def _watchdog(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run ``loop`` until stopping; if it dies of an error, log it and run it again.
+
+        The loops catch what they expect; this is for what they do not, so that a
+        process that looks alive never quietly stops consuming.
+        """
+        while not self._stopping.is_set():
+            try:
+                await loop()
+            except Exception:
+                log.exception("the %s loop died; starting it again", name)
+                self.metrics.loop_restarts.labels(loop=name).inc()
+                await asyncio.sleep(_WATCHDOG_PAUSE)
+
     async def _fetch(self, sub: PullConsumer) -> list[Msg]:
         try:
             return await sub.next_batch(self.fetch_batch, timeout=1.0)

@@ -16,12 +16,7 @@ from contracts.builtins import RESERVED_TASK_PREFIX, is_reserved_task
 from contracts.connect import NatsSettings, connect
 from contracts.consume import PullConsumer
 from contracts.messages import CancelNotice
-from contracts.streams import (
-    TASK_ACK_WAIT,
-    Topology,
-    declare_stream,
-    ensure_consumer,
-)
+from contracts.streams import TASK_ACK_WAIT, Topology, ensure_consumer, ensure_stream
 from contracts.subjects import TASK_TYPE_RE, Subjects
 
 from ._execute import RunningAttempts, execute_delivery
@@ -192,14 +187,15 @@ class _Session:
                                      self._subjects.worker_consumer(handler.task_type),
                                      batch=self._batch).start()
             self._subs.append(sub)
-            self._loops.append(asyncio.create_task(self._fetch_loop(handler, sub),
+            self._loops.append(asyncio.create_task(self._watchdog(handler, sub),
                                                    name=f"fetch {handler.task_type}"))
         log.info("serving %s", ", ".join(self._handlers))
 
     async def _declare(self) -> None:
-        await declare_stream(self._js, self._topology.tasks())
+        # Created if missing, never changed: the orchestrator owns their configs.
+        await ensure_stream(self._js, self._topology.tasks())
         # Malformed tasks are dead-lettered here; without the stream they would loop.
-        await declare_stream(self._js, self._topology.dlq())
+        await ensure_stream(self._js, self._topology.dlq())
         for task_type in self._handlers:
             await ensure_consumer(self._js, self._subjects.tasks_stream,
                                   self._topology.worker_consumer(task_type),
@@ -215,6 +211,19 @@ class _Session:
             with contextlib.suppress(Exception):
                 await (sub.stop() if isinstance(sub, PullConsumer) else sub.unsubscribe())
         log.info("stopped serving %s", ", ".join(self._handlers))
+
+    async def _watchdog(self, handler: TaskHandler, sub: Any) -> None:
+        """Run the fetch loop until stopping; if it dies of an error, log and restart it.
+
+        The loop survives the errors it expects (NATS away, a consumer gone); this is
+        for the others, so a worker that looks alive never quietly stops fetching.
+        """
+        while not self._stopping:
+            try:
+                await self._fetch_loop(handler, sub)
+            except Exception:
+                log.exception("fetching %s died; starting again", handler.task_type)
+                await asyncio.sleep(ERROR_PAUSE)
 
     async def _fetch_loop(self, handler: TaskHandler, sub: Any) -> None:
         while not self._stopping:

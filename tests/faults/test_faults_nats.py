@@ -1,0 +1,110 @@
+"""The deployment's only nats-server is SIGTERMed or SIGKILLed under load, then restarted.
+
+The server is the test's own (its port, its store dir) and comes back on the same port
+with the same store. The orchestrator, the worker and the gateway (a real uvicorn) keep
+running throughout and must reconnect by themselves. While the server is away the
+gateway answers every create with 503, Retry-After and a problem document, never a 2xx;
+every create answered 2xx before or after the outage completes, and the promise checker
+finds nothing wrong with any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fault_nats import Load, NatsNode, deployment, fan_in, wait_terminal
+from helpers import Probe, wait_for
+from nats.aio.msg import Msg
+
+from contracts.client import NatsflowClient
+from contracts.consume import PullConsumer
+from contracts.models import WorkflowState
+from orchestrator import Orchestrator
+
+pytestmark = pytest.mark.faults
+
+#: Seconds the server stays away.
+OUTAGE = 3.0
+#: Seconds after the restart within which a create must be accepted again.
+RECOVERY = 5.0
+#: Creates answered 2xx wanted before the outage, and after it.
+EACH_SIDE = 30
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NatsNode]:
+    server = NatsNode(tmp_path / "store").start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_the_nats_server_restarted_under_load_loses_nothing_accepted(
+        node: NatsNode, prefix: str, sig: signal.Signals) -> None:
+    loop = asyncio.get_running_loop()
+    async with deployment([node.url], prefix, request_timeout=3.0) as d:
+        load = Load(d, "wf")
+        await load.until_accepted(EACH_SIDE, after=0.0, timeout=30)
+
+        await asyncio.to_thread(node.end, sig)
+        down_from = loop.time()
+        await asyncio.sleep(OUTAGE)
+        down_until = loop.time()
+        await asyncio.to_thread(node.start)
+        back = loop.time()
+
+        await load.until_accepted(EACH_SIDE, after=back, timeout=40)
+        await load.stop()
+
+        # While the server was away: only 503s, each a problem with a Retry-After.
+        during = [a for a in load.answers if down_from <= a.sent and a.answered <= down_until]
+        assert len(during) >= 4, "no create was tried while the server was away"
+        for a in during:
+            assert a.status == 503, (a.status, a.body)
+            assert a.headers["content-type"] == "application/problem+json"
+            assert int(a.headers["retry-after"]) > 0
+            assert a.body["code"] in ("unavailable", "engine-timeout"), a.body
+        sent_down = [a for a in load.answers if down_from <= a.sent < down_until]
+        assert not [a for a in sent_down if a.status < 300], "a 2xx while NATS was away"
+
+        accepted = load.accepted()
+        # Everyone reconnected and consumes again at once, not after a stall timeout.
+        first = min(a.answered for a in load.answers if a.sent >= back and a.status < 300)
+        assert first - back < RECOVERY, f"first create accepted {first - back:.1f}s after"
+        await wait_terminal(d.client, accepted, timeout=45)
+        assert await d.check(accepted) == []
+        for wid in accepted:
+            status = (await d.client.get(wid)).status
+            assert status is not None and status.state == WorkflowState.COMPLETED, wid
+        assert "reconnected" in d.states
+
+
+async def test_a_consume_loop_that_dies_is_started_again(
+        engine: Orchestrator, demo_worker: Probe, client: NatsflowClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orchestrator's watchdog: an unexpected error ends a loop, the loop runs again."""
+    real = engine._fetch
+    died: set[int] = set()
+
+    async def dies_once_per_loop(sub: PullConsumer) -> list[Msg]:
+        if id(sub) not in died:
+            died.add(id(sub))
+            raise RuntimeError("an error no loop expects")
+        return await real(sub)
+
+    monkeypatch.setattr(engine, "_fetch", dies_once_per_loop)
+    await wait_for(lambda: len(died) == 2, what="both consume loops to die once")
+    reply = await client.create(fan_in(0, "watchdog"))
+    await wait_terminal(client, [reply.id], timeout=10)
+    status = (await client.get(reply.id)).status
+    assert status is not None and status.state == WorkflowState.COMPLETED
+    restarts = {s.labels["loop"]: s.value for m in engine.metrics.registry.collect()
+                if m.name == "natsflow_loop_restarts" for s in m.samples
+                if s.name.endswith("_total")}
+    assert restarts == {"engine": 1.0, "timer": 1.0}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -273,3 +275,21 @@ async def test_submit_and_child_workflows_keep_the_trace(
     assert len(tasks) == 2  # the parent's step and the child's
     for msg in tasks:
         assert extract(msg.headers) == incoming
+
+
+def test_the_header_examples_in_the_worker_doc_are_valid() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "workers.md").read_text()
+    rows = dict(re.findall(r"^\| `(traceparent|tracestate)` \| `([^`]+)` \|", doc, flags=re.M))
+    ctx = extract(rows)
+    assert ctx == TraceContext(traceparent=rows["traceparent"], tracestate=rows["tracestate"])
+    assert ctx.headers() == rows
+
+
+def test_configure_keeps_a_provider_already_set(exporter: InMemorySpanExporter) -> None:
+    provider = trace.get_tracer_provider()
+    try:
+        tracing.configure("natsflow-test")
+        assert tracing.enabled()
+        assert trace.get_tracer_provider() is provider
+    finally:
+        tracing.enable(False)

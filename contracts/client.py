@@ -51,6 +51,7 @@ from .messages import (
 )
 from .models import EVENT_TERMINAL, TRUSTED, WORKFLOW_TERMINAL, Event, WorkflowConfig
 from .subjects import Subjects
+from .tracing import TraceContext, inject
 
 __all__ = ["NatsflowClient"]
 
@@ -75,12 +76,16 @@ class NatsflowClient:
         self.subjects = subjects or Subjects()
         self.timeout = timeout
 
-    async def _call(self, operation: str, body: BaseModel, reply: type[_R]) -> _R:
+    async def _call(self, operation: str, body: BaseModel, reply: type[_R], *,
+                    trace: TraceContext | None = None) -> _R:
         if not self.nc.is_connected:
             raise Unavailable("not connected to NATS")
+        # The current span's context when tracing is on, else the one handed in.
+        headers = inject({}, trace) or None
         try:
             msg = await self.nc.request(self.subjects.api(operation),
-                                        body.model_dump_json().encode(), timeout=self.timeout)
+                                        body.model_dump_json().encode(), timeout=self.timeout,
+                                        headers=headers)
         except nats.errors.NoRespondersError:
             raise Unavailable("no orchestrator is running") from None
         except nats.errors.MaxPayloadError:
@@ -103,22 +108,28 @@ class NatsflowClient:
 
     # -- workflows -------------------------------------------------------------------
     async def create(self, config: WorkflowConfig | dict[str, Any], *,
-                     idempotency_key: str | None = None) -> WorkflowReply:
-        """Create (and, unless ``start`` is false, start) a workflow."""
+                     idempotency_key: str | None = None,
+                     trace: TraceContext | None = None) -> WorkflowReply:
+        """Create (and, unless ``start`` is false, start) a workflow.
+
+        ``trace``: the W3C trace context the workflow belongs to, when tracing is off
+        here (on, the current span's is sent); see :mod:`contracts.tracing`.
+        """
         if not isinstance(config, WorkflowConfig):
             config = WorkflowConfig.model_validate(config)
         req = CreateWorkflowRequest(config=config, idempotency_key=idempotency_key)
-        return await self._call("workflow.create", req, WorkflowReply)
+        return await self._call("workflow.create", req, WorkflowReply, trace=trace)
 
     async def run(self, definition: str, input: dict[str, Any] | None = None, *,
                   version: int | None = None, workflow_id: str | None = None,
                   labels: dict[str, str] | None = None, start: bool = True,
-                  idempotency_key: str | None = None) -> WorkflowReply:
+                  idempotency_key: str | None = None,
+                  trace: TraceContext | None = None) -> WorkflowReply:
         """Create a workflow from a stored definition (the latest, or ``version``)."""
         req = CreateWorkflowRequest(definition=definition, version=version,
                                     input=input or {}, id=workflow_id, labels=labels or {},
                                     start=start, idempotency_key=idempotency_key)
-        return await self._call("workflow.create", req, WorkflowReply)
+        return await self._call("workflow.create", req, WorkflowReply, trace=trace)
 
     # -- definitions -----------------------------------------------------------------
     async def put_definition(self, name: str, config: dict[str, Any]) -> DefinitionReply:
@@ -189,10 +200,12 @@ class NatsflowClient:
                                 RetryRequest(id=workflow_id, inputs=inputs or {}), WorkflowReply)
 
     async def rerun(self, workflow_id: str, *, input: dict[str, Any] | None = None,
-                    from_step: str | None = None, new_id: str | None = None) -> WorkflowReply:
+                    from_step: str | None = None, new_id: str | None = None,
+                    trace: TraceContext | None = None) -> WorkflowReply:
         """A new workflow from the same config (the reply is the new one's)."""
         return await self._call("workflow.rerun", RerunRequest(
-            id=workflow_id, input=input, from_step=from_step, new_id=new_id), WorkflowReply)
+            id=workflow_id, input=input, from_step=from_step, new_id=new_id), WorkflowReply,
+            trace=trace)
 
     async def signal(self, workflow_id: str, name: str, payload: Any = None) -> WorkflowReply:
         """Send the signal ``name`` to a workflow (a wait step takes it, or it is kept)."""
@@ -200,16 +213,19 @@ class NatsflowClient:
                                 SignalRequest(id=workflow_id, name=name, payload=payload),
                                 WorkflowReply)
 
-    async def submit(self, config: WorkflowConfig | dict[str, Any]) -> int:
+    async def submit(self, config: WorkflowConfig | dict[str, Any], *,
+                     trace: TraceContext | None = None) -> int:
         """Fire-and-forget: persist a config on the submit subject; returns its stream seq.
 
         The orchestrator creates the workflow later; give the config an ``id`` to find it.
+        ``trace`` as for :meth:`create`.
         """
         if not isinstance(config, WorkflowConfig):
             config = WorkflowConfig.model_validate(config)
         try:
             ack = await self.nc.jetstream().publish(self.subjects.submit,
-                                                    config.model_dump_json().encode())
+                                                    config.model_dump_json().encode(),
+                                                    headers=inject({}, trace) or None)
         except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
             raise Unavailable(f"submit not persisted: {exc!r}") from None
         return ack.seq

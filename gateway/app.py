@@ -44,6 +44,7 @@ from ._events import HEARTBEAT_SECONDS, add_event_routes
 from ._link import NatsLink
 from ._metrics import install_metrics
 from ._problems import install_problem_handlers, problem_responses
+from ._tracing import install_tracing, request_trace
 
 __all__ = ["Accepted", "Health", "create_app", "serve"]
 
@@ -150,6 +151,7 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
     )
     app.state.link = link
     app.state.metrics = install_metrics(app)
+    install_tracing(app)  # added last, so it runs first: the metrics are inside the span
     install_problem_handlers(app)
 
     # -- workflows -------------------------------------------------------------------
@@ -183,9 +185,11 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         if isinstance(body, RunDefinition):
             reply = await link.client().run(
                 body.definition, body.input, version=body.version, workflow_id=body.id,
-                labels=body.labels, start=body.start, idempotency_key=idempotency_key)
+                labels=body.labels, start=body.start, idempotency_key=idempotency_key,
+                trace=request_trace(request))
         else:
-            reply = await link.client().create(body, idempotency_key=idempotency_key)
+            reply = await link.client().create(body, idempotency_key=idempotency_key,
+                                               trace=request_trace(request))
         location = str(app.url_path_for("get_workflow", workflow_id=reply.id))
         return _answer(reply, 202 if reply.created else 200, location=location)
 
@@ -304,7 +308,8 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         body = await read_json(request, limit=MAX_CONFIG_BYTES, optional=True) or {}
         req = read_model(RerunRequest, {**body, "id": workflow_id})
         reply = await link.client().rerun(workflow_id, input=req.input,
-                                          from_step=req.from_step, new_id=req.new_id)
+                                          from_step=req.from_step, new_id=req.new_id,
+                                          trace=request_trace(request))
         location = str(app.url_path_for("get_workflow", workflow_id=reply.id))
         return _answer(reply, 202, location=location)
 

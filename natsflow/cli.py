@@ -48,6 +48,21 @@ _JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of ta
 _LogFormatOpt = Annotated[LogFormat, typer.Option(
     "--log-format", envvar="NATSFLOW_LOG_FORMAT", show_envvar=True, case_sensitive=False,
     help="Log lines as text, or as one JSON object per line (with workflow_id when known).")]
+_OtelOpt = Annotated[bool, typer.Option(
+    "--otel", envvar="NATSFLOW_OTEL", show_envvar=True,
+    help="Make OpenTelemetry spans (needs natsflow[otel]; see docs/operations.md).")]
+
+
+def _setup_tracing(otel: bool, service: str) -> None:
+    """Turn tracing on for this service when asked (off, trace headers still pass)."""
+    if not otel:
+        return
+    from contracts import tracing
+
+    try:
+        tracing.configure(service)
+    except RuntimeError as exc:
+        fail(InvalidRequest(str(exc), field="--otel"))
 
 
 # -- services -------------------------------------------------------------------------
@@ -108,6 +123,7 @@ def orchestrator(
         help="Attempts at one webhook delivery before it is dead-lettered.")] = 8,
     webhook_timeout: Annotated[float, typer.Option(
         min=0.1, max=60.0, help="Seconds one webhook POST may take.")] = 10.0,
+    otel: _OtelOpt = False,
     *,
     settings: NatsSettings,
 ) -> None:
@@ -122,6 +138,7 @@ def orchestrator(
         fail(err)
     hooks = WebhookSettings(secret=webhook_secret or None,
                             max_deliveries=webhook_max_deliveries, timeout=webhook_timeout)
+    _setup_tracing(otel, "natsflow-orchestrator")
     run_until_signal(lambda: Orchestrator(settings, replicas=replicas, builtins=builtins,
                                           metrics_port=metrics_port, webhooks=webhooks,
                                           webhook_settings=hooks, ack_wait=ack_wait).run())
@@ -147,6 +164,7 @@ def gateway(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     log_format: _LogFormatOpt = LogFormat.TEXT,
+    otel: _OtelOpt = False,
     *,
     settings: NatsSettings,
 ) -> None:
@@ -154,6 +172,7 @@ def gateway(
     from gateway import serve
 
     setup_logging(log_format)
+    _setup_tracing(otel, "natsflow-gateway")
     run_until_signal(lambda: serve(settings, host=host, port=port, configure_logging=False))
 
 
@@ -163,11 +182,13 @@ def worker_command(
     target: Annotated[str, typer.Argument(
         metavar="MODULE:OBJ", help="The Worker to run, e.g. natsflow.demo:worker.")],
     log_format: _LogFormatOpt = LogFormat.TEXT,
+    otel: _OtelOpt = False,
     *,
     settings: NatsSettings,
 ) -> None:
     """Run a worker until SIGINT/SIGTERM."""
     setup_logging(log_format)
+    _setup_tracing(otel, "natsflow-worker")
     obj = _load_object(target)
     if not callable(getattr(obj, "run", None)):
         fail(InvalidRequest(f"{target} is not a natsflow Worker (it has no run method)"))

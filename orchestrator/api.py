@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import nats.errors
@@ -64,6 +65,7 @@ from contracts.models import (
     ancestors_of,
 )
 from contracts.subjects import TOKEN_RE, Subjects
+from contracts.tracing import TraceContext, extract, forward, span
 
 from .definitions import DefinitionStore
 from .records import (
@@ -85,6 +87,11 @@ from .store import RecordStore
 __all__ = ["Api", "VERSION"]
 
 log = logging.getLogger("natsflow.api")
+
+#: The trace context a create started by the request being answered keeps (each request
+#: is answered in a task of its own, so this is per request).
+_request_trace: ContextVar[TraceContext | None] = ContextVar("natsflow_api_trace",
+                                                             default=None)
 
 VERSION = "0.1.0"
 
@@ -141,7 +148,7 @@ class Api:
         for operation, fn in routes.items():
             await self.service.add_endpoint(EndpointConfig(
                 name=operation.replace(".", "-"), subject=self.subjects.api(operation),
-                handler=self._endpoint(fn)))
+                handler=self._endpoint(operation, fn)))
         # Serving once this returns: the server has the subscriptions, so a request
         # made right after start (from any connection) finds a responder.
         await self.nc.flush()
@@ -153,9 +160,15 @@ class Api:
         for task in list(self._tasks):
             task.cancel()
 
-    def _endpoint(self, fn: Callable[[bytes], Awaitable[BaseModel]]
+    def _endpoint(self, operation: str, fn: Callable[[bytes], Awaitable[BaseModel]]
                   ) -> Callable[[Request], Awaitable[None]]:
         async def run(req: Request) -> None:
+            incoming = extract(req.headers)
+            with span(f"natsflow.api {operation}", incoming, kind="server"):
+                _request_trace.set(forward(incoming))
+                await answer(req)
+
+        async def answer(req: Request) -> None:
             try:
                 reply = await fn(req.data)
             except ValidationError as exc:
@@ -242,7 +255,8 @@ class Api:
             wid = await self._id_for_key(req.idempotency_key) if req.idempotency_key else new_id()
             config = config.model_copy(update={"id": wid})
         assert config.id is not None
-        cmd = CreateWorkflow(config=config, fingerprint=fingerprint(config))
+        cmd = CreateWorkflow(config=config, fingerprint=fingerprint(config),
+                             trace=_request_trace.get())
         msg = await self._command(self.subjects.workflow_command(config.id), cmd)
         reply: WorkflowReply = self._outcome(msg, WorkflowReply, config.id)
         if msg is None:
@@ -382,6 +396,7 @@ class Api:
             raise validation_failed(exc) from None
         assert config.id is not None
         cmd = CreateWorkflow(config=config, fingerprint=fingerprint(config), reuse=reuse,
+                             trace=_request_trace.get(),
                              rerun_of=req.id)
         msg = await self._command(self.subjects.workflow_command(config.id), cmd)
         reply: WorkflowReply = self._outcome(msg, WorkflowReply, config.id)

@@ -158,7 +158,8 @@ class BuiltinSteps:
         self._check_subject(data.subject)
         try:
             reply = await self._nc.request(data.subject, encode_payload(data.payload),
-                                           timeout=data.timeout, headers=data.headers or None)
+                                           timeout=data.timeout,
+                                           headers=_traced(ctx, data.headers) or None)
         except nats.errors.NoRespondersError:
             raise TaskError("no-responders", f"nothing listens on {data.subject}",
                             retryable=True) from None
@@ -181,7 +182,7 @@ class BuiltinSteps:
         """Make an HTTP call; the response body is the output."""
         assert self._http is not None, "serve inside running()"
         body: dict[str, Any] = {}
-        headers = dict(data.headers)
+        headers = _traced(ctx, data.headers)
         if isinstance(data.body, str):
             body["content"] = data.body.encode()
             if not any(k.lower() == "content-type" for k in headers):
@@ -225,7 +226,8 @@ class BuiltinSteps:
         payload = encode_payload(data.payload)
         if not data.stream:
             try:
-                await self._nc.publish(data.subject, payload, headers=data.headers or None)
+                await self._nc.publish(data.subject, payload,
+                                       headers=_traced(ctx, data.headers) or None)
                 # Done once the server has it, not merely once it sits in our buffer.
                 await self._nc.flush(timeout=int(PUBLISH_TIMEOUT))
             except nats.errors.Error as exc:
@@ -233,7 +235,7 @@ class BuiltinSteps:
                                 f"{type(exc).__name__}: {exc}", retryable=True) from None
             return {"subject": data.subject}
         # A redelivered attempt publishes again; JetStream drops the duplicate.
-        headers = {MSG_ID: ctx.idempotency_key, **data.headers}
+        headers = {MSG_ID: ctx.idempotency_key, **_traced(ctx, data.headers)}
         try:
             ack = await self._js.publish(data.subject, payload, headers=headers,
                                          timeout=PUBLISH_TIMEOUT)
@@ -259,6 +261,11 @@ async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
         if size > MAX_STEP_OUTPUT_BYTES:
             return b"".join(chunks)[:MAX_STEP_OUTPUT_BYTES], False
     return b"".join(chunks), True
+
+
+def _traced(ctx: TaskContext, headers: dict[str, str]) -> dict[str, str]:
+    """The step's headers plus the trace context (headers the step sets itself win)."""
+    return {**ctx.trace_headers(), **headers}
 
 
 def safe_url(method: str, url: str) -> str:

@@ -119,7 +119,7 @@ def new_record(inp: CreateWorkflow, now: datetime) -> WorkflowRecord:
     # Built from validated parts; model_construct skips re-running the graph check.
     return WorkflowRecord.model_construct(config=cfg, fingerprint=inp.fingerprint,
                                           status=status, outputs_bytes=0, outbox=[],
-                                          outbox_at=None)
+                                          outbox_at=None, trace=inp.trace)
 
 
 def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
@@ -203,6 +203,7 @@ class _Tx:
         self.config: WorkflowConfig = record.config
         self.cfgs: dict[str, StepConfig] = {c.id: c for c in record.config.steps}
         self.fingerprint = record.fingerprint
+        self.trace = record.trace
         self.outputs_bytes = record.outputs_bytes
         self.now = now
         self.settings = settings
@@ -234,7 +235,8 @@ class _Tx:
                                               seq=self.status.last_seq))
         record = WorkflowRecord.model_construct(
             config=self.config, fingerprint=self.fingerprint, status=self.status,
-            outputs_bytes=self.outputs_bytes, outbox=list(self.effects), outbox_at=self.now)
+            outputs_bytes=self.outputs_bytes, outbox=list(self.effects), outbox_at=self.now,
+            trace=self.trace)
         return WorkflowDecision(record=record, effects=list(self.effects), reply=reply)
 
     def emit(self, type_: EventType, *, step: str | None = None, attempt: int | None = None,

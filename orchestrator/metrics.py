@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from contracts.models import EVENT_TERMINAL, Event, EventType, StepKind, StepStatus, WorkflowState
+from contracts.models import EVENT_TERMINAL, EventType, WorkflowState
 
+from .attempts import ended_attempts
 from .records import Effect, EventEffect, WorkflowRecord
 
 __all__ = ["STEP_DURATION_BUCKETS", "MetricsServer", "OrchestratorMetrics"]
@@ -26,19 +26,11 @@ __all__ = ["STEP_DURATION_BUCKETS", "MetricsServer", "OrchestratorMetrics"]
 STEP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                          60.0, 300.0, 900.0, 3600.0, float("inf"))
 
-#: The event that ends one attempt of a step, and the outcome it counts as.
-_ATTEMPT_OUTCOME = {
-    EventType.STEP_SUCCEEDED: "succeeded",
-    EventType.STEP_FAILED: "failed",
-    EventType.STEP_RETRYING: "retrying",
-    EventType.STEP_CANCELLED: "cancelled",
-}
 _FINISHED_STATE = {
     EventType.WORKFLOW_COMPLETED: WorkflowState.COMPLETED,
     EventType.WORKFLOW_FAILED: WorkflowState.FAILED,
     EventType.WORKFLOW_STOPPED: WorkflowState.STOPPED,
 }
-_ATTEMPT_BEGUN = frozenset({EventType.STEP_DISPATCHED, EventType.STEP_STARTED})
 
 
 class OrchestratorMetrics:
@@ -105,40 +97,20 @@ class OrchestratorMetrics:
             after: The record the decision made: it says each step's kind and task.
             effects: The decision's effects; only status events are looked at.
         """
-        begun: dict[tuple[str, int], datetime] = {}
-        if before is not None:
-            # Attempts already under way: dispatched (or started) in an earlier decision.
-            for step in before.status.steps:
-                if step.attempts and (at := step.dispatched_at or step.started_at):
-                    begun[(step.id, step.attempts)] = at
-        steps = {s.id: s for s in after.status.steps}
         for effect in effects:
             if not isinstance(effect, EventEffect):
                 continue
-            event = effect.event
-            if event.type == EventType.WORKFLOW_STARTED:
+            if effect.event.type == EventType.WORKFLOW_STARTED:
                 self.workflows_started.inc()
-            elif event.type in EVENT_TERMINAL:
-                self.workflows_finished.labels(state=_FINISHED_STATE[event.type].value).inc()
-            elif event.step_id is not None and event.attempt is not None:
-                key = (event.step_id, event.attempt)
-                if event.type in _ATTEMPT_BEGUN:
-                    if event.type == EventType.STEP_DISPATCHED:
-                        begun[key] = event.time
-                    else:
-                        begun.setdefault(key, event.time)
-                elif event.type in _ATTEMPT_OUTCOME:
-                    self._attempt_ended(event, steps.get(event.step_id), begun.get(key))
-
-    def _attempt_ended(self, event: Event, step: StepStatus | None,
-                       begun: datetime | None) -> None:
-        kind = step.kind.value if step is not None else StepKind.TASK.value
-        task = (step.task if step is not None else None) or ""
-        self.step_attempts.labels(kind=kind, task=task,
-                                  outcome=_ATTEMPT_OUTCOME[event.type]).inc()
-        if begun is not None:
-            seconds = (event.time - begun).total_seconds()
-            self.step_duration.labels(kind=kind, task=task).observe(max(seconds, 0.0))
+            elif effect.event.type in EVENT_TERMINAL:
+                self.workflows_finished.labels(
+                    state=_FINISHED_STATE[effect.event.type].value).inc()
+        for ended in ended_attempts(before, after, effects):
+            kind = ended.kind.value
+            self.step_attempts.labels(kind=kind, task=ended.task, outcome=ended.outcome).inc()
+            if ended.begun is not None:
+                seconds = (ended.ended - ended.begun).total_seconds()
+                self.step_duration.labels(kind=kind, task=ended.task).observe(max(seconds, 0.0))
 
 
 class MetricsServer:

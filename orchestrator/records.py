@@ -25,6 +25,7 @@ from contracts.messages import (
     TaskSucceeded,
 )
 from contracts.models import Event, ParentRef, WorkflowConfig, WorkflowStatus, WorkflowSummary
+from contracts.tracing import TraceContext
 from contracts.webhooks import WebhookDelivery
 
 __all__ = [
@@ -82,6 +83,8 @@ class CreateWorkflow(BaseModel):
     reuse: dict[str, Any] = Field(default_factory=dict,
                                   description="Rerun: step id -> output taken as is.")
     rerun_of: str | None = None
+    trace: TraceContext | None = Field(
+        default=None, description="The creator's trace context; kept with the workflow.")
 
 
 class StartWorkflow(BaseModel):
@@ -315,6 +318,8 @@ class WorkflowRecord(BaseModel):
     outputs_bytes: int = 0
     outbox: list[Effect] = Field(default_factory=list)
     outbox_at: datetime | None = None
+    trace: TraceContext | None = Field(
+        default=None, description="W3C trace context its task messages carry.")
 
 
 class Reply(BaseModel):

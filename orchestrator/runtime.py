@@ -38,6 +38,7 @@ from contracts.messages import BatchReply, DeadLetter, TaskFailed, TaskResult, W
 from contracts.models import TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
 from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
+from contracts.tracing import TraceContext, extract
 
 from . import faults
 from .batch_engine import decide_batch
@@ -69,6 +70,7 @@ from .records import (
     WorkflowCommandEffect,
     WorkflowRecord,
 )
+from .spans import emit_decision_spans
 from .store import RecordStore, StaleRevision
 
 __all__ = ["OUTCOME_ERROR_HEADER", "REPLY_HEADER", "DefinitionResolver", "Processor", "Verdict",
@@ -302,8 +304,10 @@ class Processor:
             config = config.model_copy(update={"id": deterministic_id(
                 meta.timestamp, f"{meta.stream}:{meta.sequence.stream}")})
         assert config.id is not None
+        # The submitter's trace context travels as headers, like everywhere else.
         return Item("wf", config.id, CreateWorkflow(config=config,
-                                                    fingerprint=fingerprint(config)),
+                                                    fingerprint=fingerprint(config),
+                                                    trace=extract(msg.headers)),
                     msg, None)
 
     # -- processing -----------------------------------------------------------------
@@ -401,11 +405,12 @@ class Processor:
                 continue
             if faults.PLAN is not None:
                 faults.PLAN.reach("after-save")
-            await self.publish(key, effects)
+            await self.publish(key, effects, trace=getattr(current, "trace", None))
             if faults.PLAN is not None:
                 faults.PLAN.reach("after-publish")
             if isinstance(current, WorkflowRecord):
                 self.metrics.observe_published(record, current, effects)
+                emit_decision_spans(record, current, effects)
                 if self._is_terminal(current) and (record is None
                                                    or not self._is_terminal(record)):
                     log.info("workflow %s %s", key, current.status.state.value,
@@ -476,7 +481,8 @@ class Processor:
         return (s.workflow_command(effect.workflow_id), effect.command.model_dump_json().encode(),
                 f"bcmd:{key}:{effect.workflow_id}:{effect.command.kind}")
 
-    async def _child_command(self, effect: StartChildEffect) -> Effect:
+    async def _child_command(self, effect: StartChildEffect,
+                             trace: TraceContext | None) -> Effect:
         """The create command of a child workflow, or its failure reported to the parent."""
         try:
             if self.definitions is None:
@@ -491,12 +497,15 @@ class Processor:
             "id": effect.child_id, "input": effect.input, "parent": effect.parent,
             "start": True})
         return WorkflowCommandEffect(workflow_id=effect.child_id, command=CreateWorkflow(
-            config=child, fingerprint=fingerprint(child)))
+            config=child, fingerprint=fingerprint(child), trace=trace))
 
-    async def publish(self, key: str, effects: Sequence[Effect]) -> None:
+    async def publish(self, key: str, effects: Sequence[Effect], *,
+                      trace: TraceContext | None = None) -> None:
         """Publish an outbox in one round: send everything, then await every ack.
 
         Tasks go out first: a worker can start while the events are still being stored.
+        Task messages carry ``trace`` (the workflow's trace context) as headers, and a
+        child workflow inherits it.
         """
         futures = []
         joins = [e for e in effects if isinstance(e, JoinMapEffect)]
@@ -504,13 +513,15 @@ class Processor:
             if isinstance(effect, JoinMapEffect):
                 continue  # after the item outputs it reads are stored
             if isinstance(effect, StartChildEffect):
-                effect = await self._child_command(effect)
+                effect = await self._child_command(effect, trace)
             subject, payload, msg_id = self._route(key, effect)
             if msg_id is None:
                 await self.nc.publish(subject, payload)
                 continue
-            futures.append(await self.js.publish_async(
-                subject, payload, headers={"Nats-Msg-Id": msg_id}))
+            headers = {"Nats-Msg-Id": msg_id}
+            if trace is not None and isinstance(effect, TaskEffect):
+                headers.update(trace.headers())
+            futures.append(await self.js.publish_async(subject, payload, headers=headers))
         if futures:
             async with asyncio.timeout(_PUBLISH_TIMEOUT):  # no extra task, unlike wait_for
                 await asyncio.gather(*futures)
@@ -539,7 +550,8 @@ class Processor:
         assert record.outbox_at is not None
         age = (self.clock() - record.outbox_at).total_seconds()
         if age < DUPLICATE_WINDOW - 20:
-            await self.publish(key, record.outbox)  # duplicates are dropped by msg id
+            # duplicates are dropped by msg id
+            await self.publish(key, record.outbox, trace=getattr(record, "trace", None))
             return
         # Too old for the dedupe window. Events must not be duplicated: publish only the
         # ones provably missing. Everything else is idempotent where it lands (a task is
@@ -548,7 +560,7 @@ class Processor:
         missing = [e for e in record.outbox
                    if isinstance(e, EventEffect) and not await self._event_stored(e)]
         others = [e for e in record.outbox if not isinstance(e, EventEffect)]
-        await self.publish(key, [*others, *missing])
+        await self.publish(key, [*others, *missing], trace=getattr(record, "trace", None))
 
     async def _event_stored(self, effect: EventEffect) -> bool:
         ev = effect.event

@@ -40,14 +40,14 @@ def crash_once_before_publishing(orch: Orchestrator, *, step: str,
     real = processor.publish
     crashes: list[int] = []
 
-    async def publish(key: str, effects: Sequence[Effect]) -> None:
+    async def publish(key: str, effects: Sequence[Effect], **kwargs: Any) -> None:
         dispatches = [e for e in effects if isinstance(e, TaskEffect) and e.task.step_id == step]
         if dispatches and not crashes:
             crashes.append(len(effects))
             if events_first:
-                await real(key, [e for e in effects if e.kind == "event"])
+                await real(key, [e for e in effects if e.kind == "event"], **kwargs)
             raise ConnectionError("simulated crash after the state write")
-        await real(key, effects)
+        await real(key, effects, **kwargs)
 
     processor.publish = publish  # type: ignore[method-assign]
     return crashes

@@ -385,8 +385,8 @@ async def test_a_replayed_outbox_queues_each_delivery_once(
     real = processor.publish
     crashes: list[int] = []
 
-    async def publish(key: str, effects: Sequence[Effect]) -> None:
-        await real(key, effects)
+    async def publish(key: str, effects: Sequence[Effect], **kwargs: Any) -> None:
+        await real(key, effects, **kwargs)
         if not crashes and any(isinstance(e, TaskEffect) for e in effects):
             # Published, but "crashed" before the ack: the redelivered command finds the
             # outbox in the record and publishes all of it again.

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from contracts.messages import TaskMessage, TaskProgress
+from contracts.tracing import TraceContext, inject
 
 from ._handler import to_json_value
 from ._settle import DeliveredMessage
@@ -27,8 +28,9 @@ class TaskContext:
     """
 
     def __init__(self, message: TaskMessage, *, started_at: datetime, delivery: DeliveredMessage,
-                 progress_sink: ProgressSink) -> None:
+                 progress_sink: ProgressSink, trace: TraceContext | None = None) -> None:
         self._message = message
+        self._trace = trace
         self._started_at = started_at
         self._delivery = delivery
         self._progress_sink = progress_sink
@@ -80,6 +82,18 @@ class TaskContext:
     def started_at(self) -> datetime:
         """When this worker began the attempt."""
         return self._started_at
+
+    @property
+    def trace(self) -> TraceContext | None:
+        """The W3C trace context the task message came with (its workflow's), if any."""
+        return self._trace
+
+    def trace_headers(self) -> dict[str, str]:
+        """``traceparent``/``tracestate`` headers for the calls the handler makes.
+
+        With tracing on, the context of the task's span; off, the task's own context.
+        """
+        return inject({}, self._trace)
 
     @property
     def cancelled(self) -> bool:

@@ -20,6 +20,7 @@ from contracts.messages import (
 )
 from contracts.streams import TASK_HEARTBEAT
 from contracts.subjects import Subjects
+from contracts.tracing import extract, inject, mark_error, span
 
 from ._blobs import resolve_blobs
 from ._context import TaskContext
@@ -106,6 +107,9 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         return
 
     started_at = datetime.now(UTC)
+    incoming = extract(msg.headers)
+    # Reports go back with the trace context: the task span's, or the task's own.
+    reply_trace = inject({}, incoming)
     if find_blobs(task.input):
         try:
             task = task.model_copy(update={"input": await resolve_blobs(js, task.input)})
@@ -115,13 +119,15 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
                 started_at=started_at, error=ErrorInfo(
                     code="blob-unavailable", retryable=True,
                     message=f"could not read an input blob: {exc}"))
-            await settle(msg, after_result(await publish_result(js, task, unreadable)))
+            await settle(msg, after_result(await publish_result(js, task, unreadable,
+                                                                trace=reply_trace)))
             return
 
     async def progress_sink(progress: TaskProgress) -> None:
-        await publish_progress(js, task, progress)
+        await publish_progress(js, task, progress, trace=reply_trace)
 
-    ctx = TaskContext(task, started_at=started_at, delivery=msg, progress_sink=progress_sink)
+    ctx = TaskContext(task, started_at=started_at, delivery=msg, progress_sink=progress_sink,
+                      trace=incoming)
     interval = task.heartbeat_interval if task.heartbeat_interval > 0 else TASK_HEARTBEAT
     if ack_wait is not None:
         # In-progress acks must come well inside this consumer's ack wait, whatever the
@@ -134,13 +140,19 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
     else:
         beating = _Heartbeat(ctx, interval)
     try:
-        try:
-            result = await _run_handler(handler, ctx, running)
-        except asyncio.CancelledError:
-            await settle(msg, after_shutdown())
-            raise
-        published = await publish_result(js, task, result)
-        await settle(msg, after_result(published))
+        with span(f"natsflow.task {task.task}", incoming, kind="consumer", attributes={
+                "natsflow.workflow.id": task.workflow_id, "natsflow.step.id": task.step_id,
+                "natsflow.attempt": task.attempt, "natsflow.task": task.task}):
+            reply_trace.update(inject({}, incoming))  # now the span's context, when on
+            try:
+                result = await _run_handler(handler, ctx, running)
+            except asyncio.CancelledError:
+                await settle(msg, after_shutdown())
+                raise
+            if isinstance(result, TaskFailed):
+                mark_error(result.error.code, result.error.message)
+            published = await publish_result(js, task, result, trace=reply_trace)
+            await settle(msg, after_result(published))
     finally:
         beating.cancel()
 

@@ -49,21 +49,27 @@ def result_payload(result: TaskSucceeded | TaskFailed) -> bytes:
 
 
 async def publish_result(js: Publisher, task: TaskMessage,
-                         result: TaskSucceeded | TaskFailed) -> bool:
-    """Store ``result`` at ``task.reply_to``, deduplicated per attempt; True once acked."""
+                         result: TaskSucceeded | TaskFailed, *,
+                         trace: dict[str, str] | None = None) -> bool:
+    """Store ``result`` at ``task.reply_to``, deduplicated per attempt; True once acked.
+
+    ``trace``: trace context headers to send with it.
+    """
     try:
         await js.publish(task.reply_to, result_payload(result),
-                         headers={MSG_ID: f"{task.idempotency_key}:result"})
+                         headers={**(trace or {}), MSG_ID: f"{task.idempotency_key}:result"})
     except Exception:
         log.warning("could not publish result of %s", task.idempotency_key, exc_info=True)
         return False
     return True
 
 
-async def publish_progress(js: Publisher, task: TaskMessage, progress: TaskProgress) -> None:
+async def publish_progress(js: Publisher, task: TaskMessage, progress: TaskProgress, *,
+                           trace: dict[str, str] | None = None) -> None:
     """Store a progress report; progress is best effort, so failures are only logged."""
     try:
-        await js.publish(task.reply_to, progress.model_dump_json().encode())
+        await js.publish(task.reply_to, progress.model_dump_json().encode(),
+                         headers=trace or None)
     except Exception:
         log.warning("could not publish progress of %s", task.idempotency_key, exc_info=True)
 

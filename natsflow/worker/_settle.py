@@ -31,6 +31,7 @@ class DeliveredMessage(Protocol):
 
     subject: str
     data: bytes
+    headers: dict[str, str] | None
 
     async def ack(self) -> None: ...
     async def nak(self, delay: float | None = None) -> None: ...

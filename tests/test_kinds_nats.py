@@ -331,7 +331,7 @@ async def test_a_long_task_that_heartbeats_outlives_its_heartbeat_timeout(
         (E.STEP_PROGRESS, 1), (E.STEP_SUCCEEDED, 1)]
     # Only the handler's own reports are progress events; liveness reports are not.
     assert [e.data["progress"] for e in events if e.type == E.STEP_PROGRESS] == [
-        {"step": 1, "steps": 2}, {"step": 2, "steps": 2}]
+        {"done": 1, "of": 2}, {"done": 2, "of": 2}]
     assert demo_worker.runs == {(reply.id, "long", 1): 1}
 
 

@@ -78,6 +78,14 @@ class RunningAttempts:
         return len(entries)
 
 
+def _deliveries(msg: DeliveredMessage) -> int:
+    """How often JetStream has delivered this message (1 without metadata)."""
+    try:
+        return int(msg.metadata.num_delivered)  # type: ignore[attr-defined]
+    except Exception:
+        return 1
+
+
 def error_info_for(exc: Exception) -> ErrorInfo:
     """The error a handler's exception is reported as."""
     if isinstance(exc, TaskError):
@@ -87,7 +95,8 @@ def error_info_for(exc: Exception) -> ErrorInfo:
 
 async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: Publisher,
                            subjects: Subjects, running: RunningAttempts,
-                           ack_wait: float | None = None) -> None:
+                           ack_wait: float | None = None,
+                           max_deliveries: int | None = None) -> None:
     """Handle one delivery end to end; never raises except on cancellation (shutdown).
 
     Args:
@@ -97,6 +106,9 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         subjects: The deployment's names.
         running: Registry that cancel notices use to reach this attempt.
         ack_wait: The consumer's ack wait: heartbeats come at least three times in it.
+        max_deliveries: A task delivered more often than this without a result (its
+            workers died or hung each time) is not run again: its attempt fails with
+            ``too-many-deliveries`` and the message is dead-lettered.
     """
     try:
         task = TaskMessage.model_validate_json(msg.data)
@@ -107,6 +119,19 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         return
 
     started_at = datetime.now(UTC)
+    deliveries = _deliveries(msg)
+    if max_deliveries is not None and deliveries > max_deliveries:
+        reason = ErrorInfo(
+            code="too-many-deliveries", retryable=False,
+            message=f"delivered {deliveries} times without a result (its workers died or "
+                    f"hung each time); not run again")
+        log.warning("dead-lettering task %s: %s", task.idempotency_key, reason.message)
+        lettered = await publish_dead_letter(js, subjects, msg, reason)
+        poisoned = TaskFailed(workflow_id=task.workflow_id, step_id=task.step_id,
+                              attempt=task.attempt, started_at=started_at, error=reason)
+        reported = await publish_result(js, task, poisoned)
+        await settle(msg, after_dead_letter(lettered and reported))
+        return
     incoming = extract(msg.headers)
     # Reports go back with the trace context: the task span's, or the task's own.
     reply_trace = inject({}, incoming)

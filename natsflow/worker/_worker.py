@@ -37,6 +37,8 @@ FETCH_TIMEOUT = 1.0
 ERROR_PAUSE = 0.5
 #: Seconds a graceful stop lets running handlers finish before cancelling them.
 STOP_GRACE = 10.0
+#: Deliveries of one task without a result before it is dead-lettered (a poison task).
+MAX_TASK_DELIVERIES = 10
 
 
 class Worker:
@@ -60,6 +62,9 @@ class Worker:
             it (to this or another worker): after a crash, how long its tasks wait. It
             is a setting of the task type's shared consumer, so give every worker
             serving a task type the same value; keep it above ``TASK_HEARTBEAT``.
+        max_deliveries: A task delivered more often than this without a result (the
+            workers that took it died or hung each time) is not run again: its attempt
+            fails with ``too-many-deliveries`` and it is dead-lettered.
     """
 
     #: Whether ``natsflow.*`` task types may be registered: only natsflow's built-in
@@ -67,13 +72,17 @@ class Worker:
     _serves_reserved: ClassVar[bool] = False
 
     def __init__(self, concurrency: int = 64, *, name: str = "natsflow-worker",
-                 stop_grace: float = STOP_GRACE, ack_wait: float = TASK_ACK_WAIT) -> None:
+                 stop_grace: float = STOP_GRACE, ack_wait: float = TASK_ACK_WAIT,
+                 max_deliveries: int = MAX_TASK_DELIVERIES) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if ack_wait <= 0:
             raise ValueError("ack_wait must be positive")
         self.concurrency = concurrency
+        if max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
         self.ack_wait = ack_wait
+        self.max_deliveries = max_deliveries
         self.name = name
         self.stop_grace = stop_grace
         self._handlers: dict[str, TaskHandler] = {}
@@ -141,7 +150,8 @@ class Worker:
         try:
             session = _Session(client, Topology(settings.subjects, replicas=replicas,
                                                 task_ack_wait=self.ack_wait),
-                               dict(self._handlers), concurrency=self.concurrency)
+                               dict(self._handlers), concurrency=self.concurrency,
+                               max_deliveries=self.max_deliveries)
             try:
                 await session.start()
             except BaseException:
@@ -160,7 +170,8 @@ class _Session:
     """One period of serving, on one connection."""
 
     def __init__(self, nc: Client, topology: Topology, handlers: dict[str, TaskHandler], *,
-                 concurrency: int) -> None:
+                 concurrency: int, max_deliveries: int) -> None:
+        self._max_deliveries = max_deliveries
         self._nc = nc
         self._js = nc.jetstream()
         self._topology = topology
@@ -255,7 +266,7 @@ class _Session:
     def _spawn(self, handler: TaskHandler, msg: Msg) -> None:
         task = asyncio.create_task(execute_delivery(
             msg, handler, js=self._js, subjects=self._subjects, running=self._running,
-            ack_wait=self._topology.task_ack_wait))
+            ack_wait=self._topology.task_ack_wait, max_deliveries=self._max_deliveries))
         self._deliveries.add(task)
         task.add_done_callback(self._delivery_done)
 

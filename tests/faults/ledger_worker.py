@@ -7,7 +7,9 @@ Environment:
     LEDGER_CRASH     ""            never die
                      "mid-task"    SIGKILL after the task began, before its side effect
                      "after-write" SIGKILL after the side effect, before the result
+                     "always"      SIGKILL in every execution (a poison task)
     LEDGER_ACK_WAIT  the task ack wait this worker declares (seconds)
+    LEDGER_MAX_DELIVERIES  deliveries of a task before this worker dead-letters it
 
 Only the first execution of an idempotency key dies (the ledger says whether there was
 one), so the redelivered task finishes. Each execution appends ``begin`` when it starts
@@ -34,7 +36,8 @@ LEDGER_TASK = "ledger.write"
 
 # One task at a time: a death takes down exactly the execution that chose to die.
 worker = Worker(concurrency=1, name="ledger-worker",
-                ack_wait=float(os.environ.get("LEDGER_ACK_WAIT") or TASK_ACK_WAIT))
+                ack_wait=float(os.environ.get("LEDGER_ACK_WAIT") or TASK_ACK_WAIT),
+                max_deliveries=int(os.environ.get("LEDGER_MAX_DELIVERIES") or 10))
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:
@@ -67,7 +70,7 @@ async def write(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
     first = not any(e["idempotency_key"] == ctx.idempotency_key for e in read_ledger(path))
     _append(path, ctx, "begin")
     await asyncio.sleep(0.05)  # the task is running: the mid-task crash comes here
-    if first and crash == "mid-task":
+    if (first and crash == "mid-task") or crash == "always":
         _die()
     _append(path, ctx, "effect")
     if first and crash == "after-write":

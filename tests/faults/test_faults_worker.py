@@ -26,6 +26,7 @@ from fault_procs import (
     supervise,
     wait_ready,
 )
+from helpers import read_dead_letters
 from ledger_worker import LEDGER_TASK, read_ledger
 
 from contracts.client import NatsflowClient
@@ -99,3 +100,44 @@ async def test_a_task_whose_worker_died_is_redelivered_under_the_same_idempotenc
             assert phases["effect"] == [died, finished], (key, phases)
         else:
             assert phases["effect"] == [finished], (key, phases)
+
+
+async def test_a_task_that_kills_every_worker_ends_in_the_dead_letter_stream(
+        settings: NatsSettings, client: NatsflowClient, tmp_path: Path) -> None:
+    """Promise 5: a poison task is given up after bounded deliveries, with a reason,
+    and the work of other task types goes on meanwhile."""
+    ledger = tmp_path / "ledger.jsonl"
+    orch = Service("orchestrator", ["orchestrator"], settings, tmp_path,
+                   env={"NATSFLOW_ACK_WAIT": str(ENGINE_ACK_WAIT)},
+                   ready_line="orchestrator ready")
+    poisoned = Service("poisoned", ["worker", "ledger_worker:worker"], settings, tmp_path,
+                       env={"LEDGER_PATH": str(ledger), "LEDGER_CRASH": "always",
+                            "LEDGER_ACK_WAIT": str(TASK_ACK_WAIT),
+                            "LEDGER_MAX_DELIVERIES": "3"},
+                       ready_line="serving")
+    demo = Service("demo", ["worker", "natsflow.demo:worker"], settings, tmp_path,
+                   ready_line="serving")
+    async with supervise(orch, poisoned, demo):
+        await wait_ready([orch, poisoned, demo])
+        await client.create({"name": "poison", "id": "poison-1", "steps": [
+            {"id": "deadly", "task": LEDGER_TASK, "input": {"n": 1}}]})
+        others = [f"fine-{i}" for i in range(5)]
+        for wid in others:
+            await client.create({"name": "fine", "id": wid, "steps": [
+                {"id": "add", "task": "demo.add", "input": {"a": 1, "b": 2}}]})
+        assert not await drain(client, [*others, "poison-1"], timeout=60)
+        statuses, violations = await oracle(client, [*others, "poison-1"])
+        letters = await read_dead_letters(client.nc, settings.subjects, count=1)
+    assert not violations, "\n".join(map(str, violations))
+    assert not not_completed({w: statuses[w] for w in others})
+    status = statuses["poison-1"]
+    assert status is not None and status.state == "failed"
+    error = status.step("deadly").error
+    assert error is not None and error.code == "too-many-deliveries"
+    assert status.step("deadly").attempts == 1  # given up, not retried forever
+    ((subject, letter),) = letters
+    assert subject == settings.subjects.dlq("too-many-deliveries")
+    assert letter.reason.code == "too-many-deliveries" and letter.deliveries == 4
+    # Three executions died; the fourth delivery was not run.
+    assert len([e for e in read_ledger(ledger) if e["phase"] == "begin"]) == 3
+    assert poisoned.deaths == [-signal.SIGKILL] * 3

@@ -7,6 +7,8 @@ from typing import Protocol
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from contracts.publish import WRONG_LAST_SEQUENCE, AsyncPublisher, PublishError
+
 __all__ = ["KvRecordStore", "MemoryRecordStore", "RecordStore", "StaleRevision"]
 
 
@@ -31,10 +33,17 @@ class RecordStore(Protocol):
 
 
 class KvRecordStore:
-    """A JetStream KV bucket as a record store."""
+    """A JetStream KV bucket as a record store.
 
-    def __init__(self, kv: KeyValue) -> None:
+    Args:
+        kv: The bucket.
+        publisher: Writes go through it when given (the orchestrator's hot path: the
+            write then shares a flush with whatever is sent beside it).
+    """
+
+    def __init__(self, kv: KeyValue, publisher: AsyncPublisher | None = None) -> None:
         self.kv = kv
+        self.publisher = publisher
 
     async def load(self, key: str) -> tuple[bytes | None, int]:
         try:
@@ -44,6 +53,13 @@ class KvRecordStore:
         return entry.value, entry.revision or 0
 
     async def save(self, key: str, data: bytes, *, revision: int) -> int:
+        if self.publisher is not None:
+            try:
+                return await self.publisher.store(self.kv._pre + key, data, last=revision)
+            except PublishError as exc:
+                if exc.err_code in WRONG_LAST_SEQUENCE:
+                    raise StaleRevision(key) from exc
+                raise
         try:
             return await self.kv.update(key, data, last=revision)
         except nats.js.errors.KeyWrongLastSequenceError as exc:

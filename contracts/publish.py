@@ -1,0 +1,144 @@
+"""Pipelined JetStream publishing: send now, await the store's ack later.
+
+nats-py's ``publish_async`` does this too, but pays for it per message: a task for its
+stall semaphore (``wait_for``), random bytes from the OS for the reply token, and a
+parsed ``PubAck``. This publisher keeps one reply subscription, numbers its replies
+with a counter, and resolves each future with the stream sequence. It is the hot path
+of the orchestrator (every outbox, every record write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["WRONG_LAST_SEQUENCE", "AsyncPublisher", "PublishError"]
+
+#: JetStream error codes of a failed ``Nats-Expected-Last-Subject-Sequence`` check.
+WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
+_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+
+class PublishError(nats.js.errors.APIError):
+    """JetStream refused a message (the error's ``err_code`` says why)."""
+
+
+class AsyncPublisher:
+    """Publishes to JetStream without waiting; each call returns the ack's future.
+
+    Messages are sent in call order on the one connection, so a stream stores them in
+    that order. A future resolves to the stored message's stream sequence, or fails
+    with :class:`PublishError` (JetStream said no), ``NoStreamResponseError`` (no stream
+    has the subject) or ``ConnectionClosedError`` (the publisher was closed first).
+
+    Args:
+        nc: Connected NATS client.
+        timeout: Seconds after which an unanswered message's future fails with
+            ``TimeoutError`` (checked as more messages are sent).
+    """
+
+    def __init__(self, nc: Client, *, timeout: float = 30.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self._prefix = ""
+        self._sub: Subscription | None = None
+        self._next = 0
+        self._waiting: dict[str, asyncio.Future[int]] = {}
+        self._deadlines: deque[tuple[float, str]] = deque()  # in sending order
+
+    async def start(self) -> AsyncPublisher:
+        """Subscribe to the replies."""
+        self._prefix = self.nc.new_inbox() + "."
+        self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        return self
+
+    async def close(self) -> None:
+        """Stop listening; whatever still waits fails with ConnectionClosedError."""
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(nats.errors.ConnectionClosedError())
+
+    def pending(self) -> int:
+        """Messages sent and not yet acknowledged."""
+        return len(self._waiting)
+
+    async def publish(self, subject: str, payload: bytes,
+                      headers: dict[str, str] | None = None) -> asyncio.Future[int]:
+        """Send one message; the returned future resolves when JetStream has stored it.
+
+        Does not suspend unless the client's outgoing buffer is full (or this is the
+        first message and the reply subscription is made now).
+        """
+        if self._sub is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._expire(now)
+        self._next += 1
+        token = str(self._next)
+        future: asyncio.Future[int] = loop.create_future()
+        self._waiting[token] = future
+        self._deadlines.append((now + self.timeout, token))
+        try:
+            await self.nc.publish(subject, payload, reply=self._prefix + token,
+                                  headers=headers)
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise
+        return future
+
+    def _expire(self, now: float) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] < now:
+            future = self._waiting.pop(deadlines.popleft()[1], None)
+            if future is not None and not future.done():
+                future.set_exception(TimeoutError("no ack from JetStream"))
+
+    async def store(self, subject: str, payload: bytes, *, last: int,
+                    timeout: float = 10.0) -> int:
+        """Compare-and-set on a subject (a KV key): store only if its last sequence is
+        ``last`` (0: none yet); returns the new sequence.
+
+        Raises:
+            PublishError: with an ``err_code`` in :data:`WRONG_LAST_SEQUENCE` when the
+                subject moved on (someone else wrote first).
+        """
+        future = await self.publish(subject, payload,
+                                    {_EXPECTED_LAST_SUBJECT_SEQ: str(last)})
+        async with asyncio.timeout(timeout):
+            return await future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix):], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        data = msg.data
+        try:
+            reply: dict[str, Any] = json.loads(data)
+        except ValueError:
+            future.set_exception(PublishError(description=f"unreadable ack: {data[:100]!r}"))
+            return
+        error = reply.get("error")
+        if error is not None:
+            future.set_exception(PublishError(
+                code=error.get("code"), err_code=error.get("err_code"),
+                description=error.get("description")))
+            return
+        future.set_result(int(reply.get("seq", 0)))

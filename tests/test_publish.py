@@ -1,0 +1,64 @@
+"""The pipelined JetStream publisher (contracts/publish.py), on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig, StreamConfig
+
+from contracts.publish import WRONG_LAST_SEQUENCE, AsyncPublisher, PublishError
+
+
+async def test_acks_resolve_in_order_to_stream_sequences(nc: Client) -> None:
+    name = "PUB_" + os.urandom(4).hex()
+    await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
+    pub = await AsyncPublisher(nc).start()
+    futures = [await pub.publish(f"{name}.x", str(i).encode()) for i in range(500)]
+    assert pub.pending() > 0 or all(f.done() for f in futures)
+    assert await asyncio.gather(*futures) == list(range(1, 501))
+    assert pub.pending() == 0
+    stored = await nc.jetstream().get_msg(name, 250)
+    assert stored.data == b"249"  # stored in the order sent
+    dup = await pub.publish(f"{name}.x", b"again", {"Nats-Msg-Id": "m1"})
+    assert await dup == 501
+    assert await (await pub.publish(f"{name}.x", b"again", {"Nats-Msg-Id": "m1"})) == 501
+    await pub.close()
+
+
+async def test_compare_and_set_and_refusals_fail_their_futures(nc: Client) -> None:
+    kv = await nc.jetstream().create_key_value(
+        KeyValueConfig(bucket="pub_" + os.urandom(4).hex()))
+    pub = await AsyncPublisher(nc).start()
+    subject = kv._pre + "k"
+    first = await pub.store(subject, b"1", last=0)
+    second = await pub.store(subject, b"2", last=first)
+    assert second > first and (await kv.get("k")).value == b"2"
+    with pytest.raises(PublishError) as stale:
+        await pub.store(subject, b"3", last=first)  # someone else wrote since
+    assert stale.value.err_code in WRONG_LAST_SEQUENCE
+    with pytest.raises(PublishError):
+        await pub.store(subject, b"4", last=0)  # "must not exist" on an existing key
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await (await pub.publish("no.stream." + os.urandom(4).hex(), b"x"))
+    assert (await kv.get("k")).value == b"2"
+    await pub.close()
+
+
+async def test_unanswered_messages_time_out_and_close_fails_the_rest(nc: Client) -> None:
+    pub = AsyncPublisher(nc, timeout=0.2)
+    # Core subscribers that never answer stand in for a stream that does not reply.
+    await nc.subscribe("silent.>")
+    lost = await pub.publish("silent.a", b"x")  # starts the publisher on first use
+    await asyncio.sleep(0.3)
+    await pub.publish("silent.b", b"x")  # sending checks the deadlines
+    with pytest.raises(TimeoutError):
+        await lost
+    waiting = await pub.publish("silent.c", b"x")
+    await pub.close()
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await waiting

@@ -64,6 +64,8 @@ def wants(webhook: Webhook, event: Event) -> bool:
 
 def deliveries_for(webhooks: Sequence[Webhook], event: Event) -> list[WebhookDelivery]:
     """The deliveries one event makes, in the order of the config's webhooks."""
+    if not webhooks:
+        return []
     return [WebhookDelivery(url=str(hook.url), index=i, event=event)
             for i, hook in enumerate(webhooks) if wants(hook, event)]
 

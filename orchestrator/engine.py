@@ -158,7 +158,8 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
                       | ResumeWorkflow | RetryWorkflow):
             return WorkflowDecision(record=None, reply=Reply(
                 error=WorkflowNotFound("no such workflow").info()))
-        return WorkflowDecision(record=None)
+        # A result may come before its workflow's first save (tasks leave with it).
+        return WorkflowDecision(record=None, reply=Reply(early=isinstance(inp, ResultInput)))
 
     tx = _Tx(record, now, settings)
     if isinstance(inp, StartWorkflow):
@@ -185,7 +186,7 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
     else:
         tx.on_timer(inp)
     tx.advance()
-    return tx.decision(Reply())
+    return tx.decision(Reply(early=tx.early))
 
 
 class _Tx:
@@ -209,6 +210,7 @@ class _Tx:
         self.settings = settings
         self.effects: list[Effect] = []
         self.dirty = False  # changed without an event (a heartbeat)
+        self.early = False  # an input for a dispatch not saved yet (see on_result)
         self.state_before: WorkflowState | None = (
             None if record.status.last_seq == 0 else record.status.state)
         self.steps = {s.id: s for s in self.status.steps}
@@ -626,6 +628,12 @@ class _Tx:
                 fanout.on_item_result(self, cfg, self.own(mapped), item[1], inp)
             return
         step = self.steps.get(res.step_id)
+        if (step is not None and step.attempts < res.attempt
+                and self.status.state not in WORKFLOW_TERMINAL):
+            # An attempt this record has not dispatched yet: its task left while the
+            # dispatch was being saved, and this copy is older than that save.
+            self.early = True
+            return
         if (step is None or step.attempts != res.attempt or step.state not in STEP_ACTIVE
                 or self.status.state in WORKFLOW_TERMINAL):
             return  # stale or duplicate: that attempt is no longer running

@@ -59,6 +59,10 @@ class OrchestratorMetrics:
         self.dead_letters = Counter(
             "natsflow_dead_letters", "Messages moved to the dead-letter stream, by reason.",
             ["reason"], registry=r)
+        self.early_results = Counter(
+            "natsflow_early_results",
+            "Task results handed back because they came before their dispatch was saved.",
+            registry=r)
         self.cas_retries = Counter(
             "natsflow_cas_retries",
             "Record writes that lost a compare-and-set and were decided again.", registry=r)

@@ -329,6 +329,9 @@ class Reply(BaseModel):
 
     created: bool = False
     error: ErrorInfo | None = None
+    #: The input came ahead of the record it belongs to (a result of a task sent while
+    #: its dispatch was being saved, see ``Processor``): hand it back for later.
+    early: bool = False
 
 
 @dataclass(slots=True)

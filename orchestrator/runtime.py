@@ -10,6 +10,14 @@ Crash safety: a crash after the write but before the publish leaves the outbox i
 record; whoever loads the record next from the store republishes it (JetStream drops
 what it had already stored by message id). A crash before the ack redelivers the
 message; the engine treats it as the duplicate it is.
+
+Latency: a decision's tasks leave together with the record's write, not after it (a
+task is at-least-once by contract and deduplicated by its attempt's id, so sending one
+whose save then fails costs nothing but a deferred result: the engine answers a result
+it cannot place yet with ``Reply.early`` and it is handed back until the save lands).
+Events leave only after the save. One record's transitions are serialized by a lock
+that is held until the outbox is *sent*, not acknowledged: the next transition carries
+the still unacknowledged effects into its own outbox, so a crash loses none of them.
 """
 
 from __future__ import annotations
@@ -36,11 +44,12 @@ from contracts.errors import ErrorInfo, NatsflowError, validation_failed
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, DeadLetter, TaskFailed, TaskResult, WorkflowReply
 from contracts.models import TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
+from contracts.publish import AsyncPublisher
 from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
 from contracts.tracing import TraceContext, extract
 
-from . import faults
+from . import fanout, faults
 from .batch_engine import decide_batch
 from .engine import EngineSettings, decide
 from .metrics import OrchestratorMetrics
@@ -86,6 +95,11 @@ OUTCOME_ERROR_HEADER = "Natsflow-Error"
 MAX_DELIVERIES = 20
 _CAS_ATTEMPTS = 8
 _PUBLISH_TIMEOUT = 10.0
+#: An early result (see the module doc) is handed back until it is this old, then
+#: dropped as stale: beyond the duplicate window a dispatch of its attempt would be a
+#: new message that a worker runs afresh.
+EARLY_RESULT_PATIENCE = DUPLICATE_WINDOW + 30.0
+_EARLY_DELAY_MAX = 2.0
 
 _workflow_commands: TypeAdapter[Any] = TypeAdapter(WorkflowCommand)
 _batch_commands: TypeAdapter[Any] = TypeAdapter(BatchCommand)
@@ -107,6 +121,17 @@ def _redelivered(msg: Msg) -> bool:
 def fingerprint(model: BaseModel) -> str:
     """A digest of a config, to tell an identical resubmit from a conflicting one."""
     return hashlib.sha256(model.model_dump_json(exclude={"id"}).encode()).hexdigest()[:32]
+
+
+def _leaves_early(effect: Effect) -> bool:
+    """Sent with the record's write rather than after it: a plain step's task."""
+    return isinstance(effect, TaskEffect) and fanout.parse_item(effect.task.step_id) is None
+
+
+def _abandon(acks: list[asyncio.Future[Any]]) -> None:
+    """Let go of sends whose outcome no longer matters (their errors are not raised)."""
+    for ack in acks:
+        ack.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 class DefinitionResolver(Protocol):
@@ -194,6 +219,45 @@ class RecordCache(Generic[R]):
             self.used -= dropped
 
 
+class _KeyLocks:
+    """One FIFO lock per record key, kept only while someone holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    async def acquire(self, key: tuple[str, str]) -> None:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._forget(key)
+            raise
+
+    def release(self, key: tuple[str, str]) -> None:
+        self._locks[key][0].release()
+        self._forget(key)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+@dataclass(slots=True)
+class _Sent:
+    """An outbox sent but not yet acknowledged: its effects and its acks."""
+
+    effects: list[Any]  # the whole outbox (what it carried from before included)
+    acked: asyncio.Future[Any]
+    own: list[Any]  # the effects of this transition alone
+
+
 class _Entity(Generic[R]):
     """How to load, decide and answer for one kind of record."""
 
@@ -206,6 +270,8 @@ class _Entity(Generic[R]):
         self.decide: Callable[[R | None, Any, datetime, str], Any] = decide_fn
         self.reply: Callable[[str, R | None, Reply], BaseModel] = reply_fn
         self.cache: RecordCache[R] = RecordCache()
+        #: Outboxes sent and not yet acknowledged, by key (see the module doc).
+        self.sent: dict[str, _Sent] = {}
 
     def remember(self, key: str, revision: int, record: R, *, terminal: bool,
                  size: int) -> None:
@@ -229,6 +295,8 @@ class Processor:
         settings: Engine knobs.
         clock: Source of ``now`` (UTC).
         metrics: Where to count what happens (a registry of its own if None).
+        publisher: Where outboxes are published (one of its own if None, started by
+            the first publication).
     """
 
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
@@ -236,8 +304,10 @@ class Processor:
                  definitions: DefinitionResolver | None = None,
                  outputs: OutputStore | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 metrics: OrchestratorMetrics | None = None) -> None:
+                 metrics: OrchestratorMetrics | None = None,
+                 publisher: AsyncPublisher | None = None) -> None:
         self.nc = nc
+        self._publisher = publisher or AsyncPublisher(nc)
         self.definitions = definitions
         self.outputs = outputs
         self.js: JetStreamContext = nc.jetstream()
@@ -255,6 +325,7 @@ class Processor:
             lambda rec, inp, now, key: decide_batch(rec, inp, now, batch_id=key),
             lambda key, rec, reply: BatchReply(
                 id=key, created=reply.created, status=rec.status if rec else None))
+        self._locks = _KeyLocks()
         self.metrics = metrics or OrchestratorMetrics()
         self.metrics.track_cache(self.wf.name, self.wf.cache.__len__)
         self.metrics.track_cache(self.batch.name, self.batch.cache.__len__)
@@ -314,6 +385,7 @@ class Processor:
     async def handle(self, msgs: Sequence[Msg]) -> None:
         """Process one fetched batch of inbox messages and settle each of them."""
         items: list[Item] = []
+        malformed: list[tuple[Msg, ErrorInfo]] = []
         for msg in msgs:
             # Counted here, not in parse: the timer loop hands timers back until due.
             if _redelivered(msg):
@@ -321,8 +393,11 @@ class Processor:
             try:
                 items.append(self.parse(msg))
             except Malformed as exc:
-                await self.dead_letter(msg, exc.info)
-        await self.process(items)
+                malformed.append((msg, exc.info))
+        # No suspension before the records' locks are asked for: batches taken one
+        # after the other reach each record in the order they were taken.
+        await asyncio.gather(self.process(items),
+                             *(self.dead_letter(msg, info) for msg, info in malformed))
 
     async def process(self, items: Sequence[Item]) -> None:
         """Apply parsed items, grouped by record, groups concurrently."""
@@ -350,6 +425,9 @@ class Processor:
         record, replies = outcome
         for item, reply in zip(items, replies, strict=True):
             if item.msg is not None:
+                if reply.early:
+                    await self._hand_back_early(item.msg)
+                    continue
                 await self.settle(item.msg, Verdict.ACK)
             if item.reply_to:
                 await self._send_reply(item.reply_to, entity, key, record, reply)
@@ -357,6 +435,43 @@ class Processor:
 
     async def _apply(self, entity: _Entity[Any], key: str, items: list[Item]
                      ) -> tuple[Any, list[Reply]] | None:
+        lock = (entity.name, key)
+        await self._locks.acquire(lock)
+        try:
+            outcome = await self._transition(entity, key, items)
+        finally:
+            self._locks.release(lock)
+        if outcome is None:
+            return None
+        record, replies, sent, before = outcome
+        if sent is not None:
+            try:
+                async with asyncio.timeout(_PUBLISH_TIMEOUT):  # no extra task
+                    await asyncio.shield(sent.acked)
+            finally:
+                if entity.sent.get(key) is sent:
+                    del entity.sent[key]
+            if faults.PLAN is not None:
+                faults.PLAN.reach("after-publish")
+            if before is not record:
+                self._published(key, before, record, sent.own)
+        return record, replies
+
+    def _published(self, key: str, before: Any, current: Any, effects: list[Effect]) -> None:
+        """Bookkeeping once a transition's outbox is stored."""
+        if isinstance(current, WorkflowRecord):
+            self.metrics.observe_published(before, current, effects)
+            emit_decision_spans(before, current, effects)
+            if self._is_terminal(current) and (before is None or not self._is_terminal(before)):
+                log.info("workflow %s %s", key, current.status.state.value,
+                         extra=_log_context("wf", key))
+
+    async def _transition(self, entity: _Entity[Any], key: str, items: list[Item]
+                          ) -> tuple[Any, list[Reply], _Sent | None, Any] | None:
+        """Load, decide, save and send (holding the record's lock); None on contention.
+
+        Returns (record, replies, what was sent and awaits acks, the record before).
+        """
         # A create for a key this process has not seen is almost always for a new
         # record: try the write as "must not exist" and skip the read; if the key does
         # exist the write fails and the normal read-decide-write loop takes over.
@@ -367,6 +482,7 @@ class Processor:
                 assume_new = False
             else:
                 record, revision, cached, size = await self._load(entity, key)
+            carried = entity.sent.get(key) if cached else None
             if record is not None and not cached and record.outbox:
                 await self._flush_stale_outbox(key, record)
             now = self.clock()
@@ -390,35 +506,55 @@ class Processor:
                 if record is not None:
                     entity.remember(key, revision, record, terminal=self._is_terminal(record),
                                     size=size)
-                return record, replies
-            current.outbox = effects
+                # Replies describe the record: let what it last sent be stored first.
+                return record, replies, carried, record
+            trace = getattr(current, "trace", None)
+            if carried is not None and carried.acked.done() and not carried.acked.cancelled() \
+                    and carried.acked.exception() is None:
+                carried = None
+            outbox = [*carried.effects, *effects] if carried is not None else effects
+            current.outbox = outbox
             current.outbox_at = now
-            data = current.model_dump_json(exclude_none=True).encode()  # see test_engine
             if faults.PLAN is not None:
                 faults.PLAN.reach("before-save")
+            data = current.model_dump_json(exclude_none=True).encode()  # see test_engine
+            # Tasks leave with the write (see the module doc), in one flush with it;
+            # their acks are awaited with the rest of the outbox.
+            early = [ack for e in effects if _leaves_early(e)
+                     if (ack := await self._send(key, e, trace)) is not None]
             try:
                 new_rev = await entity.store.save(key, data, revision=revision)
             except StaleRevision:
                 self.stats["cas_retries"] += 1
                 self.metrics.cas_retries.inc()
                 entity.cache.pop(key)
+                _abandon(early)  # sent again, under the same ids, if decided again
                 continue
             if faults.PLAN is not None:
                 faults.PLAN.reach("after-save")
-            await self.publish(key, effects, trace=getattr(current, "trace", None))
-            if faults.PLAN is not None:
-                faults.PLAN.reach("after-publish")
-            if isinstance(current, WorkflowRecord):
-                self.metrics.observe_published(record, current, effects)
-                emit_decision_spans(record, current, effects)
-                if self._is_terminal(current) and (record is None
-                                                   or not self._is_terminal(record)):
-                    log.info("workflow %s %s", key, current.status.state.value,
-                             extra=_log_context(entity.name, key))
+            rest = [e for e in effects if not _leaves_early(e)]
+            acks = [*early, *(await self._send_all(key, rest, trace))]
+            if carried is not None:
+                acks.append(carried.acked)
+            joins = [e for e in effects if isinstance(e, JoinMapEffect)]
+            sent = _Sent(outbox, self._acked(acks, joins), effects)
+            entity.sent[key] = sent
             entity.remember(key, new_rev, current, terminal=self._is_terminal(current),
                             size=len(data))
-            return current, replies
+            return current, replies, sent, record
         return None
+
+    def _acked(self, acks: list[asyncio.Future[Any]], joins: list[JoinMapEffect]
+               ) -> asyncio.Future[Any]:
+        """One future for a sent outbox: every ack, then the map joins it asked for."""
+        if not joins:
+            return asyncio.gather(*acks)
+
+        async def then_join() -> None:
+            await asyncio.gather(*acks)
+            for join in joins:
+                await self._join_map(join)
+        return asyncio.ensure_future(then_join())
 
     @staticmethod
     def _is_terminal(record: Any) -> bool:
@@ -505,28 +641,42 @@ class Processor:
 
         Tasks go out first: a worker can start while the events are still being stored.
         Task messages carry ``trace`` (the workflow's trace context) as headers, and a
-        child workflow inherits it.
+        child workflow inherits it. Map joins run once the rest is stored.
         """
-        futures = []
-        joins = [e for e in effects if isinstance(e, JoinMapEffect)]
-        for effect in sorted(effects, key=lambda e: not isinstance(e, TaskEffect)):
+        ordered = sorted(effects, key=lambda e: not isinstance(e, TaskEffect))
+        acks = await self._send_all(key, ordered, trace)
+        if acks:
+            async with asyncio.timeout(_PUBLISH_TIMEOUT):  # no extra task, unlike wait_for
+                await asyncio.gather(*acks)
+        for join in effects:
+            if isinstance(join, JoinMapEffect):
+                await self._join_map(join)
+
+    async def _send_all(self, key: str, effects: Sequence[Effect],
+                        trace: TraceContext | None) -> list[asyncio.Future[Any]]:
+        """Send effects in order (map joins excepted); their acks' futures."""
+        acks = []
+        for effect in effects:
             if isinstance(effect, JoinMapEffect):
                 continue  # after the item outputs it reads are stored
             if isinstance(effect, StartChildEffect):
                 effect = await self._child_command(effect, trace)
-            subject, payload, msg_id = self._route(key, effect)
-            if msg_id is None:
-                await self.nc.publish(subject, payload)
-                continue
-            headers = {"Nats-Msg-Id": msg_id}
-            if trace is not None and isinstance(effect, TaskEffect):
-                headers.update(trace.headers())
-            futures.append(await self.js.publish_async(subject, payload, headers=headers))
-        if futures:
-            async with asyncio.timeout(_PUBLISH_TIMEOUT):  # no extra task, unlike wait_for
-                await asyncio.gather(*futures)
-        for join in joins:
-            await self._join_map(join)
+            ack = await self._send(key, effect, trace)
+            if ack is not None:
+                acks.append(ack)
+        return acks
+
+    async def _send(self, key: str, effect: Effect, trace: TraceContext | None
+                    ) -> asyncio.Future[Any] | None:
+        """Hand one effect to the connection (no waiting); its ack's future, if any."""
+        subject, payload, msg_id = self._route(key, effect)
+        if msg_id is None:
+            await self.nc.publish(subject, payload)
+            return None
+        headers = {"Nats-Msg-Id": msg_id}
+        if trace is not None and isinstance(effect, TaskEffect):
+            headers.update(trace.headers())
+        return await self._publisher.publish(subject, payload, headers)
 
     async def _join_map(self, join: JoinMapEffect) -> None:
         """Collect a map's item outputs and hand them to its workflow as MapJoined."""
@@ -600,6 +750,25 @@ class Processor:
         except nats.errors.Error as exc:
             # Not settled: JetStream redelivers after the ack wait; inputs are idempotent.
             log.warning("could not %s a message: %s", verdict.value, exc)
+
+    async def _hand_back_early(self, msg: Msg) -> None:
+        """A result that came before its dispatch was saved: again later, or drop it.
+
+        Handed back with a growing delay while younger than EARLY_RESULT_PATIENCE;
+        older, no dispatch of its attempt is coming that it could belong to.
+        """
+        try:
+            meta = msg.metadata
+            age = (self.clock() - meta.timestamp).total_seconds()
+            deliveries = meta.num_delivered
+        except Exception:  # no metadata: nothing tells its age
+            age, deliveries = EARLY_RESULT_PATIENCE, 1
+        if age >= EARLY_RESULT_PATIENCE:
+            log.info("dropping a result for a dispatch that never came (%s)", msg.subject)
+            await self.settle(msg, Verdict.ACK)
+            return
+        self.metrics.early_results.inc()
+        await self.settle_later(msg, min(_EARLY_DELAY_MAX, 0.01 * 2 ** min(deliveries, 10)))
 
     async def settle_later(self, msg: Msg, delay: float) -> None:
         """Hand a not-yet-due timer back to JetStream for ``delay`` seconds."""

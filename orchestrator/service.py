@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from nats.aio.msg import Msg
 
 from contracts.connect import NatsSettings, connect
 from contracts.consume import ConsumerStalled, PullConsumer
+from contracts.publish import AsyncPublisher
 from contracts.streams import (
     ENGINE_ACK_WAIT,
     Topology,
@@ -82,6 +84,7 @@ class Orchestrator:
         self.fetch_batch = fetch_batch
         self.engine_settings = EngineSettings(subjects=self.subjects, stop_grace=stop_grace)
         self.processor: Processor | None = None
+        self.publisher: AsyncPublisher | None = None
         self.api: Api | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._subs: list[PullConsumer] = []
@@ -109,8 +112,9 @@ class Orchestrator:
         js = self.nc.jetstream()
         await self._declare()
         t = self.topology  # _declare may have adopted the deployment's replicas
-        workflows = KvRecordStore(await declare_bucket(js, t.workflows_kv()))
-        batches = KvRecordStore(await declare_bucket(js, t.batches_kv()))
+        self.publisher = await AsyncPublisher(self.nc).start()
+        workflows = KvRecordStore(await declare_bucket(js, t.workflows_kv()), self.publisher)
+        batches = KvRecordStore(await declare_bucket(js, t.batches_kv()), self.publisher)
         idempotency = await declare_bucket(js, t.idempotency_kv())
         outputs = OutputStore(js, self.subjects, await declare_bucket(js, t.outputs_kv()),
                               await js.create_object_store(
@@ -121,7 +125,8 @@ class Orchestrator:
         self.processor = Processor(self.nc, self.subjects, workflows=workflows,
                                    batches=batches, settings=self.engine_settings,
                                    definitions=definitions, outputs=outputs,
-                                   metrics=self.metrics, clock=self.clock)
+                                   metrics=self.metrics, clock=self.clock,
+                                   publisher=self.publisher)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency, definitions=definitions)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
@@ -191,6 +196,8 @@ class Orchestrator:
                              self._stop_deliverer())
         for sub in self._subs:
             await sub.stop()
+        if self.publisher is not None:
+            await self.publisher.close()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         if self._owns_nc and self.nc is not None:
@@ -240,9 +247,9 @@ class Orchestrator:
                 self.metrics.loop_restarts.labels(loop=name).inc()
                 await asyncio.sleep(_WATCHDOG_PAUSE)
 
-    async def _fetch(self, sub: PullConsumer) -> list[Msg]:
+    async def _fetch(self, sub: PullConsumer, most: int | None = None) -> list[Msg]:
         try:
-            return await sub.next_batch(self.fetch_batch, timeout=1.0)
+            return await sub.next_batch(most or self.fetch_batch, timeout=1.0)
         except ConsumerStalled:
             # e.g. a server restarted without its data: declare everything again.
             log.warning("the server stopped answering pull requests; re-declaring")
@@ -255,19 +262,51 @@ class Orchestrator:
             return []
 
     async def _engine_loop(self, sub: PullConsumer) -> None:
+        """Take messages while earlier batches are still in hand (up to ``fetch_batch``
+        at once): a batch waiting for its acks holds up only its own records, whose
+        order the processor's per-record locks keep."""
         assert self.processor is not None
-        while not self._stopping.is_set():
-            msgs = await self._fetch(sub)
-            if msgs and self._stopping.is_set():
-                await self._hand_back(msgs)  # fetched as the stop came: another replica's
-            elif msgs:
-                try:
-                    await self.processor.handle(msgs)
-                except asyncio.CancelledError:
-                    await self._hand_back(msgs)
-                    raise
-                except Exception:
-                    log.exception("engine batch failed; messages will be redelivered")
+        batches: set[asyncio.Task[None]] = set()
+        in_hand = 0
+        room = asyncio.Event()
+
+        def done(task: asyncio.Task[None], n: int) -> None:
+            nonlocal in_hand
+            batches.discard(task)
+            in_hand -= n
+            room.set()
+
+        try:
+            while not self._stopping.is_set():
+                if in_hand >= self.fetch_batch:
+                    room.clear()
+                    await room.wait()
+                    continue
+                msgs = await self._fetch(sub, self.fetch_batch - in_hand)
+                if msgs and self._stopping.is_set():
+                    await self._hand_back(msgs)  # fetched as the stop came: another's
+                elif msgs:
+                    task = asyncio.create_task(self._engine_batch(msgs))
+                    batches.add(task)
+                    in_hand += len(msgs)
+                    task.add_done_callback(functools.partial(done, n=len(msgs)))
+        except asyncio.CancelledError:
+            for task in list(batches):
+                task.cancel()  # each hands its messages back
+            await asyncio.gather(*batches, return_exceptions=True)
+            raise
+        # Stopping: the batches in hand finish first.
+        await asyncio.gather(*batches, return_exceptions=True)
+
+    async def _engine_batch(self, msgs: list[Msg]) -> None:
+        assert self.processor is not None
+        try:
+            await self.processor.handle(msgs)
+        except asyncio.CancelledError:
+            await self._hand_back(msgs)
+            raise
+        except Exception:
+            log.exception("engine batch failed; messages will be redelivered")
 
     async def _hand_back(self, msgs: list[Msg]) -> None:
         """Cut short by a stop: give the batch back now, not after the ack wait.

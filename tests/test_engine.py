@@ -363,3 +363,22 @@ def test_every_finite_run_reaches_one_terminal_state(
             inp = TimerFired(workflow_id="w", purpose="stop-grace", due=T0)
         record = decide(record, inp, T0 + timedelta(seconds=clock)).record or record
     assert record.status.state in WORKFLOW_TERMINAL
+
+
+def test_a_result_ahead_of_its_dispatch_is_early_not_stale() -> None:
+    """Tasks leave with the record's write: a copy older than that write sees a result
+    for an attempt it has not dispatched, or no workflow at all. Both are "early" (handed
+    back), never dropped; a result for an attempt that is over stays stale."""
+    cfg = config([{"id": "a", "task": "t"}, {"id": "b", "task": "t", "depends_on": ["a"]}])
+    assert decide(None, ok("a"), T0).reply.early
+    rec, _ = run(cfg, [])
+    ahead = decide(rec, ok("b"), T0)  # b is not dispatched yet in this copy
+    assert ahead.record is None and ahead.reply.early
+    retried = decide(rec, ok("a", attempt=2), T0)
+    assert retried.record is None and retried.reply.early
+    done, _ = run(cfg, [ok("a")])
+    again = decide(done, ok("a"), T0)  # a duplicate of a result already applied
+    assert again.record is None and not again.reply.early
+    finished, _ = run(cfg, [ok("a"), ok("b")])
+    late = decide(finished, ok("b", attempt=3), T0)  # the workflow is over
+    assert late.record is None and not late.reply.early

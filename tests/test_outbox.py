@@ -8,6 +8,7 @@ JetStream's duplicate window and long after it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from nats.aio.client import Client
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from orchestrator import Orchestrator
-from orchestrator.records import Effect, TaskEffect
+from orchestrator.records import Effect, EventEffect
 
 WORKFLOW = {"name": "crashy", "id": "crashy1", "input": {"n": 1},
             "steps": [{"id": "a", "task": "demo.echo", "input": {"v": "${input.n}"}},
@@ -30,26 +31,32 @@ WORKFLOW = {"name": "crashy", "id": "crashy1", "input": {"n": 1},
 
 def crash_once_before_publishing(orch: Orchestrator, *, step: str,
                                  events_first: bool = False) -> list[int]:
-    """Make the publish of the outbox that dispatches ``step`` fail once.
+    """Make the publish of the outbox that dispatches ``step`` fail once, after the
+    record (with its outbox) was saved.
 
-    With ``events_first`` the crash comes after the outbox's events were published but
-    before its task was.
+    The step's task itself has left with the save (it leaves early); what fails is
+    everything sent after the save. With ``events_first`` the crash comes after the
+    outbox's events were published.
     """
     processor = orch.processor
     assert processor is not None
-    real = processor.publish
+    real = processor._send_all
     crashes: list[int] = []
 
-    async def publish(key: str, effects: Sequence[Effect], **kwargs: Any) -> None:
-        dispatches = [e for e in effects if isinstance(e, TaskEffect) and e.task.step_id == step]
-        if dispatches and not crashes:
+    def dispatches(effect: Effect) -> bool:
+        return (isinstance(effect, EventEffect) and effect.event.step_id == step
+                and effect.event.type.value == "step.dispatched")
+
+    async def send_all(key: str, effects: Sequence[Effect], trace: Any) -> list[Any]:
+        if any(dispatches(e) for e in effects) and not crashes:
             crashes.append(len(effects))
             if events_first:
-                await real(key, [e for e in effects if e.kind == "event"], **kwargs)
+                acks = await real(key, [e for e in effects if e.kind == "event"], trace)
+                await asyncio.gather(*acks)
             raise ConnectionError("simulated crash after the state write")
-        await real(key, effects, **kwargs)
+        return await real(key, effects, trace)
 
-    processor.publish = publish  # type: ignore[method-assign]
+    processor._send_all = send_all  # type: ignore[method-assign]
     return crashes
 
 

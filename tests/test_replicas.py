@@ -31,7 +31,13 @@ from contracts.messages import TaskSucceeded
 from contracts.models import Event, EventType, StepState, WorkflowConfig, WorkflowState
 from contracts.streams import Topology, declare_stream
 from orchestrator import Orchestrator
-from orchestrator.records import CreateWorkflow, ResultInput, WorkflowRecord
+from orchestrator.records import (
+    CreateWorkflow,
+    EventEffect,
+    ResultInput,
+    StartWorkflow,
+    WorkflowRecord,
+)
 from orchestrator.runtime import Item, Processor, fingerprint
 from orchestrator.store import KvRecordStore
 
@@ -176,3 +182,59 @@ async def test_a_replica_deciding_on_a_stale_cached_record_does_not_drop_a_resul
     assert [(st.id, st.state) for st in status.steps] == [("one", StepState.SUCCEEDED),
                                                           ("two", StepState.SUCCEEDED)]
     assert status.state == WorkflowState.COMPLETED
+
+
+async def test_a_transition_saved_before_the_last_outbox_is_acked_carries_it(
+        nc: Client, settings: NatsSettings) -> None:
+    """One record's transitions wait for each other's write, not for each other's acks.
+
+    While the create's outbox is still unacknowledged, the next transition of the same
+    workflow is decided and saved; its stored outbox must hold the create's effects as
+    well as its own, or a crash at that moment would lose the create's events.
+    """
+    s = settings.subjects
+    js = nc.jetstream()
+    topology = Topology(s)
+    for stream in (topology.inbox(), topology.tasks(), topology.events(), topology.dlq()):
+        await declare_stream(js, stream)
+    workflows = KvRecordStore(await js.create_key_value(topology.workflows_kv()))
+    batches = KvRecordStore(await js.create_key_value(topology.batches_kv()))
+    await js.create_key_value(topology.summaries_kv())
+    proc = Processor(nc, s, workflows=workflows, batches=batches)
+    held = asyncio.Event()
+    real = proc._publisher.publish
+
+    async def slow_acks(subject: str, payload: bytes,
+                        headers: dict[str, str] | None = None) -> asyncio.Future[int]:
+        ack = await real(subject, payload, headers)
+        if not subject.startswith(s.events_stream) and ".events." not in subject:
+            return ack
+
+        async def later() -> int:  # the events' acks come only when released
+            await held.wait()
+            return await ack
+        return asyncio.ensure_future(later())
+
+    proc._publisher.publish = slow_acks  # type: ignore[method-assign]
+    config = WorkflowConfig.model_validate({"name": "carry", "id": "wc", "start": False,
+                                            "steps": [{"id": "one", "task": "demo.noop"}]})
+    create = asyncio.create_task(proc.process([Item(
+        "wf", "wc", CreateWorkflow(config=config, fingerprint=fingerprint(config)), None,
+        None)]))
+    await asyncio.sleep(0.3)
+    assert not create.done()  # its events are not acknowledged
+    start = asyncio.create_task(proc.process([Item("wf", "wc", StartWorkflow(), None, None)]))
+    for _ in range(100):  # the start is decided and saved meanwhile
+        raw, revision = await workflows.load("wc")
+        if raw is not None and revision > 1:
+            break
+        await asyncio.sleep(0.05)
+    assert raw is not None
+    stored = WorkflowRecord.model_validate_json(raw)
+    assert stored.status.state == WorkflowState.RUNNING
+    seqs = [e.event.seq for e in stored.outbox if isinstance(e, EventEffect)]
+    assert seqs[0] == 1 and seqs == list(range(1, len(seqs) + 1))  # the create's too
+    assert not start.done()
+    held.set()
+    await asyncio.wait_for(asyncio.gather(create, start), 10)
+    assert proc.wf.sent == {}

@@ -49,7 +49,7 @@ from contracts.webhooks import (
 from natsflow.embedded import free_port
 from orchestrator import Orchestrator
 from orchestrator.engine import decide
-from orchestrator.records import CreateWorkflow, Effect, EventEffect, TaskEffect, WebhookEffect
+from orchestrator.records import CreateWorkflow, Effect, EventEffect, WebhookEffect
 from orchestrator.runtime import fingerprint
 from orchestrator.webhooks import (
     Action,
@@ -382,18 +382,20 @@ async def test_a_replayed_outbox_queues_each_delivery_once(
         receiver: Receiver) -> None:
     processor = hooked.processor
     assert processor is not None
-    real = processor.publish
+    real = processor._send_all
     crashes: list[int] = []
 
-    async def publish(key: str, effects: Sequence[Effect], **kwargs: Any) -> None:
-        await real(key, effects, **kwargs)
-        if not crashes and any(isinstance(e, TaskEffect) for e in effects):
+    async def send_all(key: str, effects: Sequence[Effect], trace: Any) -> list[Any]:
+        acks = await real(key, effects, trace)
+        if not crashes and any(isinstance(e, WebhookEffect) for e in effects):
             # Published, but "crashed" before the ack: the redelivered command finds the
             # outbox in the record and publishes all of it again.
+            await asyncio.gather(*acks)
             crashes.append(len(effects))
             raise ConnectionError("simulated crash after the publish")
+        return acks
 
-    processor.publish = publish  # type: ignore[method-assign]
+    processor._send_all = send_all  # type: ignore[method-assign]
     config = _config({"url": f"{receiver.base}/ok", "events": "all"}, wid="wh_replay")
     config = config.model_copy(update={"steps": [
         TaskStep(id="a", task="demo.echo", input={"text": "x"})]})

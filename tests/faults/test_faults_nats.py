@@ -94,11 +94,11 @@ async def test_a_consume_loop_that_dies_is_started_again(
     real = engine._fetch
     died: set[int] = set()
 
-    async def dies_once_per_loop(sub: PullConsumer) -> list[Msg]:
+    async def dies_once_per_loop(sub: PullConsumer, most: int | None = None) -> list[Msg]:
         if id(sub) not in died:
             died.add(id(sub))
             raise RuntimeError("an error no loop expects")
-        return await real(sub)
+        return await real(sub, most)
 
     monkeypatch.setattr(engine, "_fetch", dies_once_per_loop)
     await wait_for(lambda: len(died) == 2, what="both consume loops to die once")

@@ -21,12 +21,20 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["ConsumerStalled", "PullConsumer"]
+__all__ = ["ConsumerStalled", "PullConsumer", "delivery_count"]
 
 log = logging.getLogger("natsflow.consume")
 
 _STATUS = "Status"
 _PENDING_MSGS = "Nats-Pending-Messages"
+
+
+def delivery_count(msg: object) -> int:
+    """How often JetStream has delivered ``msg`` (1 for a message without metadata)."""
+    try:
+        return int(msg.metadata.num_delivered)  # type: ignore[attr-defined]
+    except Exception:  # not a JetStream message: its first delivery
+        return 1
 
 
 class ConsumerStalled(Exception):

@@ -118,8 +118,7 @@ def inject(headers: dict[str, str], fallback: TraceContext | None = None) -> dic
     When enabled and a span is current, its context; otherwise ``fallback`` (the context
     that came in) unchanged; otherwise nothing.
     """
-    ctx = _current() if enabled() else None
-    ctx = ctx or fallback
+    ctx = forward(fallback)
     if ctx is not None:
         headers.update(ctx.headers())
     return headers
@@ -299,4 +298,4 @@ def configure(service_name: str) -> None:
 
 def forward(incoming: TraceContext | None) -> TraceContext | None:
     """The context to send on from here: the current span's, or ``incoming`` (see inject)."""
-    return extract(inject({}, incoming))
+    return (_current() if enabled() else None) or incoming

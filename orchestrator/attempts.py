@@ -51,6 +51,9 @@ def ended_attempts(before: WorkflowRecord | None, after: WorkflowRecord,
         after: The record the decision made: each step's kind and task.
         effects: The decision's effects; only status events are looked at.
     """
+    if not any(isinstance(e, EventEffect) and e.event.type in ATTEMPT_OUTCOME
+               for e in effects):
+        return  # most decisions end no attempt: build nothing for them
     begun: dict[tuple[str, int], datetime] = {}
     if before is not None:
         # Attempts already under way: dispatched (or started) in an earlier decision.

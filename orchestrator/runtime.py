@@ -40,6 +40,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from contracts.consume import delivery_count
 from contracts.errors import ErrorInfo, NatsflowError, validation_failed
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, DeadLetter, TaskFailed, TaskResult, WorkflowReply
@@ -109,13 +110,6 @@ _task_results: TypeAdapter[Any] = TypeAdapter(TaskResult)
 def _log_context(entity: str, key: str) -> dict[str, str]:
     """``extra`` for a log line about one record (structured logs carry it)."""
     return {"workflow_id": key} if entity == "wf" else {"batch_id": key}
-
-
-def _redelivered(msg: Msg) -> bool:
-    try:
-        return msg.metadata.num_delivered > 1
-    except Exception:  # not a JetStream message (no metadata to tell)
-        return False
 
 
 def fingerprint(model: BaseModel) -> str:
@@ -388,7 +382,7 @@ class Processor:
         malformed: list[tuple[Msg, ErrorInfo]] = []
         for msg in msgs:
             # Counted here, not in parse: the timer loop hands timers back until due.
-            if _redelivered(msg):
+            if delivery_count(msg) > 1:
                 self.metrics.redeliveries.inc()
             try:
                 items.append(self.parse(msg))
@@ -758,17 +752,16 @@ class Processor:
         older, no dispatch of its attempt is coming that it could belong to.
         """
         try:
-            meta = msg.metadata
-            age = (self.clock() - meta.timestamp).total_seconds()
-            deliveries = meta.num_delivered
+            age = (self.clock() - msg.metadata.timestamp).total_seconds()
         except Exception:  # no metadata: nothing tells its age
-            age, deliveries = EARLY_RESULT_PATIENCE, 1
+            age = EARLY_RESULT_PATIENCE
         if age >= EARLY_RESULT_PATIENCE:
             log.info("dropping a result for a dispatch that never came (%s)", msg.subject)
             await self.settle(msg, Verdict.ACK)
             return
         self.metrics.early_results.inc()
-        await self.settle_later(msg, min(_EARLY_DELAY_MAX, 0.01 * 2 ** min(deliveries, 10)))
+        await self.settle_later(msg, min(_EARLY_DELAY_MAX,
+                                         0.01 * 2 ** min(delivery_count(msg), 10)))
 
     async def settle_later(self, msg: Msg, delay: float) -> None:
         """Hand a not-yet-due timer back to JetStream for ``delay`` seconds."""
@@ -780,10 +773,11 @@ class Processor:
     async def _retry_or_dead_letter(self, item: Item, why: str) -> None:
         if item.msg is None:
             return
-        if item.msg.metadata.num_delivered >= MAX_DELIVERIES:
+        deliveries = delivery_count(item.msg)
+        if deliveries >= MAX_DELIVERIES:
             await self.dead_letter(item.msg, ErrorInfo(
                 code="too-many-deliveries",
-                message=f"gave up after {item.msg.metadata.num_delivered} deliveries: {why}"),
+                message=f"gave up after {deliveries} deliveries: {why}"),
                 log_context=_log_context(item.entity, item.key))
         else:
             await self.settle(item.msg, Verdict.RETRY)

@@ -37,13 +37,14 @@ class KvRecordStore:
 
     Args:
         kv: The bucket.
-        publisher: Writes go through it when given (the orchestrator's hot path: the
-            write then shares a flush with whatever is sent beside it).
+        publisher: Where writes are sent (one of the bucket's connection if None); the
+            orchestrator shares its outbox publisher, so a write shares a flush with
+            the tasks sent beside it.
     """
 
     def __init__(self, kv: KeyValue, publisher: AsyncPublisher | None = None) -> None:
         self.kv = kv
-        self.publisher = publisher
+        self.publisher = publisher or AsyncPublisher(kv._js._nc)
 
     async def load(self, key: str) -> tuple[bytes | None, int]:
         try:
@@ -53,17 +54,12 @@ class KvRecordStore:
         return entry.value, entry.revision or 0
 
     async def save(self, key: str, data: bytes, *, revision: int) -> int:
-        if self.publisher is not None:
-            try:
-                return await self.publisher.store(self.kv._pre + key, data, last=revision)
-            except PublishError as exc:
-                if exc.err_code in WRONG_LAST_SEQUENCE:
-                    raise StaleRevision(key) from exc
-                raise
         try:
-            return await self.kv.update(key, data, last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError as exc:
-            raise StaleRevision(key) from exc
+            return await self.publisher.store(self.kv._pre + key, data, last=revision)
+        except PublishError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                raise StaleRevision(key) from exc
+            raise
 
 
 class MemoryRecordStore:

@@ -35,7 +35,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from contracts.consume import ConsumerStalled, PullConsumer
+from contracts.consume import ConsumerStalled, PullConsumer, delivery_count
 from contracts.errors import ErrorInfo
 from contracts.streams import WEBHOOK_ACK_WAIT
 from contracts.subjects import Subjects
@@ -311,7 +311,7 @@ class WebhookDeliverer:
             finally:
                 post.cancel()
             where = safe_url("POST", delivery.url)
-            await self._settle(msg, settlement(post.result(), deliveries=_deliveries(msg),
+            await self._settle(msg, settlement(post.result(), deliveries=delivery_count(msg),
                                                settings=self.settings, where=where),
                                delivery)
         except asyncio.CancelledError:
@@ -369,10 +369,3 @@ class WebhookDeliverer:
             context = ({"workflow_id": delivery.event.workflow_id}
                        if delivery is not None else None)
             await self._dead_letter(msg, decision.reason, log_context=context)
-
-
-def _deliveries(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered)
-    except Exception:  # not a JetStream message: its first delivery
-        return 1

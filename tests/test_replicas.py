@@ -30,6 +30,7 @@ from contracts.connect import NatsSettings
 from contracts.messages import TaskSucceeded
 from contracts.models import Event, EventType, StepState, WorkflowConfig, WorkflowState
 from contracts.streams import Topology, declare_stream
+from contracts.subjects import Subjects
 from orchestrator import Orchestrator
 from orchestrator.records import (
     CreateWorkflow,
@@ -142,6 +143,17 @@ async def test_the_other_replica_finishes_everything_when_one_stops_mid_run(
     assert await client.ping()
 
 
+async def _deployment(nc: Client, s: Subjects) -> tuple[KvRecordStore, KvRecordStore]:
+    """Streams and buckets a bare Processor needs; its workflow and batch stores."""
+    js = nc.jetstream()
+    topology = Topology(s)
+    for stream in (topology.inbox(), topology.tasks(), topology.events(), topology.dlq()):
+        await declare_stream(js, stream)
+    await js.create_key_value(topology.summaries_kv())  # the outbox writes list lines
+    return (KvRecordStore(await js.create_key_value(topology.workflows_kv())),
+            KvRecordStore(await js.create_key_value(topology.batches_kv())))
+
+
 async def test_a_replica_deciding_on_a_stale_cached_record_does_not_drop_a_result(
         nc: Client, settings: NatsSettings) -> None:
     """Regression: a result that looked stale to a replica's outdated cache was acked unseen.
@@ -152,13 +164,7 @@ async def test_a_replica_deciding_on_a_stale_cached_record_does_not_drop_a_resul
     write to lose a compare-and-set, was acked and dropped; the workflow hung forever.
     """
     s = settings.subjects
-    js = nc.jetstream()
-    topology = Topology(s)
-    for stream in (topology.inbox(), topology.tasks(), topology.events(), topology.dlq()):
-        await declare_stream(js, stream)
-    workflows = KvRecordStore(await js.create_key_value(topology.workflows_kv()))
-    batches = KvRecordStore(await js.create_key_value(topology.batches_kv()))
-    await js.create_key_value(topology.summaries_kv())  # the outbox writes list lines
+    workflows, batches = await _deployment(nc, s)
     a, b = (Processor(nc, s, workflows=workflows, batches=batches) for _ in range(2))
 
     config = WorkflowConfig.model_validate({"name": "pair", "id": "wf", "steps": [
@@ -193,13 +199,7 @@ async def test_a_transition_saved_before_the_last_outbox_is_acked_carries_it(
     well as its own, or a crash at that moment would lose the create's events.
     """
     s = settings.subjects
-    js = nc.jetstream()
-    topology = Topology(s)
-    for stream in (topology.inbox(), topology.tasks(), topology.events(), topology.dlq()):
-        await declare_stream(js, stream)
-    workflows = KvRecordStore(await js.create_key_value(topology.workflows_kv()))
-    batches = KvRecordStore(await js.create_key_value(topology.batches_kv()))
-    await js.create_key_value(topology.summaries_kv())
+    workflows, batches = await _deployment(nc, s)
     proc = Processor(nc, s, workflows=workflows, batches=batches)
     held = asyncio.Event()
     real = proc._publisher.publish

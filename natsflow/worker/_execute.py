@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from contracts.blobs import find_blobs
+from contracts.consume import delivery_count
 from contracts.errors import ErrorInfo
 from contracts.messages import (
     CancelNotice,
@@ -78,14 +79,6 @@ class RunningAttempts:
         return len(entries)
 
 
-def _deliveries(msg: DeliveredMessage) -> int:
-    """How often JetStream has delivered this message (1 without metadata)."""
-    try:
-        return int(msg.metadata.num_delivered)  # type: ignore[attr-defined]
-    except Exception:
-        return 1
-
-
 def error_info_for(exc: Exception) -> ErrorInfo:
     """The error a handler's exception is reported as."""
     if isinstance(exc, TaskError):
@@ -119,7 +112,7 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         return
 
     started_at = datetime.now(UTC)
-    deliveries = _deliveries(msg)
+    deliveries = delivery_count(msg)
     if max_deliveries is not None and deliveries > max_deliveries:
         reason = ErrorInfo(
             code="too-many-deliveries", retryable=False,

@@ -78,9 +78,9 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         if ack_wait <= 0:
             raise ValueError("ack_wait must be positive")
-        self.concurrency = concurrency
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
+        self.concurrency = concurrency
         self.ack_wait = ack_wait
         self.max_deliveries = max_deliveries
         self.name = name

@@ -27,6 +27,7 @@ from typing import Any
 
 from contracts.connect import NatsSettings, connect
 from contracts.streams import Topology, declare_stream, ensure_consumer
+from natsflow._gc import tune_gc
 
 #: The task type every benchmark step runs.
 NOOP_TASK = "bench.noop"
@@ -131,7 +132,9 @@ _ROLES: dict[str, Callable[[NatsSettings], Awaitable[None]]] = {
 
 
 async def _serve(role: str) -> None:
-    task = asyncio.ensure_future(_ROLES[role](NatsSettings.from_env()))
+    service = _ROLES[role](NatsSettings.from_env())  # imports what it serves with
+    tune_gc()  # then, as `natsflow orchestrator|worker` do
+    task = asyncio.ensure_future(service)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)

@@ -44,6 +44,7 @@ from rich.console import Console
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings, connect
 from contracts.models import WorkflowConfig
+from natsflow._gc import tune_gc
 from natsflow.embedded import EmbeddedNats
 
 log = Console(stderr=True, highlight=False)
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         args.profile = args.profile.resolve()
         args.profile.mkdir(parents=True, exist_ok=True)
+    tune_gc()  # the load generator shares the machine: tuned like the services
     with tempfile.TemporaryDirectory(prefix="natsflow-bench-") as tmp:
         report = asyncio.run(Bench(args, Path(tmp)).run())
     if args.json:

@@ -58,9 +58,9 @@ async def js(nc: Client, settings: NatsSettings) -> JetStreamContext:
 
 
 async def tasks_left(js: JetStreamContext, subjects: Subjects) -> int:
-    """Messages still in the tasks (work-queue) stream: unacked or undelivered."""
-    info = await js.stream_info(subjects.tasks_stream)
-    return int(info.state.messages)
+    """Task messages still in the tasks (work-queue) stream: unacked or undelivered."""
+    info = await js.stream_info(subjects.tasks_stream, subjects_filter=subjects.all_tasks)
+    return sum((info.state.subjects or {}).values())
 
 
 async def all_settled(js: JetStreamContext, subjects: Subjects, *, within: float = 2.0) -> bool:

@@ -21,11 +21,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["WRONG_LAST_SEQUENCE", "AsyncPublisher", "PublishError"]
+__all__ = ["EXPECTED_LAST_SUBJECT_SEQ", "WRONG_LAST_SEQUENCE", "AckedPublisher", "AsyncPublisher",
+           "PublishError"]
 
 #: JetStream error codes of a failed ``Nats-Expected-Last-Subject-Sequence`` check.
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
-_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+#: Header of a conditional write: store only if the subject's last sequence is this.
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
 class PublishError(nats.js.errors.APIError):
@@ -117,9 +119,19 @@ class AsyncPublisher:
             PublishError: with an ``err_code`` in :data:`WRONG_LAST_SEQUENCE` when the
                 subject moved on (someone else wrote first).
         """
-        future = await self.publish(subject, payload,
-                                    {_EXPECTED_LAST_SUBJECT_SEQ: str(last)})
-        async with asyncio.timeout(timeout):
+        return await self.stored(subject, payload, {EXPECTED_LAST_SUBJECT_SEQ: str(last)},
+                                 timeout=timeout)
+
+    async def stored(self, subject: str, payload: bytes,
+                     headers: dict[str, str] | None = None, *, timeout: float = 10.0) -> int:
+        """Send one message and wait until JetStream has stored it; its stream sequence.
+
+        Raises:
+            PublishError: JetStream refused it.
+            TimeoutError: no ack within ``timeout`` seconds.
+        """
+        future = await self.publish(subject, payload, headers)
+        async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
             return await future
 
     async def _on_reply(self, msg: Msg) -> None:
@@ -142,3 +154,20 @@ class AsyncPublisher:
                 description=error.get("description")))
             return
         future.set_result(int(reply.get("seq", 0)))
+
+
+class AckedPublisher:
+    """``JetStreamContext.publish``'s shape (returns once stored) over an AsyncPublisher.
+
+    For code written against that shape, e.g. the worker SDK's results: each call
+    costs one message and its ack, without nats-py's per-request inbox and task.
+    """
+
+    def __init__(self, publisher: AsyncPublisher, *, timeout: float = 10.0) -> None:
+        self.publisher = publisher
+        self.timeout = timeout
+
+    async def publish(self, subject: str, payload: bytes = b"", *,
+                      headers: dict[str, Any] | None = None) -> int:
+        """Store one message; its stream sequence (errors as :meth:`AsyncPublisher.stored`)."""
+        return await self.publisher.stored(subject, payload, headers, timeout=self.timeout)

@@ -64,6 +64,7 @@ from contracts.models import (
     WorkflowConfig,
     ancestors_of,
 )
+from contracts.publish import AsyncPublisher
 from contracts.subjects import TOKEN_RE, Subjects
 from contracts.tracing import TraceContext, extract, forward, span
 
@@ -112,9 +113,10 @@ class Api:
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
                  batches: RecordStore, idempotency: KeyValue,
                  definitions: DefinitionStore | None = None,
-                 command_timeout: float = 5.0) -> None:
+                 command_timeout: float = 5.0,
+                 publisher: AsyncPublisher | None = None) -> None:
         self.nc = nc
-        self.js = nc.jetstream()
+        self.publisher = publisher or AsyncPublisher(nc)
         self.subjects = subjects
         self.workflows = workflows
         self.batches = batches
@@ -211,12 +213,14 @@ class Api:
         self._pending[reply_subject] = fut
         try:
             try:
-                await self.js.publish(subject, body.model_dump_json().encode(),
-                                      headers={REPLY_HEADER: reply_subject})
+                await self.publisher.stored(subject, body.model_dump_json().encode(),
+                                            {REPLY_HEADER: reply_subject},
+                                            timeout=self.command_timeout)
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
                 raise Unavailable(f"command not persisted: {exc!r}") from None
             try:
-                return await asyncio.wait_for(fut, self.command_timeout)
+                async with asyncio.timeout(self.command_timeout):  # no task, unlike wait_for
+                    return await fut
             except TimeoutError:
                 return None
         finally:

@@ -128,7 +128,8 @@ class Orchestrator:
                                    metrics=self.metrics, clock=self.clock,
                                    publisher=self.publisher)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
-                       idempotency=idempotency, definitions=definitions)
+                       idempotency=idempotency, definitions=definitions,
+                       publisher=self.publisher)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
                                         self.subjects.engine_consumer,
                                         batch=self.fetch_batch).start()

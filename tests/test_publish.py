@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StreamConfig
 
-from contracts.publish import WRONG_LAST_SEQUENCE, AsyncPublisher, PublishError
+from contracts.publish import WRONG_LAST_SEQUENCE, AckedPublisher, AsyncPublisher, PublishError
 
 
 async def test_acks_resolve_in_order_to_stream_sequences(nc: Client) -> None:
@@ -62,3 +62,18 @@ async def test_unanswered_messages_time_out_and_close_fails_the_rest(nc: Client)
     await pub.close()
     with pytest.raises(nats.errors.ConnectionClosedError):
         await waiting
+
+
+async def test_acked_publisher_returns_once_stored_like_jetstream_publish(nc: Client) -> None:
+    name = "ACKED_" + os.urandom(4).hex()
+    await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
+    pub = AckedPublisher(AsyncPublisher(nc), timeout=0.5)
+    assert await pub.publish(f"{name}.a", b"1", headers={"Nats-Msg-Id": "r1"}) == 1
+    assert await pub.publish(f"{name}.a", b"1 again", headers={"Nats-Msg-Id": "r1"}) == 1
+    assert (await nc.jetstream().get_msg(name, 1)).data == b"1"
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await pub.publish("no.stream." + os.urandom(4).hex(), b"x")
+    await nc.subscribe(f"silent{name}.>")  # answers nothing: no ack ever comes
+    with pytest.raises(TimeoutError):
+        await pub.publish(f"silent{name}.x", b"x")
+    await pub.publisher.close()

@@ -16,6 +16,7 @@ from contracts.builtins import RESERVED_TASK_PREFIX, is_reserved_task
 from contracts.connect import NatsSettings, connect
 from contracts.consume import PullConsumer
 from contracts.messages import CancelNotice
+from contracts.publish import AckedPublisher, AsyncPublisher
 from contracts.streams import TASK_ACK_WAIT, Topology, ensure_consumer, ensure_stream
 from contracts.subjects import TASK_TYPE_RE, Subjects
 
@@ -174,6 +175,9 @@ class _Session:
         self._max_deliveries = max_deliveries
         self._nc = nc
         self._js = nc.jetstream()
+        # Results, progress and dead letters: pipelined publishing, one ack each.
+        self._publisher = AsyncPublisher(nc)
+        self._reports = AckedPublisher(self._publisher)
         self._topology = topology
         self._handlers = handlers
         self._slots = SlotPool(concurrency)
@@ -221,6 +225,7 @@ class _Session:
         for sub in self._subs:  # the connection may be shared and outlive us
             with contextlib.suppress(Exception):
                 await (sub.stop() if isinstance(sub, PullConsumer) else sub.unsubscribe())
+        await self._publisher.close()
         log.info("stopped serving %s", ", ".join(self._handlers))
 
     async def _watchdog(self, handler: TaskHandler, sub: Any) -> None:
@@ -265,7 +270,7 @@ class _Session:
 
     def _spawn(self, handler: TaskHandler, msg: Msg) -> None:
         task = asyncio.create_task(execute_delivery(
-            msg, handler, js=self._js, subjects=self._subjects, running=self._running,
+            msg, handler, js=self._reports, subjects=self._subjects, running=self._running,
             ack_wait=self._topology.task_ack_wait, max_deliveries=self._max_deliveries))
         self._deliveries.add(task)
         task.add_done_callback(self._delivery_done)

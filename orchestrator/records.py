@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from contracts.errors import ErrorInfo
 from contracts.messages import (
@@ -307,7 +307,41 @@ Effect = Annotated[
 # -- records --------------------------------------------------------------------
 
 
-class WorkflowRecord(BaseModel):
+class _Stored(BaseModel):
+    """A record's stored form: JSON, nulls left out (``None`` inside data is kept).
+
+    A record's config never changes and the engine passes the same config object from
+    one record to the next, so its JSON (often most of the record) is made once and
+    carried along rather than made again on every write.
+    """
+
+    config: Any
+    # (the config it was made from, its JSON); never stored itself
+    _config_json: tuple[Any, bytes] | None = PrivateAttr(default=None)
+
+    def stored_form(self, previous: _Stored | None = None) -> bytes:
+        """The bytes to store; the config's JSON is taken from ``previous`` when it has
+        the same config object."""
+        config = self.config
+        memo = self._config_json
+        if (memo is None or memo[0] is not config) and previous is not None:
+            memo = previous._config_json
+        if memo is None or memo[0] is not config:
+            memo = (config, config.model_dump_json(exclude_none=True).encode())
+        self._config_json = memo
+        rest = self.model_dump_json(exclude={"config"}, exclude_none=True).encode()
+        return b'{"config":' + memo[1] + b"," + rest[1:]
+
+    def __eq__(self, other: object) -> bool:
+        # Equal records have equal fields; whether a JSON memo was made is not state.
+        if not isinstance(other, _Stored):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like any unfrozen model
+
+
+class WorkflowRecord(_Stored):
     """Everything stored about one workflow."""
 
     model_config = ConfigDict(extra="forbid")
@@ -378,7 +412,7 @@ BatchInput = Annotated[CreateBatch | StopBatch | MemberFinished, Field(discrimin
 BatchCommand = BatchInput
 
 
-class BatchRecord(BaseModel):
+class BatchRecord(_Stored):
     """Everything stored about one batch."""
 
     model_config = ConfigDict(extra="forbid")

@@ -80,5 +80,5 @@ def test_conflicting_recreate_and_unknown_batch() -> None:
 
 def test_batch_records_round_trip_through_their_stored_form() -> None:
     rec, _ = created(3, None)  # max_concurrency None: dropped when stored, restored on load
-    stored = rec.model_dump_json(exclude_none=True)
+    stored = rec.stored_form()
     assert BatchRecord.model_validate_json(stored) == rec

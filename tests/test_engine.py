@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -179,9 +180,23 @@ def test_records_round_trip_through_their_stored_form() -> None:
     cfg = config([{"id": "a", "task": "t", "input": {"n": None}},
                   {"id": "b", "task": "t", "depends_on": ["a"]}], input={"x": None, "y": [None]})
     rec, _ = run(cfg, [ok("a", output={"z": None})])
-    stored = rec.model_dump_json(exclude_none=True)
+    stored = rec.stored_form()
     assert len(stored) < len(rec.model_dump_json())
     assert WorkflowRecord.model_validate_json(stored) == rec
+    assert json.loads(stored) == json.loads(rec.model_dump_json(exclude_none=True))
+
+
+def test_a_stored_form_reuses_its_predecessors_config_json_only_for_the_same_config() -> None:
+    cfg = config([{"id": "a", "task": "t"}, {"id": "b", "task": "t", "depends_on": ["a"]}])
+    before, _ = run(cfg, [])
+    before.stored_form()
+    after = decide(before, ResultInput(result=TaskSucceeded(
+        workflow_id="w", step_id="a", attempt=1, output=1)), T0).record
+    assert after is not None and after.config is before.config
+    assert WorkflowRecord.model_validate_json(after.stored_form(before)) == after
+    # A record with another config never takes the predecessor's JSON.
+    other = after.model_copy(update={"config": cfg.model_copy(update={"name": "renamed"})})
+    assert WorkflowRecord.model_validate_json(other.stored_form(before)).config.name == "renamed"
 
 
 def test_output_too_large_fails_the_step() -> None:

@@ -56,11 +56,15 @@ class AsyncPublisher:
         self._next = 0
         self._waiting: dict[str, asyncio.Future[int]] = {}
         self._deadlines: deque[tuple[float, str]] = deque()  # in sending order
+        self._starting = asyncio.Lock()
 
     async def start(self) -> AsyncPublisher:
-        """Subscribe to the replies."""
-        self._prefix = self.nc.new_inbox() + "."
-        self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        """Subscribe to the replies (once, however many callers race to it)."""
+        async with self._starting:
+            if self._sub is None:
+                prefix = self.nc.new_inbox() + "."
+                self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_reply)
+                self._prefix = prefix
         return self
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -87,7 +88,7 @@ def error_info_for(exc: Exception) -> ErrorInfo:
 
 
 async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: Publisher,
-                           subjects: Subjects, running: RunningAttempts,
+                           blobs: Any, subjects: Subjects, running: RunningAttempts,
                            ack_wait: float | None = None,
                            max_deliveries: int | None = None) -> None:
     """Handle one delivery end to end; never raises except on cancellation (shutdown).
@@ -96,6 +97,7 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         msg: The delivery from the task type's consumer.
         handler: The handler of that task type.
         js: Where results, progress and dead letters are published.
+        blobs: The JetStream context input blobs are read through (its object store).
         subjects: The deployment's names.
         running: Registry that cancel notices use to reach this attempt.
         ack_wait: The consumer's ack wait: heartbeats come at least three times in it.
@@ -130,7 +132,7 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
     reply_trace = inject({}, incoming)
     if find_blobs(task.input):
         try:
-            task = task.model_copy(update={"input": await resolve_blobs(js, task.input)})
+            task = task.model_copy(update={"input": await resolve_blobs(blobs, task.input)})
         except Exception as exc:  # the blob is gone or unreadable: the attempt fails
             unreadable = TaskFailed(
                 workflow_id=task.workflow_id, step_id=task.step_id, attempt=task.attempt,

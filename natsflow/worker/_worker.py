@@ -195,6 +195,7 @@ class _Session:
 
     async def start(self) -> None:
         await self._declare()
+        await self._publisher.start()  # its reply subscription, before the first result
         self._subs.append(await self._nc.subscribe(self._subjects.all_cancels,
                                                    cb=self._on_cancel))
         for handler in self._handlers.values():
@@ -270,8 +271,9 @@ class _Session:
 
     def _spawn(self, handler: TaskHandler, msg: Msg) -> None:
         task = asyncio.create_task(execute_delivery(
-            msg, handler, js=self._reports, subjects=self._subjects, running=self._running,
-            ack_wait=self._topology.task_ack_wait, max_deliveries=self._max_deliveries))
+            msg, handler, js=self._reports, blobs=self._js, subjects=self._subjects,
+            running=self._running, ack_wait=self._topology.task_ack_wait,
+            max_deliveries=self._max_deliveries))
         self._deliveries.add(task)
         task.add_done_callback(self._delivery_done)
 

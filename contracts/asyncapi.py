@@ -141,7 +141,6 @@ _PARAMETERS: Final[dict[str, dict[str, Any]]] = {
                    "enum": [t.value for t in EventType]},
     "reason": {"description": "The error code that sent the message to the dead letters, "
                               "e.g. `malformed-task`."},
-    "stream": {"description": "The name of a work-queue stream, e.g. `NATSFLOW_TASKS`."},
 }
 _PLACEHOLDER: Final = re.compile(r"\{([a-z_]+)\}")
 _REF: Final = "#/components/schemas/{model}"
@@ -216,10 +215,6 @@ def _broker(s: Subjects) -> NatsBroker:
          f"Internal: webhook deliveries queued by the engine (work-queue stream "
          f"`{s.webhooks_stream}`, consumer `{s.webhook_consumer}`); the orchestrator's "
          "deliverer POSTs each event to its URL (see docs/webhooks.md).")
-    send("anchor", s.anchor("{stream}"), dict[str, Any],
-         f"Internal: one empty message per work-queue stream (`{s.inbox_stream}`, "
-         f"`{s.tasks_stream}`, `{s.webhooks_stream}`), stored once at start-up and read "
-         "by no one: it keeps the stream from ever being empty.")
     send("dlq", s.dlq("{reason}"), DeadLetter,
          f"Messages natsflow could not use, with the reason (stream `{s.dlq_stream}`); "
          "workers publish here too.")

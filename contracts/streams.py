@@ -23,7 +23,6 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from .errors import ConfigMismatch
-from .publish import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
 from .subjects import Subjects
 
 __all__ = [
@@ -33,8 +32,6 @@ __all__ = [
     "TASK_HEARTBEAT",
     "WEBHOOK_ACK_WAIT",
     "Topology",
-    "anchor_stream",
-    "anchor_subject",
     "check_consumer",
     "declare_bucket",
     "declare_stream",
@@ -81,15 +78,14 @@ class Topology:
     def inbox(self) -> StreamConfig:
         """Everything the engine consumes: submits, commands, results, timers."""
         s = self.subjects
-        return StreamConfig(name=s.inbox_stream,
-                            subjects=[*s.inbox_subjects, s.anchor(s.inbox_stream)],
+        return StreamConfig(name=s.inbox_stream, subjects=s.inbox_subjects,
                             retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                             num_replicas=self.replicas, duplicate_window=DUPLICATE_WINDOW)
 
     def tasks(self) -> StreamConfig:
         """Tasks for workers, one subject per task type."""
         s = self.subjects
-        return StreamConfig(name=s.tasks_stream, subjects=[s.all_tasks, s.anchor(s.tasks_stream)],
+        return StreamConfig(name=s.tasks_stream, subjects=[s.all_tasks],
                             retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                             num_replicas=self.replicas, duplicate_window=DUPLICATE_WINDOW)
 
@@ -111,8 +107,7 @@ class Topology:
     def webhooks(self) -> StreamConfig:
         """Webhook deliveries to make, one subject per workflow."""
         s = self.subjects
-        return StreamConfig(name=s.webhooks_stream,
-                            subjects=[s.all_webhooks, s.anchor(s.webhooks_stream)],
+        return StreamConfig(name=s.webhooks_stream, subjects=[s.all_webhooks],
                             retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                             num_replicas=self.replicas, duplicate_window=DUPLICATE_WINDOW)
 
@@ -217,21 +212,20 @@ def reconcile_stream(wanted: StreamConfig, have: StreamConfig) -> StreamConfig:
 
 
 async def declare_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or bring an existing one to ``config`` (see reconcile_stream);
-    then anchor it (see :func:`anchor_stream`).
+    """Create the stream, or bring an existing one to ``config`` (see reconcile_stream).
 
     Raises:
         ConfigMismatch: the existing stream cannot be made fit.
     """
     try:
         await js.add_stream(config)
+        return
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _NAME_IN_USE:
             raise
-        assert config.name is not None
-        have = (await js.stream_info(config.name)).config
-        await js.update_stream(reconcile_stream(config, have))
-    await anchor_stream(js, config)
+    assert config.name is not None
+    have = (await js.stream_info(config.name)).config
+    await js.update_stream(reconcile_stream(config, have))
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -245,35 +239,6 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _NAME_IN_USE:
-            raise
-        return
-    await anchor_stream(js, config)
-
-
-def anchor_subject(config: StreamConfig) -> str | None:
-    """The anchor subject of a natsflow work-queue stream (its ``<prefix>.anchor.<name>``)."""
-    if _value(config.retention) != _value(RetentionPolicy.WORK_QUEUE):
-        return None
-    suffix = f".anchor.{config.name}"
-    return next((s for s in config.subjects or [] if s.endswith(suffix)), None)
-
-
-async def anchor_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Keep one message in a work-queue stream, on a subject no consumer reads.
-
-    JetStream's file store deletes a block file once its last message is gone; a work
-    queue that drains after every message (one workflow at a time) then creates and
-    deletes a file per message, which costs the server more than storing the message.
-    The anchor keeps the stream from ever being empty. It is stored once: the write
-    is conditional on the subject having no message yet.
-    """
-    subject = anchor_subject(config)
-    if subject is None:
-        return
-    try:
-        await js.publish(subject, b"", headers={EXPECTED_LAST_SUBJECT_SEQ: "0"})
-    except nats.js.errors.APIError as exc:
-        if exc.err_code not in WRONG_LAST_SEQUENCE:
             raise
 
 

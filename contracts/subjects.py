@@ -214,11 +214,6 @@ class Subjects:
         """Webhook deliveries of one workflow's events."""
         return f"{self.prefix}.webhooks.{workflow_id}"
 
-    def anchor(self, stream: str) -> str:
-        """The one message that keeps a work-queue stream from ever being empty (see
-        :func:`contracts.streams.declare_stream`); no consumer reads it."""
-        return f"{self.prefix}.anchor.{stream}"
-
     def api(self, operation: str) -> str:
         """A request/reply API endpoint, e.g. ``workflow.create``."""
         return f"{self.prefix}.api.{operation}"

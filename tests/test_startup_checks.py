@@ -23,7 +23,6 @@ from contracts.errors import ConfigMismatch
 from contracts.streams import (
     TASK_HEARTBEAT,
     Topology,
-    anchor_subject,
     check_consumer,
     declare_stream,
     reconcile_stream,
@@ -107,26 +106,3 @@ async def test_redeclaring_keeps_what_is_there_when_it_is_usable(settings: NatsS
         pass
     info = await js.stream_info(settings.subjects.tasks_stream)
     assert info.config.retention == RetentionPolicy.WORK_QUEUE
-
-
-async def test_work_queues_are_anchored_once_and_stay_anchored(settings: NatsSettings,
-                                                               nc: Client) -> None:
-    js = nc.jetstream()
-    s, t = settings.subjects, Topology(settings.subjects)
-    # A tasks stream as an earlier natsflow made it: no anchor subject yet.
-    await js.add_stream(StreamConfig(name=s.tasks_stream, subjects=[s.all_tasks],
-                                     retention=RetentionPolicy.WORK_QUEUE))
-    await declare_stream(js, t.tasks())
-    await declare_stream(js, t.tasks())  # again: still one anchor
-    info = await js.stream_info(s.tasks_stream, subjects_filter=s.anchor(s.tasks_stream))
-    assert s.anchor(s.tasks_stream) in (info.config.subjects or [])
-    assert info.state.messages == 1 and info.state.subjects == {s.anchor(s.tasks_stream): 1}
-    # A task taken and acked leaves the stream holding its anchor alone.
-    await js.publish(s.task("t"), b"{}")
-    await js.add_consumer(s.tasks_stream, t.worker_consumer("t"))
-    sub = await js.pull_subscribe_bind(s.worker_consumer("t"), stream=s.tasks_stream)
-    [msg] = await sub.fetch(1, timeout=5)
-    await msg.ack_sync()
-    assert (await js.stream_info(s.tasks_stream)).state.messages == 1
-    assert anchor_subject(t.events()) is None  # limits retention: never empty anyway
-    assert anchor_subject(t.inbox()) == s.anchor(s.inbox_stream)

@@ -58,9 +58,9 @@ async def js(nc: Client, settings: NatsSettings) -> JetStreamContext:
 
 
 async def tasks_left(js: JetStreamContext, subjects: Subjects) -> int:
-    """Task messages still in the tasks (work-queue) stream: unacked or undelivered."""
-    info = await js.stream_info(subjects.tasks_stream, subjects_filter=subjects.all_tasks)
-    return sum((info.state.subjects or {}).values())
+    """Messages still in the tasks (work-queue) stream: unacked or undelivered."""
+    info = await js.stream_info(subjects.tasks_stream)
+    return int(info.state.messages)
 
 
 async def all_settled(js: JetStreamContext, subjects: Subjects, *, within: float = 2.0) -> bool:

@@ -3,7 +3,7 @@
 CPython's default collects its youngest generation every 700 container allocations
 and, every 100 of those, traverses every object the process holds. A busy orchestrator
 allocates thousands of objects per workflow and holds a cache of records, so with the
-defaults it spent about a sixth of its CPU in the collector (measured with
+defaults it spent a fifth of its CPU or more in the collector (measured with
 ``bench/throughput.py``). Serving processes therefore freeze what start-up made (it
 lives for the whole process and need never be traversed again) and collect less often.
 Reference counting still frees almost everything at once; the collector only finds
@@ -20,7 +20,7 @@ import os
 
 from contracts.errors import InvalidRequest
 
-__all__ = ["GC_THRESHOLD", "tune_gc"]
+__all__ = ["GC_THRESHOLD", "threshold_from_env", "tune_gc"]
 
 #: Youngest generation collected every 50,000 allocations (not 700); the middle one
 #: every 20 of those; everything every 10 of those.

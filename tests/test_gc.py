@@ -16,6 +16,7 @@ from natsflow.cli import app
 @pytest.fixture
 def restored_gc() -> Iterator[None]:
     before = gc.get_threshold()
+    gc.unfreeze()  # whatever an earlier test froze
     yield
     gc.set_threshold(*before)
     gc.unfreeze()

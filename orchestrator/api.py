@@ -106,17 +106,18 @@ class Api:
         workflows: Store of workflow records (reads).
         batches: Store of batch records (reads).
         idempotency: KV of Idempotency-Key digests.
+        publisher: Where commands are persisted: the orchestrator's own, which it
+            starts and closes (the API never owns one).
         command_timeout: Seconds to wait for a command's outcome before answering
             "accepted" without a status.
     """
 
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
-                 batches: RecordStore, idempotency: KeyValue,
+                 batches: RecordStore, idempotency: KeyValue, publisher: AsyncPublisher,
                  definitions: DefinitionStore | None = None,
-                 command_timeout: float = 5.0,
-                 publisher: AsyncPublisher | None = None) -> None:
+                 command_timeout: float = 5.0) -> None:
         self.nc = nc
-        self.publisher = publisher or AsyncPublisher(nc)
+        self.publisher = publisher
         self.subjects = subjects
         self.workflows = workflows
         self.batches = batches

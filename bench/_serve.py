@@ -28,6 +28,7 @@ from typing import Any
 from contracts.connect import NatsSettings, connect
 from contracts.streams import Topology, declare_stream, ensure_consumer
 from natsflow._gc import tune_gc
+from natsflow._loop import loop_factory, run_served
 
 #: The task type every benchmark step runs.
 NOOP_TASK = "bench.noop"
@@ -146,12 +147,13 @@ def main() -> None:
     """Entry point: ``python bench/_serve.py ROLE``."""
     if len(sys.argv) != 2 or sys.argv[1] not in _ROLES:
         sys.exit(f"usage: {sys.argv[0]} {{{'|'.join(_ROLES)}}}")
+    factory = loop_factory()  # uvloop where installed, as the CLI's services run
     profile_path = os.environ.get("NATSFLOW_BENCH_PROFILE")
     profiler = cProfile.Profile() if profile_path else None
     if profiler is not None:
         profiler.enable()
     try:
-        asyncio.run(_serve(sys.argv[1]))
+        run_served(_serve(sys.argv[1]), factory)
     finally:
         if profiler is not None and profile_path:
             profiler.disable()

@@ -98,3 +98,21 @@ def test_soak_kills_the_orchestrator_and_every_workflow_keeps_its_promises() -> 
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
     assert len(report["rss_kib"]["samples"]) >= 3
     assert all(s["rss_kib"] > 0 for s in report["rss_kib"]["samples"])
+
+
+@pytest.mark.timeout(200)
+def test_paired_benchmark_reports_both_sides_and_their_difference() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "paired.py"), "--steps", "2", "--workflows",
+         "3", "--warmup", "1", "--json", "NATSFLOW_EVENT_LOOP=asyncio",
+         "NATSFLOW_EVENT_LOOP=uvloop"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert [side["side"] for side in report["sides"]] == [
+        "NATSFLOW_EVENT_LOOP=asyncio", "NATSFLOW_EVENT_LOOP=uvloop"]
+    for side in report["sides"]:
+        assert 0 < side["p50_ms"] <= side["p90_ms"], side
+        assert side["dispatched_to_started_ms"] > 0, side
+        assert side["started_to_succeeded_ms"] > 0, side
+    assert report["pairs"] == 3 and 0 <= report["b_faster"] <= 3

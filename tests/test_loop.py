@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 import uvloop
@@ -33,3 +34,14 @@ def test_an_unknown_loop_is_refused_naming_the_variable() -> None:
                             "NATS_URL": "nats://127.0.0.1:1"}).invoke(app, ["index"])
     assert result.exit_code == 2, result.output
     assert "NATSFLOW_EVENT_LOOP" in result.output
+
+
+def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # "import uvloop" now fails
+    assert loop_factory({}) is None
+    assert loop_factory({"NATSFLOW_EVENT_LOOP": "auto"}) is None
+    with pytest.raises(InvalidRequest) as err:
+        loop_factory({"NATSFLOW_EVENT_LOOP": "uvloop"})
+    assert err.value.field == "NATSFLOW_EVENT_LOOP"
+    assert "not installed" in err.value.message

@@ -390,6 +390,9 @@ class Processor:
                 malformed.append((msg, exc.info))
         # No suspension before the records' locks are asked for: batches taken one
         # after the other reach each record in the order they were taken.
+        if not malformed:
+            await self.process(items)  # no task to gather: the usual case starts sooner
+            return
         await asyncio.gather(self.process(items),
                              *(self.dead_letter(msg, info) for msg, info in malformed))
 
@@ -398,6 +401,12 @@ class Processor:
         groups: dict[tuple[str, str], list[Item]] = {}
         for item in items:
             groups.setdefault((item.entity, item.key), []).append(item)
+        if len(groups) == 1:
+            # One record (a quiet moment, a chain's next step): no task to gather, so
+            # its decision starts in this turn of the loop.
+            ((ent, key), group), = groups.items()
+            await self._process_group(self.wf if ent == "wf" else self.batch, key, group)
+            return
         await asyncio.gather(*(self._process_group(self.wf if ent == "wf" else self.batch,
                                                    key, group)
                                for (ent, key), group in groups.items()))

@@ -46,6 +46,7 @@ class Service:
     env: dict[str, str]
     log_path: Path
     profile_path: Path | None = None
+    script: Path = _SERVE  # another checkout's bench/_serve.py runs that tree's code
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -60,7 +61,7 @@ class Service:
         if self.profile_path is not None:
             env["NATSFLOW_BENCH_PROFILE"] = str(self.profile_path)
         with open(self.log_path, "ab") as out:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([sys.executable, str(_SERVE), self.role], env=env,
+            self.proc = subprocess.Popen([sys.executable, str(self.script), self.role], env=env,
                                          stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         return self

@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import _procs
-from _load import chain_config
-from _procs import Service
+from _load import Tracker, chain_config
+from _procs import _SERVE, Service
 from _serve import NOOP_TASK
 
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings, connect
+from contracts.models import WorkflowConfig
 from natsflow.embedded import EmbeddedNats
 
 
@@ -74,6 +74,7 @@ class Side:
     spec: str
     settings: NatsSettings
     client: NatsflowClient
+    tracker: Tracker
     latencies: list[float] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
 
@@ -88,37 +89,22 @@ class Side:
 def _start(spec: str, server: EmbeddedNats, workdir: Path, n: int) -> list[Service]:
     env = {"NATS_URL": server.url, "NATSFLOW_PREFIX": f"p{n}" + uuid.uuid4().hex[:6],
            **environment(spec)}
-    serve = _procs._SERVE
+    script = _SERVE
     if "ROOT" in env:  # the other tree's code, started by its own bench/_serve.py
         env.setdefault("PYTHONPATH", env["ROOT"])
-        _procs._SERVE = Path(env["ROOT"]) / "bench" / "_serve.py"
-    try:
-        return [Service(role, env, workdir / f"{role}-{n}.log").start()
-                for role in ("orchestrator", "worker")]
-    finally:
-        _procs._SERVE = serve
+        script = Path(env["ROOT"]) / "bench" / "_serve.py"
+    return [Service(role, env, workdir / f"{role}-{n}.log", script=script).start()
+            for role in ("orchestrator", "worker")]
 
 
-async def _one(side: Side, steps: int, *, counted: bool) -> None:
-    base = chain_config(steps, NOOP_TASK)
+async def _one(side: Side, base: WorkflowConfig, *, counted: bool) -> None:
     config = base.model_copy(update={"id": "pair" + uuid.uuid4().hex[:12]})
     assert config.id is not None
-    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-
-    async def completed(_msg: object) -> None:
-        if not done.done():
-            done.set_result(time.perf_counter())
-
-    sub = await side.client.nc.subscribe(
-        side.settings.subjects.events_of(config.id, "workflow.completed"), cb=completed)
-    try:
-        start = time.perf_counter()
-        await side.client.create(config)
-        end = await asyncio.wait_for(done, 30)
-    finally:
-        await sub.unsubscribe()
+    done = side.tracker.expect(config.id)
+    await side.client.create(config)
+    latency = await asyncio.wait_for(done, 30)
     if counted:
-        side.latencies.append((end - start) * 1000)
+        side.latencies.append(latency * 1000)
         side.ids.append(config.id)
 
 
@@ -138,7 +124,6 @@ async def _halves(side: Side, steps: int) -> tuple[list[float], list[float]]:
     dispatch, work = [], []
     for wid in side.ids:
         times = events[wid]
-
         for i in range(steps):
             step = f"s{i}"  # chain_config's ids
             started = times[("step.started", step)]
@@ -159,8 +144,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             services += started
             prefix = started[0].env["NATSFLOW_PREFIX"]
             settings = NatsSettings(servers=[server.url], prefix=prefix)
+            tracker = Tracker(nc, settings.subjects)
+            await tracker.start()
             sides.append(Side(spec, settings, NatsflowClient(nc, settings.subjects,
-                                                             timeout=30.0)))
+                                                             timeout=30.0), tracker))
         deadline = time.monotonic() + 60
         for side in sides:
             while not await side.client.ping():
@@ -168,9 +155,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
                     raise RuntimeError("a deployment did not come up; see its logs in "
                                        f"{workdir}")
                 await asyncio.sleep(0.2)
+        base = chain_config(args.steps, NOOP_TASK)
         for i in range(args.warmup + args.workflows):
             for side in (sides if i % 2 == 0 else sides[::-1]):
-                await _one(side, args.steps, counted=i >= args.warmup)
+                await _one(side, base, counted=i >= args.warmup)
         await asyncio.sleep(1.0)  # a workflow's last events may be seen before stored
         rows = [side.summary(*await _halves(side, args.steps)) for side in sides]
         diffs = [b - a for a, b in zip(sides[0].latencies, sides[1].latencies, strict=True)]

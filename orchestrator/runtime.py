@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -120,6 +120,15 @@ def fingerprint(model: BaseModel) -> str:
 def _leaves_early(effect: Effect) -> bool:
     """Sent with the record's write rather than after it: a plain step's task."""
     return isinstance(effect, TaskEffect) and fanout.parse_item(effect.task.step_id) is None
+
+
+async def _all(coros: list[Coroutine[Any, Any, Any]]) -> None:
+    """Run these concurrently; one alone is awaited in place, without a task, so it
+    starts in this turn of the loop (a chain's next step, a quiet moment)."""
+    if len(coros) == 1:
+        await coros[0]
+    else:
+        await asyncio.gather(*coros)
 
 
 def _abandon(acks: list[asyncio.Future[Any]]) -> None:
@@ -390,26 +399,16 @@ class Processor:
                 malformed.append((msg, exc.info))
         # No suspension before the records' locks are asked for: batches taken one
         # after the other reach each record in the order they were taken.
-        if not malformed:
-            await self.process(items)  # no task to gather: the usual case starts sooner
-            return
-        await asyncio.gather(self.process(items),
-                             *(self.dead_letter(msg, info) for msg, info in malformed))
+        await _all([self.process(items),
+                    *(self.dead_letter(msg, info) for msg, info in malformed)])
 
     async def process(self, items: Sequence[Item]) -> None:
         """Apply parsed items, grouped by record, groups concurrently."""
         groups: dict[tuple[str, str], list[Item]] = {}
         for item in items:
             groups.setdefault((item.entity, item.key), []).append(item)
-        if len(groups) == 1:
-            # One record (a quiet moment, a chain's next step): no task to gather, so
-            # its decision starts in this turn of the loop.
-            ((ent, key), group), = groups.items()
-            await self._process_group(self.wf if ent == "wf" else self.batch, key, group)
-            return
-        await asyncio.gather(*(self._process_group(self.wf if ent == "wf" else self.batch,
-                                                   key, group)
-                               for (ent, key), group in groups.items()))
+        await _all([self._process_group(self.wf if ent == "wf" else self.batch, key, group)
+                    for (ent, key), group in groups.items()])
 
     async def _process_group(self, entity: _Entity[Any], key: str, items: list[Item]) -> None:
         try:

@@ -1,8 +1,9 @@
-"""Paired latency A/B: two deployments on one nats-server, their workflows alternating.
+"""Paired A/B: two deployments on one nats-server, measured at the same time.
 
 Usage::
 
     uv run python bench/paired.py [--steps 10] [--workflows 150] [--json] A B
+    uv run python bench/paired.py --load 2000 [--rounds 6] [--via create] A B
 
 ``A`` and ``B`` each describe one deployment (an orchestrator and a no-op worker, with
 a prefix of their own) as environment settings, e.g.
@@ -18,6 +19,12 @@ medians of each step's two halves taken from the events' own times (dispatched t
 started: the task's way to the worker; started to succeeded: the worker's work and the
 result's way back), and the median of the paired differences B - A with how many
 pairs B won.
+
+With ``--load N`` it compares CPU instead of latency: in each of ``--rounds`` rounds
+both deployments take N one-step workflows at once (``--concurrency`` calls in flight
+each), and each orchestrator's CPU time per workflow is read from ``/proc``. It prints
+each side's median ms/wf, and the median ratio B / A of the rounds with how many
+rounds B used less.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from _load import Tracker, chain_config
-from _procs import _SERVE, Service
+from _load import Tracker, chain_config, run_load
+from _procs import _SERVE, Service, cpu_seconds
 from _serve import NOOP_TASK
 
 from contracts.client import NatsflowClient
@@ -52,6 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workflows", type=int, default=150, help="Counted workflows per side.")
     p.add_argument("--warmup", type=int, default=10,
                    help="Rounds run first and not counted (both sides warm up).")
+    p.add_argument("--load", type=int, default=0,
+                   help="Compare orchestrator CPU per workflow under load: one-step "
+                        "workflows per side per round (0: compare latency).")
+    p.add_argument("--rounds", type=int, default=6, help="Load rounds (with --load).")
+    p.add_argument("--concurrency", type=int, default=64,
+                   help="Calls in flight per side (with --load).")
+    p.add_argument("--via", choices=("create", "submit"), default="create",
+                   help="How load is submitted (with --load).")
     p.add_argument("--json", action="store_true", help="Print the results as JSON only.")
     return p.parse_args(argv)
 
@@ -75,6 +90,7 @@ class Side:
     settings: NatsSettings
     client: NatsflowClient
     tracker: Tracker
+    orchestrator: Service
     latencies: list[float] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
 
@@ -132,6 +148,33 @@ async def _halves(side: Side, steps: int) -> tuple[list[float], list[float]]:
     return dispatch, work
 
 
+async def _load_rounds(args: argparse.Namespace, sides: list[Side]) -> dict[str, object]:
+    """Both sides under one-step load at once, round after round; orchestrator CPU/wf."""
+    base = chain_config(1, NOOP_TASK)
+    per_wf: list[list[float]] = [[] for _ in sides]
+    rates: list[list[float]] = [[] for _ in sides]
+    for i in range(args.rounds + 1):  # the first round warms up and is not counted
+        before = [cpu_seconds(side.orchestrator.pid) for side in sides]
+        results = await asyncio.gather(*(run_load(
+            side.client, side.tracker, name=f"load{n}-{i}", base=base, n=args.load,
+            concurrency=args.concurrency, via=args.via, timeout=600.0)
+            for n, side in enumerate(sides)))
+        after = [cpu_seconds(side.orchestrator.pid) for side in sides]
+        for n, result in enumerate(results):
+            if result.completed != args.load:
+                raise RuntimeError(f"side {n} finished {result.completed}/{args.load}")
+            if i:
+                per_wf[n].append((after[n] - before[n]) * 1000 / args.load)
+                rates[n].append(result.workflows_per_s)
+    ratios = [b / a for a, b in zip(per_wf[0], per_wf[1], strict=True)]
+    return {"load": args.load, "rounds": args.rounds, "via": args.via,
+            "sides": [{"side": side.spec, "orchestrator_ms_per_wf": statistics.median(cpu),
+                       "workflows_per_s": statistics.median(rate)}
+                      for side, cpu, rate in zip(sides, per_wf, rates, strict=True)],
+            "cpu_ratio": statistics.median(ratios),
+            "b_lower": sum(1 for r in ratios if r < 1), "pairs": len(ratios)}
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     server = EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log")
     server.start()
@@ -147,7 +190,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             tracker = Tracker(nc, settings.subjects)
             await tracker.start()
             sides.append(Side(spec, settings, NatsflowClient(nc, settings.subjects,
-                                                             timeout=30.0), tracker))
+                                                             timeout=30.0), tracker,
+                              started[0]))
         deadline = time.monotonic() + 60
         for side in sides:
             while not await side.client.ping():
@@ -155,6 +199,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
                     raise RuntimeError("a deployment did not come up; see its logs in "
                                        f"{workdir}")
                 await asyncio.sleep(0.2)
+        if args.load:
+            result = await _load_rounds(args, sides)
+            await nc.drain()
+            return result
         base = chain_config(args.steps, NOOP_TASK)
         for i in range(args.warmup + args.workflows):
             for side in (sides if i % 2 == 0 else sides[::-1]):
@@ -178,6 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(run(args, Path(tmp)))
     if args.json:
         print(json.dumps(result, indent=2))
+        return 0
+    if args.load:
+        for row in result["sides"]:  # type: ignore[attr-defined]
+            print(f"[{row['side'] or 'this tree'}] orchestrator "
+                  f"{row['orchestrator_ms_per_wf']:.3f} ms/wf, "
+                  f"{row['workflows_per_s']:.0f} wf/s (both sides loaded at once)")
+        print(f"CPU ratio B / A: median {result['cpu_ratio']:.3f}; B lower in "
+              f"{result['b_lower']}/{result['pairs']} rounds")
         return 0
     for row in result["sides"]:  # type: ignore[attr-defined]
         print(f"[{row['side'] or 'this tree'}] p50 {row['p50_ms']:.2f} ms, "

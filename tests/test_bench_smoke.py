@@ -116,3 +116,16 @@ def test_paired_benchmark_reports_both_sides_and_their_difference() -> None:
         assert side["dispatched_to_started_ms"] > 0, side
         assert side["started_to_succeeded_ms"] > 0, side
     assert report["pairs"] == 3 and 0 <= report["b_faster"] <= 3
+
+
+def test_paired_load_compares_orchestrator_cpu_per_workflow() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "paired.py"), "--load", "20", "--rounds", "2",
+         "--concurrency", "4", "--json", "", "NATSFLOW_EVENT_LOOP=asyncio"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert [side["side"] for side in report["sides"]] == ["", "NATSFLOW_EVENT_LOOP=asyncio"]
+    for side in report["sides"]:
+        assert side["orchestrator_ms_per_wf"] > 0 and side["workflows_per_s"] > 0, side
+    assert report["pairs"] == 2 and 0 <= report["b_lower"] <= 2 and report["cpu_ratio"] > 0

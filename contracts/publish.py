@@ -5,6 +5,12 @@ stall semaphore (``wait_for``), random bytes from the OS for the reply token, an
 parsed ``PubAck``. This publisher keeps one reply subscription, numbers its replies
 with a counter, and resolves each future with the stream sequence. It is the hot path
 of the orchestrator (every outbox, every record write).
+
+Acks take a short cut past nats-py's subscription machinery (a message object, a queue
+and a task switch per message): the client's message dispatch is wrapped so that a
+plain ack for this publisher resolves its future as it is parsed. Anything else, and
+every ack if a nats-py release stops calling that hook, goes the ordinary way, through
+the subscription's callback, with the same result.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections import deque
 from typing import Any
 
@@ -26,6 +33,8 @@ __all__ = ["EXPECTED_LAST_SUBJECT_SEQ", "WRONG_LAST_SEQUENCE", "AckedPublisher",
 
 #: JetStream error codes of a failed ``Nats-Expected-Last-Subject-Sequence`` check.
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
+#: The usual ack: ``{"stream":"S","seq":N}``, perhaps with more fields after.
+_PLAIN_ACK = re.compile(rb'\{"stream":"[^"]*","seq":(\d+)[,}]')
 #: Header of a conditional write: store only if the subject's last sequence is this.
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
@@ -57,6 +66,7 @@ class AsyncPublisher:
         self._waiting: dict[str, asyncio.Future[int]] = {}
         self._deadlines: deque[tuple[float, str]] = deque()  # in sending order
         self._starting = asyncio.Lock()
+        self._sid: int | None = None
 
     async def start(self) -> AsyncPublisher:
         """Subscribe to the replies (once, however many callers race to it)."""
@@ -65,7 +75,26 @@ class AsyncPublisher:
                 prefix = self.nc.new_inbox() + "."
                 self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_reply)
                 self._prefix = prefix
+                self._hook()
         return self
+
+    def _hook(self) -> None:
+        """Take this publisher's plain acks straight from the client's parser."""
+        dispatch = getattr(self.nc, "_process_msg", None)
+        sid = getattr(self._sub, "_id", None)
+        if dispatch is None or not isinstance(sid, int):
+            return  # another client shape: the subscription's callback does it all
+        self._sid = sid
+        skip = len(self._prefix)
+
+        async def process_msg(msg_sid: int, subject: bytes, reply: bytes, data: bytes,
+                              headers: bytes | None) -> None:
+            if msg_sid == self._sid and not headers:
+                self._resolve(subject[skip:].decode(), data)
+                return
+            await dispatch(msg_sid, subject, reply, data, headers)
+
+        self.nc._process_msg = process_msg  # type: ignore[method-assign,assignment]
 
     async def close(self) -> None:
         """Stop listening; whatever still waits fails with ConnectionClosedError."""
@@ -73,6 +102,7 @@ class AsyncPublisher:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
+            self._sid = None
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():
@@ -139,13 +169,22 @@ class AsyncPublisher:
             return await future
 
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject[len(self._prefix):], None)
+        token = msg.subject[len(self._prefix):]
+        if msg.headers and msg.headers.get("Status") == "503":
+            future = self._waiting.pop(token, None)
+            if future is not None and not future.done():
+                future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        self._resolve(token, msg.data)
+
+    def _resolve(self, token: str, data: bytes) -> None:
+        future = self._waiting.pop(token, None)
         if future is None or future.done():
             return
-        if msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(nats.js.errors.NoStreamResponseError())
+        plain = _PLAIN_ACK.match(data)
+        if plain is not None and b'"error"' not in data:
+            future.set_result(int(plain[1]))  # no JSON parser for the usual ack
             return
-        data = msg.data
         try:
             reply: dict[str, Any] = json.loads(data)
         except ValueError:

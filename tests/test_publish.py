@@ -30,6 +30,25 @@ async def test_acks_resolve_in_order_to_stream_sequences(nc: Client) -> None:
     await pub.close()
 
 
+async def test_acks_skip_the_subscription_and_either_path_gives_the_same(nc: Client) -> None:
+    name = "HOOK_" + os.urandom(4).hex()
+    await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
+    first = await AsyncPublisher(nc).start()
+    second = await AsyncPublisher(nc).start()  # a second hook on the same connection
+    plain = await AsyncPublisher(nc).start()
+    plain._sid = None  # as if nats-py no longer called the hook: the callback does it
+    futures = [await pub.publish(f"{name}.x", b"m")
+               for _ in range(50) for pub in (first, second, plain)]
+    assert await asyncio.gather(*futures) == list(range(1, 151))
+    assert [p._sub.delivered for p in (first, second, plain)  # type: ignore[union-attr]
+            ] == [0, 0, 50]
+    await first.close()  # the hooks stay chained; a closed one passes everything on
+    assert await (await second.publish(f"{name}.x", b"m")) == 151
+    assert await (await plain.publish(f"{name}.x", b"m")) == 152
+    await second.close()
+    await plain.close()
+
+
 async def test_compare_and_set_and_refusals_fail_their_futures(nc: Client) -> None:
     kv = await nc.jetstream().create_key_value(
         KeyValueConfig(bucket="pub_" + os.urandom(4).hex()))

@@ -96,6 +96,9 @@ _request_trace: ContextVar[TraceContext | None] = ContextVar("natsflow_api_trace
 
 VERSION = "0.1.0"
 
+#: What an endpoint answers: a model, or the JSON of one as the engine sent it.
+Answer = BaseModel | bytes
+
 
 class Api:
     """Serves ``<prefix>.api.*`` for one orchestrator process.
@@ -136,7 +139,7 @@ class Api:
         self.service = await add_service(self.nc, ServiceConfig(
             name=self.subjects.service_name, version=VERSION,
             description="natsflow orchestrator", metadata={"prefix": self.subjects.prefix}))
-        routes: dict[str, Callable[[bytes], Awaitable[BaseModel]]] = {
+        routes: dict[str, Callable[[bytes], Awaitable[Answer]]] = {
             "workflow.create": self.create, "workflow.start": self.start_workflow,
             "workflow.get": self.get, "workflow.stop": self.stop_workflow,
             "workflow.signal": self.signal_workflow,
@@ -163,7 +166,7 @@ class Api:
         for task in list(self._tasks):
             task.cancel()
 
-    def _endpoint(self, operation: str, fn: Callable[[bytes], Awaitable[BaseModel]]
+    def _endpoint(self, operation: str, fn: Callable[[bytes], Awaitable[Answer]]
                   ) -> Callable[[Request], Awaitable[None]]:
         async def run(req: Request) -> None:
             incoming = extract(req.headers)
@@ -183,7 +186,8 @@ class Api:
                 err = NatsflowError(f"internal error: {type(exc).__name__}")
                 await self._respond_error(req, err)
             else:
-                await req.respond(reply.model_dump_json().encode())
+                await req.respond(reply if isinstance(reply, bytes)
+                                  else reply.model_dump_json().encode())
 
         async def handler(req: Request) -> None:
             # Subscriptions run callbacks one at a time; a task per request keeps a
@@ -228,12 +232,18 @@ class Api:
             self._pending.pop(reply_subject, None)
 
     @staticmethod
-    def _outcome(msg: Msg | None, model: type[Any], key: str) -> Any:
+    def _outcome(msg: Msg | None, model: type[WorkflowReply | BatchReply], key: str, *,
+                 creating: bool = False) -> Answer:
+        """The engine's answer, passed on as it sent it: it is already the reply's JSON.
+
+        With no answer in time, the command was persisted all the same: a create is
+        reported as accepted (``created``), anything else with no status.
+        """
         if msg is None:
-            return model(id=key, created=False, status=None)
+            return model(id=key, created=creating, status=None)
         if msg.headers and msg.headers.get(OUTCOME_ERROR_HEADER):
             raise error_from_info(ErrorInfo.model_validate_json(msg.data))
-        return model.model_validate_json(msg.data)
+        return msg.data
 
     async def _id_for_key(self, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()[:40]
@@ -245,7 +255,7 @@ class Api:
             entry = await self.idempotency.get(digest)
             return (entry.value or b"").decode()
 
-    async def create(self, data: bytes) -> WorkflowReply:
+    async def create(self, data: bytes) -> Answer:
         """``workflow.create``: CreateWorkflowRequest -> WorkflowReply."""
         if len(data) > MAX_CONFIG_BYTES + 1024:
             raise PayloadTooLarge(f"request of {len(data)} bytes is over the limit of "
@@ -263,10 +273,7 @@ class Api:
         cmd = CreateWorkflow(config=config, fingerprint=fingerprint(config),
                              trace=_request_trace.get())
         msg = await self._command(self.subjects.workflow_command(config.id), cmd)
-        reply: WorkflowReply = self._outcome(msg, WorkflowReply, config.id)
-        if msg is None:
-            reply.created = True  # accepted; the engine will create it
-        return reply
+        return self._outcome(msg, WorkflowReply, config.id, creating=True)
 
     def _registry(self) -> DefinitionStore:
         if self.definitions is None:
@@ -313,7 +320,7 @@ class Api:
             raise missing(f"no such id {req.id!r}", field="id")
         return req.id
 
-    async def _by_id_command(self, data: bytes, command: BaseModel, *, batch: bool) -> Any:
+    async def _by_id_command(self, data: bytes, command: BaseModel, *, batch: bool) -> Answer:
         """Send ``command`` to the workflow (or batch) named in the request."""
         key = self._id(data, BatchNotFound if batch else WorkflowNotFound)
         subject = (self.subjects.batch_command if batch else self.subjects.workflow_command)(key)
@@ -331,47 +338,41 @@ class Api:
         record = model.model_validate_json(raw, context={TRUSTED: True})
         return (BatchReply if batch else WorkflowReply)(id=key, status=record.status)
 
-    async def start_workflow(self, data: bytes) -> WorkflowReply:
+    async def start_workflow(self, data: bytes) -> Answer:
         """``workflow.start``."""
-        reply: WorkflowReply = await self._by_id_command(data, StartWorkflow(), batch=False)
-        return reply
+        return await self._by_id_command(data, StartWorkflow(), batch=False)
 
-    async def stop_workflow(self, data: bytes) -> WorkflowReply:
+    async def stop_workflow(self, data: bytes) -> Answer:
         """``workflow.stop``."""
-        reply: WorkflowReply = await self._by_id_command(data, StopWorkflow(), batch=False)
-        return reply
+        return await self._by_id_command(data, StopWorkflow(), batch=False)
 
-    async def signal_workflow(self, data: bytes) -> WorkflowReply:
+    async def signal_workflow(self, data: bytes) -> Answer:
         """``workflow.signal``: SignalRequest -> WorkflowReply."""
         req = SignalRequest.model_validate_json(data)
         if not TOKEN_RE.match(req.id):
             raise WorkflowNotFound(f"no such id {req.id!r}", field="id")
         msg = await self._command(self.subjects.workflow_command(req.id),
                                   SignalWorkflow(name=req.name, payload=req.payload))
-        reply: WorkflowReply = self._outcome(msg, WorkflowReply, req.id)
-        return reply
+        return self._outcome(msg, WorkflowReply, req.id)
 
-    async def pause_workflow(self, data: bytes) -> WorkflowReply:
+    async def pause_workflow(self, data: bytes) -> Answer:
         """``workflow.pause``: dispatch nothing new, hold timers (IdRequest)."""
-        reply: WorkflowReply = await self._by_id_command(data, PauseWorkflow(), batch=False)
-        return reply
+        return await self._by_id_command(data, PauseWorkflow(), batch=False)
 
-    async def resume_workflow(self, data: bytes) -> WorkflowReply:
+    async def resume_workflow(self, data: bytes) -> Answer:
         """``workflow.resume`` (IdRequest)."""
-        reply: WorkflowReply = await self._by_id_command(data, ResumeWorkflow(), batch=False)
-        return reply
+        return await self._by_id_command(data, ResumeWorkflow(), batch=False)
 
-    async def retry_workflow(self, data: bytes) -> WorkflowReply:
+    async def retry_workflow(self, data: bytes) -> Answer:
         """``workflow.retry``: RetryRequest -> WorkflowReply."""
         req = RetryRequest.model_validate_json(data)
         if not TOKEN_RE.match(req.id):
             raise WorkflowNotFound(f"no such id {req.id!r}", field="id")
         msg = await self._command(self.subjects.workflow_command(req.id),
                                   RetryWorkflow(inputs=req.inputs))
-        reply: WorkflowReply = self._outcome(msg, WorkflowReply, req.id)
-        return reply
+        return self._outcome(msg, WorkflowReply, req.id)
 
-    async def rerun_workflow(self, data: bytes) -> WorkflowReply:
+    async def rerun_workflow(self, data: bytes) -> Answer:
         """``workflow.rerun``: RerunRequest -> WorkflowReply of the new workflow."""
         req = RerunRequest.model_validate_json(data)
         if not TOKEN_RE.match(req.id):
@@ -404,10 +405,7 @@ class Api:
                              trace=_request_trace.get(),
                              rerun_of=req.id)
         msg = await self._command(self.subjects.workflow_command(config.id), cmd)
-        reply: WorkflowReply = self._outcome(msg, WorkflowReply, config.id)
-        if msg is None:
-            reply.created = True
-        return reply
+        return self._outcome(msg, WorkflowReply, config.id, creating=True)
 
     async def get(self, data: bytes) -> WorkflowReply:
         """``workflow.get``."""
@@ -415,7 +413,7 @@ class Api:
         return reply
 
     # -- batches --------------------------------------------------------------------
-    async def create_batch(self, data: bytes) -> BatchReply:
+    async def create_batch(self, data: bytes) -> Answer:
         """``batch.create``: BatchConfig -> BatchReply."""
         if len(data) > MAX_BATCH_BYTES:
             raise PayloadTooLarge(f"batch of {len(data)} bytes is over the limit of "
@@ -433,17 +431,13 @@ class Api:
         config = config.model_copy(update={"id": bid})
         cmd = CreateBatch(config=config, fingerprint=fingerprint(config))
         msg = await self._command(self.subjects.batch_command(bid), cmd)
-        reply: BatchReply = self._outcome(msg, BatchReply, bid)
-        if msg is None:
-            reply.created = True
-        return reply
+        return self._outcome(msg, BatchReply, bid, creating=True)
 
     async def get_batch(self, data: bytes) -> BatchReply:
         """``batch.get``."""
         reply: BatchReply = await self._read_status(data, batch=True)
         return reply
 
-    async def stop_batch(self, data: bytes) -> BatchReply:
+    async def stop_batch(self, data: bytes) -> Answer:
         """``batch.stop``."""
-        reply: BatchReply = await self._by_id_command(data, StopBatch(), batch=True)
-        return reply
+        return await self._by_id_command(data, StopBatch(), batch=True)

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import re
-from collections import deque
 from typing import Any
 
 import nats.errors
@@ -35,6 +34,8 @@ __all__ = ["EXPECTED_LAST_SUBJECT_SEQ", "WRONG_LAST_SEQUENCE", "AckedPublisher",
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 #: The usual ack: ``{"stream":"S","seq":N}``, perhaps with more fields after.
 _PLAIN_ACK = re.compile(rb'\{"stream":"[^"]*","seq":(\d+)[,}]')
+#: How often waiting messages are checked against their deadlines (seconds).
+_SWEEP_EVERY = 0.25
 #: Header of a conditional write: store only if the subject's last sequence is this.
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
@@ -54,7 +55,9 @@ class AsyncPublisher:
     Args:
         nc: Connected NATS client.
         timeout: Seconds after which an unanswered message's future fails with
-            ``TimeoutError`` (checked as more messages are sent).
+            ``TimeoutError``, unless its own call says otherwise. The waiting messages
+            are swept every quarter of a second while there are any, so a deadline
+            holds without a timer per message.
     """
 
     def __init__(self, nc: Client, *, timeout: float = 30.0) -> None:
@@ -63,8 +66,9 @@ class AsyncPublisher:
         self._prefix = ""
         self._sub: Subscription | None = None
         self._next = 0
-        self._waiting: dict[str, asyncio.Future[int]] = {}
-        self._deadlines: deque[tuple[float, str]] = deque()  # in sending order
+        # token -> (the ack's future, its deadline on the loop's clock)
+        self._waiting: dict[str, tuple[asyncio.Future[int], float]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._starting = asyncio.Lock()
         self._sid: int | None = None
 
@@ -103,8 +107,11 @@ class AsyncPublisher:
                 await self._sub.unsubscribe()
             self._sub = None
             self._sid = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         waiting, self._waiting = self._waiting, {}
-        for future in waiting.values():
+        for future, _ in waiting.values():
             if not future.done():
                 future.set_exception(nats.errors.ConnectionClosedError())
 
@@ -113,22 +120,24 @@ class AsyncPublisher:
         return len(self._waiting)
 
     async def publish(self, subject: str, payload: bytes,
-                      headers: dict[str, str] | None = None) -> asyncio.Future[int]:
+                      headers: dict[str, str] | None = None, *,
+                      timeout: float | None = None) -> asyncio.Future[int]:
         """Send one message; the returned future resolves when JetStream has stored it.
 
         Does not suspend unless the client's outgoing buffer is full (or this is the
-        first message and the reply subscription is made now).
+        first message and the reply subscription is made now). The future fails with
+        ``TimeoutError`` after ``timeout`` seconds (default: the publisher's) unanswered.
         """
         if self._sub is None:
             await self.start()
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._expire(now)
         self._next += 1
         token = str(self._next)
         future: asyncio.Future[int] = loop.create_future()
-        self._waiting[token] = future
-        self._deadlines.append((now + self.timeout, token))
+        self._waiting[token] = (future,
+                                loop.time() + (self.timeout if timeout is None else timeout))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(_SWEEP_EVERY, self._sweep, loop)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token,
                                   headers=headers)
@@ -137,12 +146,16 @@ class AsyncPublisher:
             raise
         return future
 
-    def _expire(self, now: float) -> None:
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] < now:
-            future = self._waiting.pop(deadlines.popleft()[1], None)
-            if future is not None and not future.done():
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail what is past its deadline; come back while anything is waiting."""
+        self._sweeper = None
+        now = loop.time()
+        for token in [t for t, (_, deadline) in self._waiting.items() if deadline < now]:
+            future, _ = self._waiting.pop(token)
+            if not future.done():
                 future.set_exception(TimeoutError("no ack from JetStream"))
+        if self._waiting:
+            self._sweeper = loop.call_later(_SWEEP_EVERY, self._sweep, loop)
 
     async def store(self, subject: str, payload: bytes, *, last: int,
                     timeout: float = 10.0) -> int:
@@ -164,21 +177,19 @@ class AsyncPublisher:
             PublishError: JetStream refused it.
             TimeoutError: no ack within ``timeout`` seconds.
         """
-        future = await self.publish(subject, payload, headers)
-        async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
-            return await future
+        return await (await self.publish(subject, payload, headers, timeout=timeout))
 
     async def _on_reply(self, msg: Msg) -> None:
         token = msg.subject[len(self._prefix):]
         if msg.headers and msg.headers.get("Status") == "503":
-            future = self._waiting.pop(token, None)
+            future, _ = self._waiting.pop(token, (None, 0.0))
             if future is not None and not future.done():
                 future.set_exception(nats.js.errors.NoStreamResponseError())
             return
         self._resolve(token, msg.data)
 
     def _resolve(self, token: str, data: bytes) -> None:
-        future = self._waiting.pop(token, None)
+        future, _ = self._waiting.pop(token, (None, 0.0))
         if future is None or future.done():
             return
         plain = _PLAIN_ACK.match(data)

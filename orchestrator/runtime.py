@@ -448,8 +448,8 @@ class Processor:
         record, replies, sent, before = outcome
         if sent is not None:
             try:
-                async with asyncio.timeout(_PUBLISH_TIMEOUT):  # no extra task
-                    await asyncio.shield(sent.acked)
+                # Each ack fails by itself after _PUBLISH_TIMEOUT: no timer here.
+                await asyncio.shield(sent.acked)
             finally:
                 if entity.sent.get(key) is sent:
                     del entity.sent[key]
@@ -648,8 +648,7 @@ class Processor:
         ordered = sorted(effects, key=lambda e: not isinstance(e, TaskEffect))
         acks = await self._send_all(key, ordered, trace)
         if acks:
-            async with asyncio.timeout(_PUBLISH_TIMEOUT):  # no extra task, unlike wait_for
-                await asyncio.gather(*acks)
+            await asyncio.gather(*acks)  # each fails by itself after _PUBLISH_TIMEOUT
         for join in effects:
             if isinstance(join, JoinMapEffect):
                 await self._join_map(join)
@@ -678,7 +677,8 @@ class Processor:
         headers = {"Nats-Msg-Id": msg_id}
         if trace is not None and isinstance(effect, TaskEffect):
             headers.update(trace.headers())
-        return await self._publisher.publish(subject, payload, headers)
+        return await self._publisher.publish(subject, payload, headers,
+                                             timeout=_PUBLISH_TIMEOUT)
 
     async def _join_map(self, join: JoinMapEffect) -> None:
         """Collect a map's item outputs and hand them to its workflow as MapJoined."""

@@ -69,18 +69,24 @@ async def test_compare_and_set_and_refusals_fail_their_futures(nc: Client) -> No
 
 
 async def test_unanswered_messages_time_out_and_close_fails_the_rest(nc: Client) -> None:
+    loop = asyncio.get_running_loop()
     pub = AsyncPublisher(nc, timeout=0.2)
     # Core subscribers that never answer stand in for a stream that does not reply.
     await nc.subscribe("silent.>")
+    sent = loop.time()
     lost = await pub.publish("silent.a", b"x")  # starts the publisher on first use
-    await asyncio.sleep(0.3)
-    await pub.publish("silent.b", b"x")  # sending checks the deadlines
+    done, _ = await asyncio.wait([lost], timeout=5)  # nothing else is sent meanwhile
+    assert done and isinstance(lost.exception(), TimeoutError)
+    assert loop.time() - sent >= 0.2
+    patient = await pub.publish("silent.b", b"x", timeout=30)  # a call's own deadline
+    quick = await pub.publish("silent.c", b"x", timeout=0.05)
     with pytest.raises(TimeoutError):
-        await lost
-    waiting = await pub.publish("silent.c", b"x")
+        await pub.stored("silent.d", b"x", timeout=0.05)
+    done, _ = await asyncio.wait([quick], timeout=5)
+    assert done and isinstance(quick.exception(), TimeoutError) and not patient.done()
     await pub.close()
     with pytest.raises(nats.errors.ConnectionClosedError):
-        await waiting
+        await patient
 
 
 async def test_acked_publisher_returns_once_stored_like_jetstream_publish(nc: Client) -> None:

@@ -205,8 +205,9 @@ async def test_a_transition_saved_before_the_last_outbox_is_acked_carries_it(
     real = proc._publisher.publish
 
     async def slow_acks(subject: str, payload: bytes,
-                        headers: dict[str, str] | None = None) -> asyncio.Future[int]:
-        ack = await real(subject, payload, headers)
+                        headers: dict[str, str] | None = None, *,
+                        timeout: float | None = None) -> asyncio.Future[int]:
+        ack = await real(subject, payload, headers, timeout=timeout)
         if not subject.startswith(s.events_stream) and ".events." not in subject:
             return ack
 

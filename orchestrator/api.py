@@ -96,6 +96,11 @@ _request_trace: ContextVar[TraceContext | None] = ContextVar("natsflow_api_trace
 
 VERSION = "0.1.0"
 
+def _settle(fut: asyncio.Future[Msg | None], outcome: Msg | None) -> None:
+    if not fut.done():
+        fut.set_result(outcome)
+
+
 #: What an endpoint answers: a model, or the JSON of one as the engine sent it.
 Answer = BaseModel | bytes
 
@@ -128,7 +133,7 @@ class Api:
         self.definitions = definitions
         self.command_timeout = command_timeout
         self.service: Service | None = None
-        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._pending: dict[str, asyncio.Future[Msg | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply_prefix = ""
 
@@ -208,13 +213,14 @@ class Api:
     # -- commands -------------------------------------------------------------------
     async def _on_outcome(self, msg: Msg) -> None:
         fut = self._pending.pop(msg.subject, None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        if fut is not None:
+            _settle(fut, msg)
 
     async def _command(self, subject: str, body: BaseModel) -> Msg | None:
         """Persist a command on the inbox; wait for its outcome (None on timeout)."""
         reply_subject = f"{self._reply_prefix}.{new_id()}"
-        fut: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Msg | None] = loop.create_future()
         self._pending[reply_subject] = fut
         try:
             try:
@@ -223,11 +229,12 @@ class Api:
                                             timeout=self.command_timeout)
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
                 raise Unavailable(f"command not persisted: {exc!r}") from None
+            # No answer in time resolves it to None: a timer handle, not a Timeout.
+            late = loop.call_later(self.command_timeout, _settle, fut, None)
             try:
-                async with asyncio.timeout(self.command_timeout):  # no task, unlike wait_for
-                    return await fut
-            except TimeoutError:
-                return None
+                return await fut
+            finally:
+                late.cancel()
         finally:
             self._pending.pop(reply_subject, None)
 

@@ -32,7 +32,11 @@ from contracts.errors import (
     WorkflowNotFound,
 )
 from contracts.models import MAX_CONFIG_BYTES, EventType, StepState, WorkflowState
+from contracts.publish import AsyncPublisher
+from contracts.streams import Topology, declare_stream
 from orchestrator import Orchestrator
+from orchestrator.api import Api
+from orchestrator.store import KvRecordStore
 
 
 def retry(max_attempts: int, **more: Any) -> dict[str, Any]:
@@ -518,6 +522,33 @@ async def test_create_without_an_orchestrator_is_unavailable_at_once(
     assert caught.value.retryable
     assert loop.time() - began < 2.0
     assert not await client.ping(timeout=0.2)
+
+
+async def test_a_command_the_engine_does_not_answer_in_time_is_still_accepted(
+        settings: NatsSettings, nc: Client) -> None:
+    """The API persists a command, then waits a while for the engine's outcome; with no
+    outcome it answers "accepted": a create as created, anything else with no status."""
+    s = settings.subjects
+    js = nc.jetstream()
+    topology = Topology(s)
+    await declare_stream(js, topology.inbox())  # and no engine consumes it
+    stores = [KvRecordStore(await js.create_key_value(kv))
+              for kv in (topology.workflows_kv(), topology.batches_kv())]
+    publisher = await AsyncPublisher(nc).start()
+    api = Api(nc, s, workflows=stores[0], batches=stores[1], publisher=publisher,
+              idempotency=await js.create_key_value(topology.idempotency_kv()),
+              command_timeout=0.3)
+    await api.start()
+    client = NatsflowClient(nc, s)
+    try:
+        created = await client.create({**ARITHMETIC, "id": "late-1"})
+        stopped = await client.stop("late-1")
+        assert (created.id, created.created, created.status) == ("late-1", True, None)
+        assert (stopped.id, stopped.created, stopped.status) == ("late-1", False, None)
+        assert (await js.stream_info(s.inbox_stream)).state.messages == 2  # both kept
+    finally:
+        await api.close()
+        await publisher.close()
 
 
 # -- durable timers -----------------------------------------------------------------

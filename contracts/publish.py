@@ -28,16 +28,63 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 __all__ = ["EXPECTED_LAST_SUBJECT_SEQ", "WRONG_LAST_SEQUENCE", "AckedPublisher", "AsyncPublisher",
-           "PublishError"]
+           "PublishError", "send"]
 
 #: JetStream error codes of a failed ``Nats-Expected-Last-Subject-Sequence`` check.
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 #: The usual ack: ``{"stream":"S","seq":N}``, perhaps with more fields after.
 _PLAIN_ACK = re.compile(rb'\{"stream":"[^"]*","seq":(\d+)[,}]')
+#: What nats-py refuses in a subject (a space or line break would forge protocol).
+_UNSAFE_SUBJECT = re.compile(r"[ \t\r\n]")
+#: A header name as nats-py accepts it.
+_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Whether this nats-py has the outgoing buffer :func:`send` writes to.
+_DIRECT = all(hasattr(Client, name) for name in ("_send_command", "_flush_pending"))
 #: How often waiting messages are checked against their deadlines (seconds).
 _SWEEP_EVERY = 0.25
 #: Header of a conditional write: store only if the subject's last sequence is this.
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+
+def _wire(subject: str, reply: str, payload: bytes,
+          headers: dict[str, str] | None) -> bytes | None:
+    """The PUB or HPUB command nats-py would write; None where nats-py must judge
+    (an unsafe subject, or a header it would trim, clean or refuse)."""
+    if not subject or _UNSAFE_SUBJECT.search(subject) or _UNSAFE_SUBJECT.search(reply):
+        return None
+    if not headers:
+        return b"PUB %b %b %d\r\n%b\r\n" % (subject.encode(), reply.encode(), len(payload),
+                                            payload)
+    lines = ["NATS/1.0\r\n"]
+    for key, value in headers.items():
+        if (not _HEADER_KEY.fullmatch(key) or value != value.strip()
+                or "\r" in value or "\n" in value):
+            return None
+        lines.append(f"{key}: {value}\r\n")
+    lines.append("\r\n")
+    hdr = "".join(lines).encode()
+    return b"HPUB %b %b %d %d\r\n%b%b\r\n" % (subject.encode(), reply.encode(), len(hdr),
+                                                len(hdr) + len(payload), hdr, payload)
+
+
+async def send(nc: Client, subject: str, payload: bytes, *, reply: str = "",
+               headers: dict[str, str] | None = None) -> None:
+    """``nc.publish``, minus its per-message overhead: the command is written straight
+    into the client's outgoing buffer (and the flusher woken) as nats-py itself does.
+
+    Anything unusual (not connected, an oversized payload, a subject or header nats-py
+    would refuse or clean up) goes through ``nc.publish``, so errors are nats-py's own.
+    """
+    cmd = (_wire(subject, reply, payload, headers)
+           if _DIRECT and nc.is_connected and len(payload) <= nc.max_payload else None)
+    if cmd is None:
+        await nc.publish(subject, payload, reply=reply, headers=headers)
+        return
+    nc.stats["out_msgs"] += 1
+    nc.stats["out_bytes"] += len(payload)
+    await nc._send_command(cmd)
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()
 
 
 class PublishError(nats.js.errors.APIError):
@@ -139,8 +186,8 @@ class AsyncPublisher:
         if self._sweeper is None:
             self._sweeper = loop.call_later(_SWEEP_EVERY, self._sweep, loop)
         try:
-            await self.nc.publish(subject, payload, reply=self._prefix + token,
-                                  headers=headers)
+            await send(self.nc, subject, payload, reply=self._prefix + token,
+                       headers=headers)
         except BaseException:
             self._waiting.pop(token, None)
             raise

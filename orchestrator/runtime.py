@@ -45,7 +45,7 @@ from contracts.errors import ErrorInfo, NatsflowError, validation_failed
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, DeadLetter, TaskFailed, TaskResult, WorkflowReply
 from contracts.models import TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
-from contracts.publish import AsyncPublisher
+from contracts.publish import AsyncPublisher, send
 from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
 from contracts.tracing import TraceContext, extract
@@ -735,7 +735,7 @@ class Processor:
             body = entity.reply(key, record, reply).model_dump_json().encode()
             headers = {}
         try:
-            await self.nc.publish(subject, body, headers=headers)
+            await send(self.nc, subject, body, headers=headers)
         except nats.errors.Error:
             log.warning("could not deliver a reply to %s", subject)
 

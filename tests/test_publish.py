@@ -11,7 +11,23 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StreamConfig
 
-from contracts.publish import WRONG_LAST_SEQUENCE, AckedPublisher, AsyncPublisher, PublishError
+from contracts.publish import (
+    WRONG_LAST_SEQUENCE,
+    AckedPublisher,
+    AsyncPublisher,
+    PublishError,
+    _wire,
+    send,
+)
+
+#: (subject, reply, payload, headers) that send() writes itself ...
+PLAIN = [("wire.a", "", b"x", None),
+         ("wire.b", "r.1", b"", {"Nats-Msg-Id": "ev:w1:1"}),
+         ("wire.c", "r.2", bytes(range(256)) + b"\r\n", {
+             "Nats-Msg-Id": "task:k", "traceparent": "00-0af7-b7ad-01", "tracestate": "a=b"})]
+#: ... and what it leaves to nats-py, which trims and cleans header values.
+ODD = [("wire.d", "", b"x", {"K": " padded "}),
+       ("wire.e", "", b"x", {"K": "two\r\nlines"})]
 
 
 async def test_acks_resolve_in_order_to_stream_sequences(nc: Client) -> None:
@@ -66,6 +82,25 @@ async def test_compare_and_set_and_refusals_fail_their_futures(nc: Client) -> No
         await (await pub.publish("no.stream." + os.urandom(4).hex(), b"x"))
     assert (await kv.get("k")).value == b"2"
     await pub.close()
+
+
+async def test_send_writes_what_nats_py_publish_would(nc: Client) -> None:
+    assert all(_wire(*case) is not None for case in PLAIN)
+    assert all(_wire(*case) is None for case in ODD)
+    sub = await nc.subscribe("wire.>")
+    for subject, reply, payload, headers in PLAIN + ODD:
+        await send(nc, subject, payload, reply=reply, headers=headers)
+        await nc.publish(subject, payload, reply=reply, headers=headers)
+    for _ in PLAIN + ODD:
+        ours, theirs = [await sub.next_msg(timeout=2) for _ in range(2)]
+        assert (ours.subject, ours.reply, ours.data, ours.headers) == (
+            theirs.subject, theirs.reply, theirs.data, theirs.headers)
+    with pytest.raises(nats.errors.BadSubjectError):
+        await send(nc, "two words", b"x")
+    with pytest.raises(nats.errors.BadHeaderError):
+        await send(nc, "wire.f", b"x", headers={"bad key": "v"})
+    with pytest.raises(nats.errors.MaxPayloadError):
+        await send(nc, "wire.g", b"x" * (nc.max_payload + 1))
 
 
 async def test_unanswered_messages_time_out_and_close_fails_the_rest(nc: Client) -> None:

@@ -8,6 +8,7 @@ crash between the write and the publish loses nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -307,6 +308,16 @@ Effect = Annotated[
 # -- records --------------------------------------------------------------------
 
 
+def _outbox_entry(effect: Any, bodies: Mapping[int, bytes]) -> bytes:
+    body = bodies.get(id(effect))
+    if body is not None:
+        if isinstance(effect, EventEffect):
+            return b'{"kind":"event","event":' + body + b"}"
+        if isinstance(effect, TaskEffect):
+            return b'{"kind":"task","task":' + body + b"}"
+    return effect.model_dump_json(exclude_none=True).encode()  # type: ignore[no-any-return]
+
+
 class _Stored(BaseModel):
     """A record's stored form: JSON, nulls left out (``None`` inside data is kept).
 
@@ -319,9 +330,15 @@ class _Stored(BaseModel):
     # (the config it was made from, its JSON); never stored itself
     _config_json: tuple[Any, bytes] | None = PrivateAttr(default=None)
 
-    def stored_form(self, previous: _Stored | None = None) -> bytes:
+    def stored_form(self, previous: _Stored | None = None,
+                    bodies: Mapping[int, bytes] | None = None) -> bytes:
         """The bytes to store; the config's JSON is taken from ``previous`` when it has
-        the same config object."""
+        the same config object.
+
+        ``bodies`` holds message bodies already made for events and tasks of the outbox
+        (keyed by the effect's ``id``): their entries are built around those bytes
+        rather than dumped a second time (nulls and all, which parse back the same).
+        """
         config = self.config
         memo = self._config_json
         if (memo is None or memo[0] is not config) and previous is not None:
@@ -329,8 +346,12 @@ class _Stored(BaseModel):
         if memo is None or memo[0] is not config:
             memo = (config, config.model_dump_json(exclude_none=True).encode())
         self._config_json = memo
-        rest = self.model_dump_json(exclude={"config"}, exclude_none=True).encode()
-        return b'{"config":' + memo[1] + b"," + rest[1:]
+        if not bodies:
+            rest = self.model_dump_json(exclude={"config"}, exclude_none=True).encode()
+            return b'{"config":' + memo[1] + b"," + rest[1:]
+        rest = self.model_dump_json(exclude={"config", "outbox"}, exclude_none=True).encode()
+        outbox = b",".join([_outbox_entry(e, bodies) for e in self.outbox])  # type: ignore[attr-defined]
+        return b'{"config":' + memo[1] + b',"outbox":[' + outbox + b"]," + rest[1:]
 
     def __eq__(self, other: object) -> bool:
         # Equal records have equal fields; whether a JSON memo was made is not state.

@@ -519,11 +519,16 @@ class Processor:
             current.outbox_at = now
             if faults.PLAN is not None:
                 faults.PLAN.reach("before-save")
+            # Events and tasks are serialized once, for their messages and the record.
+            routed = {id(e): self._route(key, e) for e in effects
+                      if isinstance(e, EventEffect | TaskEffect)}
             # Tasks leave with the write (see the module doc), in one flush with it;
             # their acks are awaited with the rest of the outbox.
             early = [ack for e in effects if _leaves_early(e)
-                     if (ack := await self._send(key, e, trace)) is not None]
-            data = current.stored_form(record)  # after the tasks: a worker starts sooner
+                     if (ack := await self._send(key, e, trace, routed.get(id(e))))
+                     is not None]
+            # after the tasks: a worker starts sooner
+            data = current.stored_form(record, {k: r[1] for k, r in routed.items()})
             try:
                 new_rev = await entity.store.save(key, data, revision=revision)
             except StaleRevision:
@@ -535,7 +540,7 @@ class Processor:
             if faults.PLAN is not None:
                 faults.PLAN.reach("after-save")
             rest = [e for e in effects if not _leaves_early(e)]
-            acks = [*early, *(await self._send_all(key, rest, trace))]
+            acks = [*early, *(await self._send_all(key, rest, trace, routed))]
             if carried is not None:
                 acks.append(carried.acked)
             joins = [e for e in effects if isinstance(e, JoinMapEffect)]
@@ -654,23 +659,28 @@ class Processor:
                 await self._join_map(join)
 
     async def _send_all(self, key: str, effects: Sequence[Effect],
-                        trace: TraceContext | None) -> list[asyncio.Future[Any]]:
-        """Send effects in order (map joins excepted); their acks' futures."""
+                        trace: TraceContext | None,
+                        routed: dict[int, tuple[str, bytes, str | None]] | None = None
+                        ) -> list[asyncio.Future[Any]]:
+        """Send effects in order (map joins excepted); their acks' futures. ``routed``:
+        messages already made for some of them, by ``id``."""
         acks = []
         for effect in effects:
             if isinstance(effect, JoinMapEffect):
                 continue  # after the item outputs it reads are stored
             if isinstance(effect, StartChildEffect):
                 effect = await self._child_command(effect, trace)
-            ack = await self._send(key, effect, trace)
+            ack = await self._send(key, effect, trace,
+                                   routed.get(id(effect)) if routed else None)
             if ack is not None:
                 acks.append(ack)
         return acks
 
-    async def _send(self, key: str, effect: Effect, trace: TraceContext | None
+    async def _send(self, key: str, effect: Effect, trace: TraceContext | None,
+                    routed: tuple[str, bytes, str | None] | None = None
                     ) -> asyncio.Future[Any] | None:
         """Hand one effect to the connection (no waiting); its ack's future, if any."""
-        subject, payload, msg_id = self._route(key, effect)
+        subject, payload, msg_id = routed or self._route(key, effect)
         if msg_id is None:
             await self.nc.publish(subject, payload)
             return None

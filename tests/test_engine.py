@@ -186,6 +186,20 @@ def test_records_round_trip_through_their_stored_form() -> None:
     assert json.loads(stored) == json.loads(rec.model_dump_json(exclude_none=True))
 
 
+def test_a_stored_form_builds_event_and_task_entries_around_their_message_bodies() -> None:
+    cfg = config([{"id": "a", "task": "t", "input": {"n": None}},
+                  {"id": "b", "task": "t", "depends_on": ["a"]}])
+    rec, _ = run(cfg, [ok("a", output={"z": None})])
+    sent = [e for e in rec.outbox if isinstance(e, EventEffect | TaskEffect)]
+    assert {type(e) for e in sent} == {EventEffect, TaskEffect}
+    bodies = {id(e): (e.event if isinstance(e, EventEffect) else e.task).model_dump_json(
+        ).encode() for e in sent}  # as the shell publishes them: nulls and all
+    stored = rec.stored_form(None, bodies)
+    assert all(body in stored for body in bodies.values())
+    assert WorkflowRecord.model_validate_json(stored) == rec
+    assert WorkflowRecord.model_validate_json(rec.stored_form()) == rec
+
+
 def test_a_stored_form_reuses_its_predecessors_config_json_only_for_the_same_config() -> None:
     cfg = config([{"id": "a", "task": "t"}, {"id": "b", "task": "t", "depends_on": ["a"]}])
     before, _ = run(cfg, [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -81,6 +82,9 @@ class OrchestratorMetrics:
             "natsflow_queue_pending",
             "Messages not yet delivered to a consumer (num_pending), sampled periodically.",
             ["stream", "consumer"], registry=r)
+        # Labelled children, looked up once: labels() costs a lock and a tuple each call.
+        self._attempts: dict[tuple[str, str, str], Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
 
     def names(self) -> list[str]:
         """Every metric's exposed name (``_total`` on counters; a histogram's base name)."""
@@ -111,10 +115,17 @@ class OrchestratorMetrics:
                     state=_FINISHED_STATE[effect.event.type].value).inc()
         for ended in ended_attempts(before, after, effects):
             kind = ended.kind.value
-            self.step_attempts.labels(kind=kind, task=ended.task, outcome=ended.outcome).inc()
+            key = (kind, ended.task, ended.outcome)
+            attempts = self._attempts.get(key)
+            if attempts is None:
+                attempts = self._attempts[key] = self.step_attempts.labels(*key)
+            attempts.inc()
             if ended.begun is not None:
                 seconds = (ended.ended - ended.begun).total_seconds()
-                self.step_duration.labels(kind=kind, task=ended.task).observe(max(seconds, 0.0))
+                duration = self._durations.get(key[:2])
+                if duration is None:
+                    duration = self._durations[key[:2]] = self.step_duration.labels(*key[:2])
+                duration.observe(max(seconds, 0.0))
 
 
 class MetricsServer:

@@ -30,11 +30,19 @@ _PENDING_MSGS = "Nats-Pending-Messages"
 
 
 def delivery_count(msg: object) -> int:
-    """How often JetStream has delivered ``msg`` (1 for a message without metadata)."""
-    try:
-        return int(msg.metadata.num_delivered)  # type: ignore[attr-defined]
-    except Exception:  # not a JetStream message: its first delivery
-        return 1
+    """How often JetStream has delivered ``msg`` (1 for a message without metadata).
+
+    Read straight from the ack subject, ``$JS.ACK.<stream>.<consumer>.<delivered>...``
+    (or with a domain and an account hash before the stream), as nats-py's metadata
+    does, without building the rest of the metadata (a datetime among it) per message.
+    """
+    reply = getattr(msg, "reply", None)
+    if isinstance(reply, str) and reply.startswith("$JS.ACK."):
+        tokens = reply.split(".")
+        at = 4 if len(tokens) == 9 else 6 if len(tokens) >= 11 else None
+        if at is not None and tokens[at].isdigit():
+            return int(tokens[at])
+    return 1  # not a JetStream message: its first delivery
 
 
 class ConsumerStalled(Exception):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from contracts.consume import ConsumerStalled, PullConsumer
+from contracts.consume import ConsumerStalled, PullConsumer, delivery_count
 
 
 async def _setup(nc: Client, prefix: str, *, ack_wait: float = 30) -> str:
@@ -86,3 +88,20 @@ async def test_reports_a_consumer_that_stopped_answering(nc: Client, prefix: str
                 await consumer.next_batch(4, timeout=0.1)
     finally:
         await consumer.stop()
+
+
+async def test_delivery_count_reads_the_ack_subject_as_nats_py_metadata_does(
+        nc: Client) -> None:
+    js = nc.jetstream()
+    name = "DC_" + os.urandom(4).hex()
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
+    await js.publish(f"{name}.a", b"x")
+    sub = await js.pull_subscribe(f"{name}.>", durable="dc")
+    for delivered in (1, 2, 3):
+        msg, = await sub.fetch(1, timeout=5)
+        assert delivery_count(msg) == msg.metadata.num_delivered == delivered
+        await msg.nak()
+    v2 = "$JS.ACK.hub.ACCHASH.S.C.7.100.90.1700000000000000000.0.tok"
+    assert delivery_count(Msg(nc, reply=v2)) == Msg(nc, reply=v2).metadata.num_delivered == 7
+    for other in ("", "_INBOX.x.y", "$JS.ACK.S.C.notanumber.1.1.1.0"):
+        assert delivery_count(Msg(nc, reply=other)) == 1

@@ -519,15 +519,20 @@ class Processor:
             current.outbox_at = now
             if faults.PLAN is not None:
                 faults.PLAN.reach("before-save")
-            # Events and tasks are serialized once, for their messages and the record.
-            routed = {id(e): self._route(key, e) for e in effects
-                      if isinstance(e, EventEffect | TaskEffect)}
             # Tasks leave with the write (see the module doc), in one flush with it;
-            # their acks are awaited with the rest of the outbox.
-            early = [ack for e in effects if _leaves_early(e)
-                     if (ack := await self._send(key, e, trace, routed.get(id(e))))
-                     is not None]
-            # after the tasks: a worker starts sooner
+            # their acks are awaited with the rest of the outbox. Events and tasks are
+            # serialized once, for their messages and the record (tasks first: a worker
+            # starts sooner).
+            routed: dict[int, tuple[str, bytes, str | None]] = {}
+            early = []
+            for e in effects:
+                if _leaves_early(e):
+                    message = routed[id(e)] = self._route(key, e)
+                    if (ack := await self._send(key, e, trace, message)) is not None:
+                        early.append(ack)
+            for e in effects:
+                if isinstance(e, EventEffect | TaskEffect) and id(e) not in routed:
+                    routed[id(e)] = self._route(key, e)
             data = current.stored_form(record, {k: r[1] for k, r in routed.items()})
             try:
                 new_rev = await entity.store.save(key, data, revision=revision)

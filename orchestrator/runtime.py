@@ -131,6 +131,17 @@ async def _all(coros: list[Coroutine[Any, Any, Any]]) -> None:
         await asyncio.gather(*coros)
 
 
+async def _every(acks: list[asyncio.Future[Any]]) -> None:
+    """Every ack, awaited in turn: they come back in about the order they were sent, so
+    this wakes up once or twice, where gather runs a callback per ack."""
+    try:
+        for ack in acks:
+            await ack
+    except BaseException:
+        _abandon(acks)  # the others' errors, if any, are not raised too
+        raise
+
+
 def _abandon(acks: list[asyncio.Future[Any]]) -> None:
     """Let go of sends whose outcome no longer matters (their errors are not raised)."""
     for ack in acks:
@@ -560,10 +571,10 @@ class Processor:
                ) -> asyncio.Future[Any]:
         """One future for a sent outbox: every ack, then the map joins it asked for."""
         if not joins:
-            return asyncio.gather(*acks)
+            return asyncio.ensure_future(_every(acks))
 
         async def then_join() -> None:
-            await asyncio.gather(*acks)
+            await _every(acks)
             for join in joins:
                 await self._join_map(join)
         return asyncio.ensure_future(then_join())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -136,6 +137,7 @@ class Api:
         self._pending: dict[str, asyncio.Future[Msg | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply_prefix = ""
+        self._replies = itertools.count(1)
 
     async def start(self) -> None:
         """Subscribe for outcomes and register the micro service."""
@@ -218,7 +220,7 @@ class Api:
 
     async def _command(self, subject: str, body: BaseModel) -> Msg | None:
         """Persist a command on the inbox; wait for its outcome (None on timeout)."""
-        reply_subject = f"{self._reply_prefix}.{new_id()}"
+        reply_subject = f"{self._reply_prefix}.{next(self._replies)}"  # the inbox is ours
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Msg | None] = loop.create_future()
         self._pending[reply_subject] = fut

@@ -770,7 +770,10 @@ class Processor:
         """The one place where inbox messages are acked, retried or terminated."""
         try:
             if verdict is Verdict.ACK:
-                await msg.ack()
+                if msg.reply:  # msg.ack()'s message, without nc.publish's overhead
+                    await send(self.nc, msg.reply, b"")
+                else:
+                    await msg.ack()  # not a JetStream delivery: nats-py's own error
             elif verdict is Verdict.RETRY:
                 await msg.nak(delay=0.5)
             else:

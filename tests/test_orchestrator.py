@@ -58,6 +58,17 @@ ARITHMETIC: dict[str, Any] = {
 }
 
 
+async def _settled(nc: Client, stream: str, consumer: str) -> Any:
+    """The consumer's info once nothing it delivered awaits an ack (or after 10 s)."""
+    js = nc.jetstream()
+    for _ in range(500):
+        info = await js.consumer_info(stream, consumer)
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.02)
+    return info
+
+
 def assert_arithmetic_done(status: Any) -> None:
     assert status.state == WorkflowState.COMPLETED
     assert status.step("add").output == {"sum": 5}
@@ -106,6 +117,11 @@ async def test_create_over_api_completes_and_outputs_flow_through_references(
     completed = await read_events(nc, s, "*", EventType.WORKFLOW_COMPLETED.value)
     assert [(e.workflow_id, e.type) for e in completed] == [
         (reply.id, EventType.WORKFLOW_COMPLETED)]
+
+    # Every inbox message (the create, three results) was acked, none redelivered.
+    engine = await _settled(nc, s.inbox_stream, s.engine_consumer)
+    assert (engine.num_ack_pending, engine.num_redelivered, engine.delivered.stream_seq) == (
+        0, 0, 4)
 
 
 async def test_submit_with_an_id_completes_with_the_declared_output(

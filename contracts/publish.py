@@ -7,10 +7,11 @@ with a counter, and resolves each future with the stream sequence. It is the hot
 of the orchestrator (every outbox, every record write).
 
 Acks take a short cut past nats-py's subscription machinery (a message object, a queue
-and a task switch per message): the client's message dispatch is wrapped so that a
-plain ack for this publisher resolves its future as it is parsed. Anything else, and
-every ack if a nats-py release stops calling that hook, goes the ordinary way, through
-the subscription's callback, with the same result.
+and a task switch per message): the client's message dispatch is wrapped, once per
+client, so that a plain ack for any publisher on it resolves its future as it is parsed.
+Anything else, and every ack if a nats-py release stops calling that dispatch, goes the
+ordinary way, through the subscription's callback, with the same result. Messages are
+written the short way too (:func:`send`).
 """
 
 from __future__ import annotations
@@ -87,6 +88,33 @@ async def send(nc: Client, subject: str, payload: bytes, *, reply: str = "",
         await nc._flush_pending()
 
 
+def _ack_table(nc: Client) -> dict[int, AsyncPublisher] | None:
+    """The publishers whose plain acks this client hands over as it parses them, by
+    subscription id; the client's message dispatch is wrapped once, on first use.
+
+    None if this nats-py has no such dispatch: then the subscriptions' callbacks do it.
+    """
+    table: dict[int, AsyncPublisher] | None = getattr(nc, "_natsflow_acks", None)
+    if table is not None:
+        return table
+    dispatch = getattr(nc, "_process_msg", None)
+    if dispatch is None:
+        return None
+    acks: dict[int, AsyncPublisher] = {}
+
+    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes,
+                          headers: bytes | None) -> None:
+        publisher = acks.get(sid)
+        if publisher is not None and not headers:
+            publisher._resolve(subject[len(publisher._prefix):].decode(), data)
+            return
+        await dispatch(sid, subject, reply, data, headers)
+
+    nc._process_msg = process_msg  # type: ignore[method-assign]
+    nc._natsflow_acks = acks  # type: ignore[attr-defined]
+    return acks
+
+
 class PublishError(nats.js.errors.APIError):
     """JetStream refused a message (the error's ``err_code`` says why)."""
 
@@ -117,7 +145,7 @@ class AsyncPublisher:
         self._waiting: dict[str, tuple[asyncio.Future[int], float]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._starting = asyncio.Lock()
-        self._sid: int | None = None
+        self._sid: int | None = None  # in the client's ack table (see _ack_table)
 
     async def start(self) -> AsyncPublisher:
         """Subscribe to the replies (once, however many callers race to it)."""
@@ -126,26 +154,12 @@ class AsyncPublisher:
                 prefix = self.nc.new_inbox() + "."
                 self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_reply)
                 self._prefix = prefix
-                self._hook()
+                sid = getattr(self._sub, "_id", None)
+                table = _ack_table(self.nc)
+                if table is not None and isinstance(sid, int):
+                    table[sid] = self
+                    self._sid = sid
         return self
-
-    def _hook(self) -> None:
-        """Take this publisher's plain acks straight from the client's parser."""
-        dispatch = getattr(self.nc, "_process_msg", None)
-        sid = getattr(self._sub, "_id", None)
-        if dispatch is None or not isinstance(sid, int):
-            return  # another client shape: the subscription's callback does it all
-        self._sid = sid
-        skip = len(self._prefix)
-
-        async def process_msg(msg_sid: int, subject: bytes, reply: bytes, data: bytes,
-                              headers: bytes | None) -> None:
-            if msg_sid == self._sid and not headers:
-                self._resolve(subject[skip:].decode(), data)
-                return
-            await dispatch(msg_sid, subject, reply, data, headers)
-
-        self.nc._process_msg = process_msg  # type: ignore[method-assign,assignment]
 
     async def close(self) -> None:
         """Stop listening; whatever still waits fails with ConnectionClosedError."""
@@ -153,6 +167,10 @@ class AsyncPublisher:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
+        if self._sid is not None:
+            table = _ack_table(self.nc)
+            if table is not None:
+                table.pop(self._sid, None)
             self._sid = None
         if self._sweeper is not None:
             self._sweeper.cancel()

@@ -50,19 +50,22 @@ async def test_acks_skip_the_subscription_and_either_path_gives_the_same(nc: Cli
     name = "HOOK_" + os.urandom(4).hex()
     await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
     first = await AsyncPublisher(nc).start()
-    second = await AsyncPublisher(nc).start()  # a second hook on the same connection
+    hook = nc._process_msg
+    second = await AsyncPublisher(nc).start()  # the same short cut serves it
     plain = await AsyncPublisher(nc).start()
-    plain._sid = None  # as if nats-py no longer called the hook: the callback does it
+    assert nc._process_msg is hook  # wrapped once per client
+    del nc._natsflow_acks[plain._sid]  # type: ignore[attr-defined]  # as if never hooked
     futures = [await pub.publish(f"{name}.x", b"m")
                for _ in range(50) for pub in (first, second, plain)]
     assert await asyncio.gather(*futures) == list(range(1, 151))
     assert [p._sub.delivered for p in (first, second, plain)  # type: ignore[union-attr]
             ] == [0, 0, 50]
-    await first.close()  # the hooks stay chained; a closed one passes everything on
+    await first.close()
     assert await (await second.publish(f"{name}.x", b"m")) == 151
     assert await (await plain.publish(f"{name}.x", b"m")) == 152
     await second.close()
     await plain.close()
+    assert nc._natsflow_acks == {}  # type: ignore[attr-defined]
 
 
 async def test_compare_and_set_and_refusals_fail_their_futures(nc: Client) -> None:

@@ -97,7 +97,9 @@ _request_trace: ContextVar[TraceContext | None] = ContextVar("natsflow_api_trace
 
 VERSION = "0.1.0"
 
+
 def _settle(fut: asyncio.Future[Msg | None], outcome: Msg | None) -> None:
+    """A command's outcome (None: none came in time), unless it has one already."""
     if not fut.done():
         fut.set_result(outcome)
 

@@ -73,11 +73,14 @@ async def send(nc: Client, subject: str, payload: bytes, *, reply: str = "",
     """``nc.publish``, minus its per-message overhead: the command is written straight
     into the client's outgoing buffer (and the flusher woken) as nats-py itself does.
 
-    Anything unusual (not connected, an oversized payload, a subject or header nats-py
-    would refuse or clean up) goes through ``nc.publish``, so errors are nats-py's own.
+    Anything unusual (not connected, draining, an oversized payload, a subject or header
+    nats-py would refuse or clean up) goes through ``nc.publish``, so errors are
+    nats-py's own.
     """
+    # (is_connected holds while draining too; nats-py's publish judges that phase)
     cmd = (_wire(subject, reply, payload, headers)
-           if _DIRECT and nc.is_connected and len(payload) <= nc.max_payload else None)
+           if _DIRECT and nc.is_connected and not nc.is_draining
+           and len(payload) <= nc.max_payload else None)
     if cmd is None:
         await nc.publish(subject, payload, reply=reply, headers=headers)
         return

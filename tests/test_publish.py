@@ -11,6 +11,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StreamConfig
 
+from contracts.connect import NatsSettings, connect
 from contracts.publish import (
     WRONG_LAST_SEQUENCE,
     AckedPublisher,
@@ -87,7 +88,8 @@ async def test_compare_and_set_and_refusals_fail_their_futures(nc: Client) -> No
     await pub.close()
 
 
-async def test_send_writes_what_nats_py_publish_would(nc: Client) -> None:
+async def test_send_writes_what_nats_py_publish_would(nc: Client,
+                                                     settings: NatsSettings) -> None:
     assert all(_wire(*case) is not None for case in PLAIN)
     assert all(_wire(*case) is None for case in ODD)
     sub = await nc.subscribe("wire.>")
@@ -104,6 +106,10 @@ async def test_send_writes_what_nats_py_publish_would(nc: Client) -> None:
         await send(nc, "wire.f", b"x", headers={"bad key": "v"})
     with pytest.raises(nats.errors.MaxPayloadError):
         await send(nc, "wire.g", b"x" * (nc.max_payload + 1))
+    closed = await connect(settings, name="closed")
+    await closed.drain()  # draining, then closed: nats-py's publish says no
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await send(closed, "wire.h", b"x")
 
 
 async def test_unanswered_messages_time_out_and_close_fails_the_rest(nc: Client) -> None:

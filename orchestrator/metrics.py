@@ -34,6 +34,14 @@ _FINISHED_STATE = {
 }
 
 
+def _labelled(children: dict[Any, Any], metric: Any, values: tuple[str, ...]) -> Any:
+    """``metric.labels(*values)``, looked up once: labels() costs a lock each call."""
+    child = children.get(values)
+    if child is None:
+        child = children[values] = metric.labels(*values)
+    return child
+
+
 class OrchestratorMetrics:
     """The metrics of one orchestrator replica, in a registry of its own."""
 
@@ -82,7 +90,7 @@ class OrchestratorMetrics:
             "natsflow_queue_pending",
             "Messages not yet delivered to a consumer (num_pending), sampled periodically.",
             ["stream", "consumer"], registry=r)
-        # Labelled children, looked up once: labels() costs a lock and a tuple each call.
+        # Labelled children by label values (see _labelled).
         self._attempts: dict[tuple[str, str, str], Any] = {}
         self._durations: dict[tuple[str, str], Any] = {}
 
@@ -115,17 +123,12 @@ class OrchestratorMetrics:
                     state=_FINISHED_STATE[effect.event.type].value).inc()
         for ended in ended_attempts(before, after, effects):
             kind = ended.kind.value
-            key = (kind, ended.task, ended.outcome)
-            attempts = self._attempts.get(key)
-            if attempts is None:
-                attempts = self._attempts[key] = self.step_attempts.labels(*key)
-            attempts.inc()
+            _labelled(self._attempts, self.step_attempts,
+                      (kind, ended.task, ended.outcome)).inc()
             if ended.begun is not None:
                 seconds = (ended.ended - ended.begun).total_seconds()
-                duration = self._durations.get(key[:2])
-                if duration is None:
-                    duration = self._durations[key[:2]] = self.step_duration.labels(*key[:2])
-                duration.observe(max(seconds, 0.0))
+                _labelled(self._durations, self.step_duration,
+                          (kind, ended.task)).observe(max(seconds, 0.0))
 
 
 class MetricsServer:

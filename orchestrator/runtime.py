@@ -698,7 +698,7 @@ class Processor:
         """Hand one effect to the connection (no waiting); its ack's future, if any."""
         subject, payload, msg_id = routed or self._route(key, effect)
         if msg_id is None:
-            await self.nc.publish(subject, payload)
+            await send(self.nc, subject, payload)
             return None
         headers = {"Nats-Msg-Id": msg_id}
         if trace is not None and isinstance(effect, TaskEffect):

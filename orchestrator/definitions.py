@@ -1,8 +1,13 @@
 """The definitions registry, on a JetStream KV bucket (one immutable key per version).
 
 Keys are ``<name>.<version>``. A new version is allocated with KV ``create`` (which
-fails if the key exists), so two orchestrators storing at once get distinct versions.
-Versions never change, so they are cached in memory; "latest" is looked up each time.
+fails if the key exists), so two orchestrators storing at once get distinct versions,
+numbered 1, 2, 3... with no gaps. Versions never change, so they are cached in memory.
+
+"Latest" is looked up each time, and costs one key read once a name is known here: the
+highest version seen so far is remembered, and the next number is read to see whether
+another orchestrator has stored one since. Only the first lookup of a name lists its
+keys (the name's own, never the whole bucket).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from contracts.errors import (
     validation_failed,
 )
 from contracts.models import TEMPLATE, TRUSTED, WorkflowConfig
+from contracts.subjects import TOKEN_RE
 
 from .kvscan import scan
 
@@ -55,6 +61,8 @@ class DefinitionStore:
         self.kv = kv
         self.clock = clock
         self._versions: dict[tuple[str, int], Definition] = {}
+        # Per name, the highest version seen here (later ones may exist elsewhere).
+        self._latest: dict[str, int] = {}
 
     @staticmethod
     def validate(name: str, config: dict[str, Any]) -> WorkflowConfig:
@@ -88,12 +96,12 @@ class DefinitionStore:
         checked = self.validate(name, config)
         digest = definition_fingerprint(checked)
         for _ in range(_VERSION_RACE_ATTEMPTS):
-            versions = await self._version_numbers(name)
-            if versions:
-                latest = await self.get(name, versions[-1])
+            last = await self._latest_version(name)
+            if last:
+                latest = await self.get(name, last)
                 if latest.fingerprint == digest:
                     return latest, False
-            version = (versions[-1] if versions else 0) + 1
+            version = last + 1
             # Checked above as a template: its input comes with each run.
             stored = Definition.model_validate(
                 {"name": name, "version": version, "config": checked, "fingerprint": digest,
@@ -104,6 +112,7 @@ class DefinitionStore:
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # another writer took this version number: look again
             self._versions[(name, version)] = stored
+            self._latest[name] = max(version, self._latest.get(name, 0))
             return stored, True
         raise RuntimeError(f"could not allocate a version of {name!r}")
 
@@ -113,11 +122,12 @@ class DefinitionStore:
         Raises:
             DefinitionNotFound: no such name or version.
         """
+        if not TOKEN_RE.fullmatch(name):  # a key could not even name it
+            raise DefinitionNotFound(f"no definition {name!r}", field="definition")
         if version is None:
-            versions = await self._version_numbers(name)
-            if not versions:
+            version = await self._latest_version(name)
+            if not version:
                 raise DefinitionNotFound(f"no definition {name!r}", field="definition")
-            version = versions[-1]
         hit = self._versions.get((name, version))
         if hit is not None:
             return hit
@@ -132,7 +142,9 @@ class DefinitionStore:
 
     async def info(self, name: str) -> DefinitionInfo:
         """The latest version and the list of all versions."""
-        versions = await self._version_numbers(name)
+        if not TOKEN_RE.fullmatch(name):
+            raise DefinitionNotFound(f"no definition {name!r}", field="name")
+        versions = sorted(v for _, v in await self._keys(f"{name}.*"))
         if not versions:
             raise DefinitionNotFound(f"no definition {name!r}", field="name")
         defs = [await self.get(name, v) for v in versions]
@@ -143,7 +155,7 @@ class DefinitionStore:
     async def summaries(self) -> list[DefinitionSummary]:
         """Every definition name with its latest version, by name."""
         latest: dict[str, int] = {}
-        for name, version in await self._all_keys():
+        for name, version in await self._keys():
             latest[name] = max(version, latest.get(name, 0))
         out = []
         for name in sorted(latest):
@@ -158,13 +170,32 @@ class DefinitionStore:
         return d.config.model_copy(update={"definition": d.name,
                                            "definition_version": d.version})
 
-    async def _all_keys(self) -> list[tuple[str, int]]:
+    async def _keys(self, pattern: str = ">") -> list[tuple[str, int]]:
+        """(name, version) of every key matching ``pattern``."""
         out = []
-        for entry in await scan(self.kv, keys_only=True):
+        for entry in await scan(self.kv, pattern, keys_only=True):
             name, _, version = entry.key.rpartition(".")
             if name and version.isdigit():
                 out.append((name, int(version)))
         return out
 
-    async def _version_numbers(self, name: str) -> list[int]:
-        return sorted(v for n, v in await self._all_keys() if n == name)
+    async def _latest_version(self, name: str) -> int:
+        """The latest version of ``name`` (a token), 0 if it has none."""
+        known = self._latest.get(name)
+        if known is None:  # first lookup here: list the name's own keys
+            known = max((v for _, v in await self._keys(f"{name}.*")), default=0)
+            if not known:
+                return 0
+        # Versions are numbered without gaps and never removed: any stored since the
+        # last lookup (by another orchestrator too) follow the highest one known.
+        while await self._exists(name, known + 1):
+            known += 1
+        self._latest[name] = known
+        return known
+
+    async def _exists(self, name: str, version: int) -> bool:
+        try:
+            await self.get(name, version)
+        except DefinitionNotFound:
+            return False
+        return True

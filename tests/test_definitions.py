@@ -7,10 +7,15 @@ from typing import Any
 
 import pytest
 from helpers import Probe
+from nats.aio.client import Client
 
+import orchestrator.definitions
 from contracts.client import NatsflowClient
+from contracts.connect import NatsSettings
 from contracts.errors import DefinitionNotFound, InvalidGraph, ValidationFailed
 from contracts.models import StepState, WorkflowState
+from contracts.streams import Topology, declare_bucket
+from orchestrator.definitions import DefinitionStore
 
 GREET: dict[str, Any] = {
     "steps": [{"id": "hi", "task": "demo.echo", "input": {"text": "hi ${input.who}"}}],
@@ -60,6 +65,34 @@ async def test_invalid_definitions_are_refused_naming_the_field(
         await client.get_definition("nothing")
     with pytest.raises(DefinitionNotFound):
         await client.run("nothing")
+    with pytest.raises(DefinitionNotFound):  # no key can name it
+        await client.run("no.such.>", version=1)
+
+
+async def test_the_latest_version_another_orchestrator_stored_is_found_without_listing(
+        settings: NatsSettings, nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    kv = await declare_bucket(nc.jetstream(), Topology(settings.subjects).definitions_kv())
+    here, there = DefinitionStore(kv), DefinitionStore(kv)  # two orchestrators' registries
+    listed: list[str] = []
+    real_scan = orchestrator.definitions.scan
+
+    async def counted_scan(*args: Any, **kw: Any) -> Any:
+        listed.append(args[1] if len(args) > 1 else ">")
+        return await real_scan(*args, **kw)
+
+    monkeypatch.setattr(orchestrator.definitions, "scan", counted_scan)
+    for i in range(20):  # other names: a lookup of "greet" must not read them
+        await there.put(f"other{i}", GREET)
+    assert (await here.put("greet", GREET))[0].version == 1
+    assert (await there.get("greet")).version == 1  # its first lookup lists greet.*
+    listed.clear()
+    await here.put("greet", {**GREET, "labels": {"v": "2"}})
+    assert (await there.get("greet")).version == 2
+    assert (await there.put("greet", {**GREET, "labels": {"v": "3"}}))[0].version == 3
+    assert (await here.get("greet")).version == 3
+    assert (await here.resolve_config("greet", None)).definition_version == 3
+    assert listed == []  # known names: one read of the next version, no listing
+    assert [v.version for v in (await here.info("greet")).versions] == [1, 2, 3]
 
 
 async def test_a_run_by_name_pins_its_version_to_the_end(

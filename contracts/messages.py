@@ -219,7 +219,8 @@ class CreateWorkflowRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     config: WorkflowConfig | None = None
-    definition: str | None = Field(default=None, min_length=1, max_length=100)
+    definition: str | None = Field(default=None, min_length=1, max_length=100,
+                                   pattern=r"^[A-Za-z0-9_-]+$")
     version: int | None = Field(default=None, ge=1)
     input: dict[str, Any] = Field(default_factory=dict)
     id: str | None = Field(default=None, min_length=1, max_length=128,

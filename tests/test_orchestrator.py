@@ -480,6 +480,10 @@ async def test_malformed_request_bodies_are_validation_errors(
     assert info.code == "validation-failed"
     info = await api_error(nc, settings, "workflow.get", b'{"id": ""}')
     assert (info.code, info.field) == ("validation-failed", "id")
+    # A definition name no KV key can hold (it was an internal error, once).
+    info = await api_error(nc, settings, "workflow.create",
+                           b'{"definition": "a.>", "version": 1}')
+    assert (info.code, info.field) == ("validation-failed", "definition")
 
 
 # -- poison messages ----------------------------------------------------------------

@@ -264,12 +264,35 @@ class _KeyLocks:
 
 
 @dataclass(slots=True)
+class _Part:
+    """One transition's share of an outbox: its effects, their message bodies by the
+    effect's ``id``, and its own acks (then its map joins)."""
+
+    effects: list[Any]
+    bodies: dict[int, bytes]
+    acked: asyncio.Future[Any]
+
+    @property
+    def stored(self) -> bool:
+        """Every message of it stored and every join of it done."""
+        return _succeeded(self.acked)
+
+
+def _succeeded(future: asyncio.Future[Any]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+@dataclass(slots=True)
 class _Sent:
     """An outbox sent but not yet acknowledged: its effects and its acks."""
 
     effects: list[Any]  # the whole outbox (what it carried from before included)
-    acked: asyncio.Future[Any]
+    acked: asyncio.Future[Any]  # every part's acks
     own: list[Any]  # the effects of this transition alone
+    #: The transitions whose effects the outbox holds, oldest first: the next transition
+    #: carries on only those not yet stored, so a record that changes faster than its
+    #: acks come back (a map's results) does not carry ever more of them.
+    parts: list[_Part]
 
 
 class _Entity(Generic[R]):
@@ -522,10 +545,8 @@ class Processor:
                 # Replies describe the record: let what it last sent be stored first.
                 return record, replies, carried, record
             trace = getattr(current, "trace", None)
-            if carried is not None and carried.acked.done() and not carried.acked.cancelled() \
-                    and carried.acked.exception() is None:
-                carried = None
-            outbox = [*carried.effects, *effects] if carried is not None else effects
+            held = [p for p in carried.parts if not p.stored] if carried is not None else []
+            outbox = [*(e for p in held for e in p.effects), *effects] if held else effects
             current.outbox = outbox
             current.outbox_at = now
             if faults.PLAN is not None:
@@ -544,7 +565,10 @@ class Processor:
             for e in effects:
                 if isinstance(e, EventEffect | TaskEffect) and id(e) not in routed:
                     routed[id(e)] = self._route(key, e)
-            data = current.stored_form(record, {k: r[1] for k, r in routed.items()})
+            bodies = {k: r[1] for k, r in routed.items()}
+            data = current.stored_form(
+                record, {k: v for p in held for k, v in p.bodies.items()} | bodies
+                if held else bodies)
             try:
                 new_rev = await entity.store.save(key, data, revision=revision)
             except StaleRevision:
@@ -557,10 +581,11 @@ class Processor:
                 faults.PLAN.reach("after-save")
             rest = [e for e in effects if not _leaves_early(e)]
             acks = [*early, *(await self._send_all(key, rest, trace, routed))]
-            if carried is not None:
-                acks.append(carried.acked)
             joins = [e for e in effects if isinstance(e, JoinMapEffect)]
-            sent = _Sent(outbox, self._acked(acks, joins), effects)
+            part = _Part(effects, bodies, self._acked(acks, joins))
+            whole = asyncio.ensure_future(_every([p.acked for p in held] + [part.acked])) \
+                if held else part.acked
+            sent = _Sent(outbox, whole, effects, [*held, part])
             entity.sent[key] = sent
             entity.remember(key, new_rev, current, terminal=self._is_terminal(current),
                             size=len(data))

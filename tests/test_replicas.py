@@ -37,6 +37,7 @@ from orchestrator.records import (
     EventEffect,
     ResultInput,
     StartWorkflow,
+    StopWorkflow,
     WorkflowRecord,
 )
 from orchestrator.runtime import Item, Processor, fingerprint
@@ -238,4 +239,64 @@ async def test_a_transition_saved_before_the_last_outbox_is_acked_carries_it(
     assert not start.done()
     held.set()
     await asyncio.wait_for(asyncio.gather(create, start), 10)
+    assert proc.wf.sent == {}
+
+
+async def test_a_transition_carries_only_the_effects_not_yet_stored(
+        nc: Client, settings: NatsSettings) -> None:
+    """What an earlier transition sent and JetStream stored is not carried further, even
+    while a later one still waits for its acks: a record that changes faster than acks
+    come back (a map's results) would otherwise carry ever more of them, and write and
+    serialize them all again on every transition."""
+    s = settings.subjects
+    workflows, batches = await _deployment(nc, s)
+    proc = Processor(nc, s, workflows=workflows, batches=batches)
+    created_acked, rest_acked = asyncio.Event(), asyncio.Event()
+    real = proc._publisher.publish
+
+    async def gated_acks(subject: str, payload: bytes,
+                         headers: dict[str, str] | None = None, *,
+                         timeout: float | None = None) -> asyncio.Future[int]:
+        ack = await real(subject, payload, headers, timeout=timeout)
+        if ".events." not in subject:
+            return ack
+        gate = created_acked if subject.endswith(".workflow.created") else rest_acked
+
+        async def later() -> int:
+            await gate.wait()
+            return await ack
+        return asyncio.ensure_future(later())
+
+    proc._publisher.publish = gated_acks  # type: ignore[method-assign]
+    config = WorkflowConfig.model_validate({"name": "carry", "id": "wd", "start": False,
+                                            "steps": [{"id": "one", "task": "demo.noop"}]})
+
+    async def stored_after(revision: int) -> WorkflowRecord:
+        for _ in range(100):
+            raw, rev = await workflows.load("wd")
+            if raw is not None and rev > revision:
+                return WorkflowRecord.model_validate_json(raw)
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no write after revision {revision}")
+
+    def event_seqs(record: WorkflowRecord) -> list[int]:
+        return [e.event.seq for e in record.outbox if isinstance(e, EventEffect)]
+
+    inputs = [CreateWorkflow(config=config, fingerprint=fingerprint(config)),
+              StartWorkflow(), StopWorkflow()]
+    tasks = [asyncio.create_task(proc.process([Item("wf", "wd", inputs[0], None, None)]))]
+    created = await stored_after(0)
+    tasks.append(asyncio.create_task(proc.process([Item("wf", "wd", inputs[1], None, None)])))
+    started = await stored_after(1)
+    assert event_seqs(started)[0] == 1  # the create's event is not stored yet: carried
+    first_of_start = event_seqs(started)[len(event_seqs(created)):][0]
+    created_acked.set()  # now it is; the start's events are still waiting
+    await asyncio.sleep(0.2)
+    tasks.append(asyncio.create_task(proc.process([Item("wf", "wd", inputs[2], None, None)])))
+    stopping = await stored_after(2)
+    seqs = event_seqs(stopping)
+    assert seqs[0] == first_of_start, seqs  # the start's carried, the create's not
+    assert seqs == list(range(first_of_start, len(seqs) + first_of_start))
+    rest_acked.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert proc.wf.sent == {}

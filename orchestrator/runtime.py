@@ -582,6 +582,8 @@ class Processor:
             rest = [e for e in effects if not _leaves_early(e)]
             acks = [*early, *(await self._send_all(key, rest, trace, routed))]
             joins = [e for e in effects if isinstance(e, JoinMapEffect)]
+            if joins:  # a join reads item outputs earlier parts may still be storing
+                acks = [*(p.acked for p in held), *acks]
             part = _Part(effects, bodies, self._acked(acks, joins))
             whole = asyncio.ensure_future(_every([p.acked for p in held] + [part.acked])) \
                 if held else part.acked

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+from typing import Any
 
+import pytest
 from helpers import Probe, assert_history, read_events
 from nats.aio.client import Client
 
@@ -11,6 +15,7 @@ from contracts.blobs import is_blob_ref
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from contracts.models import MAX_STEP_OUTPUT_BYTES, WorkflowState
+from orchestrator import Orchestrator
 
 
 async def test_a_map_over_hundreds_of_items_joins_outputs_in_order_and_a_large_join_is_a_blob(
@@ -100,3 +105,44 @@ async def test_a_map_of_ten_thousand_items_with_1kb_outputs_completes(
     stored = json.loads((await obs.get(ref["$blob"]["name"])).data or b"")
     assert [o["i"] for o in stored] == list(range(n))
     assert all(o["pad"] == pad for o in stored)
+
+
+async def test_a_join_waits_for_an_item_output_an_earlier_transition_is_still_storing(
+        engine: Orchestrator, demo_worker: Probe, client: NatsflowClient,
+        settings: NatsSettings, caplog: pytest.LogCaptureFixture) -> None:
+    """The transition that joins a map can come while an earlier transition's item
+    output is still on its way to the outputs bucket (a record's transitions wait for
+    each other's write, not acks): the join waits for it instead of failing for want of
+    it and having its message retried."""
+    assert engine.processor is not None
+    publisher = engine.processor._publisher
+    real = publisher.publish
+    outputs = settings.subjects.kv_put(settings.subjects.outputs_bucket, "")
+    held: list[str] = []
+    released = asyncio.Event()
+
+    async def first_output_late(subject: str, payload: bytes,
+                                headers: dict[str, str] | None = None, *,
+                                timeout: float | None = None) -> asyncio.Future[int]:
+        if not subject.startswith(outputs) or held:
+            return await real(subject, payload, headers, timeout=timeout)
+        held.append(subject)  # sent, and so stored, only half a second from now
+        asyncio.get_running_loop().call_later(0.5, released.set)
+
+        async def later() -> int:
+            await released.wait()
+            return await (await real(subject, payload, headers, timeout=timeout))
+        return asyncio.ensure_future(later())
+
+    publisher.publish = first_output_late  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="natsflow")
+    await client.create({"name": "late", "id": "late", "input": {"xs": list(range(20))},
+                         "steps": [{"id": "m", "kind": "map", "items": "input.xs",
+                                    "step": {"task": "demo.echo", "input": {"i": "${item}"}}}]})
+    status = (await client.wait("late", timeout=30)).status
+    assert held
+    assert status is not None and status.state == WorkflowState.COMPLETED, status.error
+    output: Any = status.step("m").output
+    assert [o["i"] for o in output] == list(range(20))
+    trouble = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert trouble == []

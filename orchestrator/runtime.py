@@ -275,18 +275,14 @@ class _Part:
     @property
     def stored(self) -> bool:
         """Every message of it stored and every join of it done."""
-        return _succeeded(self.acked)
-
-
-def _succeeded(future: asyncio.Future[Any]) -> bool:
-    return future.done() and not future.cancelled() and future.exception() is None
+        acked = self.acked
+        return acked.done() and not acked.cancelled() and acked.exception() is None
 
 
 @dataclass(slots=True)
 class _Sent:
-    """An outbox sent but not yet acknowledged: its effects and its acks."""
+    """An outbox sent but not yet acknowledged: its parts and their acks."""
 
-    effects: list[Any]  # the whole outbox (what it carried from before included)
     acked: asyncio.Future[Any]  # every part's acks
     own: list[Any]  # the effects of this transition alone
     #: The transitions whose effects the outbox holds, oldest first: the next transition
@@ -587,7 +583,7 @@ class Processor:
             part = _Part(effects, bodies, self._acked(acks, joins))
             whole = asyncio.ensure_future(_every([p.acked for p in held] + [part.acked])) \
                 if held else part.acked
-            sent = _Sent(outbox, whole, effects, [*held, part])
+            sent = _Sent(whole, effects, [*held, part])
             entity.sent[key] = sent
             entity.remember(key, new_rev, current, terminal=self._is_terminal(current),
                             size=len(data))

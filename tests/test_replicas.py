@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -191,6 +191,25 @@ async def test_a_replica_deciding_on_a_stale_cached_record_does_not_drop_a_resul
     assert status.state == WorkflowState.COMPLETED
 
 
+def gate_event_acks(proc: Processor, gate: Callable[[str], asyncio.Event]) -> None:
+    """Sent events are stored as usual, but their acks reach ``proc`` only once
+    ``gate(subject)`` is set."""
+    real = proc._publisher.publish
+
+    async def gated(subject: str, payload: bytes, headers: dict[str, str] | None = None,
+                    *, timeout: float | None = None) -> asyncio.Future[int]:
+        ack = await real(subject, payload, headers, timeout=timeout)
+        if ".events." not in subject:
+            return ack
+
+        async def later() -> int:
+            await gate(subject).wait()
+            return await ack
+        return asyncio.ensure_future(later())
+
+    proc._publisher.publish = gated  # type: ignore[method-assign]
+
+
 async def test_a_transition_saved_before_the_last_outbox_is_acked_carries_it(
         nc: Client, settings: NatsSettings) -> None:
     """One record's transitions wait for each other's write, not for each other's acks.
@@ -203,21 +222,7 @@ async def test_a_transition_saved_before_the_last_outbox_is_acked_carries_it(
     workflows, batches = await _deployment(nc, s)
     proc = Processor(nc, s, workflows=workflows, batches=batches)
     held = asyncio.Event()
-    real = proc._publisher.publish
-
-    async def slow_acks(subject: str, payload: bytes,
-                        headers: dict[str, str] | None = None, *,
-                        timeout: float | None = None) -> asyncio.Future[int]:
-        ack = await real(subject, payload, headers, timeout=timeout)
-        if not subject.startswith(s.events_stream) and ".events." not in subject:
-            return ack
-
-        async def later() -> int:  # the events' acks come only when released
-            await held.wait()
-            return await ack
-        return asyncio.ensure_future(later())
-
-    proc._publisher.publish = slow_acks  # type: ignore[method-assign]
+    gate_event_acks(proc, lambda subject: held)
     config = WorkflowConfig.model_validate({"name": "carry", "id": "wc", "start": False,
                                             "steps": [{"id": "one", "task": "demo.noop"}]})
     create = asyncio.create_task(proc.process([Item(
@@ -252,22 +257,8 @@ async def test_a_transition_carries_only_the_effects_not_yet_stored(
     workflows, batches = await _deployment(nc, s)
     proc = Processor(nc, s, workflows=workflows, batches=batches)
     created_acked, rest_acked = asyncio.Event(), asyncio.Event()
-    real = proc._publisher.publish
-
-    async def gated_acks(subject: str, payload: bytes,
-                         headers: dict[str, str] | None = None, *,
-                         timeout: float | None = None) -> asyncio.Future[int]:
-        ack = await real(subject, payload, headers, timeout=timeout)
-        if ".events." not in subject:
-            return ack
-        gate = created_acked if subject.endswith(".workflow.created") else rest_acked
-
-        async def later() -> int:
-            await gate.wait()
-            return await ack
-        return asyncio.ensure_future(later())
-
-    proc._publisher.publish = gated_acks  # type: ignore[method-assign]
+    gate_event_acks(proc, lambda subject: created_acked
+                    if subject.endswith(".workflow.created") else rest_acked)
     config = WorkflowConfig.model_validate({"name": "carry", "id": "wd", "start": False,
                                             "steps": [{"id": "one", "task": "demo.noop"}]})
 

@@ -248,17 +248,15 @@ class AsyncPublisher:
         return await (await self.publish(subject, payload, headers, timeout=timeout))
 
     async def _on_reply(self, msg: Msg) -> None:
-        token = msg.subject[len(self._prefix):]
-        if msg.headers and msg.headers.get("Status") == "503":
-            future, _ = self._waiting.pop(token, (None, 0.0))
-            if future is not None and not future.done():
-                future.set_exception(nats.js.errors.NoStreamResponseError())
-            return
-        self._resolve(token, msg.data)
+        status = msg.headers.get("Status") if msg.headers else None
+        self._resolve(msg.subject[len(self._prefix):], msg.data, no_stream=status == "503")
 
-    def _resolve(self, token: str, data: bytes) -> None:
+    def _resolve(self, token: str, data: bytes, *, no_stream: bool = False) -> None:
         future, _ = self._waiting.pop(token, (None, 0.0))
         if future is None or future.done():
+            return
+        if no_stream:  # a 503 status: no stream has the subject
+            future.set_exception(nats.js.errors.NoStreamResponseError())
             return
         plain = _PLAIN_ACK.match(data)
         if plain is not None and b'"error"' not in data:

@@ -691,8 +691,7 @@ class Processor:
         """
         ordered = sorted(effects, key=lambda e: not isinstance(e, TaskEffect))
         acks = await self._send_all(key, ordered, trace)
-        if acks:
-            await asyncio.gather(*acks)  # each fails by itself after _PUBLISH_TIMEOUT
+        await _every(acks)  # each fails by itself after _PUBLISH_TIMEOUT
         for join in effects:
             if isinstance(join, JoinMapEffect):
                 await self._join_map(join)

@@ -1,0 +1,5 @@
+"""natsflow task handlers in a FastStream app."""
+
+from ._router import TaskRouter
+
+__all__ = ["TaskRouter"]

@@ -72,6 +72,42 @@ def flavour(request: pytest.FixtureRequest, engine: object, settings: NatsSettin
     return Flavour(request.param, settings, nc)
 
 
+@pytest.mark.parametrize("make", [Worker, TaskRouter], ids=FLAVOURS)
+def test_registration_is_checked_alike(make: type[Worker] | type[TaskRouter]) -> None:
+    registrar = make()
+
+    @registrar.task("t.one")
+    async def one(ctx: TaskContext, data: dict[str, Any]) -> None: ...
+
+    with pytest.raises(ValueError, match="already registered"):
+        registrar.task("t.one")
+    with pytest.raises(ValueError, match="invalid task type"):
+        registrar.task("bad type")
+    with pytest.raises(ValueError, match="reserved"):
+        registrar.task("natsflow.http")
+
+    def not_async(ctx: TaskContext, data: dict[str, Any]) -> None: ...
+
+    with pytest.raises(TypeError, match="async"):
+        registrar.task("t.two")(not_async)  # type: ignore[type-var]
+
+    class Local(BaseModel):
+        x: int
+
+    async def local_model(ctx: TaskContext, data: Local) -> None: ...
+
+    with pytest.raises(TypeError, match="cannot resolve"):
+        registrar.task("t.three")(local_model)
+    assert registrar.task_types == ["t.one"]  # nothing half-registered
+    for bad in ({"max_deliveries": 0}, {"ack_wait": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            make(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="concurrency"):
+        Worker(concurrency=0)
+    with pytest.raises(ValueError, match="max_workers"):
+        TaskRouter(max_workers=0)
+
+
 class GreetIn(BaseModel):
     """Input of t.greet."""
 

@@ -8,6 +8,7 @@ progress, results, settling and cancel notices, so both flavours keep one contra
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -15,7 +16,7 @@ from faststream.message import StreamMessage
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsRouter, PullSub
 from faststream.nats.annotations import JsClient, NatsMessage
-from pydantic import WithJsonSchema, create_model
+from pydantic import BaseModel, SkipValidation, create_model
 
 from contracts.messages import CancelNotice, TaskMessage
 from contracts.streams import TASK_ACK_WAIT, Topology
@@ -34,8 +35,7 @@ log = logging.getLogger("natsflow.faststream")
 
 F = TypeVar("F", bound=HandlerFn)
 
-#: A cancel notice as it arrives, documented as the CancelNotice it should be.
-CancelBody = Annotated[bytes, WithJsonSchema(CancelNotice.model_json_schema())]
+Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
 async def _raw_body(msg: StreamMessage[Any]) -> bytes:
@@ -44,16 +44,27 @@ async def _raw_body(msg: StreamMessage[Any]) -> bytes:
     return msg.body
 
 
-def _task_schema(handler: TaskHandler) -> dict[str, Any]:
-    """The JSON Schema of the handler's tasks: a TaskMessage whose ``input`` is the
-    handler's input model, when it has one."""
+def _documented(fn: Fn, body: type[BaseModel], *, name: str | None = None) -> Fn:
+    """``fn``, its ``body: bytes`` documented as ``body`` and its channel named ``name``.
+
+    FastStream takes a channel's payload schema from the body parameter's annotation and
+    its name from the function; the bytes themselves go unvalidated.
+    """
+    fn.__annotations__["body"] = Annotated[body, SkipValidation]
+    if name is not None:
+        fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
+def _task_model(handler: TaskHandler) -> type[TaskMessage]:
+    """The model of the handler's tasks, for the AsyncAPI document: a TaskMessage whose
+    ``input`` is the handler's input model, when it has one."""
     if handler.input_model is None:
-        return TaskMessage.model_json_schema()
-    name = "".join(part.title() for part in handler.task_type.replace("-", "_").split("."))
-    model = create_model(f"{name.replace('_', '')}Task", __base__=TaskMessage,
-                         __doc__=f"A `{handler.task_type}` task: one attempt of one step.",
-                         input=(handler.input_model, ...))
-    return model.model_json_schema()
+        return TaskMessage
+    name = "".join(part.capitalize() for part in re.split(r"[._-]", handler.task_type))
+    return create_model(f"{name}Task", __base__=TaskMessage,
+                        __doc__=f"A `{handler.task_type}` task: one attempt of one step.",
+                        input=(handler.input_model, ...))
 
 
 class TaskRouter(NatsRouter):
@@ -94,7 +105,9 @@ class TaskRouter(NatsRouter):
     def __init__(self, *, prefix: str = DEFAULT_PREFIX, max_workers: int = 64,
                  ack_wait: float = TASK_ACK_WAIT, max_deliveries: int = MAX_TASK_DELIVERIES,
                  replicas: int = 1, include_in_schema: bool | None = None) -> None:
-        check_limits(concurrency=max_workers, ack_wait=ack_wait, max_deliveries=max_deliveries)
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        check_limits(ack_wait=ack_wait, max_deliveries=max_deliveries)
         super().__init__(include_in_schema=include_in_schema)
         self.max_workers = max_workers
         self._serving = TaskServing(Topology(Subjects(prefix), replicas=replicas,
@@ -102,14 +115,15 @@ class TaskRouter(NatsRouter):
                                     max_deliveries=max_deliveries)
         serving = self._serving
 
-        async def cancel_notices(body: CancelBody, message: NatsMessage) -> None:
+        async def cancel_notices(body: bytes, message: NatsMessage) -> None:
             serving.obey_cancel(body, subject=message.raw_message.subject)
 
         # Core NATS, no queue group: every process hears every notice, as the SDK does.
         self.subscriber(
             self.subjects.all_cancels, decoder=_raw_body, no_reply=True,
             description="natsflow cancel notices: the running attempt a notice names is "
-                        "cancelled and reported `cancelled`.")(cancel_notices)
+                        "cancelled and reported `cancelled`.")(
+            _documented(cancel_notices, CancelNotice))
 
     @property
     def subjects(self) -> Subjects:
@@ -143,11 +157,6 @@ class TaskRouter(NatsRouter):
             async def deliver(body: bytes, message: NatsMessage, js: JsClient) -> None:
                 await serving.deliver(message.raw_message, handler, js=js, blobs=js)
 
-            # FastStream documents the body parameter's schema and names the channel
-            # after the function: the handler's.
-            deliver.__annotations__["body"] = Annotated[
-                bytes, WithJsonSchema(_task_schema(handler))]
-            deliver.__name__ = deliver.__qualname__ = fn.__name__
             self.subscriber(
                 s.task(task_type),
                 # The orchestrator owns the stream: FastStream must not declare it.
@@ -157,7 +166,8 @@ class TaskRouter(NatsRouter):
                 pull_sub=PullSub(batch_size=1), max_workers=self.max_workers,
                 # natsflow.worker._settle acks, naks and terms; FastStream must not.
                 ack_policy=AckPolicy.MANUAL, no_reply=True, decoder=_raw_body,
-                description=fn.__doc__ or f"natsflow task `{task_type}`.")(deliver)
+                description=fn.__doc__ or f"natsflow task `{task_type}`.")(
+                _documented(deliver, _task_model(handler), name=fn.__name__))
             serving.handlers[task_type] = handler
             return fn
 

@@ -33,14 +33,12 @@ log = logging.getLogger("natsflow.worker")
 MAX_TASK_DELIVERIES = 10
 
 
-def check_limits(*, concurrency: int, ack_wait: float, max_deliveries: int) -> None:
+def check_limits(*, ack_wait: float, max_deliveries: int) -> None:
     """Refuse settings no worker can serve with.
 
     Raises:
         ValueError: one of them is out of range.
     """
-    if concurrency < 1:
-        raise ValueError("concurrency must be at least 1")
     if ack_wait <= 0:
         raise ValueError("ack_wait must be positive")
     if max_deliveries < 1:

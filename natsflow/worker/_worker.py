@@ -70,7 +70,9 @@ class Worker:
     def __init__(self, concurrency: int = 64, *, name: str = "natsflow-worker",
                  stop_grace: float = STOP_GRACE, ack_wait: float = TASK_ACK_WAIT,
                  max_deliveries: int = MAX_TASK_DELIVERIES) -> None:
-        check_limits(concurrency=concurrency, ack_wait=ack_wait, max_deliveries=max_deliveries)
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        check_limits(ack_wait=ack_wait, max_deliveries=max_deliveries)
         self.concurrency = concurrency
         self.ack_wait = ack_wait
         self.max_deliveries = max_deliveries

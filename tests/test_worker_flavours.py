@@ -347,3 +347,32 @@ async def test_a_task_delivered_too_often_is_dead_lettered_not_run(
     assert calls.attempts == [1]  # the second delivery was not run
     assert subject == settings.subjects.dlq("too-many-deliveries")
     assert letter.reason.code == "too-many-deliveries" and letter.deliveries == 2
+
+
+async def test_a_malformed_task_is_dead_lettered_and_serving_goes_on(
+        flavour: Flavour, client: NatsflowClient, nc: Client,
+        settings: NatsSettings) -> None:
+    calls = Calls()
+
+    async def greet(ctx: TaskContext, data: GreetIn) -> GreetOut:
+        calls.saw(ctx)
+        return GreetOut(greeting=f"hello {data.name}")
+
+    s = settings.subjects
+    async with flavour.serving({"t.greet": greet}):
+        await nc.jetstream().publish(s.task("t.greet"), b'{"not": "a task"}')
+        ((subject, letter),) = await read_dead_letters(nc, s, count=1)
+        config = _workflow("t.greet", {"name": "bob"})
+        await client.create(config)
+        status = await _finished(client, config)
+        for _ in range(100):  # the ack follows the result, so it may come just after
+            left = (await nc.jetstream().stream_info(s.tasks_stream)).state.messages
+            if left == 0:
+                break
+            await asyncio.sleep(0.05)
+    assert subject == s.dlq("malformed-task")
+    assert (letter.reason.code, letter.data, letter.deliveries) == (
+        "malformed-task", '{"not": "a task"}', 1)
+    assert status.state == WorkflowState.COMPLETED, status.error
+    assert calls.attempts == [1]
+    assert left == 0  # the malformed one was terminated, the task acked

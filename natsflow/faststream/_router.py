@@ -7,7 +7,6 @@ progress, results, settling and cancel notices, so both flavours keep one contra
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -31,10 +30,7 @@ from natsflow.worker._serving import (
 
 __all__ = ["TaskRouter"]
 
-log = logging.getLogger("natsflow.faststream")
-
 F = TypeVar("F", bound=HandlerFn)
-
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 

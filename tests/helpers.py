@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import sys
 import typing
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nats.errors
+import yaml
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
@@ -40,6 +44,8 @@ __all__ = [
     "Probe",
     "assert_history",
     "by_workflow",
+    "example_workflow",
+    "load_example",
     "make_demo_worker",
     "new_task",
     "read_dead_letters",
@@ -241,6 +247,30 @@ async def read_dead_letters(nc: Client, subjects: Subjects, *, count: int,
     finally:
         await sub.unsubscribe()
     return letters
+
+
+# -- examples/ ----------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(filename: str) -> Any:
+    """Import ``examples/<filename>`` as a module (the examples are not a package)."""
+    name = "natsflow_example_" + Path(filename).stem
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / filename)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def example_workflow(filename: str, wid: str, **input_: Any) -> dict[str, Any]:
+    """The workflow of ``examples/<filename>`` with the id ``wid`` and ``input_`` merged in."""
+    config = yaml.safe_load((EXAMPLES / filename).read_text())
+    config["id"] = wid
+    config["input"].update(input_)
+    return dict(config)
 
 
 # -- playing the orchestrator for workers -----------------------------------------------

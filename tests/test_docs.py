@@ -53,7 +53,8 @@ def test_examples_are_valid_workflows(path: Path) -> None:
     config = WorkflowConfig.model_validate(yaml.safe_load(path.read_text()))
     tasks = {s.task for s in config.steps if isinstance(s, TaskStep)}
     assert tasks <= {"demo.echo", "demo.add", "demo.sleep", "demo.flaky", "demo.noop",
-                     "demo.fail", "demo.count"}
+                     "demo.fail", "demo.count",
+                     "warehouse.reserve", "warehouse.pack"}  # examples/faststream_app.py
 
 
 @pytest.mark.parametrize("block", _blocks(STEPS_DOC, "yaml"), ids=lambda b: b.split("\n")[0])

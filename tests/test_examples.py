@@ -3,45 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
-import yaml
-from helpers import Probe, read_events, wait_for
+from helpers import Probe, example_workflow, load_example, read_events, wait_for
 from nats.aio.client import Client
 
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from contracts.models import EventType, StepState, WorkflowState
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _shop_module() -> Any:
-    spec = importlib.util.spec_from_file_location("natsflow_example_shop", EXAMPLES / "shop.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _example(name: str, wid: str, **input_: Any) -> dict[str, Any]:
-    config = yaml.safe_load((EXAMPLES / name).read_text())
-    config["id"] = wid
-    config["input"].update(input_)
-    return dict(config)
-
 
 async def test_order_saga_ships_through_plain_nats_services(
         engine: object, client: NatsflowClient, nc: Client, settings: NatsSettings) -> None:
-    shop_mod = _shop_module()
+    shop_mod = load_example("shop.py")
     shop = shop_mod.Shop()
     service = await shop_mod.serve_shop(nc, shop)
     try:
-        await client.create(_example("order-saga.yaml", "order-ok"))
+        await client.create(example_workflow("order-saga.yaml", "order-ok"))
         status = (await client.wait("order-ok", timeout=60)).status
         assert status is not None and status.state == WorkflowState.COMPLETED, status.error
         assert status.output == {"payment": "p-A-1001", "tracking": "t-A-1001"}
@@ -53,11 +31,11 @@ async def test_order_saga_ships_through_plain_nats_services(
 
 async def test_order_saga_compensates_newest_first_when_shipping_fails(
         engine: object, client: NatsflowClient, nc: Client, settings: NatsSettings) -> None:
-    shop_mod = _shop_module()
+    shop_mod = load_example("shop.py")
     shop = shop_mod.Shop()
     service = await shop_mod.serve_shop(nc, shop)
     try:
-        await client.create(_example("order-saga.yaml", "order-bad", address=""))
+        await client.create(example_workflow("order-saga.yaml", "order-bad", address=""))
         status = (await client.wait("order-bad", timeout=60)).status
         assert status is not None and status.state == WorkflowState.FAILED
         assert status.error is not None and status.error.step == "ship"
@@ -83,7 +61,7 @@ async def test_document_pipeline_maps_pages_waits_for_approval_and_publishes(
 
     sub = await nc.subscribe("docs.published.contract-42", cb=on_published)
     try:
-        await client.create(_example("document-pipeline.yaml", "doc-1"))
+        await client.create(example_workflow("document-pipeline.yaml", "doc-1"))
 
         async def waiting() -> bool:
             status = (await client.get("doc-1")).status

@@ -10,18 +10,15 @@ from typing import Any, ClassVar, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from pydantic import ValidationError
 
-from contracts.builtins import RESERVED_TASK_PREFIX, is_reserved_task
 from contracts.connect import NatsSettings, connect
 from contracts.consume import PullConsumer
-from contracts.messages import CancelNotice
 from contracts.publish import AckedPublisher, AsyncPublisher
-from contracts.streams import TASK_ACK_WAIT, Topology, ensure_consumer, ensure_stream
-from contracts.subjects import TASK_TYPE_RE, Subjects
+from contracts.streams import TASK_ACK_WAIT, Topology
+from contracts.subjects import Subjects
 
-from ._execute import RunningAttempts, execute_delivery
 from ._handler import HandlerFn, TaskHandler
+from ._serving import MAX_TASK_DELIVERIES, TaskServing, check_limits, check_new_task_type
 from ._slots import SlotPool
 
 __all__ = ["Worker"]
@@ -38,8 +35,6 @@ FETCH_TIMEOUT = 1.0
 ERROR_PAUSE = 0.5
 #: Seconds a graceful stop lets running handlers finish before cancelling them.
 STOP_GRACE = 10.0
-#: Deliveries of one task without a result before it is dead-lettered (a poison task).
-MAX_TASK_DELIVERIES = 10
 
 
 class Worker:
@@ -77,10 +72,7 @@ class Worker:
                  max_deliveries: int = MAX_TASK_DELIVERIES) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if ack_wait <= 0:
-            raise ValueError("ack_wait must be positive")
-        if max_deliveries < 1:
-            raise ValueError("max_deliveries must be at least 1")
+        check_limits(ack_wait=ack_wait, max_deliveries=max_deliveries)
         self.concurrency = concurrency
         self.ack_wait = ack_wait
         self.max_deliveries = max_deliveries
@@ -105,13 +97,7 @@ class Worker:
                 built-in steps) or already registered.
             TypeError: the handler is not an async function of ``(ctx, input)``.
         """
-        if not TASK_TYPE_RE.match(task_type):
-            raise ValueError(f"invalid task type {task_type!r}")
-        if is_reserved_task(task_type) and not self._serves_reserved:
-            raise ValueError(f"task type {task_type!r} is reserved: task types starting with "
-                             f"{RESERVED_TASK_PREFIX!r} are natsflow's built-in steps")
-        if task_type in self._handlers:
-            raise ValueError(f"task type {task_type!r} is already registered")
+        check_new_task_type(task_type, self._handlers, reserved_ok=self._serves_reserved)
 
         def register(fn: F) -> F:
             self._handlers[task_type] = TaskHandler.of(task_type, fn)
@@ -149,10 +135,10 @@ class Worker:
             raise ValueError("no task types registered")
         client = nc if nc is not None else await connect(settings, name=self.name)
         try:
-            session = _Session(client, Topology(settings.subjects, replicas=replicas,
-                                                task_ack_wait=self.ack_wait),
-                               dict(self._handlers), concurrency=self.concurrency,
-                               max_deliveries=self.max_deliveries)
+            serving = TaskServing(Topology(settings.subjects, replicas=replicas,
+                                           task_ack_wait=self.ack_wait),
+                                  dict(self._handlers), max_deliveries=self.max_deliveries)
+            session = _Session(client, serving, concurrency=self.concurrency)
             try:
                 await session.start()
             except BaseException:
@@ -170,20 +156,17 @@ class Worker:
 class _Session:
     """One period of serving, on one connection."""
 
-    def __init__(self, nc: Client, topology: Topology, handlers: dict[str, TaskHandler], *,
-                 concurrency: int, max_deliveries: int) -> None:
-        self._max_deliveries = max_deliveries
+    def __init__(self, nc: Client, serving: TaskServing, *, concurrency: int) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         # Results, progress and dead letters: pipelined publishing, one ack each.
         self._publisher = AsyncPublisher(nc)
         self._reports = AckedPublisher(self._publisher)
-        self._topology = topology
-        self._handlers = handlers
+        self._serving = serving
+        self._handlers = serving.handlers
         self._slots = SlotPool(concurrency)
         # A fair share per type, so an idle type's pending fetch cannot hog every slot.
-        self._batch = max(1, min(MAX_FETCH_BATCH, concurrency // len(handlers)))
-        self._running = RunningAttempts()
+        self._batch = max(1, min(MAX_FETCH_BATCH, concurrency // len(self._handlers)))
         self._deliveries: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._subs: list[Any] = []
@@ -191,7 +174,7 @@ class _Session:
 
     @property
     def _subjects(self) -> Subjects:
-        return self._topology.subjects
+        return self._serving.subjects
 
     async def start(self) -> None:
         await self._declare()
@@ -208,14 +191,7 @@ class _Session:
         log.info("serving %s", ", ".join(self._handlers))
 
     async def _declare(self) -> None:
-        # Created if missing, never changed: the orchestrator owns their configs.
-        await ensure_stream(self._js, self._topology.tasks())
-        # Malformed tasks are dead-lettered here; without the stream they would loop.
-        await ensure_stream(self._js, self._topology.dlq())
-        for task_type in self._handlers:
-            await ensure_consumer(self._js, self._subjects.tasks_stream,
-                                  self._topology.worker_consumer(task_type),
-                                  heartbeat=self._topology.task_ack_wait / 3)
+        await self._serving.declare(self._js)
 
     async def stop(self, *, grace: float) -> None:
         self._stopping = True
@@ -270,10 +246,8 @@ class _Session:
             log.debug("re-declaring the tasks stream failed", exc_info=True)
 
     def _spawn(self, handler: TaskHandler, msg: Msg) -> None:
-        task = asyncio.create_task(execute_delivery(
-            msg, handler, js=self._reports, blobs=self._js, subjects=self._subjects,
-            running=self._running, ack_wait=self._topology.task_ack_wait,
-            max_deliveries=self._max_deliveries))
+        task = asyncio.create_task(self._serving.deliver(msg, handler, js=self._reports,
+                                                         blobs=self._js))
         self._deliveries.add(task)
         task.add_done_callback(self._delivery_done)
 
@@ -284,14 +258,7 @@ class _Session:
             log.error("task delivery crashed", exc_info=task.exception())
 
     async def _on_cancel(self, msg: Msg) -> None:
-        try:
-            notice = CancelNotice.model_validate_json(msg.data)
-        except ValidationError:
-            log.warning("ignoring malformed cancel notice on %s", msg.subject)
-            return
-        if self._running.cancel(notice):
-            log.info("cancelled %s/%s attempt %d", notice.workflow_id, notice.step_id,
-                     notice.attempt)
+        self._serving.obey_cancel(msg.data, subject=msg.subject)
 
 
 async def _finish(tasks: list[asyncio.Task[None]] | set[asyncio.Task[None]], *,

@@ -77,14 +77,16 @@ class NatsflowClient:
         self.timeout = timeout
 
     async def _call(self, operation: str, body: BaseModel, reply: type[_R], *,
-                    trace: TraceContext | None = None) -> _R:
+                    trace: TraceContext | None = None, timeout: float | None = None) -> _R:
+        # Per call, never on self: one client serves every request of a gateway.
+        timeout = self.timeout if timeout is None else timeout
         if not self.nc.is_connected:
             raise Unavailable("not connected to NATS")
         # The current span's context when tracing is on, else the one handed in.
         headers = inject({}, trace) or None
         try:
             msg = await self.nc.request(self.subjects.api(operation),
-                                        body.model_dump_json().encode(), timeout=self.timeout,
+                                        body.model_dump_json().encode(), timeout=timeout,
                                         headers=headers)
         except nats.errors.NoRespondersError:
             raise Unavailable("no orchestrator is running") from None
@@ -92,7 +94,7 @@ class NatsflowClient:
             raise PayloadTooLarge(f"{operation} request is larger than the NATS server's "
                                   f"max_payload ({self.nc.max_payload} bytes)") from None
         except nats.errors.TimeoutError:
-            raise EngineTimeout(f"no answer to {operation} within {self.timeout}s") from None
+            raise EngineTimeout(f"no answer to {operation} within {timeout}s") from None
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.OutboundBufferLimitError) as exc:
             raise Unavailable(f"NATS connection lost: {exc}") from None
@@ -170,20 +172,22 @@ class NatsflowClient:
         return await self._call("workflow.list", req, WorkflowList)
 
     async def bulk(self, operation: str, *, dry_run: bool = False,
-                   max_workflows: int = 10_000, **filters: Any) -> BulkResult:
+                   max_workflows: int = 10_000, all_workflows: bool = False,
+                   **filters: Any) -> BulkResult:
         """Stop, pause, resume or retry every workflow the filters select (index service).
 
-        ``dry_run`` only reports the matches. Waits up to a minute (or the client timeout,
-        if longer) for the operations to be sent.
+        ``dry_run`` only reports the matches. With no filter at all, ``all_workflows``
+        must say that every workflow is meant. Waits up to a minute (or the client
+        timeout, if longer) for the operations to be sent.
+
+        Raises:
+            ValidationFailed: no filter and not ``all_workflows``, or both.
         """
         req = BulkRequest.model_validate({
             "operation": operation, "dry_run": dry_run, "max_workflows": max_workflows,
-            "filter": ListWorkflowsRequest.model_validate(filters)})
-        saved, self.timeout = self.timeout, max(self.timeout, 60.0)
-        try:
-            return await self._call("workflow.bulk", req, BulkResult)
-        finally:
-            self.timeout = saved
+            "all": all_workflows, "filter": ListWorkflowsRequest.model_validate(filters)})
+        return await self._call("workflow.bulk", req, BulkResult,
+                                timeout=max(self.timeout, 60.0))
 
     async def pause(self, workflow_id: str) -> WorkflowReply:
         """Pause a running workflow: nothing new starts, timers wait (409 otherwise)."""

@@ -275,7 +275,11 @@ class WorkflowList(BaseModel):
 
 
 class BulkRequest(BaseModel):
-    """``workflow.bulk``: apply one operation to every workflow a filter selects."""
+    """``workflow.bulk``: apply one operation to every workflow a filter selects.
+
+    A filter that selects nothing in particular is refused unless ``all`` says that
+    every workflow is meant: a body lost on the way must not mean "everything".
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -283,9 +287,24 @@ class BulkRequest(BaseModel):
     filter: ListWorkflowsRequest = Field(default_factory=ListWorkflowsRequest,
                                          description="Which workflows (cursor and limit "
                                          "are ignored: every match is taken).")
+    all: bool = Field(default=False, description="Every workflow, with no filter: "
+                      "required when `filter` selects on nothing, refused with one.")
     dry_run: bool = Field(default=False, description="Only report what would be touched.")
     max_workflows: int = Field(default=10_000, ge=1, le=100_000,
                                description="Refuse to touch more than this many.")
+
+    @model_validator(mode="after")
+    def _all_is_explicit(self) -> BulkRequest:
+        selects = self.filter.model_dump(exclude_defaults=True,
+                                         exclude={"cursor", "limit"})
+        if not selects and not self.all:
+            raise ValidationFailed(
+                'the filter selects every workflow: give a filter, or "all": true to '
+                f"{self.operation} every workflow", field="all")
+        if selects and self.all:
+            raise ValidationFailed(f'"all": true with a filter ({", ".join(selects)}): '
+                                   "give one or the other", field="all")
+        return self
 
 
 class BulkResult(BaseModel):

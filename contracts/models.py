@@ -23,6 +23,7 @@ from .errors import STEP_TAGS, ErrorInfo, InvalidGraph
 from .expr import check_expression, check_template
 from .schema import check_schema, validate_instance
 from .subjects import TASK_TYPE_RE, TOKEN_RE
+from .untrusted import check_json_value
 
 __all__ = [
     "EVENT_TERMINAL",
@@ -495,6 +496,16 @@ class WorkflowConfig(BaseModel):
     webhooks: list[Webhook] = Field(
         default_factory=list, max_length=MAX_WEBHOOKS, exclude_if=lambda hooks: not hooks,
         description="URLs to POST the workflow's status events to (docs/webhooks.md).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_json(cls, data: Any, info: ValidationInfo) -> Any:
+        # Before the fields are read: a NaN would become null and a deep value would
+        # fail where it is serialized. Whatever the entry point (a submit too).
+        ctx = info.context if isinstance(info.context, dict) else {}
+        if isinstance(data, dict) and not ctx.get(TRUSTED):
+            check_json_value(data)
+        return data
 
     @field_validator("steps")
     @classmethod

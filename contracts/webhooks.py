@@ -109,9 +109,12 @@ def verify_signature(secret: str, timestamp: str, body: bytes, header: str, *,
             return False
         if abs((time.time() if now is None else now) - sent) > tolerance:
             return False
-    expected = _digest(secret, timestamp, body)
+    expected = _digest(secret, timestamp, body).encode()
     for part in header.split(","):
         scheme, _, value = part.strip().partition("=")
-        if scheme == _SCHEME and hmac.compare_digest(value, expected):
+        # As bytes: compare_digest refuses a str that is not ASCII (TypeError), and
+        # a header is whatever the sender put there (even a lone surrogate).
+        got = value.encode("utf-8", "surrogatepass")
+        if scheme == _SCHEME and hmac.compare_digest(got, expected):
             return True
     return False

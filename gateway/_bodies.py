@@ -9,22 +9,27 @@ orchestrator's, which answers them with the same codes.
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
-import yaml
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from contracts.definitions import RunDefinition
-from contracts.errors import InvalidRequest, PayloadTooLarge, validation_failed
+from contracts.errors import (
+    FieldError,
+    InvalidRequest,
+    PayloadTooLarge,
+    ValidationFailed,
+    validation_failed,
+)
 from contracts.messages import BatchConfig
 from contracts.models import WorkflowConfig
+from contracts.untrusted import load_json, load_yaml
 
 _M = TypeVar("_M", bound=BaseModel)
 
 __all__ = ["read_batch_config", "read_body", "read_create_body", "read_json",
-           "read_model", "read_workflow_config", "read_yaml_or_json"]
+           "read_model", "read_object", "read_workflow_config", "read_yaml_or_json"]
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
@@ -57,6 +62,7 @@ async def read_json(request: Request, *, limit: int, optional: bool = False) -> 
     Raises:
         PayloadTooLarge: the body (or its announced Content-Length) is over ``limit``.
         InvalidRequest: the body is empty or not JSON.
+        ValidationFailed: a number is not finite or the nesting is too deep.
     """
     raw = await read_body(request, limit=limit)
     if not raw.strip():
@@ -64,6 +70,38 @@ async def read_json(request: Request, *, limit: int, optional: bool = False) -> 
             return None
         raise InvalidRequest("request body is empty; expected a JSON object")
     return read_yaml_or_json(raw, "application/json")
+
+
+async def read_object(request: Request, *, limit: int) -> dict[str, Any]:
+    """An optional JSON object body: ``{}`` when empty, else an object.
+
+    Anything else (``[]``, ``null``, ``0``, ``false``, a string) is refused rather
+    than taken for "no options": a bulk stop with a mangled body must not stop every
+    workflow.
+
+    Raises:
+        PayloadTooLarge, InvalidRequest: as :func:`read_json`.
+        ValidationFailed: the body is not a JSON object (or as :func:`read_json`).
+    """
+    raw = await read_body(request, limit=limit)
+    if not raw.strip():
+        return {}
+    data = read_yaml_or_json(raw, "application/json")
+    if not isinstance(data, dict):
+        message = f"the body must be a JSON object (or empty), not {_json_type(data)}"
+        raise ValidationFailed(f"(body): {message}", field="(body)", errors=[
+            FieldError(loc="(body)", message=message, type="dict_type")])
+    return data
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, list):
+        return "an array"
+    return "a string" if isinstance(value, str) else "a number"
 
 
 def read_create_body(data: Any) -> WorkflowConfig | RunDefinition:
@@ -77,17 +115,16 @@ def read_create_body(data: Any) -> WorkflowConfig | RunDefinition:
 
 
 def read_yaml_or_json(raw: bytes, content_type: str) -> Any:
-    """A body in YAML (``application/yaml``, ``text/yaml``) or JSON."""
+    """A body in YAML (``application/yaml``, ``text/yaml``; no aliases) or JSON.
+
+    Raises:
+        InvalidRequest: the body does not parse (or uses a YAML alias).
+        ValidationFailed: a number is not finite or the nesting is too deep (see
+            :mod:`contracts.untrusted`); nothing has been serialized yet.
+    """
     if "yaml" in content_type:
-        try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise InvalidRequest(f"request body is not valid YAML: {exc}") from None
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError and UnicodeDecodeError.
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        return load_yaml(raw)
+    return load_json(raw)
 
 
 def read_model(model: type[_M], data: Any) -> _M:

@@ -37,7 +37,7 @@ def add_definition_routes(app: FastAPI, link: NatsLink) -> None:
                  "application/yaml": {"schema": {"type": "string"}}}}},
              responses={200: {"model": Definition,
                               "description": "Identical to the latest version: unchanged."},
-                        **problem_responses(400, 413, 422, 503)})
+                        **problem_responses(400, 413, 503)})
     async def put_definition(name: _Name, request: Request) -> Response:
         """Validate a WorkflowConfig (without `id`; JSON or YAML) and store it as the next
         immutable version of `name`. 201 with the new version, or 200 with the latest when
@@ -60,14 +60,14 @@ def add_definition_routes(app: FastAPI, link: NatsLink) -> None:
 
     @app.get("/definitions/{name}", response_model=DefinitionInfo,
              summary="A definition: latest version and versions", tags=["definitions"],
-             responses=problem_responses(404, 422, 503))
+             responses=problem_responses(400, 404, 503))
     async def get_definition(name: _Name) -> Response:
         """The latest version in full and the list of all versions."""
         return _json(await link.client().get_definition(name), 200)
 
     @app.get("/definitions/{name}/versions/{version}", response_model=Definition,
              summary="One version of a definition", tags=["definitions"],
-             responses=problem_responses(404, 422, 503))
+             responses=problem_responses(400, 404, 503))
     async def get_definition_version(
             name: _Name, version: Annotated[int, Path(ge=1, description="Version.")]
     ) -> Response:

@@ -106,7 +106,7 @@ def add_event_routes(app: FastAPI, link: NatsLink, *,
 
     @app.get("/workflows/{workflow_id}/events", response_class=StreamingResponse,
              summary="A workflow's events, replayed then live (SSE)", tags=["workflows"],
-             responses={**sse_response, **problem_responses(404, 422, 503)})
+             responses={**sse_response, **problem_responses(400, 404, 503)})
     async def workflow_events(
         workflow_id: _WorkflowId,
         last_event_id: _LastEventId = None,
@@ -132,7 +132,7 @@ def add_event_routes(app: FastAPI, link: NatsLink, *,
 
     @app.get("/events", response_class=StreamingResponse,
              summary="Every workflow's events matching a filter, live (SSE)",
-             tags=["workflows"], responses={**sse_response, **problem_responses(422, 503)})
+             tags=["workflows"], responses={**sse_response, **problem_responses(400, 503)})
     async def all_events(
         subject: Annotated[str, Query(max_length=512, description=(
             "Filter over `<workflow_id>.<kind>.<what>`: tokens, `*` and a final `>`, "

@@ -52,6 +52,7 @@ __all__ = [
     "install_problem_handlers",
     "problem_response",
     "problem_responses",
+    "replace_validation_responses",
 ]
 
 PROBLEM_JSON: Final = "application/problem+json"
@@ -72,10 +73,12 @@ class HttpMapping:
 #: the error class hierarchy (see :func:`http_mapping`).
 HTTP_BY_CODE: Final[Mapping[str, HttpMapping]] = {
     InvalidRequest.code: HttpMapping(400, "Invalid request"),
-    ValidationFailed.code: HttpMapping(422, "Validation failed"),
-    InvalidGraph.code: HttpMapping(422, "Invalid workflow graph"),
-    ExpressionError.code: HttpMapping(422, "Invalid expression"),
-    SchemaMismatch.code: HttpMapping(422, "Does not match its JSON Schema"),
+    # Every invalid request is a 400, as in the REST contract natsflow grew from; the
+    # code (and `errors`) says what was wrong.
+    ValidationFailed.code: HttpMapping(400, "Validation failed"),
+    InvalidGraph.code: HttpMapping(400, "Invalid workflow graph"),
+    ExpressionError.code: HttpMapping(400, "Invalid expression"),
+    SchemaMismatch.code: HttpMapping(400, "Does not match its JSON Schema"),
     PayloadTooLarge.code: HttpMapping(413, "Payload too large"),
     NotFound.code: HttpMapping(404, "Not found"),
     WorkflowNotFound.code: HttpMapping(404, "Workflow not found"),
@@ -149,8 +152,8 @@ def problem_response(problem: Problem, *, retry_after: int | None = None,
 def _problem_of(err: NatsflowError, instance: str) -> tuple[Problem, HttpMapping]:
     mapping = http_mapping(err)
     errors = err.errors
-    if errors is None and err.field is not None and mapping.status == 422:
-        # Every 422 lists its fields, so clients read one member whatever the cause.
+    if errors is None and err.field is not None and mapping.status == 400:
+        # Every 400 lists its fields, so clients read one member whatever the cause.
         errors = [FieldError(loc=err.field, message=err.message, type=err.code)]
     problem = Problem(
         type=PROBLEM_TYPE_PREFIX + err.code,
@@ -178,6 +181,26 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+def replace_validation_responses(schema: dict[str, Any]) -> None:
+    """Make an OpenAPI document say what the gateway answers to an invalid request.
+
+    FastAPI documents a ``422`` with its own ``HTTPValidationError`` body on every
+    operation that takes parameters; the gateway answers those errors ``400`` with a
+    problem document (:func:`install_problem_handlers`), so that is what is declared.
+    """
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", {
+                    "description": HTTPStatus(400).phrase,
+                    "content": {PROBLEM_JSON: {
+                        "schema": {"$ref": "#/components/schemas/Problem"}}}})
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
 
 
 async def _on_natsflow_error(request: Request, exc: Exception) -> JSONResponse:

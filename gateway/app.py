@@ -38,12 +38,16 @@ from contracts.messages import (
 from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowState, WorkflowStatus
 
 from ._asyncapi import add_asyncapi_routes
-from ._bodies import read_batch_config, read_create_body, read_json, read_model
+from ._bodies import read_batch_config, read_create_body, read_json, read_model, read_object
 from ._definitions import add_definition_routes
 from ._events import HEARTBEAT_SECONDS, add_event_routes
 from ._link import NatsLink
 from ._metrics import install_metrics
-from ._problems import install_problem_handlers, problem_responses
+from ._problems import (
+    install_problem_handlers,
+    problem_responses,
+    replace_validation_responses,
+)
 from ._tracing import install_tracing, request_trace
 
 __all__ = ["Accepted", "Health", "create_app", "serve"]
@@ -91,6 +95,7 @@ class _Gateway(FastAPI):
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name, definition in defs.get("$defs", {}).items():
             components.setdefault(name, definition)
+        replace_validation_responses(schema)
         return schema
 
 
@@ -164,7 +169,7 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         responses={
             200: {"model": WorkflowStatus,
                   "description": "It already existed (same id or Idempotency-Key)."},
-            **problem_responses(400, 409, 413, 422, 503),
+            **problem_responses(400, 409, 413, 503),
         },
     )
     async def create_workflow(
@@ -194,7 +199,7 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         return _answer(reply, 202 if reply.created else 200, location=location)
 
     @app.get("/workflows", response_model=WorkflowList, summary="List workflows",
-             tags=["workflows"], responses=problem_responses(422, 503))
+             tags=["workflows"], responses=problem_responses(400, 503))
     async def list_workflows(
         state: Annotated[list[WorkflowState] | None, Query(
             description="Any of these states (repeat the parameter).")] = None,
@@ -224,44 +229,46 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
 
     @app.post("/workflows/bulk/{operation}", response_model=BulkResult,
               summary="Stop, pause, resume or retry every workflow a filter selects",
-              tags=["workflows"], responses=problem_responses(413, 422, 503))
+              tags=["workflows"], responses=problem_responses(400, 413, 503))
     async def bulk_operation(
             operation: Annotated[str, Path(pattern="^(stop|pause|resume|retry)$")],
             request: Request) -> Response:
-        """Body: `{"filter": {...list filters...}, "dry_run": true}` (all optional). A dry
-        run reports what would be touched; otherwise each selected workflow gets the
-        operation, and the answer counts what was done and what was refused (by code)."""
-        body = await read_json(request, limit=64 * 1024, optional=True) or {}
+        """Body: `{"filter": {...list filters...}, "dry_run": true}`, or `{"all": true}`
+        for every workflow: a body with neither is refused (400). A dry run reports what
+        would be touched; otherwise each selected workflow gets the operation, and the
+        answer counts what was done and what was refused (by code)."""
+        body = await read_object(request, limit=64 * 1024)
         req = read_model(BulkRequest, {**body, "operation": operation})
         result = await link.client().bulk(
             req.operation, dry_run=req.dry_run, max_workflows=req.max_workflows,
+            all_workflows=req.all,
             **req.filter.model_dump(exclude_none=True, exclude={"cursor", "limit"}))
         return Response(result.model_dump_json(), media_type=_JSON)
 
     @app.get("/workflows/{workflow_id}", response_model=WorkflowStatus,
              summary="A workflow's status", tags=["workflows"],
-             responses=problem_responses(404, 422, 503))
+             responses=problem_responses(400, 404, 503))
     async def get_workflow(workflow_id: _WorkflowId) -> Response:
         """Where the workflow and each of its steps stand."""
         return _answer(await link.client().get(workflow_id), 200)
 
     @app.post("/workflows/{workflow_id}/start", response_model=WorkflowStatus,
               summary="Start a created workflow", tags=["workflows"],
-              responses=problem_responses(404, 409, 422, 503))
+              responses=problem_responses(400, 404, 409, 503))
     async def start_workflow(workflow_id: _WorkflowId) -> Response:
         """Start a workflow created with `start: false`; a no-op when already started."""
         return _answer(await link.client().start(workflow_id), 200)
 
     @app.post("/workflows/{workflow_id}/stop", status_code=202, response_model=WorkflowStatus,
               summary="Stop a workflow", tags=["workflows"],
-              responses=problem_responses(404, 409, 422, 503))
+              responses=problem_responses(400, 404, 409, 503))
     async def stop_workflow(workflow_id: _WorkflowId) -> Response:
         """Cancel running steps; the workflow ends `stopped`. 409 if already finished."""
         return _answer(await link.client().stop(workflow_id), 202)
 
     @app.post("/workflows/{workflow_id}/signals/{name}", status_code=202,
               response_model=WorkflowStatus, summary="Send a signal", tags=["workflows"],
-              responses=problem_responses(404, 409, 413, 422, 503))
+              responses=problem_responses(400, 404, 409, 413, 503))
     async def signal_workflow(workflow_id: _WorkflowId, name: _SignalName,
                               request: Request) -> Response:
         """Deliver the signal `name`; the JSON body (optional) is its payload.
@@ -274,7 +281,7 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
 
     @app.post("/workflows/{workflow_id}/pause", response_model=WorkflowStatus,
               summary="Pause a running workflow", tags=["workflows"],
-              responses=problem_responses(404, 409, 422, 503))
+              responses=problem_responses(400, 404, 409, 503))
     async def pause_workflow(workflow_id: _WorkflowId) -> Response:
         """Nothing new is dispatched and timers wait until resumed; running steps may
         finish and their results are kept. 409 unless running (or already paused)."""
@@ -282,30 +289,30 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
 
     @app.post("/workflows/{workflow_id}/resume", response_model=WorkflowStatus,
               summary="Resume a paused workflow", tags=["workflows"],
-              responses=problem_responses(404, 409, 422, 503))
+              responses=problem_responses(400, 404, 409, 503))
     async def resume_workflow(workflow_id: _WorkflowId) -> Response:
         """Carry on; timers that came due while paused fire now. 409 unless paused."""
         return _answer(await link.client().resume(workflow_id), 200)
 
     @app.post("/workflows/{workflow_id}/retry", status_code=202,
               response_model=WorkflowStatus, summary="Retry a failed or stopped workflow",
-              tags=["workflows"], responses=problem_responses(404, 409, 413, 422, 503))
+              tags=["workflows"], responses=problem_responses(400, 404, 409, 413, 503))
     async def retry_workflow(workflow_id: _WorkflowId, request: Request) -> Response:
         """Run it again from its unfinished steps, keeping the outputs of those that
         succeeded. Optional body `{"inputs": {"<step>": {...}}}` replaces retried steps'
         inputs. 409 unless failed or stopped (or when it was compensated)."""
-        body = await read_json(request, limit=MAX_CONFIG_BYTES, optional=True) or {}
+        body = await read_object(request, limit=MAX_CONFIG_BYTES)
         req = read_model(RetryRequest, {**body, "id": workflow_id})
         return _answer(await link.client().retry(workflow_id, inputs=req.inputs), 202)
 
     @app.post("/workflows/{workflow_id}/rerun", status_code=202,
               response_model=WorkflowStatus, summary="Run a workflow again as a new one",
-              tags=["workflows"], responses=problem_responses(404, 413, 422, 503))
+              tags=["workflows"], responses=problem_responses(400, 404, 413, 503))
     async def rerun_workflow(workflow_id: _WorkflowId, request: Request) -> Response:
         """A new workflow from the same config and input. Optional body: `input` (a new
         input), `from_step` (only that step and those after it run; the others reuse
         their outputs), `new_id`. 202 with the new workflow and its `Location`."""
-        body = await read_json(request, limit=MAX_CONFIG_BYTES, optional=True) or {}
+        body = await read_object(request, limit=MAX_CONFIG_BYTES)
         req = read_model(RerunRequest, {**body, "id": workflow_id})
         reply = await link.client().rerun(workflow_id, input=req.input,
                                           from_step=req.from_step, new_id=req.new_id,
@@ -323,7 +330,7 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         summary="Run a workflow template once per input", tags=["batches"],
         openapi_extra=_json_body(BatchConfig),
         responses={200: {"model": BatchStatus, "description": "It already existed."},
-                   **problem_responses(400, 409, 413, 422, 503)},
+                   **problem_responses(400, 409, 413, 503)},
     )
     async def create_batch(request: Request) -> Response:
         """Create and start a batch: at most `max_concurrency` members run at a time."""
@@ -334,14 +341,14 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
 
     @app.get("/batches/{batch_id}", response_model=BatchStatus,
              summary="A batch's status", tags=["batches"],
-             responses=problem_responses(404, 422, 503))
+             responses=problem_responses(400, 404, 503))
     async def get_batch(batch_id: _BatchId) -> Response:
         """Counts per state and every member workflow."""
         return _answer(await link.client().get_batch(batch_id), 200)
 
     @app.post("/batches/{batch_id}/stop", status_code=202, response_model=BatchStatus,
               summary="Stop a batch", tags=["batches"],
-              responses=problem_responses(404, 409, 422, 503))
+              responses=problem_responses(400, 404, 409, 503))
     async def stop_batch(batch_id: _BatchId) -> Response:
         """Start no more members and stop the running ones."""
         return _answer(await link.client().stop_batch(batch_id), 202)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
-from contracts.errors import InvalidRequest
+from contracts.errors import InvalidRequest, ValidationFailed
 from contracts.errors import validation_failed as errors_of
 from contracts.messages import ListWorkflowsRequest, WorkflowList, WorkflowReply
 from contracts.models import WorkflowState, WorkflowStatus
@@ -142,19 +142,28 @@ def register_control_commands(app: typer.Typer) -> None:
         batch: Annotated[str | None, typer.Option(help="Only this batch's members.")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be "
                                               "touched.")] = False,
+        all_workflows: Annotated[bool, typer.Option(
+            "--all", help="Every workflow: required without a filter.")] = False,
         as_json: _JsonOpt = False, *, settings: NatsSettings,
     ) -> None:
-        """Apply an operation to every workflow the filters select (see --dry-run)."""
+        """Apply an operation to every workflow the filters select (see --dry-run).
+
+        Without a filter nothing is touched unless --all says every workflow is meant.
+        """
         from ._cli_workflows import nats_client
 
         if operation not in ("stop", "pause", "resume", "retry"):
             fail(InvalidRequest(f"unknown operation {operation!r}", field="operation"))
         labels = _labels(label)
+        if not (state or name or labels or batch or all_workflows):
+            fail(ValidationFailed(f"no filter: give --state, --name, --label or --batch, "
+                                  f"or --all to {operation} every workflow", field="--all"))
 
         async def _bulk() -> Any:
             async with nats_client(settings) as client:
                 return await client.bulk(operation, dry_run=dry_run, state=state or [],
-                                         name=name, labels=labels, batch_id=batch)
+                                         name=name, labels=labels, batch_id=batch,
+                                         all_workflows=all_workflows)
 
         result = run(_bulk())
         if as_json:

@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import yaml
 from pydantic import ValidationError
 from rich.live import Live
 
@@ -29,6 +28,7 @@ from contracts.errors import (
 from contracts.errors import validation_failed as errors_of
 from contracts.messages import WorkflowReply
 from contracts.models import WORKFLOW_TERMINAL, WorkflowConfig, WorkflowStatus
+from contracts.untrusted import check_json_value, load_yaml
 
 from ._cli_common import console
 from ._cli_render import workflow_view
@@ -78,12 +78,16 @@ def load_mapping(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"cannot read {path}: {exc}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise InvalidRequest(f"{path} is not valid {kind}: {' '.join(str(exc).split())}"
-                             ) from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise InvalidRequest(f"{path} is not valid JSON: {' '.join(str(exc).split())}"
+                                 ) from None
+        check_json_value(data)
+    else:
+        # No aliases: a short file could otherwise expand without bound.
+        data = load_yaml(text, source=str(path))
     if not isinstance(data, dict):
         raise InvalidRequest(f"{path} must hold a mapping (a workflow config)")
     return data

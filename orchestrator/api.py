@@ -68,6 +68,7 @@ from contracts.models import (
 from contracts.publish import AsyncPublisher
 from contracts.subjects import TOKEN_RE, Subjects
 from contracts.tracing import TraceContext, extract, forward, span
+from contracts.untrusted import check_json_bytes
 
 from .definitions import DefinitionStore
 from .records import (
@@ -185,6 +186,9 @@ class Api:
 
         async def answer(req: Request) -> None:
             try:
+                # NaN would be stored as null, a deep value fail where it is serialized:
+                # refused for every operation, before its model reads the request.
+                check_json_bytes(req.data)
                 reply = await fn(req.data)
             except ValidationError as exc:
                 await self._respond_error(req, validation_failed(exc))

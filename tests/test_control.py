@@ -132,6 +132,6 @@ async def test_the_gateway_answers_control_operations_and_refuses_with_409(
     again = await http.post("/workflows/g1/rerun", json={"new_id": "g2"})
     assert again.status_code == 202 and again.headers["location"] == "/workflows/g2"
     bad = await http.post("/workflows/g1/retry", json={"inputs": "nope"})
-    assert bad.status_code == 422
+    assert bad.status_code == 400
     missing = await http.post("/workflows/nope/resume")
     assert missing.status_code == 404

@@ -125,11 +125,11 @@ async def test_silent_orchestrator_is_an_engine_timeout(settings: NatsSettings,
                      "a", "steps.0.input", id="reference-to-non-dependency"),
     ],
 )
-async def test_invalid_graph_is_422_naming_step_and_field(
+async def test_invalid_graph_is_400_naming_step_and_field(
         http: httpx.AsyncClient, steps: list[dict[str, Any]], step: str | None,
         field: str) -> None:
     resp = await http.post("/workflows", json=_config(steps=steps))
-    body = _assert_problem(resp, 422, "invalid-graph")
+    body = _assert_problem(resp, 400, "invalid-graph")
     assert body.get("step") == step
     assert body["field"] == field
     assert [e["loc"] for e in body["errors"]] == [field]
@@ -149,18 +149,18 @@ async def test_invalid_graph_is_422_naming_step_and_field(
                      id="webhook-url"),
     ],
 )
-async def test_wrong_fields_are_422_naming_each_field(
+async def test_wrong_fields_are_400_naming_each_field(
         http: httpx.AsyncClient, patch: dict[str, Any], locs: list[str]) -> None:
     resp = await http.post("/workflows", json=_config(**patch))
-    body = _assert_problem(resp, 422, "validation-failed")
+    body = _assert_problem(resp, 400, "validation-failed")
     assert [e["loc"] for e in body["errors"]] == locs
     assert all(e["message"] and e["type"] for e in body["errors"])
     assert body["field"] == locs[0]
     assert body["detail"].startswith(f"{locs[0]}: ")
 
 
-async def test_body_that_is_not_an_object_is_422(http: httpx.AsyncClient) -> None:
-    body = _assert_problem(await http.post("/workflows", json=[1, 2]), 422,
+async def test_body_that_is_not_an_object_is_400(http: httpx.AsyncClient) -> None:
+    body = _assert_problem(await http.post("/workflows", json=[1, 2]), 400,
                            "validation-failed")
     assert body["errors"][0]["loc"] == "(body)"
 
@@ -206,11 +206,11 @@ async def test_batches_accept_larger_bodies_up_to_their_own_limit(
 async def test_batch_fields_are_checked_by_the_gateway(http: httpx.AsyncClient) -> None:
     template = {"name": "b", "steps": [{"id": "a", "task": "t"}]}
     resp = await http.post("/batches", json={"workflow": template, "inputs": []})
-    body = _assert_problem(resp, 422, "validation-failed")
+    body = _assert_problem(resp, 400, "validation-failed")
     assert [e["loc"] for e in body["errors"]] == ["inputs"]
     resp = await http.post("/batches", json={"workflow": template, "inputs": [{}],
                                              "max_concurrency": 0})
-    body = _assert_problem(resp, 422, "validation-failed")
+    body = _assert_problem(resp, 400, "validation-failed")
     assert body["field"] == "max_concurrency"
 
 
@@ -230,13 +230,13 @@ async def test_batch_over_the_nats_max_payload_is_413(tmp_path: Path, prefix: st
     assert "max_payload" in body["detail"]
 
 
-async def test_bad_path_and_header_values_are_422(http: httpx.AsyncClient) -> None:
-    body = _assert_problem(await http.get("/workflows/" + "x" * 129), 422,
+async def test_bad_path_and_header_values_are_400(http: httpx.AsyncClient) -> None:
+    body = _assert_problem(await http.get("/workflows/" + "x" * 129), 400,
                            "validation-failed")
     assert body["errors"][0]["loc"] == "path.workflow_id"
     resp = await http.post("/workflows", json=_config(),
                            headers={"Idempotency-Key": "k" * 257})
-    body = _assert_problem(resp, 422, "validation-failed")
+    body = _assert_problem(resp, 400, "validation-failed")
     assert body["errors"][0]["loc"] == "header.idempotency-key"
 
 
@@ -280,8 +280,9 @@ async def test_openapi_documents_paths_bodies_and_problems(http: httpx.AsyncClie
         {"$ref": "#/components/schemas/WorkflowConfig"},
         {"$ref": "#/components/schemas/RunDefinition"}]}
     assert "RunDefinition" in schemas and "/definitions/{name}" in spec["paths"]
-    assert {"200", "202", "409", "413", "422", "503"} <= set(create["responses"])
-    assert PROBLEM in create["responses"]["422"]["content"]
+    assert {"200", "202", "400", "409", "413", "503"} <= set(create["responses"])
+    assert "422" not in create["responses"]
+    assert PROBLEM in create["responses"]["400"]["content"]
     assert any(p["name"] == "idempotency-key" for p in create["parameters"])
     batch = spec["paths"]["/batches"]["post"]
     assert batch["requestBody"]["content"]["application/json"]["schema"] == {
@@ -305,12 +306,12 @@ def test_every_error_code_has_one_http_status() -> None:
     def subclasses(cls: type[NatsflowError]) -> list[type[NatsflowError]]:
         return [cls, *(c for s in cls.__subclasses__() for c in subclasses(s))]
 
-    expected = {"validation-failed": 422, "invalid-graph": 422, "invalid-request": 400,
+    expected = {"validation-failed": 400, "invalid-graph": 400, "invalid-request": 400,
                 "payload-too-large": 413, "workflow-not-found": 404, "batch-not-found": 404,
                 "not-found": 404, "id-conflict": 409, "already-finished": 409,
                 "conflict": 409, "unavailable": 503, "engine-timeout": 503,
                 "too-many-signals": 409, "definition-not-found": 404,
-                "expression-error": 422, "schema-mismatch": 422,
+                "expression-error": 400, "schema-mismatch": 400,
                 "invalid-state": 409, "config-mismatch": 503}
     for cls in subclasses(NatsflowError):
         if cls.__module__ == "contracts.errors" and cls is not NatsflowError:
@@ -346,7 +347,7 @@ async def test_starts_without_nats_and_connects_when_it_appears(
         assert "not connected" in body["detail"]
         _assert_problem(await http.post("/workflows", json=_config()), 503, "unavailable")
         # Client errors are still client errors while NATS is away.
-        _assert_problem(await http.post("/workflows", json=_config(steps=[])), 422,
+        _assert_problem(await http.post("/workflows", json=_config(steps=[])), 400,
                         "invalid-graph")
 
         server = EmbeddedNats(tmp_path, port=port)
@@ -381,7 +382,7 @@ async def test_serve_runs_uvicorn_until_cancelled(settings: NatsSettings) -> Non
 
             await _eventually(ready_problem)
             resp = await http.post("/workflows", content=json.dumps(_config(steps=[])))
-            _assert_problem(resp, 422, "invalid-graph")
+            _assert_problem(resp, 400, "invalid-graph")
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -541,16 +542,16 @@ async def test_batch_runs_every_input_with_bounded_concurrency(
     _assert_problem(await live.post("/batches/batch_1/stop"), 409, "already-finished")
 
 
-async def test_batch_template_graph_is_422_with_batch_locations(
+async def test_batch_template_graph_is_400_with_batch_locations(
         live: httpx.AsyncClient) -> None:
     template = {"name": "b", "steps": [{"id": "a", "task": "t"},
                                        {"id": "b", "task": "t", "depends_on": ["zz"]}]}
     resp = await live.post("/batches", json={"workflow": template, "inputs": [{}]})
-    body = _assert_problem(resp, 422, "invalid-graph")
+    body = _assert_problem(resp, 400, "invalid-graph")
     assert (body["step"], body["field"]) == ("b", "workflow.steps.1.depends_on")
     template = {"name": "b", "steps": [{"id": "a", "task": 7}]}
     resp = await live.post("/batches", json={"workflow": template, "inputs": [{}]})
-    body = _assert_problem(resp, 422, "validation-failed")
+    body = _assert_problem(resp, 400, "validation-failed")
     assert [e["loc"] for e in body["errors"]] == ["workflow.steps.0.task"]
 
 

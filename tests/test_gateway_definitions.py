@@ -71,7 +71,7 @@ async def test_put_yaml_then_json_lists_versions_and_runs_by_name(
 async def test_definition_errors_are_problems_naming_the_field(http: httpx.AsyncClient) -> None:
     bad = await http.put("/definitions/bad", json={"steps": [
         {"id": "a", "task": "demo.echo", "depends_on": ["ghost"]}]})
-    assert bad.status_code == 422 and bad.headers["content-type"] == PROBLEM
+    assert bad.status_code == 400 and bad.headers["content-type"] == PROBLEM
     assert bad.json()["field"] == "config.steps.0.depends_on"
     broken = await http.put("/definitions/bad", content="steps: [",
                             headers={"content-type": "application/yaml"})
@@ -81,4 +81,4 @@ async def test_definition_errors_are_problems_naming_the_field(http: httpx.Async
     unknown_run = await http.post("/workflows", json={"definition": "nothing"})
     assert unknown_run.status_code == 404
     wrong = await http.post("/workflows", json={"definition": "x", "colour": 1})
-    assert wrong.status_code == 422 and wrong.json()["field"] == "colour"
+    assert wrong.status_code == 400 and wrong.json()["field"] == "colour"

@@ -156,7 +156,7 @@ async def test_signals_through_the_gateway_with_and_without_a_body(
     assert missing.status_code == 404
     assert missing.json()["code"] == "workflow-not-found"
     bad_name = await http.post(f"/workflows/{reply.id}/signals/not.a.name")
-    assert bad_name.status_code == 422
+    assert bad_name.status_code == 400
 
 
 async def test_a_signal_sent_before_its_wait_step_starts_is_kept_and_taken_later(

@@ -188,8 +188,8 @@ class EgressPolicy:
             EgressRefused: rule ``scheme``.
         """
         if scheme.lower() not in ALLOWED_SCHEMES:
-            raise EgressRefused(f"{scheme}:// is not http or https; natsflow calls nothing "
-                                "else", details={"host": host, "rule": "scheme"})
+            raise EgressRefused(f"{scheme}://{host} is refused (scheme): natsflow calls "
+                                "only http and https", details={"host": host, "rule": "scheme"})
 
     def host_allowed(self, host: str) -> bool:
         """True when the operator opened this host name: its addresses are not checked

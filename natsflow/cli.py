@@ -160,9 +160,9 @@ def orchestrator(
 @app.command("webhook-secret")
 def webhook_secret_command(
     url: Annotated[str, typer.Argument(help="The webhook's URL, as workflows give it.")],
-    secret: Annotated[str, typer.Option(
+    secret: Annotated[str | None, typer.Option(
         "--webhook-secret", envvar="NATSFLOW_WEBHOOK_SECRET", show_envvar=True,
-        help="The orchestrators' webhook secret.")],
+        help="The orchestrators' webhook secret.")] = None,
 ) -> None:
     """Print the secret a receiver checks signatures with (derived from the orchestrators'
     secret and its URL; see docs/webhooks.md)."""
@@ -171,6 +171,9 @@ def webhook_secret_command(
     from contracts.errors import validation_failed
     from contracts.webhooks import derive_secret
 
+    if not secret:
+        fail(InvalidRequest("give the orchestrators' secret: --webhook-secret or "
+                            "NATSFLOW_WEBHOOK_SECRET", field="--webhook-secret"))
     try:
         print(derive_secret(secret, url))
     except ValidationError as exc:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
+import shlex
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 import uvicorn
 from helpers import read_dead_letters, wait_for
 from nats.aio.client import Client
@@ -504,3 +507,33 @@ def test_natsflow_dev_opens_loopback_for_its_orchestrator(monkeypatch: pytest.Mo
     with pytest.raises(EgressRefused):
         policy.check_addresses("x", [ipaddress.ip_address("10.0.0.1")])
 
+
+
+# -- docs/security.md ---------------------------------------------------------------------
+
+_SECURITY_DOC = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+
+
+def test_the_documented_allowlists_are_what_the_orchestrator_takes() -> None:
+    lines = [shlex.split(line) for block in re.findall(r"^```sh\n(.*?)^```", _SECURITY_DOC,
+                                                       flags=re.S | re.M)
+             for line in block.splitlines()]
+    assert len(lines) == 2
+    command = typer.main.get_command(app).commands["orchestrator"]  # type: ignore[attr-defined]
+    for argv in lines:
+        assert argv[:4] == ["uv", "run", "natsflow", "orchestrator"]
+        params = command.make_context("orchestrator", argv[4:]).params
+        policy = EgressPolicy.parse([params["allow_egress"] or ""],
+                                    [params["allow_subject"] or ""])
+        assert policy.hosts or policy.networks or policy.subjects
+
+
+async def test_the_documented_refusal_is_what_a_step_gets(
+        settings: NatsSettings, client: NatsflowClient, monitor_port: int) -> None:
+    (block,) = re.findall(r"^```json\n(.*?)^```", _SECURITY_DOC, flags=re.S | re.M)
+    shown = json.loads(block.replace("8222", str(monitor_port)))
+    async with _orchestrator(settings):
+        status = await _run(client, "doc", _http_step(f"http://127.0.0.1:{monitor_port}/varz"))
+    err = status.step("call").error
+    assert err is not None
+    assert err.model_dump(exclude_none=True) == shown

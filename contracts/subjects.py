@@ -268,7 +268,8 @@ class Subjects:
 
     def is_internal(self, subject: str) -> bool:
         """True for the deployment's own machinery: every subject under the prefix but
-        the public ones (``submit`` and ``api.*``), which built-in steps may not touch."""
+        the public ones (``submit`` and ``api.*``). (Built-in steps refuse more: see
+        :func:`reserved_subject_rule`.)"""
         head = self.prefix + "."
         if not subject.startswith(head):
             return False

@@ -481,6 +481,19 @@ async def test_a_given_secret_is_never_shown_back_but_kept_for_signing(
                             headers[SIGNATURE_HEADER.lower()])
 
 
+def test_the_webhook_secret_command_prints_a_receivers_key(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "https://shop.example.com/hooks/natsflow"
+    result = CliRunner().invoke(app, ["webhook-secret", url, "--webhook-secret", MASTER])
+    assert (result.exit_code, result.stdout.strip()) == (0, derive_secret(MASTER, url))
+    assert result.stdout.strip() != derive_secret(MASTER, url + "?x=1")
+    monkeypatch.delenv("NATSFLOW_WEBHOOK_SECRET", raising=False)
+    missing = CliRunner().invoke(app, ["webhook-secret", url])
+    assert missing.exit_code == 2 and "--webhook-secret" in missing.stderr
+    bad = CliRunner().invoke(app, ["webhook-secret", "ftp://x/", "--webhook-secret", MASTER])
+    assert bad.exit_code == 2 and "error[validation-failed]" in bad.stderr
+
+
 # -- natsflow dev opens loopback --------------------------------------------------------------
 
 

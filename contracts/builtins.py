@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -48,17 +48,8 @@ def is_reserved_task(task_type: str) -> bool:
     return task_type.startswith(RESERVED_TASK_PREFIX)
 
 
-def _no_system_subject(subject: str) -> str:
-    # $JS/$KV/$SYS... would let a workflow drive the server with the orchestrator's rights.
-    if subject.startswith("$") and not subject.startswith("$SRV."):
-        raise ValueError("system subjects ($JS, $KV, $SYS, ...) are not allowed; "
-                         "only $SRV.* among them")
-    return subject
-
-
 _Subject = Annotated[str, Field(min_length=1, max_length=1024, pattern=_SUBJECT_RE.pattern,
-                                description="A NATS subject without wildcards."),
-                     AfterValidator(_no_system_subject)]
+                                description="A NATS subject without wildcards.")]
 _Headers = Annotated[dict[str, str], Field(description="Headers sent with the message.")]
 
 

@@ -24,8 +24,10 @@ Hierarchy::
     │   └── TooManySignals        too-many-signals     signals pile up with no wait step
     ├── Unavailable               unavailable          NATS or the engine is unreachable (retryable)
     │   └── EngineTimeout         engine-timeout       no answer in time (retryable)
-    └── ConfigMismatch            config-mismatch      a stream, bucket or consumer in NATS is
-                                                       set up in a way natsflow cannot work with
+    ├── ConfigMismatch            config-mismatch      a stream, bucket or consumer in NATS is
+    │                                                  set up in a way natsflow cannot work with
+    └── EgressRefused             egress-refused       an outbound call (http step, webhook) to a
+                                                       host the egress policy refuses
 
 Errors of *steps* (reported by workers) are not exceptions here: they are
 :class:`ErrorInfo` values inside results and statuses, with codes chosen by the worker,
@@ -45,6 +47,7 @@ __all__ = [
     "ConfigMismatch",
     "Conflict",
     "DefinitionNotFound",
+    "EgressRefused",
     "EngineTimeout",
     "ExpressionError",
     "ErrorInfo",
@@ -241,6 +244,18 @@ class ConfigMismatch(NatsflowError):
     """
 
     code = "config-mismatch"
+
+
+class EgressRefused(NatsflowError):
+    """An outbound call to where natsflow does not call unless an operator allows it.
+
+    Raised by the egress policy (:mod:`contracts.egress`) for an ``http`` step or a
+    webhook; the step fails with this code (not retryable) and a webhook delivery is
+    dead-lettered with it. ``details`` holds ``host``, ``rule`` and, for an address rule,
+    ``address``.
+    """
+
+    code = "egress-refused"
 
 
 def _all_subclasses(cls: type[NatsflowError]) -> list[type[NatsflowError]]:

@@ -13,9 +13,12 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     Tag,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -38,6 +41,7 @@ __all__ = [
     "StepConfig",
     "TRUSTED",
     "TEMPLATE",
+    "SHOWN",
     "StepState",
     "STEP_IN_FLIGHT",
     "STEP_ACTIVE",
@@ -71,12 +75,15 @@ __all__ = [
     "WORKFLOW_TERMINAL",
     "ancestors_of",
     "check_graph",
+    "without_secrets",
 ]
 
 #: Validation-context key: set (to True) only when reading data natsflow stored itself.
 TRUSTED: Final = "natsflow-trusted"
 #: Validation-context key: the config is a definition or template, its input comes later.
 TEMPLATE: Final = "natsflow-template"
+#: Serialization-context key: the JSON goes to a client; secrets are left out of it.
+SHOWN: Final = "natsflow-shown"
 
 #: Largest accepted WorkflowConfig, as JSON.
 MAX_CONFIG_BYTES: Final = 256 * 1024
@@ -90,6 +97,13 @@ MAX_OUTPUTS_BYTES: Final = 512 * 1024
 MAX_WEBHOOKS: Final = 5
 #: Longest webhook URL.
 MAX_WEBHOOK_URL: Final = 2048
+
+
+def without_secrets(data: Any, info: SerializationInfo) -> Any:
+    """``data`` (a model's serialized dict) without its ``secret`` when it is shown."""
+    if isinstance(data, dict) and isinstance(info.context, dict) and info.context.get(SHOWN):
+        data.pop("secret", None)
+    return data
 
 _Id = Annotated[str, Field(min_length=1, max_length=128, pattern=TOKEN_RE.pattern)]
 _TaskType = Annotated[str, Field(min_length=1, max_length=128, pattern=TASK_TYPE_RE.pattern)]
@@ -452,6 +466,15 @@ class Webhook(BaseModel):
     events: Literal["terminal", "all"] = Field(
         default="terminal", description="`terminal`: only the event that ends the workflow "
         "(`workflow.completed`, `workflow.failed`, `workflow.stopped`). `all`: every event.")
+    # Left out of the JSON when unset, so configs without them keep their fingerprints.
+    secret: str | None = Field(
+        default=None, min_length=16, max_length=256, repr=False,
+        exclude_if=lambda v: v is None,
+        description="This webhook's signing key (never shown back). Default: derived from "
+        "the orchestrator's webhook secret and the URL (`natsflow webhook-secret URL`).")
+    unsigned: bool = Field(
+        default=False, exclude_if=lambda v: not v,
+        description="Send without a `Natsflow-Signature` (only when asked for).")
 
     @field_validator("url")
     @classmethod
@@ -459,6 +482,16 @@ class Webhook(BaseModel):
         if len(str(url)) > MAX_WEBHOOK_URL:
             raise ValueError(f"a webhook URL has at most {MAX_WEBHOOK_URL} characters")
         return url
+
+    @model_validator(mode="after")
+    def _signed_one_way(self) -> Webhook:
+        if self.unsigned and self.secret is not None:
+            raise ValueError("a webhook has a `secret` or is `unsigned`, not both")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _shown(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return without_secrets(handler(self), info)
 
 
 class WorkflowConfig(BaseModel):

@@ -26,7 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_PREFIX", "TOKEN_RE", "TASK_TYPE_RE", "Subjects"]
+__all__ = ["DEFAULT_PREFIX", "SERVER_SUBJECT_MARK", "TOKEN_RE", "TASK_TYPE_RE", "Subjects",
+           "reserved_subject_rule"]
 
 DEFAULT_PREFIX: Final = "natsflow"
 
@@ -35,6 +36,10 @@ TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_-]+$")
 #: A task type: one or more tokens joined by dots (``email.send``).
 TASK_TYPE_RE: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _PREFIX_RE: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+#: The first token of the NATS server's own subjects starts with this: ``$JS`` (JetStream
+#: API), ``$KV`` (key-value), ``$O`` (object store), ``$SRV`` (micro services),
+#: ``$SYS`` (the system account), and whatever the server adds next.
+SERVER_SUBJECT_MARK: Final = "$"
 
 
 def _upper_name(prefix: str) -> str:
@@ -263,7 +268,8 @@ class Subjects:
 
     def is_internal(self, subject: str) -> bool:
         """True for the deployment's own machinery: every subject under the prefix but
-        the public ones (``submit`` and ``api.*``), which built-in steps may not touch."""
+        the public ones (``submit`` and ``api.*``). (Built-in steps refuse more: see
+        :func:`reserved_subject_rule`.)"""
         head = self.prefix + "."
         if not subject.startswith(head):
             return False
@@ -290,3 +296,22 @@ class Subjects:
         if len(rest) == 2 and rest[0] in ("result", "timer"):
             return rest[0], rest[1]
         raise ValueError(f"subject {subject!r} is not an inbox subject")
+
+
+def reserved_subject_rule(subjects: Subjects, subject: str) -> str | None:
+    """Why a built-in step may not use ``subject`` by default, or None if it may.
+
+    The one deny list of ``request`` and ``publish`` steps (an operator's allowlist can
+    open parts of it, see :mod:`contracts.egress`). A step runs with the orchestrator's
+    NATS rights, so it must not drive the server or natsflow itself.
+
+    Returns:
+        ``server-subject`` for the server's own subjects (``$JS.>``, ``$KV.>``, ``$O.>``,
+        ``$SRV.>``, ``$SYS.>``, any ``$...``); ``natsflow-subject`` for every subject of
+        the deployment (``<prefix>.>``, its public API included).
+    """
+    if subject.startswith(SERVER_SUBJECT_MARK):
+        return "server-subject"
+    if subject == subjects.prefix or subject.startswith(subjects.prefix + "."):
+        return "natsflow-subject"
+    return None

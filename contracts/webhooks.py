@@ -10,8 +10,11 @@ events stream carries -- with these headers::
     Natsflow-Timestamp: <unix seconds>          when this attempt was signed
     Natsflow-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
 
-The signature header is present only when the orchestrator has a webhook secret. A
-receiver checks it with :func:`verify_signature` (see docs/webhooks.md).
+Each webhook has a secret of its own, so one receiver cannot forge deliveries to
+another: the ``secret`` given at submit, else :func:`derive_secret` of the
+orchestrator's webhook secret and the webhook's URL. Only a webhook submitted with
+``unsigned: true`` goes without the signature header. A receiver checks it with
+:func:`verify_signature` (see docs/webhooks.md).
 """
 
 from __future__ import annotations
@@ -20,11 +23,18 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
-from .models import EVENT_TERMINAL, Event, Webhook
+from .models import EVENT_TERMINAL, Event, Webhook, without_secrets
 
 __all__ = [
     "EVENT_ID_HEADER",
@@ -33,6 +43,7 @@ __all__ = [
     "TIMESTAMP_HEADER",
     "WebhookDelivery",
     "deliveries_for",
+    "derive_secret",
     "event_id",
     "sign",
     "verify_signature",
@@ -55,6 +66,15 @@ class WebhookDelivery(BaseModel):
     url: str = Field(description="The webhook's URL, as validated at submit.")
     index: int = Field(ge=0, description="The webhook's place in the config's `webhooks`.")
     event: Event
+    # Unset ones stay out of the JSON: deliveries queued before they existed read the same.
+    secret: str | None = Field(default=None, repr=False, exclude_if=lambda v: v is None,
+                               description="The webhook's own secret, if given at submit.")
+    unsigned: bool = Field(default=False, exclude_if=lambda v: not v,
+                           description="Sent without a signature, as asked at submit.")
+
+    @model_serializer(mode="wrap")
+    def _shown(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return without_secrets(handler(self), info)
 
 
 def wants(webhook: Webhook, event: Event) -> bool:
@@ -66,8 +86,21 @@ def deliveries_for(webhooks: Sequence[Webhook], event: Event) -> list[WebhookDel
     """The deliveries one event makes, in the order of the config's webhooks."""
     if not webhooks:
         return []
-    return [WebhookDelivery(url=str(hook.url), index=i, event=event)
+    return [WebhookDelivery(url=str(hook.url), index=i, event=event, secret=hook.secret,
+                            unsigned=hook.unsigned)
             for i, hook in enumerate(webhooks) if wants(hook, event)]
+
+
+def derive_secret(master: str, url: str) -> str:
+    """The secret of a webhook submitted without one: hex HMAC-SHA256(master, URL).
+
+    Args:
+        master: The orchestrator's webhook secret (``NATSFLOW_WEBHOOK_SECRET``).
+        url: The webhook's URL; normalized as at submit (``https://a.example`` and
+            ``https://a.example/`` are one receiver), query included.
+    """
+    normal = str(Webhook.model_validate({"url": url}).url)
+    return hmac.new(master.encode(), normal.encode(), hashlib.sha256).hexdigest()
 
 
 def event_id(event: Event) -> str:

@@ -24,6 +24,7 @@ from contracts.errors import (
     ConfigMismatch,
     Conflict,
     DefinitionNotFound,
+    EgressRefused,
     EngineTimeout,
     ExpressionError,
     FieldError,
@@ -94,6 +95,8 @@ HTTP_BY_CODE: Final[Mapping[str, HttpMapping]] = {
     # A start-up error of a service; should one ever reach a client, NATS is not fit yet.
     ConfigMismatch.code: HttpMapping(503, "NATS is not set up as natsflow needs",
                                      retry_after=30),
+    # A step's or a webhook's error today; a call natsflow will not make for the client.
+    EgressRefused.code: HttpMapping(403, "Outbound call refused"),
 }
 
 _INTERNAL: Final = HttpMapping(500, "Internal server error")

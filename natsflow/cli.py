@@ -123,17 +123,29 @@ def orchestrator(
         help="Attempts at one webhook delivery before it is dead-lettered.")] = 8,
     webhook_timeout: Annotated[float, typer.Option(
         min=0.1, max=60.0, help="Seconds one webhook POST may take.")] = 10.0,
+    allow_egress: Annotated[str | None, typer.Option(
+        envvar="NATSFLOW_EGRESS_ALLOW", show_envvar=True,
+        help="Hosts and CIDRs http steps and webhooks may call although they are "
+             "loopback, private, link-local... (comma-separated, e.g. "
+             "10.0.0.0/8,internal.example,*.corp.example).")] = None,
+    allow_subject: Annotated[str | None, typer.Option(
+        envvar="NATSFLOW_SUBJECTS_ALLOW", show_envvar=True,
+        help="Subject patterns request and publish steps may use although they are the "
+             "server's or natsflow's (comma-separated, e.g. '$SRV.>,natsflow.api.>').")
+    ] = None,
     otel: _OtelOpt = False,
     *,
     settings: NatsSettings,
 ) -> None:
     """Run the orchestrator until SIGINT/SIGTERM."""
+    from contracts.egress import EgressPolicy
     from orchestrator import Orchestrator, faults
     from orchestrator.webhooks import WebhookSettings
 
     setup_logging(log_format)
     try:
         faults.arm()  # fault-injection tests only: off unless NATSFLOW_CRASH_AT is set
+        egress = EgressPolicy.parse([allow_egress or ""], [allow_subject or ""])
     except NatsflowError as err:
         fail(err)
     hooks = WebhookSettings(secret=webhook_secret or None,
@@ -141,7 +153,31 @@ def orchestrator(
     _setup_tracing(otel, "natsflow-orchestrator")
     run_until_signal(lambda: Orchestrator(settings, replicas=replicas, builtins=builtins,
                                           metrics_port=metrics_port, webhooks=webhooks,
-                                          webhook_settings=hooks, ack_wait=ack_wait).run())
+                                          webhook_settings=hooks, ack_wait=ack_wait,
+                                          egress=egress).run())
+
+
+@app.command("webhook-secret")
+def webhook_secret_command(
+    url: Annotated[str, typer.Argument(help="The webhook's URL, as workflows give it.")],
+    secret: Annotated[str | None, typer.Option(
+        "--webhook-secret", envvar="NATSFLOW_WEBHOOK_SECRET", show_envvar=True,
+        help="The orchestrators' webhook secret.")] = None,
+) -> None:
+    """Print the secret a receiver checks signatures with (derived from the orchestrators'
+    secret and its URL; see docs/webhooks.md)."""
+    from pydantic import ValidationError
+
+    from contracts.errors import validation_failed
+    from contracts.webhooks import derive_secret
+
+    if not secret:
+        fail(InvalidRequest("give the orchestrators' secret: --webhook-secret or "
+                            "NATSFLOW_WEBHOOK_SECRET", field="--webhook-secret"))
+    try:
+        print(derive_secret(secret, url))
+    except ValidationError as exc:
+        fail(validation_failed(exc))
 
 
 @app.command()

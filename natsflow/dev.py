@@ -28,6 +28,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from contracts.connect import NatsSettings
+from contracts.egress import LOOPBACK
 
 from ._cli_common import console, err_console, settings_env
 from .embedded import EmbeddedNats, free_port, port_is_free
@@ -108,7 +109,8 @@ def run_dev(opts: DevOptions) -> int:
         logs = base / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         services: list[tuple[str, list[str]]] = [
-            ("orchestrator", ["orchestrator"]),
+            # Loopback opened: the demo's http steps and webhooks call this machine.
+            ("orchestrator", ["orchestrator", "--allow-egress", ",".join(LOOPBACK)]),
             ("index", ["index"]),
             ("gateway", ["gateway", "--host", opts.host, "--port", str(opts.port)]),
         ]

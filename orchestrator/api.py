@@ -34,6 +34,7 @@ from contracts.definitions import (
     ListDefinitionsRequest,
     PutDefinitionRequest,
 )
+from contracts.egress import EgressPolicy, check_literal_subjects
 from contracts.errors import (
     BatchNotFound,
     ErrorInfo,
@@ -60,6 +61,7 @@ from contracts.messages import (
 )
 from contracts.models import (
     MAX_CONFIG_BYTES,
+    SHOWN,
     TRUSTED,
     StepState,
     WorkflowConfig,
@@ -122,13 +124,15 @@ class Api:
             starts and closes (the API never owns one).
         command_timeout: Seconds to wait for a command's outcome before answering
             "accepted" without a status.
+        egress: The egress policy: a literal subject it refuses fails the submit.
     """
 
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
                  batches: RecordStore, idempotency: KeyValue, publisher: AsyncPublisher,
                  definitions: DefinitionStore | None = None,
-                 command_timeout: float = 5.0) -> None:
+                 command_timeout: float = 5.0, egress: EgressPolicy | None = None) -> None:
         self.nc = nc
+        self.egress = egress or EgressPolicy()
         self.publisher = publisher
         self.subjects = subjects
         self.workflows = workflows
@@ -199,8 +203,9 @@ class Api:
                 err = NatsflowError(f"internal error: {type(exc).__name__}")
                 await self._respond_error(req, err)
             else:
+                # Shown to a client: secrets given at submit stay out of it.
                 await req.respond(reply if isinstance(reply, bytes)
-                                  else reply.model_dump_json().encode())
+                                  else reply.model_dump_json(context={SHOWN: True}).encode())
 
         async def handler(req: Request) -> None:
             # Subscriptions run callbacks one at a time; a task per request keeps a
@@ -281,6 +286,8 @@ class Api:
             exc.field = f"config.{exc.field}" if exc.field else "config"
             raise
         config = req.config if req.config is not None else await self._from_definition(req)
+        check_literal_subjects(config, policy=self.egress, subjects=self.subjects,
+                               field_prefix="config." if req.config is not None else "")
         if config.id is None:
             wid = await self._id_for_key(req.idempotency_key) if req.idempotency_key else new_id()
             config = config.model_copy(update={"id": wid})
@@ -313,6 +320,9 @@ class Api:
             raise PayloadTooLarge(f"request of {len(data)} bytes is over the limit of "
                                   f"{MAX_CONFIG_BYTES} bytes", field="config")
         req = PutDefinitionRequest.model_validate_json(data)
+        check_literal_subjects(DefinitionStore.validate(req.name, req.config),
+                               policy=self.egress, subjects=self.subjects,
+                               field_prefix="config.")
         stored, created = await self._registry().put(req.name, req.config)
         return DefinitionReply(definition=stored, created=created)
 
@@ -436,9 +446,10 @@ class Api:
         config = BatchConfig.model_validate_json(data)
         bid = config.id or new_id()
         try:  # the template must make a valid workflow
-            config.workflow.config_for(workflow_id=f"{bid}-0", input=config.inputs[0],
-                                       batch_id=bid)
-        except InvalidGraph as exc:
+            member = config.workflow.config_for(workflow_id=f"{bid}-0",
+                                                input=config.inputs[0], batch_id=bid)
+            check_literal_subjects(member, policy=self.egress, subjects=self.subjects)
+        except (InvalidGraph, ValidationFailed) as exc:
             exc.field = f"workflow.{exc.field}" if exc.field else "workflow"
             raise
         except ValidationError as exc:

@@ -12,11 +12,13 @@ of :mod:`contracts.builtins`; an input that does not fit fails with ``invalid-in
     http-status         an unexpected HTTP status (retryable for 408, 429 and 5xx)
     http-error          no connection, or a broken exchange (retryable)
     http-timeout        no complete response within the timeout (retryable)
+    egress-refused      the URL, a redirect or an address it resolves to is refused by the
+                        egress policy (not retryable; see contracts.egress)
     no-stream           JetStream publish: no stream captures the subject (retryable)
     publish-timeout     JetStream publish: no ack in time (retryable)
     publish-error       the server refused the publish (retryable)
     output-too-large    reply or body over MAX_STEP_OUTPUT_BYTES (not retryable)
-    forbidden-subject   the subject is natsflow's own machinery (not retryable)
+    forbidden-subject   the subject is the server's or natsflow's own (not retryable)
 """
 
 from __future__ import annotations
@@ -41,9 +43,13 @@ from contracts.builtins import (
     RequestInput,
 )
 from contracts.connect import NatsSettings
+from contracts.egress import EgressPolicy
+from contracts.errors import EgressRefused
 from contracts.models import MAX_STEP_OUTPUT_BYTES
 from contracts.subjects import Subjects
 from natsflow.worker import TaskContext, TaskError, Worker
+
+from .egress import guarded_client
 
 __all__ = ["BuiltinSteps", "decode_reply", "encode_payload", "safe_url"]
 
@@ -111,14 +117,18 @@ class BuiltinSteps:
         subjects: The deployment's names (its internal subjects are off limits to steps).
         concurrency: Most built-in steps running at once.
         stop_grace: Seconds a stop lets running steps finish before cancelling them.
-        http: The HTTP client to use (left open); by default one is made per run.
+        http: The HTTP client to use (left open); by default one is made per run, which
+            connects only where ``egress`` allows.
+        egress: What the operator opened beyond the defaults (None: nothing).
     """
 
     def __init__(self, nc: Client, subjects: Subjects, *, concurrency: int = CONCURRENCY,
-                 stop_grace: float = 10.0, http: httpx.AsyncClient | None = None) -> None:
+                 stop_grace: float = 10.0, http: httpx.AsyncClient | None = None,
+                 egress: EgressPolicy | None = None) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._subjects = subjects
+        self._egress = egress or EgressPolicy()
         self._http = http
         self._given_http = http
         self.worker: Worker = _BuiltinWorker(concurrency, name="natsflow-builtins",
@@ -136,7 +146,8 @@ class BuiltinSteps:
             settings: The deployment (its prefix names the work queues).
             replicas: Replicas of the tasks stream, if this creates it.
         """
-        client = self._given_http or httpx.AsyncClient(follow_redirects=True)
+        # Each redirect hop connects through the policy again.
+        client = self._given_http or guarded_client(self._egress, follow_redirects=True)
         self._http = client
         try:
             async with self.worker.running(settings, nc=self._nc, replicas=replicas):
@@ -147,10 +158,11 @@ class BuiltinSteps:
             self._http = self._given_http
 
     def _check_subject(self, subject: str) -> None:
-        if self._subjects.is_internal(subject):
-            raise TaskError("forbidden-subject", f"{subject} belongs to natsflow itself; only "
-                            f"{self._subjects.submit} and {self._subjects.api('*')} may be "
-                            "used", retryable=False)
+        refusal = self._egress.subject_refusal(subject, self._subjects)
+        if refusal is not None:
+            raise TaskError("forbidden-subject", refusal, retryable=False, details={
+                "subject": subject, "rule": self._egress.subject_rule(subject,
+                                                                      self._subjects)})
 
     # -- natsflow.request --------------------------------------------------------------
     async def request(self, ctx: TaskContext, data: RequestInput) -> Any:
@@ -201,6 +213,9 @@ class BuiltinSteps:
         except (TimeoutError, httpx.TimeoutException):
             raise TaskError("http-timeout", f"{where}: no response within {data.timeout:g}s",
                             retryable=True) from None
+        except EgressRefused as exc:
+            raise TaskError(exc.code, f"{where}: {exc.message}", retryable=False,
+                            details=exc.details) from None
         except httpx.InvalidURL as exc:
             raise TaskError("invalid-input", f"invalid input: url: {exc}",
                             retryable=False) from None

@@ -41,6 +41,7 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from contracts.consume import delivery_count
+from contracts.egress import EgressPolicy, check_literal_subjects
 from contracts.errors import ErrorInfo, NatsflowError, validation_failed
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, DeadLetter, TaskFailed, TaskResult, WorkflowReply
@@ -330,6 +331,8 @@ class Processor:
         metrics: Where to count what happens (a registry of its own if None).
         publisher: Where outboxes are published (one of its own if None, started by
             the first publication).
+        egress: The egress policy: a submit whose literal subjects it refuses is a
+            dead letter (None: the defaults).
     """
 
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
@@ -338,8 +341,10 @@ class Processor:
                  outputs: OutputStore | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  metrics: OrchestratorMetrics | None = None,
-                 publisher: AsyncPublisher | None = None) -> None:
+                 publisher: AsyncPublisher | None = None,
+                 egress: EgressPolicy | None = None) -> None:
         self.nc = nc
+        self.egress = egress or EgressPolicy()
         self._publisher = publisher or AsyncPublisher(nc)
         self.definitions = definitions
         self.outputs = outputs
@@ -401,6 +406,7 @@ class Processor:
 
     def _parse_submit(self, msg: Msg) -> Item:
         config = WorkflowConfig.model_validate_json(msg.data)
+        check_literal_subjects(config, policy=self.egress, subjects=self.subjects)
         if config.id is None:
             # A redelivered submit must map to the same workflow: derive the id from
             # the message's place in the stream.
@@ -842,13 +848,15 @@ class Processor:
             await self.settle(item.msg, Verdict.RETRY)
 
     async def dead_letter(self, msg: Msg, reason: ErrorInfo, *,
-                          log_context: dict[str, str] | None = None) -> None:
+                          log_context: dict[str, str] | None = None,
+                          data: str | None = None) -> None:
         """Keep an unusable message in the dead-letter stream, then terminate it.
 
         Args:
             msg: The message.
             reason: Why it can never be processed (its code names the DLQ subject).
             log_context: ``extra`` of the log line (``workflow_id`` when known).
+            data: What to keep of the payload, if not all of it (a secret left out).
         """
         self.stats["dead_letters"] += 1
         self.metrics.dead_letters.labels(reason=reason.code).inc()
@@ -860,7 +868,8 @@ class Processor:
         letter = DeadLetter(reason=reason, subject=msg.subject,
                             stream_seq=meta.sequence.stream if meta else None,
                             deliveries=meta.num_delivered if meta else None,
-                            data=msg.data.decode("utf-8", errors="replace"), time=self.clock())
+                            data=(msg.data.decode("utf-8", errors="replace")
+                                  if data is None else data), time=self.clock())
         log.warning("dead letter from %s: %s", msg.subject, reason.message, extra=log_context)
         try:
             await self.js.publish(self.subjects.dlq(reason.code), letter.model_dump_json().encode())

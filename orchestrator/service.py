@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 
 from contracts.connect import NatsSettings, connect
 from contracts.consume import ConsumerStalled, PullConsumer
+from contracts.egress import EgressPolicy
 from contracts.publish import AsyncPublisher
 from contracts.streams import (
     ENGINE_ACK_WAIT,
@@ -63,6 +64,9 @@ class Orchestrator:
         webhooks: Also deliver webhooks in this process (the queue is shared by every
             orchestrator that does).
         webhook_settings: Secret, retries and timeouts of webhook deliveries.
+        egress: What ``http``/``request``/``publish`` steps and webhooks may reach beyond
+            the defaults (public http/https hosts, subjects neither the server's nor
+            natsflow's); None opens nothing (see :mod:`contracts.egress`).
         clock: Source of ``now`` (UTC) for decisions and for deciding a timer is due.
         ack_wait: Seconds a message this replica took may stay unacked before JetStream
             hands it to a replica again: after a crash, how long its work in hand waits.
@@ -75,8 +79,10 @@ class Orchestrator:
                  metrics_host: str = "0.0.0.0", queue_sample_interval: float = 5.0,
                  webhooks: bool = True, webhook_settings: WebhookSettings | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 ack_wait: float = ENGINE_ACK_WAIT) -> None:
+                 ack_wait: float = ENGINE_ACK_WAIT,
+                 egress: EgressPolicy | None = None) -> None:
         self.settings = settings
+        self.egress = egress or EgressPolicy()
         self.subjects = settings.subjects
         self.topology = Topology(self.subjects, replicas=replicas, engine_ack_wait=ack_wait)
         self.nc = nc
@@ -126,10 +132,10 @@ class Orchestrator:
                                    batches=batches, settings=self.engine_settings,
                                    definitions=definitions, outputs=outputs,
                                    metrics=self.metrics, clock=self.clock,
-                                   publisher=self.publisher)
+                                   publisher=self.publisher, egress=self.egress)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency, definitions=definitions,
-                       publisher=self.publisher)
+                       publisher=self.publisher, egress=self.egress)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
                                         self.subjects.engine_consumer,
                                         batch=self.fetch_batch).start()
@@ -146,13 +152,14 @@ class Orchestrator:
             self.deliverer = WebhookDeliverer(self.nc, self.subjects,
                                               dead_letter=self.processor.dead_letter,
                                               settings=self.webhook_settings,
-                                              metrics=self.metrics)
+                                              metrics=self.metrics, egress=self.egress)
             await self.deliverer.start()
         if self.builtins:
-            steps = BuiltinSteps(self.nc, self.subjects)
+            steps = BuiltinSteps(self.nc, self.subjects, egress=self.egress)
             await self._builtins.enter_async_context(
                 steps.running(self.settings, replicas=self.topology.replicas))
-        log.info("orchestrator ready (prefix %s)", self.subjects.prefix)
+        log.info("orchestrator ready (prefix %s; egress allowed beyond the defaults: %s)",
+                 self.subjects.prefix, self.egress.as_dict())
 
     async def _declare(self) -> None:
         """Declare the streams and consumers (idempotent)."""

@@ -12,6 +12,10 @@ decided by the pure :func:`settlement`::
                                         ``max_deliveries``; then dead letter
                                         ``webhook-undeliverable``
     anything else (3xx, other 4xx)      dead letter ``webhook-rejected`` at once
+    a host the egress policy refuses    dead letter ``egress-refused`` at once
+    nothing to sign with                dead letter ``webhook-unsigned`` at once (no
+                                        secret given, none to derive one from, and
+                                        ``unsigned`` not asked for)
 
 The events of one workflow are POSTed one after another, in the order they were queued
 (deliveries of different workflows run side by side); a retry does not hold back the
@@ -36,7 +40,9 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from contracts.consume import ConsumerStalled, PullConsumer, delivery_count
-from contracts.errors import ErrorInfo
+from contracts.egress import EgressPolicy
+from contracts.errors import EgressRefused, ErrorInfo
+from contracts.models import SHOWN
 from contracts.streams import WEBHOOK_ACK_WAIT
 from contracts.subjects import Subjects
 from contracts.webhooks import (
@@ -44,11 +50,13 @@ from contracts.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookDelivery,
+    derive_secret,
     event_id,
     sign,
 )
 
 from .builtins import safe_url
+from .egress import guarded_client
 from .metrics import OrchestratorMetrics
 
 __all__ = ["Action", "Attempt", "DeadLetterFn", "Settlement", "WebhookDeliverer",
@@ -67,7 +75,9 @@ class WebhookSettings:
     """How webhooks are delivered.
 
     Args:
-        secret: Key of the ``Natsflow-Signature`` HMAC; None sends no signature.
+        secret: The deployment's webhook secret: a webhook submitted without a secret of
+            its own is signed with ``derive_secret(secret, url)``. None: such webhooks
+            are dead-lettered (``webhook-unsigned``) unless they asked to be unsigned.
         max_deliveries: Attempts at one delivery before it is dead-lettered.
         backoff: Seconds before the first retry; each further retry waits twice as long.
         max_backoff: Longest wait between two attempts.
@@ -99,6 +109,8 @@ class Attempt:
     retryable: bool = True  # of an error (a URL httpx cannot use will never work)
     excerpt: str = ""
     retry_after: float | None = None
+    code: str | None = None  # of an error that is its own dead-letter reason
+    details: dict[str, Any] | None = None
 
 
 class Action(Enum):
@@ -122,7 +134,8 @@ class DeadLetterFn(Protocol):
     """Keeps a message in the dead-letter stream and terminates it (the runtime's)."""
 
     async def __call__(self, msg: Msg, reason: ErrorInfo, *,
-                       log_context: dict[str, str] | None = None) -> None: ...
+                       log_context: dict[str, str] | None = None,
+                       data: str | None = None) -> None: ...
 
 
 def retry_delay(deliveries: int, settings: WebhookSettings, *,
@@ -156,6 +169,10 @@ def settlement(attempt: Attempt, *, deliveries: int, settings: WebhookSettings,
         details["error"] = attempt.error
         what = f"{where}: {attempt.error}"
         retryable = attempt.retryable
+        if attempt.code is not None:
+            return Settlement(Action.DEAD, reason=ErrorInfo(
+                code=attempt.code, message=what,
+                details={**details, **(attempt.details or {})}))
     if not retryable:
         return Settlement(Action.DEAD, reason=ErrorInfo(
             code="webhook-rejected", message=what, details=details))
@@ -195,15 +212,18 @@ class WebhookDeliverer:
         dead_letter: Where given-up deliveries go (``Processor.dead_letter``).
         settings: Secret, retries, timeouts.
         metrics: Counts deliveries by outcome.
-        http: The HTTP client to use (left open); by default one is made on start.
+        http: The HTTP client to use (left open); by default one is made on start, which
+            connects only where ``egress`` allows.
         clock: Unix seconds, for ``Natsflow-Timestamp``.
+        egress: What the operator opened beyond the defaults (None: nothing).
     """
 
     def __init__(self, nc: Client, subjects: Subjects, *, dead_letter: DeadLetterFn,
                  settings: WebhookSettings | None = None,
                  metrics: OrchestratorMetrics | None = None,
                  http: httpx.AsyncClient | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 egress: EgressPolicy | None = None) -> None:
         self.nc = nc
         self.subjects = subjects
         self.settings = settings or WebhookSettings()
@@ -218,14 +238,19 @@ class WebhookDeliverer:
         self._in_flight: set[asyncio.Task[None]] = set()
         # The last delivery taken for each workflow subject: the next one waits for it.
         self._chains: dict[str, asyncio.Task[None]] = {}
-        self._warned_unsigned = False
+        self._egress = egress or EgressPolicy()
         self._beat = WEBHOOK_ACK_WAIT / 3
 
     async def start(self) -> None:
         """Start taking deliveries (the stream and consumer must be declared)."""
         if self._http is None:
-            self._http = httpx.AsyncClient(follow_redirects=False,
-                                           headers={"User-Agent": _USER_AGENT})
+            # Redirects are not followed (a 3xx is a rejection): one checked hop per POST.
+            self._http = guarded_client(self._egress, follow_redirects=False,
+                                        headers={"User-Agent": _USER_AGENT})
+        if not self.settings.secret:
+            log.warning("no webhook secret (--webhook-secret, NATSFLOW_WEBHOOK_SECRET): "
+                        "only webhooks submitted with a secret or `unsigned: true` can be "
+                        "delivered")
         self._sub = await PullConsumer(self.nc, self.subjects.webhooks_stream,
                                        self.subjects.webhook_consumer,
                                        batch=self.settings.concurrency).start()
@@ -321,19 +346,36 @@ class WebhookDeliverer:
             log.exception("delivering a webhook from %s failed", msg.subject)
 
     # -- posting --------------------------------------------------------------------
+    def signing_key(self, delivery: WebhookDelivery) -> str | None:
+        """The key a delivery is signed with: its own, else derived from the deployment's
+        secret and its URL; None only for a webhook submitted ``unsigned``.
+
+        Raises:
+            LookupError: it has no secret of its own and there is none to derive one from.
+        """
+        if delivery.unsigned:
+            return None
+        if delivery.secret:
+            return delivery.secret
+        if self.settings.secret:
+            return derive_secret(self.settings.secret, delivery.url)
+        raise LookupError("no secret to sign with")
+
     async def post(self, delivery: WebhookDelivery) -> Attempt:
-        """POST one event to its webhook, signed if there is a secret."""
+        """POST one event to its webhook, signed with its own key (see signing_key)."""
         assert self._http is not None, "start() first"
         body = delivery.event.model_dump_json().encode()  # what the events stream carries
         timestamp = str(int(self._clock()))
         headers = {"Content-Type": "application/json",
                    EVENT_ID_HEADER: event_id(delivery.event), TIMESTAMP_HEADER: timestamp}
-        if self.settings.secret:
-            headers[SIGNATURE_HEADER] = sign(self.settings.secret, timestamp, body)
-        elif not self._warned_unsigned:
-            self._warned_unsigned = True
-            log.warning("no webhook secret (--webhook-secret, NATSFLOW_WEBHOOK_SECRET): "
-                        "webhooks are sent without a %s header", SIGNATURE_HEADER)
+        try:
+            key = self.signing_key(delivery)
+        except LookupError:
+            return Attempt(error="no secret to sign with: give the webhook a `secret`, start "
+                           "the orchestrator with --webhook-secret, or submit it with "
+                           "`unsigned: true`", retryable=False, code="webhook-unsigned")
+        if key is not None:
+            headers[SIGNATURE_HEADER] = sign(key, timestamp, body)
         timeout = self.settings.timeout
         try:
             async with asyncio.timeout(timeout):  # httpx bounds each operation, this all
@@ -342,6 +384,9 @@ class WebhookDeliverer:
                     excerpt = await _excerpt(response)
         except (TimeoutError, httpx.TimeoutException):
             return Attempt(error=f"no response within {timeout:g}s")
+        except EgressRefused as exc:
+            return Attempt(error=exc.message, retryable=False, code=exc.code,
+                           details=exc.details)
         except httpx.InvalidURL as exc:
             return Attempt(error=f"invalid URL: {exc}", retryable=False)
         except httpx.HTTPError as exc:
@@ -368,4 +413,7 @@ class WebhookDeliverer:
             assert decision.reason is not None
             context = ({"workflow_id": delivery.event.workflow_id}
                        if delivery is not None else None)
-            await self._dead_letter(msg, decision.reason, log_context=context)
+            # The letter keeps the delivery, but not a secret it carries.
+            shown = (delivery.model_dump_json(context={SHOWN: True})
+                     if delivery is not None and delivery.secret else None)
+            await self._dead_letter(msg, decision.reason, log_context=context, data=shown)

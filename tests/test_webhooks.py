@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
+from contracts.egress import LOOPBACK, EgressPolicy
 from contracts.errors import ErrorInfo, ValidationFailed, error_from_info
 from contracts.models import (
     EVENT_TERMINAL,
@@ -42,6 +43,7 @@ from contracts.webhooks import (
     TIMESTAMP_HEADER,
     WebhookDelivery,
     deliveries_for,
+    derive_secret,
     sign,
     verify_signature,
     wants,
@@ -276,17 +278,20 @@ FAST = WebhookSettings(secret=SECRET, backoff=0.05, max_backoff=0.2, max_deliver
 
 @pytest.fixture
 async def hooked(settings: NatsSettings) -> AsyncIterator[Orchestrator]:
-    """An orchestrator delivering webhooks with a secret and fast retries."""
-    orch = Orchestrator(settings, stop_grace=2.0, builtins=False, webhook_settings=FAST)
+    """An orchestrator delivering webhooks with a secret and fast retries, to receivers
+    on this machine (loopback opened)."""
+    orch = Orchestrator(settings, stop_grace=2.0, builtins=False, webhook_settings=FAST,
+                        egress=EgressPolicy.parse(LOOPBACK))
     await orch.start()
     yield orch
     await orch.stop()
 
 
-def _check_signed(headers: dict[str, str], body: bytes) -> None:
+def _check_signed(headers: dict[str, str], body: bytes, url: str) -> None:
+    """Signed with the receiver's own secret: derived from the deployment's and its URL."""
     assert headers["content-type"] == "application/json"
-    assert verify_signature(SECRET, headers[TIMESTAMP_HEADER.lower()], body,
-                            headers[SIGNATURE_HEADER.lower()])
+    assert verify_signature(derive_secret(SECRET, url), headers[TIMESTAMP_HEADER.lower()],
+                            body, headers[SIGNATURE_HEADER.lower()])
 
 
 def _delivered(hooked: Orchestrator, outcome: str) -> float:
@@ -303,7 +308,7 @@ async def test_a_terminal_webhook_gets_exactly_the_terminal_event_signed(
     await wait_for(lambda: bool(receiver.got.get("/ok")), what="the webhook")
     await asyncio.sleep(0.3)  # nothing else may follow
     ((headers, body),) = receiver.got["/ok"]
-    _check_signed(headers, body)
+    _check_signed(headers, body, f"{receiver.base}/ok")
     event = Event.model_validate_json(body)
     assert event.type == EventType.WORKFLOW_COMPLETED
     assert headers[EVENT_ID_HEADER.lower()] == f"wh_t:{event.seq}"
@@ -326,7 +331,7 @@ async def test_an_all_webhook_gets_every_event_in_order(
                    what="every event")
     seen: dict[str, dict[str, Any]] = {}
     for headers, body in receiver.got["/ok"]:
-        _check_signed(headers, body)
+        _check_signed(headers, body, f"{receiver.base}/ok")
         seen.setdefault(headers[EVENT_ID_HEADER.lower()], json.loads(body))
     assert [e["seq"] for e in seen.values()] == [e.seq for e in events]
     assert [e["type"] for e in seen.values()] == [e.type.value for e in events]
@@ -342,7 +347,7 @@ async def test_a_receiver_failing_twice_gets_the_event_on_the_third_try(
     assert len(calls) == 3
     assert len({h[EVENT_ID_HEADER.lower()] for h, _ in calls}) == 1
     for headers, body in calls:
-        _check_signed(headers, body)
+        _check_signed(headers, body, f"{receiver.base}/flaky")
     assert Event.model_validate_json(calls[-1][1]).type == EventType.WORKFLOW_COMPLETED
     assert (_delivered(hooked, "retried"), _delivered(hooked, "delivered")) == (2, 1)
 
@@ -458,7 +463,7 @@ async def test_the_documented_receiver_takes_the_documented_workflows_events(
     (config_block,) = _blocks("json")
     config = json.loads(config_block)
     WorkflowConfig.model_validate(config)
-    monkeypatch.setenv("NATSFLOW_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("WEBHOOK_SECRET", "known once the receiver has its URL")
     (recipe, _) = _blocks("python")
     namespace: dict[str, Any] = {}
     exec(compile(recipe, "webhooks.md", "exec"), namespace)
@@ -467,6 +472,8 @@ async def test_the_documented_receiver_takes_the_documented_workflows_events(
         # Both webhooks go to the documented receiver: it dedupes the terminal event.
         for hook in config["webhooks"]:
             hook["url"] = f"{base}/hooks/natsflow"
+        # What `natsflow webhook-secret <url>` prints, as the doc has the receiver read it.
+        namespace["SECRET"] = derive_secret(SECRET, f"{base}/hooks/natsflow")
         await client.create(config)
         await client.wait("order_42", timeout=20)
         events = await read_events(nc, settings.subjects, "order_42")

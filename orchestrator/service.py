@@ -14,6 +14,8 @@ from types import TracebackType
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
 
 from contracts.connect import NatsSettings, connect
 from contracts.consume import ConsumerStalled, PullConsumer
@@ -24,6 +26,7 @@ from contracts.streams import (
     declare_bucket,
     declare_stream,
     ensure_consumer,
+    patiently,
 )
 
 from .api import Api
@@ -110,18 +113,25 @@ class Orchestrator:
         if self.nc is None:
             self.nc = await connect(self.settings, name="natsflow-orchestrator", timeout=None)
         js = self.nc.jetstream()
-        await self._declare()
+        # Started beside other services on a cluster, a declaration may meet a stream
+        # being scaled or a leader being elected: wait that out, never exit on it.
+        await patiently("the streams and consumers", self._declare)
         t = self.topology  # _declare may have adopted the deployment's replicas
+
+        async def bucket(config: KeyValueConfig) -> KeyValue:
+            return await patiently(f"the {config.bucket} bucket",
+                                   lambda: declare_bucket(js, config))
+
         self.publisher = await AsyncPublisher(self.nc).start()
-        workflows = KvRecordStore(await declare_bucket(js, t.workflows_kv()), self.publisher)
-        batches = KvRecordStore(await declare_bucket(js, t.batches_kv()), self.publisher)
-        idempotency = await declare_bucket(js, t.idempotency_kv())
-        outputs = OutputStore(js, self.subjects, await declare_bucket(js, t.outputs_kv()),
-                              await js.create_object_store(
-                                  # nats-py overwrites config.bucket with this argument
-                                  self.subjects.blobs_bucket, config=t.blobs_store()))
-        definitions = DefinitionStore(await declare_bucket(js, t.definitions_kv()))
-        await declare_bucket(js, t.summaries_kv())  # written by the outbox
+        workflows = KvRecordStore(await bucket(t.workflows_kv()), self.publisher)
+        batches = KvRecordStore(await bucket(t.batches_kv()), self.publisher)
+        idempotency = await bucket(t.idempotency_kv())
+        blobs = await patiently("the blobs object store", lambda: js.create_object_store(
+            # nats-py overwrites config.bucket with this argument
+            self.subjects.blobs_bucket, config=t.blobs_store()))
+        outputs = OutputStore(js, self.subjects, await bucket(t.outputs_kv()), blobs)
+        definitions = DefinitionStore(await bucket(t.definitions_kv()))
+        await bucket(t.summaries_kv())  # written by the outbox
         self.processor = Processor(self.nc, self.subjects, workflows=workflows,
                                    batches=batches, settings=self.engine_settings,
                                    definitions=definitions, outputs=outputs,

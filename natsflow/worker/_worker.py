@@ -17,7 +17,13 @@ from contracts.connect import NatsSettings, connect
 from contracts.consume import PullConsumer
 from contracts.messages import CancelNotice
 from contracts.publish import AckedPublisher, AsyncPublisher
-from contracts.streams import TASK_ACK_WAIT, Topology, ensure_consumer, ensure_stream
+from contracts.streams import (
+    TASK_ACK_WAIT,
+    Topology,
+    ensure_consumer,
+    ensure_stream,
+    patiently,
+)
 from contracts.subjects import TASK_TYPE_RE, Subjects
 
 from ._execute import RunningAttempts, execute_delivery
@@ -124,7 +130,8 @@ class Worker:
 
         Args:
             settings: Where NATS is and the deployment's prefix.
-            replicas: Replicas of the tasks stream, if this worker creates it.
+            replicas: Replicas of the tasks and dead-letter streams, if this worker
+                creates them (give the deployment's value: the first to start creates them).
         """
         async with self.running(settings, replicas=replicas):
             await asyncio.Event().wait()
@@ -139,7 +146,8 @@ class Worker:
         Args:
             settings: Where NATS is and the deployment's prefix.
             nc: An existing connection to use (left open); by default one is made and closed.
-            replicas: Replicas of the tasks stream, if this worker creates it.
+            replicas: Replicas of the tasks and dead-letter streams, if this worker
+                creates them (give the deployment's value: the first to start creates them).
 
         Raises:
             ValueError: no task type is registered.
@@ -194,7 +202,9 @@ class _Session:
         return self._topology.subjects
 
     async def start(self) -> None:
-        await self._declare()
+        # Started beside the orchestrator on a cluster, a declaration may meet a stream
+        # being scaled or a leader being elected: wait that out, never exit on it.
+        await patiently("the tasks stream and its consumers", self._declare)
         await self._publisher.start()  # its reply subscription, before the first result
         self._subs.append(await self._nc.subscribe(self._subjects.all_cancels,
                                                    cb=self._on_cancel))

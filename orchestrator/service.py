@@ -90,6 +90,7 @@ class Orchestrator:
         self.publisher: AsyncPublisher | None = None
         self.api: Api | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._redeclaring: asyncio.Task[None] | None = None
         self._subs: list[PullConsumer] = []
         self._stopping = asyncio.Event()
         self.builtins = builtins
@@ -205,6 +206,9 @@ class Orchestrator:
         # Built-in steps and the engine wind down side by side: each waits for a fetch.
         await asyncio.gather(self._builtins.aclose(), self._stop_loops(),
                              self._stop_deliverer())
+        if self._redeclaring is not None:
+            self._redeclaring.cancel()
+            await asyncio.gather(self._redeclaring, return_exceptions=True)
         for sub in self._subs:
             await sub.stop()
         if self.publisher is not None:
@@ -262,15 +266,23 @@ class Orchestrator:
         try:
             return await sub.next_batch(most or self.fetch_batch, timeout=1.0)
         except ConsumerStalled:
-            # e.g. a server restarted without its data: declare everything again.
-            log.warning("the server stopped answering pull requests; re-declaring")
-            with contextlib.suppress(Exception):
-                await self._declare()
+            # e.g. a server restarted without its data: declare everything again, beside
+            # the fetching, which goes on (between leaders a declaration would wait out
+            # timeouts, and the election ends by itself sooner).
+            if self._redeclaring is None or self._redeclaring.done():
+                log.warning("the server stopped answering pull requests; re-declaring")
+                self._redeclaring = asyncio.create_task(self._redeclare())
             return []
         except Exception:
             log.exception("taking messages failed; retrying")
             await asyncio.sleep(0.5)
             return []
+
+    async def _redeclare(self) -> None:
+        try:
+            await self._declare()
+        except Exception as exc:
+            log.warning("re-declaring the streams and consumers failed: %s", exc)
 
     async def _engine_loop(self, sub: PullConsumer) -> None:
         """Take messages while earlier batches are still in hand (up to ``fetch_batch``

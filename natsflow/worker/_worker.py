@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from contracts.builtins import RESERVED_TASK_PREFIX, is_reserved_task
 from contracts.connect import NatsSettings, connect
-from contracts.consume import PullConsumer
+from contracts.consume import ConsumerStalled, PullConsumer
 from contracts.messages import CancelNotice
 from contracts.publish import AckedPublisher, AsyncPublisher
 from contracts.streams import (
@@ -195,6 +195,7 @@ class _Session:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._subs: list[Any] = []
+        self._redeclaring: asyncio.Task[None] | None = None
         self._stopping = False
 
     @property
@@ -232,6 +233,8 @@ class _Session:
         self._slots.close()
         # Let in-flight fetches end on their own, so no fetched message is dropped.
         await _finish(self._loops, within=FETCH_TIMEOUT + 1.0)
+        if self._redeclaring is not None:
+            await _finish([self._redeclaring], within=0)
         await _finish(self._deliveries, within=grace)
         for sub in self._subs:  # the connection may be shared and outlive us
             with contextlib.suppress(Exception):
@@ -262,6 +265,13 @@ class _Session:
             except asyncio.CancelledError:
                 self._slots.release(reserved)
                 raise
+            except ConsumerStalled:
+                # Refused again and again: the consumer may be gone (a server restarted
+                # without its data), or between leaders. Re-declare beside the fetching,
+                # which goes on: an election ends by itself, sooner than a declaration.
+                self._slots.release(reserved)
+                self._redeclare_soon(handler.task_type)
+                continue
             except Exception:
                 self._slots.release(reserved)
                 log.warning("fetching %s failed; retrying", handler.task_type, exc_info=True)
@@ -271,6 +281,12 @@ class _Session:
             self._slots.release(reserved - len(msgs))
             for msg in msgs:
                 self._spawn(handler, msg)
+
+    def _redeclare_soon(self, task_type: str) -> None:
+        if self._redeclaring is None or self._redeclaring.done():
+            log.warning("the server stopped answering pull requests for %s; re-declaring "
+                        "the tasks stream and consumers", task_type)
+            self._redeclaring = asyncio.create_task(self._redeclare_quietly())
 
     async def _redeclare_quietly(self) -> None:
         # After a server restart without persistence the stream or consumer may be gone.

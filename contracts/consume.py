@@ -5,6 +5,13 @@ this keeps pull requests outstanding (as nats.go's ``Consume`` does), so a messa
 handed over the moment it arrives, and whatever has arrived meanwhile comes as one
 batch. Flow control stays with JetStream: never more than ``batch`` messages are asked
 for at once, and more are asked for only as they are taken.
+
+On a cluster the consumer's leader can move (killed, hung, stepped down). The pull
+requests it held are gone with it, so they are asked for again at once when the server
+says so (``409 Leadership Change``), when the new leader is announced (the
+``CONSUMER.LEADER_ELECTED`` advisory), when the connection comes back, or after three
+missed idle heartbeats (1 s each), whichever comes first: work resumes within a
+second or so of the new leader, not after the old requests' silence runs out.
 """
 
 from __future__ import annotations
@@ -26,7 +33,14 @@ __all__ = ["ConsumerStalled", "PullConsumer", "delivery_count"]
 log = logging.getLogger("natsflow.consume")
 
 _STATUS = "Status"
+_DESCRIPTION = "Description"
 _PENDING_MSGS = "Nats-Pending-Messages"
+#: Statuses that mean all is well: an idle heartbeat, a request that simply expired.
+_FINE = frozenset({"100", "408"})
+#: 409 descriptions that say the requests are gone but the consumer is not: ask again.
+_MOVED = frozenset({"Leadership Change", "Server Shutdown"})
+#: Seconds before asking again after the server refused (no one serves the consumer).
+_REFUSED_PAUSE = 0.25
 
 
 def delivery_count(msg: object) -> int:
@@ -59,18 +73,20 @@ class PullConsumer:
         batch: Most messages asked for and not yet received at any time.
         expires: Seconds each pull request lives on the server.
         heartbeat: Seconds between the server's idle heartbeats; silence for three of
-            them (a lost connection, a restarted server) makes it ask afresh.
+            them (a lost connection, a leader gone without a word) makes it ask afresh.
     """
 
     def __init__(self, nc: Client, stream: str, consumer: str, *, batch: int = 256,
-                 expires: float = 30.0, heartbeat: float = 5.0) -> None:
+                 expires: float = 10.0, heartbeat: float = 1.0) -> None:
         self.nc = nc
         self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.leader_elected = f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{consumer}"
         self.batch = batch
         self.expires = expires
         self.heartbeat = heartbeat
         self._inbox = ""
         self._sub: Subscription | None = None
+        self._leader_sub: Subscription | None = None
         self._ready: deque[Msg] = deque()
         # The one waiter of next_batch (a bare future: no Event, no wait_for task).
         self._waiter: asyncio.Future[None] | None = None
@@ -78,12 +94,14 @@ class PullConsumer:
         self._last_seen = time.monotonic()
         self._stalls = 0
         self._reconnects = 0
+        self._quiet_until = 0.0  # no new request before (the server just refused one)
 
     async def start(self) -> PullConsumer:
-        """Subscribe to this consumer's private inbox."""
+        """Subscribe to this consumer's private inbox and to its leader's elections."""
         self._inbox = self.nc.new_inbox()
         self._reconnects = self.nc.stats["reconnects"]
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message)
+        self._leader_sub = await self.nc.subscribe(self.leader_elected, cb=self._on_leader)
         return self
 
     async def stop(self) -> None:
@@ -93,6 +111,10 @@ class PullConsumer:
         requests right now, and a message dropped here would wait out the ack wait.
         After the drain's round trip nothing more comes, and all that came is in hand.
         """
+        if self._leader_sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._leader_sub.unsubscribe()
+            self._leader_sub = None
         if self._sub is not None:
             try:
                 await asyncio.wait_for(self._sub.drain(), 5.0)  # type: ignore[no-untyped-call]
@@ -109,16 +131,35 @@ class PullConsumer:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _ask_afresh(self) -> None:
+        """Whatever was asked for is gone: the next top-up asks for it all again."""
+        self._outstanding = 0
+        self._last_seen = time.monotonic()
+        self._quiet_until = 0.0
+        self._wake()
+
+    async def _on_leader(self, msg: Msg) -> None:
+        # A new leader: the requests the old one held are lost with it (or answered
+        # with a 409 that may never come, if it died). Ask the new one at once.
+        self._stalls = 0
+        self._ask_afresh()
+
     async def _on_message(self, msg: Msg) -> None:
         status = msg.headers.get(_STATUS) if msg.headers else None
-        if status is None or status in ("100", "408"):
+        if status is None or status in _FINE:
             # A message, an idle heartbeat, or a request that simply expired: all is well.
             self._last_seen = time.monotonic()
             self._stalls = 0
+        elif status == "409" and msg.headers and msg.headers.get(_DESCRIPTION) in _MOVED:
+            # The leader moved or its server is going: the consumer is fine, ask again
+            # (of the new leader) at once. Not a stall: re-declaring would not help.
+            self._last_seen = time.monotonic()
         else:
-            # 409 (consumer deleted, leadership change...), 503 (no one serves the
-            # consumer): something is wrong on the server's side.
+            # 409 (consumer deleted...), 503 (no one serves the consumer: gone, or
+            # between leaders): something is wrong on the server's side. Do not ask
+            # again in a tight loop.
             self._stalls += 1
+            self._quiet_until = time.monotonic() + _REFUSED_PAUSE
         if status is None:
             self._outstanding = max(0, self._outstanding - 1)
             self._ready.append(msg)
@@ -141,17 +182,18 @@ class PullConsumer:
             self._outstanding = 0
             self._last_seen = time.monotonic()
         if self._outstanding and time.monotonic() - self._last_seen > 3 * self.heartbeat:
-            # Nothing heard for too long: whatever we asked for is lost; ask again.
+            # Nothing heard for too long (a leader gone without a word, a hung server):
+            # whatever we asked for is lost; ask again. Not a stall by itself: a consumer
+            # that is really gone answers the new request with a refusal.
             self._outstanding = 0
             self._last_seen = time.monotonic()
-            self._stalls += 1
         if self._stalls >= 2:
             # Tell the caller when it keeps happening (it may need to re-declare).
             self._stalls = 0
             raise ConsumerStalled(self.subject)
         cap = min(self.batch, limit)
         want = cap - self._outstanding - len(self._ready)
-        if want < max(1, cap // 2):
+        if want < max(1, cap // 2) or time.monotonic() < self._quiet_until:
             return
         request = {"batch": want, "expires": int(self.expires * 1e9),
                    "idle_heartbeat": int(self.heartbeat * 1e9)}
@@ -173,6 +215,9 @@ class PullConsumer:
         if not self._ready:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
+            quiet = self._quiet_until - time.monotonic()
+            if 0 < quiet < timeout:
+                timeout = quiet  # then ask again, rather than wait out the whole timeout
             timer = loop.call_later(timeout, self._wake)
             try:
                 await waiter

@@ -6,9 +6,14 @@ the config changed); nobody creates them by hand.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -26,6 +31,7 @@ from .errors import ConfigMismatch
 from .subjects import Subjects
 
 __all__ = [
+    "DECLARE_PATIENCE",
     "DUPLICATE_WINDOW",
     "ENGINE_ACK_WAIT",
     "TASK_ACK_WAIT",
@@ -37,8 +43,14 @@ __all__ = [
     "declare_stream",
     "ensure_consumer",
     "ensure_stream",
+    "is_transient",
+    "patiently",
     "reconcile_stream",
 ]
+
+log = logging.getLogger("natsflow.streams")
+
+T = TypeVar("T")
 
 #: Seconds within which JetStream drops a message whose Nats-Msg-Id it has seen.
 DUPLICATE_WINDOW = 120.0
@@ -48,6 +60,10 @@ TASK_ACK_WAIT = 30.0
 TASK_HEARTBEAT = 10.0
 #: Seconds an engine message may stay unacked before it is redelivered.
 ENGINE_ACK_WAIT = 30.0
+#: Seconds a service retries its start-up declarations while the cluster is settling.
+DECLARE_PATIENCE = 120.0
+#: Longest pause between two of those attempts.
+DECLARE_MAX_PAUSE = 5.0
 #: Seconds a webhook delivery may go without news from its deliverer (it sends an
 #: in-progress ack every third of this while it waits or POSTs) before it is redelivered.
 WEBHOOK_ACK_WAIT = 30.0
@@ -297,3 +313,49 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
     """
     info = await js.add_consumer(stream, config)
     check_consumer(stream, config, info.config, heartbeat=heartbeat)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a state of the cluster that passes by itself.
+
+    A 503 (``insufficient resources`` while a stream is being scaled, no meta leader
+    yet, a stream or consumer electing its leader), a request nobody answered in time,
+    or one made while the connection is being re-established. A 4xx (a bad config, a
+    missing stream) is not: retrying would give the same answer.
+    """
+    if isinstance(exc, nats.js.errors.APIError):
+        return exc.code == 503
+    return isinstance(exc, nats.errors.TimeoutError | nats.errors.NoRespondersError
+                      | nats.errors.ConnectionReconnectingError | TimeoutError)
+
+
+async def patiently(what: str, declare: Callable[[], Awaitable[T]], *,
+                    patience: float = DECLARE_PATIENCE,
+                    first_pause: float = 0.25) -> T:
+    """Run ``declare`` until it succeeds, retrying while the cluster is settling.
+
+    Services started together on a cluster meet its transient states: a stream another
+    service has just scaled answers ``503 insufficient resources`` for a few seconds, a
+    new stream's leader is still being elected. Each failed attempt is one log line
+    (no traceback); the pause doubles up to ``DECLARE_MAX_PAUSE``.
+
+    Raises:
+        Exception: what ``declare`` raised, at once if it is not transient (see
+            is_transient), or once ``patience`` seconds have passed.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    pause = first_pause
+    attempt = 1
+    while True:
+        try:
+            return await declare()
+        except Exception as exc:
+            if not is_transient(exc) or loop.time() + pause > deadline:
+                raise
+            log.warning("declaring %s failed (attempt %d): %s; the cluster may still be "
+                        "settling, trying again in %.2gs", what, attempt,
+                        str(exc) or type(exc).__name__, pause)
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, DECLARE_MAX_PAUSE)
+        attempt += 1

@@ -48,6 +48,13 @@ _JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of ta
 _LogFormatOpt = Annotated[LogFormat, typer.Option(
     "--log-format", envvar="NATSFLOW_LOG_FORMAT", show_envvar=True, case_sensitive=False,
     help="Log lines as text, or as one JSON object per line (with workflow_id when known).")]
+# One deployment-wide setting: a service that creates a stream or bucket first creates
+# it at this count, so every service of a cluster deployment takes it (one env var for
+# all), and no stream is created at one count and scaled to another by start order.
+_ReplicasOpt = Annotated[int, typer.Option(
+    "--replicas", envvar="NATSFLOW_REPLICAS", show_envvar=True, min=1,
+    help="JetStream replicas of the streams and buckets it creates (3 on a cluster); "
+         "give every service of a deployment the same value.")]
 _OtelOpt = Annotated[bool, typer.Option(
     "--otel", envvar="NATSFLOW_OTEL", show_envvar=True,
     help="Make OpenTelemetry spans (needs natsflow[otel]; see docs/operations.md).")]
@@ -98,8 +105,7 @@ def dev(
 @app.command()
 @with_settings
 def orchestrator(
-    replicas: Annotated[int, typer.Option(
-        min=1, help="JetStream replicas of the streams and buckets it declares.")] = 1,
+    replicas: _ReplicasOpt = 1,
     builtins: Annotated[bool, typer.Option(
         help="Serve the built-in steps natsflow.request, natsflow.http and natsflow.publish."
     )] = True,
@@ -183,8 +189,7 @@ def webhook_secret_command(
 @app.command()
 @with_settings
 def index(
-    replicas: Annotated[int, typer.Option(
-        min=1, help="JetStream replicas of the summaries bucket if it declares it.")] = 1,
+    replicas: _ReplicasOpt = 1,
     *,
     settings: NatsSettings,
 ) -> None:
@@ -217,6 +222,7 @@ def gateway(
 def worker_command(
     target: Annotated[str, typer.Argument(
         metavar="MODULE:OBJ", help="The Worker to run, e.g. natsflow.demo:worker.")],
+    replicas: _ReplicasOpt = 1,
     log_format: _LogFormatOpt = LogFormat.TEXT,
     otel: _OtelOpt = False,
     *,
@@ -229,7 +235,7 @@ def worker_command(
     if not callable(getattr(obj, "run", None)):
         fail(InvalidRequest(f"{target} is not a natsflow Worker (it has no run method)"))
     # Room for the worker's own grace (running handlers finish, the rest are handed back).
-    run_until_signal(lambda: obj.run(settings),
+    run_until_signal(lambda: obj.run(settings, replicas=replicas),
                      grace=float(getattr(obj, "stop_grace", 10.0)) + 5.0)
 
 

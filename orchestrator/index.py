@@ -31,7 +31,7 @@ from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsflowError, ValidationFailed, validation_failed
 from contracts.messages import BulkRequest, BulkResult, ListWorkflowsRequest, WorkflowList
 from contracts.models import WorkflowSummary
-from contracts.streams import Topology, declare_bucket
+from contracts.streams import Topology, declare_bucket, patiently
 
 VERSION = "0.1.0"
 
@@ -193,8 +193,8 @@ class IndexService:
         if self.nc is None:
             self.nc = await connect(self.settings, name="natsflow-index", timeout=None)
         js = self.nc.jetstream()
-        kv = await declare_bucket(js, Topology(self.subjects, replicas=self.replicas)
-                                 .summaries_kv())
+        config = Topology(self.subjects, replicas=self.replicas).summaries_kv()
+        kv = await patiently(f"the {config.bucket} bucket", lambda: declare_bucket(js, config))
         self.index = WorkflowIndex(kv)
         await self.index.start()
         self._service = await add_service(self.nc, ServiceConfig(

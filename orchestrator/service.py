@@ -14,6 +14,8 @@ from types import TracebackType
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
 
 from contracts.connect import NatsSettings, connect
 from contracts.consume import ConsumerStalled, PullConsumer
@@ -25,6 +27,7 @@ from contracts.streams import (
     declare_bucket,
     declare_stream,
     ensure_consumer,
+    patiently,
 )
 
 from .api import Api
@@ -93,6 +96,7 @@ class Orchestrator:
         self.publisher: AsyncPublisher | None = None
         self.api: Api | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._redeclaring: asyncio.Task[None] | None = None
         self._subs: list[PullConsumer] = []
         self._stopping = asyncio.Event()
         self.builtins = builtins
@@ -116,18 +120,25 @@ class Orchestrator:
         if self.nc is None:
             self.nc = await connect(self.settings, name="natsflow-orchestrator", timeout=None)
         js = self.nc.jetstream()
-        await self._declare()
+        # Started beside other services on a cluster, a declaration may meet a stream
+        # being scaled or a leader being elected: wait that out, never exit on it.
+        await patiently("the streams and consumers", self._declare)
         t = self.topology  # _declare may have adopted the deployment's replicas
+
+        async def bucket(config: KeyValueConfig) -> KeyValue:
+            return await patiently(f"the {config.bucket} bucket",
+                                   lambda: declare_bucket(js, config))
+
         self.publisher = await AsyncPublisher(self.nc).start()
-        workflows = KvRecordStore(await declare_bucket(js, t.workflows_kv()), self.publisher)
-        batches = KvRecordStore(await declare_bucket(js, t.batches_kv()), self.publisher)
-        idempotency = await declare_bucket(js, t.idempotency_kv())
-        outputs = OutputStore(js, self.subjects, await declare_bucket(js, t.outputs_kv()),
-                              await js.create_object_store(
-                                  # nats-py overwrites config.bucket with this argument
-                                  self.subjects.blobs_bucket, config=t.blobs_store()))
-        definitions = DefinitionStore(await declare_bucket(js, t.definitions_kv()))
-        await declare_bucket(js, t.summaries_kv())  # written by the outbox
+        workflows = KvRecordStore(await bucket(t.workflows_kv()), self.publisher)
+        batches = KvRecordStore(await bucket(t.batches_kv()), self.publisher)
+        idempotency = await bucket(t.idempotency_kv())
+        blobs = await patiently("the blobs object store", lambda: js.create_object_store(
+            # nats-py overwrites config.bucket with this argument
+            self.subjects.blobs_bucket, config=t.blobs_store()))
+        outputs = OutputStore(js, self.subjects, await bucket(t.outputs_kv()), blobs)
+        definitions = DefinitionStore(await bucket(t.definitions_kv()))
+        await bucket(t.summaries_kv())  # written by the outbox
         self.processor = Processor(self.nc, self.subjects, workflows=workflows,
                                    batches=batches, settings=self.engine_settings,
                                    definitions=definitions, outputs=outputs,
@@ -202,6 +213,9 @@ class Orchestrator:
         # Built-in steps and the engine wind down side by side: each waits for a fetch.
         await asyncio.gather(self._builtins.aclose(), self._stop_loops(),
                              self._stop_deliverer())
+        if self._redeclaring is not None:
+            self._redeclaring.cancel()
+            await asyncio.gather(self._redeclaring, return_exceptions=True)
         for sub in self._subs:
             await sub.stop()
         if self.publisher is not None:
@@ -259,15 +273,23 @@ class Orchestrator:
         try:
             return await sub.next_batch(most or self.fetch_batch, timeout=1.0)
         except ConsumerStalled:
-            # e.g. a server restarted without its data: declare everything again.
-            log.warning("the server stopped answering pull requests; re-declaring")
-            with contextlib.suppress(Exception):
-                await self._declare()
+            # e.g. a server restarted without its data: declare everything again, beside
+            # the fetching, which goes on (between leaders a declaration would wait out
+            # timeouts, and the election ends by itself sooner).
+            if self._redeclaring is None or self._redeclaring.done():
+                log.warning("the server stopped answering pull requests; re-declaring")
+                self._redeclaring = asyncio.create_task(self._redeclare())
             return []
         except Exception:
             log.exception("taking messages failed; retrying")
             await asyncio.sleep(0.5)
             return []
+
+    async def _redeclare(self) -> None:
+        try:
+            await self._declare()
+        except Exception as exc:
+            log.warning("re-declaring the streams and consumers failed: %s", exc)
 
     async def _engine_loop(self, sub: PullConsumer) -> None:
         """Take messages while earlier batches are still in hand (up to ``fetch_batch``

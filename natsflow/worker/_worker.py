@@ -12,9 +12,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from contracts.connect import NatsSettings, connect
-from contracts.consume import PullConsumer
+from contracts.consume import ConsumerStalled, PullConsumer
 from contracts.publish import AckedPublisher, AsyncPublisher
-from contracts.streams import TASK_ACK_WAIT, Topology
+from contracts.streams import TASK_ACK_WAIT, Topology, patiently
 from contracts.subjects import Subjects
 
 from ._handler import HandlerFn, TaskHandler
@@ -110,7 +110,8 @@ class Worker:
 
         Args:
             settings: Where NATS is and the deployment's prefix.
-            replicas: Replicas of the tasks stream, if this worker creates it.
+            replicas: Replicas of the tasks and dead-letter streams, if this worker
+                creates them (give the deployment's value: the first to start creates them).
         """
         async with self.running(settings, replicas=replicas):
             await asyncio.Event().wait()
@@ -125,7 +126,8 @@ class Worker:
         Args:
             settings: Where NATS is and the deployment's prefix.
             nc: An existing connection to use (left open); by default one is made and closed.
-            replicas: Replicas of the tasks stream, if this worker creates it.
+            replicas: Replicas of the tasks and dead-letter streams, if this worker
+                creates them (give the deployment's value: the first to start creates them).
 
         Raises:
             ValueError: no task type is registered.
@@ -170,6 +172,7 @@ class _Session:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._subs: list[Any] = []
+        self._redeclaring: asyncio.Task[None] | None = None
         self._stopping = False
 
     @property
@@ -177,7 +180,9 @@ class _Session:
         return self._serving.subjects
 
     async def start(self) -> None:
-        await self._declare()
+        # Started beside the orchestrator on a cluster, a declaration may meet a stream
+        # being scaled or a leader being elected: wait that out, never exit on it.
+        await patiently("the tasks stream and its consumers", self._declare)
         await self._publisher.start()  # its reply subscription, before the first result
         self._subs.append(await self._nc.subscribe(self._subjects.all_cancels,
                                                    cb=self._on_cancel))
@@ -198,6 +203,8 @@ class _Session:
         self._slots.close()
         # Let in-flight fetches end on their own, so no fetched message is dropped.
         await _finish(self._loops, within=FETCH_TIMEOUT + 1.0)
+        if self._redeclaring is not None:
+            await _finish([self._redeclaring], within=0)
         await _finish(self._deliveries, within=grace)
         for sub in self._subs:  # the connection may be shared and outlive us
             with contextlib.suppress(Exception):
@@ -228,6 +235,13 @@ class _Session:
             except asyncio.CancelledError:
                 self._slots.release(reserved)
                 raise
+            except ConsumerStalled:
+                # Refused again and again: the consumer may be gone (a server restarted
+                # without its data), or between leaders. Re-declare beside the fetching,
+                # which goes on: an election ends by itself, sooner than a declaration.
+                self._slots.release(reserved)
+                self._redeclare_soon(handler.task_type)
+                continue
             except Exception:
                 self._slots.release(reserved)
                 log.warning("fetching %s failed; retrying", handler.task_type, exc_info=True)
@@ -237,6 +251,12 @@ class _Session:
             self._slots.release(reserved - len(msgs))
             for msg in msgs:
                 self._spawn(handler, msg)
+
+    def _redeclare_soon(self, task_type: str) -> None:
+        if self._redeclaring is None or self._redeclaring.done():
+            log.warning("the server stopped answering pull requests for %s; re-declaring "
+                        "the tasks stream and consumers", task_type)
+            self._redeclaring = asyncio.create_task(self._redeclare_quietly())
 
     async def _redeclare_quietly(self) -> None:
         # After a server restart without persistence the stream or consumer may be gone.

@@ -105,8 +105,13 @@ def orchestrator(
     )] = True,
     metrics_port: Annotated[int | None, typer.Option(
         envvar="NATSFLOW_METRICS_PORT", show_envvar=True, min=0, max=65535,
-        help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off).")
+        help="Serve Prometheus metrics on http://HOST:PORT/metrics, HOST being "
+             "--metrics-host (default: off).")
     ] = None,
+    metrics_host: Annotated[str, typer.Option(
+        envvar="NATSFLOW_METRICS_HOST", show_envvar=True,
+        help="Interface the metrics server listens on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
     ack_wait: Annotated[float, typer.Option(
         envvar="NATSFLOW_ACK_WAIT", show_envvar=True, min=0.5,
         help="Seconds before a message a crashed orchestrator held is redelivered. Give "
@@ -140,7 +145,8 @@ def orchestrator(
                             max_deliveries=webhook_max_deliveries, timeout=webhook_timeout)
     _setup_tracing(otel, "natsflow-orchestrator")
     run_until_signal(lambda: Orchestrator(settings, replicas=replicas, builtins=builtins,
-                                          metrics_port=metrics_port, webhooks=webhooks,
+                                          metrics_port=metrics_port,
+                                          metrics_host=metrics_host, webhooks=webhooks,
                                           webhook_settings=hooks, ack_wait=ack_wait).run())
 
 

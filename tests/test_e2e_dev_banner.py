@@ -95,9 +95,13 @@ def test_dev_banner_commands_and_metrics_work_as_printed(tmp_path: Path) -> None
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a failed assertion: stop dev so it stops its children
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         reader.join(timeout=5)
         stdout.close()
     assert proc.returncode == 0, "".join(lines)

@@ -95,7 +95,7 @@ class NatsflowClient:
                                         body.model_dump_json().encode(), timeout=self.timeout,
                                         headers=headers)
         except nats.errors.NoRespondersError:
-            raise Unavailable("no orchestrator is running") from None
+            raise _no_service(self.subjects, operation) from None
         except nats.errors.MaxPayloadError:
             raise PayloadTooLarge(f"{operation} request is larger than the NATS server's "
                                   f"max_payload ({self.nc.max_payload} bytes)") from None
@@ -254,11 +254,15 @@ class NatsflowClient:
         return await self._call("batch.stop", IdRequest(id=batch_id), BatchReply)
 
     # -- liveness and events ---------------------------------------------------------
-    async def ping(self, timeout: float = 1.0) -> bool:
-        """True when at least one orchestrator answers ``$SRV.PING.<service>``."""
+    async def ping(self, timeout: float = 1.0, *, service: str | None = None) -> bool:
+        """True when at least one instance of ``service`` answers ``$SRV.PING.<service>``.
+
+        ``service`` is a micro service name (default: the orchestrator's,
+        ``subjects.service_name``; the index's is ``subjects.index_service_name``).
+        """
+        name = service or self.subjects.service_name
         try:
-            await self.nc.request(f"$SRV.PING.{self.subjects.service_name}", b"",
-                                  timeout=timeout)
+            await self.nc.request(f"$SRV.PING.{name}", b"", timeout=timeout)
         except (TimeoutError, nats.errors.Error):
             return False
         return True
@@ -366,6 +370,15 @@ class NatsflowClient:
         except TimeoutError:
             raise EngineTimeout(f"workflow {workflow_id} not finished in {timeout}s") from None
         return await self.get(workflow_id)
+
+
+def _no_service(subjects: Subjects, operation: str) -> Unavailable:
+    """Nobody answers ``operation``: name the service that should, and how to run it."""
+    if subjects.api_service(operation) == subjects.index_service_name:
+        return Unavailable(f"no index is running: {operation} is answered by the index "
+                           f"service (`natsflow index`), not the orchestrator",
+                           details={"service": "index"})
+    return Unavailable("no orchestrator is running", details={"service": "orchestrator"})
 
 
 def stream_end(status: WorkflowStatus | None) -> int | None:

@@ -33,6 +33,7 @@ from .errors import (
     NatsflowError,
     PayloadTooLarge,
     Unavailable,
+    WorkflowNotFound,
     error_from_info,
 )
 from .messages import (
@@ -49,11 +50,18 @@ from .messages import (
     WorkflowList,
     WorkflowReply,
 )
-from .models import EVENT_TERMINAL, TRUSTED, WORKFLOW_TERMINAL, Event, WorkflowConfig
+from .models import (
+    EVENT_TERMINAL,
+    TRUSTED,
+    WORKFLOW_TERMINAL,
+    Event,
+    WorkflowConfig,
+    WorkflowStatus,
+)
 from .subjects import Subjects
 from .tracing import TraceContext, inject
 
-__all__ = ["NatsflowClient"]
+__all__ = ["NatsflowClient", "stream_end"]
 
 _R = TypeVar("_R", bound=BaseModel)
 
@@ -89,7 +97,7 @@ class NatsflowClient:
                                         body.model_dump_json().encode(), timeout=timeout,
                                         headers=headers)
         except nats.errors.NoRespondersError:
-            raise Unavailable("no orchestrator is running") from None
+            raise _no_service(self.subjects, operation) from None
         except nats.errors.MaxPayloadError:
             raise PayloadTooLarge(f"{operation} request is larger than the NATS server's "
                                   f"max_payload ({self.nc.max_payload} bytes)") from None
@@ -250,11 +258,15 @@ class NatsflowClient:
         return await self._call("batch.stop", IdRequest(id=batch_id), BatchReply)
 
     # -- liveness and events ---------------------------------------------------------
-    async def ping(self, timeout: float = 1.0) -> bool:
-        """True when at least one orchestrator answers ``$SRV.PING.<service>``."""
+    async def ping(self, timeout: float = 1.0, *, service: str | None = None) -> bool:
+        """True when at least one instance of ``service`` answers ``$SRV.PING.<service>``.
+
+        ``service`` is a micro service name (default: the orchestrator's,
+        ``subjects.service_name``; the index's is ``subjects.index_service_name``).
+        """
+        name = service or self.subjects.service_name
         try:
-            await self.nc.request(f"$SRV.PING.{self.subjects.service_name}", b"",
-                                  timeout=timeout)
+            await self.nc.request(f"$SRV.PING.{name}", b"", timeout=timeout)
         except (TimeoutError, nats.errors.Error):
             return False
         return True
@@ -281,21 +293,32 @@ class NatsflowClient:
                      after: int = 0, idle_timeout: float = 0.5) -> AsyncGenerator[Event, None]:
         """The workflow's events in ``seq`` order, from the first (or after ``after``).
 
-        With ``follow`` it waits for new events until the terminal one (that is
-        :meth:`watch`); without, it stops when no event arrives for ``idle_timeout``
-        seconds.
+        Every run is replayed: a retried workflow's stream goes on past an earlier run's
+        terminal event. With ``follow`` it waits for new events until the stream ends
+        (that is :meth:`watch`; see :func:`stream_end`); without, it also stops when no
+        event arrives for ``idle_timeout`` seconds.
         """
         last = after
+        end: int | None = None  # the seq the stored status said the stream ends at
         feed = self.event_feed(self.subjects.events_of(workflow_id), deliver_all=True,
                                idle_timeout=None if follow else idle_timeout)
         async with aclosing(feed):
             async for _, event in feed:
-                if event.seq <= last:
-                    continue
-                last = event.seq
-                yield event
-                if event.type in EVENT_TERMINAL:
-                    return
+                if event.seq > last:  # else seen already, or before ``after``
+                    last = event.seq
+                    yield event
+                # Asked again on reaching the end it gave: a retry may have come since.
+                if event.type in EVENT_TERMINAL or (end is not None and event.seq >= end):
+                    end = await self._stream_end(workflow_id)
+                    if end is not None and last >= end:
+                        return
+
+    async def _stream_end(self, workflow_id: str) -> int | None:
+        try:
+            status = (await self.get(workflow_id)).status
+        except WorkflowNotFound:
+            return 0  # gone (its record removed): nothing more will come
+        return stream_end(status)
 
     async def event_feed(self, subject_filter: str, *, deliver_all: bool = False,
                          after_stream_seq: int = 0, idle_timeout: float | None = None,
@@ -340,21 +363,47 @@ class NatsflowClient:
         """Wait until the workflow is terminal, then return its status.
 
         A retried workflow has a terminal event per run: waiting goes on past an earlier
-        run's end when the stored state says the workflow runs again.
+        run's end, as :meth:`watch` does.
         """
         async def _until_terminal() -> None:
-            after = 0
-            while True:
-                async for event in self.watch(workflow_id, after=after):
-                    after = event.seq
-                status = (await self.get(workflow_id)).status
-                if status is None or status.state in WORKFLOW_TERMINAL:
-                    return
+            async with aclosing(self.watch(workflow_id)) as events:
+                async for _ in events:
+                    pass
         try:
             await asyncio.wait_for(_until_terminal(), timeout)
         except TimeoutError:
             raise EngineTimeout(f"workflow {workflow_id} not finished in {timeout}s") from None
         return await self.get(workflow_id)
+
+
+def _no_service(subjects: Subjects, operation: str) -> Unavailable:
+    """Nobody answers ``operation``: name the service that should, and how to run it."""
+    if subjects.api_service(operation) == subjects.index_service_name:
+        return Unavailable(f"no index is running: {operation} is answered by the index "
+                           f"service (`natsflow index`), not the orchestrator",
+                           details={"service": "index"})
+    return Unavailable("no orchestrator is running", details={"service": "orchestrator"})
+
+
+def stream_end(status: WorkflowStatus | None) -> int | None:
+    """The ``seq`` a workflow's event stream ends at, as far as its stored status says.
+
+    A stream ends at the last event of a terminal workflow. A retry starts another run
+    after a terminal event, in the same stream, so a terminal event ends the stream only
+    when it is the last one stored (a retry still queued in the inbox, not yet taken by
+    the engine, is not seen). Every follower of a workflow's events (the client's
+    :meth:`NatsflowClient.watch` and :meth:`~NatsflowClient.wait`, the CLI, the
+    gateway's SSE) stops by this rule.
+
+    Args:
+        status: The workflow's stored status (None: no status yet).
+
+    Returns:
+        The ``seq`` of its last event if it is terminal, else None (more will come).
+    """
+    if status is None or status.state not in WORKFLOW_TERMINAL:
+        return None
+    return status.last_seq
 
 
 def error_reply(err: NatsflowError) -> tuple[bytes, dict[str, str]]:

@@ -12,19 +12,20 @@ Environment variables (each also a CLI option of the services):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import nats
+import nats.errors
 from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import Unavailable
+from .errors import NatsAuthFailed, Unavailable
 from .subjects import DEFAULT_PREFIX, Subjects
 
-__all__ = ["NatsSettings", "connect"]
+__all__ = ["NatsSettings", "connect", "is_auth_error"]
 
 
 class NatsSettings(BaseModel):
@@ -81,6 +82,32 @@ class NatsSettings(BaseModel):
 #: Seconds between client pings; three unanswered ones mean the server is gone.
 PING_INTERVAL = 10.0
 
+# What nats-server says when it refuses credentials (nats-py raises AuthorizationError
+# only after a connection; while connecting, a plain Error carrying the server's text).
+_AUTH_REFUSALS = ("authorization violation", "authentication expired",
+                  "authentication revoked")
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    """True when ``exc`` is NATS refusing the connection's credentials."""
+    if isinstance(exc, nats.errors.AuthorizationError):
+        return True
+    return isinstance(exc, nats.errors.Error) and any(
+        text in str(exc).lower() for text in _AUTH_REFUSALS)
+
+
+def _auth_failed(settings: NatsSettings) -> NatsAuthFailed:
+    where = f"NATS at {', '.join(settings.servers)}"
+    how = ("user " + repr(settings.user) if settings.user
+           else "the token" if settings.token
+           else f"the creds file {settings.creds}" if settings.creds
+           else None)
+    if how is None:
+        return NatsAuthFailed(f"{where} requires credentials (authorization violation); "
+                              f"give --user/--password, --token or --creds")
+    return NatsAuthFailed(f"{where} refused {how} (authorization violation); check "
+                          f"--user/--password, --token or --creds")
+
 
 async def connect(
     settings: NatsSettings,
@@ -98,6 +125,8 @@ async def connect(
         on_state: Called with ``"disconnected"``/``"reconnected"``/``"closed"``.
 
     Raises:
+        NatsAuthFailed: the servers refused the credentials (as many refusals as there
+            are servers, and no connection), also when ``timeout`` is None.
         Unavailable: no server answered within ``timeout``.
     """
 
@@ -107,9 +136,19 @@ async def connect(
                 await on_state(state)
         return handler
 
+    nc = Client()
+    refusals = 0
+    refused = asyncio.Event()
+
     async def _error_cb(exc: Exception) -> None:
         # Connection errors are expected while the server is away; the client retries.
-        return None
+        # A refusal of the credentials is not going away: once every server has
+        # refused them, the first connection gives up (see below).
+        nonlocal refusals
+        if not nc.is_connected and is_auth_error(exc):
+            refusals += 1
+            if refusals >= len(settings.servers):
+                refused.set()
 
     kwargs: dict[str, Any] = {
         "servers": settings.servers,
@@ -138,7 +177,28 @@ async def connect(
     tls = settings.tls_context()
     if tls is not None:
         kwargs["tls"] = tls
+    connecting = asyncio.ensure_future(nc.connect(**kwargs))
+    giving_up = asyncio.ensure_future(refused.wait())
     try:
-        return await asyncio.wait_for(nats.connect(**kwargs), timeout)
-    except (TimeoutError, OSError) as exc:
-        raise Unavailable(f"cannot reach NATS at {', '.join(settings.servers)}") from exc
+        await asyncio.wait({connecting, giving_up}, timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if connecting.done() and connecting.exception() is None:
+            return nc
+    except BaseException:
+        await _abandon(nc, connecting)
+        raise
+    finally:
+        giving_up.cancel()
+    await _abandon(nc, connecting)
+    if refusals:
+        raise _auth_failed(settings)
+    raise Unavailable(f"cannot reach NATS at {', '.join(settings.servers)}")
+
+
+async def _abandon(nc: Client, connecting: asyncio.Future[None]) -> None:
+    """Stop a first connection still trying (or failed), leaving nothing open."""
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()

@@ -23,7 +23,9 @@ Hierarchy::
     │   ├── InvalidState          invalid-state        not allowed in the workflow's state
     │   └── TooManySignals        too-many-signals     signals pile up with no wait step
     ├── Unavailable               unavailable          NATS or the engine is unreachable (retryable)
-    │   └── EngineTimeout         engine-timeout       no answer in time (retryable)
+    │   ├── EngineTimeout         engine-timeout       no answer in time (retryable)
+    │   └── NatsAuthFailed        nats-auth-failed     NATS refuses the credentials (not
+    │                                                  retryable until they are fixed)
     ├── ConfigMismatch            config-mismatch      a stream, bucket or consumer in NATS is
     │                                                  set up in a way natsflow cannot work with
     └── EgressRefused             egress-refused       an outbound call (http step, webhook) to a
@@ -56,6 +58,7 @@ __all__ = [
     "InvalidGraph",
     "InvalidRequest",
     "InvalidState",
+    "NatsAuthFailed",
     "NatsflowError",
     "NotFound",
     "PayloadTooLarge",
@@ -235,6 +238,17 @@ class EngineTimeout(Unavailable):
     """The orchestrator did not answer in time."""
 
     code = "engine-timeout"
+
+
+class NatsAuthFailed(Unavailable):
+    """NATS refused the connection's credentials (user and password, token, creds).
+
+    Unavailable to this client all the same (the gateway answers 503), but trying again
+    with the same credentials will not help: it is not retryable.
+    """
+
+    code = "nats-auth-failed"
+    retryable = False
 
 
 class ConfigMismatch(NatsflowError):

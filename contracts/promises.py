@@ -13,7 +13,9 @@ dead-letter stream, are properties of messages, not of a workflow's history; the
 suite checks them where it makes them happen.)
 
 :func:`check_workflow` is pure: it looks at one workflow's stored status and the events
-read back from the events stream. :func:`collect` reads both for a set of workflows.
+read back from the events stream. :func:`collect` reads both for a set of workflows,
+:func:`verify` checks them all. A workflow created with ``start: false`` and never started
+is not expected to end: it is reported as not started, not as a broken promise 1.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
@@ -39,7 +41,8 @@ from .models import (
     WorkflowStatus,
 )
 
-__all__ = ["Violation", "check_workflow", "collect", "check_all"]
+__all__ = ["Report", "Violation", "check_all", "check_workflow", "collect", "not_started",
+           "verify"]
 
 _ENDS_STEP = {
     EventType.STEP_SUCCEEDED: StepState.SUCCEEDED,
@@ -84,10 +87,10 @@ def check_workflow(workflow_id: str, status: WorkflowStatus | None,
     def broken(promise: int, message: str) -> None:
         out.append(Violation(workflow_id, promise, message))
 
-    # 1: known, and ended.
+    # 1: known, and ended (or never started, so not expected to end).
     if status is None:
         broken(1, "accepted but not stored")
-    elif status.state not in WORKFLOW_TERMINAL:
+    elif status.state not in WORKFLOW_TERMINAL and not not_started(status):
         broken(1, f"not terminal: {status.state.value}")
 
     # 3: seq 1..n once each, created first, one terminal per run, last is terminal.
@@ -106,8 +109,10 @@ def check_workflow(workflow_id: str, status: WorkflowStatus | None,
         broken(3, f"first event is {ordered[0].type.value}")
     terminals = [e for e in ordered if e.type in EVENT_TERMINAL]
     runs = status.runs if status is not None else 1
-    if len(terminals) != runs:
-        broken(3, f"{len(terminals)} terminal events for {runs} run(s)")
+    # A run still going (or never started) has no terminal event yet.
+    ended = runs if status is None or status.state in WORKFLOW_TERMINAL else runs - 1
+    if len(terminals) != ended:
+        broken(3, f"{len(terminals)} terminal events for {ended} run(s)")
     if status is not None and status.state in WORKFLOW_TERMINAL:
         last = ordered[-1]
         if last.type not in EVENT_TERMINAL:
@@ -128,6 +133,15 @@ def check_workflow(workflow_id: str, status: WorkflowStatus | None,
         if status.state in WORKFLOW_TERMINAL:
             out.extend(_step_state_violations(workflow_id, status, ordered))
     return out
+
+
+def not_started(status: WorkflowStatus | None) -> bool:
+    """True for a workflow created with ``start: false`` and not started since.
+
+    A create with ``start: true`` is started in the same decision, so a stored
+    ``created`` state always means the workflow waits for ``workflow.start``.
+    """
+    return status is not None and status.state == WorkflowState.CREATED
 
 
 def _order_violations(workflow_id: str, status: WorkflowStatus, ordered: Sequence[Event],
@@ -216,11 +230,31 @@ async def collect(client: NatsflowClient, workflow_ids: Iterable[str] | None = N
     return {w: (s, events.get(w, [])) for w, s in zip(ids, statuses, strict=True)}
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What :func:`verify` found: the workflows checked, broken promises, and the
+    workflows created with ``start: false`` and never started (not violations)."""
+
+    checked: int
+    violations: list[Violation] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+
+
+async def verify(client: NatsflowClient, workflow_ids: Iterable[str] | None = None, *,
+                 join_all: bool = True) -> Report:
+    """Check ``workflow_ids`` (None: every one with events) against promises 1-3."""
+    found = await collect(client, workflow_ids)
+    out: list[Violation] = []
+    waiting: list[str] = []
+    for wid, (status, evs) in found.items():
+        out.extend(check_workflow(wid, status, evs, join_all=join_all))
+        if not_started(status):
+            waiting.append(wid)
+    return Report(checked=len(found), violations=out, not_started=waiting)
+
+
 async def check_all(client: NatsflowClient, workflow_ids: Iterable[str] | None = None, *,
                     join_all: bool = True) -> tuple[int, list[Violation]]:
     """(workflows checked, violations) for ``workflow_ids`` (None: every one with events)."""
-    found = await collect(client, workflow_ids)
-    out: list[Violation] = []
-    for wid, (status, evs) in found.items():
-        out.extend(check_workflow(wid, status, evs, join_all=join_all))
-    return len(found), out
+    report = await verify(client, workflow_ids, join_all=join_all)
+    return report.checked, report.violations

@@ -32,6 +32,7 @@ from contracts.errors import (
     InvalidGraph,
     InvalidRequest,
     InvalidState,
+    NatsAuthFailed,
     NatsflowError,
     NotFound,
     PayloadTooLarge,
@@ -92,6 +93,8 @@ HTTP_BY_CODE: Final[Mapping[str, HttpMapping]] = {
     InvalidState.code: HttpMapping(409, "Not allowed in this state"),
     Unavailable.code: HttpMapping(503, "Service unavailable", retry_after=2),
     EngineTimeout.code: HttpMapping(503, "Orchestrator did not answer in time", retry_after=5),
+    # The gateway's own credentials: no use retrying before an operator fixes them.
+    NatsAuthFailed.code: HttpMapping(503, "NATS refused the gateway's credentials"),
     # A start-up error of a service; should one ever reach a client, NATS is not fit yet.
     ConfigMismatch.code: HttpMapping(503, "NATS is not set up as natsflow needs",
                                      retry_after=30),

@@ -21,7 +21,7 @@ from pydantic.json_schema import models_json_schema
 
 from contracts.connect import NatsSettings
 from contracts.definitions import RunDefinition
-from contracts.errors import Unavailable, ValidationFailed
+from contracts.errors import NatsAuthFailed, Unavailable, ValidationFailed
 from contracts.messages import (
     MAX_BATCH_BYTES,
     BatchConfig,
@@ -41,7 +41,7 @@ from ._asyncapi import add_asyncapi_routes
 from ._bodies import read_batch_config, read_create_body, read_json, read_model, read_object
 from ._definitions import add_definition_routes
 from ._events import HEARTBEAT_SECONDS, add_event_routes
-from ._link import NatsLink
+from ._link import NatsLink, Readiness
 from ._metrics import install_metrics
 from ._problems import (
     install_problem_handlers,
@@ -74,7 +74,7 @@ class Health(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    status: str = Field(description="`ok` (alive) or `ready`.")
+    status: str = Field(description="`ok`: the process runs.")
 
 
 class _Gateway(FastAPI):
@@ -359,13 +359,19 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         """200 while the process runs, whatever the state of NATS."""
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, summary="Readiness", tags=["health"],
+    @app.get("/readyz", response_model=Readiness, summary="Readiness", tags=["health"],
              responses=problem_responses(503))
-    async def readyz() -> Health:
-        """200 when NATS is connected and an orchestrator answers a ping, else 503."""
-        if not await link.client().ping():
-            raise Unavailable("no orchestrator answers on NATS")
-        return Health(status="ready")
+    async def readyz() -> Readiness:
+        """200 when NATS is connected and both an orchestrator and an index answer a
+        ping; the body reports each of the three. Else 503: a problem naming what is
+        missing, whose `details` hold the same report."""
+        report = await link.readiness()
+        missing = report.missing()
+        if missing:
+            why = "; ".join(f"{name}: {dep.detail}" for name, dep in missing.items())
+            cls = NatsAuthFailed if report.nats.code == NatsAuthFailed.code else Unavailable
+            raise cls(f"not ready: {why}", details=report.model_dump(mode="json"))
+        return report
 
     return app
 

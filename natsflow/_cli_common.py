@@ -14,12 +14,20 @@ import typer
 from rich.console import Console
 
 from contracts.connect import NatsSettings
-from contracts.errors import Conflict, InvalidRequest, NatsflowError, NotFound, Unavailable
+from contracts.errors import (
+    Conflict,
+    InvalidRequest,
+    NatsAuthFailed,
+    NatsflowError,
+    NotFound,
+    Unavailable,
+)
 
 from ._gc import tune_gc
 from ._loop import loop_factory, run_served
 
 __all__ = [
+    "EXIT_AUTH_FAILED",
     "EXIT_CLIENT_ERROR",
     "EXIT_UNAVAILABLE",
     "console",
@@ -37,6 +45,8 @@ __all__ = [
 EXIT_CLIENT_ERROR = 2
 #: Exit code when NATS, the orchestrator or the gateway cannot be reached.
 EXIT_UNAVAILABLE = 3
+#: Exit code when NATS refuses the credentials (``nats-auth-failed``).
+EXIT_AUTH_FAILED = 4
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -109,7 +119,10 @@ def settings_env(settings: NatsSettings) -> dict[str, str]:
 
 
 def exit_code_for(err: NatsflowError) -> int:
-    """The process exit code for an error: 2 client error, 3 unavailable, else 1."""
+    """The process exit code for an error: 2 client error, 3 unavailable, 4 NATS refused
+    the credentials, else 1."""
+    if isinstance(err, NatsAuthFailed) or err.code == NatsAuthFailed.code:
+        return EXIT_AUTH_FAILED
     if isinstance(err, Unavailable):
         return EXIT_UNAVAILABLE
     if isinstance(err, InvalidRequest | NotFound | Conflict):

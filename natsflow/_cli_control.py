@@ -231,23 +231,33 @@ def register_control_commands(app: typer.Typer) -> None:
                  "succeeded.")] = False,
         as_json: _JsonOpt = False, *, settings: NatsSettings,
     ) -> None:
-        """Check natsflow's promises on stored events and states; exit 1 on a violation."""
-        from contracts.promises import check_all
+        """Check natsflow's promises on stored events and states; exit 1 on a violation.
+
+        A workflow created with `start: false` and never started is listed as not
+        started, which is no violation.
+        """
+        from contracts.promises import Report, verify
 
         from ._cli_workflows import nats_client
 
-        async def _verify() -> tuple[int, list[Any]]:
+        async def _verify() -> Report:
             async with nats_client(settings) as client:
-                return await check_all(client, workflow_ids or None, join_all=not join_any)
+                return await verify(client, workflow_ids or None, join_all=not join_any)
 
-        checked, violations = run(_verify())
+        report: Report = run(_verify())
+        violations = report.violations
         if as_json:
-            typer.echo(json.dumps({"checked": checked, "violations": [
+            typer.echo(json.dumps({"checked": report.checked, "violations": [
                 {"workflow_id": v.workflow_id, "promise": v.promise, "message": v.message}
-                for v in violations]}, indent=2))
+                for v in violations], "not_started": report.not_started}, indent=2))
         else:
             for v in violations:
                 console.print(f"[red]{v}[/]", highlight=False)
-            console.print(f"{checked} workflows checked, {len(violations)} violations")
+            for wid in report.not_started:
+                console.print(f"{wid}: not started (created with start: false)",
+                              markup=False, highlight=False)
+            waiting = f", {len(report.not_started)} not started" if report.not_started else ""
+            console.print(f"{report.checked} workflows checked, {len(violations)} "
+                          f"violations{waiting}")
         if violations:
             raise typer.Exit(1)

@@ -4,8 +4,8 @@ Every command that talks to NATS takes the connection options ``--nats-url``,
 ``--user``, ``--password``, ``--token``, ``--creds``, ``--tls-ca``, ``--tls-cert``,
 ``--tls-key`` and ``--prefix``, each also read from its environment variable (see
 :mod:`contracts.connect`). Errors print as ``error[<code>]: <message>`` and exit with 2
-(the request is wrong: invalid input, unknown id, conflict) or 3 (NATS, the orchestrator
-or the gateway cannot be reached).
+(the request is wrong: invalid input, unknown id, conflict), 3 (NATS, the orchestrator
+or the gateway cannot be reached) or 4 (NATS refused the credentials).
 """
 
 from __future__ import annotations
@@ -111,8 +111,13 @@ def orchestrator(
     )] = True,
     metrics_port: Annotated[int | None, typer.Option(
         envvar="NATSFLOW_METRICS_PORT", show_envvar=True, min=0, max=65535,
-        help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off).")
+        help="Serve Prometheus metrics on http://HOST:PORT/metrics, HOST being "
+             "--metrics-host (default: off).")
     ] = None,
+    metrics_host: Annotated[str, typer.Option(
+        envvar="NATSFLOW_METRICS_HOST", show_envvar=True,
+        help="Interface the metrics server listens on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
     ack_wait: Annotated[float, typer.Option(
         envvar="NATSFLOW_ACK_WAIT", show_envvar=True, min=0.5,
         help="Seconds before a message a crashed orchestrator held is redelivered. Give "
@@ -158,7 +163,8 @@ def orchestrator(
                             max_deliveries=webhook_max_deliveries, timeout=webhook_timeout)
     _setup_tracing(otel, "natsflow-orchestrator")
     run_until_signal(lambda: Orchestrator(settings, replicas=replicas, builtins=builtins,
-                                          metrics_port=metrics_port, webhooks=webhooks,
+                                          metrics_port=metrics_port,
+                                          metrics_host=metrics_host, webhooks=webhooks,
                                           webhook_settings=hooks, ack_wait=ack_wait,
                                           egress=egress).run())
 

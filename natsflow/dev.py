@@ -1,10 +1,14 @@
 """``natsflow dev``: the whole system on one machine, started and stopped as one.
 
-It runs a nats-server (unless ``NATS_URL`` points at one), then the orchestrator, the
-gateway and the demo worker as child processes started exactly as a user would start
-them (``python -m natsflow.cli <service>``), waits until the gateway is ready, and
-supervises them: Ctrl-C or SIGTERM stops the children, then the server, and exits 0;
-a child that dies on its own stops everything with a non-zero exit.
+It runs a nats-server (unless ``NATS_URL`` points at one), then the orchestrator (with
+its metrics on a free local port), the index, the gateway and the demo worker as child
+processes started exactly as a user would start them (``python -m natsflow.cli
+<service>``), waits until the gateway is ready, and supervises them: Ctrl-C or SIGTERM
+stops the children, then the server, and exits 0; a child that dies on its own stops
+everything with a non-zero exit.
+
+The banner's CLI commands carry ``--nats-url`` and ``--prefix`` whenever these differ
+from the CLI's defaults, so they reach this deployment as printed.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from rich.text import Text
 
 from contracts.connect import NatsSettings
 from contracts.egress import LOOPBACK
+from contracts.subjects import DEFAULT_PREFIX
 
 from ._cli_common import console, err_console, settings_env
 from .embedded import EmbeddedNats, free_port, port_is_free
 
-__all__ = ["DEMO_WORKFLOW", "DevOptions", "demo_curl", "run_dev"]
+__all__ = ["DEMO_WORKFLOW", "DevOptions", "cli_connection_args", "demo_curl", "run_dev"]
 
 #: The workflow ``natsflow dev`` suggests posting; README and examples/hello.yaml match it.
 DEMO_WORKFLOW: Final[dict[str, Any]] = {
@@ -80,6 +85,18 @@ def demo_curl(gateway_url: str) -> str:
             f"-H 'content-type: application/json' -d {shlex.quote(body)}")
 
 
+def cli_connection_args(settings: NatsSettings) -> str:
+    """The ``--nats-url``/``--prefix`` options a CLI command needs to reach ``settings``'
+    deployment: those that differ from the CLI's defaults (empty when none do)."""
+    defaults = NatsSettings()
+    args = []
+    if settings.servers != defaults.servers:
+        args += ["--nats-url", ",".join(settings.servers)]
+    if settings.prefix != DEFAULT_PREFIX:
+        args += ["--prefix", settings.prefix]
+    return "".join(f" {shlex.quote(a)}" for a in args)
+
+
 class _StopRequested:
     def __init__(self) -> None:
         self.requested = False
@@ -108,9 +125,12 @@ def run_dev(opts: DevOptions) -> int:
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         logs = base / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        metrics_url = f"http://127.0.0.1:{(metrics_port := free_port())}/metrics"
         services: list[tuple[str, list[str]]] = [
             # Loopback opened: the demo's http steps and webhooks call this machine.
-            ("orchestrator", ["orchestrator", "--allow-egress", ",".join(LOOPBACK)]),
+            ("orchestrator", ["orchestrator", "--allow-egress", ",".join(LOOPBACK),
+                              "--metrics-port", str(metrics_port),
+                              "--metrics-host", "127.0.0.1"]),
             ("index", ["index"]),
             ("gateway", ["gateway", "--host", opts.host, "--port", str(opts.port)]),
         ]
@@ -123,7 +143,7 @@ def run_dev(opts: DevOptions) -> int:
             if stop.requested:
                 return 0
             return _report_failure(children, "did not become ready")
-        _print_banner(gateway_url, settings, logs, server, opts)
+        _print_banner(gateway_url, metrics_url, settings, logs, server, opts)
         while not stop.requested:
             dead = next((c for c in children if c.proc.poll() is not None), None)
             if dead is not None:
@@ -215,7 +235,7 @@ def _report_failure(children: list[_Child], what: str, culprit: _Child | None = 
     return 1
 
 
-def _print_banner(gateway_url: str, settings: NatsSettings, logs: Path,
+def _print_banner(gateway_url: str, metrics_url: str, settings: NatsSettings, logs: Path,
                   server: EmbeddedNats | None, opts: DevOptions) -> None:
     nats_note = ("embedded, ephemeral" if opts.ephemeral else f"embedded, data in {opts.data_dir}"
                  ) if server else "existing server"
@@ -223,6 +243,7 @@ def _print_banner(gateway_url: str, settings: NatsSettings, logs: Path,
         ("natsflow is running\n\n", "bold green"),
         ("gateway  ", "bold"), f"{gateway_url}\n",
         ("docs     ", "bold"), f"{gateway_url}/docs\n",
+        ("metrics  ", "bold"), f"{metrics_url} (orchestrator)\n",
         ("NATS     ", "bold"), f"{', '.join(settings.servers)} ({nats_note})\n",
         ("logs     ", "bold"), f"{logs}\n\n",
         ("Ctrl-C stops everything.", "dim"),
@@ -232,5 +253,7 @@ def _print_banner(gateway_url: str, settings: NatsSettings, logs: Path,
     console.print("Create a workflow:", style="bold")
     console.print(demo_curl(gateway_url), markup=False, soft_wrap=True)
     console.print("Then watch it:", style="bold")
-    console.print("uv run natsflow status <id>\nuv run natsflow events <id> --follow\n",
-                  markup=False)
+    conn = cli_connection_args(settings)
+    console.print(f"uv run natsflow status <id>{conn}\n"
+                  f"uv run natsflow events <id> --follow{conn}\n", markup=False,
+                  soft_wrap=True)

@@ -140,7 +140,7 @@ class MetricsServer:
         host: Interface to listen on.
     """
 
-    def __init__(self, registry: CollectorRegistry, *, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, registry: CollectorRegistry, *, port: int, host: str = "127.0.0.1") -> None:
         self.registry = registry
         self.host = host
         self.port = port

@@ -79,7 +79,7 @@ class Orchestrator:
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
                  fetch_batch: int = 256, stop_grace: float = 10.0,
                  builtins: bool = True, metrics_port: int | None = None,
-                 metrics_host: str = "0.0.0.0", queue_sample_interval: float = 5.0,
+                 metrics_host: str = "127.0.0.1", queue_sample_interval: float = 5.0,
                  webhooks: bool = True, webhook_settings: WebhookSettings | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  ack_wait: float = ENGINE_ACK_WAIT,

@@ -484,4 +484,5 @@ def test_verify_checks_the_promises_of_stored_workflows(cli: CliRunner) -> None:
     assert bad.exit_code == 1
     assert json.loads(bad.stdout) == {"checked": 2, "violations": [
         {"workflow_id": "never-submitted", "promise": 1, "message": "accepted but not stored"},
-        {"workflow_id": "never-submitted", "promise": 3, "message": "no events"}]}
+        {"workflow_id": "never-submitted", "promise": 3, "message": "no events"}],
+        "not_started": []}

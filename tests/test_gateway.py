@@ -312,7 +312,8 @@ def test_every_error_code_has_one_http_status() -> None:
                 "conflict": 409, "unavailable": 503, "engine-timeout": 503,
                 "too-many-signals": 409, "definition-not-found": 404,
                 "expression-error": 400, "schema-mismatch": 400,
-                "invalid-state": 409, "config-mismatch": 503, "egress-refused": 403}
+                "invalid-state": 409, "config-mismatch": 503, "egress-refused": 403,
+                "nats-auth-failed": 503}
     for cls in subclasses(NatsflowError):
         if cls.__module__ == "contracts.errors" and cls is not NatsflowError:
             assert http_mapping(cls("x")).status == expected[cls.code], cls
@@ -471,7 +472,9 @@ async def test_unknown_ids_are_404(live: httpx.AsyncClient) -> None:
 async def test_readyz_is_200_with_an_orchestrator(live: httpx.AsyncClient) -> None:
     resp = await live.get("/readyz")
     assert resp.status_code == 200
-    assert resp.json() == {"status": "ready"}
+    body = resp.json()
+    assert body["status"] == "ready"
+    assert all(body[dep]["ok"] for dep in ("nats", "orchestrator", "index"))
 
 
 async def test_start_a_created_workflow(live: httpx.AsyncClient) -> None:

@@ -19,7 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import STEP_TAGS, ErrorInfo, InvalidGraph
+from .checks import check_values, refuse_expression
+from .errors import STEP_TAGS, ErrorInfo, ExpressionError, InvalidGraph
 from .expr import check_expression, check_template
 from .schema import check_schema, validate_instance
 from .subjects import TASK_TYPE_RE, TOKEN_RE
@@ -317,6 +318,15 @@ class SleepStep(_StepBase):
         default=None, description="Seconds, a duration like `90s`/`1h30m`, or a template.")
     until: str | None = Field(default=None, description="RFC 3339 time, or a template.")
 
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        # pydantic would read `true` as 1 second.
+        if isinstance(value, bool):
+            raise ValueError("a duration is a number of seconds or a text like 90s, "
+                             "not a boolean")
+        return value
+
     @model_validator(mode="after")
     def _one_of(self) -> SleepStep:
         if (self.duration is None) == (self.until is None):
@@ -522,11 +532,14 @@ class WorkflowConfig(BaseModel):
 
 
 def check_graph(config: WorkflowConfig) -> None:
-    """Validate the step graph: ids, dependencies, cycles, branches and expressions.
+    """Validate the step graph: ids, dependencies, cycles, branches and expressions,
+    and the values known before any run (:mod:`contracts.checks`).
 
     Raises:
         InvalidGraph: naming the offending step and field.
-        ExpressionError: an expression does not parse (naming the field).
+        ValidationError: an expression or a value is wrong (pydantic's, naming each field
+            and step: an expression that does not parse, an unknown variable or function,
+            a literal of the wrong kind).
     """
     ids: dict[str, int] = {}
     for i, s in enumerate(config.steps):
@@ -567,24 +580,16 @@ def check_graph(config: WorkflowConfig) -> None:
         # A compensation may read what the step it undoes could read, and that step.
         target = compensated_by.get(s.id)
         visible = (ancestors[target] | {target}) if target else ancestors[s.id]
-        exprs: list[tuple[str, frozenset[str]]] = []
-        if s.when is not None:
-            exprs.append(("when", check_expression(
-                s.when, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.when")))
-        if isinstance(s, SwitchStep):
-            exprs.append(("value", check_expression(
-                s.value, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.value")))
-        if isinstance(s, MapStep):
-            exprs.append(("items", check_expression(
-                s.items, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.items")))
-            for name, template in s.step.templates().items():
-                exprs.append((f"step.{name}", check_template(
-                    template, variables=ITEM_VARIABLES, field=f"steps.{i}.step.{name}")))
-        for name, template in s.templates().items():
-            exprs.append((name, check_template(template, variables=EXPRESSION_VARIABLES,
-                                               field=f"steps.{i}.{name}")))
+        try:
+            exprs = _step_expressions(s, i)
+        except ExpressionError as exc:
+            refuse_expression(exc, step=s.id)
         for name, refs in exprs:
             for ref in sorted(refs):
+                if ref not in ids:
+                    raise InvalidGraph(f"step {s.id!r} reads steps.{ref} in `{name}`, but "
+                                       f"there is no step {ref!r}", step=s.id,
+                                       field=f"steps.{i}.{name}")
                 if ref not in visible:
                     raise InvalidGraph(
                         f"step {s.id!r} reads steps.{ref} in `{name}`, but {ref!r} is not "
@@ -594,10 +599,39 @@ def check_graph(config: WorkflowConfig) -> None:
     for i, s in enumerate(config.steps):
         if s.output_schema is not None:
             check_schema(s.output_schema, field=f"steps.{i}.output_schema")
-    for ref in sorted(check_template(config.output, variables=EXPRESSION_VARIABLES,
-                                     field="output")):
+    try:
+        read = check_template(config.output, variables=EXPRESSION_VARIABLES, field="output")
+    except ExpressionError as exc:
+        refuse_expression(exc, step=None)
+    for ref in sorted(read):
         if ref not in ids:
             raise InvalidGraph(f"output refers to unknown step {ref!r}", field="output")
+    check_values(config)
+
+
+def _step_expressions(s: StepConfig, i: int) -> list[tuple[str, frozenset[str]]]:
+    """Check every expression of step ``i``; (field, the steps it reads) per field.
+
+    Raises:
+        ExpressionError: one is wrong (naming its field).
+    """
+    exprs: list[tuple[str, frozenset[str]]] = []
+    if s.when is not None:
+        exprs.append(("when", check_expression(
+            s.when, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.when")))
+    if isinstance(s, SwitchStep):
+        exprs.append(("value", check_expression(
+            s.value, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.value")))
+    if isinstance(s, MapStep):
+        exprs.append(("items", check_expression(
+            s.items, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.items")))
+        for name, template in s.step.templates().items():
+            exprs.append((f"step.{name}", check_template(
+                template, variables=ITEM_VARIABLES, field=f"steps.{i}.step.{name}")))
+    for name, template in s.templates().items():
+        exprs.append((name, check_template(template, variables=EXPRESSION_VARIABLES,
+                                           field=f"steps.{i}.{name}")))
+    return exprs
 
 
 def _check_compensations(config: WorkflowConfig, ids: dict[str, int],

@@ -1,7 +1,8 @@
 """What is known of a workflow's values before it runs, checked when it arrives.
 
 :func:`contracts.models.check_graph` checks the graph and each expression; this module
-checks the values of the steps' fields as far as they are known without the run's data:
+turns what it finds wrong with an expression into a validation error, and checks the
+values of the steps' fields as far as they are known without the run's data:
 
 * a literal (``duration: 90s``, ``expect: [200]``);
 * a template whose expressions read no variable (``"${duration('1h')}"``): it is
@@ -22,6 +23,7 @@ entry point answers ``validation-failed`` naming the field and the step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -126,10 +128,18 @@ def _error(loc: Loc, message: str, kind: str = "value_error",
                             loc=loc, input=value)
 
 
-def refuse_expression(exc: ExpressionError, *, step: str | None) -> NoReturn:
-    """Re-raise an expression found wrong on arrival as a validation error at its field."""
-    message = f"step {step!r}: {exc.message}" if step else exc.message
-    _raise([_error(_loc(exc.field), message, "expression", exc.expression)])
+def refuse_expression(exc: ExpressionError, *, steps: list[str]) -> NoReturn:
+    """Re-raise an expression found wrong on arrival as a validation error at its field.
+
+    Args:
+        exc: The error (its field is ``steps.<n>.…`` or ``output.…``).
+        steps: The workflow's step ids, in order (the message names the step).
+    """
+    loc = _loc(exc.field)
+    message = exc.message
+    if len(loc) > 1 and loc[0] == "steps" and isinstance(loc[1], int) and loc[1] < len(steps):
+        message = f"step {steps[loc[1]]!r}: {message}"
+    _raise([_error(loc, message, "expression", exc.expression)])
 
 
 class _Unknown:
@@ -282,14 +292,19 @@ class _Checker:
                     self.add((*loc, "until"), s.id, str(exc), s.until)
 
     def definition(self, s: Any, loc: Loc) -> None:
-        # Imported here: contracts.definitions builds on contracts.models, which calls us.
-        from .definitions import DefinitionName
-
         try:
-            TypeAdapter(DefinitionName).validate_python(s.definition)
+            _definition_name().validate_python(s.definition)
         except ValidationError as exc:
             self.add((*loc, "definition"), s.id,
                      f"definition: {exc.errors(include_url=False)[0]['msg']}", s.definition)
+
+
+@functools.cache
+def _definition_name() -> TypeAdapter[str]:
+    # Imported here: contracts.definitions builds on contracts.models, which calls us.
+    from .definitions import DefinitionName
+
+    return TypeAdapter(DefinitionName)
 
 
 def _placeholders(value: Any, *, text: bool) -> Any:

@@ -177,13 +177,14 @@ def template_expressions(template: Any, path: str = "") -> Iterator[tuple[str, s
             yield from template_expressions(v, f"{path}.{i}" if path else str(i))
 
 
-def split_template(text: str) -> list[tuple[str, str | None]]:
+@functools.lru_cache(maxsize=4096)
+def split_template(text: str) -> tuple[tuple[str, str | None], ...]:
     """A template string as its pieces: ``(literal, None)`` and ``(source, expression)``.
 
     Raises:
         ExpressionError: a ``${`` is never closed.
     """
-    return _pieces(text, None)
+    return tuple(_pieces(text, None))
 
 
 def _pieces(text: str, where: str | None) -> list[tuple[str, str | None]]:

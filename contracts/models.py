@@ -518,7 +518,11 @@ class WorkflowConfig(BaseModel):
         # Records read back from natsflow's own store were checked on arrival.
         ctx = info.context if isinstance(info.context, dict) else {}
         if not ctx.get(TRUSTED):
-            check_graph(self)
+            try:
+                check_graph(self)
+            except ExpressionError as exc:  # found on arrival: the client's field is wrong
+                refuse_expression(exc, steps=[s.id for s in self.steps])
+            check_values(self)
             if self.input_schema is not None and not ctx.get(TEMPLATE):
                 validate_instance(self.input, self.input_schema, field="input")
         return self
@@ -532,14 +536,11 @@ class WorkflowConfig(BaseModel):
 
 
 def check_graph(config: WorkflowConfig) -> None:
-    """Validate the step graph: ids, dependencies, cycles, branches and expressions,
-    and the values known before any run (:mod:`contracts.checks`).
+    """Validate the step graph: ids, dependencies, cycles, branches and expressions.
 
     Raises:
         InvalidGraph: naming the offending step and field.
-        ValidationError: an expression or a value is wrong (pydantic's, naming each field
-            and step: an expression that does not parse, an unknown variable or function,
-            a literal of the wrong kind).
+        ExpressionError: an expression does not parse (naming the field).
     """
     ids: dict[str, int] = {}
     for i, s in enumerate(config.steps):
@@ -580,10 +581,22 @@ def check_graph(config: WorkflowConfig) -> None:
         # A compensation may read what the step it undoes could read, and that step.
         target = compensated_by.get(s.id)
         visible = (ancestors[target] | {target}) if target else ancestors[s.id]
-        try:
-            exprs = _step_expressions(s, i)
-        except ExpressionError as exc:
-            refuse_expression(exc, step=s.id)
+        exprs: list[tuple[str, frozenset[str]]] = []
+        if s.when is not None:
+            exprs.append(("when", check_expression(
+                s.when, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.when")))
+        if isinstance(s, SwitchStep):
+            exprs.append(("value", check_expression(
+                s.value, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.value")))
+        if isinstance(s, MapStep):
+            exprs.append(("items", check_expression(
+                s.items, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.items")))
+            for name, template in s.step.templates().items():
+                exprs.append((f"step.{name}", check_template(
+                    template, variables=ITEM_VARIABLES, field=f"steps.{i}.step.{name}")))
+        for name, template in s.templates().items():
+            exprs.append((name, check_template(template, variables=EXPRESSION_VARIABLES,
+                                               field=f"steps.{i}.{name}")))
         for name, refs in exprs:
             for ref in sorted(refs):
                 if ref not in ids:
@@ -599,39 +612,10 @@ def check_graph(config: WorkflowConfig) -> None:
     for i, s in enumerate(config.steps):
         if s.output_schema is not None:
             check_schema(s.output_schema, field=f"steps.{i}.output_schema")
-    try:
-        read = check_template(config.output, variables=EXPRESSION_VARIABLES, field="output")
-    except ExpressionError as exc:
-        refuse_expression(exc, step=None)
-    for ref in sorted(read):
+    for ref in sorted(check_template(config.output, variables=EXPRESSION_VARIABLES,
+                                     field="output")):
         if ref not in ids:
             raise InvalidGraph(f"output refers to unknown step {ref!r}", field="output")
-    check_values(config)
-
-
-def _step_expressions(s: StepConfig, i: int) -> list[tuple[str, frozenset[str]]]:
-    """Check every expression of step ``i``; (field, the steps it reads) per field.
-
-    Raises:
-        ExpressionError: one is wrong (naming its field).
-    """
-    exprs: list[tuple[str, frozenset[str]]] = []
-    if s.when is not None:
-        exprs.append(("when", check_expression(
-            s.when, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.when")))
-    if isinstance(s, SwitchStep):
-        exprs.append(("value", check_expression(
-            s.value, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.value")))
-    if isinstance(s, MapStep):
-        exprs.append(("items", check_expression(
-            s.items, variables=EXPRESSION_VARIABLES, field=f"steps.{i}.items")))
-        for name, template in s.step.templates().items():
-            exprs.append((f"step.{name}", check_template(
-                template, variables=ITEM_VARIABLES, field=f"steps.{i}.step.{name}")))
-    for name, template in s.templates().items():
-        exprs.append((name, check_template(template, variables=EXPRESSION_VARIABLES,
-                                           field=f"steps.{i}.{name}")))
-    return exprs
 
 
 def _check_compensations(config: WorkflowConfig, ids: dict[str, int],

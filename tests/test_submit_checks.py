@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import cel
@@ -63,6 +65,7 @@ _ELSEWHERE = ["range", "max", "min", "sum", "bool", "split", "join", "lowerAscii
 def test_the_known_functions_are_what_the_cel_runtime_has() -> None:
     assert set(_CALLS) == FUNCTIONS
     for name, text in _CALLS.items():
+        assert name in cel.compile(text).functions()
         cel.evaluate(text, {})  # raises if the runtime lacks it
         check_expression(text, variables=EXPRESSION_VARIABLES)
     for name in _ELSEWHERE:
@@ -271,7 +274,7 @@ def test_numbers_and_booleans_become_text_in_queries_and_headers() -> None:
         assert model.model_validate({"subject": "s", "headers": {"X": False}}).headers == \
             {"X": "false"}
     for lossy in (None, [1], {"a": 1}):
-        with pytest.raises(ValidationError, match="query.q"):
+        with pytest.raises(ValidationError, match=r"query\.q"):
             HttpInput.model_validate({"url": "http://h/", "query": {"q": lossy}})
 
 
@@ -343,3 +346,11 @@ def test_an_upper_case_scheme_is_an_http_url() -> None:
     # The pattern's ignore-case flag once stayed behind in Python: pydantic refused these.
     assert HttpInput.model_validate({"url": "HTTPS://h.example/x"}).url == "HTTPS://h.example/x"
     _config({**_HTTP, "url": "Http://h.example/${input.p}"})
+
+
+def test_the_docs_list_the_functions_there_are() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "expressions.md").read_text()
+    section = text.split("## Functions", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`([A-Za-z_]+)`", section.split("Functions of other CEL")[0]))
+    macros = {"has", "all", "exists", "exists_one", "map", "filter", "in"}
+    assert listed - macros == FUNCTIONS

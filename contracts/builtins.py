@@ -7,14 +7,19 @@ Each model below is exactly the rendered task ``input`` of its task type.
 
 Task types under :data:`RESERVED_TASK_PREFIX` belong to natsflow: user workers may not
 serve them.
+
+Header values and HTTP query parameters are text; a number or boolean that a template
+gives them (``"${input.page}"``) is converted as a template writes it into text (compact
+JSON: ``2``, ``1.5``, ``true``), since that loses nothing. Anything else stays an error.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -23,6 +28,7 @@ __all__ = [
     "REQUEST_TASK",
     "RESERVED_TASK_PREFIX",
     "HttpInput",
+    "as_text",
     "PublishInput",
     "RequestInput",
     "is_reserved_task",
@@ -40,7 +46,8 @@ BUILTIN_TASKS: Final[frozenset[str]] = frozenset({REQUEST_TASK, HTTP_TASK, PUBLI
 
 # Literal subject tokens: no whitespace, no empty token, no wildcard.
 _SUBJECT_RE: Final = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
-_HTTP_URL_RE: Final = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+# The flag is inline: pydantic's pattern takes the text, not Python's flags.
+_HTTP_URL_RE: Final = re.compile(r"(?i)^https?://[^\s/?#]+[^\s]*$")
 
 
 def is_reserved_task(task_type: str) -> bool:
@@ -48,9 +55,22 @@ def is_reserved_task(task_type: str) -> bool:
     return task_type.startswith(RESERVED_TASK_PREFIX)
 
 
+def as_text(value: Any) -> Any:
+    """A number or boolean as the text a template would write it as; anything else as is.
+
+    Lossless both ways: ``2`` becomes ``"2"``, ``1.5`` ``"1.5"``, ``True`` ``"true"``.
+    """
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    return value
+
+
+#: Header values and query parameters: text, numbers and booleans converted (as_text).
+_Text = Annotated[str, BeforeValidator(as_text)]
+
 _Subject = Annotated[str, Field(min_length=1, max_length=1024, pattern=_SUBJECT_RE.pattern,
                                 description="A NATS subject without wildcards.")]
-_Headers = Annotated[dict[str, str], Field(description="Headers sent with the message.")]
+_Headers = Annotated[dict[str, _Text], Field(description="Headers sent with the message.")]
 
 
 class RequestInput(BaseModel):
@@ -83,8 +103,8 @@ class HttpInput(BaseModel):
     url: Annotated[str, Field(min_length=8, max_length=8192, pattern=_HTTP_URL_RE.pattern,
                               description="An http:// or https:// URL.")]
     headers: _Headers = Field(default_factory=dict)
-    query: dict[str, str] = Field(default_factory=dict, description="Query parameters, added "
-                                  "to those already in the URL.")
+    query: dict[str, _Text] = Field(default_factory=dict, description="Query parameters, "
+                                    "added to those already in the URL.")
     body: JsonValue = None
     expect: list[Annotated[int, Field(ge=100, le=599)]] = Field(
         default_factory=list, description="Statuses that succeed; empty = any 2xx.")

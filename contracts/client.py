@@ -35,6 +35,7 @@ from .errors import (
     Unavailable,
     WorkflowNotFound,
     error_from_info,
+    validation_failed,
 )
 from .messages import (
     BatchConfig,
@@ -124,9 +125,16 @@ class NatsflowClient:
 
         ``trace``: the W3C trace context the workflow belongs to, when tracing is off
         here (on, the current span's is sent); see :mod:`contracts.tracing`.
+
+        Raises:
+            ValidationFailed: the config is invalid (each field named), found here or by
+                the orchestrator.
         """
         if not isinstance(config, WorkflowConfig):
-            config = WorkflowConfig.model_validate(config)
+            try:
+                config = WorkflowConfig.model_validate(config)
+            except ValidationError as exc:
+                raise validation_failed(exc) from None
         req = CreateWorkflowRequest(config=config, idempotency_key=idempotency_key)
         return await self._call("workflow.create", req, WorkflowReply, trace=trace)
 

@@ -15,6 +15,10 @@ Variables: ``input`` (the workflow's input), ``steps`` (finished steps by id:
 ``{"output", "state", "error"}``), ``workflow`` (``{"id", "name", "labels"}``), and in a
 map's item step ``item`` and ``index``. A step id with a dash is read as
 ``steps["my-step"]``. See docs/expressions.md.
+
+What can be known before a run is checked when a definition arrives
+(:func:`check_expression`): the syntax, the variables, the functions called (only
+:data:`FUNCTIONS` exist), and the fields read of ``steps.<id>`` and ``workflow``.
 """
 
 from __future__ import annotations
@@ -25,26 +29,53 @@ import json
 import re
 from collections.abc import Collection, Iterator, Mapping
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import cel
 
 from .errors import ExpressionError
 
 __all__ = [
+    "FUNCTIONS",
+    "STEP_FIELDS",
+    "WORKFLOW_FIELDS",
     "ExpressionError",
     "check_expression",
     "check_template",
     "compile_expression",
     "evaluate",
+    "is_constant",
     "referenced_steps",
     "render",
+    "split_template",
     "template_expressions",
 ]
+
+#: The functions of the CEL runtime in use: the ``common-expression-language`` package's
+#: Rust standard library (its opt-in Python extensions are not loaded). Anything else
+#: fails every run ("Undefined variable or function"), so it is refused on arrival.
+#: Macros (``has``, ``all``, ``exists``, ``exists_one``, ``map``, ``filter``) are expanded
+#: by the parser and operators are named ``_+_``, ``@in``...: neither is listed here.
+#: ``tests/test_submit_checks.py`` holds this list to what the runtime really has.
+FUNCTIONS: Final = frozenset({
+    "bytes", "contains", "double", "duration", "dyn", "endsWith", "getDate",
+    "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getFullYear", "getHours",
+    "getMilliseconds", "getMinutes", "getMonth", "getSeconds", "int", "matches", "size",
+    "startsWith", "string", "timestamp", "type", "uint",
+})
+#: What ``steps.<id>`` holds (see the engine's expression context).
+STEP_FIELDS: Final = ("output", "state", "error")
+#: What ``workflow`` holds.
+WORKFLOW_FIELDS: Final = ("id", "name", "labels")
 
 _BRACKETED_RE = re.compile(r"(?<![\w.])steps\s*\[\s*(['\"])(([^'\"]+))\1\s*\]")
 _DOTTED_RE = re.compile(r"(?<![\w.])steps\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 _STRING_RE = re.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+_NAME_RE = re.compile(r"^[A-Za-z_]\w*$")
+# ``steps.<id>.<field>`` and ``workflow.<field>``; a ``(`` after the field is a method call.
+_STEP_FIELD_RE = re.compile(r"(?<![\w.])steps\s*\.\s*([A-Za-z_]\w*)\s*\.\s*([A-Za-z_]\w*)"
+                            r"(\s*\()?")
+_WORKFLOW_FIELD_RE = re.compile(r"(?<![\w.])workflow\s*\.\s*([A-Za-z_]\w*)(\s*\()?")
 _MACRO_VAR_RE = re.compile(r"\.\s*(?:map|filter|all|exists|exists_one)\s*\(\s*([A-Za-z_]\w*)"
                            r"\s*,")
 
@@ -67,6 +98,25 @@ def compile_expression(text: str) -> Any:
 @functools.lru_cache(maxsize=4096)
 def _variables(text: str) -> frozenset[str]:
     return frozenset(compile_expression(text).references()["variables"])
+
+
+@functools.lru_cache(maxsize=4096)
+def _functions(text: str) -> frozenset[str]:
+    # Operators (``_+_``, ``@in``, ``!_``) are not names; only named functions can be unknown.
+    return frozenset(f for f in compile_expression(text).references()["functions"]
+                     if _NAME_RE.match(f))
+
+
+def is_constant(text: str) -> bool:
+    """True if the expression reads no variable: its value is known before any run.
+
+    Such an expression holds no macro either (a macro binds a variable), so evaluating it
+    costs no more than reading it.
+
+    Raises:
+        ExpressionError: it does not parse.
+    """
+    return not _variables(text)
 
 
 def _plain(value: Any) -> Any:
@@ -125,6 +175,16 @@ def template_expressions(template: Any, path: str = "") -> Iterator[tuple[str, s
     elif isinstance(template, list):
         for i, v in enumerate(template):
             yield from template_expressions(v, f"{path}.{i}" if path else str(i))
+
+
+@functools.lru_cache(maxsize=4096)
+def split_template(text: str) -> tuple[tuple[str, str | None], ...]:
+    """A template string as its pieces: ``(literal, None)`` and ``(source, expression)``.
+
+    Raises:
+        ExpressionError: a ``${`` is never closed.
+    """
+    return tuple(_pieces(text, None))
 
 
 def _pieces(text: str, where: str | None) -> list[tuple[str, str | None]]:
@@ -225,19 +285,48 @@ def check_expression(text: str, *, variables: Collection[str],
     """Check an expression when a definition arrives; returns the steps it reads.
 
     Raises:
-        ExpressionError: it does not parse, or uses a variable that does not exist.
+        ExpressionError: it does not parse, uses a variable or calls a function that does
+            not exist, or reads a field ``steps.<id>`` or ``workflow`` does not have.
     """
     try:
         names = _variables(text)
+        calls = _functions(text)
     except ExpressionError as exc:
         exc.field = field
         raise
-    unknown = names - set(variables) - set(_MACRO_VAR_RE.findall(text))
+    bound = set(_MACRO_VAR_RE.findall(text))
+    unknown = names - set(variables) - bound
     if unknown:
         raise ExpressionError(
             f"expression {text!r} uses unknown variable(s) {', '.join(sorted(unknown))}; "
             f"known: {', '.join(sorted(variables))}", expression=text, field=field)
+    missing = calls - FUNCTIONS
+    if missing:
+        raise ExpressionError(
+            f"expression {text!r} calls unknown function(s) {', '.join(sorted(missing))}; "
+            f"natsflow's CEL has {', '.join(sorted(FUNCTIONS))} (docs/expressions.md)",
+            expression=text, field=field)
+    _check_fields_read(text, bound=bound, field=field)
     return referenced_steps(text)
+
+
+def _check_fields_read(text: str, *, bound: set[str], field: str | None) -> None:
+    """``steps.<id>.<f>`` and ``workflow.<f>`` must name fields those values have."""
+    # Bracketed ids become plain names, then string literals are emptied: text inside a
+    # string is no field access.
+    bare = _STRING_RE.sub('""', _BRACKETED_RE.sub("steps._", text))
+    if "steps" not in bound:
+        for m in _STEP_FIELD_RE.finditer(bare):
+            if m.group(3) is None and m.group(2) not in STEP_FIELDS:
+                raise ExpressionError(
+                    f"expression {text!r} reads `{m.group(2)}` of a step; a step has "
+                    f"{', '.join(STEP_FIELDS)}", expression=text, field=field)
+    if "workflow" not in bound:
+        for m in _WORKFLOW_FIELD_RE.finditer(bare):
+            if m.group(2) is None and m.group(1) not in WORKFLOW_FIELDS:
+                raise ExpressionError(
+                    f"expression {text!r} reads workflow.{m.group(1)}; workflow has "
+                    f"{', '.join(WORKFLOW_FIELDS)}", expression=text, field=field)
 
 
 def check_template(template: Any, *, variables: Collection[str],

@@ -22,7 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import STEP_TAGS, ErrorInfo, InvalidGraph
+from .checks import check_values, refuse_expression
+from .errors import STEP_TAGS, ErrorInfo, ExpressionError, InvalidGraph
 from .expr import check_expression, check_template
 from .schema import check_schema, validate_instance
 from .subjects import TASK_TYPE_RE, TOKEN_RE
@@ -332,6 +333,15 @@ class SleepStep(_StepBase):
         default=None, description="Seconds, a duration like `90s`/`1h30m`, or a template.")
     until: str | None = Field(default=None, description="RFC 3339 time, or a template.")
 
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        # pydantic would read `true` as 1 second.
+        if isinstance(value, bool):
+            raise ValueError("a duration is a number of seconds or a text like 90s, "
+                             "not a boolean")
+        return value
+
     @model_validator(mode="after")
     def _one_of(self) -> SleepStep:
         if (self.duration is None) == (self.until is None):
@@ -552,7 +562,11 @@ class WorkflowConfig(BaseModel):
         # Records read back from natsflow's own store were checked on arrival.
         ctx = info.context if isinstance(info.context, dict) else {}
         if not ctx.get(TRUSTED):
-            check_graph(self)
+            try:
+                check_graph(self)
+            except ExpressionError as exc:  # found on arrival: the client's field is wrong
+                refuse_expression(exc, steps=[s.id for s in self.steps])
+            check_values(self)
             if self.input_schema is not None and not ctx.get(TEMPLATE):
                 validate_instance(self.input, self.input_schema, field="input")
         return self
@@ -629,6 +643,10 @@ def check_graph(config: WorkflowConfig) -> None:
                                                field=f"steps.{i}.{name}")))
         for name, refs in exprs:
             for ref in sorted(refs):
+                if ref not in ids:
+                    raise InvalidGraph(f"step {s.id!r} reads steps.{ref} in `{name}`, but "
+                                       f"there is no step {ref!r}", step=s.id,
+                                       field=f"steps.{i}.{name}")
                 if ref not in visible:
                     raise InvalidGraph(
                         f"step {s.id!r} reads steps.{ref} in `{name}`, but {ref!r} is not "

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from contracts.blobs import is_blob_ref
+from contracts.checks import builtin_input, parse_duration, parse_until
 from contracts.errors import ErrorInfo, NatsflowError, SchemaMismatch
 from contracts.expr import evaluate, render
 from contracts.messages import TaskMessage
@@ -105,17 +106,8 @@ def task_input(cfg: StepConfig, ctx: dict[str, Any],
         out = r("input", cfg.input if override is None else override)
         assert isinstance(out, dict)
         return out
-    if isinstance(cfg, RequestStep):
-        return {"subject": r("subject", cfg.subject), "payload": r("payload", cfg.payload),
-                "headers": r("headers", cfg.headers), "timeout": cfg.request_timeout}
-    if isinstance(cfg, HttpStep):
-        return {"method": cfg.method, "url": r("url", cfg.url),
-                "headers": r("headers", cfg.headers), "query": r("query", cfg.query),
-                "body": r("body", cfg.body), "expect": cfg.expect,
-                "timeout": cfg.request_timeout}
-    assert isinstance(cfg, PublishStep)
-    return {"subject": r("subject", cfg.subject), "payload": r("payload", cfg.payload),
-            "headers": r("headers", cfg.headers), "stream": cfg.stream}
+    assert isinstance(cfg, RequestStep | HttpStep | PublishStep)
+    return builtin_input(cfg, r)
 
 
 def begin(tx: _Tx, cfg: StepConfig, step: StepStatus) -> None:
@@ -192,28 +184,15 @@ def _switch(tx: _Tx, cfg: SwitchStep, step: StepStatus) -> None:
 
 
 def _wake_time(cfg: SleepStep, ctx: dict[str, Any], now: datetime) -> datetime:
-    if cfg.until is not None:
-        text = _eval(render, cfg.id, "until", cfg.until, ctx)
-        try:
-            due = datetime.fromisoformat(str(text))
-        except ValueError:
-            raise StepInputError(ErrorInfo(
-                code="input-error", step=cfg.id, field="until",
-                message=f"{text!r} is not an RFC 3339 time")) from None
-        if due.tzinfo is None:
-            raise StepInputError(ErrorInfo(
-                code="input-error", step=cfg.id, field="until",
-                message=f"{text!r} has no time zone (add Z or +00:00)"))
-        return due
-    value = _eval(render, cfg.id, "duration", cfg.duration, ctx)
-    if isinstance(value, str):
-        # "90s", "1h30m": CEL's own duration literal.
-        value = _eval(evaluate, cfg.id, "duration", f"duration({json.dumps(value)})", {})
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise StepInputError(ErrorInfo(
-            code="input-error", step=cfg.id, field="duration",
-            message=f"duration {value!r} is not a number of seconds or a duration"))
-    return now + timedelta(seconds=float(value))
+    field = "until" if cfg.until is not None else "duration"
+    value = _eval(render, cfg.id, field, getattr(cfg, field), ctx)
+    try:
+        if cfg.until is not None:
+            return parse_until(value)
+        return now + timedelta(seconds=parse_duration(value))
+    except ValueError as exc:
+        raise StepInputError(ErrorInfo(code="input-error", step=cfg.id, field=field,
+                                       message=str(exc))) from None
 
 
 def check_output(cfg: StepConfig, output: Any, used: int) -> int:

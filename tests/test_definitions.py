@@ -155,10 +155,8 @@ async def test_a_child_of_an_unknown_definition_fails_its_step(
     status = (await client.wait("o1", timeout=30)).status
     assert status is not None and status.state == WorkflowState.FAILED
     assert status.error is not None and status.error.code == "definition-not-found"
-    # A name no key can hold, at a given version: the step fails the same way (the
-    # key read once raised, and the transition was retried until dead-lettered).
-    await client.create({"name": "orphan", "id": "o2", "steps": [
-        {"id": "child", "kind": "workflow", "definition": "gh>ost", "version": 1}]})
-    status = (await client.wait("o2", timeout=30)).status
-    assert status is not None and status.state == WorkflowState.FAILED
-    assert status.error is not None and status.error.code == "definition-not-found"
+    # A name no definition can have (no key can hold it) is refused on arrival.
+    with pytest.raises(ValidationFailed) as refused:
+        await client.create({"name": "orphan", "id": "o2", "steps": [
+            {"id": "child", "kind": "workflow", "definition": "gh>ost", "version": 1}]})
+    assert refused.value.field == "steps.0.definition"

@@ -156,7 +156,9 @@ def test_sleep_until_a_time_and_from_an_expression() -> None:
     past = config([{"id": "nap", "kind": "sleep", "duration": "${input.s}"}], input={"s": 0})
     rec, _ = run(past, [])
     assert rec.status.state == WorkflowState.COMPLETED
-    bad = config([{"id": "nap", "kind": "sleep", "until": "tomorrow"}])
+    # Known only at run time (a literal "tomorrow" is refused on arrival).
+    bad = config([{"id": "nap", "kind": "sleep", "until": "${input.at}"}],
+                 input={"at": "tomorrow"})
     rec3, _ = run(bad, [])
     assert rec3.status.state == WorkflowState.FAILED
     assert rec3.status.step("nap").error is not None

@@ -33,8 +33,8 @@ Hierarchy::
 
 Errors of *steps* (reported by workers) are not exceptions here: they are
 :class:`ErrorInfo` values inside results and statuses, with codes chosen by the worker,
-plus these engine codes: ``step-timeout``, ``cancelled``, ``input-error``,
-``output-too-large``, ``worker-error``.
+plus these engine codes: ``step-timeout``, ``schedule-to-start-timeout``, ``cancelled``,
+``input-error``, ``output-too-large``, ``worker-error``.
 """
 
 from __future__ import annotations

@@ -80,6 +80,14 @@ class TaskMessage(BaseModel):
     heartbeat_timeout: float | None = Field(
         default=None, description="If set, report progress (a `progress` result, `progress` "
         "may be null) at least this often (seconds), or the attempt is presumed dead.")
+    start_by: datetime | None = Field(
+        default=None, description="The step's `schedule_to_start` deadline: a worker that "
+        "takes the attempt later drops it unrun (the orchestrator has failed it by then).")
+    report_start_at: datetime | None = Field(
+        default=None, description="From this time on, tell `reply_to` that the attempt "
+        "runs (a `progress` result with `progress: null`): at once if it starts later, "
+        "else at this time if it is still running. The orchestrator tells a queued "
+        "attempt from a running one by it.")
 
 
 class _ResultBase(BaseModel):

@@ -74,6 +74,7 @@ __all__ = [
     "WorkflowSummary",
     "WORKFLOW_ACTIVE",
     "WORKFLOW_TERMINAL",
+    "WorkerWaitReason",
     "ancestors_of",
     "check_graph",
     "without_secrets",
@@ -109,6 +110,10 @@ def without_secrets(data: Any, info: SerializationInfo) -> Any:
 _Id = Annotated[str, Field(min_length=1, max_length=128, pattern=TOKEN_RE.pattern)]
 _TaskType = Annotated[str, Field(min_length=1, max_length=128, pattern=TASK_TYPE_RE.pattern)]
 _Seconds = Annotated[float, Field(gt=0, le=366 * 24 * 3600)]
+#: A worker kind's ``schedule_to_start`` (Temporal's name).
+_ScheduleToStart = Annotated[_Seconds | None, Field(
+    description="Seconds an attempt may wait for a worker to start it; then it fails "
+    "with `schedule-to-start-timeout` (retryable, per `retry`).")]
 
 
 class WorkflowState(StrEnum):
@@ -255,6 +260,7 @@ class TaskStep(_StepBase):
     """Run a task on a worker serving ``task``."""
 
     kind: Literal["task"] = "task"
+    schedule_to_start: _ScheduleToStart = None
     task: _TaskType = Field(description="The task type a worker serves, e.g. `email.send`.")
     input: dict[str, Any] = Field(
         default_factory=dict, description="The task's input; `${expr}` templates allowed.")
@@ -273,6 +279,7 @@ class RequestStep(_StepBase):
     """A NATS request/reply to any subject: an existing service becomes a step."""
 
     kind: Literal["request"] = "request"
+    schedule_to_start: _ScheduleToStart = None
     subject: str = Field(min_length=1, max_length=512)
     payload: Any = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -290,6 +297,7 @@ class HttpStep(_StepBase):
     """An HTTP call; the response body becomes the output."""
 
     kind: Literal["http"] = "http"
+    schedule_to_start: _ScheduleToStart = None
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
     url: str = Field(min_length=1, max_length=4096)
     headers: dict[str, str] = Field(default_factory=dict)
@@ -312,6 +320,7 @@ class PublishStep(_StepBase):
     """Emit a message on a NATS subject (JetStream when ``stream`` is true)."""
 
     kind: Literal["publish"] = "publish"
+    schedule_to_start: _ScheduleToStart = None
     subject: str = Field(min_length=1, max_length=512)
     payload: Any = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -439,6 +448,14 @@ class MapStep(_StepBase):
         if b.depends_on or b.when or b.compensate or b.total_timeout:
             raise InvalidGraph("a map's item step takes no depends_on, when, compensate or "
                                "total_timeout", step=self.id, field="step")
+        return self
+
+    @model_validator(mode="after")
+    def _no_schedule_to_start(self) -> MapStep:
+        # Items are not tracked from dispatch to start; a map step's own timeout bounds them.
+        if getattr(self.step, "schedule_to_start", None) is not None:
+            raise InvalidGraph("a map's item step takes no schedule_to_start",
+                               step=self.id, field="step.schedule_to_start")
         return self
 
 
@@ -724,6 +741,16 @@ def ancestors_of(config: WorkflowConfig) -> dict[str, frozenset[str]]:
     return memo
 
 
+class WorkerWaitReason(StrEnum):
+    """Why a dispatched attempt is still waiting for a worker (what the orchestrator saw
+    of the task type's consumers on the tasks stream when the grace period ended)."""
+
+    NO_CONSUMER = "no-consumer"  # no consumer takes this task type: no worker ever served it
+    NO_WORKER = "no-worker"  # a consumer exists, but no worker is pulling from it
+    BUSY = "busy"  # workers are pulling or working: the task is queued behind others
+    UNKNOWN = "unknown"  # the consumers could not be looked at
+
+
 class StepStatus(BaseModel):
     """Where one step stands."""
 
@@ -757,6 +784,9 @@ class StepStatus(BaseModel):
     reused_from: str | None = Field(default=None, description="A rerun took this step's "
                                     "output from that workflow instead of running it.")
     map: MapProgress | None = Field(default=None, description="A map step's items.")
+    waiting_for_worker: WorkerWaitReason | None = Field(
+        default=None, description="Set when no worker started the dispatched attempt "
+        "within the orchestrator's grace period, saying what it saw; cleared when one does.")
 
 
 class MapProgress(BaseModel):
@@ -819,6 +849,9 @@ class WorkflowStatus(BaseModel):
         default_factory=list, description="Timers that came due while paused.")
     runs: int = Field(default=1, description="1, plus one per retry.")
     rerun_of: str | None = Field(default=None, description="The workflow this one reruns.")
+    worker_check_at: datetime | None = Field(
+        default=None, description="When the armed look at queued attempts fires (at most "
+        "one per workflow; see the orchestrator's worker grace).")
 
     def step(self, step_id: str) -> StepStatus:
         """The status of the step with this id (KeyError if none)."""
@@ -879,6 +912,10 @@ class EventType(StrEnum):
     WORKFLOW_PAUSED = "workflow.paused"
     WORKFLOW_RESUMED = "workflow.resumed"
     WORKFLOW_RETRIED = "workflow.retried"
+    #: A dispatched attempt was not started by any worker within the orchestrator's grace
+    #: period; ``data`` names the ``task`` type and the ``reason`` (no-consumer, no-worker,
+    #: busy, unknown). The step's ``waiting_for_worker`` says so until a worker starts it.
+    STEP_WAITING_FOR_WORKER = "step.waiting_for_worker"
 
 
 EVENT_TERMINAL: Final[frozenset[EventType]] = frozenset(

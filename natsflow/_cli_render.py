@@ -120,6 +120,9 @@ def _step_label(step: StepStatus, parent: str | None, deps: list[str],
         cells.append(Text(f"child {step.child_id}", style="dim"))
     if step.reused_from:
         cells.append(Text(f"reused from {step.reused_from}", style="dim"))
+    if step.waiting_for_worker is not None:
+        cells.append(Text(f"waiting for a worker ({step.waiting_for_worker.value})",
+                          style="yellow"))
     if step.error is not None:
         cells.append(Text(f"{step.error.code}: {step.error.message}", style="red"))
     elif step.output is not None:

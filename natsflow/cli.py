@@ -122,6 +122,11 @@ def orchestrator(
         envvar="NATSFLOW_ACK_WAIT", show_envvar=True, min=0.5,
         help="Seconds before a message a crashed orchestrator held is redelivered. Give "
              "every replica the same value.")] = ENGINE_ACK_WAIT,
+    worker_grace: Annotated[float | None, typer.Option(
+        envvar="NATSFLOW_WORKER_GRACE", show_envvar=True, min=0,
+        help="Seconds a dispatched task may wait for a worker before its step is marked "
+             "waiting_for_worker (event step.waiting_for_worker); 0: never. Default: 30.")
+    ] = None,
     log_format: _LogFormatOpt = LogFormat.TEXT,
     webhooks: Annotated[bool, typer.Option(
         help="Deliver webhooks in this process (see docs/webhooks.md).")] = True,
@@ -151,6 +156,7 @@ def orchestrator(
     """Run the orchestrator until SIGINT/SIGTERM."""
     from contracts.egress import EgressPolicy
     from orchestrator import Orchestrator, faults
+    from orchestrator.service import WORKER_GRACE
     from orchestrator.webhooks import WebhookSettings
 
     setup_logging(log_format)
@@ -166,7 +172,9 @@ def orchestrator(
                                           metrics_port=metrics_port,
                                           metrics_host=metrics_host, webhooks=webhooks,
                                           webhook_settings=hooks, ack_wait=ack_wait,
-                                          egress=egress).run())
+                                          egress=egress,
+                                          worker_grace=WORKER_GRACE if worker_grace is None
+                                          else worker_grace).run())
 
 
 @app.command("webhook-secret")

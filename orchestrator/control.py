@@ -111,9 +111,10 @@ def retry(tx: _Tx, inp: RetryWorkflow) -> ErrorInfo | None:
         s.input_override = inp.inputs.get(s.id, s.input_override)
         for name in ("output", "error", "progress", "dispatched_at", "started_at",
                      "finished_at", "next_attempt_at", "heartbeat_at", "wake_at",
-                     "child_id", "map"):
+                     "child_id", "map", "waiting_for_worker"):
             setattr(s, name, None)
     st.runs += 1
+    st.worker_check_at = None  # the last run's look, if still to come, is for nothing
     st.state = WorkflowState.RUNNING
     st.error = None
     st.output = None

@@ -44,6 +44,7 @@ from contracts.models import (
     StepState,
     StepStatus,
     WaitStep,
+    WorkerWaitReason,
     WorkflowConfig,
     WorkflowState,
     WorkflowStatus,
@@ -80,11 +81,22 @@ from .records import (
     WorkflowInput,
     WorkflowRecord,
 )
+from .workers import worker_presence
 
 __all__ = ["MAX_PENDING_SIGNALS", "EngineSettings", "decide", "new_record"]
 
 #: Signals kept for wait steps that have not started; more are refused.
 MAX_PENDING_SIGNALS = 100
+
+#: What a ``step.waiting_for_worker`` event tells a user, by what the shell saw.
+_WAIT_REASON = {
+    WorkerWaitReason.NO_CONSUMER: "no worker serves this task type (no consumer on the "
+                                  "tasks stream takes it); start one",
+    WorkerWaitReason.NO_WORKER: "its consumer exists but no worker is pulling from it; "
+                                "start a worker",
+    WorkerWaitReason.BUSY: "its workers are busy; the task is queued behind others",
+    WorkerWaitReason.UNKNOWN: "the task type's consumers could not be looked at",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +107,15 @@ class EngineSettings:
         subjects: Names of the deployment (where workers send results).
         stop_grace: Seconds a stopping workflow waits for running steps to report.
         heartbeat: Seconds between a worker's in-progress acks.
+        worker_grace: Seconds a dispatched attempt may wait for a worker before its step
+            is marked ``waiting_for_worker`` (event ``step.waiting_for_worker``); None
+            marks nothing (and arms no timer for it).
     """
 
     subjects: Subjects = field(default_factory=Subjects)
     stop_grace: float = 10.0
     heartbeat: float = TASK_HEARTBEAT
+    worker_grace: float | None = None
 
 
 def new_record(inp: CreateWorkflow, now: datetime) -> WorkflowRecord:
@@ -255,6 +271,16 @@ class _Tx:
         self.effects.append(TimerEffect(timer=TimerFired(
             workflow_id=self.status.id, step_id=step, attempt=attempt, purpose=purpose,
             due=due)))
+
+    def arm_worker_check(self, due: datetime) -> None:
+        """Look at queued attempts at ``due``, unless a look is armed already.
+
+        One timer per workflow, not per dispatch: a chain of quick steps costs one.
+        The look arms the next one for whatever is still too young to judge.
+        """
+        if self.status.worker_check_at is None:
+            self.status.worker_check_at = due
+            self.timer("worker-grace", due, attempt=self.status.runs)
 
     @property
     def running(self) -> bool:
@@ -446,6 +472,7 @@ class _Tx:
                        step=cfg.id, attempt=step.attempt_base + 1)
         step.attempts += 1
         step.next_attempt_at = None
+        step.waiting_for_worker = None
         step.dispatched_at = self.now
         try:
             kinds.begin(self, cfg, step)
@@ -510,6 +537,7 @@ class _Tx:
             step.state = StepState.CANCELLED
             step.error = error
             step.finished_at = self.now
+            step.waiting_for_worker = None
             self.emit(EventType.STEP_CANCELLED, step=step.id, attempt=step.attempts,
                       data={"error": error.model_dump(exclude_none=True)})
             self.maybe_finish_stopping()
@@ -523,6 +551,7 @@ class _Tx:
                   final: bool) -> None:
         step = self.own(step)
         step.error = error
+        step.waiting_for_worker = None
         err_data = error.model_dump(exclude_none=True)
         if not final:
             delay = cfg.retry.delay_before(step.attempts - step.attempt_base + 1,
@@ -561,6 +590,7 @@ class _Tx:
         step.state = StepState.CANCELLED
         step.finished_at = self.now
         step.next_attempt_at = None
+        step.waiting_for_worker = None
         self.emit(EventType.STEP_CANCELLED, step=step.id, attempt=step.attempts,
                   data={"reason": reason})
 
@@ -643,6 +673,7 @@ class _Tx:
         step = self.own(step)
         if step.state == StepState.DISPATCHED:
             step.state = StepState.RUNNING
+            step.waiting_for_worker = None
             step.started_at = res.started_at or self.now
             step.heartbeat_at = step.started_at
             self.emit(EventType.STEP_STARTED, step=step.id, attempt=res.attempt,
@@ -676,6 +707,7 @@ class _Tx:
                     s = self.own(s)
                     s.state = StepState.CANCELLED
                     s.finished_at = self.now
+                    s.waiting_for_worker = None
                     self.emit(EventType.STEP_CANCELLED, step=s.id, attempt=s.attempts,
                               data={"reason": "no answer within the stop grace period"})
             self.conclude(WorkflowState.STOPPED, None)
@@ -686,6 +718,9 @@ class _Tx:
                 self.conclude(WorkflowState.FAILED, ErrorInfo(
                     code="workflow-timeout", retryable=False,
                     message=f"the workflow did not finish within {self.config.timeout}s"))
+            return
+        if timer.purpose == "worker-grace":
+            self.check_workers(timer)
             return
         item = fanout.parse_item(timer.step_id or "")
         if item is not None:
@@ -715,6 +750,14 @@ class _Tx:
                 self.succeed(cfg, step, {"slept_until": step.wake_at.isoformat()})
         elif timer.purpose == "heartbeat":
             self.check_heartbeat(cfg, step, due=timer.due)
+        elif timer.purpose == "schedule-to-start":
+            if step.state == StepState.DISPATCHED:
+                limit = kinds.schedule_to_start(cfg)
+                self.time_out(cfg, step, ErrorInfo(
+                    code="schedule-to-start-timeout", retryable=True, step=step.id,
+                    message=f"no worker started task {step.task!r} (attempt "
+                            f"{timer.attempt}) within {limit}s",
+                    details={"task": step.task}))
         else:
             self.time_out(cfg, step, ErrorInfo(
                 code="step-timeout", retryable=True, step=step.id,
@@ -733,6 +776,45 @@ class _Tx:
             self.fail_step(cfg, step, error, final=True)
         else:
             self.on_failure(cfg, step, error)
+
+    def check_workers(self, timer: TimerFired) -> None:
+        """The worker-grace look: mark attempts queued for the grace period, and arm the
+        next look for those dispatched since."""
+        st = self.status
+        if st.worker_check_at is None or timer.due != st.worker_check_at:
+            return  # a look of an earlier run, or one this record already took
+        st.worker_check_at = None
+        self.dirty = True
+        grace = self.settings.worker_grace
+        if not grace or st.state not in (WorkflowState.RUNNING, WorkflowState.COMPENSATING):
+            return
+        window = timedelta(seconds=grace)
+        later: datetime | None = None
+        for step in list(st.steps):
+            if (step.state != StepState.DISPATCHED or step.waiting_for_worker is not None
+                    or step.dispatched_at is None or step.task is None):
+                continue
+            due = step.dispatched_at + window
+            if due <= max(self.now, timer.due):
+                reason = (WorkerWaitReason.UNKNOWN if timer.consumers is None else
+                          worker_presence(timer.consumers,
+                                          self.settings.subjects.task(step.task)))
+                self.wait_for_worker(step, reason)
+            else:
+                later = due if later is None else min(later, due)
+        if later is not None:
+            self.arm_worker_check(later)
+
+    def wait_for_worker(self, step: StepStatus, reason: WorkerWaitReason) -> None:
+        """The grace period ended with the attempt still queued: say so, and why."""
+        step = self.own(step)
+        step.waiting_for_worker = reason
+        waited = (self.now - step.dispatched_at).total_seconds() if step.dispatched_at else 0
+        self.emit(EventType.STEP_WAITING_FOR_WORKER, step=step.id, attempt=step.attempts,
+                  data={"task": step.task, "reason": reason.value,
+                        "waited": round(max(waited, 0.0), 3),
+                        "message": f"no worker has started task {step.task!r}: "
+                                   f"{_WAIT_REASON[reason]}"})
 
     def check_heartbeat(self, cfg: StepConfig, step: StepStatus, *, due: datetime) -> None:
         limit = kinds.heartbeat_timeout(cfg)

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from .engine import _Tx
 
 __all__ = ["StepInputError", "begin", "check_output", "child_id", "condition",
-           "evaluate_for", "heartbeat_timeout", "json_size", "task_input", "workflow_output"]
+           "evaluate_for", "heartbeat_timeout", "json_size", "schedule_to_start", "task_input",
+           "workflow_output"]
 
 
 class StepInputError(Exception):
@@ -91,6 +92,13 @@ def heartbeat_timeout(cfg: StepConfig) -> float | None:
     return cfg.heartbeat_timeout if isinstance(cfg, TaskStep) else None
 
 
+def schedule_to_start(cfg: StepConfig) -> float | None:
+    """Seconds an attempt of a worker kind may wait for a worker (None: no limit)."""
+    if isinstance(cfg, TaskStep | RequestStep | HttpStep | PublishStep):
+        return cfg.schedule_to_start
+    return None
+
+
 def child_id(workflow_id: str, step_id: str, attempt: int) -> str:
     """The id of the child workflow a workflow step starts (stable per attempt)."""
     return f"{workflow_id}-{step_id}-{attempt}"[:128]
@@ -123,16 +131,28 @@ def begin(tx: _Tx, cfg: StepConfig, step: StepStatus) -> None:
         step.state = StepState.DISPATCHED
         hb = heartbeat_timeout(cfg)
         deadline = tx.now + timedelta(seconds=cfg.timeout) if cfg.timeout else None
+        to_start = schedule_to_start(cfg)
+        grace = tx.settings.worker_grace
+        start_by = tx.now + timedelta(seconds=to_start) if to_start else None
+        # Whoever runs the attempt says so halfway to the first look at whether one does,
+        # so a running attempt is neither failed nor marked as waiting for a worker.
+        looks = [s for s in (to_start, grace) if s]
+        report_at = tx.now + timedelta(seconds=min(looks) / 2) if looks else None
         tx.effects.append(TaskEffect(task=TaskMessage(
             workflow_id=wid, step_id=cfg.id, attempt=attempt, task=cfg.task_type,
             input=inp, idempotency_key=f"{wid}:{cfg.id}:{attempt}",
             reply_to=tx.settings.subjects.result(wid), deadline=deadline,
-            heartbeat_interval=tx.settings.heartbeat, heartbeat_timeout=hb)))
+            heartbeat_interval=tx.settings.heartbeat, heartbeat_timeout=hb,
+            start_by=start_by, report_start_at=report_at)))
         tx.emit(Ev.STEP_DISPATCHED, step=cfg.id, attempt=attempt,
                 data={"task": cfg.task_type})
         if hb is not None:
             tx.timer("heartbeat", tx.now + timedelta(seconds=hb), step=cfg.id,
                      attempt=attempt)
+        if start_by is not None:
+            tx.timer("schedule-to-start", start_by, step=cfg.id, attempt=attempt)
+        if grace:
+            tx.arm_worker_check(tx.now + timedelta(seconds=grace))
     elif isinstance(cfg, TransformStep):
         tx.succeed(cfg, step, _eval(render, cfg.id, "output", cfg.output, tx.context()))
     elif isinstance(cfg, SwitchStep):

@@ -90,6 +90,14 @@ class OrchestratorMetrics:
             "natsflow_queue_pending",
             "Messages not yet delivered to a consumer (num_pending), sampled periodically.",
             ["stream", "consumer"], registry=r)
+        self.tasks_without_worker = Gauge(
+            "natsflow_tasks_without_worker",
+            "Tasks in the tasks stream that no consumer takes (no worker ever served their "
+            "type), by task type, sampled periodically.", ["task"], registry=r)
+        self.waiting_for_worker = Counter(
+            "natsflow_steps_waiting_for_worker",
+            "Attempts no worker started within the grace period (step.waiting_for_worker "
+            "events), by task type and reason.", ["task", "reason"], registry=r)
         # Labelled children by label values (see _labelled).
         self._attempts: dict[tuple[str, str, str], Any] = {}
         self._durations: dict[tuple[str, str], Any] = {}
@@ -121,6 +129,10 @@ class OrchestratorMetrics:
             elif effect.event.type in EVENT_TERMINAL:
                 self.workflows_finished.labels(
                     state=_FINISHED_STATE[effect.event.type].value).inc()
+            elif effect.event.type == EventType.STEP_WAITING_FOR_WORKER:
+                data = effect.event.data
+                self.waiting_for_worker.labels(task=str(data.get("task") or ""),
+                                               reason=str(data.get("reason") or "")).inc()
         for ended in ended_attempts(before, after, effects):
             kind = ended.kind.value
             _labelled(self._attempts, self.step_attempts,

@@ -25,9 +25,17 @@ from contracts.messages import (
     TaskProgress,
     TaskSucceeded,
 )
-from contracts.models import Event, ParentRef, WorkflowConfig, WorkflowStatus, WorkflowSummary
+from contracts.models import (
+    Event,
+    ParentRef,
+    WorkflowConfig,
+    WorkflowStatus,
+    WorkflowSummary,
+)
 from contracts.tracing import TraceContext
 from contracts.webhooks import WebhookDelivery
+
+from .workers import ConsumerView
 
 __all__ = [
     "BatchCommand",
@@ -164,7 +172,7 @@ class ResultInput(BaseModel):
 
 
 TimerPurpose = Literal["retry", "timeout", "total-timeout", "heartbeat", "sleep",
-                       "workflow-timeout", "stop-grace"]
+                       "workflow-timeout", "stop-grace", "schedule-to-start", "worker-grace"]
 
 
 class TimerFired(BaseModel):
@@ -177,6 +185,9 @@ class TimerFired(BaseModel):
     attempt: int = 0
     purpose: TimerPurpose
     due: datetime
+    consumers: list[ConsumerView] | None = Field(
+        default=None, description="The tasks stream's consumers as a worker-grace timer came "
+        "due, put in by the shell (None: not looked at; the engine says unknown).")
 
 
 WorkflowInput = Annotated[

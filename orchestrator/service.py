@@ -40,13 +40,18 @@ from .records import TimerFired
 from .runtime import Item, Malformed, Processor, Verdict
 from .store import KvRecordStore
 from .webhooks import WebhookDeliverer, WebhookSettings
+from .workers import ConsumerView, tasks_without_worker
 
-__all__ = ["Orchestrator"]
+__all__ = ["WORKER_GRACE", "Orchestrator"]
 
 log = logging.getLogger("natsflow.orchestrator")
 
 #: Seconds before a consume loop that died of an error is started again.
 _WATCHDOG_PAUSE = 0.5
+#: Default seconds an attempt may wait for a worker before its step says so.
+WORKER_GRACE = 30.0
+#: Seconds a look at the tasks stream's consumers is reused (grace timers come in bursts).
+_CONSUMERS_FRESH = 1.0
 
 
 class Orchestrator:
@@ -74,6 +79,8 @@ class Orchestrator:
         ack_wait: Seconds a message this replica took may stay unacked before JetStream
             hands it to a replica again: after a crash, how long its work in hand waits.
             Every replica should use the same value (each start declares it).
+        worker_grace: Seconds a dispatched attempt may wait for a worker before its step
+            is marked ``waiting_for_worker`` (None: never); each dispatch arms a timer.
     """
 
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
@@ -83,7 +90,8 @@ class Orchestrator:
                  webhooks: bool = True, webhook_settings: WebhookSettings | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  ack_wait: float = ENGINE_ACK_WAIT,
-                 egress: EgressPolicy | None = None) -> None:
+                 egress: EgressPolicy | None = None,
+                 worker_grace: float | None = WORKER_GRACE) -> None:
         self.settings = settings
         self.egress = egress or EgressPolicy()
         self.subjects = settings.subjects
@@ -91,7 +99,8 @@ class Orchestrator:
         self.nc = nc
         self._owns_nc = nc is None
         self.fetch_batch = fetch_batch
-        self.engine_settings = EngineSettings(subjects=self.subjects, stop_grace=stop_grace)
+        self.engine_settings = EngineSettings(subjects=self.subjects, stop_grace=stop_grace,
+                                              worker_grace=worker_grace or None)
         self.processor: Processor | None = None
         self.publisher: AsyncPublisher | None = None
         self.api: Api | None = None
@@ -110,6 +119,7 @@ class Orchestrator:
         self.webhooks = webhooks
         self.webhook_settings = webhook_settings or WebhookSettings()
         self.deliverer: WebhookDeliverer | None = None
+        self._task_consumers: tuple[float, list[ConsumerView] | None] = (float("-inf"), None)
 
     async def start(self) -> None:
         """Connect, declare streams/consumers/buckets, serve the API, start consuming."""
@@ -361,10 +371,12 @@ class Orchestrator:
                 samples = [(s.inbox_stream, info.name, info.num_pending)
                            for info in [await js.consumer_info(s.inbox_stream, name)
                                         for name in (s.engine_consumer, s.timer_consumer)]]
-                samples += [(s.tasks_stream, info.name, info.num_pending)
-                            for info in await js.consumers_info(s.tasks_stream)]
+                workers = await js.consumers_info(s.tasks_stream)
+                samples += [(s.tasks_stream, info.name, info.num_pending) for info in workers]
                 hooks = await js.consumer_info(s.webhooks_stream, s.webhook_consumer)
                 samples.append((s.webhooks_stream, hooks.name, hooks.num_pending))
+                stored = (await js.stream_info(s.tasks_stream, subjects_filter=s.all_tasks)
+                          ).state.subjects or {}
             except Exception as exc:  # NATS away: keep the last samples
                 log.debug("sampling the queues failed: %s", exc)
             else:
@@ -372,8 +384,42 @@ class Orchestrator:
                 gauge.clear()  # consumers that are gone are gone from the metric too
                 for stream, consumer, pending in samples:
                     gauge.labels(stream=stream, consumer=consumer).set(pending or 0)
+                views = [ConsumerView.of(info) for info in workers]
+                self._task_consumers = (asyncio.get_running_loop().time(), views)
+                orphans = self.metrics.tasks_without_worker
+                orphans.clear()
+                for task, n in tasks_without_worker(stored, views,
+                                                    head=s.task("")).items():
+                    orphans.labels(task=task).set(n)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.queue_sample_interval)
+
+    async def _with_workers_seen(self, due: list[Item]) -> list[Item]:
+        """Worker-grace timers, given the tasks stream's consumers to judge queued tasks by."""
+        if not any(i.input.purpose == "worker-grace" for i in due):
+            return due
+        consumers = await self._consumers_of_tasks()
+        if consumers is None:
+            return due  # the engine says "unknown"
+        return [dataclasses.replace(i, input=i.input.model_copy(update={"consumers": consumers}))
+                if i.input.purpose == "worker-grace" else i for i in due]
+
+    async def _consumers_of_tasks(self) -> list[ConsumerView] | None:
+        """The tasks stream's consumers, looked at most once a second (None: unreadable)."""
+        assert self.nc is not None
+        now = asyncio.get_running_loop().time()
+        at, views = self._task_consumers
+        if now - at < _CONSUMERS_FRESH:
+            return views
+        try:
+            infos = await self.nc.jetstream().consumers_info(self.subjects.tasks_stream)
+        except Exception as exc:  # a verdict of "unknown" beats a timer that never fires
+            log.debug("looking at the task consumers failed: %s", exc)
+            views = None
+        else:
+            views = [ConsumerView.of(info) for info in infos]
+        self._task_consumers = (now, views)
+        return views
 
     async def _timer_loop(self, sub: PullConsumer) -> None:
         processor = self.processor
@@ -398,6 +444,7 @@ class Orchestrator:
                     await processor.settle_later(msg, wait)
                 else:
                     due.append(item)
+            due = await self._with_workers_seen(due)
             try:
                 await processor.process(due)
             except asyncio.CancelledError:

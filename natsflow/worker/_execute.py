@@ -38,6 +38,7 @@ from ._publish import (
 from ._settle import (
     DeliveredMessage,
     after_dead_letter,
+    after_missed_start,
     after_result,
     after_shutdown,
     settle,
@@ -127,6 +128,11 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         reported = await publish_result(js, task, poisoned)
         await settle(msg, after_dead_letter(lettered and reported))
         return
+    if task.start_by is not None and started_at > task.start_by:
+        log.info("dropping task %s unrun: it was to start by %s (schedule_to_start)",
+                 task.idempotency_key, task.start_by.isoformat())
+        await settle(msg, after_missed_start())
+        return
     incoming = extract(msg.headers)
     # Reports go back with the trace context: the task span's, or the task's own.
     reply_trace = inject({}, incoming)
@@ -154,11 +160,14 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         # orchestrator suggests, or a running task is redelivered.
         interval = min(interval, ack_wait / 3)
     beating: _Heartbeat | asyncio.Task[None]
-    if task.heartbeat_timeout:
+    report: _StartReport | None = None
+    if task.heartbeat_timeout:  # its first beat is a report: the orchestrator knows
         beating = asyncio.create_task(_heartbeat(ctx, interval,
                                                  liveness=task.heartbeat_timeout))
     else:
         beating = _Heartbeat(ctx, interval)
+        if task.report_start_at is not None:
+            report = _StartReport(ctx, (task.report_start_at - started_at).total_seconds())
     try:
         with span(f"natsflow.task {task.task}", incoming, kind="consumer", attributes={
                 "natsflow.workflow.id": task.workflow_id, "natsflow.step.id": task.step_id,
@@ -175,6 +184,8 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
             await settle(msg, after_result(published))
     finally:
         beating.cancel()
+        if report is not None:
+            report.cancel()
 
 
 async def _heartbeat(ctx: TaskContext, interval: float, *, liveness: float | None) -> None:
@@ -229,6 +240,35 @@ class _Heartbeat:
         beat, self._beat = self._beat, None
         if beat is not None:
             beat.cancel()
+
+
+class _StartReport:
+    """Tells the orchestrator once, ``delay`` seconds from now, that the attempt runs.
+
+    The orchestrator hears of a start only from a report; it asks for one (the task's
+    ``report_start_at``) when it will look, at a worker-grace or schedule-to-start timer,
+    whether a worker has the attempt. Most attempts end before that, and send nothing.
+    """
+
+    def __init__(self, ctx: TaskContext, delay: float) -> None:
+        self._ctx = ctx
+        self._loop = asyncio.get_running_loop()
+        self._sent: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(
+            max(0.0, delay), self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._sent = self._loop.create_task(self._ctx.progress(None))
+
+    def cancel(self) -> None:
+        """The attempt ended (its result is out): a report would say nothing new."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            sent.cancel()
 
 
 async def _run_handler(handler: TaskHandler, ctx: TaskContext,

@@ -15,6 +15,7 @@ __all__ = [
     "DeliveredMessage",
     "Settlement",
     "after_dead_letter",
+    "after_missed_start",
     "after_result",
     "after_shutdown",
     "settle",
@@ -55,6 +56,11 @@ def after_result(published: bool) -> Settlement:
 def after_dead_letter(published: bool) -> Settlement:
     """A malformed message: drop it once its dead letter is stored, else try again."""
     return Settlement.TERM if published else Settlement.NAK
+
+
+def after_missed_start() -> Settlement:
+    """Taken after its ``start_by``: the orchestrator has failed the attempt; drop it."""
+    return Settlement.ACK
 
 
 def after_shutdown() -> Settlement:

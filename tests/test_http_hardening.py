@@ -390,7 +390,7 @@ def test_a_non_ascii_signature_does_not_verify() -> None:
 
 async def test_the_documented_receiver_answers_401_to_a_non_ascii_signature(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NATSFLOW_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
     (recipe, _) = _doc_blocks("python")
     namespace: dict[str, Any] = {}
     exec(compile(recipe, "webhooks.md", "exec"), namespace)
@@ -416,7 +416,7 @@ async def test_every_invalid_request_is_a_400_naming_each_field(
     assert [e["loc"] for e in body["errors"]] == ["name", "surprise"]
     expression = await http.post("/workflows", json=_config("e", steps=[
         {"id": "a", "task": "t", "when": "1 +"}]))
-    assert _bad_request(expression)["code"] == "expression-error"
+    assert _bad_request(expression)["code"] == "validation-failed"
     # FastAPI's own request validation (path, query, header) answers the same way.
     path = await http.get("/workflows/" + "x" * 129)
     assert _bad_request(path, "path.workflow_id")["code"] == "validation-failed"

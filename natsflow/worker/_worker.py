@@ -273,7 +273,7 @@ class _Session:
         task = asyncio.create_task(execute_delivery(
             msg, handler, js=self._reports, blobs=self._js, subjects=self._subjects,
             running=self._running, ack_wait=self._topology.task_ack_wait,
-            max_deliveries=self._max_deliveries))
+            max_deliveries=self._max_deliveries, max_payload=self._nc.max_payload))
         self._deliveries.add(task)
         task.add_done_callback(self._delivery_done)
 

@@ -24,7 +24,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import ErrorInfo, ValidationFailed
-from .models import WorkflowConfig, WorkflowState, WorkflowStatus, WorkflowSummary
+from .models import (
+    MAX_CONFIG_BYTES,
+    WorkflowConfig,
+    WorkflowState,
+    WorkflowStatus,
+    WorkflowSummary,
+)
 
 __all__ = [
     "BatchConfig",
@@ -39,6 +45,7 @@ __all__ = [
     "BATCH_TERMINAL",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_SIZE",
+    "MAX_REQUEST_BYTES",
     "TaskFailed",
     "TaskMessage",
     "TaskProgress",
@@ -58,6 +65,9 @@ __all__ = [
 MAX_BATCH_SIZE = 10_000
 #: Largest accepted BatchConfig, as JSON (a template plus up to MAX_BATCH_SIZE inputs).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+#: Largest request of the API other than a batch, as JSON: a config (MAX_CONFIG_BYTES)
+#: and room for the fields around it.
+MAX_REQUEST_BYTES = MAX_CONFIG_BYTES + 1024
 _BatchId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")]
 
 
@@ -134,7 +144,12 @@ class CancelNotice(BaseModel):
 
 
 class DeadLetter(BaseModel):
-    """A message natsflow could not use, kept with the reason."""
+    """A message natsflow could not use, kept with the reason.
+
+    Built by :func:`contracts.dead_letters.dead_letter` only, which keeps it within the
+    server's ``max_payload``: ``data`` is cut short (``truncated``) when the whole
+    letter would not fit; ``size`` and ``sha256`` always describe the original payload.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -142,7 +157,14 @@ class DeadLetter(BaseModel):
     subject: str
     stream_seq: int | None = None
     deliveries: int | None = None
-    data: str = Field(description="The original payload (UTF-8, invalid bytes replaced).")
+    data: str = Field(description="The original payload (UTF-8, invalid bytes replaced); "
+                      "only its beginning if `truncated`.")
+    truncated: bool = Field(default=False, description="`data` is the beginning of the "
+                            "payload only: the whole of it would not fit in a message.")
+    size: int | None = Field(default=None, ge=0,
+                             description="Bytes of the original payload.")
+    sha256: str | None = Field(default=None, description="SHA-256 of the original payload, "
+                               "hex.")
     time: datetime
 
 

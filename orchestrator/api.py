@@ -24,7 +24,7 @@ from nats.js.kv import KeyValue
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from contracts.client import error_reply
 from contracts.definitions import (
@@ -50,6 +50,7 @@ from contracts.errors import (
 from contracts.ids import new_id
 from contracts.messages import (
     MAX_BATCH_BYTES,
+    MAX_REQUEST_BYTES,
     BatchConfig,
     BatchReply,
     CreateWorkflowRequest,
@@ -99,6 +100,36 @@ _request_trace: ContextVar[TraceContext | None] = ContextVar("natsflow_api_trace
                                                              default=None)
 
 VERSION = "0.1.0"
+
+#: Largest request body by operation (any other: MAX_REQUEST_BYTES), and the field a
+#: refusal names; the gateway's limits and ``<prefix>.submit``'s are the same.
+_BODY_LIMITS: dict[str, tuple[int, str | None]] = {
+    "workflow.create": (MAX_REQUEST_BYTES, "config"),
+    "definition.put": (MAX_REQUEST_BYTES, "config"),
+    "batch.create": (MAX_BATCH_BYTES, None),
+}
+
+
+_INPUT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
+
+def _check_body(operation: str, data: bytes) -> None:
+    """Refuse a request over its operation's limit, before it is parsed."""
+    limit, field = _BODY_LIMITS.get(operation, (MAX_REQUEST_BYTES, None))
+    if len(data) > limit:
+        raise PayloadTooLarge(f"request of {len(data)} bytes is over the limit of {limit} "
+                              f"bytes", field=field, details={"limit": limit})
+
+
+def _check_config(config: WorkflowConfig, *, field: str) -> None:
+    """Refuse a config put together here (a definition and an input, a rerun's new
+    input, a batch's template and input) that is over MAX_CONFIG_BYTES, though each part
+    is within its request's limit. Measured as written, without its defaults."""
+    size = len(config.model_dump_json(exclude_defaults=True))
+    if size > MAX_CONFIG_BYTES:
+        raise PayloadTooLarge(f"the workflow's config would be {size} bytes, over the limit "
+                              f"of {MAX_CONFIG_BYTES} bytes", field=field,
+                              details={"limit": MAX_CONFIG_BYTES})
 
 
 def _settle(fut: asyncio.Future[Msg | None], outcome: Msg | None) -> None:
@@ -190,8 +221,9 @@ class Api:
 
         async def answer(req: Request) -> None:
             try:
-                # NaN would be stored as null, a deep value fail where it is serialized:
+                # Too large, NaN (stored as null), too deep (fails where serialized):
                 # refused for every operation, before its model reads the request.
+                _check_body(operation, req.data)
                 check_json_bytes(req.data)
                 reply = await fn(req.data)
             except ValidationError as exc:
@@ -277,15 +309,16 @@ class Api:
 
     async def create(self, data: bytes) -> Answer:
         """``workflow.create``: CreateWorkflowRequest -> WorkflowReply."""
-        if len(data) > MAX_CONFIG_BYTES + 1024:
-            raise PayloadTooLarge(f"request of {len(data)} bytes is over the limit of "
-                                  f"{MAX_CONFIG_BYTES} bytes", field="config")
         try:
             req = CreateWorkflowRequest.model_validate_json(data)
         except InvalidGraph as exc:
             exc.field = f"config.{exc.field}" if exc.field else "config"
             raise
-        config = req.config if req.config is not None else await self._from_definition(req)
+        if req.config is not None:
+            config = req.config  # within the limit: the request is
+        else:
+            config = await self._from_definition(req)
+            _check_config(config, field="input")
         check_literal_subjects(config, policy=self.egress, subjects=self.subjects,
                                field_prefix="config." if req.config is not None else "")
         if config.id is None:
@@ -316,9 +349,6 @@ class Api:
     # -- definitions ----------------------------------------------------------------
     async def put_definition(self, data: bytes) -> DefinitionReply:
         """``definition.put``: PutDefinitionRequest -> DefinitionReply."""
-        if len(data) > MAX_CONFIG_BYTES + 1024:
-            raise PayloadTooLarge(f"request of {len(data)} bytes is over the limit of "
-                                  f"{MAX_CONFIG_BYTES} bytes", field="config")
         req = PutDefinitionRequest.model_validate_json(data)
         check_literal_subjects(DefinitionStore.validate(req.name, req.config),
                                policy=self.egress, subjects=self.subjects,
@@ -425,6 +455,7 @@ class Api:
                 "start": True})
         except ValidationError as exc:
             raise validation_failed(exc) from None
+        _check_config(config, field="input")
         assert config.id is not None
         cmd = CreateWorkflow(config=config, fingerprint=fingerprint(config), reuse=reuse,
                              trace=_request_trace.get(),
@@ -440,20 +471,22 @@ class Api:
     # -- batches --------------------------------------------------------------------
     async def create_batch(self, data: bytes) -> Answer:
         """``batch.create``: BatchConfig -> BatchReply."""
-        if len(data) > MAX_BATCH_BYTES:
-            raise PayloadTooLarge(f"batch of {len(data)} bytes is over the limit of "
-                                  f"{MAX_BATCH_BYTES} bytes")
         config = BatchConfig.model_validate_json(data)
         bid = config.id or new_id()
+        # Every member is a workflow within the config limit: the largest input makes
+        # the largest config.
+        largest = max(range(len(config.inputs)), key=lambda i: len(_INPUT.dump_json(
+            config.inputs[i])))
         try:  # the template must make a valid workflow
-            member = config.workflow.config_for(workflow_id=f"{bid}-0",
-                                                input=config.inputs[0], batch_id=bid)
+            member = config.workflow.config_for(
+                workflow_id=f"{bid}-{largest}", input=config.inputs[largest], batch_id=bid)
             check_literal_subjects(member, policy=self.egress, subjects=self.subjects)
         except (InvalidGraph, ValidationFailed) as exc:
             exc.field = f"workflow.{exc.field}" if exc.field else "workflow"
             raise
         except ValidationError as exc:
             raise validation_failed(exc, loc_prefix=("workflow",)) from None
+        _check_config(member, field=f"inputs.{largest}")
         config = config.model_copy(update={"id": bid})
         cmd = CreateBatch(config=config, fingerprint=fingerprint(config))
         msg = await self._command(self.subjects.batch_command(bid), cmd)

@@ -41,15 +41,17 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from contracts.consume import delivery_count
+from contracts.dead_letters import dead_letter, give_up_on_letter
 from contracts.egress import EgressPolicy, check_literal_subjects
-from contracts.errors import ErrorInfo, NatsflowError, validation_failed
+from contracts.errors import ErrorInfo, NatsflowError, PayloadTooLarge, validation_failed
 from contracts.ids import deterministic_id
-from contracts.messages import BatchReply, DeadLetter, TaskFailed, TaskResult, WorkflowReply
-from contracts.models import TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
+from contracts.messages import BatchReply, TaskFailed, TaskResult, WorkflowReply
+from contracts.models import MAX_CONFIG_BYTES, TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
 from contracts.publish import AsyncPublisher, send
 from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
 from contracts.tracing import TraceContext, extract
+from contracts.transient import ConditionLog, describe, is_transient
 
 from . import fanout, faults
 from .batch_engine import decide_batch
@@ -364,6 +366,8 @@ class Processor:
             lambda key, rec, reply: BatchReply(
                 id=key, created=reply.created, status=rec.status if rec else None))
         self._locks = _KeyLocks()
+        #: Transient faults, logged once per condition with a count (not per message).
+        self._conditions = ConditionLog(log)
         self.metrics = metrics or OrchestratorMetrics()
         self.metrics.track_cache(self.wf.name, self.wf.cache.__len__)
         self.metrics.track_cache(self.batch.name, self.batch.cache.__len__)
@@ -405,6 +409,12 @@ class Processor:
             raise Malformed(exc.info()) from None
 
     def _parse_submit(self, msg: Msg) -> Item:
+        # The API's limit (and the gateway's): a larger config is refused before it is
+        # parsed, let alone stored (a record that does not fit fails on every attempt).
+        if len(msg.data) > MAX_CONFIG_BYTES:
+            raise PayloadTooLarge(f"a config of {len(msg.data)} bytes is over the limit of "
+                                  f"{MAX_CONFIG_BYTES} bytes",
+                                  details={"limit": MAX_CONFIG_BYTES})
         config = WorkflowConfig.model_validate_json(msg.data)
         check_literal_subjects(config, policy=self.egress, subjects=self.subjects)
         if config.id is None:
@@ -449,9 +459,14 @@ class Processor:
     async def _process_group(self, entity: _Entity[Any], key: str, items: list[Item]) -> None:
         try:
             outcome = await self._apply(entity, key, items)
-        except Exception:
-            log.exception("processing %s %s failed; will retry", entity.name, key,
-                          extra=_log_context(entity.name, key))
+        except Exception as exc:
+            if is_transient(exc):  # NATS or a bucket away: one line per condition
+                self._conditions(f"processing failed ({type(exc).__name__})",
+                                 "processing %s %s failed (%s); will retry", entity.name, key,
+                                 describe(exc), extra=_log_context(entity.name, key))
+            else:
+                log.exception("processing %s %s failed; will retry", entity.name, key,
+                              extra=_log_context(entity.name, key))
             entity.cache.pop(key)
             for item in items:
                 await self._retry_or_dead_letter(item, "processing failed")
@@ -558,20 +573,20 @@ class Processor:
             # serialized once, for their messages and the record (tasks first: a worker
             # starts sooner).
             routed: dict[int, tuple[str, bytes, str | None]] = {}
-            early = []
-            for e in effects:
-                if _leaves_early(e):
-                    message = routed[id(e)] = self._route(key, e)
-                    if (ack := await self._send(key, e, trace, message)) is not None:
-                        early.append(ack)
-            for e in effects:
-                if isinstance(e, EventEffect | TaskEffect) and id(e) not in routed:
-                    routed[id(e)] = self._route(key, e)
-            bodies = {k: r[1] for k, r in routed.items()}
-            data = current.stored_form(
-                record, {k: v for p in held for k, v in p.bodies.items()} | bodies
-                if held else bodies)
+            early: list[asyncio.Future[Any]] = []
             try:
+                for e in effects:
+                    if _leaves_early(e):
+                        message = routed[id(e)] = self._route(key, e)
+                        if (ack := await self._send(key, e, trace, message)) is not None:
+                            early.append(ack)
+                for e in effects:
+                    if isinstance(e, EventEffect | TaskEffect) and id(e) not in routed:
+                        routed[id(e)] = self._route(key, e)
+                bodies = {k: r[1] for k, r in routed.items()}
+                data = current.stored_form(
+                    record, {k: v for p in held for k, v in p.bodies.items()} | bodies
+                    if held else bodies)
                 new_rev = await entity.store.save(key, data, revision=revision)
             except StaleRevision:
                 self.stats["cas_retries"] += 1
@@ -579,10 +594,17 @@ class Processor:
                 entity.cache.pop(key)
                 _abandon(early)  # sent again, under the same ids, if decided again
                 continue
+            except BaseException:
+                _abandon(early)  # the message is retried, and they are sent again
+                raise
             if faults.PLAN is not None:
                 faults.PLAN.reach("after-save")
             rest = [e for e in effects if not _leaves_early(e)]
-            acks = [*early, *(await self._send_all(key, rest, trace, routed))]
+            try:
+                acks = [*early, *(await self._send_all(key, rest, trace, routed))]
+            except BaseException:
+                _abandon(early)  # the stored outbox is sent again by the next reader
+                raise
             joins = [e for e in effects if isinstance(e, JoinMapEffect)]
             if joins:  # a join reads item outputs earlier parts may still be storing
                 acks = [*(p.acked for p in held), *acks]
@@ -708,16 +730,20 @@ class Processor:
                         ) -> list[asyncio.Future[Any]]:
         """Send effects in order (map joins excepted); their acks' futures. ``routed``:
         messages already made for some of them, by ``id``."""
-        acks = []
-        for effect in effects:
-            if isinstance(effect, JoinMapEffect):
-                continue  # after the item outputs it reads are stored
-            if isinstance(effect, StartChildEffect):
-                effect = await self._child_command(effect, trace)
-            ack = await self._send(key, effect, trace,
-                                   routed.get(id(effect)) if routed else None)
-            if ack is not None:
-                acks.append(ack)
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            for effect in effects:
+                if isinstance(effect, JoinMapEffect):
+                    continue  # after the item outputs it reads are stored
+                if isinstance(effect, StartChildEffect):
+                    effect = await self._child_command(effect, trace)
+                ack = await self._send(key, effect, trace,
+                                       routed.get(id(effect)) if routed else None)
+                if ack is not None:
+                    acks.append(ack)
+        except BaseException:
+            _abandon(acks)  # nobody awaits them now: their errors are not left unread
+            raise
         return acks
 
     async def _send(self, key: str, effect: Effect, trace: TraceContext | None,
@@ -790,8 +816,9 @@ class Processor:
             headers = {}
         try:
             await send(self.nc, subject, body, headers=headers)
-        except nats.errors.Error:
-            log.warning("could not deliver a reply to %s", subject)
+        except nats.errors.Error as exc:
+            self._conditions(f"could not deliver replies ({type(exc).__name__})",
+                             "could not deliver a reply to %s: %s", subject, describe(exc))
 
     # -- settling -------------------------------------------------------------------
     async def settle(self, msg: Msg, verdict: Verdict) -> None:
@@ -808,7 +835,8 @@ class Processor:
                 await msg.term()
         except nats.errors.Error as exc:
             # Not settled: JetStream redelivers after the ack wait; inputs are idempotent.
-            log.warning("could not %s a message: %s", verdict.value, exc)
+            self._conditions(f"could not {verdict.value} messages ({type(exc).__name__})",
+                             "could not %s a message: %s", verdict.value, describe(exc))
 
     async def _hand_back_early(self, msg: Msg) -> None:
         """A result that came before its dispatch was saved: again later, or drop it.
@@ -833,7 +861,8 @@ class Processor:
         try:
             await msg.nak(delay=delay)
         except nats.errors.Error as exc:
-            log.warning("could not defer a timer: %s", exc)
+            self._conditions(f"could not defer timers ({type(exc).__name__})",
+                             "could not defer a timer: %s", describe(exc))
 
     async def _retry_or_dead_letter(self, item: Item, why: str) -> None:
         if item.msg is None:
@@ -852,28 +881,36 @@ class Processor:
                           data: str | None = None) -> None:
         """Keep an unusable message in the dead-letter stream, then terminate it.
 
+        The letter always fits in a message (see :mod:`contracts.dead_letters`). If it
+        cannot be stored all the same, the message is handed back and the letter tried
+        again on its next delivery; after ``LETTER_RETRIES`` deliveries beyond
+        MAX_DELIVERIES it is terminated anyway, with one error log line.
+
         Args:
             msg: The message.
             reason: Why it can never be processed (its code names the DLQ subject).
             log_context: ``extra`` of the log line (``workflow_id`` when known).
             data: What to keep of the payload, if not all of it (a secret left out).
         """
-        self.stats["dead_letters"] += 1
-        self.metrics.dead_letters.labels(reason=reason.code).inc()
-        meta = None
+        payload, headers = dead_letter(msg, reason, time=self.clock(),
+                                       max_payload=self.nc.max_payload, data=data)
         try:
-            meta = msg.metadata
-        except Exception:
-            meta = None
-        letter = DeadLetter(reason=reason, subject=msg.subject,
-                            stream_seq=meta.sequence.stream if meta else None,
-                            deliveries=meta.num_delivered if meta else None,
-                            data=(msg.data.decode("utf-8", errors="replace")
-                                  if data is None else data), time=self.clock())
-        log.warning("dead letter from %s: %s", msg.subject, reason.message, extra=log_context)
-        try:
-            await self.js.publish(self.subjects.dlq(reason.code), letter.model_dump_json().encode())
-        except nats.errors.Error:
+            await self.js.publish(self.subjects.dlq(reason.code), payload,
+                                  headers=headers or None, timeout=_PUBLISH_TIMEOUT)
+        except Exception as exc:
+            deliveries = delivery_count(msg)
+            if give_up_on_letter(deliveries, limit=MAX_DELIVERIES):
+                log.error("dropping a message from %s after %d deliveries: it could not be "
+                          "dead-lettered (%s) either: %s", msg.subject, deliveries,
+                          describe(exc), reason.message, extra=log_context)
+                await self.settle(msg, Verdict.TERM)
+                return
+            self._conditions(f"could not store dead letters ({type(exc).__name__})",
+                             "could not dead-letter a message from %s (%s); will retry",
+                             msg.subject, describe(exc), extra=log_context)
             await self.settle(msg, Verdict.RETRY)
             return
+        self.stats["dead_letters"] += 1
+        self.metrics.dead_letters.labels(reason=reason.code).inc()
+        log.warning("dead letter from %s: %s", msg.subject, reason.message, extra=log_context)
         await self.settle(msg, Verdict.TERM)

@@ -15,6 +15,7 @@ from faststream.message import StreamMessage
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsRouter, PullSub
 from faststream.nats.annotations import JsClient, NatsMessage
+from nats.aio.client import DEFAULT_MAX_PAYLOAD_SIZE
 from pydantic import BaseModel, SkipValidation, create_model
 
 from contracts.messages import CancelNotice, TaskMessage
@@ -151,7 +152,10 @@ class TaskRouter(NatsRouter):
             handler = TaskHandler.of(task_type, fn)
 
             async def deliver(body: bytes, message: NatsMessage, js: JsClient) -> None:
-                await serving.deliver(message.raw_message, handler, js=js, blobs=js)
+                # The broker's connection is not public; nats-py's default limit is the
+                # server's default too, and a smaller letter only fits more surely.
+                await serving.deliver(message.raw_message, handler, js=js, blobs=js,
+                                      max_payload=DEFAULT_MAX_PAYLOAD_SIZE)
 
             self.subscriber(
                 s.task(task_type),

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from nats.aio.client import DEFAULT_MAX_PAYLOAD_SIZE
 from pydantic import ValidationError
 
 from contracts.blobs import find_blobs
 from contracts.consume import delivery_count
+from contracts.dead_letters import give_up_on_letter
 from contracts.errors import ErrorInfo
 from contracts.messages import (
     CancelNotice,
@@ -91,7 +93,8 @@ def error_info_for(exc: Exception) -> ErrorInfo:
 async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: Publisher,
                            blobs: Any, subjects: Subjects, running: RunningAttempts,
                            ack_wait: float | None = None,
-                           max_deliveries: int | None = None) -> None:
+                           max_deliveries: int | None = None,
+                           max_payload: int = DEFAULT_MAX_PAYLOAD_SIZE) -> None:
     """Handle one delivery end to end; never raises except on cancellation (shutdown).
 
     Args:
@@ -105,28 +108,45 @@ async def execute_delivery(msg: DeliveredMessage, handler: TaskHandler, *, js: P
         max_deliveries: A task delivered more often than this without a result (its
             workers died or hung each time) is not run again: its attempt fails with
             ``too-many-deliveries`` and the message is dead-lettered.
+        max_payload: The server's limit, which a dead letter is kept within.
+
+    A message whose dead letter cannot be stored is tried again, but not for ever:
+    after ``LETTER_RETRIES`` more deliveries (see :mod:`contracts.dead_letters`) it is
+    dropped, with one error log line.
     """
+    deliveries = delivery_count(msg)
+    give_up = give_up_on_letter(deliveries, limit=max_deliveries or 0)
     try:
         task = TaskMessage.model_validate_json(msg.data)
     except ValidationError as exc:
         log.warning("dead-lettering malformed task on %s: %s", msg.subject, exc)
-        published = await publish_dead_letter(js, subjects, msg, malformed_task_info(exc))
-        await settle(msg, after_dead_letter(published))
+        published = await publish_dead_letter(js, subjects, msg, malformed_task_info(exc),
+                                              max_payload=max_payload)
+        if not published and give_up:
+            log.error("dropping a malformed task on %s after %d deliveries: it could not "
+                      "be dead-lettered either", msg.subject, deliveries)
+        await settle(msg, after_dead_letter(published, give_up=give_up))
         return
 
     started_at = datetime.now(UTC)
-    deliveries = delivery_count(msg)
     if max_deliveries is not None and deliveries > max_deliveries:
         reason = ErrorInfo(
             code="too-many-deliveries", retryable=False,
             message=f"delivered {deliveries} times without a result (its workers died or "
                     f"hung each time); not run again")
         log.warning("dead-lettering task %s: %s", task.idempotency_key, reason.message)
-        lettered = await publish_dead_letter(js, subjects, msg, reason)
+        lettered = await publish_dead_letter(js, subjects, msg, reason,
+                                             max_payload=max_payload)
         poisoned = TaskFailed(workflow_id=task.workflow_id, step_id=task.step_id,
                               attempt=task.attempt, started_at=started_at, error=reason)
         reported = await publish_result(js, task, poisoned)
-        await settle(msg, after_dead_letter(lettered and reported))
+        if not (lettered and reported) and give_up:
+            missing = " and ".join(what for what, stored in (("dead letter", lettered),
+                                                              ("failure", reported))
+                                   if not stored)
+            log.error("dropping task %s after %d deliveries: its %s could not be stored",
+                      task.idempotency_key, deliveries, missing)
+        await settle(msg, after_dead_letter(lettered and reported, give_up=give_up))
         return
     if task.start_by is not None and started_at > task.start_by:
         log.info("dropping task %s unrun: it was to start by %s (schedule_to_start)",

@@ -6,11 +6,14 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from nats.aio.client import DEFAULT_MAX_PAYLOAD_SIZE
 from pydantic import ValidationError
 
+from contracts.dead_letters import dead_letter
 from contracts.errors import ErrorInfo
-from contracts.messages import DeadLetter, TaskFailed, TaskMessage, TaskProgress, TaskSucceeded
+from contracts.messages import TaskFailed, TaskMessage, TaskProgress, TaskSucceeded
 from contracts.subjects import Subjects
+from contracts.transient import ConditionLog, describe, is_transient
 
 from ._settle import DeliveredMessage
 
@@ -24,6 +27,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("natsflow.worker")
+#: Transient faults (NATS away): one line per condition with a count, not one per task.
+_conditions = ConditionLog(log)
 
 #: Header JetStream uses to drop duplicates within the stream's duplicate window.
 MSG_ID = "Nats-Msg-Id"
@@ -58,10 +63,20 @@ async def publish_result(js: Publisher, task: TaskMessage,
     try:
         await js.publish(task.reply_to, result_payload(result),
                          headers={**(trace or {}), MSG_ID: f"{task.idempotency_key}:result"})
-    except Exception:
-        log.warning("could not publish result of %s", task.idempotency_key, exc_info=True)
+    except Exception as exc:
+        _failed("publish results", exc, "could not publish result of %s",
+                task.idempotency_key)
         return False
     return True
+
+
+def _failed(what: str, exc: Exception, msg: str, *args: Any) -> None:
+    """Log a failed publication: a transient one once per condition, others in full."""
+    if is_transient(exc):
+        _conditions(f"could not {what} ({type(exc).__name__})", msg + ": %s", *args,
+                    describe(exc))
+    else:
+        log.warning(msg, *args, exc_info=exc)
 
 
 async def publish_progress(js: Publisher, task: TaskMessage, progress: TaskProgress, *,
@@ -70,8 +85,9 @@ async def publish_progress(js: Publisher, task: TaskMessage, progress: TaskProgr
     try:
         await js.publish(task.reply_to, progress.model_dump_json().encode(),
                          headers=trace or None)
-    except Exception:
-        log.warning("could not publish progress of %s", task.idempotency_key, exc_info=True)
+    except Exception as exc:
+        _failed("publish progress", exc, "could not publish progress of %s",
+                task.idempotency_key)
 
 
 def malformed_task_info(exc: ValidationError | ValueError) -> ErrorInfo:
@@ -81,26 +97,17 @@ def malformed_task_info(exc: ValidationError | ValueError) -> ErrorInfo:
 
 
 async def publish_dead_letter(js: Publisher, subjects: Subjects, msg: DeliveredMessage,
-                              reason: ErrorInfo) -> bool:
-    """Store ``msg`` as a dead letter under ``reason.code``; True once acked."""
-    stream_seq: int | None = None
-    deliveries: int | None = None
-    headers: dict[str, Any] | None = None
+                              reason: ErrorInfo, *,
+                              max_payload: int = DEFAULT_MAX_PAYLOAD_SIZE) -> bool:
+    """Store ``msg`` as a dead letter under ``reason.code``; True once acked.
+
+    ``max_payload``: the server's limit, which the letter is kept within (see
+    :mod:`contracts.dead_letters`).
+    """
+    payload, headers = dead_letter(msg, reason, time=datetime.now(UTC), max_payload=max_payload)
     try:
-        meta: Any = getattr(msg, "metadata", None)
-        if meta is not None:
-            stream_seq, deliveries = meta.sequence.stream, meta.num_delivered
-            # One letter per stored message, however often it is redelivered.
-            headers = {MSG_ID: f"{meta.stream}:{stream_seq}:dead-letter"}
-    except Exception:  # no JetStream metadata: keep the letter without it
-        pass
-    letter = DeadLetter(reason=reason, subject=msg.subject, stream_seq=stream_seq,
-                        deliveries=deliveries, data=msg.data.decode("utf-8", errors="replace"),
-                        time=datetime.now(UTC))
-    try:
-        await js.publish(subjects.dlq(reason.code), letter.model_dump_json().encode(),
-                         headers=headers)
-    except Exception:
-        log.warning("could not dead-letter message on %s", msg.subject, exc_info=True)
+        await js.publish(subjects.dlq(reason.code), payload, headers=headers or None)
+    except Exception as exc:
+        _failed("store dead letters", exc, "could not dead-letter message on %s", msg.subject)
         return False
     return True

@@ -102,11 +102,14 @@ class TaskServing:
                                   heartbeat=self.topology.task_ack_wait / 3)
 
     async def deliver(self, msg: DeliveredMessage, handler: TaskHandler, *, js: Publisher,
-                      blobs: Any) -> None:
-        """Run one delivery end to end (see :func:`execute_delivery`)."""
+                      blobs: Any, max_payload: int) -> None:
+        """Run one delivery end to end (see :func:`execute_delivery`).
+
+        ``max_payload`` is the server's (``nc.max_payload``): a dead letter is cut to fit it.
+        """
         await execute_delivery(msg, handler, js=js, blobs=blobs, subjects=self.subjects,
                                running=self.running, ack_wait=self.topology.task_ack_wait,
-                               max_deliveries=self.max_deliveries)
+                               max_deliveries=self.max_deliveries, max_payload=max_payload)
 
     def obey_cancel(self, data: bytes, *, subject: str) -> None:
         """Cancel the attempt a cancel notice names, if it runs here; ignore bad notices."""

@@ -10,6 +10,8 @@ import logging
 from enum import Enum
 from typing import Protocol
 
+from contracts.transient import ConditionLog, describe, is_transient
+
 __all__ = [
     "NAK_DELAY",
     "DeliveredMessage",
@@ -22,6 +24,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("natsflow.worker")
+#: Settlements lost while NATS is away: one line per condition with a count.
+_conditions = ConditionLog(log)
 
 #: Seconds before a nak'ed task is delivered again.
 NAK_DELAY = 1.0
@@ -53,9 +57,10 @@ def after_result(published: bool) -> Settlement:
     return Settlement.ACK if published else Settlement.NAK
 
 
-def after_dead_letter(published: bool) -> Settlement:
-    """A malformed message: drop it once its dead letter is stored, else try again."""
-    return Settlement.TERM if published else Settlement.NAK
+def after_dead_letter(published: bool, *, give_up: bool = False) -> Settlement:
+    """A malformed message: drop it once its dead letter is stored, else try again;
+    unless ``give_up`` (it has been tried often enough): then it is dropped anyway."""
+    return Settlement.TERM if published or give_up else Settlement.NAK
 
 
 def after_missed_start() -> Settlement:
@@ -82,5 +87,11 @@ async def settle(msg: DeliveredMessage, settlement: Settlement) -> None:
                 await msg.nak(delay=NAK_DELAY)
             case Settlement.TERM:
                 await msg.term()
-    except Exception:
-        log.warning("could not %s message on %s", settlement.value, msg.subject, exc_info=True)
+    except Exception as exc:
+        if is_transient(exc):
+            _conditions(f"could not {settlement.value} messages ({type(exc).__name__})",
+                        "could not %s message on %s: %s", settlement.value, msg.subject,
+                        describe(exc))
+        else:
+            log.warning("could not %s message on %s", settlement.value, msg.subject,
+                        exc_info=True)

@@ -267,7 +267,8 @@ class _Session:
 
     def _spawn(self, handler: TaskHandler, msg: Msg) -> None:
         task = asyncio.create_task(self._serving.deliver(msg, handler, js=self._reports,
-                                                         blobs=self._js))
+                                                         blobs=self._js,
+                                                         max_payload=self._nc.max_payload))
         self._deliveries.add(task)
         task.add_done_callback(self._delivery_done)
 

@@ -35,6 +35,7 @@ from .outputs import OutputStore
 from .records import TimerFired
 from .runtime import Item, Malformed, Processor, Verdict
 from .store import KvRecordStore
+from .timers import JetStreamParking, TimerParking
 from .webhooks import WebhookDeliverer, WebhookSettings
 
 __all__ = ["Orchestrator"]
@@ -64,6 +65,8 @@ class Orchestrator:
             orchestrator that does).
         webhook_settings: Secret, retries and timeouts of webhook deliveries.
         clock: Source of ``now`` (UTC) for decisions and for deciding a timer is due.
+        timers: How a timer that is not yet due waits (default: JetStream keeps it as a
+            delayed nak); a test environment's clock parks them in hand to skip time.
         ack_wait: Seconds a message this replica took may stay unacked before JetStream
             hands it to a replica again: after a crash, how long its work in hand waits.
             Every replica should use the same value (each start declares it).
@@ -75,7 +78,8 @@ class Orchestrator:
                  metrics_host: str = "0.0.0.0", queue_sample_interval: float = 5.0,
                  webhooks: bool = True, webhook_settings: WebhookSettings | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 ack_wait: float = ENGINE_ACK_WAIT) -> None:
+                 ack_wait: float = ENGINE_ACK_WAIT,
+                 timers: TimerParking | None = None) -> None:
         self.settings = settings
         self.subjects = settings.subjects
         self.topology = Topology(self.subjects, replicas=replicas, engine_ack_wait=ack_wait)
@@ -97,6 +101,7 @@ class Orchestrator:
                                if metrics_port is not None else None)
         self.queue_sample_interval = queue_sample_interval
         self.clock = clock
+        self.timers: TimerParking = timers or JetStreamParking()
         self.webhooks = webhooks
         self.webhook_settings = webhook_settings or WebhookSettings()
         self.deliverer: WebhookDeliverer | None = None
@@ -365,8 +370,9 @@ class Orchestrator:
                 assert isinstance(timer, TimerFired)
                 wait = (timer.due - now).total_seconds()
                 if wait > 0.005:
-                    # Not yet: JetStream hands it back when due (survives restarts).
-                    await processor.settle_later(msg, wait)
+                    # Not yet: by default JetStream hands it back when due.
+                    await self.timers.park(msg, due=timer.due, wait=wait,
+                                           defer=processor.settle_later)
                 else:
                     due.append(item)
             try:

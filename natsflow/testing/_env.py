@@ -191,6 +191,7 @@ class WorkflowEnvironment:
         what = "ended" if wanted is None else f"{step or 'workflow'} {wanted.value}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        settled = False
         while True:
             status = await self.get(workflow_id)
             current = status.step(step).state if step is not None else status.state
@@ -200,10 +201,18 @@ class WorkflowEnvironment:
             if status.state in WORKFLOW_TERMINAL:
                 raise WaitFailed(f"{workflow_id} {status.state.value} before it was {what}"
                                  f"{_error_of(status)}", status)
+            soonest = self.clock.next_due()
+            if settled and soonest is not None:
+                # Quiet, and the status read since then is not the one awaited: only a
+                # timer can move it on.
+                await self.clock.advance_to(soonest)
+                settled = False
+                continue
             if loop.time() > deadline:
                 raise WaitFailed(f"{workflow_id} not {what} after {timeout}s: it is "
                                  f"{status.state.value} ({_steps_of(status)})", status)
-            if not (self.auto_skip and await self._skip_to_next_timer()):
+            settled = self.auto_skip and soonest is not None and await self._quiet()
+            if not settled:
                 await asyncio.sleep(_POLL)
 
     async def events(self, workflow_id: str, *, timeout: float = 10.0) -> list[Event]:
@@ -260,14 +269,6 @@ class WorkflowEnvironment:
             if loop.time() > deadline:
                 return False
             await asyncio.sleep(_POLL)
-        return True
-
-    async def _skip_to_next_timer(self) -> bool:
-        """If all is quiet and a timer waits, jump the clock to it; whether it did."""
-        soonest = self.clock.next_due()
-        if soonest is None or not await self._quiet():
-            return False
-        await self.clock.advance_to(soonest)
         return True
 
     async def _quiet(self) -> bool:

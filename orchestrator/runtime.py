@@ -845,7 +845,9 @@ class Processor:
         older, no dispatch of its attempt is coming that it could belong to.
         """
         try:
-            age = (self.clock() - msg.metadata.timestamp).total_seconds()
+            # The server's timestamp against real time, not the decision clock: that one
+            # may run ahead (a test environment skipping time) and age every message.
+            age = (datetime.now(UTC) - msg.metadata.timestamp).total_seconds()
         except Exception:  # no metadata: nothing tells its age
             age = EARLY_RESULT_PATIENCE
         if age >= EARLY_RESULT_PATIENCE:

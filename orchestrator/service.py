@@ -39,6 +39,7 @@ from .outputs import OutputStore
 from .records import TimerFired
 from .runtime import Item, Malformed, Processor, Verdict
 from .store import KvRecordStore
+from .timers import JetStreamParking, TimerParking
 from .webhooks import WebhookDeliverer, WebhookSettings
 from .workers import ConsumerView, tasks_without_worker
 
@@ -76,6 +77,8 @@ class Orchestrator:
             the defaults (public http/https hosts, subjects neither the server's nor
             natsflow's); None opens nothing (see :mod:`contracts.egress`).
         clock: Source of ``now`` (UTC) for decisions and for deciding a timer is due.
+        timers: How a timer that is not yet due waits (default: JetStream keeps it as a
+            delayed nak); a test environment's clock parks them in hand to skip time.
         ack_wait: Seconds a message this replica took may stay unacked before JetStream
             hands it to a replica again: after a crash, how long its work in hand waits.
             Every replica should use the same value (each start declares it).
@@ -91,7 +94,8 @@ class Orchestrator:
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  ack_wait: float = ENGINE_ACK_WAIT,
                  egress: EgressPolicy | None = None,
-                 worker_grace: float | None = WORKER_GRACE) -> None:
+                 worker_grace: float | None = WORKER_GRACE,
+                 timers: TimerParking | None = None) -> None:
         self.settings = settings
         self.egress = egress or EgressPolicy()
         self.subjects = settings.subjects
@@ -116,6 +120,7 @@ class Orchestrator:
                                if metrics_port is not None else None)
         self.queue_sample_interval = queue_sample_interval
         self.clock = clock
+        self.timers: TimerParking = timers or JetStreamParking()
         self.webhooks = webhooks
         self.webhook_settings = webhook_settings or WebhookSettings()
         self.deliverer: WebhookDeliverer | None = None
@@ -440,8 +445,9 @@ class Orchestrator:
                 assert isinstance(timer, TimerFired)
                 wait = (timer.due - now).total_seconds()
                 if wait > 0.005:
-                    # Not yet: JetStream hands it back when due (survives restarts).
-                    await processor.settle_later(msg, wait)
+                    # Not yet: by default JetStream hands it back when due.
+                    await self.timers.park(msg, due=timer.due, wait=wait,
+                                           defer=processor.settle_later)
                 else:
                     due.append(item)
             due = await self._with_workers_seen(due)

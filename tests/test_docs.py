@@ -17,6 +17,8 @@ from contracts.subjects import Subjects
 from natsflow.cli import app
 from natsflow.dev import DEMO_WORKFLOW, demo_curl
 
+pytest_plugins = ["pytester"]  # the testing doc's examples run as a user's test files
+
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
@@ -190,3 +192,19 @@ def test_template_examples_render_as_documented(template: str, context: str,
 
 def test_expression_doc_has_enough_examples() -> None:
     assert len(_expr_rows("expression")) >= 10 and len(_expr_rows("template")) >= 4
+
+
+TESTING_DOC = (ROOT / "docs" / "testing.md").read_text()
+
+
+def test_the_testing_doc_examples_pass_as_a_users_test_files(pytester: pytest.Pytester) -> None:
+    """Each Python block of docs/testing.md is a test file of a user's project."""
+    blocks = _blocks(TESTING_DOC, "python")
+    assert len(blocks) >= 4
+    pytester.makeini("[pytest]\nasyncio_mode = auto\n"
+                     "asyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n")
+    for i, block in enumerate(blocks):
+        pytester.makepyfile(**{f"test_doc_{i}": block})
+    tests = sum(len(re.findall(r"^(?:async )?def test_", b, flags=re.M)) for b in blocks)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=tests)

@@ -322,3 +322,35 @@ async def run_one(js: JetStreamContext, subjects: Subjects, task_type: str,
     final = (await results_of(js, subjects, task))[-1]
     assert not isinstance(final, TaskProgress)
     return final
+
+
+async def run_cli(*args: str, settings: NatsSettings | None = None,
+                  env: dict[str, str] | None = None,
+                  timeout: float = 60.0) -> tuple[int, str, str]:
+    """Run ``natsflow <args>`` as a user would, in a process of its own.
+
+    Args:
+        args: The command line after ``natsflow``.
+        settings: The deployment to point it at (``NATS_URL``, ``NATSFLOW_PREFIX``).
+        env: More environment variables, over the test's own.
+        timeout: Seconds before the process is killed (the test then fails).
+
+    Returns:
+        The exit code, standard output and standard error.
+    """
+    import os
+
+    full = {**os.environ, **(env or {})}
+    if settings is not None:
+        full |= {"NATS_URL": settings.servers[0], "NATSFLOW_PREFIX": settings.prefix}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "natsflow.cli", *args, env=full,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:  # timed out: leave nothing behind
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -3,13 +3,11 @@ end (issue 14, item 11), through the client, the CLI and the gateway's SSE."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from typing import Any
 
 import httpx
+from helpers import run_cli
 from nats.aio.client import Client
 
 from contracts.client import NatsflowClient, stream_end
@@ -69,18 +67,7 @@ async def test_a_live_watch_goes_past_an_earlier_runs_end(demo_worker: object,
 
 
 async def _cli(settings: NatsSettings, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "NATS_URL": settings.servers[0], "NATSFLOW_PREFIX": settings.prefix}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "natsflow.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:  # timed out: leave nothing behind
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(*args, settings=settings)
 
 
 async def test_cli_events_and_follow_print_every_run(demo_worker: object,

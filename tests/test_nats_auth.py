@@ -5,14 +5,13 @@ gateway, on a real nats-server that requires a user and password."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from helpers import run_cli
 
 from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsAuthFailed, Unavailable
@@ -34,17 +33,8 @@ def locked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
 
 
 async def _natsflow(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "natsflow.cli", *args, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:  # timed out: leave nothing behind
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, err.decode()
+    code, _, err = await run_cli(*args, env=env)
+    return code, err
 
 
 def _env(server: EmbeddedNats, **more: str) -> dict[str, str]:

@@ -3,14 +3,12 @@ reports each dependency (issue 14, item 13). Real nats-server, real services."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from helpers import run_cli
 from nats.aio.client import Client
 
 from contracts.client import NatsflowClient
@@ -95,15 +93,6 @@ async def test_list_and_bulk_without_the_index_name_the_index(
 
 async def test_cli_ls_without_the_index_names_the_index(
         engine: object, settings: NatsSettings) -> None:
-    env = {**os.environ, "NATS_URL": settings.servers[0], "NATSFLOW_PREFIX": settings.prefix}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "natsflow.cli", "ls", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:  # timed out: leave nothing behind
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 3, err
-    assert err.decode().startswith("error[unavailable]: no index is running"), err
+    code, _, err = await run_cli("ls", settings=settings)
+    assert code == 3, err
+    assert err.startswith("error[unavailable]: no index is running"), err

@@ -3,10 +3,9 @@ not started is reported as such, and only real violations fail the check."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
+
+from helpers import run_cli
 
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
@@ -17,18 +16,7 @@ _HELLO = {"name": "later", "steps": [{"id": "a", "task": "demo.noop"}]}
 
 
 async def _verify(settings: NatsSettings, *ids: str) -> tuple[int, str, str]:
-    env = {**os.environ, "NATS_URL": settings.servers[0], "NATSFLOW_PREFIX": settings.prefix}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "natsflow.cli", "verify", *ids, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:  # timed out: leave nothing behind
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli("verify", *ids, settings=settings)
 
 
 async def test_a_workflow_never_started_is_not_a_violation(

@@ -73,6 +73,41 @@ async def _same_as_missing(call: Callable[[str], Awaitable[Any]], hidden: str,
     assert answer(outside, hidden) == answer(absent, "no-such-id")
 
 
+def test_the_engine_answers_a_command_outside_its_scope_as_for_a_missing_workflow() -> None:
+    from test_engine import T0, config, run
+
+    from orchestrator.engine import decide
+    from orchestrator.records import (
+        PauseWorkflow,
+        ResumeWorkflow,
+        RetryWorkflow,
+        SignalWorkflow,
+        StartChildEffect,
+        StartWorkflow,
+        StopWorkflow,
+    )
+
+    cfg = config([{"id": "w", "kind": "wait", "signal": "go"},
+                  {"id": "kid", "kind": "workflow", "definition": "d", "depends_on": ["w"]}],
+                 namespace=B)
+    record, _ = run(cfg, [])
+    assert record.status.namespace == B
+    for command in (StartWorkflow(namespaces=[A]), StopWorkflow(namespaces=[A]),
+                    PauseWorkflow(namespaces=[A]), ResumeWorkflow(namespaces=[A]),
+                    RetryWorkflow(namespaces=[A]), SignalWorkflow(name="go", namespaces=[A])):
+        outside, missing = decide(record, command, T0), decide(None, command, T0)
+        assert outside.record is None and outside.effects == []
+        assert outside.reply == missing.reply and outside.reply.error is not None
+        assert outside.reply.error.code == "workflow-not-found"
+    # Inside the scope (or with none) the command applies; the child asked for is looked
+    # up in, and run in, the parent's namespace.
+    signalled = decide(record, SignalWorkflow(name="go", namespaces=[A, B]), T0)
+    assert signalled.record is not None
+    child = [e for e in signalled.effects if isinstance(e, StartChildEffect)]
+    assert [c.namespace for c in child] == [B]
+    assert decide(record, StopWorkflow(), T0).record is not None
+
+
 async def test_a_scoped_client_cannot_reach_another_namespaces_workflow(
         engine: object, client: NatsflowClient) -> None:
     await client.create(_waiting("a1", A))
@@ -344,10 +379,10 @@ def served(settings: NatsSettings) -> Iterator[NatsSettings]:
     from orchestrator import Orchestrator
 
     ready, failed = threading.Event(), []
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     async def serve() -> None:
+        running.append((asyncio.get_running_loop(), asyncio.Event()))
         orch = Orchestrator(settings, stop_grace=2.0)
         index = IndexService(settings)
         try:
@@ -355,7 +390,7 @@ def served(settings: NatsSettings) -> Iterator[NatsSettings]:
             await index.start()
             async with running_demo_worker(settings):
                 ready.set()
-                await stop.wait()
+                await running[0][1].wait()
         except BaseException as exc:
             failed.append(exc)
             ready.set()
@@ -364,15 +399,16 @@ def served(settings: NatsSettings) -> Iterator[NatsSettings]:
             await index.stop()
             await orch.stop()
 
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    # asyncio.run: whatever the services leave pending is cancelled before the loop ends.
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     thread.start()
     assert ready.wait(60) and not failed, failed
     try:
         yield settings
     finally:
+        loop, stop = running[0]
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
-        loop.close()
 
 
 def test_the_cli_creates_in_and_looks_inside_a_namespace(

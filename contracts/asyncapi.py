@@ -41,11 +41,11 @@ from .definitions import (
 )
 from .errors import ErrorInfo
 from .messages import (
-    BatchConfig,
     BatchReply,
     BulkRequest,
     BulkResult,
     CancelNotice,
+    CreateBatchRequest,
     CreateWorkflowRequest,
     DeadLetter,
     IdRequest,
@@ -116,7 +116,7 @@ API_OPERATIONS: Final[dict[str, ApiOperation]] = {
     "workflow.bulk": ApiOperation(BulkRequest, (BulkResult,),
                                   "Stop, pause, resume or retry every workflow a filter "
                                   "selects.", index=True),
-    "batch.create": ApiOperation(BatchConfig, (BatchReply,),
+    "batch.create": ApiOperation(CreateBatchRequest, (BatchReply,),
                                  "Run a workflow template once per input."),
     "batch.get": ApiOperation(IdRequest, (BatchReply,), "A batch's status."),
     "batch.stop": ApiOperation(IdRequest, (BatchReply,),

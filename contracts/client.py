@@ -3,12 +3,22 @@
 Everything here is plain NATS: request/reply on ``<prefix>.api.*`` (the orchestrator's
 micro service), a JetStream publish on ``<prefix>.submit``, and an ordered consumer on
 the events stream.
+
+Namespaces: a workflow, batch or definition is created in the namespace its config (or
+``namespace`` argument) names. Every method that reads or touches what exists takes
+``namespaces``, the caller's scope (see :mod:`contracts.namespaces`): None (the default)
+is unrestricted; a list makes anything outside it answer as missing
+(:class:`~contracts.errors.WorkflowNotFound` and the like), filters lists, and refuses a
+create outside it (:class:`~contracts.errors.NamespaceForbidden`). The orchestrator and
+the index enforce it; reading events, which comes straight from the events stream, is
+checked here against the workflow's status first.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -42,6 +52,7 @@ from .messages import (
     BatchReply,
     BulkRequest,
     BulkResult,
+    CreateBatchRequest,
     CreateWorkflowRequest,
     IdRequest,
     ListWorkflowsRequest,
@@ -59,6 +70,7 @@ from .models import (
     WorkflowConfig,
     WorkflowStatus,
 )
+from .namespaces import narrow
 from .subjects import Subjects
 from .tracing import TraceContext, inject
 
@@ -68,6 +80,20 @@ _R = TypeVar("_R", bound=BaseModel)
 
 #: Header carrying the natsflow error code on API error replies (NATS micro convention).
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+#: Workflows whose visibility one scoped event feed remembers (namespaces never change).
+_FEED_MEMORY = 4096
+
+
+def _named(namespace: str | None) -> dict[str, str]:
+    # Absent rather than null: the request then reads as it did before namespaces.
+    return {} if namespace is None else {"namespace": namespace}
+
+
+def _scope(namespaces: Sequence[str] | None) -> list[str] | None:
+    # A str is a Sequence too: one namespace by mistake must not become its letters.
+    if isinstance(namespaces, str):
+        raise TypeError("namespaces is a list of namespace names, not one string")
+    return None if namespaces is None else list(namespaces)
 
 
 class NatsflowClient:
@@ -120,8 +146,10 @@ class NatsflowClient:
     # -- workflows -------------------------------------------------------------------
     async def create(self, config: WorkflowConfig | dict[str, Any], *,
                      idempotency_key: str | None = None,
-                     trace: TraceContext | None = None) -> WorkflowReply:
-        """Create (and, unless ``start`` is false, start) a workflow.
+                     trace: TraceContext | None = None,
+                     namespaces: Sequence[str] | None = None) -> WorkflowReply:
+        """Create (and, unless ``start`` is false, start) a workflow in the config's
+        ``namespace``.
 
         ``trace``: the W3C trace context the workflow belongs to, when tracing is off
         here (on, the current span's is sent); see :mod:`contracts.tracing`.
@@ -129,109 +157,162 @@ class NatsflowClient:
         Raises:
             ValidationFailed: the config is invalid (each field named), found here or by
                 the orchestrator.
+            NamespaceForbidden: its namespace is outside ``namespaces``.
         """
         if not isinstance(config, WorkflowConfig):
             try:
                 config = WorkflowConfig.model_validate(config)
             except ValidationError as exc:
                 raise validation_failed(exc) from None
-        req = CreateWorkflowRequest(config=config, idempotency_key=idempotency_key)
+        req = CreateWorkflowRequest(config=config, idempotency_key=idempotency_key,
+                                    namespaces=_scope(namespaces))
         return await self._call("workflow.create", req, WorkflowReply, trace=trace)
 
     async def run(self, definition: str, input: dict[str, Any] | None = None, *,
                   version: int | None = None, workflow_id: str | None = None,
                   labels: dict[str, str] | None = None, start: bool = True,
                   idempotency_key: str | None = None,
-                  trace: TraceContext | None = None) -> WorkflowReply:
-        """Create a workflow from a stored definition (the latest, or ``version``)."""
+                  trace: TraceContext | None = None, namespace: str | None = None,
+                  namespaces: Sequence[str] | None = None) -> WorkflowReply:
+        """Create a workflow from a stored definition (the latest, or ``version``) of
+        ``namespace`` (default: ``default``), in that namespace.
+
+        Raises:
+            DefinitionNotFound: no such definition in that namespace.
+            NamespaceForbidden: ``namespace`` is outside ``namespaces``.
+        """
         req = CreateWorkflowRequest(definition=definition, version=version,
                                     input=input or {}, id=workflow_id, labels=labels or {},
-                                    start=start, idempotency_key=idempotency_key)
+                                    start=start, idempotency_key=idempotency_key,
+                                    namespace=namespace, namespaces=_scope(namespaces))
         return await self._call("workflow.create", req, WorkflowReply, trace=trace)
 
     # -- definitions -----------------------------------------------------------------
-    async def put_definition(self, name: str, config: dict[str, Any]) -> DefinitionReply:
-        """Store ``config`` (a WorkflowConfig without id) as the next version of ``name``."""
-        return await self._call("definition.put", PutDefinitionRequest(name=name, config=config),
-                                DefinitionReply)
+    async def put_definition(self, name: str, config: dict[str, Any], *,
+                             namespace: str | None = None,
+                             namespaces: Sequence[str] | None = None) -> DefinitionReply:
+        """Store ``config`` (a WorkflowConfig without id) as the next version of ``name``
+        in ``namespace`` (default: ``default``).
 
-    async def get_definition(self, name: str) -> DefinitionInfo:
+        Raises:
+            NamespaceForbidden: ``namespace`` is outside ``namespaces``.
+        """
+        return await self._call("definition.put", PutDefinitionRequest.model_validate(
+            {"name": name, "config": config, **_named(namespace),
+             "namespaces": _scope(namespaces)}), DefinitionReply)
+
+    async def get_definition(self, name: str, *, namespace: str | None = None,
+                             namespaces: Sequence[str] | None = None) -> DefinitionInfo:
         """A definition's latest version and the list of its versions."""
-        return await self._call("definition.get", GetDefinitionRequest(name=name),
-                                DefinitionInfo)
+        return await self._call("definition.get", GetDefinitionRequest.model_validate(
+            {"name": name, **_named(namespace), "namespaces": _scope(namespaces)}),
+            DefinitionInfo)
 
-    async def get_definition_version(self, name: str, version: int) -> Definition:
+    async def get_definition_version(self, name: str, version: int, *,
+                                     namespace: str | None = None,
+                                     namespaces: Sequence[str] | None = None) -> Definition:
         """One version of a definition."""
-        return await self._call("definition.get",
-                                GetDefinitionRequest(name=name, version=version), Definition)
+        return await self._call("definition.get", GetDefinitionRequest.model_validate(
+            {"name": name, "version": version, **_named(namespace),
+             "namespaces": _scope(namespaces)}), Definition)
 
-    async def list_definitions(self) -> DefinitionList:
-        """Every stored definition with its latest version."""
-        return await self._call("definition.list", ListDefinitionsRequest(), DefinitionList)
+    async def list_definitions(self, *, namespace: str | None = None,
+                               namespaces: Sequence[str] | None = None) -> DefinitionList:
+        """Every stored definition with its latest version (of ``namespace`` only, if
+        given), by namespace and name."""
+        return await self._call("definition.list", ListDefinitionsRequest(
+            namespace=namespace, namespaces=_scope(namespaces)), DefinitionList)
 
-    async def start(self, workflow_id: str) -> WorkflowReply:
+    async def _by_id(self, operation: str, workflow_id: str,
+                     namespaces: Sequence[str] | None) -> WorkflowReply:
+        return await self._call(operation, IdRequest(id=workflow_id,
+                                                     namespaces=_scope(namespaces)),
+                                WorkflowReply)
+
+    async def start(self, workflow_id: str, *,
+                    namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Start a created workflow (no-op on a started one)."""
-        return await self._call("workflow.start", IdRequest(id=workflow_id), WorkflowReply)
+        return await self._by_id("workflow.start", workflow_id, namespaces)
 
-    async def get(self, workflow_id: str) -> WorkflowReply:
-        """The workflow's status."""
-        return await self._call("workflow.get", IdRequest(id=workflow_id), WorkflowReply)
+    async def get(self, workflow_id: str, *,
+                  namespaces: Sequence[str] | None = None) -> WorkflowReply:
+        """The workflow's status.
 
-    async def stop(self, workflow_id: str) -> WorkflowReply:
+        Raises:
+            WorkflowNotFound: no such workflow, or one outside ``namespaces``.
+        """
+        return await self._by_id("workflow.get", workflow_id, namespaces)
+
+    async def stop(self, workflow_id: str, *,
+                   namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Stop a workflow: running steps are cancelled and it ends ``stopped``."""
-        return await self._call("workflow.stop", IdRequest(id=workflow_id), WorkflowReply)
+        return await self._by_id("workflow.stop", workflow_id, namespaces)
 
-    async def list_workflows(self, query: ListWorkflowsRequest | None = None, **filters: Any
-                   ) -> WorkflowList:
-        """A page of workflows, newest first (filters: ListWorkflowsRequest's fields)."""
+    async def list_workflows(self, query: ListWorkflowsRequest | None = None, *,
+                             namespaces: Sequence[str] | None = None, **filters: Any
+                             ) -> WorkflowList:
+        """A page of workflows, newest first (filters: ListWorkflowsRequest's fields,
+        ``namespace`` among them), of the namespaces in ``namespaces`` only."""
         req = query if query is not None else ListWorkflowsRequest.model_validate(filters)
+        if namespaces is not None:  # narrowed, never widened, by what the query says
+            req = req.model_copy(update={"namespaces": narrow(_scope(namespaces),
+                                                              req.namespaces)})
         return await self._call("workflow.list", req, WorkflowList)
 
     async def bulk(self, operation: str, *, dry_run: bool = False,
                    max_workflows: int = 10_000, all_workflows: bool = False,
-                   **filters: Any) -> BulkResult:
+                   namespaces: Sequence[str] | None = None, **filters: Any) -> BulkResult:
         """Stop, pause, resume or retry every workflow the filters select (index service).
 
         ``dry_run`` only reports the matches. With no filter at all, ``all_workflows``
-        must say that every workflow is meant. Waits up to a minute (or the client
-        timeout, if longer) for the operations to be sent.
+        must say that every workflow is meant (every one in ``namespaces``, if given).
+        Waits up to a minute (or the client timeout, if longer) for the operations to
+        be sent.
 
         Raises:
             ValidationFailed: no filter and not ``all_workflows``, or both.
         """
         req = BulkRequest.model_validate({
             "operation": operation, "dry_run": dry_run, "max_workflows": max_workflows,
-            "all": all_workflows, "filter": ListWorkflowsRequest.model_validate(filters)})
+            "all": all_workflows, "filter": ListWorkflowsRequest.model_validate(filters),
+            "namespaces": _scope(namespaces)})
         return await self._call("workflow.bulk", req, BulkResult,
                                 timeout=max(self.timeout, 60.0))
 
-    async def pause(self, workflow_id: str) -> WorkflowReply:
+    async def pause(self, workflow_id: str, *,
+                    namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Pause a running workflow: nothing new starts, timers wait (409 otherwise)."""
-        return await self._call("workflow.pause", IdRequest(id=workflow_id), WorkflowReply)
+        return await self._by_id("workflow.pause", workflow_id, namespaces)
 
-    async def resume(self, workflow_id: str) -> WorkflowReply:
+    async def resume(self, workflow_id: str, *,
+                     namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Resume a paused workflow."""
-        return await self._call("workflow.resume", IdRequest(id=workflow_id), WorkflowReply)
+        return await self._by_id("workflow.resume", workflow_id, namespaces)
 
     async def retry(self, workflow_id: str, *,
-                    inputs: dict[str, dict[str, Any]] | None = None) -> WorkflowReply:
+                    inputs: dict[str, dict[str, Any]] | None = None,
+                    namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Run a failed or stopped workflow again from its unfinished steps."""
-        return await self._call("workflow.retry",
-                                RetryRequest(id=workflow_id, inputs=inputs or {}), WorkflowReply)
+        return await self._call("workflow.retry", RetryRequest(
+            id=workflow_id, inputs=inputs or {}, namespaces=_scope(namespaces)),
+            WorkflowReply)
 
     async def rerun(self, workflow_id: str, *, input: dict[str, Any] | None = None,
                     from_step: str | None = None, new_id: str | None = None,
-                    trace: TraceContext | None = None) -> WorkflowReply:
-        """A new workflow from the same config (the reply is the new one's)."""
+                    trace: TraceContext | None = None,
+                    namespaces: Sequence[str] | None = None) -> WorkflowReply:
+        """A new workflow from the same config, in the same namespace (the reply is the
+        new one's)."""
         return await self._call("workflow.rerun", RerunRequest(
-            id=workflow_id, input=input, from_step=from_step, new_id=new_id), WorkflowReply,
-            trace=trace)
+            id=workflow_id, input=input, from_step=from_step, new_id=new_id,
+            namespaces=_scope(namespaces)), WorkflowReply, trace=trace)
 
-    async def signal(self, workflow_id: str, name: str, payload: Any = None) -> WorkflowReply:
+    async def signal(self, workflow_id: str, name: str, payload: Any = None, *,
+                     namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Send the signal ``name`` to a workflow (a wait step takes it, or it is kept)."""
-        return await self._call("workflow.signal",
-                                SignalRequest(id=workflow_id, name=name, payload=payload),
-                                WorkflowReply)
+        return await self._call("workflow.signal", SignalRequest(
+            id=workflow_id, name=name, payload=payload, namespaces=_scope(namespaces)),
+            WorkflowReply)
 
     async def submit(self, config: WorkflowConfig | dict[str, Any], *,
                      trace: TraceContext | None = None) -> int:
@@ -251,19 +332,35 @@ class NatsflowClient:
         return ack.seq
 
     # -- batches ---------------------------------------------------------------------
-    async def create_batch(self, config: BatchConfig | dict[str, Any]) -> BatchReply:
-        """Create and start a batch."""
+    async def create_batch(self, config: BatchConfig | dict[str, Any], *,
+                           namespaces: Sequence[str] | None = None) -> BatchReply:
+        """Create and start a batch, in the config's ``namespace`` (its members too).
+
+        Raises:
+            NamespaceForbidden: its namespace is outside ``namespaces``.
+        """
         if not isinstance(config, BatchConfig):
             config = BatchConfig.model_validate(config)
-        return await self._call("batch.create", config, BatchReply)
+        req = CreateBatchRequest.model_construct(**dict(config), namespaces=_scope(namespaces))
+        return await self._call("batch.create", req, BatchReply)
 
-    async def get_batch(self, batch_id: str) -> BatchReply:
-        """The batch's status."""
-        return await self._call("batch.get", IdRequest(id=batch_id), BatchReply)
+    async def get_batch(self, batch_id: str, *,
+                        namespaces: Sequence[str] | None = None) -> BatchReply:
+        """The batch's status.
 
-    async def stop_batch(self, batch_id: str) -> BatchReply:
+        Raises:
+            BatchNotFound: no such batch, or one outside ``namespaces``.
+        """
+        return await self._call("batch.get", IdRequest(id=batch_id,
+                                                       namespaces=_scope(namespaces)),
+                                BatchReply)
+
+    async def stop_batch(self, batch_id: str, *,
+                         namespaces: Sequence[str] | None = None) -> BatchReply:
         """Stop a batch and its running members."""
-        return await self._call("batch.stop", IdRequest(id=batch_id), BatchReply)
+        return await self._call("batch.stop", IdRequest(id=batch_id,
+                                                        namespaces=_scope(namespaces)),
+                                BatchReply)
 
     # -- liveness and events ---------------------------------------------------------
     async def ping(self, timeout: float = 1.0, *, service: str | None = None) -> bool:
@@ -279,7 +376,8 @@ class NatsflowClient:
             return False
         return True
 
-    async def watch(self, workflow_id: str, *, after: int = 0) -> AsyncGenerator[Event, None]:
+    async def watch(self, workflow_id: str, *, after: int = 0,
+                    namespaces: Sequence[str] | None = None) -> AsyncGenerator[Event, None]:
         """The workflow's events in ``seq`` order, from the first (or after ``after``),
         then live as they happen, ending after the terminal one.
 
@@ -292,20 +390,31 @@ class NatsflowClient:
                 id simply yields nothing until events appear).
             after: Yield only events with ``seq`` above this one, e.g. the last one seen
                 before reconnecting.
+            namespaces: The caller's scope: a workflow outside it raises
+                WorkflowNotFound before any event (then it is checked to exist).
         """
-        async with aclosing(self.events(workflow_id, follow=True, after=after)) as events:
+        async with aclosing(self.events(workflow_id, follow=True, after=after,
+                                        namespaces=namespaces)) as events:
             async for event in events:
                 yield event
 
     async def events(self, workflow_id: str, *, follow: bool = True,
-                     after: int = 0, idle_timeout: float = 0.5) -> AsyncGenerator[Event, None]:
+                     after: int = 0, idle_timeout: float = 0.5,
+                     namespaces: Sequence[str] | None = None) -> AsyncGenerator[Event, None]:
         """The workflow's events in ``seq`` order, from the first (or after ``after``).
 
         Every run is replayed: a retried workflow's stream goes on past an earlier run's
         terminal event. With ``follow`` it waits for new events until the stream ends
         (that is :meth:`watch`; see :func:`stream_end`); without, it also stops when no
         event arrives for ``idle_timeout`` seconds.
+
+        Raises:
+            WorkflowNotFound: with ``namespaces``, when the workflow is missing or outside
+                them (events carry no namespace: its status says, read first).
         """
+        scope = _scope(namespaces)
+        if scope is not None:
+            await self.get(workflow_id, namespaces=scope)
         last = after
         end: int | None = None  # the seq the stored status said the stream ends at
         feed = self.event_feed(self.subjects.events_of(workflow_id), deliver_all=True,
@@ -317,19 +426,20 @@ class NatsflowClient:
                     yield event
                 # Asked again on reaching the end it gave: a retry may have come since.
                 if event.type in EVENT_TERMINAL or (end is not None and event.seq >= end):
-                    end = await self._stream_end(workflow_id)
+                    end = await self._stream_end(workflow_id, scope)
                     if end is not None and last >= end:
                         return
 
-    async def _stream_end(self, workflow_id: str) -> int | None:
+    async def _stream_end(self, workflow_id: str, scope: list[str] | None) -> int | None:
         try:
-            status = (await self.get(workflow_id)).status
+            status = (await self.get(workflow_id, namespaces=scope)).status
         except WorkflowNotFound:
             return 0  # gone (its record removed): nothing more will come
         return stream_end(status)
 
     async def event_feed(self, subject_filter: str, *, deliver_all: bool = False,
                          after_stream_seq: int = 0, idle_timeout: float | None = None,
+                         namespaces: Sequence[str] | None = None,
                          ) -> AsyncGenerator[tuple[int, Event], None]:
         """Every event on ``subject_filter`` (see :meth:`Subjects.events_of` and
         :meth:`Subjects.events_matching`) with its events-stream sequence, never ending.
@@ -340,10 +450,43 @@ class NatsflowClient:
             after_stream_seq: Start after this events-stream sequence (wins over
                 ``deliver_all`` when set).
             idle_timeout: Stop when no event arrives for this many seconds.
+            namespaces: Only events of workflows in these namespaces (each workflow's
+                status is read once, when its first event comes; a workflow whose
+                status is gone is left out).
 
         Yields:
             ``(stream_seq, event)``; messages that are not events are skipped.
         """
+        scope = _scope(namespaces)
+        feed = self._event_feed(subject_filter, deliver_all=deliver_all,
+                                after_stream_seq=after_stream_seq, idle_timeout=idle_timeout)
+        if scope is None:
+            async with aclosing(feed):
+                async for item in feed:
+                    yield item
+            return
+        seen: OrderedDict[str, bool] = OrderedDict()  # workflow id -> inside the scope
+        async with aclosing(feed):
+            async for item in feed:
+                wid = item[1].workflow_id
+                inside = seen.get(wid)
+                if inside is None:
+                    try:
+                        await self.get(wid, namespaces=scope)
+                        inside = True
+                    except WorkflowNotFound:
+                        inside = False
+                    seen[wid] = inside
+                    if len(seen) > _FEED_MEMORY:
+                        seen.popitem(last=False)
+                else:
+                    seen.move_to_end(wid)
+                if inside:
+                    yield item
+
+    async def _event_feed(self, subject_filter: str, *, deliver_all: bool,
+                          after_stream_seq: int, idle_timeout: float | None,
+                          ) -> AsyncGenerator[tuple[int, Event], None]:
         if after_stream_seq > 0:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                     opt_start_seq=after_stream_seq + 1)
@@ -367,21 +510,22 @@ class NatsflowClient:
         finally:
             await sub.unsubscribe()
 
-    async def wait(self, workflow_id: str, *, timeout: float = 60.0) -> WorkflowReply:
+    async def wait(self, workflow_id: str, *, timeout: float = 60.0,
+                   namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Wait until the workflow is terminal, then return its status.
 
         A retried workflow has a terminal event per run: waiting goes on past an earlier
         run's end, as :meth:`watch` does.
         """
         async def _until_terminal() -> None:
-            async with aclosing(self.watch(workflow_id)) as events:
+            async with aclosing(self.watch(workflow_id, namespaces=namespaces)) as events:
                 async for _ in events:
                     pass
         try:
             await asyncio.wait_for(_until_terminal(), timeout)
         except TimeoutError:
             raise EngineTimeout(f"workflow {workflow_id} not finished in {timeout}s") from None
-        return await self.get(workflow_id)
+        return await self.get(workflow_id, namespaces=namespaces)
 
 
 def _no_service(subjects: Subjects, operation: str) -> Unavailable:

@@ -3,6 +3,10 @@
 ``PUT /definitions/{name}`` (or ``definition.put`` over NATS) stores a new version of a
 WorkflowConfig without ``id``; a workflow is then started by name (the latest version, or
 a pinned one) with just its input, and records the version it runs.
+
+Definitions belong to a namespace (``default`` unless given): the same name in two
+namespaces is two definitions, and a workflow started from one (a child workflow too)
+runs in its namespace.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .models import WorkflowConfig
+from .namespaces import DEFAULT_NAMESPACE, Namespace, Scope, is_default
 from .subjects import TOKEN_RE
 
 __all__ = [
@@ -39,6 +44,8 @@ class Definition(BaseModel):
     model_config = _Frozen
 
     name: str
+    # Left out when default: definitions stored before namespaces read the same.
+    namespace: str = Field(default=DEFAULT_NAMESPACE, exclude_if=is_default)
     version: int = Field(ge=1)
     config: WorkflowConfig
     fingerprint: str = Field(description="Digest of the config: equal configs, equal digests.")
@@ -61,6 +68,7 @@ class DefinitionInfo(BaseModel):
     model_config = _Frozen
 
     name: str
+    namespace: str = DEFAULT_NAMESPACE
     latest: Definition
     versions: list[DefinitionVersion]
 
@@ -71,12 +79,13 @@ class DefinitionSummary(BaseModel):
     model_config = _Frozen
 
     name: str
+    namespace: str = DEFAULT_NAMESPACE
     latest_version: int
     updated_at: datetime
 
 
 class DefinitionList(BaseModel):
-    """Every stored definition, by name."""
+    """Every stored definition, by namespace and name."""
 
     model_config = _Frozen
 
@@ -90,6 +99,9 @@ class PutDefinitionRequest(BaseModel):
 
     name: DefinitionName
     config: dict[str, Any]
+    namespace: Namespace = Field(default=DEFAULT_NAMESPACE, exclude_if=is_default,
+                                 description="The definition's namespace.")
+    namespaces: Scope = None
 
 
 class GetDefinitionRequest(BaseModel):
@@ -99,12 +111,19 @@ class GetDefinitionRequest(BaseModel):
 
     name: DefinitionName
     version: int | None = Field(default=None, ge=1)
+    namespace: Namespace = Field(default=DEFAULT_NAMESPACE, exclude_if=is_default,
+                                 description="The definition's namespace.")
+    namespaces: Scope = None
 
 
 class ListDefinitionsRequest(BaseModel):
-    """``definition.list``."""
+    """``definition.list``: every definition the caller may see (or one namespace's)."""
 
     model_config = _Frozen
+
+    namespace: str | None = Field(default=None, exclude_if=lambda v: v is None,
+                                  description="Only this namespace's.")
+    namespaces: Scope = None
 
 
 class RunDefinition(BaseModel):
@@ -119,6 +138,8 @@ class RunDefinition(BaseModel):
                            pattern=TOKEN_RE.pattern)
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     start: bool = True
+    namespace: Namespace = Field(default=DEFAULT_NAMESPACE, description="The namespace "
+                                 "the definition is looked up in and the workflow runs in.")
 
 
 class DefinitionReply(BaseModel):

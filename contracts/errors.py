@@ -28,8 +28,10 @@ Hierarchy::
     │                                                  retryable until they are fixed)
     ├── ConfigMismatch            config-mismatch      a stream, bucket or consumer in NATS is
     │                                                  set up in a way natsflow cannot work with
-    └── EgressRefused             egress-refused       an outbound call (http step, webhook) to a
-                                                       host the egress policy refuses
+    ├── EgressRefused             egress-refused       an outbound call (http step, webhook) to a
+    │                                                  host the egress policy refuses
+    └── NamespaceForbidden        namespace-forbidden  a create in a namespace outside the
+                                                       caller's scope
 
 Errors of *steps* (reported by workers) are not exceptions here: they are
 :class:`ErrorInfo` values inside results and statuses, with codes chosen by the worker,
@@ -58,6 +60,7 @@ __all__ = [
     "InvalidGraph",
     "InvalidRequest",
     "InvalidState",
+    "NamespaceForbidden",
     "NatsAuthFailed",
     "NatsflowError",
     "NotFound",
@@ -270,6 +273,18 @@ class EgressRefused(NatsflowError):
     """
 
     code = "egress-refused"
+
+
+class NamespaceForbidden(NatsflowError):
+    """A create (a workflow, a batch, a definition) in a namespace outside the caller's
+    ``namespaces`` scope.
+
+    Only creates are refused this way: anything that already exists in a namespace
+    outside the scope answers exactly as if it did not exist (``workflow-not-found``,
+    ``batch-not-found``, ``definition-not-found``), so its existence is not revealed.
+    """
+
+    code = "namespace-forbidden"
 
 
 def _all_subclasses(cls: type[NatsflowError]) -> list[type[NatsflowError]]:

@@ -31,6 +31,7 @@ from .models import (
     WorkflowStatus,
     WorkflowSummary,
 )
+from .namespaces import DEFAULT_NAMESPACE, Namespace, Scope, is_default
 
 __all__ = [
     "BatchConfig",
@@ -39,6 +40,7 @@ __all__ = [
     "BatchState",
     "BatchStatus",
     "CancelNotice",
+    "CreateBatchRequest",
     "CreateWorkflowRequest",
     "DeadLetter",
     "IdRequest",
@@ -181,12 +183,13 @@ class WorkflowTemplate(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     output: Any = None
 
-    def config_for(self, *, workflow_id: str, input: dict[str, Any],
-                   batch_id: str) -> WorkflowConfig:
-        """The config of one member workflow."""
+    def config_for(self, *, workflow_id: str, input: dict[str, Any], batch_id: str,
+                   namespace: str = DEFAULT_NAMESPACE) -> WorkflowConfig:
+        """The config of one member workflow (in the batch's ``namespace``)."""
         return WorkflowConfig.model_validate({
-            "name": self.name, "id": workflow_id, "input": input, "steps": self.steps,
-            "labels": {**self.labels, "batch": batch_id}, "output": self.output,
+            "name": self.name, "id": workflow_id, "namespace": namespace, "input": input,
+            "steps": self.steps, "labels": {**self.labels, "batch": batch_id},
+            "output": self.output,
         })
 
 
@@ -196,9 +199,23 @@ class BatchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: _BatchId | None = None
+    # Left out of the JSON when default, as a workflow's (fingerprints stay the same).
+    namespace: Namespace = Field(default=DEFAULT_NAMESPACE, exclude_if=is_default,
+                                 description="The namespace of the batch and its members.")
     workflow: WorkflowTemplate
     inputs: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_SIZE)
     max_concurrency: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
+
+
+class CreateBatchRequest(BatchConfig):
+    """Body of ``<prefix>.api.batch.create``: a BatchConfig, and the caller's scope."""
+
+    namespaces: Scope = None
+
+    def batch_config(self) -> BatchConfig:
+        """The config without the scope (its fields are checked already)."""
+        return BatchConfig.model_construct(
+            **{name: getattr(self, name) for name in BatchConfig.model_fields})
 
 
 class BatchState(StrEnum):
@@ -231,6 +248,7 @@ class BatchStatus(BaseModel):
 
     id: str
     name: str
+    namespace: str = DEFAULT_NAMESPACE
     state: BatchState
     max_concurrency: int | None = None
     counts: dict[str, int] = Field(description="Members per state (pending, running, ...).")
@@ -257,7 +275,12 @@ class CreateWorkflowRequest(BaseModel):
                            pattern=r"^[A-Za-z0-9_-]+$")
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     start: bool = True
+    namespace: Namespace | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="With `definition`: the namespace it is looked up in and the workflow "
+        "runs in (default: `default`). With `config`, it goes inside the config.")
     idempotency_key: str | None = Field(default=None, max_length=256)
+    namespaces: Scope = None
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateWorkflowRequest:
@@ -265,10 +288,18 @@ class CreateWorkflowRequest(BaseModel):
             raise ValidationFailed("give exactly one of `config` and `definition`",
                                    field="definition" if self.config else "config")
         if self.config is not None and (self.input or self.labels or self.id
-                                        or self.version or not self.start):
-            raise ValidationFailed("`input`, `labels`, `id`, `version` and `start` go "
-                                   "inside `config` here", field="config")
+                                        or self.version or not self.start
+                                        or self.namespace is not None):
+            raise ValidationFailed("`input`, `labels`, `id`, `version`, `start` and "
+                                   "`namespace` go inside `config` here", field="config")
         return self
+
+    @property
+    def target_namespace(self) -> str:
+        """The namespace the workflow is to be created in."""
+        if self.config is not None:
+            return self.config.namespace
+        return self.namespace or DEFAULT_NAMESPACE
 
 
 class IdRequest(BaseModel):
@@ -277,6 +308,7 @@ class IdRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1, max_length=128)
+    namespaces: Scope = None
 
 
 class ListWorkflowsRequest(BaseModel):
@@ -288,10 +320,13 @@ class ListWorkflowsRequest(BaseModel):
     name: str | None = None
     labels: dict[str, str] = Field(default_factory=dict, description="All of these.")
     batch_id: str | None = None
+    namespace: str | None = Field(default=None, exclude_if=lambda v: v is None,
+                                  description="Only this namespace's.")
     created_after: datetime | None = None
     created_before: datetime | None = None
     cursor: str | None = Field(default=None, description="`next_cursor` of the last page.")
     limit: int = Field(default=50, ge=1, le=500)
+    namespaces: Scope = None
 
 
 class WorkflowList(BaseModel):
@@ -322,11 +357,14 @@ class BulkRequest(BaseModel):
     dry_run: bool = Field(default=False, description="Only report what would be touched.")
     max_workflows: int = Field(default=10_000, ge=1, le=100_000,
                                description="Refuse to touch more than this many.")
+    namespaces: Scope = None
 
     @model_validator(mode="after")
     def _all_is_explicit(self) -> BulkRequest:
+        # A scope is who asks, not what is asked for: "all" is still every workflow
+        # (that the caller may touch).
         selects = self.filter.model_dump(exclude_defaults=True,
-                                         exclude={"cursor", "limit"})
+                                         exclude={"cursor", "limit", "namespaces"})
         if not selects and not self.all:
             raise ValidationFailed(
                 'the filter selects every workflow: give a filter, or "all": true to '
@@ -360,12 +398,13 @@ class RetryRequest(BaseModel):
 
     id: str = Field(min_length=1, max_length=128)
     inputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    namespaces: Scope = None
 
 
 class RerunRequest(BaseModel):
     """``workflow.rerun``: a new workflow from the same config, with the same input (or
-    ``input``). With ``from_step``, only that step and the steps after it run again; the
-    others that had succeeded take their earlier outputs."""
+    ``input``), in the same namespace. With ``from_step``, only that step and the steps
+    after it run again; the others that had succeeded take their earlier outputs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -374,6 +413,7 @@ class RerunRequest(BaseModel):
     from_step: str | None = Field(default=None, max_length=128)
     new_id: str | None = Field(default=None, min_length=1, max_length=128,
                                pattern=r"^[A-Za-z0-9_-]+$")
+    namespaces: Scope = None
 
 
 class SignalRequest(BaseModel):
@@ -388,6 +428,7 @@ class SignalRequest(BaseModel):
     id: str = Field(min_length=1, max_length=128)
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
     payload: Any = None
+    namespaces: Scope = None
 
 
 class WorkflowReply(BaseModel):

@@ -25,6 +25,7 @@ from pydantic import (
 from .checks import check_values, refuse_expression
 from .errors import STEP_TAGS, ErrorInfo, ExpressionError, InvalidGraph
 from .expr import check_expression, check_template
+from .namespaces import DEFAULT_NAMESPACE, Namespace, is_default
 from .schema import check_schema, validate_instance
 from .subjects import TASK_TYPE_RE, TOKEN_RE
 from .untrusted import check_json_value
@@ -528,6 +529,12 @@ class WorkflowConfig(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     id: _Id | None = Field(default=None, description="Client-chosen id; makes submits idempotent.")
+    # Left out of the JSON when default: configs from before namespaces keep their
+    # fingerprints (an identical resubmit is still recognised).
+    namespace: Namespace = Field(
+        default=DEFAULT_NAMESPACE, exclude_if=is_default,
+        description="The namespace the workflow belongs to (tenancy); a child workflow "
+        "and a batch's members are in their parent's.")
     input: dict[str, Any] = Field(default_factory=dict)
     steps: list[StepConfig] = Field(max_length=MAX_STEPS)
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
@@ -824,6 +831,7 @@ class WorkflowStatus(BaseModel):
 
     id: str
     name: str
+    namespace: str = Field(default=DEFAULT_NAMESPACE, description="Its namespace.")
     state: WorkflowState
     input: dict[str, Any]
     output: Any = None
@@ -868,6 +876,7 @@ class WorkflowSummary(BaseModel):
 
     id: str
     name: str
+    namespace: str = DEFAULT_NAMESPACE
     state: WorkflowState
     labels: dict[str, str] = Field(default_factory=dict)
     batch_id: str | None = None
@@ -881,7 +890,8 @@ class WorkflowSummary(BaseModel):
     @classmethod
     def of(cls, status: WorkflowStatus) -> WorkflowSummary:
         """The summary of a status."""
-        return cls(id=status.id, name=status.name, state=status.state, labels=status.labels,
+        return cls(id=status.id, name=status.name, namespace=status.namespace,
+                   state=status.state, labels=status.labels,
                    batch_id=status.batch_id,
                    parent_id=status.parent.workflow_id if status.parent else None,
                    definition=status.definition, created_at=status.created_at,

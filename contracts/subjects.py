@@ -128,7 +128,8 @@ class Subjects:
 
     @property
     def definitions_bucket(self) -> str:
-        """KV bucket: ``<name>.<version>`` -> a stored workflow definition (immutable)."""
+        """KV bucket: ``<name>.<version>`` (the default namespace's) or
+        ``<namespace>.<name>.<version>`` -> a stored workflow definition (immutable)."""
         return f"{_lower_name(self.prefix)}_definitions"
 
     @property

@@ -32,6 +32,7 @@ from contracts.errors import (
     InvalidGraph,
     InvalidRequest,
     InvalidState,
+    NamespaceForbidden,
     NatsAuthFailed,
     NatsflowError,
     NotFound,
@@ -100,6 +101,7 @@ HTTP_BY_CODE: Final[Mapping[str, HttpMapping]] = {
                                      retry_after=30),
     # A step's or a webhook's error today; a call natsflow will not make for the client.
     EgressRefused.code: HttpMapping(403, "Outbound call refused"),
+    NamespaceForbidden.code: HttpMapping(403, "Namespace outside the caller's scope"),
 }
 
 _INTERNAL: Final = HttpMapping(500, "Internal server error")

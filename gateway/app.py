@@ -191,7 +191,7 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
             reply = await link.client().run(
                 body.definition, body.input, version=body.version, workflow_id=body.id,
                 labels=body.labels, start=body.start, idempotency_key=idempotency_key,
-                trace=request_trace(request))
+                trace=request_trace(request), namespace=body.namespace)
         else:
             reply = await link.client().create(body, idempotency_key=idempotency_key,
                                                trace=request_trace(request))

@@ -19,6 +19,7 @@ from contracts.messages import ListWorkflowsRequest, WorkflowList, WorkflowReply
 from contracts.models import WorkflowState, WorkflowStatus
 
 from ._cli_common import console, fail, run, with_settings
+from ._cli_namespace import NamespaceOpt, scope
 
 __all__ = ["register_control_commands"]
 
@@ -78,16 +79,16 @@ def register_control_commands(app: typer.Typer) -> None:
         batch: Annotated[str | None, typer.Option(help="Only this batch's members.")] = None,
         limit: Annotated[int, typer.Option(min=1, max=500, help="Rows.")] = 50,
         cursor: Annotated[str | None, typer.Option(help="Continue after a page.")] = None,
-        as_json: _JsonOpt = False, *, settings: NatsSettings,
+        as_json: _JsonOpt = False, namespace: NamespaceOpt = None, *, settings: NatsSettings,
     ) -> None:
-        """List workflows, newest first."""
+        """List workflows, newest first (of every namespace, or of --namespace)."""
         from ._cli_workflows import nats_client
 
         labels = _labels(label)
         try:
             query = ListWorkflowsRequest.model_validate({
                 "state": state or [], "name": name, "labels": labels, "batch_id": batch,
-                "limit": limit, "cursor": cursor})
+                "namespace": namespace, "limit": limit, "cursor": cursor})
         except ValidationError as exc:
             fail(errors_of(exc))
 
@@ -99,9 +100,9 @@ def register_control_commands(app: typer.Typer) -> None:
         if as_json:
             typer.echo(page.model_dump_json(indent=2, exclude_none=True))
             return
-        table = Table("id", "name", "state", "created", "finished")
+        table = Table("id", "namespace", "name", "state", "created", "finished")
         for w in page.items:
-            table.add_row(w.id, w.name, w.state.value,
+            table.add_row(w.id, w.namespace, w.name, w.state.value,
                           w.created_at.isoformat(timespec="seconds"),
                           w.finished_at.isoformat(timespec="seconds") if w.finished_at else "")
         console.print(table)
@@ -115,7 +116,7 @@ def register_control_commands(app: typer.Typer) -> None:
         gateway_url: Annotated[str | None, typer.Option(
             "--gateway", envvar="NATSFLOW_GATEWAY",
             help="Poll this gateway over HTTP instead of following NATS.")] = None,
-        *, settings: NatsSettings,
+        namespace: NamespaceOpt = None, *, settings: NatsSettings,
     ) -> None:
         """Show a workflow's steps live until it ends; exit 0 if it completes, else 1."""
         from ._cli_workflows import GatewayClient, nats_client, watch_gateway, watch_nats
@@ -123,9 +124,9 @@ def register_control_commands(app: typer.Typer) -> None:
         async def _watch() -> WorkflowStatus:
             if gateway_url:
                 async with GatewayClient(gateway_url) as gw:
-                    return await watch_gateway(gw, workflow_id)
+                    return await watch_gateway(gw, workflow_id, namespace=namespace)
             async with nats_client(settings) as client:
-                return await watch_nats(client, workflow_id)
+                return await watch_nats(client, workflow_id, namespaces=scope(namespace))
 
         if run(_watch()).state != WorkflowState.COMPLETED:
             raise typer.Exit(1)
@@ -144,11 +145,12 @@ def register_control_commands(app: typer.Typer) -> None:
                                               "touched.")] = False,
         all_workflows: Annotated[bool, typer.Option(
             "--all", help="Every workflow: required without a filter.")] = False,
-        as_json: _JsonOpt = False, *, settings: NatsSettings,
+        as_json: _JsonOpt = False, namespace: NamespaceOpt = None, *, settings: NatsSettings,
     ) -> None:
         """Apply an operation to every workflow the filters select (see --dry-run).
 
-        Without a filter nothing is touched unless --all says every workflow is meant.
+        Without a filter nothing is touched unless --all says every workflow is meant
+        (every one in --namespace, with it).
         """
         from ._cli_workflows import nats_client
 
@@ -163,7 +165,8 @@ def register_control_commands(app: typer.Typer) -> None:
             async with nats_client(settings) as client:
                 return await client.bulk(operation, dry_run=dry_run, state=state or [],
                                          name=name, labels=labels, batch_id=batch,
-                                         all_workflows=all_workflows)
+                                         all_workflows=all_workflows,
+                                         namespaces=scope(namespace))
 
         result = run(_bulk())
         if as_json:
@@ -179,17 +182,17 @@ def register_control_commands(app: typer.Typer) -> None:
 
     @app.command()
     @with_settings
-    def pause(workflow_id: _Id, as_json: _JsonOpt = False, *,
-              settings: NatsSettings) -> None:
+    def pause(workflow_id: _Id, as_json: _JsonOpt = False, namespace: NamespaceOpt = None,
+              *, settings: NatsSettings) -> None:
         """Pause a running workflow: nothing new starts and timers wait until resumed."""
-        _call(settings, as_json, lambda c: c.pause(workflow_id))
+        _call(settings, as_json, lambda c: c.pause(workflow_id, namespaces=scope(namespace)))
 
     @app.command()
     @with_settings
-    def resume(workflow_id: _Id, as_json: _JsonOpt = False, *,
-               settings: NatsSettings) -> None:
+    def resume(workflow_id: _Id, as_json: _JsonOpt = False, namespace: NamespaceOpt = None,
+               *, settings: NatsSettings) -> None:
         """Resume a paused workflow."""
-        _call(settings, as_json, lambda c: c.resume(workflow_id))
+        _call(settings, as_json, lambda c: c.resume(workflow_id, namespaces=scope(namespace)))
 
     @app.command()
     @with_settings
@@ -197,11 +200,12 @@ def register_control_commands(app: typer.Typer) -> None:
         workflow_id: _Id,
         inputs: Annotated[str | None, typer.Option(
             help='New inputs of retried steps: {"<step>": {...}} as JSON, or @FILE.')] = None,
-        as_json: _JsonOpt = False, *, settings: NatsSettings,
+        as_json: _JsonOpt = False, namespace: NamespaceOpt = None, *, settings: NatsSettings,
     ) -> None:
         """Run a failed or stopped workflow again from its unfinished steps."""
         data = _json_object(inputs, "inputs")
-        _call(settings, as_json, lambda c: c.retry(workflow_id, inputs=data))
+        _call(settings, as_json, lambda c: c.retry(workflow_id, inputs=data,
+                                                   namespaces=scope(namespace)))
 
     @app.command()
     @with_settings
@@ -213,12 +217,13 @@ def register_control_commands(app: typer.Typer) -> None:
             help="Run only this step and those after it; reuse the other outputs.")] = None,
         new_id: Annotated[str | None, typer.Option("--id", help="The new workflow's id.")
                           ] = None,
-        as_json: _JsonOpt = False, *, settings: NatsSettings,
+        as_json: _JsonOpt = False, namespace: NamespaceOpt = None, *, settings: NatsSettings,
     ) -> None:
-        """Start a new workflow from the same config (and input)."""
+        """Start a new workflow from the same config (and input), in its namespace."""
         data = _json_object(input_, "input")
         _call(settings, as_json, lambda c: c.rerun(workflow_id, input=data,
-                                                   from_step=from_step, new_id=new_id))
+                                                   from_step=from_step, new_id=new_id,
+                                                   namespaces=scope(namespace)))
 
     @app.command()
     @with_settings

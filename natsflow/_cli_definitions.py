@@ -12,8 +12,10 @@ from rich.table import Table
 from contracts.connect import NatsSettings
 from contracts.errors import InvalidRequest, NatsflowError
 from contracts.models import WorkflowState, WorkflowStatus
+from contracts.namespaces import DEFAULT_NAMESPACE
 
 from ._cli_common import console, fail, run, with_settings
+from ._cli_namespace import NamespaceOpt, scope
 
 __all__ = ["definitions_app", "run_command"]
 
@@ -30,10 +32,12 @@ def apply(
                                          "as YAML or JSON; its `name` names it.")],
     name: Annotated[str | None, typer.Option(help="Store under this name instead.")] = None,
     as_json: _JsonOpt = False,
+    namespace: NamespaceOpt = None,
     *,
     settings: NatsSettings,
 ) -> None:
-    """Store a file as the next version of its definition (unchanged if identical)."""
+    """Store a file as the next version of its definition (unchanged if identical), in
+    --namespace (default: the file's `namespace`, else `default`)."""
     from ._cli_workflows import load_mapping, nats_client
 
     try:
@@ -44,10 +48,14 @@ def apply(
     except NatsflowError as err:
         fail(err)
     body = {k: v for k, v in data.items() if k != "name"}
+    where = namespace or body.get("namespace")
+    if where is not None and not isinstance(where, str):
+        fail(InvalidRequest(f"{file}: `namespace` must be a string", field="namespace"))
 
     async def _apply() -> Any:
         async with nats_client(settings) as client:
-            return await client.put_definition(target, body)
+            return await client.put_definition(target, body, namespace=where,
+                                               namespaces=scope(namespace))
 
     reply = run(_apply())
     if as_json:
@@ -55,26 +63,29 @@ def apply(
         return
     d = reply.definition
     what = "stored as version" if reply.created else "unchanged, latest is version"
-    console.print(f"definition [bold]{d.name}[/] {what} {d.version}")
+    suffix = "" if d.namespace == DEFAULT_NAMESPACE else f" in namespace {d.namespace}"
+    console.print(f"definition [bold]{d.name}[/] {what} {d.version}{suffix}")
 
 
 @definitions_app.command("ls")
 @with_settings
-def ls(as_json: _JsonOpt = False, *, settings: NatsSettings) -> None:
-    """List the stored definitions."""
+def ls(as_json: _JsonOpt = False, namespace: NamespaceOpt = None, *,
+       settings: NatsSettings) -> None:
+    """List the stored definitions (of every namespace, or of --namespace)."""
     from ._cli_workflows import nats_client
 
     async def _ls() -> Any:
         async with nats_client(settings) as client:
-            return await client.list_definitions()
+            return await client.list_definitions(namespace=namespace)
 
     listed = run(_ls())
     if as_json:
         typer.echo(listed.model_dump_json(indent=2))
         return
-    table = Table("name", "latest", "updated")
+    table = Table("namespace", "name", "latest", "updated")
     for d in listed.definitions:
-        table.add_row(d.name, str(d.latest_version), d.updated_at.isoformat(timespec="seconds"))
+        table.add_row(d.namespace, d.name, str(d.latest_version),
+                      d.updated_at.isoformat(timespec="seconds"))
     console.print(table)
 
 
@@ -84,17 +95,19 @@ def show(
     name: Annotated[str, typer.Argument(help="The definition's name.")],
     version: Annotated[int | None, typer.Option(min=1, help="This version (default: the "
                                                 "latest, with the list of versions).")] = None,
+    namespace: NamespaceOpt = None,
     *,
     settings: NatsSettings,
 ) -> None:
-    """Print a definition (JSON)."""
+    """Print a definition (JSON) of --namespace (default: `default`)."""
     from ._cli_workflows import nats_client
 
     async def _show() -> Any:
         async with nats_client(settings) as client:
             if version is not None:
-                return await client.get_definition_version(name, version)
-            return await client.get_definition(name)
+                return await client.get_definition_version(name, version,
+                                                           namespace=namespace)
+            return await client.get_definition(name, namespace=namespace)
 
     typer.echo(run(_show()).model_dump_json(indent=2, exclude_none=True))
 
@@ -123,17 +136,20 @@ def run_command(
     watch: Annotated[bool, typer.Option(
         "--watch", help="Show live progress; exit 0 if it completes, 1 if not.")] = False,
     as_json: _JsonOpt = False,
+    namespace: NamespaceOpt = None,
     *,
     settings: NatsSettings,
 ) -> None:
-    """Start a workflow from a stored definition with just its input."""
+    """Start a workflow from a stored definition of --namespace (default: `default`)
+    with just its input; it runs in that namespace."""
     from ._cli_workflows import nats_client, require_status, watch_nats
 
     data = _input(input_)
 
     async def _run() -> WorkflowStatus:
         async with nats_client(settings) as client:
-            reply = await client.run(name, data, version=version, workflow_id=workflow_id)
+            reply = await client.run(name, data, version=version, workflow_id=workflow_id,
+                                     namespace=namespace)
             status = require_status(reply)
             if not as_json:
                 console.print(f"workflow [bold]{status.id}[/] {status.state.value} "

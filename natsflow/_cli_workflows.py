@@ -31,6 +31,7 @@ from contracts.models import WORKFLOW_TERMINAL, WorkflowConfig, WorkflowStatus
 from contracts.untrusted import check_json_value, load_yaml
 
 from ._cli_common import console
+from ._cli_namespace import seen_from
 from ._cli_render import workflow_view
 
 __all__ = [
@@ -205,9 +206,10 @@ def _problem_error(http_status: int, data: Any) -> NatsflowError:
     return InvalidRequest(message)
 
 
-async def watch_nats(client: NatsflowClient, workflow_id: str) -> WorkflowStatus:
+async def watch_nats(client: NatsflowClient, workflow_id: str, *,
+                     namespaces: list[str] | None = None) -> WorkflowStatus:
     """Show the workflow's steps live until it is terminal; return the final status."""
-    status = require_status(await client.get(workflow_id))
+    status = require_status(await client.get(workflow_id, namespaces=namespaces))
     with Live(workflow_view(status), console=console, refresh_per_second=8) as live:
         if status.state not in WORKFLOW_TERMINAL:
             async for _event in client.events(workflow_id, follow=True):
@@ -220,9 +222,9 @@ async def watch_nats(client: NatsflowClient, workflow_id: str) -> WorkflowStatus
 
 
 async def watch_gateway(client: GatewayClient, workflow_id: str, *,
-                        interval: float = 0.5) -> WorkflowStatus:
+                        interval: float = 0.5, namespace: str | None = None) -> WorkflowStatus:
     """Like :func:`watch_nats`, polling the gateway."""
-    status = require_status(await client.get(workflow_id))
+    status = seen_from(require_status(await client.get(workflow_id)), namespace)
     with Live(workflow_view(status), console=console, refresh_per_second=8) as live:
         while status.state not in WORKFLOW_TERMINAL:
             await asyncio.sleep(interval)

@@ -28,6 +28,7 @@ from contracts.subjects import DEFAULT_PREFIX, Subjects
 from ._cli_common import console, fail, run, run_until_signal, with_settings
 from ._cli_control import register_control_commands
 from ._cli_definitions import definitions_app, run_command
+from ._cli_namespace import NamespaceOpt, in_namespace, scope, seen_from
 from ._cli_render import event_line, workflow_view
 from ._logging import LogFormat, setup_logging
 
@@ -281,14 +282,15 @@ def submit(
         "--watch", help="Show live progress; exit 0 if it completes, 1 if not.")] = False,
     gateway_url: _GatewayOpt = None,
     as_json: _JsonOpt = False,
+    namespace: NamespaceOpt = None,
     *,
     settings: NatsSettings,
 ) -> None:
-    """Create a workflow from a file."""
+    """Create a workflow from a file (in --namespace, if the file names none)."""
     from ._cli_workflows import load_config
 
     try:
-        config = load_config(file)
+        config = in_namespace(load_config(file), namespace)
     except NatsflowError as err:
         fail(err)
     status: WorkflowStatus = run(_submit(config, settings, gateway_url, watch=watch,
@@ -341,11 +343,12 @@ def status(
     workflow_id: Annotated[str, typer.Argument(metavar="ID", help="The workflow's id.")],
     gateway_url: _GatewayOpt = None,
     as_json: _JsonOpt = False,
+    namespace: NamespaceOpt = None,
     *,
     settings: NatsSettings,
 ) -> None:
     """Show a workflow's state and its steps."""
-    result = run(_get(workflow_id, settings, gateway_url))
+    result = run(_get(workflow_id, settings, gateway_url, namespace))
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     else:
@@ -353,14 +356,14 @@ def status(
 
 
 async def _get(workflow_id: str, settings: NatsSettings,
-               gateway_url: str | None) -> WorkflowStatus:
+               gateway_url: str | None, namespace: str | None) -> WorkflowStatus:
     from ._cli_workflows import GatewayClient, nats_client, require_status
 
-    if gateway_url:
+    if gateway_url:  # the gateway's key decides what it shows; -n narrows it further
         async with GatewayClient(gateway_url) as gw:
-            return require_status(await gw.get(workflow_id))
+            return seen_from(require_status(await gw.get(workflow_id)), namespace)
     async with nats_client(settings) as client:
-        return require_status(await client.get(workflow_id))
+        return require_status(await client.get(workflow_id, namespaces=scope(namespace)))
 
 
 @app.command()
@@ -368,6 +371,7 @@ async def _get(workflow_id: str, settings: NatsSettings,
 def stop(
     workflow_id: Annotated[str, typer.Argument(metavar="ID", help="The workflow's id.")],
     as_json: _JsonOpt = False,
+    namespace: NamespaceOpt = None,
     *,
     settings: NatsSettings,
 ) -> None:
@@ -376,7 +380,8 @@ def stop(
 
     async def _stop() -> WorkflowStatus:
         async with nats_client(settings) as client:
-            return require_status(await client.stop(workflow_id))
+            return require_status(await client.stop(workflow_id,
+                                                    namespaces=scope(namespace)))
 
     result = run(_stop())
     if as_json:
@@ -397,6 +402,7 @@ def signal(
              "output.")] = None,
     gateway_url: _GatewayOpt = None,
     as_json: _JsonOpt = False,
+    namespace: NamespaceOpt = None,
     *,
     settings: NatsSettings,
 ) -> None:
@@ -411,9 +417,12 @@ def signal(
     async def _signal() -> WorkflowStatus:
         if gateway_url:
             async with GatewayClient(gateway_url) as gw:
+                if namespace is not None:  # not sent to one outside -n
+                    seen_from(require_status(await gw.get(workflow_id)), namespace)
                 return require_status(await gw.signal(workflow_id, name, value))
         async with nats_client(settings) as client:
-            return require_status(await client.signal(workflow_id, name, value))
+            return require_status(await client.signal(workflow_id, name, value,
+                                                      namespaces=scope(namespace)))
 
     result = run(_signal())
     if as_json:
@@ -430,6 +439,7 @@ def events(
     follow: Annotated[bool, typer.Option(
         "--follow", "-f", help="Wait for new events until the workflow ends.")] = False,
     as_json: _JsonOpt = False,
+    namespace: NamespaceOpt = None,
     *,
     settings: NatsSettings,
 ) -> None:
@@ -440,8 +450,9 @@ def events(
         count = 0
         async with nats_client(settings) as client:
             # An unknown id fails with workflow-not-found instead of printing nothing.
-            await client.get(workflow_id)
-            async for event in client.events(workflow_id, follow=follow):
+            await client.get(workflow_id, namespaces=scope(namespace))
+            async for event in client.events(workflow_id, follow=follow,
+                                             namespaces=scope(namespace)):
                 count += 1
                 if as_json:
                     typer.echo(event.model_dump_json())

@@ -4,6 +4,12 @@ Reads (get) come straight from the KV buckets. Writes (create, start, stop) are 
 into commands on the inbox stream, so they are persisted before anything happens and
 processed by whichever orchestrator replica fetches them; the replica that processes a
 command publishes the outcome to a reply subject this handler waits on.
+
+Every request may carry a ``namespaces`` scope (see :mod:`contracts.namespaces`):
+reads check the record's namespace here; commands carry the scope to the engine, which
+checks it on the record it applies them to. Outside the scope, a workflow, batch or
+definition answers exactly as a missing one; a create outside it is
+``namespace-forbidden``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from contracts.definitions import (
 from contracts.egress import EgressPolicy, check_literal_subjects
 from contracts.errors import (
     BatchNotFound,
+    DefinitionNotFound,
     ErrorInfo,
     InvalidGraph,
     NatsflowError,
@@ -51,8 +58,8 @@ from contracts.ids import new_id
 from contracts.messages import (
     MAX_BATCH_BYTES,
     MAX_REQUEST_BYTES,
-    BatchConfig,
     BatchReply,
+    CreateBatchRequest,
     CreateWorkflowRequest,
     IdRequest,
     RerunRequest,
@@ -68,6 +75,7 @@ from contracts.models import (
     WorkflowConfig,
     ancestors_of,
 )
+from contracts.namespaces import DEFAULT_NAMESPACE, check_may_create, narrow, visible
 from contracts.publish import AsyncPublisher
 from contracts.subjects import TOKEN_RE, Subjects
 from contracts.tracing import TraceContext, extract, forward, span
@@ -140,6 +148,8 @@ def _settle(fut: asyncio.Future[Msg | None], outcome: Msg | None) -> None:
 
 #: What an endpoint answers: a model, or the JSON of one as the engine sent it.
 Answer = BaseModel | bytes
+#: A command sent by id, made with the request's scope.
+_Scoped = StartWorkflow | StopWorkflow | PauseWorkflow | ResumeWorkflow | StopBatch
 
 
 class Api:
@@ -297,8 +307,11 @@ class Api:
             raise error_from_info(ErrorInfo.model_validate_json(msg.data))
         return msg.data
 
-    async def _id_for_key(self, key: str) -> str:
-        digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+    async def _id_for_key(self, key: str, namespace: str) -> str:
+        # Per namespace: two tenants' equal keys must not meet (the default one's
+        # digests are those from before namespaces, so its keys still find their ids).
+        scoped = key if namespace == DEFAULT_NAMESPACE else f"{namespace}\x00{key}"
+        digest = hashlib.sha256(scoped.encode()).hexdigest()[:40]
         candidate = new_id()
         try:
             await self.idempotency.create(digest, candidate.encode())
@@ -314,6 +327,8 @@ class Api:
         except InvalidGraph as exc:
             exc.field = f"config.{exc.field}" if exc.field else "config"
             raise
+        check_may_create(req.target_namespace, req.namespaces,
+                         field="config.namespace" if req.config is not None else "namespace")
         if req.config is not None:
             config = req.config  # within the limit: the request is
         else:
@@ -322,7 +337,8 @@ class Api:
         check_literal_subjects(config, policy=self.egress, subjects=self.subjects,
                                field_prefix="config." if req.config is not None else "")
         if config.id is None:
-            wid = await self._id_for_key(req.idempotency_key) if req.idempotency_key else new_id()
+            wid = (await self._id_for_key(req.idempotency_key, config.namespace)
+                   if req.idempotency_key else new_id())
             config = config.model_copy(update={"id": wid})
         assert config.id is not None
         cmd = CreateWorkflow(config=config, fingerprint=fingerprint(config),
@@ -338,7 +354,8 @@ class Api:
     async def _from_definition(self, req: CreateWorkflowRequest) -> WorkflowConfig:
         """The config of a run of a stored definition (its version pinned)."""
         assert req.definition is not None
-        base = await self._registry().resolve_config(req.definition, req.version)
+        base = await self._registry().resolve_config(req.definition, req.version,
+                                                     namespace=req.target_namespace)
         try:
             return WorkflowConfig.model_validate({
                 **base.model_dump(exclude_none=True), "input": req.input, "id": req.id,
@@ -350,73 +367,94 @@ class Api:
     async def put_definition(self, data: bytes) -> DefinitionReply:
         """``definition.put``: PutDefinitionRequest -> DefinitionReply."""
         req = PutDefinitionRequest.model_validate_json(data)
-        check_literal_subjects(DefinitionStore.validate(req.name, req.config),
+        check_may_create(req.namespace, req.namespaces)
+        check_literal_subjects(DefinitionStore.validate(req.name, req.config,
+                                                        namespace=req.namespace),
                                policy=self.egress, subjects=self.subjects,
                                field_prefix="config.")
-        stored, created = await self._registry().put(req.name, req.config)
+        stored, created = await self._registry().put(req.name, req.config,
+                                                     namespace=req.namespace)
         return DefinitionReply(definition=stored, created=created)
 
     async def get_definition(self, data: bytes) -> BaseModel:
         """``definition.get``: a Definition (with ``version``) or a DefinitionInfo."""
         req = GetDefinitionRequest.model_validate_json(data)
+        if not visible(req.namespace, req.namespaces):
+            # What a missing one answers: no hint that the namespace has it.
+            raise DefinitionNotFound(f"no definition {req.name!r}", field="name")
         if req.version is not None:
-            return await self._registry().get(req.name, req.version)
-        return await self._registry().info(req.name)
+            return await self._registry().get(req.name, req.version, namespace=req.namespace)
+        return await self._registry().info(req.name, namespace=req.namespace)
 
     async def list_definitions(self, data: bytes) -> DefinitionList:
-        """``definition.list``."""
-        ListDefinitionsRequest.model_validate_json(data or b"{}")
-        return DefinitionList(definitions=await self._registry().summaries())
+        """``definition.list``: the definitions in the scope (and ``namespace``)."""
+        req = ListDefinitionsRequest.model_validate_json(data or b"{}")
+        wanted = narrow(req.namespaces, None if req.namespace is None else [req.namespace])
+        return DefinitionList(definitions=await self._registry().summaries(namespaces=wanted))
 
     @staticmethod
-    def _id(data: bytes, missing: type[NatsflowError]) -> str:
+    def _id(data: bytes, missing: type[NatsflowError]) -> IdRequest:
         req = IdRequest.model_validate_json(data)
         if not TOKEN_RE.match(req.id):
             raise missing(f"no such id {req.id!r}", field="id")
-        return req.id
+        return req
 
-    async def _by_id_command(self, data: bytes, command: BaseModel, *, batch: bool) -> Answer:
-        """Send ``command`` to the workflow (or batch) named in the request."""
-        key = self._id(data, BatchNotFound if batch else WorkflowNotFound)
-        subject = (self.subjects.batch_command if batch else self.subjects.workflow_command)(key)
-        msg = await self._command(subject, command)
-        return self._outcome(msg, BatchReply if batch else WorkflowReply, key)
+    async def _by_id_command(self, data: bytes, command: type[_Scoped], *,
+                             batch: bool) -> Answer:
+        """Send ``command`` (with the request's scope) to the workflow or batch named."""
+        req = self._id(data, BatchNotFound if batch else WorkflowNotFound)
+        subject = (self.subjects.batch_command if batch else
+                   self.subjects.workflow_command)(req.id)
+        msg = await self._command(subject, command(namespaces=req.namespaces))
+        return self._outcome(msg, BatchReply if batch else WorkflowReply, req.id)
 
     async def _read_status(self, data: bytes, *, batch: bool) -> Any:
         """Read the record named in the request straight from its KV bucket."""
         missing = BatchNotFound if batch else WorkflowNotFound
-        key = self._id(data, missing)
+        req = self._id(data, missing)
+        record = await self._load(req.id, req.namespaces, batch=batch)
+        return (BatchReply if batch else WorkflowReply)(id=req.id, status=record.status)
+
+    async def _load(self, key: str, scope: list[str] | None, *, batch: bool) -> Any:
+        """The stored record of ``key``, as the scope may see it.
+
+        Raises:
+            WorkflowNotFound, BatchNotFound: none, or one outside the scope (the same
+                answer, word for word).
+        """
         raw, _ = await (self.batches if batch else self.workflows).load(key)
-        if raw is None:
-            raise missing(f"no {'batch' if batch else 'workflow'} {key!r}", field="id")
         model = BatchRecord if batch else WorkflowRecord
-        record = model.model_validate_json(raw, context={TRUSTED: True})
-        return (BatchReply if batch else WorkflowReply)(id=key, status=record.status)
+        record = None if raw is None else model.model_validate_json(
+            raw, context={TRUSTED: True})
+        if record is None or not visible(record.status.namespace, scope):
+            raise (BatchNotFound if batch else WorkflowNotFound)(
+                f"no {'batch' if batch else 'workflow'} {key!r}", field="id")
+        return record
 
     async def start_workflow(self, data: bytes) -> Answer:
         """``workflow.start``."""
-        return await self._by_id_command(data, StartWorkflow(), batch=False)
+        return await self._by_id_command(data, StartWorkflow, batch=False)
 
     async def stop_workflow(self, data: bytes) -> Answer:
         """``workflow.stop``."""
-        return await self._by_id_command(data, StopWorkflow(), batch=False)
+        return await self._by_id_command(data, StopWorkflow, batch=False)
 
     async def signal_workflow(self, data: bytes) -> Answer:
         """``workflow.signal``: SignalRequest -> WorkflowReply."""
         req = SignalRequest.model_validate_json(data)
         if not TOKEN_RE.match(req.id):
             raise WorkflowNotFound(f"no such id {req.id!r}", field="id")
-        msg = await self._command(self.subjects.workflow_command(req.id),
-                                  SignalWorkflow(name=req.name, payload=req.payload))
+        msg = await self._command(self.subjects.workflow_command(req.id), SignalWorkflow(
+            name=req.name, payload=req.payload, namespaces=req.namespaces))
         return self._outcome(msg, WorkflowReply, req.id)
 
     async def pause_workflow(self, data: bytes) -> Answer:
         """``workflow.pause``: dispatch nothing new, hold timers (IdRequest)."""
-        return await self._by_id_command(data, PauseWorkflow(), batch=False)
+        return await self._by_id_command(data, PauseWorkflow, batch=False)
 
     async def resume_workflow(self, data: bytes) -> Answer:
         """``workflow.resume`` (IdRequest)."""
-        return await self._by_id_command(data, ResumeWorkflow(), batch=False)
+        return await self._by_id_command(data, ResumeWorkflow, batch=False)
 
     async def retry_workflow(self, data: bytes) -> Answer:
         """``workflow.retry``: RetryRequest -> WorkflowReply."""
@@ -424,7 +462,8 @@ class Api:
         if not TOKEN_RE.match(req.id):
             raise WorkflowNotFound(f"no such id {req.id!r}", field="id")
         msg = await self._command(self.subjects.workflow_command(req.id),
-                                  RetryWorkflow(inputs=req.inputs))
+                                  RetryWorkflow(inputs=req.inputs,
+                                                namespaces=req.namespaces))
         return self._outcome(msg, WorkflowReply, req.id)
 
     async def rerun_workflow(self, data: bytes) -> Answer:
@@ -432,11 +471,8 @@ class Api:
         req = RerunRequest.model_validate_json(data)
         if not TOKEN_RE.match(req.id):
             raise WorkflowNotFound(f"no such id {req.id!r}", field="id")
-        raw, _ = await self.workflows.load(req.id)
-        if raw is None:
-            raise WorkflowNotFound(f"no workflow {req.id!r}", field="id")
-        old = WorkflowRecord.model_validate_json(raw, context={TRUSTED: True})
-        cfg = old.config
+        old: WorkflowRecord = await self._load(req.id, req.namespaces, batch=False)
+        cfg = old.config  # its namespace too: the new workflow is in the old one's
         reuse: dict[str, Any] = {}
         if req.from_step is not None:
             ids = {s.id for s in cfg.steps}
@@ -471,7 +507,9 @@ class Api:
     # -- batches --------------------------------------------------------------------
     async def create_batch(self, data: bytes) -> Answer:
         """``batch.create``: BatchConfig -> BatchReply."""
-        config = BatchConfig.model_validate_json(data)
+        req = CreateBatchRequest.model_validate_json(data)
+        check_may_create(req.namespace, req.namespaces)
+        config = req.batch_config()
         bid = config.id or new_id()
         # Every member is a workflow within the config limit: the largest input makes
         # the largest config.
@@ -479,7 +517,8 @@ class Api:
             config.inputs[i])))
         try:  # the template must make a valid workflow
             member = config.workflow.config_for(
-                workflow_id=f"{bid}-{largest}", input=config.inputs[largest], batch_id=bid)
+                workflow_id=f"{bid}-{largest}", input=config.inputs[largest], batch_id=bid,
+                namespace=config.namespace)
             check_literal_subjects(member, policy=self.egress, subjects=self.subjects)
         except (InvalidGraph, ValidationFailed) as exc:
             exc.field = f"workflow.{exc.field}" if exc.field else "workflow"
@@ -499,4 +538,4 @@ class Api:
 
     async def stop_batch(self, data: bytes) -> Answer:
         """``batch.stop``."""
-        return await self._by_id_command(data, StopBatch(), batch=True)
+        return await self._by_id_command(data, StopBatch, batch=True)

@@ -12,6 +12,7 @@ from datetime import datetime
 from contracts.errors import AlreadyFinished, BatchNotFound, IdConflict
 from contracts.messages import BATCH_TERMINAL, BatchMember, BatchState, BatchStatus
 from contracts.models import WORKFLOW_TERMINAL, WorkflowState
+from contracts.namespaces import visible
 
 from .records import (
     BatchDecision,
@@ -22,6 +23,7 @@ from .records import (
     Effect,
     MemberFinished,
     Reply,
+    StopBatch,
     StopWorkflow,
     WorkflowCommandEffect,
 )
@@ -52,7 +54,8 @@ def decide_batch(record: BatchRecord | None, inp: BatchInput, now: datetime, *,
             return BatchDecision(record=None, reply=Reply(error=err.info()))
         cfg = inp.config
         status = BatchStatus(
-            id=batch_id, name=cfg.workflow.name, state=BatchState.RUNNING,
+            id=batch_id, name=cfg.workflow.name, namespace=cfg.namespace,
+            state=BatchState.RUNNING,
             max_concurrency=cfg.max_concurrency, counts={},
             members=[BatchMember(index=i, workflow_id=member_id(batch_id, i))
                      for i in range(len(cfg.inputs))],
@@ -60,10 +63,12 @@ def decide_batch(record: BatchRecord | None, inp: BatchInput, now: datetime, *,
         rec = BatchRecord.model_construct(config=cfg, fingerprint=inp.fingerprint,
                                           status=status, outbox=[], outbox_at=None)
         return _decision(rec, _start_members(rec), now, Reply(created=True))
-    if record is None:
-        if isinstance(inp, MemberFinished):
-            return BatchDecision(record=None)
+    if isinstance(inp, StopBatch) and (
+            record is None or not visible(record.status.namespace, inp.namespaces)):
+        # Outside the caller's namespaces, a batch answers as one that does not exist.
         return BatchDecision(record=None, reply=Reply(error=BatchNotFound("no such batch").info()))
+    if record is None:
+        return BatchDecision(record=None)  # a member's end after its batch was removed
 
     rec = record.model_copy(update={"status": record.status.model_copy(
         update={"members": [m.model_copy() for m in record.status.members]})})
@@ -108,7 +113,7 @@ def _start_members(rec: BatchRecord) -> list[Effect]:
             continue
         config = rec.config.workflow.config_for(workflow_id=m.workflow_id,
                                                 input=rec.config.inputs[m.index],
-                                                batch_id=st.id)
+                                                batch_id=st.id, namespace=st.namespace)
         effects.append(WorkflowCommandEffect(workflow_id=m.workflow_id, command=CreateWorkflow(
             config=config, fingerprint=workflow_fingerprint(rec.fingerprint, m.index),
             batch_id=st.id)))

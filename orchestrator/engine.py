@@ -51,6 +51,7 @@ from contracts.models import (
     WorkflowStep,
     WorkflowSummary,
 )
+from contracts.namespaces import visible
 from contracts.streams import TASK_HEARTBEAT
 from contracts.subjects import Subjects
 from contracts.webhooks import deliveries_for
@@ -125,7 +126,8 @@ def new_record(inp: CreateWorkflow, now: datetime) -> WorkflowRecord:
     undoes = {s.compensate: s.id for s in cfg.steps if s.compensate}
     status = WorkflowStatus(
         id=cfg.id, name=cfg.name, state=WorkflowState.CREATED, input=cfg.input,
-        labels=cfg.labels, batch_id=inp.batch_id, parent=cfg.parent, created_at=now,
+        namespace=cfg.namespace, labels=cfg.labels, batch_id=inp.batch_id,
+        parent=cfg.parent, created_at=now,
         definition=cfg.definition, definition_version=cfg.definition_version,
         steps=[StepStatus(id=s.id, kind=StepKind(s.kind),
                           task=s.step.task_type if isinstance(s, MapStep) else s.task_type,
@@ -169,11 +171,14 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
             tx.start()
         return tx.decision(Reply(created=True))
 
+    # A workflow outside the commander's namespaces answers as one that does not exist:
+    # checked on the record the command applies to, so no earlier read races it.
+    if isinstance(inp, StartWorkflow | StopWorkflow | SignalWorkflow | PauseWorkflow
+                  | ResumeWorkflow | RetryWorkflow) and (
+            record is None or not visible(record.status.namespace, inp.namespaces)):
+        return WorkflowDecision(record=None, reply=Reply(
+            error=WorkflowNotFound("no such workflow").info()))
     if record is None:
-        if isinstance(inp, StartWorkflow | StopWorkflow | SignalWorkflow | PauseWorkflow
-                      | ResumeWorkflow | RetryWorkflow):
-            return WorkflowDecision(record=None, reply=Reply(
-                error=WorkflowNotFound("no such workflow").info()))
         # A result may come before its workflow's first save (tasks leave with it).
         return WorkflowDecision(record=None, reply=Reply(early=isinstance(inp, ResultInput)))
 

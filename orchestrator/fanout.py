@@ -166,7 +166,8 @@ def _dispatch(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, attempt: int,
             tx.effects.append(StartChildEffect(
                 child_id=_child_id(wid, cfg.id, i, attempt), definition=body.definition,
                 version=body.version, input=child_input,
-                parent=ParentRef(workflow_id=wid, step_id=sid, attempt=attempt)))
+                parent=ParentRef(workflow_id=wid, step_id=sid, attempt=attempt),
+                namespace=tx.status.namespace))
             return
         inp = kinds.task_input(body, ctx)
     except kinds.StepInputError as exc:

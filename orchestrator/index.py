@@ -7,6 +7,9 @@ watches that bucket, keeps the lines sorted by creation time, and answers
 ``<prefix>.api.workflow.list``: a filtered page is a scan from the cursor that stops
 after ``limit`` matches, with no round trip to NATS. Run several for availability; each
 keeps its own copy (a NATS micro service queue group shares the requests).
+
+A request's ``namespaces`` scope filters both: a list never shows, and a bulk operation
+never touches, a workflow outside it (the bulk's calls carry the scope on, too).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsflowError, ValidationFailed, validation_failed
 from contracts.messages import BulkRequest, BulkResult, ListWorkflowsRequest, WorkflowList
 from contracts.models import WorkflowSummary
+from contracts.namespaces import narrow, visible
 from contracts.streams import Topology, declare_bucket, patiently
 
 VERSION = "0.1.0"
@@ -159,6 +163,10 @@ class WorkflowIndex:
                 continue
             if q.batch_id is not None and s.batch_id != q.batch_id:
                 continue
+            if q.namespace is not None and s.namespace != q.namespace:
+                continue
+            if not visible(s.namespace, q.namespaces):
+                continue
             if q.labels and any(s.labels.get(k) != v for k, v in q.labels.items()):
                 continue
             page.append(s)
@@ -219,7 +227,9 @@ class IndexService:
         assert self.index is not None and self.nc is not None
         req = BulkRequest.model_validate_json(data)
         ids: list[str] = []
-        query = req.filter.model_copy(update={"cursor": None, "limit": 500})
+        scope = narrow(req.namespaces, req.filter.namespaces)
+        query = req.filter.model_copy(update={"cursor": None, "limit": 500,
+                                              "namespaces": scope})
         while True:
             items, cursor = await self.index.query(query)
             ids += [w.id for w in items]
@@ -243,7 +253,8 @@ class IndexService:
         async def one(wid: str) -> None:
             async with gate:
                 try:
-                    await op(wid)
+                    # Scoped again: the engine checks it on the record it applies to.
+                    await op(wid, namespaces=scope)
                     result.done += 1
                 except NatsflowError as err:
                     result.refused[wid] = err.code

@@ -185,7 +185,8 @@ def begin(tx: _Tx, cfg: StepConfig, step: StepStatus) -> None:
         step.child_id = cid
         tx.effects.append(StartChildEffect(
             child_id=cid, definition=cfg.definition, version=cfg.version, input=inp,
-            parent=ParentRef(workflow_id=wid, step_id=cfg.id, attempt=attempt)))
+            parent=ParentRef(workflow_id=wid, step_id=cfg.id, attempt=attempt),
+            namespace=tx.status.namespace))
         tx.emit(Ev.STEP_WAITING, step=cfg.id, attempt=attempt,
                 data={"child": cid, "definition": cfg.definition})
 

@@ -32,6 +32,7 @@ from contracts.models import (
     WorkflowStatus,
     WorkflowSummary,
 )
+from contracts.namespaces import DEFAULT_NAMESPACE, Scope
 from contracts.tracing import TraceContext
 from contracts.webhooks import WebhookDelivery
 
@@ -101,6 +102,7 @@ class StartWorkflow(BaseModel):
 
     model_config = _Frozen
     kind: Literal["start"] = "start"
+    namespaces: Scope = None
 
 
 class StopWorkflow(BaseModel):
@@ -109,6 +111,7 @@ class StopWorkflow(BaseModel):
     model_config = _Frozen
     kind: Literal["stop"] = "stop"
     reason: str | None = None
+    namespaces: Scope = None
 
 
 class PauseWorkflow(BaseModel):
@@ -116,6 +119,7 @@ class PauseWorkflow(BaseModel):
 
     model_config = _Frozen
     kind: Literal["pause"] = "pause"
+    namespaces: Scope = None
 
 
 class ResumeWorkflow(BaseModel):
@@ -123,6 +127,7 @@ class ResumeWorkflow(BaseModel):
 
     model_config = _Frozen
     kind: Literal["resume"] = "resume"
+    namespaces: Scope = None
 
 
 class RetryWorkflow(BaseModel):
@@ -132,6 +137,7 @@ class RetryWorkflow(BaseModel):
     kind: Literal["retry"] = "retry"
     inputs: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Step id -> input to use instead of its own.")
+    namespaces: Scope = None
 
 
 class SignalWorkflow(BaseModel):
@@ -141,6 +147,7 @@ class SignalWorkflow(BaseModel):
     kind: Literal["signal"] = "signal"
     name: str
     payload: Any = None
+    namespaces: Scope = None
 
 
 class MapJoined(BaseModel):
@@ -269,6 +276,8 @@ class StartChildEffect(BaseModel):
     version: int | None = None
     input: dict[str, Any]
     parent: ParentRef
+    namespace: str = Field(default=DEFAULT_NAMESPACE, description="The parent's: where "
+                           "the definition is looked up and the child runs.")
 
 
 class NotifyParentEffect(BaseModel):
@@ -429,6 +438,7 @@ class StopBatch(BaseModel):
 
     model_config = _Frozen
     kind: Literal["stop"] = "stop"
+    namespaces: Scope = None
 
 
 class MemberFinished(BaseModel):

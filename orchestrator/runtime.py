@@ -47,6 +47,7 @@ from contracts.errors import ErrorInfo, NatsflowError, PayloadTooLarge, validati
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, TaskFailed, TaskResult, WorkflowReply
 from contracts.models import MAX_CONFIG_BYTES, TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
+from contracts.namespaces import DEFAULT_NAMESPACE
 from contracts.publish import AsyncPublisher, send
 from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
@@ -154,8 +155,9 @@ def _abandon(acks: list[asyncio.Future[Any]]) -> None:
 class DefinitionResolver(Protocol):
     """Where child workflows' definitions come from (the definitions registry)."""
 
-    async def resolve_config(self, name: str, version: int | None) -> WorkflowConfig:
-        """The config of that definition version (latest if None).
+    async def resolve_config(self, name: str, version: int | None, *,
+                             namespace: str = DEFAULT_NAMESPACE) -> WorkflowConfig:
+        """The config of that definition version (latest if None) in ``namespace``.
 
         Raises:
             NatsflowError: no such definition or version (a code saying so).
@@ -697,15 +699,17 @@ class Processor:
         try:
             if self.definitions is None:
                 raise NatsflowError("this orchestrator has no definitions registry")
-            config = await self.definitions.resolve_config(effect.definition, effect.version)
+            # Looked up in the parent's namespace only: a child cannot reach another's.
+            config = await self.definitions.resolve_config(effect.definition, effect.version,
+                                                           namespace=effect.namespace)
         except NatsflowError as exc:
             p = effect.parent
             return NotifyParentEffect(result=TaskFailed(
                 workflow_id=p.workflow_id, step_id=p.step_id, attempt=p.attempt,
                 error=exc.info().model_copy(update={"retryable": False, "step": p.step_id})))
         child = config.model_copy(update={
-            "id": effect.child_id, "input": effect.input, "parent": effect.parent,
-            "start": True})
+            "id": effect.child_id, "namespace": effect.namespace, "input": effect.input,
+            "parent": effect.parent, "start": True})
         return WorkflowCommandEffect(workflow_id=effect.child_id, command=CreateWorkflow(
             config=child, fingerprint=fingerprint(child), trace=trace))
 

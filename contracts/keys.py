@@ -13,22 +13,24 @@ stops working on every gateway as soon as the change reaches it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Final
+from typing import Annotated, Final
 
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidRequest, NotFound
 from .streams import Topology, declare_bucket
@@ -65,6 +67,20 @@ _NAME_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,64}$"
 _NAMESPACE_RE: Final = re.compile(r"^([A-Za-z0-9_-]{1,64}|\*)$")
 
 
+def _namespaces(value: list[str]) -> list[str]:
+    for ns in value:
+        if not _NAMESPACE_RE.match(ns):
+            raise ValueError(f"invalid namespace {ns!r}: letters, digits, '_', '-', "
+                             f"or {ALL_NAMESPACES!r}")
+    return sorted(set(value))
+
+
+#: The namespaces a key is bound to: at least one, each a token or ``*``.
+_Namespaces = Annotated[list[str], AfterValidator(_namespaces), Field(
+    default_factory=lambda: [DEFAULT_NAMESPACE], min_length=1,
+    description=f"Namespaces the key may touch; `{ALL_NAMESPACES}`: all of them.")]
+
+
 class Scope(StrEnum):
     """What a key may do over HTTP (the gateway maps each route to one)."""
 
@@ -92,22 +108,11 @@ class ApiKeyInfo(BaseModel):
                     description="Public id: the `nfk_<id>_` part of the key.")
     name: str = Field(pattern=_NAME_PATTERN, description="Unique among live keys.")
     scopes: list[Scope] = Field(min_length=1)
-    namespaces: list[str] = Field(
-        default_factory=lambda: [DEFAULT_NAMESPACE], min_length=1,
-        description=f"Namespaces the key may touch; `{ALL_NAMESPACES}`: all of them.")
+    namespaces: _Namespaces
     created_at: datetime
     expires_at: datetime | None = Field(default=None, description="None: never expires.")
     last_used_at: datetime | None = Field(
         default=None, description="Updated at most once a minute per gateway.")
-
-    @field_validator("namespaces")
-    @classmethod
-    def _namespaces(cls, value: list[str]) -> list[str]:
-        for ns in value:
-            if not _NAMESPACE_RE.match(ns):
-                raise ValueError(f"invalid namespace {ns!r}: letters, digits, '_', '-', "
-                                 f"or {ALL_NAMESPACES!r}")
-        return sorted(set(value))
 
     def grants(self, scope: Scope) -> bool:
         """Whether the key may do what ``scope`` covers (``admin`` covers everything)."""
@@ -141,7 +146,7 @@ class CreateKeyRequest(BaseModel):
 
     name: str = Field(pattern=_NAME_PATTERN)
     scopes: list[Scope] = Field(min_length=1)
-    namespaces: list[str] = Field(default_factory=lambda: [DEFAULT_NAMESPACE], min_length=1)
+    namespaces: _Namespaces
     expires_at: datetime | None = None
 
 
@@ -189,7 +194,7 @@ def _parse(data: bytes, key_id: str) -> ApiKey | None:
     return key if key.id == key_id else None
 
 
-async def watch_keys(kv: KeyValue) -> AsyncIterator[tuple[str, StoredKey | None] | None]:
+async def watch_keys(kv: KeyValue) -> AsyncGenerator[tuple[str, StoredKey | None] | None]:
     """Every stored key, then every change, for as long as the caller reads.
 
     Yields ``(id, StoredKey)`` for a key put, ``(id, None)`` for a key deleted (or an
@@ -218,7 +223,8 @@ async def watch_keys(kv: KeyValue) -> AsyncIterator[tuple[str, StoredKey | None]
                 last = 0
                 yield None
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(nats.errors.Error):  # the connection may be gone
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 class KeyStore:
@@ -239,14 +245,15 @@ class KeyStore:
     async def keys(self) -> list[StoredKey]:
         """Every live key, oldest first."""
         found: dict[str, StoredKey] = {}
-        async for change in watch_keys(self.kv):
-            if change is None:
-                break
-            key_id, stored = change
-            if stored is None:
-                found.pop(key_id, None)
-            else:
-                found[key_id] = stored
+        async with aclosing(watch_keys(self.kv)) as changes:
+            async for change in changes:
+                if change is None:
+                    break
+                key_id, stored = change
+                if stored is None:
+                    found.pop(key_id, None)
+                else:
+                    found[key_id] = stored
         return sorted(found.values(), key=lambda s: (s.key.created_at, s.key.id))
 
     async def create(self, request: CreateKeyRequest, *, now: datetime) -> CreatedKey:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
@@ -179,27 +180,31 @@ class KeyCache:
                                       lambda: KeyStore.open(js, self._topology))
         while True:
             try:
-                seen: dict[str, StoredKey] = {}
-                loading = True
-                async for change in watch_keys(self._store.kv):
-                    if change is None:
-                        # Swap in the full set at once: a restarted watch must not
-                        # leave a key that was deleted while it was down.
-                        self._keys, loading = seen, False
-                        self.ready.set()
-                        continue
-                    key_id, stored = change
-                    target = seen if loading else self._keys
-                    if stored is None:
-                        target.pop(key_id, None)
-                    else:
-                        target[key_id] = stored
+                await self._watch(self._store)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 _log.warning("the API key watch failed (%s); starting again",
                              type(exc).__name__)
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)
+
+    async def _watch(self, store: KeyStore) -> None:
+        seen: dict[str, StoredKey] = {}
+        loading = True
+        async with aclosing(watch_keys(store.kv)) as changes:
+            async for change in changes:
+                if change is None:
+                    # The full set swapped in at once: a restarted watch must not keep
+                    # a key that was deleted while it was down.
+                    self._keys, loading = seen, False
+                    self.ready.set()
+                    continue
+                key_id, stored = change
+                target = seen if loading else self._keys
+                if stored is None:
+                    target.pop(key_id, None)
+                else:
+                    target[key_id] = stored
 
     def check(self, key: str, *, now: datetime) -> Principal:
         """The principal of a presented key.

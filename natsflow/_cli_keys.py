@@ -131,7 +131,11 @@ def ls(as_json: _JsonOpt = False, *, settings: NatsSettings) -> None:
     if as_json:
         typer.echo(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
         return
-    table = Table("id", "name", "scopes", "namespaces", "created", "expires", "last used")
+    table = Table()
+    for header in ("id", "name"):  # whole, so that they copy into `keys revoke`
+        table.add_column(header, no_wrap=True)
+    for header in ("scopes", "namespaces", "created", "expires", "last used"):
+        table.add_column(header)
 
     def when(t: datetime | None) -> str:
         return t.strftime("%Y-%m-%d %H:%M") if t else "-"

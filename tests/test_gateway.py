@@ -405,7 +405,8 @@ async def live(engine: object, settings: NatsSettings,
     index = IndexService(settings, nc=nc)
     await index.start()
     try:
-        async with worker.running(settings), _http(create_app(settings, auth=None, nc=nc)) as client:
+        async with worker.running(settings), _http(create_app(settings, auth=None,
+                                                              nc=nc)) as client:
             yield client
     finally:
         await index.stop()

@@ -172,6 +172,9 @@ class KeyCache:
             self._task = None
         if self._writes:
             await asyncio.wait(self._writes, timeout=2.0)
+        # A later start loads the keys again (a lifespan may be run more than once).
+        self.ready.clear()
+        self._keys, self._store = {}, None
 
     async def _follow(self) -> None:
         nc = await self._link.connection()

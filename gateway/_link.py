@@ -170,6 +170,7 @@ class NatsLink:
         if self._owned and self._client is not None:
             await self._client.nc.close()
             self._client = None
+            self._made.clear()  # a later start connects again
 
 
 def _pinged(answered: bool, what: str, service: str, *, hint: str = "") -> Dependency:

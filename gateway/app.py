@@ -189,7 +189,8 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
         responses={
             200: {"model": WorkflowStatus,
                   "description": "It already existed (same id or Idempotency-Key)."},
-            **problem_responses(400, 409, 413, 503),
+            # 404: the stored definition (or its version) to run does not exist.
+            **problem_responses(400, 404, 409, 413, 503),
         },
     )
     async def create_workflow(

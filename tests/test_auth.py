@@ -543,3 +543,11 @@ def test_dev_auth_prints_an_admin_key_that_the_gateway_takes(tmp_path: Path) -> 
         assert resp.status_code == 404, resp.text
     finally:
         assert _stop(proc, reader, signal.SIGINT) == 0, "".join(lines)
+
+
+def test_the_documented_scope_table_is_the_code() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "http-api.md").read_text()
+    rows = re.findall(r"^\| (GET|POST|PUT|DELETE) \| `([^`]+)` \| `([^`]+)` \|$", doc,
+                      flags=re.M)
+    assert {(m, p): Scope(s) for m, p, s in rows} == {
+        route: scope for route, scope in ROUTE_SCOPES.items() if scope is not None}

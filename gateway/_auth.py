@@ -179,16 +179,18 @@ class KeyCache:
     async def _follow(self) -> None:
         nc = await self._link.connection()
         js = nc.jetstream()
-        self._store = await patiently("the keys bucket",
-                                      lambda: KeyStore.open(js, self._topology))
         while True:
             try:
+                if self._store is None:
+                    self._store = await patiently(
+                        "the keys bucket", lambda: KeyStore.open(js, self._topology))
                 await self._watch(self._store)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                _log.warning("the API key watch failed (%s); starting again",
-                             type(exc).__name__)
+                # Every key is refused meanwhile (503): say why, and keep trying.
+                _log.warning("cannot read the API keys (%s: %s); trying again",
+                             type(exc).__name__, exc)
             await asyncio.sleep(1.0)
 
     async def _watch(self, store: KeyStore) -> None:

@@ -547,7 +547,25 @@ def test_dev_auth_prints_an_admin_key_that_the_gateway_takes(tmp_path: Path) -> 
 
 def test_the_documented_scope_table_is_the_code() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "http-api.md").read_text()
-    rows = re.findall(r"^\| (GET|POST|PUT|DELETE) \| `([^`]+)` \| `([^`]+)` \|$", doc,
+    rows = re.findall(r"^\| `(GET|POST|PUT|DELETE)` \| `([^`]+)` \| `([^`]+)` \|$", doc,
                       flags=re.M)
     assert {(m, p): Scope(s) for m, p, s in rows} == {
         route: scope for route, scope in ROUTE_SCOPES.items() if scope is not None}
+
+
+async def test_the_principal_without_keys_is_anonymous_with_every_right(
+        settings: NatsSettings, nc: Client) -> None:
+    from starlette.requests import Request
+
+    from gateway import current_principal
+    from gateway._auth import ANONYMOUS
+
+    def request(app: FastAPI) -> Request:
+        return Request({"type": "http", "app": app, "headers": [], "method": "GET",
+                        "path": "/healthz", "query_string": b""})
+
+    anonymous = await current_principal(request(create_app(settings, auth=None, nc=nc)))
+    assert anonymous is ANONYMOUS and anonymous.grants(Scope.ADMIN) and anonymous.sees("x")
+    # With keys on, an open route acts for nobody: no scope, no namespace.
+    nobody = await current_principal(request(create_app(settings, nc=nc)))
+    assert not nobody.scopes and not nobody.sees("default")

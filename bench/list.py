@@ -113,7 +113,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 raise RuntimeError("the index did not fill in 120 s")
             await asyncio.sleep(0.2)
         report["index_fill_seconds"] = round(time.perf_counter() - began, 1)
-        transport = httpx.ASGITransport(app=create_app(settings, nc=nc))
+        transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=nc))
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
             for label, filters in FILTERS.items():
                 query = ListWorkflowsRequest.model_validate({**filters, "limit": 50})

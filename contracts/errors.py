@@ -28,6 +28,9 @@ Hierarchy::
     │                                                  retryable until they are fixed)
     ├── ConfigMismatch            config-mismatch      a stream, bucket or consumer in NATS is
     │                                                  set up in a way natsflow cannot work with
+    ├── Unauthenticated           unauthenticated      no API key, or one that is not valid
+    │                                                  (unknown, revoked or expired)
+    ├── Forbidden                 forbidden            the API key lacks the scope the request needs
     ├── EgressRefused             egress-refused       an outbound call (http step, webhook) to a
     │                                                  host the egress policy refuses
     └── NamespaceForbidden        namespace-forbidden  a create in a namespace outside the
@@ -56,6 +59,7 @@ __all__ = [
     "ExpressionError",
     "ErrorInfo",
     "FieldError",
+    "Forbidden",
     "IdConflict",
     "InvalidGraph",
     "InvalidRequest",
@@ -67,6 +71,7 @@ __all__ = [
     "PayloadTooLarge",
     "SchemaMismatch",
     "TooManySignals",
+    "Unauthenticated",
     "Unavailable",
     "ValidationFailed",
     "WorkflowNotFound",
@@ -261,6 +266,27 @@ class ConfigMismatch(NatsflowError):
     """
 
     code = "config-mismatch"
+
+
+class Unauthenticated(NatsflowError):
+    """The request carries no API key, or one that is not valid (unknown, revoked, expired).
+
+    ``invalid_token`` is true when a key was given (the gateway's ``WWW-Authenticate``
+    challenge then says ``error="invalid_token"``). The message never repeats the key.
+    """
+
+    code = "unauthenticated"
+
+    def __init__(self, message: str, *, invalid_token: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.invalid_token = invalid_token
+
+
+class Forbidden(NatsflowError):
+    """The API key is valid but lacks the scope the request needs (``details.scope``)."""
+
+    code = "forbidden"
 
 
 class EgressRefused(NatsflowError):

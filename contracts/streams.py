@@ -152,6 +152,11 @@ class Topology:
         return KeyValueConfig(bucket=self.subjects.outputs_bucket, history=1,
                               replicas=self.replicas, storage=StorageType.FILE, direct=True)
 
+    def keys_kv(self) -> KeyValueConfig:
+        """The gateway's API keys, one key per key id (see :mod:`contracts.keys`)."""
+        return KeyValueConfig(bucket=self.subjects.keys_bucket, history=1,
+                              replicas=self.replicas, storage=StorageType.FILE, direct=True)
+
     def blobs_store(self) -> ObjectStoreConfig:
         """Large outputs (a big map's joined output), chunked."""
         return ObjectStoreConfig(bucket=self.subjects.blobs_bucket, replicas=self.replicas,

@@ -137,6 +137,11 @@ class Subjects:
         """KV bucket: ``<workflow>.<step>.<attempt>.<index>`` -> a map item's output."""
         return f"{_lower_name(self.prefix)}_outputs"
 
+    @property
+    def keys_bucket(self) -> str:
+        """KV bucket: API key id -> the gateway's stored key (its hash, never the key)."""
+        return f"{_lower_name(self.prefix)}_keys"
+
     def kv_put(self, bucket: str, key: str) -> str:
         """The subject a KV put of ``key`` in ``bucket`` is published on."""
         return f"$KV.{bucket}.{key}"

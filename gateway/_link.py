@@ -73,6 +73,9 @@ class NatsLink:
         self._owned = nc is None
         self._client = None if nc is None else self._client_for(nc)
         self._task: asyncio.Task[None] | None = None
+        self._made = asyncio.Event()  # set once the client exists
+        if self._client is not None:
+            self._made.set()
         self._refused: NatsAuthFailed | None = None  # NATS refuses our credentials
 
     def _client_for(self, nc: Client) -> NatsflowClient:
@@ -97,6 +100,12 @@ class NatsLink:
             raise Unavailable("the connection to NATS is down; reconnecting")
         return self._client
 
+    async def connection(self) -> Client:
+        """The NATS connection, once there is one (it may be reconnecting later)."""
+        await self._made.wait()
+        assert self._client is not None
+        return self._client.nc
+
     def start(self) -> None:
         """Begin connecting in the background, unless a connection was injected."""
         if self._client is None and self._task is None:
@@ -120,6 +129,7 @@ class NatsLink:
                 continue
             self._refused = None
             self._client = self._client_for(nc)
+            self._made.set()
             _log.info("connected to NATS at %s", nc.connected_url.netloc
                       if nc.connected_url else "?")
             return
@@ -160,6 +170,7 @@ class NatsLink:
         if self._owned and self._client is not None:
             await self._client.nc.close()
             self._client = None
+            self._made.clear()  # a later start connects again
 
 
 def _pinged(answered: bool, what: str, service: str, *, hint: str = "") -> Dependency:

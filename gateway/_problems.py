@@ -28,6 +28,7 @@ from contracts.errors import (
     EngineTimeout,
     ExpressionError,
     FieldError,
+    Forbidden,
     IdConflict,
     InvalidGraph,
     InvalidRequest,
@@ -39,6 +40,7 @@ from contracts.errors import (
     PayloadTooLarge,
     SchemaMismatch,
     TooManySignals,
+    Unauthenticated,
     Unavailable,
     ValidationFailed,
     WorkflowNotFound,
@@ -49,8 +51,10 @@ __all__ = [
     "HTTP_BY_CODE",
     "PROBLEM_JSON",
     "PROBLEM_TYPE_PREFIX",
+    "REALM",
     "HttpMapping",
     "Problem",
+    "challenge",
     "http_mapping",
     "install_problem_handlers",
     "problem_response",
@@ -61,6 +65,8 @@ __all__ = [
 PROBLEM_JSON: Final = "application/problem+json"
 #: ``type`` of a natsflow problem is this prefix plus the error code.
 PROBLEM_TYPE_PREFIX: Final = "urn:natsflow:problem:"
+#: The ``WWW-Authenticate`` challenge of a 401 or 403 (RFC 6750).
+REALM: Final = 'Bearer realm="natsflow"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,10 @@ HTTP_BY_CODE: Final[Mapping[str, HttpMapping]] = {
     # A start-up error of a service; should one ever reach a client, NATS is not fit yet.
     ConfigMismatch.code: HttpMapping(503, "NATS is not set up as natsflow needs",
                                      retry_after=30),
+    # No key, or one that is unknown, revoked or expired (RFC 6750's invalid_token).
+    Unauthenticated.code: HttpMapping(401, "Unauthenticated"),
+    # A valid key without the scope the route needs (RFC 6750's insufficient_scope).
+    Forbidden.code: HttpMapping(403, "Forbidden"),
     # A step's or a webhook's error today; a call natsflow will not make for the client.
     EgressRefused.code: HttpMapping(403, "Outbound call refused"),
     NamespaceForbidden.code: HttpMapping(403, "Namespace outside the caller's scope"),
@@ -211,10 +221,22 @@ def replace_validation_responses(schema: dict[str, Any]) -> None:
         components.pop(name, None)
 
 
+def challenge(err: NatsflowError) -> str | None:
+    """The ``WWW-Authenticate`` value a refusal of credentials answers with, else None."""
+    if isinstance(err, Forbidden):
+        scope = (err.details or {}).get("scope", "")
+        return f'{REALM}, error="insufficient_scope", scope="{scope}"'
+    if isinstance(err, Unauthenticated):
+        return f'{REALM}, error="invalid_token"' if err.invalid_token else REALM
+    return None
+
+
 async def _on_natsflow_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, NatsflowError)
     problem, mapping = _problem_of(exc, request.url.path)
-    return problem_response(problem, retry_after=mapping.retry_after)
+    www = challenge(exc)
+    return problem_response(problem, retry_after=mapping.retry_after,
+                            headers={"WWW-Authenticate": www} if www else None)
 
 
 class _RequestErrors:

@@ -8,6 +8,7 @@ RFC 9457 problem document (see ``_problems.HTTP_BY_CODE``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -36,8 +37,10 @@ from contracts.messages import (
     WorkflowReply,
 )
 from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowState, WorkflowStatus
+from contracts.streams import Topology
 
 from ._asyncapi import add_asyncapi_routes
+from ._auth import KeyAuth, KeyCache, scoped_route_class
 from ._bodies import read_batch_config, read_create_body, read_json, read_model, read_object
 from ._definitions import add_definition_routes
 from ._events import HEARTBEAT_SECONDS, add_event_routes
@@ -50,7 +53,7 @@ from ._problems import (
 )
 from ._tracing import install_tracing, request_trace
 
-__all__ = ["Accepted", "Health", "create_app", "serve"]
+__all__ = ["KEYS", "Accepted", "Health", "KeyAuth", "create_app", "serve"]
 
 _JSON: Final = "application/json"
 _WorkflowId = Annotated[str, Path(min_length=1, max_length=128, description="Workflow id.")]
@@ -59,6 +62,10 @@ _SignalName = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za
                                   description="Signal name (a wait step's `signal`).")]
 #: Largest signal payload accepted over HTTP.
 MAX_SIGNAL_BYTES: Final = 256 * 1024
+#: API keys on, with the default settings: what the gateway does unless told otherwise.
+KEYS: Final = KeyAuth()
+
+_log = logging.getLogger("natsflow.gateway")
 
 
 class Accepted(BaseModel):
@@ -119,13 +126,16 @@ def _answer(reply: WorkflowReply | BatchReply, status_code: int, *,
     return _json(reply.status, status_code, headers=headers)
 
 
-def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
-               nc: Client | None = None,
+def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
+               request_timeout: float = 10.0, nc: Client | None = None,
                heartbeat: float = HEARTBEAT_SECONDS) -> FastAPI:
     """The gateway's ASGI app.
 
     Args:
         settings: NATS connection and deployment prefix.
+        auth: API keys (the default): every route but health, docs, metrics and the
+            AsyncAPI document needs a key with the route's scope (see
+            ``gateway._auth.ROUTE_SCOPES``). None: no authentication at all.
         request_timeout: Seconds to wait for each orchestrator reply (then 503).
         nc: An already-connected NATS client to use instead of connecting in the
             lifespan; it is not closed by the app.
@@ -136,13 +146,20 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         even when NATS is down and answers 503 until connected.
     """
     link = NatsLink(settings, request_timeout=request_timeout, nc=nc)
+    keys = None if auth is None else KeyCache(
+        link, Topology(settings.subjects, replicas=auth.replicas),
+        touch_interval=auth.touch_interval)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         link.start()
+        if keys is not None:
+            keys.start()
         try:
             yield
         finally:
+            if keys is not None:
+                await keys.close()
             await link.close()
 
     app = _Gateway(
@@ -154,7 +171,10 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         version="0.1.0",
         lifespan=lifespan,
     )
+    # Before any route is added: each one takes its scope check from ROUTE_SCOPES.
+    app.router.route_class = scoped_route_class(auth)
     app.state.link = link
+    app.state.keys = keys
     app.state.metrics = install_metrics(app)
     install_tracing(app)  # added last, so it runs first: the metrics are inside the span
     install_problem_handlers(app)
@@ -169,7 +189,8 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
         responses={
             200: {"model": WorkflowStatus,
                   "description": "It already existed (same id or Idempotency-Key)."},
-            **problem_responses(400, 409, 413, 503),
+            # 404: the stored definition (or its version) to run does not exist.
+            **problem_responses(400, 404, 409, 413, 503),
         },
     )
     async def create_workflow(
@@ -377,8 +398,8 @@ def create_app(settings: NatsSettings, *, request_timeout: float = 10.0,
 
 
 async def serve(settings: NatsSettings, *, host: str = "127.0.0.1", port: int = 8000,
-                request_timeout: float = 10.0, log_level: str = "info",
-                configure_logging: bool = True) -> None:
+                auth: KeyAuth | None = KEYS, request_timeout: float = 10.0,
+                log_level: str = "info", configure_logging: bool = True) -> None:
     """Run the gateway with uvicorn in the current event loop.
 
     Returns when uvicorn exits (SIGINT/SIGTERM when run in the main thread). When the
@@ -389,12 +410,16 @@ async def serve(settings: NatsSettings, *, host: str = "127.0.0.1", port: int = 
         settings: NATS connection and deployment prefix.
         host: Interface to listen on.
         port: TCP port to listen on.
+        auth: API keys (the default), or None for none (a warning is logged).
         request_timeout: Seconds to wait for each orchestrator reply.
         log_level: uvicorn's log level.
         configure_logging: Let uvicorn install its own log handlers; False leaves its
             loggers to the root logger's handlers (e.g. JSON lines).
     """
-    config = uvicorn.Config(create_app(settings, request_timeout=request_timeout),
+    if auth is None:
+        _log.warning("authentication is OFF: anyone who reaches http://%s:%d may read and "
+                     "change every workflow", host, port)
+    config = uvicorn.Config(create_app(settings, auth=auth, request_timeout=request_timeout),
                             host=host, port=port, lifespan="on", log_level=log_level,
                             log_config=uvicorn.config.LOGGING_CONFIG if configure_logging
                             else None)

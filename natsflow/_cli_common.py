@@ -16,10 +16,12 @@ from rich.console import Console
 from contracts.connect import NatsSettings
 from contracts.errors import (
     Conflict,
+    Forbidden,
     InvalidRequest,
     NatsAuthFailed,
     NatsflowError,
     NotFound,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -45,7 +47,8 @@ __all__ = [
 EXIT_CLIENT_ERROR = 2
 #: Exit code when NATS, the orchestrator or the gateway cannot be reached.
 EXIT_UNAVAILABLE = 3
-#: Exit code when NATS refuses the credentials (``nats-auth-failed``).
+#: Exit code when NATS refuses the credentials (``nats-auth-failed``), or the gateway the
+#: API key (``unauthenticated``, ``forbidden``).
 EXIT_AUTH_FAILED = 4
 
 console = Console(highlight=False)
@@ -120,8 +123,9 @@ def settings_env(settings: NatsSettings) -> dict[str, str]:
 
 def exit_code_for(err: NatsflowError) -> int:
     """The process exit code for an error: 2 client error, 3 unavailable, 4 NATS refused
-    the credentials, else 1."""
-    if isinstance(err, NatsAuthFailed) or err.code == NatsAuthFailed.code:
+    the credentials or the gateway the API key, else 1."""
+    if (isinstance(err, NatsAuthFailed | Unauthenticated | Forbidden)
+            or err.code == NatsAuthFailed.code):
         return EXIT_AUTH_FAILED
     if isinstance(err, Unavailable):
         return EXIT_UNAVAILABLE

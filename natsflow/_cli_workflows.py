@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from ._cli_namespace import seen_from
 from ._cli_render import workflow_view
 
 __all__ = [
+    "API_KEY_ENV",
     "GatewayClient",
     "load_config",
     "load_mapping",
@@ -45,6 +47,10 @@ __all__ = [
     "watch_gateway",
     "watch_nats",
 ]
+
+
+#: The environment variable the CLI takes the gateway's API key from (``--gateway``).
+API_KEY_ENV = "NATSFLOW_API_KEY"
 
 
 def validation_failed(exc: ValidationError, what: str) -> ValidationFailed:
@@ -138,11 +144,16 @@ class GatewayClient:
 
     Args:
         base_url: The gateway's URL, e.g. ``http://127.0.0.1:8000``.
+        api_key: The API key to send (``Authorization: Bearer``); by default the
+            ``NATSFLOW_API_KEY`` environment variable, if set.
     """
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=15.0)
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=15.0,
+            headers={"Authorization": f"Bearer {key}"} if key else None)
 
     async def __aenter__(self) -> GatewayClient:
         return self

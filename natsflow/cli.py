@@ -28,6 +28,7 @@ from contracts.subjects import DEFAULT_PREFIX, Subjects
 from ._cli_common import console, fail, run, run_until_signal, with_settings
 from ._cli_control import register_control_commands
 from ._cli_definitions import definitions_app, run_command
+from ._cli_keys import keys_app
 from ._cli_namespace import NamespaceOpt, in_namespace, scope, seen_from
 from ._cli_render import event_line, workflow_view
 from ._logging import LogFormat, setup_logging
@@ -79,7 +80,8 @@ def _setup_tracing(otel: bool, service: str) -> None:
 @app.command()
 def dev(
     port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
-    host: Annotated[str, typer.Option(help="Gateway interface.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        help="Gateway interface; anything but loopback needs --auth.")] = "127.0.0.1",
     nats_port: Annotated[int | None, typer.Option(
         help="Port of the embedded nats-server (default 4222 if free, else any).")] = None,
     data_dir: Annotated[Path, typer.Option(
@@ -93,13 +95,17 @@ def dev(
         help="Use this NATS instead of starting one.")] = None,
     prefix: Annotated[str | None, typer.Option(
         envvar="NATSFLOW_PREFIX", show_envvar=True, help="Subject prefix.")] = None,
+    auth: Annotated[bool, typer.Option(
+        "--auth", help="Gateway with API keys: make an admin key and print it in the "
+                       "banner. Without it the gateway is open, so it listens on loopback "
+                       "only.")] = False,
 ) -> None:
     """Run everything locally: nats-server, orchestrator, index, gateway and the demo worker."""
     from .dev import DevOptions, run_dev
 
     code = run_dev(DevOptions(host=host, port=port, nats_port=nats_port, data_dir=data_dir,
                               ephemeral=ephemeral, worker=worker, nats_url=nats_url,
-                              prefix=prefix))
+                              prefix=prefix, auth=auth))
     raise typer.Exit(code)
 
 
@@ -219,17 +225,24 @@ def index(
 def gateway(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    no_auth: Annotated[bool, typer.Option(
+        "--no-auth", help="Serve without API keys: anyone who reaches the port may do "
+                          "anything (warned at start). Without it, every route but health, "
+                          "docs and metrics needs a key (natsflow keys create).")] = False,
+    replicas: _ReplicasOpt = 1,
     log_format: _LogFormatOpt = LogFormat.TEXT,
     otel: _OtelOpt = False,
     *,
     settings: NatsSettings,
 ) -> None:
     """Run the HTTP gateway until SIGINT/SIGTERM (its metrics at GET /metrics)."""
-    from gateway import serve
+    from gateway import KeyAuth, serve
 
     setup_logging(log_format)
     _setup_tracing(otel, "natsflow-gateway")
-    run_until_signal(lambda: serve(settings, host=host, port=port, configure_logging=False))
+    auth = None if no_auth else KeyAuth(replicas=replicas)
+    run_until_signal(lambda: serve(settings, host=host, port=port, auth=auth,
+                                   configure_logging=False))
 
 
 @app.command("worker")
@@ -480,6 +493,7 @@ def asyncapi(
 
 
 app.add_typer(definitions_app)
+app.add_typer(keys_app)
 register_control_commands(app)
 app.command("run")(run_command)
 

@@ -7,12 +7,19 @@ processes started exactly as a user would start them (``python -m natsflow.cli
 stops the children, then the server, and exits 0; a child that dies on its own stops
 everything with a non-zero exit.
 
+The gateway is open (no API keys) unless ``--auth`` is given, so without it the gateway
+listens on loopback only; with it, an admin key is made (the one from an earlier run
+revoked) and printed in the banner.
+
 The banner's CLI commands carry ``--nats-url`` and ``--prefix`` whenever these differ
 from the CLI's defaults, so they reach this deployment as printed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
 import json
 import os
 import shlex
@@ -23,6 +30,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final, TextIO
@@ -31,11 +39,14 @@ import httpx
 from rich.panel import Panel
 from rich.text import Text
 
-from contracts.connect import NatsSettings
+from contracts.connect import NatsSettings, connect
 from contracts.egress import LOOPBACK
+from contracts.errors import NatsflowError, NotFound
+from contracts.keys import CreateKeyRequest, KeyStore, Scope
+from contracts.streams import Topology
 from contracts.subjects import DEFAULT_PREFIX
 
-from ._cli_common import console, err_console, settings_env
+from ._cli_common import console, err_console, format_error, settings_env
 from .embedded import EmbeddedNats, free_port, port_is_free
 
 __all__ = ["DEMO_WORKFLOW", "DevOptions", "cli_connection_args", "demo_curl", "run_dev"]
@@ -51,6 +62,8 @@ DEMO_WORKFLOW: Final[dict[str, Any]] = {
     ],
 }
 
+#: The name of the admin key ``natsflow dev --auth`` makes (and revokes the next time).
+DEV_KEY_NAME: Final = "dev-admin"
 _DEFAULT_NATS_PORT: Final = 4222
 _READY_TIMEOUT: Final = 60.0
 _STOP_TIMEOUT: Final = 10.0
@@ -68,6 +81,7 @@ class DevOptions:
     worker: bool = True
     nats_url: str | None = None  # an existing NATS; None starts one
     prefix: str | None = None
+    auth: bool = False  # API keys on the gateway (an admin key is made and printed)
 
 
 @dataclass
@@ -78,11 +92,36 @@ class _Child:
     log: TextIO = field(repr=False)
 
 
-def demo_curl(gateway_url: str) -> str:
-    """A ready-to-paste curl that creates the demo workflow."""
+def demo_curl(gateway_url: str, *, api_key: str | None = None) -> str:
+    """A ready-to-paste curl that creates the demo workflow (with the key, if given)."""
     body = json.dumps(DEMO_WORKFLOW, separators=(",", ":"))
-    return (f"curl -s -X POST {gateway_url}/workflows "
+    auth = f" -H {shlex.quote('authorization: Bearer ' + api_key)}" if api_key else ""
+    return (f"curl -s -X POST {gateway_url}/workflows{auth} "
             f"-H 'content-type: application/json' -d {shlex.quote(body)}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback interface (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _dev_key(settings: NatsSettings) -> str:
+    """A fresh admin key for this run; the one of an earlier run is revoked."""
+    nc = await connect(settings, name="natsflow-dev")
+    try:
+        store = await KeyStore.open(nc.jetstream(), Topology(settings.subjects))
+        with contextlib.suppress(NotFound):
+            await store.revoke(DEV_KEY_NAME)
+        made = await store.create(CreateKeyRequest(name=DEV_KEY_NAME, scopes=[Scope.ADMIN],
+                                                   namespaces=["*"]), now=datetime.now(UTC))
+    finally:
+        await nc.close()
+    return made.key
 
 
 def cli_connection_args(settings: NatsSettings) -> str:
@@ -107,6 +146,11 @@ class _StopRequested:
 
 def run_dev(opts: DevOptions) -> int:
     """Run the dev system until Ctrl-C/SIGTERM (exit 0) or a child's death (non-zero)."""
+    if not opts.auth and not is_loopback(opts.host):
+        err_console.print(f"error[invalid-request]: without --auth the gateway is open, so "
+                          f"natsflow dev listens on loopback only, not {opts.host}; add "
+                          f"--auth to listen there with API keys", markup=False)
+        return 2
     stop = _StopRequested()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     if not port_is_free(opts.port, _probe_host(opts.host)):
@@ -123,6 +167,13 @@ def run_dev(opts: DevOptions) -> int:
             server = _start_nats(base, opts.nats_port)
             settings = NatsSettings.from_env({}, servers=server.url, prefix=opts.prefix)
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+        api_key = None
+        if opts.auth:
+            try:
+                api_key = asyncio.run(_dev_key(settings))
+            except NatsflowError as err:
+                err_console.print(format_error(err), markup=False)
+                return 3
         logs = base / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         metrics_url = f"http://127.0.0.1:{(metrics_port := free_port())}/metrics"
@@ -132,7 +183,8 @@ def run_dev(opts: DevOptions) -> int:
                               "--metrics-port", str(metrics_port),
                               "--metrics-host", "127.0.0.1"]),
             ("index", ["index"]),
-            ("gateway", ["gateway", "--host", opts.host, "--port", str(opts.port)]),
+            ("gateway", ["gateway", "--host", opts.host, "--port", str(opts.port),
+                         *([] if opts.auth else ["--no-auth"])]),
         ]
         if opts.worker:
             services.append(("worker", ["worker", "natsflow.demo:worker"]))
@@ -143,7 +195,7 @@ def run_dev(opts: DevOptions) -> int:
             if stop.requested:
                 return 0
             return _report_failure(children, "did not become ready")
-        _print_banner(gateway_url, metrics_url, settings, logs, server, opts)
+        _print_banner(gateway_url, metrics_url, settings, logs, server, opts, api_key)
         while not stop.requested:
             dead = next((c for c in children if c.proc.poll() is not None), None)
             if dead is not None:
@@ -236,7 +288,8 @@ def _report_failure(children: list[_Child], what: str, culprit: _Child | None = 
 
 
 def _print_banner(gateway_url: str, metrics_url: str, settings: NatsSettings, logs: Path,
-                  server: EmbeddedNats | None, opts: DevOptions) -> None:
+                  server: EmbeddedNats | None, opts: DevOptions,
+                  api_key: str | None) -> None:
     nats_note = ("embedded, ephemeral" if opts.ephemeral else f"embedded, data in {opts.data_dir}"
                  ) if server else "existing server"
     body = Text.assemble(
@@ -245,13 +298,15 @@ def _print_banner(gateway_url: str, metrics_url: str, settings: NatsSettings, lo
         ("docs     ", "bold"), f"{gateway_url}/docs\n",
         ("metrics  ", "bold"), f"{metrics_url} (orchestrator)\n",
         ("NATS     ", "bold"), f"{', '.join(settings.servers)} ({nats_note})\n",
-        ("logs     ", "bold"), f"{logs}\n\n",
+        ("logs     ", "bold"), f"{logs}\n",
+        ("API key  ", "bold"), (f"{api_key} (admin; revoked at the next start)\n\n"
+                                if api_key else "none: the gateway is open (--auth for keys)\n\n"),
         ("Ctrl-C stops everything.", "dim"),
     )
     console.print(Panel(body, title="natsflow dev", expand=False))
     # Outside the panel, so that they copy and paste without box characters.
     console.print("Create a workflow:", style="bold")
-    console.print(demo_curl(gateway_url), markup=False, soft_wrap=True)
+    console.print(demo_curl(gateway_url, api_key=api_key), markup=False, soft_wrap=True)
     console.print("Then watch it:", style="bold")
     conn = cli_connection_args(settings)
     console.print(f"uv run natsflow status <id>{conn}\n"

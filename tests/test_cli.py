@@ -89,6 +89,11 @@ def deployment(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFacto
             time.sleep(0.2)
         spawn("worker", "worker", "natsflow.demo:worker")
         spawn("index", "index")
+        # The gateway takes API keys (its default); the CLI sends NATSFLOW_API_KEY.
+        made = CliRunner(env=env).invoke(app, ["keys", "create", "--name", "cli",
+                                               "--scope", "admin"])
+        assert made.exit_code == 0, made.output
+        env["NATSFLOW_API_KEY"] = made.stdout.strip()
         spawn("gateway", "gateway", "--port", str(port))
         url = f"http://127.0.0.1:{port}"
         while True:
@@ -108,7 +113,8 @@ def deployment(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture
 def cli(deployment: Deployment) -> CliRunner:
-    return CliRunner(env={k: deployment.env[k] for k in ("NATS_URL", "NATSFLOW_PREFIX")})
+    return CliRunner(env={k: deployment.env[k] for k in ("NATS_URL", "NATSFLOW_PREFIX",
+                                                         "NATSFLOW_API_KEY")})
 
 
 def _submit_json(cli: CliRunner, *args: str) -> WorkflowStatus:
@@ -249,6 +255,11 @@ def test_submit_and_status_through_the_gateway(cli: CliRunner, deployment: Deplo
     missing = cli.invoke(app, ["status", "no-such-id", *gw])
     assert missing.exit_code == 2
     assert missing.stderr.startswith("error[workflow-not-found]:")
+
+    # Without the key the gateway refuses, and the CLI says so (exit 4, as for NATS).
+    anonymous = cli.invoke(app, ["status", status.id, *gw], env={"NATSFLOW_API_KEY": None})
+    assert anonymous.exit_code == 4, anonymous.output
+    assert anonymous.stderr.startswith("error[unauthenticated]:")
 
 
 GATES = """\

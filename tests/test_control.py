@@ -112,7 +112,7 @@ async def test_rerun_from_a_step_reuses_the_earlier_outputs(
 @pytest.fixture
 async def http(demo_worker: Probe, settings: NatsSettings,
                nc: Client) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(settings, nc=nc))
+    transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=nc))
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
         yield client
 

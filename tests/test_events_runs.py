@@ -95,7 +95,7 @@ async def test_submit_watch_of_a_retried_workflow_ends_at_its_last_run(
 async def test_sse_replays_every_run(demo_worker: object, client: NatsflowClient,
                                      nc: Client, settings: NatsSettings) -> None:
     events = await _failed_then_completed(client, "runs-sse")
-    app = create_app(settings, nc=nc)
+    app = create_app(settings, auth=None, nc=nc)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://gw", timeout=30) as http:
         resp = await http.get("/workflows/runs-sse/events")

@@ -51,7 +51,7 @@ async def _http(app: FastAPI, *, raise_app_exceptions: bool = True,
 @pytest.fixture
 async def http(settings: NatsSettings, nc: Client) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway on this test's deployment, using the test's NATS connection."""
-    async with _http(create_app(settings, nc=nc, request_timeout=2.0)) as client:
+    async with _http(create_app(settings, auth=None, nc=nc, request_timeout=2.0)) as client:
         yield client
 
 
@@ -99,7 +99,7 @@ async def test_silent_orchestrator_is_an_engine_timeout(settings: NatsSettings,
     # Someone listens on the API subject but never answers.
     sub = await nc.subscribe(settings.subjects.api("workflow.get"))
     try:
-        async with _http(create_app(settings, nc=nc, request_timeout=0.3)) as http:
+        async with _http(create_app(settings, auth=None, nc=nc, request_timeout=0.3)) as http:
             resp = await http.get("/workflows/w1")
         _assert_problem(resp, 503, "engine-timeout")
         assert resp.headers["Retry-After"] == str(HTTP_BY_CODE["engine-timeout"].retry_after)
@@ -219,7 +219,7 @@ async def test_batch_over_the_nats_max_payload_is_413(tmp_path: Path, prefix: st
         settings = NatsSettings(servers=[small.url], prefix=prefix)
         nc = await connect(settings, name="test")
         try:
-            async with _http(create_app(settings, nc=nc)) as http:
+            async with _http(create_app(settings, auth=None, nc=nc)) as http:
                 template = {"name": "b", "steps": [{"id": "a", "task": "demo.noop"}]}
                 inputs = [{"n": "x" * 1000} for _ in range(100)]
                 resp = await http.post("/batches", json={"workflow": template,
@@ -250,11 +250,13 @@ async def test_unknown_route_and_method_are_problems(http: httpx.AsyncClient) ->
 
 async def test_unexpected_exception_is_a_500_problem_without_traceback(
         settings: NatsSettings, nc: Client) -> None:
-    app = create_app(settings, nc=nc)
+    app = create_app(settings, auth=None, nc=nc)
 
-    @app.get("/boom")
-    async def boom() -> None:
+    # A plain Starlette route: every API route must have a scope in ROUTE_SCOPES.
+    async def boom(request: object) -> None:
         raise RuntimeError("secret internals")
+
+    app.add_route("/boom", boom)
 
     async with _http(app, raise_app_exceptions=False) as http:
         resp = await http.get("/boom")
@@ -313,7 +315,8 @@ def test_every_error_code_has_one_http_status() -> None:
                 "too-many-signals": 409, "definition-not-found": 404,
                 "expression-error": 400, "schema-mismatch": 400,
                 "invalid-state": 409, "config-mismatch": 503, "egress-refused": 403,
-                "nats-auth-failed": 503, "namespace-forbidden": 403}
+                "nats-auth-failed": 503, "namespace-forbidden": 403,
+                "unauthenticated": 401, "forbidden": 403}
     for cls in subclasses(NatsflowError):
         if cls.__module__ == "contracts.errors" and cls is not NatsflowError:
             assert http_mapping(cls("x")).status == expected[cls.code], cls
@@ -341,7 +344,7 @@ async def test_starts_without_nats_and_connects_when_it_appears(
         tmp_path: Path, prefix: str) -> None:
     port = free_port()
     settings = NatsSettings(servers=[f"nats://127.0.0.1:{port}"], prefix=prefix)
-    app = create_app(settings)
+    app = create_app(settings, auth=None)
     async with app.router.lifespan_context(app), _http(app) as http:
         assert (await http.get("/healthz")).status_code == 200
         body = _assert_problem(await http.get("/readyz"), 503, "unavailable")
@@ -366,7 +369,7 @@ async def test_starts_without_nats_and_connects_when_it_appears(
 
 async def test_serve_runs_uvicorn_until_cancelled(settings: NatsSettings) -> None:
     port = free_port()
-    task = asyncio.create_task(serve(settings, port=port, log_level="warning"))
+    task = asyncio.create_task(serve(settings, port=port, auth=None, log_level="warning"))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             async def up() -> bool:
@@ -403,7 +406,8 @@ async def live(engine: object, settings: NatsSettings,
     index = IndexService(settings, nc=nc)
     await index.start()
     try:
-        async with worker.running(settings), _http(create_app(settings, nc=nc)) as client:
+        async with worker.running(settings), _http(create_app(settings, auth=None,
+                                                              nc=nc)) as client:
             yield client
     finally:
         await index.stop()

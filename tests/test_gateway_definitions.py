@@ -28,7 +28,7 @@ output: "${steps.hi.output.text}"
 @pytest.fixture
 async def http(engine: object, settings: NatsSettings,
                nc: Client) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(settings, nc=nc))
+    transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=nc))
     async with worker.running(settings), httpx.AsyncClient(
             transport=transport, base_url="http://gw") as client:
         yield client

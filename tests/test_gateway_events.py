@@ -29,7 +29,7 @@ async def gateway(demo_worker: object, settings: NatsSettings,
                   nc: Client) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway served by uvicorn on a free port, with an engine and the demo worker."""
     port = free_port()
-    app = create_app(settings, nc=nc, heartbeat=0.2)
+    app = create_app(settings, auth=None, nc=nc, heartbeat=0.2)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
                                            ws="none", log_level="warning"))
     serving = asyncio.create_task(server.serve())

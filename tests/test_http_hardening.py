@@ -47,7 +47,7 @@ def _http(app: FastAPI) -> httpx.AsyncClient:
 @pytest.fixture
 async def http(settings: NatsSettings, nc: Client) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway alone (no orchestrator): for what it must refuse by itself."""
-    async with _http(create_app(settings, nc=nc, request_timeout=2.0)) as client:
+    async with _http(create_app(settings, auth=None, nc=nc, request_timeout=2.0)) as client:
         yield client
 
 
@@ -61,7 +61,8 @@ async def live(engine: object, settings: NatsSettings,
     index = IndexService(settings, nc=nc)
     await index.start()
     try:
-        async with worker.running(settings), _http(create_app(settings, nc=nc)) as client:
+        async with worker.running(settings), _http(create_app(settings, auth=None,
+                                                              nc=nc)) as client:
             yield client
     finally:
         await index.stop()

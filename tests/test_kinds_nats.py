@@ -71,7 +71,7 @@ def status_of(reply: Any) -> WorkflowStatus:
 @pytest.fixture
 async def http(settings: NatsSettings, nc: Client) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway on this test's deployment, in-process, on the test's connection."""
-    app = create_app(settings, nc=nc, request_timeout=5.0)
+    app = create_app(settings, auth=None, nc=nc, request_timeout=5.0)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://gw") as client:
         yield client

@@ -90,7 +90,7 @@ async def test_the_gateway_lists_with_query_parameters(
                              "steps": [{"id": "s", "task": "demo.noop"}]})
     await _settled(client, ["g-0", "g-1", "g-2"])
     await _listed(client, 3)
-    transport = httpx.ASGITransport(app=create_app(settings, nc=nc))
+    transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=nc))
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         resp = await http.get("/workflows", params={"state": "completed", "label": "env:prod",
                                                     "limit": 2})
@@ -123,7 +123,7 @@ async def test_bulk_operations_select_by_filter_with_a_dry_run(
     paused = await client.bulk("pause", labels={"grp": "x"})
     assert paused.matched == 4 and paused.done == 4 and not paused.refused
     assert await _listed(client, 4, state=["paused"]) != []
-    transport = httpx.ASGITransport(app=create_app(settings, nc=nc))
+    transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=nc))
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         stop = await http.post("/workflows/bulk/stop", json={"filter": {"name": "sleepy"}})
         assert stop.status_code == 200, stop.text

@@ -180,7 +180,7 @@ def test_two_orchestrators_in_one_process_count_apart() -> None:
 
 async def test_the_gateway_counts_requests_by_route_template_and_status(
         engine: Orchestrator, settings: NatsSettings, nc: Client) -> None:
-    app = create_app(settings, nc=nc, request_timeout=2.0)
+    app = create_app(settings, auth=None, nc=nc, request_timeout=2.0)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         assert (await http.get("/healthz")).status_code == 200

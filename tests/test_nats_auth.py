@@ -89,7 +89,7 @@ async def test_gateway_answers_503_nats_auth_failed_and_readyz_says_so(
         locked_server: EmbeddedNats) -> None:
     settings = NatsSettings(servers=[locked_server.url], user=USER, password="wrong",
                             prefix="a" + uuid.uuid4().hex[:8])
-    app = create_app(settings)
+    app = create_app(settings, auth=None)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
         for _ in range(200):  # the link's first attempt is refused within moments

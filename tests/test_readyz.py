@@ -22,7 +22,7 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture
 async def http(settings: NatsSettings, nc: Client) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, nc=nc, request_timeout=2.0)
+    app = create_app(settings, auth=None, nc=nc, request_timeout=2.0)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://gw") as client:
         yield client

@@ -76,7 +76,7 @@ def otel_off(exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture
 async def http(settings: NatsSettings, nc: Client) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(settings, nc=nc, request_timeout=5.0))
+    transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=nc, request_timeout=5.0))
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
         yield client
 

@@ -509,7 +509,7 @@ async def test_the_http_api_doc_webhook_example_is_what_the_gateway_answers(
     body = shlex.split(command.replace("\\\n", " "))[-1]
     (answer,) = _blocks("http", section)
     shown = json.loads(answer.partition("\n\n")[2].replace('[...]', '[]'))
-    transport = httpx.ASGITransport(app=create_app(settings, nc=nc))
+    transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=nc))
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         resp = await http.post("/workflows", content=body,
                                headers={"Content-Type": "application/json"})

@@ -206,7 +206,7 @@ class _Uvicorn(uvicorn.Server):
 async def _gateway(settings: NatsSettings, *, request_timeout: float
                    ) -> AsyncIterator[str]:
     port = free_port()
-    config = uvicorn.Config(create_app(settings, request_timeout=request_timeout),
+    config = uvicorn.Config(create_app(settings, auth=None, request_timeout=request_timeout),
                             host="127.0.0.1", port=port, lifespan="on", log_level="warning",
                             log_config=None)
     server = _Uvicorn(config)

@@ -398,6 +398,9 @@ class Reply(BaseModel):
     #: The input came ahead of the record it belongs to (a result of a task sent while
     #: its dispatch was being saved, see ``Processor``): hand it back for later.
     early: bool = False
+    #: The input does not count and never will (a report without its attempt's token):
+    #: dead-letter it with this reason.
+    refused: ErrorInfo | None = None
 
 
 @dataclass(slots=True)

@@ -462,6 +462,13 @@ class Processor:
             return
         record, replies = outcome
         for item, reply in zip(items, replies, strict=True):
+            if reply.refused is not None:
+                if reply.refused.code == "forged-result":
+                    self.metrics.forged_results.inc()
+                if item.msg is not None:
+                    await self.dead_letter(item.msg, reply.refused,
+                                           log_context=_log_context(entity.name, key))
+                continue
             if item.msg is not None:
                 if reply.early:
                     await self._hand_back_early(item.msg)
@@ -680,6 +687,7 @@ class Processor:
             p = effect.parent
             return NotifyParentEffect(result=TaskFailed(
                 workflow_id=p.workflow_id, step_id=p.step_id, attempt=p.attempt,
+                token=self.settings.token(p.workflow_id, p.step_id, p.attempt),
                 error=exc.info().model_copy(update={"retryable": False, "step": p.step_id})))
         child = config.model_copy(update={
             "id": effect.child_id, "input": effect.input, "parent": effect.parent,

@@ -33,7 +33,7 @@ from typing import Final
 from .subjects import INDEX_OPERATIONS, TASK_TYPE_RE, TOKEN_RE, Subjects
 
 __all__ = ["INBOX_ROOT", "READ_OPERATIONS", "SUBMIT_OPERATIONS", "Permissions", "Role",
-           "inbox_prefix", "permissions_for"]
+           "inbox_prefix", "nsc_command", "own_streams", "permissions_for"]
 
 #: The first token of every reply inbox (nats-py's default prefix is this alone).
 INBOX_ROOT: Final = "_INBOX"
@@ -141,7 +141,7 @@ def _kv_buckets(s: Subjects) -> list[str]:
             s.outputs_bucket, s.idempotency_bucket, s.secrets_bucket]
 
 
-def _own_streams(s: Subjects) -> list[str]:
+def own_streams(s: Subjects) -> list[str]:
     """Every stream the orchestrator declares (buckets and the object store included)."""
     return [s.inbox_stream, s.tasks_stream, s.events_stream, s.dlq_stream,
             s.webhooks_stream, *_kv_streams(s), f"OBJ_{s.blobs_bucket}"]
@@ -163,7 +163,7 @@ def _secret_subscribe(s: Subjects) -> list[str]:
 
 
 def _orchestrator(s: Subjects, user: str, inbox: str, egress: Sequence[str]) -> Permissions:
-    streams = _own_streams(s)
+    streams = own_streams(s)
     publish = [f"{s.prefix}.>", *(f"$KV.{b}.>" for b in _kv_buckets(s)),
                f"$O.{s.blobs_bucket}.>", f"{_JS_API}.INFO", f"{_JS_API}.STREAM.NAMES",
                *(subject for stream in streams for subject in _stream_admin(stream)),
@@ -258,3 +258,16 @@ def permissions_for(role: Role | str, subjects: Subjects, *, user: str | None = 
     if role is Role.SUBMITTER:
         return _submitter(subjects, name, inbox)
     return _watcher(subjects, name, inbox)
+
+
+def nsc_command(perms: Permissions, *, account: str = "natsflow") -> str:
+    """The ``nsc add user`` command giving ``perms`` to a user of an operator/account
+    (JWT) setup: the same permissions as the server configuration's user."""
+    args = [f"nsc add user --account {account} --name {perms.user}"]
+    args += [f"--allow-pub '{s}'" for s in perms.publish]
+    args += [f"--deny-pub '{s}'" for s in perms.publish_deny]
+    args += [f"--allow-sub '{s}'" for s in perms.subscribe]
+    args += [f"--deny-sub '{s}'" for s in perms.subscribe_deny]
+    if perms.responses:
+        args.append("--allow-pub-response")
+    return " \\\n    ".join(args)

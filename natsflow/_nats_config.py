@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,12 +23,13 @@ from typing import Final
 import bcrypt
 import nkeys
 
-from contracts.permissions import Permissions, Role, permissions_for
+from contracts.connect import NatsSettings
+from contracts.permissions import Permissions, Role, nsc_command, permissions_for
 from contracts.subjects import Subjects
 
 __all__ = ["DEFAULT_USERS", "Auth", "Credential", "User", "authorization_block",
            "env_file", "make_credentials", "nsc_commands", "parse_user", "server_config",
-           "write_config"]
+           "user_settings", "write_config"]
 
 
 class Auth(StrEnum):
@@ -201,27 +203,28 @@ def env_file(cred: Credential, *, servers: Sequence[str], subjects: Subjects,
              f"NATS_INBOX_PREFIX={perms.inbox}"]
     if cred.auth is Auth.NKEYS:
         assert seed_path is not None, "an nkey user's seed lives in a file"
-        lines.append(f"NATS_NKEY={seed_path}")
+        lines.append(f"NATS_NKEY={shlex.quote(str(seed_path))}")
     else:
         lines += [f"NATS_USER={cred.user.name}", f"NATS_PASSWORD={cred.secret}"]
     return "\n".join(lines) + "\n"
 
 
+def user_settings(cred: Credential, *, servers: Sequence[str], subjects: Subjects,
+                  seed_path: Path | None = None) -> NatsSettings:
+    """The settings a service of this user connects with (what its env file says)."""
+    perms = cred.user.permissions(subjects)
+    if cred.auth is Auth.NKEYS:
+        return NatsSettings(servers=list(servers), prefix=subjects.prefix,
+                            nkey=str(seed_path), inbox_prefix=perms.inbox)
+    return NatsSettings(servers=list(servers), prefix=subjects.prefix, user=cred.user.name,
+                        password=cred.secret, inbox_prefix=perms.inbox)
+
+
 def nsc_commands(users: Iterable[User], subjects: Subjects, *, account: str = "natsflow",
                  egress: Sequence[str] = ()) -> list[str]:
     """``nsc add user`` commands giving each user the same permissions in a JWT setup."""
-    out = []
-    for user in users:
-        perms = user.permissions(subjects, egress=egress)
-        args = [f"nsc add user --account {account} --name {user.name}"]
-        args += [f"--allow-pub '{s}'" for s in perms.publish]
-        args += [f"--deny-pub '{s}'" for s in perms.publish_deny]
-        args += [f"--allow-sub '{s}'" for s in perms.subscribe]
-        args += [f"--deny-sub '{s}'" for s in perms.subscribe_deny]
-        if perms.responses:
-            args.append("--allow-pub-response")
-        out.append(" \\\n    ".join(args))
-    return out
+    return [nsc_command(u.permissions(subjects, egress=egress), account=account)
+            for u in users]
 
 
 def write_config(directory: Path, credentials: Sequence[Credential], subjects: Subjects, *,

@@ -28,6 +28,7 @@ from contracts.subjects import DEFAULT_PREFIX, Subjects
 from ._cli_common import console, fail, run, run_until_signal, with_settings
 from ._cli_control import register_control_commands
 from ._cli_definitions import definitions_app, run_command
+from ._cli_nats import nats_config
 from ._cli_render import event_line, workflow_view
 from ._logging import LogFormat, setup_logging
 
@@ -92,13 +93,20 @@ def dev(
         help="Use this NATS instead of starting one.")] = None,
     prefix: Annotated[str | None, typer.Option(
         envvar="NATSFLOW_PREFIX", show_envvar=True, help="Subject prefix.")] = None,
+    secure: Annotated[bool, typer.Option(
+        "--secure", help="Run the embedded nats-server with one user per service, each "
+        "with its role's least privilege (as `natsflow nats-config` writes it).")] = False,
 ) -> None:
     """Run everything locally: nats-server, orchestrator, index, gateway and the demo worker."""
     from .dev import DevOptions, run_dev
 
+    if secure and nats_url:
+        fail(InvalidRequest("--secure runs its own nats-server: leave out --nats-url "
+                            "(for your own server, see `natsflow nats-config`)",
+                            field="--secure"))
     code = run_dev(DevOptions(host=host, port=port, nats_port=nats_port, data_dir=data_dir,
                               ephemeral=ephemeral, worker=worker, nats_url=nats_url,
-                              prefix=prefix))
+                              prefix=prefix, secure=secure))
     raise typer.Exit(code)
 
 
@@ -469,6 +477,7 @@ def asyncapi(
 
 
 app.add_typer(definitions_app)
+app.command("nats-config")(nats_config)
 register_control_commands(app)
 app.command("run")(run_command)
 

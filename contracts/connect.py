@@ -167,7 +167,8 @@ async def connect(
         if is_permission_error(exc):
             # The server refused one publish or subscription and said so only here:
             # the caller sees a timeout (a request) or silence (a subscription).
-            log.warning("NATS refused %s (%s): %s", name, settings.user or "?", exc)
+            log.warning("NATS refused %s (%s): %s", name,
+                        settings.user or settings.nkey or settings.creds or "anonymous", exc)
             return
         if not nc.is_connected and is_auth_error(exc):
             refusals += 1

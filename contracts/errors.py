@@ -28,8 +28,10 @@ Hierarchy::
     │                                                  retryable until they are fixed)
     ├── ConfigMismatch            config-mismatch      a stream, bucket or consumer in NATS is
     │                                                  set up in a way natsflow cannot work with
-    └── EgressRefused             egress-refused       an outbound call (http step, webhook) to a
-                                                       host the egress policy refuses
+    ├── EgressRefused             egress-refused       an outbound call (http step, webhook) to a
+    │                                                  host the egress policy refuses
+    └── RecordUnreadable          record-unreadable    a stored record is not natsflow's (written
+                                                       by something else): it cannot be read
 
 Errors of *steps* (reported by workers) are not exceptions here: they are
 :class:`ErrorInfo` values inside results and statuses, with codes chosen by the worker,
@@ -62,6 +64,7 @@ __all__ = [
     "NatsflowError",
     "NotFound",
     "PayloadTooLarge",
+    "RecordUnreadable",
     "SchemaMismatch",
     "TooManySignals",
     "Unavailable",
@@ -258,6 +261,13 @@ class ConfigMismatch(NatsflowError):
     """
 
     code = "config-mismatch"
+
+
+class RecordUnreadable(NatsflowError):
+    """The stored record of a workflow or batch is not one natsflow wrote (its KV entry
+    was overwritten by someone else): it cannot be read, and nothing can act on it."""
+
+    code = "record-unreadable"
 
 
 class EgressRefused(NatsflowError):

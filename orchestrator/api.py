@@ -62,7 +62,6 @@ from contracts.messages import (
 from contracts.models import (
     MAX_CONFIG_BYTES,
     SHOWN,
-    TRUSTED,
     StepState,
     WorkflowConfig,
     ancestors_of,
@@ -85,6 +84,7 @@ from .records import (
     StopBatch,
     StopWorkflow,
     WorkflowRecord,
+    read_record,
 )
 from .runtime import OUTCOME_ERROR_HEADER, REPLY_HEADER, fingerprint
 from .store import RecordStore
@@ -359,8 +359,9 @@ class Api:
         raw, _ = await (self.batches if batch else self.workflows).load(key)
         if raw is None:
             raise missing(f"no {'batch' if batch else 'workflow'} {key!r}", field="id")
-        model = BatchRecord if batch else WorkflowRecord
-        record = model.model_validate_json(raw, context={TRUSTED: True})
+        record: BatchRecord | WorkflowRecord = (
+            read_record(BatchRecord, raw, key=key) if batch
+            else read_record(WorkflowRecord, raw, key=key))
         return (BatchReply if batch else WorkflowReply)(id=key, status=record.status)
 
     async def start_workflow(self, data: bytes) -> Answer:
@@ -405,7 +406,7 @@ class Api:
         raw, _ = await self.workflows.load(req.id)
         if raw is None:
             raise WorkflowNotFound(f"no workflow {req.id!r}", field="id")
-        old = WorkflowRecord.model_validate_json(raw, context={TRUSTED: True})
+        old = read_record(WorkflowRecord, raw, key=req.id)
         cfg = old.config
         reuse: dict[str, Any] = {}
         if req.from_step is not None:

@@ -42,10 +42,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from contracts.consume import delivery_count
 from contracts.egress import EgressPolicy, check_literal_subjects
-from contracts.errors import ErrorInfo, NatsflowError, validation_failed
+from contracts.errors import ErrorInfo, NatsflowError, RecordUnreadable, validation_failed
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, DeadLetter, TaskFailed, TaskResult, WorkflowReply
-from contracts.models import TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
+from contracts.models import WORKFLOW_TERMINAL, WorkflowConfig
 from contracts.publish import AsyncPublisher, send
 from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
@@ -80,6 +80,7 @@ from .records import (
     WorkflowCommand,
     WorkflowCommandEffect,
     WorkflowRecord,
+    read_record,
 )
 from .spans import emit_decision_spans
 from .store import RecordStore, StaleRevision
@@ -449,6 +450,17 @@ class Processor:
     async def _process_group(self, entity: _Entity[Any], key: str, items: list[Item]) -> None:
         try:
             outcome = await self._apply(entity, key, items)
+        except RecordUnreadable as exc:
+            # Nothing can act on it, now or later: say so at once, rather than retry.
+            entity.cache.pop(key)
+            for item in items:
+                if item.msg is not None:
+                    await self.dead_letter(item.msg, exc.info(),
+                                           log_context=_log_context(entity.name, key))
+                if item.reply_to:
+                    await self._send_reply(item.reply_to, entity, key, None,
+                                           Reply(error=exc.info()))
+            return
         except Exception:
             log.exception("processing %s %s failed; will retry", entity.name, key,
                           extra=_log_context(entity.name, key))
@@ -628,7 +640,7 @@ class Processor:
         data, revision = await entity.store.load(key)
         if data is None:
             return None, 0, False, 0
-        record = entity.model.model_validate_json(data, context={TRUSTED: True})
+        record = read_record(entity.model, data, key=key)
         return record, revision, False, len(data)
 
     # -- publishing -----------------------------------------------------------------
@@ -640,7 +652,10 @@ class Processor:
                     f"ev:{ev.workflow_id}:{ev.seq}")
         if isinstance(effect, TaskEffect):
             t = effect.task
-            return s.task(t.task), t.model_dump_json().encode(), f"task:{t.idempotency_key}"
+            # The token in the id: nobody who lacks it can have the real task dropped
+            # as the duplicate of one published first under the same id.
+            return (s.task(t.task), t.model_dump_json().encode(),
+                    f"task:{t.idempotency_key}" + (f":{t.token}" if t.token else ""))
         if isinstance(effect, TimerEffect):
             tm = effect.timer
             # The due time is part of the id: a heartbeat timer is armed again and again.

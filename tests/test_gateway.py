@@ -313,7 +313,7 @@ def test_every_error_code_has_one_http_status() -> None:
                 "too-many-signals": 409, "definition-not-found": 404,
                 "expression-error": 400, "schema-mismatch": 400,
                 "invalid-state": 409, "config-mismatch": 503, "egress-refused": 403,
-                "nats-auth-failed": 503}
+                "nats-auth-failed": 503, "record-unreadable": 500}
     for cls in subclasses(NatsflowError):
         if cls.__module__ == "contracts.errors" and cls is not NatsflowError:
             assert http_mapping(cls("x")).status == expected[cls.code], cls

@@ -231,11 +231,12 @@ def _forged(record: WorkflowRecord | None, inp: ResultInput,
     without a token (no key then) accepts any report.
     """
     res = inp.result
-    expected = settings.token(res.workflow_id, res.step_id, res.attempt)
-    if record is not None:
-        step = next((s for s in record.status.steps if s.id == res.step_id), None)
-        if step is not None and step.attempts == res.attempt:
-            expected = step.token
+    step = None if record is None else next(
+        (s for s in record.status.steps if s.id == res.step_id), None)
+    if step is not None and step.attempts == res.attempt:
+        expected = step.token
+    else:
+        expected = settings.token(res.workflow_id, res.step_id, res.attempt)
     if expected is None or same_token(res.token, expected):
         return None
     return ErrorInfo(code="forged-result", step=res.step_id, retryable=False,

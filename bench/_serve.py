@@ -105,10 +105,11 @@ async def _raw_worker(settings: NatsSettings) -> None:
                 task = json.loads(msg.data)
                 result = {"kind": "succeeded", "workflow_id": task["workflow_id"],
                           "step_id": task["step_id"], "attempt": task["attempt"],
-                          "output": {}}
+                          "token": task.get("token"), "output": {}}
                 acks.append(await js.publish_async(
                     task["reply_to"], json.dumps(result).encode(),
-                    headers={"Nats-Msg-Id": task["idempotency_key"] + ":result"}))
+                    headers={"Nats-Msg-Id": (f"{task['idempotency_key']}:result:"
+                                                     f"{task.get('token')}")}))
             await asyncio.gather(*acks)
             for msg in msgs:
                 await msg.ack()

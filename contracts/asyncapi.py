@@ -194,7 +194,9 @@ def _broker(s: Subjects) -> NatsBroker:
             f"Task results from workers, published with JetStream (stream "
             f"`{s.inbox_stream}`) to the task's `reply_to`: `succeeded` or `failed` once "
             "per attempt, `progress` meanwhile (with `progress: null` it is a heartbeat, "
-            "required every `heartbeat_timeout / 3` seconds when that is set).")
+            "required every `heartbeat_timeout / 3` seconds when that is set). Each "
+            "carries the `token` of the task it answers; one without it is dead-lettered "
+            "as `forged-result`.")
     receive("timer", s.timer("{workflow_id}"), dict[str, Any],
             f"Internal: durable timers (retry backoff, timeouts, heartbeats, sleeps) that "
             f"the orchestrator sets for itself (stream `{s.inbox_stream}`, consumer "

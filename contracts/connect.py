@@ -5,7 +5,10 @@ Environment variables (each also a CLI option of the services):
     NATS_URL          server URL(s), comma-separated for a cluster (default nats://127.0.0.1:4222)
     NATS_USER         user name           NATS_PASSWORD   password
     NATS_TOKEN        auth token          NATS_CREDS      path to a .creds file
+    NATS_NKEY         path to an nkey seed file (a user's ``SU...`` seed)
     NATS_TLS_CA       CA certificate      NATS_TLS_CERT / NATS_TLS_KEY  client certificate
+    NATS_INBOX_PREFIX prefix of this client's reply inboxes (default ``_INBOX``); with
+                      per-user permissions (``natsflow nats-config``) ``_INBOX.<user>``
     NATSFLOW_PREFIX   subject prefix of the deployment (default natsflow)
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,7 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import NatsAuthFailed, Unavailable
 from .subjects import DEFAULT_PREFIX, Subjects
 
-__all__ = ["NatsSettings", "connect", "is_auth_error"]
+__all__ = ["NatsSettings", "connect", "is_auth_error", "is_permission_error"]
+
+log = logging.getLogger("natsflow.connect")
 
 
 class NatsSettings(BaseModel):
@@ -38,10 +44,13 @@ class NatsSettings(BaseModel):
     password: str | None = None
     token: str | None = None
     creds: str | None = None
+    nkey: str | None = Field(default=None, description="Path to an nkey seed file.")
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     prefix: str = DEFAULT_PREFIX
+    inbox_prefix: str | None = Field(
+        default=None, description="Prefix of reply inboxes (nats-py's `_INBOX` if None).")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> NatsSettings:
@@ -52,8 +61,10 @@ class NatsSettings(BaseModel):
             values["servers"] = [u.strip() for u in env["NATS_URL"].split(",") if u.strip()]
         for field, var in (("user", "NATS_USER"), ("password", "NATS_PASSWORD"),
                            ("token", "NATS_TOKEN"), ("creds", "NATS_CREDS"),
-                           ("tls_ca", "NATS_TLS_CA"), ("tls_cert", "NATS_TLS_CERT"),
-                           ("tls_key", "NATS_TLS_KEY"), ("prefix", "NATSFLOW_PREFIX")):
+                           ("nkey", "NATS_NKEY"), ("tls_ca", "NATS_TLS_CA"),
+                           ("tls_cert", "NATS_TLS_CERT"), ("tls_key", "NATS_TLS_KEY"),
+                           ("prefix", "NATSFLOW_PREFIX"),
+                           ("inbox_prefix", "NATS_INBOX_PREFIX")):
             if env.get(var):
                 values[field] = env[var]
         for key, value in overrides.items():
@@ -86,6 +97,7 @@ PING_INTERVAL = 10.0
 # only after a connection; while connecting, a plain Error carrying the server's text).
 _AUTH_REFUSALS = ("authorization violation", "authentication expired",
                   "authentication revoked")
+_PERMISSIONS = "permissions violation"
 
 
 def is_auth_error(exc: BaseException) -> bool:
@@ -96,17 +108,24 @@ def is_auth_error(exc: BaseException) -> bool:
         text in str(exc).lower() for text in _AUTH_REFUSALS)
 
 
+def is_permission_error(exc: BaseException) -> bool:
+    """True when ``exc`` is NATS refusing one publish or subscribe (the permissions of
+    the connection's user), which leaves the connection up."""
+    return isinstance(exc, nats.errors.Error) and _PERMISSIONS in str(exc).lower()
+
+
 def _auth_failed(settings: NatsSettings) -> NatsAuthFailed:
     where = f"NATS at {', '.join(settings.servers)}"
     how = ("user " + repr(settings.user) if settings.user
            else "the token" if settings.token
            else f"the creds file {settings.creds}" if settings.creds
+           else f"the nkey {settings.nkey}" if settings.nkey
            else None)
     if how is None:
         return NatsAuthFailed(f"{where} requires credentials (authorization violation); "
-                              f"give --user/--password, --token or --creds")
+                              f"give --user/--password, --token, --creds or --nkey")
     return NatsAuthFailed(f"{where} refused {how} (authorization violation); check "
-                          f"--user/--password, --token or --creds")
+                          f"--user/--password, --token, --creds or --nkey")
 
 
 async def connect(
@@ -145,6 +164,12 @@ async def connect(
         # A refusal of the credentials is not going away: once every server has
         # refused them, the first connection gives up (see below).
         nonlocal refusals
+        if is_permission_error(exc):
+            # The server refused one publish or subscription and said so only here:
+            # the caller sees a timeout (a request) or silence (a subscription).
+            log.warning("NATS refused %s (%s): %s", name,
+                        settings.user or settings.nkey or settings.creds or "anonymous", exc)
+            return
         if not nc.is_connected and is_auth_error(exc):
             refusals += 1
             if refusals >= len(settings.servers):
@@ -174,6 +199,12 @@ async def connect(
         kwargs["token"] = settings.token
     if settings.creds:
         kwargs["user_credentials"] = settings.creds
+    if settings.nkey:
+        kwargs["nkeys_seed"] = settings.nkey
+    if settings.inbox_prefix:
+        # Replies (API answers, JetStream acks) come under it: with per-user
+        # permissions, only this user may subscribe there.
+        kwargs["inbox_prefix"] = settings.inbox_prefix
     tls = settings.tls_context()
     if tls is not None:
         kwargs["tls"] = tls

@@ -33,8 +33,10 @@ Hierarchy::
     ├── Forbidden                 forbidden            the API key lacks the scope the request needs
     ├── EgressRefused             egress-refused       an outbound call (http step, webhook) to a
     │                                                  host the egress policy refuses
-    └── NamespaceForbidden        namespace-forbidden  a create in a namespace outside the
-                                                       caller's scope
+    ├── NamespaceForbidden        namespace-forbidden  a create in a namespace outside the
+    │                                                  caller's scope
+    └── RecordUnreadable          record-unreadable    a stored record is not natsflow's (written
+                                                       by something else): it cannot be read
 
 Errors of *steps* (reported by workers) are not exceptions here: they are
 :class:`ErrorInfo` values inside results and statuses, with codes chosen by the worker,
@@ -69,6 +71,7 @@ __all__ = [
     "NatsflowError",
     "NotFound",
     "PayloadTooLarge",
+    "RecordUnreadable",
     "SchemaMismatch",
     "TooManySignals",
     "Unauthenticated",
@@ -287,6 +290,12 @@ class Forbidden(NatsflowError):
     """The API key is valid but lacks the scope the request needs (``details.scope``)."""
 
     code = "forbidden"
+
+class RecordUnreadable(NatsflowError):
+    """The stored record of a workflow or batch is not one natsflow wrote (its KV entry
+    was overwritten by someone else): it cannot be read, and nothing can act on it."""
+
+    code = "record-unreadable"
 
 
 class EgressRefused(NatsflowError):

@@ -34,7 +34,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .errors import InvalidRequest, NotFound
 from .namespaces import DEFAULT_NAMESPACE
-from .streams import Topology, declare_bucket
+from .streams import Topology, ensure_bucket
 
 __all__ = [
     "ALL_NAMESPACES",
@@ -239,7 +239,7 @@ class KeyStore:
     @classmethod
     async def open(cls, js: JetStreamContext, topology: Topology) -> KeyStore:
         """Declare the keys bucket (idempotently) and bind to it."""
-        return cls(await declare_bucket(js, topology.keys_kv()))
+        return cls(await ensure_bucket(js, topology.keys_kv()))
 
     async def keys(self) -> list[StoredKey]:
         """Every live key, oldest first."""

@@ -11,6 +11,9 @@ Worker contract (any language; JSON over NATS):
 3. Publish a :class:`TaskResult` (``succeeded`` or ``failed``) to ``reply_to`` with
    JetStream (wait for the publish ack), header ``Nats-Msg-Id: <idempotency_key>:result``;
    then ack the task message. Optional ``progress`` results may be sent meanwhile.
+   Every result and progress report carries the task's ``workflow_id``, ``step_id``,
+   ``attempt`` and ``token`` as they came: a report whose token is not the attempt's
+   is refused (dead-lettered as ``forged-result``).
 4. A :class:`CancelNotice` on ``<prefix>.cancel.<workflow_id>`` asks to abandon a running
    attempt; report it as failed with code ``cancelled`` (or just stop).
 """
@@ -100,6 +103,11 @@ class TaskMessage(BaseModel):
         "runs (a `progress` result with `progress: null`): at once if it starts later, "
         "else at this time if it is still running. The orchestrator tells a queued "
         "attempt from a running one by it.")
+    token: str | None = Field(
+        default=None, max_length=64, repr=False,
+        description="The attempt's result token: echo it in every result and progress "
+        "report of this attempt. Unguessable, known only to the orchestrator and to "
+        "whoever received this task; a report without it is refused.")
 
 
 class _ResultBase(BaseModel):
@@ -109,6 +117,8 @@ class _ResultBase(BaseModel):
     step_id: str
     attempt: int = Field(ge=1)
     started_at: datetime | None = Field(default=None, description="When the worker began.")
+    token: str | None = Field(default=None, max_length=64, repr=False,
+                              description="The `token` of the task message answered.")
 
 
 class TaskSucceeded(_ResultBase):

@@ -21,6 +21,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from .checks import check_values, refuse_expression
 from .errors import STEP_TAGS, ErrorInfo, ExpressionError, InvalidGraph
@@ -794,6 +795,11 @@ class StepStatus(BaseModel):
     waiting_for_worker: WorkerWaitReason | None = Field(
         default=None, description="Set when no worker started the dispatched attempt "
         "within the orchestrator's grace period, saying what it saw; cleared when one does.")
+    # The result token of the current attempt (orchestrator.tokens): stored, never shown
+    # (nor in the schema of what is shown).
+    # (WorkflowStatus leaves it out of what is shown: one hook per status, not per step.)
+    token: SkipJsonSchema[str | None] = Field(default=None, repr=False,
+                                              exclude_if=lambda v: v is None)
 
 
 class MapProgress(BaseModel):
@@ -860,6 +866,16 @@ class WorkflowStatus(BaseModel):
     worker_check_at: datetime | None = Field(
         default=None, description="When the armed look at queued attempts fires (at most "
         "one per workflow; see the orchestrator's worker grace).")
+
+    @model_serializer(mode="wrap")
+    def _shown(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        # Shown to a client: the steps' result tokens stay in the store.
+        if isinstance(data, dict) and isinstance(info.context, dict) and info.context.get(SHOWN):
+            for step in data.get("steps") or ():
+                if isinstance(step, dict):
+                    step.pop("token", None)
+        return data
 
     def step(self, step_id: str) -> StepStatus:
         """The status of the step with this id (KeyError if none)."""

@@ -41,6 +41,7 @@ __all__ = [
     "check_consumer",
     "declare_bucket",
     "declare_stream",
+    "ensure_bucket",
     "ensure_consumer",
     "ensure_stream",
     "is_transient",
@@ -157,6 +158,11 @@ class Topology:
         return KeyValueConfig(bucket=self.subjects.keys_bucket, history=1,
                               replicas=self.replicas, storage=StorageType.FILE, direct=True)
 
+    def secrets_kv(self) -> KeyValueConfig:
+        """The orchestrator's secrets (the result key of :mod:`orchestrator.tokens`)."""
+        return KeyValueConfig(bucket=self.subjects.secrets_bucket, history=1,
+                              replicas=self.replicas, storage=StorageType.FILE)
+
     def blobs_store(self) -> ObjectStoreConfig:
         """Large outputs (a big map's joined output), chunked."""
         return ObjectStoreConfig(bucket=self.subjects.blobs_bucket, replicas=self.replicas,
@@ -193,7 +199,11 @@ class Topology:
     def worker_consumer(self, task_type: str) -> ConsumerConfig:
         """Tasks of one type; shared by every worker serving it."""
         s = self.subjects
+        # Named as well as durable: it is then created on a subject that names its
+        # filter, which a worker's permissions pin (contracts.permissions), so a worker
+        # cannot point its consumer at another task type's tasks.
         return ConsumerConfig(durable_name=s.worker_consumer(task_type),
+                              name=s.worker_consumer(task_type),
                               filter_subject=s.task(task_type), ack_policy=AckPolicy.EXPLICIT,
                               ack_wait=self.task_ack_wait, max_deliver=-1, max_ack_pending=10_000,
                               max_waiting=512)
@@ -254,13 +264,33 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
     For services that use a stream the orchestrator owns (workers and the tasks stream):
     a worker started without ``--replicas`` must not turn an R3 deployment's streams
-    into R1 ones, nor undo any other setting the orchestrator declared.
+    into R1 ones, nor undo any other setting the orchestrator declared. It looks first
+    and creates only what is missing: with per-role permissions a worker may look at the
+    stream but not create it, and waits (see :func:`patiently`) for the orchestrator to.
     """
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _NAME_IN_USE:
             raise
+
+
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Bind to the KV bucket, creating it (see :func:`declare_bucket`) only if missing.
+
+    For services that read a bucket the orchestrator owns (the index and the summaries):
+    with per-role permissions they may read it but not create it, and wait for it.
+    """
+    try:
+        return await js.key_value(config.bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return await declare_bucket(js, config)
 
 
 async def declare_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:

@@ -142,6 +142,11 @@ class Subjects:
         """KV bucket: API key id -> the gateway's stored key (its hash, never the key)."""
         return f"{_lower_name(self.prefix)}_keys"
 
+    @property
+    def secrets_bucket(self) -> str:
+        """KV bucket: the orchestrator's own secrets (the result key); only it reads it."""
+        return f"{_lower_name(self.prefix)}_secrets"
+
     def kv_put(self, bucket: str, key: str) -> str:
         """The subject a KV put of ``key`` in ``bucket`` is published on."""
         return f"$KV.{bucket}.{key}"

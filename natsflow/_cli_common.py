@@ -73,10 +73,13 @@ _CONNECTION_PARAMS = [
         ("password", "--password", "NATS_PASSWORD", "NATS password."),
         ("token", "--token", "NATS_TOKEN", "NATS auth token."),
         ("creds", "--creds", "NATS_CREDS", "Path to a NATS .creds file."),
+        ("nkey", "--nkey", "NATS_NKEY", "Path to an nkey seed file."),
         ("tls_ca", "--tls-ca", "NATS_TLS_CA", "CA certificate for TLS."),
         ("tls_cert", "--tls-cert", "NATS_TLS_CERT", "Client certificate for TLS."),
         ("tls_key", "--tls-key", "NATS_TLS_KEY", "Client key for TLS."),
         ("prefix", "--prefix", "NATSFLOW_PREFIX", "Subject prefix of the deployment."),
+        ("inbox_prefix", "--inbox-prefix", "NATS_INBOX_PREFIX",
+         "Prefix of reply inboxes (_INBOX.<user> with per-user permissions)."),
     )
 ]
 
@@ -113,8 +116,9 @@ def settings_env(settings: NatsSettings) -> dict[str, str]:
     env = {"NATS_URL": ",".join(settings.servers), "NATSFLOW_PREFIX": settings.prefix}
     for field, var in (("user", "NATS_USER"), ("password", "NATS_PASSWORD"),
                        ("token", "NATS_TOKEN"), ("creds", "NATS_CREDS"),
-                       ("tls_ca", "NATS_TLS_CA"), ("tls_cert", "NATS_TLS_CERT"),
-                       ("tls_key", "NATS_TLS_KEY")):
+                       ("nkey", "NATS_NKEY"), ("tls_ca", "NATS_TLS_CA"),
+                       ("tls_cert", "NATS_TLS_CERT"), ("tls_key", "NATS_TLS_KEY"),
+                       ("inbox_prefix", "NATS_INBOX_PREFIX")):
         value = getattr(settings, field)
         if value:
             env[var] = value

@@ -30,6 +30,7 @@ from ._cli_control import register_control_commands
 from ._cli_definitions import definitions_app, run_command
 from ._cli_keys import keys_app
 from ._cli_namespace import NamespaceOpt, in_namespace, scope, seen_from
+from ._cli_nats import nats_config
 from ._cli_render import event_line, workflow_view
 from ._logging import LogFormat, setup_logging
 
@@ -99,13 +100,20 @@ def dev(
         "--auth", help="Gateway with API keys: make an admin key and print it in the "
                        "banner. Without it the gateway is open, so it listens on loopback "
                        "only.")] = False,
+    secure: Annotated[bool, typer.Option(
+        "--secure", help="Run the embedded nats-server with one user per service, each "
+        "with its role's least privilege (as `natsflow nats-config` writes it).")] = False,
 ) -> None:
     """Run everything locally: nats-server, orchestrator, index, gateway and the demo worker."""
     from .dev import DevOptions, run_dev
 
+    if secure and nats_url:
+        fail(InvalidRequest("--secure runs its own nats-server: leave out --nats-url "
+                            "(for your own server, see `natsflow nats-config`)",
+                            field="--secure"))
     code = run_dev(DevOptions(host=host, port=port, nats_port=nats_port, data_dir=data_dir,
                               ephemeral=ephemeral, worker=worker, nats_url=nats_url,
-                              prefix=prefix, auth=auth))
+                              prefix=prefix, auth=auth, secure=secure))
     raise typer.Exit(code)
 
 
@@ -494,6 +502,7 @@ def asyncapi(
 
 app.add_typer(definitions_app)
 app.add_typer(keys_app)
+app.command("nats-config")(nats_config)
 register_control_commands(app)
 app.command("run")(run_command)
 

@@ -44,9 +44,17 @@ from contracts.egress import LOOPBACK
 from contracts.errors import NatsflowError, NotFound
 from contracts.keys import CreateKeyRequest, KeyStore, Scope
 from contracts.streams import Topology
-from contracts.subjects import DEFAULT_PREFIX
+from contracts.subjects import DEFAULT_PREFIX, Subjects
 
 from ._cli_common import console, err_console, format_error, settings_env
+from ._nats_config import (
+    DEFAULT_USERS,
+    Auth,
+    authorization_block,
+    make_credentials,
+    user_settings,
+    write_config,
+)
 from .embedded import EmbeddedNats, free_port, port_is_free
 
 __all__ = ["DEMO_WORKFLOW", "DevOptions", "cli_connection_args", "demo_curl", "run_dev"]
@@ -82,6 +90,7 @@ class DevOptions:
     nats_url: str | None = None  # an existing NATS; None starts one
     prefix: str | None = None
     auth: bool = False  # API keys on the gateway (an admin key is made and printed)
+    secure: bool = False  # one NATS user per service, least privilege each
 
 
 @dataclass
@@ -161,8 +170,11 @@ def run_dev(opts: DevOptions) -> int:
     server: EmbeddedNats | None = None
     children: list[_Child] = []
     try:
+        users: dict[str, NatsSettings] = {}
         if opts.nats_url:
             settings = NatsSettings.from_env(servers=opts.nats_url, prefix=opts.prefix)
+        elif opts.secure:
+            server, settings, users = _start_secure_nats(base, opts)
         else:
             server = _start_nats(base, opts.nats_port)
             settings = NatsSettings.from_env({}, servers=server.url, prefix=opts.prefix)
@@ -189,7 +201,9 @@ def run_dev(opts: DevOptions) -> int:
         if opts.worker:
             services.append(("worker", ["worker", "natsflow.demo:worker"]))
         for name, args in services:
-            children.append(_spawn(name, args, env=env, log_path=logs / f"{name}.log"))
+            # With --secure each service connects as its own user (same names).
+            own = {**env, **settings_env(users[name])} if name in users else env
+            children.append(_spawn(name, args, env=own, log_path=logs / f"{name}.log"))
         gateway_url = f"http://{_url_host(opts.host)}:{opts.port}"
         if not _wait_ready(gateway_url, children, stop):
             if stop.requested:
@@ -227,6 +241,28 @@ def _start_nats(base: Path, port: int | None) -> EmbeddedNats:
         port = _DEFAULT_NATS_PORT if port_is_free(_DEFAULT_NATS_PORT) else free_port()
     server = EmbeddedNats(base / "nats", port=port, log_file=base / "nats.log")
     return server.start()
+
+
+def _start_secure_nats(base: Path, opts: DevOptions
+                       ) -> tuple[EmbeddedNats, NatsSettings, dict[str, NatsSettings]]:
+    """The embedded server with one user per service (``natsflow nats-config``'s
+    defaults, fresh passwords each start), and each user's settings; the users' env
+    files are written to ``<data dir>/nats-users`` (the submitter's and watcher's are
+    for you)."""
+    port = opts.nats_port
+    if port is None:
+        port = _DEFAULT_NATS_PORT if port_is_free(_DEFAULT_NATS_PORT) else free_port()
+    subjects = Subjects(opts.prefix or DEFAULT_PREFIX)
+    creds = make_credentials(DEFAULT_USERS, Auth.PASSWORD)
+    server = EmbeddedNats(base / "nats", port=port, log_file=base / "nats.log",
+                          config=authorization_block(creds, subjects))
+    server.start()
+    write_config(base / "nats-users", creds, subjects, servers=[server.url], store_dir=None,
+                 listen=None)
+    users = {c.user.name: user_settings(c, servers=[server.url], subjects=subjects)
+             for c in creds}
+    # What the banner's commands use: the watcher reads status and events.
+    return server, users["watcher"], users
 
 
 def _spawn(name: str, args: list[str], *, env: dict[str, str], log_path: Path) -> _Child:
@@ -298,6 +334,8 @@ def _print_banner(gateway_url: str, metrics_url: str, settings: NatsSettings, lo
         ("docs     ", "bold"), f"{gateway_url}/docs\n",
         ("metrics  ", "bold"), f"{metrics_url} (orchestrator)\n",
         ("NATS     ", "bold"), f"{', '.join(settings.servers)} ({nats_note})\n",
+        *((("users    ", "bold"), "one per service, least privilege (--secure): "
+           f"{logs.parent / 'nats-users'}\n") if opts.secure and server else ()),
         ("logs     ", "bold"), f"{logs}\n",
         ("API key  ", "bold"), (f"{api_key} (admin; revoked at the next start)\n\n"
                                 if api_key else "none: the gateway is open (--auth for keys)\n\n"),
@@ -308,6 +346,10 @@ def _print_banner(gateway_url: str, metrics_url: str, settings: NatsSettings, lo
     console.print("Create a workflow:", style="bold")
     console.print(demo_curl(gateway_url, api_key=api_key), markup=False, soft_wrap=True)
     console.print("Then watch it:", style="bold")
+    if opts.secure and server is not None:
+        # Anonymous clients are refused: the CLI reads as the watcher.
+        console.print(f"set -a; . {logs.parent / 'nats-users' / 'watcher.env'}; set +a",
+                      markup=False, soft_wrap=True)
     conn = cli_connection_args(settings)
     console.print(f"uv run natsflow status <id>{conn}\n"
                   f"uv run natsflow events <id> --follow{conn}\n", markup=False,

@@ -76,6 +76,8 @@ class EmbeddedNats:
         max_payload: Largest message, bytes.
         log_file: Where the server's output goes (default: discarded).
         extra_args: More ``nats-server`` command-line arguments.
+        config: More configuration, appended to the server's config file: e.g. the
+            ``authorization`` block of ``natsflow nats-config`` (users and permissions).
 
     ``GOMAXPROCS`` from the environment is passed on; when it is not set, the server
     gets :func:`server_procs`.
@@ -83,13 +85,14 @@ class EmbeddedNats:
 
     def __init__(self, store_dir: str | Path, *, port: int = 0, host: str = "127.0.0.1",
                  max_payload: int = 8 * 1024 * 1024, log_file: str | Path | None = None,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, config: str = "") -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
         self.host = host
         self.max_payload = max_payload
         self.log_file = Path(log_file) if log_file else None
         self.extra_args = extra_args or []
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -101,7 +104,8 @@ class EmbeddedNats:
         """Start the server and wait until it accepts connections."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "natsflow-dev.conf"
-        conf.write_text(f"max_payload: {self.max_payload}\n")
+        conf.touch(mode=0o600, exist_ok=True)  # the config may hold password hashes
+        conf.write_text(f"max_payload: {self.max_payload}\n{self.config}")
         args = [find_nats_server(), "-a", self.host, "-p", str(self.port), "-js",
                 "-sd", str(self.store_dir), "-c", str(conf), *self.extra_args]
         env = {**os.environ}

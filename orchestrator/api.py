@@ -70,7 +70,6 @@ from contracts.messages import (
 from contracts.models import (
     MAX_CONFIG_BYTES,
     SHOWN,
-    TRUSTED,
     StepState,
     WorkflowConfig,
     ancestors_of,
@@ -94,6 +93,7 @@ from .records import (
     StopBatch,
     StopWorkflow,
     WorkflowRecord,
+    read_record,
 )
 from .runtime import OUTCOME_ERROR_HEADER, REPLY_HEADER, fingerprint
 from .store import RecordStore
@@ -423,9 +423,10 @@ class Api:
                 answer, word for word).
         """
         raw, _ = await (self.batches if batch else self.workflows).load(key)
-        model = BatchRecord if batch else WorkflowRecord
-        record = None if raw is None else model.model_validate_json(
-            raw, context={TRUSTED: True})
+        record: BatchRecord | WorkflowRecord | None = None
+        if raw is not None:
+            record = (read_record(BatchRecord, raw, key=key) if batch
+                      else read_record(WorkflowRecord, raw, key=key))
         if record is None or not visible(record.status.namespace, scope):
             raise (BatchNotFound if batch else WorkflowNotFound)(
                 f"no {'batch' if batch else 'workflow'} {key!r}", field="id")

@@ -82,6 +82,7 @@ from .records import (
     WorkflowInput,
     WorkflowRecord,
 )
+from .tokens import attempt_token, same_token
 from .workers import worker_presence
 
 __all__ = ["MAX_PENDING_SIGNALS", "EngineSettings", "decide", "new_record"]
@@ -111,12 +112,22 @@ class EngineSettings:
         worker_grace: Seconds a dispatched attempt may wait for a worker before its step
             is marked ``waiting_for_worker`` (event ``step.waiting_for_worker``); None
             marks nothing (and arms no timer for it).
+        result_key: The deployment's result key (:mod:`orchestrator.tokens`): every
+            dispatched attempt carries a token made with it, and a report with the wrong
+            token is refused. None sends no tokens and refuses nothing (engine tests).
     """
 
     subjects: Subjects = field(default_factory=Subjects)
     stop_grace: float = 10.0
     heartbeat: float = TASK_HEARTBEAT
     worker_grace: float | None = None
+    result_key: bytes | None = field(default=None, repr=False)
+
+    def token(self, workflow_id: str, step_id: str, attempt: int) -> str | None:
+        """The result token of an attempt (None without a result key)."""
+        if self.result_key is None:
+            return None
+        return attempt_token(self.result_key, workflow_id, step_id, attempt)
 
 
 def new_record(inp: CreateWorkflow, now: datetime) -> WorkflowRecord:
@@ -178,6 +189,11 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
             record is None or not visible(record.status.namespace, inp.namespaces)):
         return WorkflowDecision(record=None, reply=Reply(
             error=WorkflowNotFound("no such workflow").info()))
+    if isinstance(inp, ResultInput):
+        forged = _forged(record, inp, settings)
+        if forged is not None:
+            return WorkflowDecision(record=None, reply=Reply(refused=forged))
+
     if record is None:
         # A result may come before its workflow's first save (tasks leave with it).
         return WorkflowDecision(record=None, reply=Reply(early=isinstance(inp, ResultInput)))
@@ -208,6 +224,30 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
         tx.on_timer(inp)
     tx.advance()
     return tx.decision(Reply(early=tx.early))
+
+
+def _forged(record: WorkflowRecord | None, inp: ResultInput,
+            settings: EngineSettings) -> ErrorInfo | None:
+    """Why a report does not count (its token is not its attempt's), or None if it does.
+
+    A plain step's current attempt is checked against the token its status keeps (what
+    was sent, whatever the key is now); anything else, an earlier or later attempt, a map
+    item, a workflow not stored yet, against the token the key gives. An attempt sent
+    without a token (no key then) accepts any report.
+    """
+    res = inp.result
+    step = None if record is None else next(
+        (s for s in record.status.steps if s.id == res.step_id), None)
+    if step is not None and step.attempts == res.attempt:
+        expected = step.token
+    else:
+        expected = settings.token(res.workflow_id, res.step_id, res.attempt)
+    if expected is None or same_token(res.token, expected):
+        return None
+    return ErrorInfo(code="forged-result", step=res.step_id, retryable=False,
+                     message=f"a {res.kind} report for {res.workflow_id}/{res.step_id} "
+                             f"attempt {res.attempt} without that attempt's token: "
+                             "refused (reports echo the token of the task they answer)")
 
 
 class _Tx:
@@ -394,12 +434,15 @@ class _Tx:
         if st.parent is not None:
             p = st.parent
             result: TaskSucceeded | TaskFailed
+            # The parent's engine knows the child's report by the token of its step's
+            # attempt, which the same key gives here.
+            token = self.settings.token(p.workflow_id, p.step_id, p.attempt)
             if state == WorkflowState.COMPLETED:
                 result = TaskSucceeded(workflow_id=p.workflow_id, step_id=p.step_id,
-                                       attempt=p.attempt, output=st.output)
+                                       attempt=p.attempt, output=st.output, token=token)
             else:
                 result = TaskFailed(workflow_id=p.workflow_id, step_id=p.step_id,
-                                    attempt=p.attempt, error=ErrorInfo(
+                                    attempt=p.attempt, token=token, error=ErrorInfo(
                                         code=error.code if error else "child-stopped",
                                         message=f"child workflow {st.id} {state.value}"
                                         + (f": {error.message}" if error else ""),
@@ -479,6 +522,9 @@ class _Tx:
         step.next_attempt_at = None
         step.waiting_for_worker = None
         step.dispatched_at = self.now
+        # Kept for the kinds whose attempts someone reports on: the token they must echo.
+        step.token = (self.settings.token(self.status.id, step.id, step.attempts)
+                      if cfg.task_type is not None or isinstance(cfg, WorkflowStep) else None)
         try:
             kinds.begin(self, cfg, step)
         except kinds.StepInputError as exc:

@@ -179,7 +179,8 @@ def _dispatch(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, attempt: int,
     tx.effects.append(TaskEffect(task=TaskMessage(
         workflow_id=wid, step_id=sid, attempt=attempt, task=body.task_type, input=inp,
         idempotency_key=f"{wid}:{sid}:{attempt}", reply_to=tx.settings.subjects.result(wid),
-        deadline=deadline, heartbeat_interval=tx.settings.heartbeat)))
+        deadline=deadline, heartbeat_interval=tx.settings.heartbeat,
+        token=tx.settings.token(wid, sid, attempt))))
     if deadline is not None:
         tx.timer("timeout", deadline, step=sid, attempt=attempt)
 

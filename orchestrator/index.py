@@ -35,7 +35,7 @@ from contracts.errors import NatsflowError, ValidationFailed, validation_failed
 from contracts.messages import BulkRequest, BulkResult, ListWorkflowsRequest, WorkflowList
 from contracts.models import WorkflowSummary
 from contracts.namespaces import narrow, visible
-from contracts.streams import Topology, declare_bucket, patiently
+from contracts.streams import Topology, ensure_bucket, patiently
 
 VERSION = "0.1.0"
 
@@ -202,7 +202,8 @@ class IndexService:
             self.nc = await connect(self.settings, name="natsflow-index", timeout=None)
         js = self.nc.jetstream()
         config = Topology(self.subjects, replicas=self.replicas).summaries_kv()
-        kv = await patiently(f"the {config.bucket} bucket", lambda: declare_bucket(js, config))
+        # The orchestrator's bucket: bound to, and made only if missing (and allowed).
+        kv = await patiently(f"the {config.bucket} bucket", lambda: ensure_bucket(js, config))
         self.index = WorkflowIndex(kv)
         await self.index.start()
         self._service = await add_service(self.nc, ServiceConfig(

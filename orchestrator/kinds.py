@@ -143,7 +143,7 @@ def begin(tx: _Tx, cfg: StepConfig, step: StepStatus) -> None:
             input=inp, idempotency_key=f"{wid}:{cfg.id}:{attempt}",
             reply_to=tx.settings.subjects.result(wid), deadline=deadline,
             heartbeat_interval=tx.settings.heartbeat, heartbeat_timeout=hb,
-            start_by=start_by, report_start_at=report_at)))
+            start_by=start_by, report_start_at=report_at, token=step.token)))
         tx.emit(Ev.STEP_DISPATCHED, step=cfg.id, attempt=attempt,
                 data={"task": cfg.task_type})
         if hb is not None:

@@ -72,6 +72,10 @@ class OrchestratorMetrics:
             "natsflow_early_results",
             "Task results handed back because they came before their dispatch was saved.",
             registry=r)
+        self.forged_results = Counter(
+            "natsflow_forged_results",
+            "Task results and progress reports refused for not carrying their attempt's "
+            "token (dead-lettered as forged-result).", registry=r)
         self.cas_retries = Counter(
             "natsflow_cas_retries",
             "Record writes that lost a compare-and-set and were decided again.", registry=r)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from contracts.errors import ErrorInfo
+from contracts.errors import ErrorInfo, RecordUnreadable
 from contracts.messages import (
     BatchConfig,
     BatchStatus,
@@ -26,6 +26,7 @@ from contracts.messages import (
     TaskSucceeded,
 )
 from contracts.models import (
+    TRUSTED,
     Event,
     ParentRef,
     WorkflowConfig,
@@ -60,6 +61,7 @@ __all__ = [
     "StartChildEffect",
     "NotifyBatchEffect",
     "Reply",
+    "read_record",
     "ResultInput",
     "StartWorkflow",
     "StopBatch",
@@ -382,6 +384,28 @@ class _Stored(BaseModel):
     __hash__ = None  # type: ignore[assignment]  # mutable, like any unfrozen model
 
 
+S = TypeVar("S", bound="_Stored")
+
+
+def read_record(model: type[S], raw: bytes, *, key: str) -> S:
+    """A record read back from its bucket.
+
+    Raises:
+        RecordUnreadable: the entry is not a record natsflow wrote (someone else
+            overwrote it): said as such, never as the reader's own mistake.
+    """
+    try:
+        return model.model_validate_json(raw, context={TRUSTED: True})
+    except ValidationError as exc:
+        what = "batch" if model.__name__.startswith("Batch") else "workflow"
+        raise RecordUnreadable(
+            f"the stored record of {what} {key!r} cannot be read: it is not one natsflow "
+            f"wrote (its KV entry was overwritten; see docs/security.md): "
+            f"{exc.error_count()} errors, first at "
+            f"{'.'.join(str(p) for p in exc.errors()[0]['loc']) or 'the top'}",
+            details={"id": key}) from None
+
+
 class WorkflowRecord(_Stored):
     """Everything stored about one workflow."""
 
@@ -407,6 +431,9 @@ class Reply(BaseModel):
     #: The input came ahead of the record it belongs to (a result of a task sent while
     #: its dispatch was being saved, see ``Processor``): hand it back for later.
     early: bool = False
+    #: The input does not count and never will (a report without its attempt's token):
+    #: dead-letter it with this reason.
+    refused: ErrorInfo | None = None
 
 
 @dataclass(slots=True)

@@ -43,10 +43,16 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from contracts.consume import delivery_count
 from contracts.dead_letters import dead_letter, give_up_on_letter
 from contracts.egress import EgressPolicy, check_literal_subjects
-from contracts.errors import ErrorInfo, NatsflowError, PayloadTooLarge, validation_failed
+from contracts.errors import (
+    ErrorInfo,
+    NatsflowError,
+    PayloadTooLarge,
+    RecordUnreadable,
+    validation_failed,
+)
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, TaskFailed, TaskResult, WorkflowReply
-from contracts.models import MAX_CONFIG_BYTES, TRUSTED, WORKFLOW_TERMINAL, WorkflowConfig
+from contracts.models import MAX_CONFIG_BYTES, WORKFLOW_TERMINAL, WorkflowConfig
 from contracts.namespaces import DEFAULT_NAMESPACE
 from contracts.publish import AsyncPublisher, send
 from contracts.streams import DUPLICATE_WINDOW
@@ -83,6 +89,7 @@ from .records import (
     WorkflowCommand,
     WorkflowCommandEffect,
     WorkflowRecord,
+    read_record,
 )
 from .spans import emit_decision_spans
 from .store import RecordStore, StaleRevision
@@ -461,6 +468,17 @@ class Processor:
     async def _process_group(self, entity: _Entity[Any], key: str, items: list[Item]) -> None:
         try:
             outcome = await self._apply(entity, key, items)
+        except RecordUnreadable as exc:
+            # Nothing can act on it, now or later: say so at once, rather than retry.
+            entity.cache.pop(key)
+            for item in items:
+                if item.msg is not None:
+                    await self.dead_letter(item.msg, exc.info(),
+                                           log_context=_log_context(entity.name, key))
+                if item.reply_to:
+                    await self._send_reply(item.reply_to, entity, key, None,
+                                           Reply(error=exc.info()))
+            return
         except Exception as exc:
             if is_transient(exc):  # NATS or a bucket away: one line per condition
                 self._conditions(f"processing failed ({type(exc).__name__})",
@@ -479,6 +497,13 @@ class Processor:
             return
         record, replies = outcome
         for item, reply in zip(items, replies, strict=True):
+            if reply.refused is not None:
+                if reply.refused.code == "forged-result":
+                    self.metrics.forged_results.inc()
+                if item.msg is not None:
+                    await self.dead_letter(item.msg, reply.refused,
+                                           log_context=_log_context(entity.name, key))
+                continue
             if item.msg is not None:
                 if reply.early:
                     await self._hand_back_early(item.msg)
@@ -645,7 +670,7 @@ class Processor:
         data, revision = await entity.store.load(key)
         if data is None:
             return None, 0, False, 0
-        record = entity.model.model_validate_json(data, context={TRUSTED: True})
+        record = read_record(entity.model, data, key=key)
         return record, revision, False, len(data)
 
     # -- publishing -----------------------------------------------------------------
@@ -657,7 +682,10 @@ class Processor:
                     f"ev:{ev.workflow_id}:{ev.seq}")
         if isinstance(effect, TaskEffect):
             t = effect.task
-            return s.task(t.task), t.model_dump_json().encode(), f"task:{t.idempotency_key}"
+            # The token in the id: nobody who lacks it can have the real task dropped
+            # as the duplicate of one published first under the same id.
+            return (s.task(t.task), t.model_dump_json().encode(),
+                    f"task:{t.idempotency_key}" + (f":{t.token}" if t.token else ""))
         if isinstance(effect, TimerEffect):
             tm = effect.timer
             # The due time is part of the id: a heartbeat timer is armed again and again.
@@ -706,6 +734,7 @@ class Processor:
             p = effect.parent
             return NotifyParentEffect(result=TaskFailed(
                 workflow_id=p.workflow_id, step_id=p.step_id, attempt=p.attempt,
+                token=self.settings.token(p.workflow_id, p.step_id, p.attempt),
                 error=exc.info().model_copy(update={"retryable": False, "step": p.step_id})))
         child = config.model_copy(update={
             "id": effect.child_id, "namespace": effect.namespace, "input": effect.input,

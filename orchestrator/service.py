@@ -14,12 +14,14 @@ from types import TracebackType
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from contracts.connect import NatsSettings, connect
 from contracts.consume import ConsumerStalled, PullConsumer
 from contracts.egress import EgressPolicy
+from contracts.errors import ConfigMismatch
 from contracts.publish import AsyncPublisher
 from contracts.streams import (
     ENGINE_ACK_WAIT,
@@ -40,6 +42,7 @@ from .records import TimerFired
 from .runtime import Item, Malformed, Processor, Verdict
 from .store import KvRecordStore
 from .timers import JetStreamParking, TimerParking
+from .tokens import KEY_BYTES, RESULT_KEY, new_key
 from .webhooks import WebhookDeliverer, WebhookSettings
 from .workers import ConsumerView, tasks_without_worker
 
@@ -53,6 +56,24 @@ _WATCHDOG_PAUSE = 0.5
 WORKER_GRACE = 30.0
 #: Seconds a look at the tasks stream's consumers is reused (grace timers come in bursts).
 _CONSUMERS_FRESH = 1.0
+
+
+async def result_key(js: JetStreamContext, config: KeyValueConfig, *,
+                     declare: Callable[[KeyValueConfig], Awaitable[KeyValue]]) -> bytes:
+    """The deployment's result key: made by the first orchestrator, read by the others.
+
+    Kept in a bucket only orchestrators may read (docs/security.md); ``create`` is a
+    compare-and-set, so replicas starting together agree on one key.
+    """
+    kv = await declare(config)
+    with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+        await kv.create(RESULT_KEY, new_key())  # unless another orchestrator did first
+    entry = await kv.get(RESULT_KEY)
+    if entry.value is None or len(entry.value) != KEY_BYTES:
+        raise ConfigMismatch(f"the result key in bucket {config.bucket} is not "
+                             f"{KEY_BYTES} bytes: delete it to have a new one made",
+                             field="result_key", details={"bucket": config.bucket})
+    return entry.value
 
 
 class Orchestrator:
@@ -154,6 +175,10 @@ class Orchestrator:
         outputs = OutputStore(js, self.subjects, await bucket(t.outputs_kv()), blobs)
         definitions = DefinitionStore(await bucket(t.definitions_kv()))
         await bucket(t.summaries_kv())  # written by the outbox
+        await bucket(t.keys_kv())  # the gateways' API keys: there before any gateway starts
+        key = await patiently("the result key", lambda: result_key(
+            js, t.secrets_kv(), declare=bucket))
+        self.engine_settings = dataclasses.replace(self.engine_settings, result_key=key)
         self.processor = Processor(self.nc, self.subjects, workflows=workflows,
                                    batches=batches, settings=self.engine_settings,
                                    definitions=definitions, outputs=outputs,

@@ -32,4 +32,4 @@ def test_render_replaces_only_its_part_and_needs_the_markers() -> None:
         "a\n<!-- generated:x -->\nnew\n<!-- end generated:x -->\nb\n")
     with pytest.raises(ValueError, match="generated:y"):
         render(text, "y", "new\n")
-    assert set(GENERATED) == {("docs/subjects.md", "event-types")}
+    assert ("docs/subjects.md", "event-types") in GENERATED

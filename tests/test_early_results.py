@@ -24,9 +24,12 @@ async def test_a_result_that_comes_first_waits_for_its_dispatch(
         engine: Orchestrator, nc: Client, settings: NatsSettings,
         client: NatsflowClient) -> None:
     s = settings.subjects
-    result = TaskSucceeded(workflow_id="early1", step_id="a", attempt=1, output={"v": 42})
+    # The token the attempt will be dispatched with: the deployment's key gives it.
+    token = engine.engine_settings.token("early1", "a", 1)
+    result = TaskSucceeded(workflow_id="early1", step_id="a", attempt=1, output={"v": 42},
+                           token=token)
     await nc.jetstream().publish(s.result("early1"), result.model_dump_json().encode(),
-                                 headers={"Nats-Msg-Id": "early1:a:1:result"})
+                                 headers={"Nats-Msg-Id": f"early1:a:1:result:{token}"})
     handed_back = engine.metrics.early_results
     for _ in range(100):  # the engine has seen it, and handed it back
         if handed_back._value.get() >= 1:

@@ -316,7 +316,7 @@ def test_every_error_code_has_one_http_status() -> None:
                 "expression-error": 400, "schema-mismatch": 400,
                 "invalid-state": 409, "config-mismatch": 503, "egress-refused": 403,
                 "nats-auth-failed": 503, "namespace-forbidden": 403,
-                "unauthenticated": 401, "forbidden": 403}
+                "unauthenticated": 401, "forbidden": 403, "record-unreadable": 500}
     for cls in subclasses(NatsflowError):
         if cls.__module__ == "contracts.errors" and cls is not NatsflowError:
             assert http_mapping(cls("x")).status == expected[cls.code], cls

@@ -367,16 +367,17 @@ async def test_a_worker_gone_silent_fails_the_attempt_with_heartbeat_timeout_and
         assert (first.attempt, first.heartbeat_timeout) == (1, 1.0)
         # One sign of life (the attempt started), then silence.
         await js.publish(first.reply_to, TaskProgress(
-            workflow_id=reply.id, step_id="job", attempt=1).model_dump_json().encode())
+            workflow_id=reply.id, step_id="job", attempt=1,
+            token=first.token).model_dump_json().encode())
 
         second, _ = await take()
         assert second.attempt == 2
         # A late answer for the abandoned attempt changes nothing.
         await js.publish(first.reply_to, TaskSucceeded(
-            workflow_id=reply.id, step_id="job", attempt=1,
+            workflow_id=reply.id, step_id="job", attempt=1, token=first.token,
             output="from attempt 1").model_dump_json().encode())
         await js.publish(second.reply_to, TaskSucceeded(
-            workflow_id=reply.id, step_id="job", attempt=2,
+            workflow_id=reply.id, step_id="job", attempt=2, token=second.token,
             output="from attempt 2").model_dump_json().encode())
         events = await read_events(nc, s, reply.id)
         await wait_for(lambda: bool(notices), timeout=5, what="a cancel notice")

@@ -28,9 +28,10 @@ async def raw_worker(nc: Client, settings: NatsSettings, task_type: str, stop: a
             task = json.loads(msg.data)
             result = {"kind": "succeeded", "workflow_id": task["workflow_id"],
                       "step_id": task["step_id"], "attempt": task["attempt"],
-                      "output": fn(task["input"])}
+                      "token": task.get("token"), "output": fn(task["input"])}
             await js.publish(task["reply_to"], json.dumps(result).encode(),
-                             headers={"Nats-Msg-Id": task["idempotency_key"] + ":result"})
+                             headers={"Nats-Msg-Id": (f"{task['idempotency_key']}:result:"
+                                                     f"{task.get('token')}")})
             await msg.ack()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from nats.aio.client import DEFAULT_MAX_PAYLOAD_SIZE
 from pydantic import ValidationError
@@ -23,6 +23,7 @@ __all__ = [
     "publish_dead_letter",
     "publish_progress",
     "publish_result",
+    "result_msg_id",
     "result_payload",
 ]
 
@@ -48,6 +49,7 @@ def result_payload(result: TaskSucceeded | TaskFailed) -> bytes:
     except Exception as exc:  # pydantic raises several types for unserializable values
         failed = TaskFailed(workflow_id=result.workflow_id, step_id=result.step_id,
                             attempt=result.attempt, started_at=result.started_at,
+                            token=result.token,
                             error=ErrorInfo(code="invalid-output", retryable=False,
                                             message=f"output is not JSON-serializable: {exc}"))
         return failed.model_dump_json().encode()
@@ -58,11 +60,13 @@ async def publish_result(js: Publisher, task: TaskMessage,
                          trace: dict[str, str] | None = None) -> bool:
     """Store ``result`` at ``task.reply_to``, deduplicated per attempt; True once acked.
 
-    ``trace``: trace context headers to send with it.
+    ``trace``: trace context headers to send with it. The report answers ``task``: it
+    carries the task's ``token``, without which the orchestrator refuses it.
     """
+    result = _answering(task, result)
     try:
         await js.publish(task.reply_to, result_payload(result),
-                         headers={**(trace or {}), MSG_ID: f"{task.idempotency_key}:result"})
+                         headers={**(trace or {}), MSG_ID: result_msg_id(task)})
     except Exception as exc:
         _failed("publish results", exc, "could not publish result of %s",
                 task.idempotency_key)
@@ -82,12 +86,36 @@ def _failed(what: str, exc: Exception, msg: str, *args: Any) -> None:
 async def publish_progress(js: Publisher, task: TaskMessage, progress: TaskProgress, *,
                            trace: dict[str, str] | None = None) -> None:
     """Store a progress report; progress is best effort, so failures are only logged."""
+    progress = _answering(task, progress)
     try:
         await js.publish(task.reply_to, progress.model_dump_json().encode(),
                          headers=trace or None)
     except Exception as exc:
         _failed("publish progress", exc, "could not publish progress of %s",
                 task.idempotency_key)
+
+
+R = TypeVar("R", bound=TaskSucceeded | TaskFailed | TaskProgress)
+
+
+def result_msg_id(task: TaskMessage) -> str:
+    """The ``Nats-Msg-Id`` of the result of ``task``: the same for every redelivery of
+    the attempt, and with its token in it, so that nobody who lacks the token can have
+    JetStream drop the real result as the duplicate of a forged one."""
+    if task.token is None:
+        return f"{task.idempotency_key}:result"
+    return f"{task.idempotency_key}:result:{task.token}"
+
+
+def _answering(task: TaskMessage, report: R) -> R:
+    """``report`` as an answer to ``task``: its attempt, and the token that proves it
+    (taken from the task message the orchestrator sent, never from anything else)."""
+    if (report.workflow_id, report.step_id, report.attempt, report.token) == (
+            task.workflow_id, task.step_id, task.attempt, task.token):
+        return report
+    return cast(R, report.model_copy(update={
+        "workflow_id": task.workflow_id, "step_id": task.step_id, "attempt": task.attempt,
+        "token": task.token}))
 
 
 def malformed_task_info(exc: ValidationError | ValueError) -> ErrorInfo:

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -71,12 +73,36 @@ def _client() -> Any:
     except ImportError as exc:  # the optional extra is missing
         raise DockerUnavailable(
             "testcontainers is not installed: pip install 'natsflow[containers]'") from exc
+    _check_socket()
     try:
-        client = DockerClient()
-        client.client.ping()
+        probe = DockerClient(version="1.24")  # pinned: "auto" would ask the engine here
     except Exception as exc:  # docker-py raises DockerException, requests' errors, ...
         raise DockerUnavailable(f"no Docker engine answers: {exc}") from exc
-    return client
+    try:
+        probe.client.ping()
+    except Exception as exc:
+        raise DockerUnavailable(f"no Docker engine answers: {exc}") from exc
+    finally:
+        probe.client.close()
+    return DockerClient()
+
+
+def _check_socket() -> None:
+    """Fail fast when the engine's Unix socket does not answer.
+
+    docker-py leaks the socket of a connect that fails (an unclosed-socket warning, an
+    error under ``-W error``), so a missing engine is found here first.
+    """
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not host.startswith("unix://"):
+        return  # tcp:// or ssh://: docker-py's own ping decides
+    path = host.removeprefix("unix://")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5.0)
+        try:
+            s.connect(path)
+        except OSError as exc:
+            raise DockerUnavailable(f"no Docker engine answers on {path}: {exc}") from exc
 
 
 def docker_problem() -> str | None:

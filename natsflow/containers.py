@@ -330,6 +330,23 @@ class NatsContainer:
         self.close()
 
 
+def _formation_problems(node: NatsContainer, running: set[str]) -> list[str]:
+    """What keeps ``node`` from taking part in a formed cluster of ``running`` nodes."""
+    _, routez = _http_status(f"{node.monitor_url}/routez")
+    routed = {str(r.get("remote_name")) for r in routez.get("routes", [])}
+    problems = [f"{node.name} not routed to {peer}" for peer in sorted(running - routed)
+                if peer != node.name]
+    _, jsz = _http_status(f"{node.monitor_url}/jsz?consumers=true")
+    for account in jsz.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            assets = [(f"stream {stream['name']}", stream.get("cluster") or {})]
+            assets += [(f"consumer {stream['name']}/{c['name']}", c.get("cluster") or {})
+                       for c in stream.get("consumer_detail", [])]
+            problems += [f"{node.name} sees {what} led by {c.get('leader') or 'nobody'}"
+                         for what, c in assets if c.get("leader") not in running]
+    return problems
+
+
 class NatsContainerCluster:
     """``size`` clustered nats-server containers with JetStream, routes on loopback.
 
@@ -372,13 +389,31 @@ class NatsContainerCluster:
         return self
 
     def wait_formed(self, *, timeout: float = 60.0) -> None:
-        """Wait until every running node is fully healthy (``/healthz``: meta leader
-        known, its JetStream assets current)."""
+        """Wait until the running nodes form a cluster that can take writes.
+
+        Each running node: fully healthy (``/healthz``: meta leader known, its JetStream
+        assets current), routed to every other running node, and in its view every
+        stream and consumer it holds is led by a running node. Health alone is not
+        enough after a node comes back: until its routes are up it knows no one's
+        interest, and until a stream it led has a new leader a publish to that stream
+        finds no responders.
+
+        Raises:
+            TimeoutError: not so within ``timeout`` seconds.
+        """
         deadline = time.monotonic() + timeout
-        for node in self.nodes:
-            if node.state() == "running":
-                node.wait_healthy(timeout=max(1.0, deadline - time.monotonic()),
-                                  js_enabled_only=False)
+        running = [n for n in self.nodes if n.state() == "running"]
+        names = {n.name for n in running}
+        for node in running:
+            node.wait_healthy(timeout=max(1.0, deadline - time.monotonic()),
+                              js_enabled_only=False)
+            while True:
+                problems = _formation_problems(node, names)
+                if not problems:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"cluster not formed in {timeout}s: {problems}")
+                time.sleep(0.1)
 
     def close(self) -> None:
         """Remove every node's container."""

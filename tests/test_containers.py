@@ -7,8 +7,10 @@ tests/faults/test_faults_containers.py.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -91,3 +93,10 @@ def test_a_closed_container_is_gone_and_the_image_is_built_once() -> None:
         assert len(image.history()) == 2  # COPY, plus the metadata-only ENTRYPOINT
     finally:
         docker.close()
+
+
+def test_the_example_in_the_deploy_doc_runs() -> None:
+    require_docker()
+    text = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text()
+    (block,) = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+    exec(compile(block, "docs/deploy.md", "exec"), {"__name__": "deploy_doc"})

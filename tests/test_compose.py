@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import socket
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ import pytest
 import yaml
 from docker_env import require_compose, require_docker
 
-from natsflow.containers import _http_status, build_nats_image
+from natsflow.containers import build_nats_image
 from natsflow.embedded import find_nats_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +47,17 @@ def taken(port: int) -> bool:
         except OSError:
             return True
         return False
+
+
+def monitor(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    """GET a node's monitoring endpoint: status and JSON body (0 if nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return int(r.status), json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), {}
+    except (OSError, ValueError):
+        return 0, {}
 
 
 def compose_config(compose: str) -> dict[str, Any]:
@@ -163,8 +177,7 @@ async def wait_healthy(port: int, timeout: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        status, body = await asyncio.to_thread(_http_status,
-                                               f"http://127.0.0.1:{port}/healthz")
+        status, body = await asyncio.to_thread(monitor, port, "/healthz")
         if status == 200:
             return
         assert loop.time() < deadline, f"/healthz on {port}: {status} {body}"
@@ -175,8 +188,7 @@ async def test_the_compose_nats_nodes_form_a_jetstream_cluster(compose_cluster: 
     for _, _, monitoring in NODES.values():
         await wait_healthy(monitoring)
     for name, (_, _, monitoring) in NODES.items():
-        _, routes = await asyncio.to_thread(_http_status,
-                                            f"http://127.0.0.1:{monitoring}/routez")
+        _, routes = await asyncio.to_thread(monitor, monitoring, "/routez")
         assert {r["remote_name"] for r in routes["routes"]} == set(NODES) - {name}
     nc = await nats.connect([f"nats://127.0.0.1:{c}" for c, _, _ in NODES.values()])
     try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 import yaml
 from docker_env import require_compose, require_docker
@@ -194,19 +195,26 @@ async def test_the_compose_nats_nodes_form_a_jetstream_cluster(compose_cluster: 
     try:
         js = nc.jetstream()
         await js.add_stream(name="R3", subjects=["r3.>"], num_replicas=3)
-        await js.publish("r3.x", b"x", timeout=10)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         while True:
-            info = await js.stream_info("R3")
-            c = info.cluster
+            c = (await js.stream_info("R3")).cluster
             assert c is not None
             peers = {c.leader, *(r.name for r in c.replicas or [])}
             if peers == set(NODES) and all(r.current for r in c.replicas or []):
                 break
             assert loop.time() < deadline, c
             await asyncio.sleep(0.2)
-        assert info.state.messages == 1
+        while True:
+            # The new stream's interest reaches the node this client is on by the routes
+            # a moment later; until then a publish finds no responders.
+            try:
+                await js.publish("r3.x", b"x", timeout=5)
+                break
+            except nats.js.errors.NoStreamResponseError:
+                assert loop.time() < deadline, "no stream answers a publish"
+                await asyncio.sleep(0.2)
+        assert (await js.stream_info("R3")).state.messages == 1
     finally:
         with contextlib.suppress(Exception):
             await nc.close()

@@ -15,6 +15,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
+from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from contracts.connect import NatsSettings, connect
@@ -53,6 +54,15 @@ _WATCHDOG_PAUSE = 0.5
 WORKER_GRACE = 30.0
 #: Seconds a look at the tasks stream's consumers is reused (grace timers come in bursts).
 _CONSUMERS_FRESH = 1.0
+
+
+async def cluster_of(js: JetStreamContext, stream: str) -> str | None:
+    """The name of the NATS cluster that holds ``stream``; None on a single server.
+
+    Read from the stream's info (nats-py keeps the server's INFO private).
+    """
+    info = await js.stream_info(stream)
+    return info.cluster.name if info.cluster is not None else None
 
 
 class Orchestrator:
@@ -198,6 +208,11 @@ class Orchestrator:
         await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
         await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
         await ensure_consumer(js, self.subjects.webhooks_stream, t.webhook_consumer())
+        if t.replicas == 1:
+            cluster = await cluster_of(js, self.subjects.inbox_stream)
+            if cluster:
+                log.warning("NATS is a cluster (%s) but streams have 1 replica: losing one "
+                            "server loses data; start with --replicas 3", cluster)
 
     async def _adopt_replicas(self) -> None:
         """Run with the deployment's replicas when it has more than asked for.
@@ -215,10 +230,6 @@ class Orchestrator:
             log.warning("the deployment's streams have %d replicas; running with %d, not %d",
                         have, have, self.topology.replicas)
             self.topology = dataclasses.replace(self.topology, replicas=have)
-        if self.topology.replicas == 1 and self.nc._server_info.get("cluster"):
-            log.warning("NATS is a cluster (%s) but streams have 1 replica: losing one "
-                        "server loses data; start with --replicas 3",
-                        self.nc._server_info.get("cluster"))
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight groups finish, deregister, disconnect."""

@@ -33,11 +33,12 @@ PLAIN = [("wire.a", "", b"x", None),
          ("wire.b", "r.1", b"", {"Nats-Msg-Id": "ev:w1:1"}),
          ("wire.c", "r.2", bytes(range(256)) + b"\r\n", {
              "Nats-Msg-Id": "task:k", "traceparent": "00-0af7-b7ad-01", "tracestate": "a=b"})]
-#: ... and what it leaves to nats-py, which trims and cleans header values (and writes
-#: an empty header block for empty headers).
+#: ... and what it leaves to nats-py, which trims and cleans header values.
 ODD = [("wire.d", "", b"x", {"K": " padded "}),
-       ("wire.e", "", b"x", {"K": "two\r\nlines"}),
-       ("wire.f", "", b"x", {})]
+       ("wire.e", "", b"x", {"K": "two\r\nlines"})]
+#: Empty headers: nats-py writes an empty header block, the short cut none (the
+#: subscriber sees the same).
+EMPTY = ("wire.f", "", b"x", {})
 
 
 def test_the_installed_nats_py_is_the_verified_and_pinned_one() -> None:
@@ -83,12 +84,16 @@ async def test_publish_writes_the_short_cuts_bytes_then_wakes_the_flusher(
         assert shortcut.pub_command(*case) is None
         theirs = await written(nc.publish, case)
         assert await written(send, case) == theirs and theirs[0][1][0].startswith(b"HPUB ")
+    assert await written(nc.publish, EMPTY) == [
+        ("send", (b"HPUB wire.f  12 13\r\nNATS/1.0\r\n\r\nx\r\n", False)), ("flush", True)]
+    assert await written(send, EMPTY) == [
+        ("send", (shortcut.pub_command(*EMPTY[:3], None), False)), ("flush", True)]
 
 
 async def test_either_way_the_subscriber_gets_the_same_and_stats_count_the_same(
         nc: Client) -> None:
     sub = await nc.subscribe("wire.>")
-    for subject, reply, payload, headers in PLAIN + ODD:
+    for subject, reply, payload, headers in [*PLAIN, *ODD, EMPTY]:
         before = dict(nc.stats)
         await shortcut.send(nc, subject, payload, reply=reply, headers=headers)
         ours = {k: nc.stats[k] - before[k] for k in ("out_msgs", "out_bytes")}
@@ -96,7 +101,7 @@ async def test_either_way_the_subscriber_gets_the_same_and_stats_count_the_same(
         await nc.publish(subject, payload, reply=reply, headers=headers)
         theirs = {k: nc.stats[k] - before[k] for k in ("out_msgs", "out_bytes")}
         assert ours == theirs == {"out_msgs": 1, "out_bytes": len(payload)}
-    for _ in PLAIN + ODD:
+    for _ in [*PLAIN, *ODD, EMPTY]:
         first, second = [await sub.next_msg(timeout=5) for _ in range(2)]
         assert (first.subject, first.reply, first.data, first.headers) == (
             second.subject, second.reply, second.data, second.headers)

@@ -6,12 +6,10 @@ parsed ``PubAck``. This publisher keeps one reply subscription, numbers its repl
 with a counter, and resolves each future with the stream sequence. It is the hot path
 of the orchestrator (every outbox, every record write).
 
-Acks take a short cut past nats-py's subscription machinery (a message object, a queue
-and a task switch per message): the client's message dispatch is wrapped, once per
-client, so that a plain ack for any publisher on it resolves its future as it is parsed.
-Anything else, and every ack if a nats-py release stops calling that dispatch, goes the
-ordinary way, through the subscription's callback, with the same result. Messages are
-written the short way too (:func:`send`).
+Messages are written, and plain acks taken, through :mod:`contracts._natspy_shortcut`:
+the one module that uses nats-py's private internals (measured, pinned and tested
+there). Where it steps aside, everything goes through nats-py's public API (``publish``,
+the reply subscription's callback) with the same results and nats-py's own errors.
 """
 
 from __future__ import annotations
@@ -28,6 +26,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from contracts import _natspy_shortcut
+from contracts._natspy_shortcut import send
+
 __all__ = ["EXPECTED_LAST_SUBJECT_SEQ", "WRONG_LAST_SEQUENCE", "AckedPublisher", "AsyncPublisher",
            "PublishError", "send"]
 
@@ -35,87 +36,10 @@ __all__ = ["EXPECTED_LAST_SUBJECT_SEQ", "WRONG_LAST_SEQUENCE", "AckedPublisher",
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 #: The usual ack: ``{"stream":"S","seq":N}``, perhaps with more fields after.
 _PLAIN_ACK = re.compile(rb'\{"stream":"[^"]*","seq":(\d+)[,}]')
-#: What nats-py refuses in a subject (a space or line break would forge protocol).
-_UNSAFE_SUBJECT = re.compile(r"[ \t\r\n]")
-#: A header name as nats-py accepts it.
-_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: Whether this nats-py has the outgoing buffer :func:`send` writes to.
-_DIRECT = all(hasattr(Client, name) for name in ("_send_command", "_flush_pending"))
 #: How often waiting messages are checked against their deadlines (seconds).
 _SWEEP_EVERY = 0.25
 #: Header of a conditional write: store only if the subject's last sequence is this.
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-
-
-def _wire(subject: str, reply: str, payload: bytes,
-          headers: dict[str, str] | None) -> bytes | None:
-    """The PUB or HPUB command nats-py would write; None where nats-py must judge
-    (an unsafe subject, or a header it would trim, clean or refuse)."""
-    if not subject or _UNSAFE_SUBJECT.search(subject) or _UNSAFE_SUBJECT.search(reply):
-        return None
-    if not headers:
-        return b"PUB %b %b %d\r\n%b\r\n" % (subject.encode(), reply.encode(), len(payload),
-                                            payload)
-    lines = ["NATS/1.0\r\n"]
-    for key, value in headers.items():
-        if (not _HEADER_KEY.fullmatch(key) or value != value.strip()
-                or "\r" in value or "\n" in value):
-            return None
-        lines.append(f"{key}: {value}\r\n")
-    lines.append("\r\n")
-    hdr = "".join(lines).encode()
-    return b"HPUB %b %b %d %d\r\n%b%b\r\n" % (subject.encode(), reply.encode(), len(hdr),
-                                                len(hdr) + len(payload), hdr, payload)
-
-
-async def send(nc: Client, subject: str, payload: bytes, *, reply: str = "",
-               headers: dict[str, str] | None = None) -> None:
-    """``nc.publish``, minus its per-message overhead: the command is written straight
-    into the client's outgoing buffer (and the flusher woken) as nats-py itself does.
-
-    Anything unusual (not connected, draining, an oversized payload, a subject or header
-    nats-py would refuse or clean up) goes through ``nc.publish``, so errors are
-    nats-py's own.
-    """
-    # (is_connected holds while draining too; nats-py's publish judges that phase)
-    cmd = (_wire(subject, reply, payload, headers)
-           if _DIRECT and nc.is_connected and not nc.is_draining
-           and len(payload) <= nc.max_payload else None)
-    if cmd is None:
-        await nc.publish(subject, payload, reply=reply, headers=headers)
-        return
-    nc.stats["out_msgs"] += 1
-    nc.stats["out_bytes"] += len(payload)
-    await nc._send_command(cmd)
-    if nc._flush_queue is not None and nc._flush_queue.empty():
-        await nc._flush_pending()
-
-
-def _ack_table(nc: Client) -> dict[int, AsyncPublisher] | None:
-    """The publishers whose plain acks this client hands over as it parses them, by
-    subscription id; the client's message dispatch is wrapped once, on first use.
-
-    None if this nats-py has no such dispatch: then the subscriptions' callbacks do it.
-    """
-    table: dict[int, AsyncPublisher] | None = getattr(nc, "_natsflow_acks", None)
-    if table is not None:
-        return table
-    dispatch = getattr(nc, "_process_msg", None)
-    if dispatch is None:
-        return None
-    acks: dict[int, AsyncPublisher] = {}
-
-    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes,
-                          headers: bytes | None) -> None:
-        publisher = acks.get(sid)
-        if publisher is not None and not headers:
-            publisher._resolve(subject[len(publisher._prefix):].decode(), data)
-            return
-        await dispatch(sid, subject, reply, data, headers)
-
-    nc._process_msg = process_msg  # type: ignore[method-assign]
-    nc._natsflow_acks = acks  # type: ignore[attr-defined]
-    return acks
 
 
 class PublishError(nats.js.errors.APIError):
@@ -148,7 +72,6 @@ class AsyncPublisher:
         self._waiting: dict[str, tuple[asyncio.Future[int], float]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._starting = asyncio.Lock()
-        self._sid: int | None = None  # in the client's ack table (see _ack_table)
 
     async def start(self) -> AsyncPublisher:
         """Subscribe to the replies (once, however many callers race to it)."""
@@ -157,24 +80,17 @@ class AsyncPublisher:
                 prefix = self.nc.new_inbox() + "."
                 self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_reply)
                 self._prefix = prefix
-                sid = getattr(self._sub, "_id", None)
-                table = _ack_table(self.nc)
-                if table is not None and isinstance(sid, int):
-                    table[sid] = self
-                    self._sid = sid
+                # plain acks as they are parsed; the rest through _on_reply
+                _natspy_shortcut.route(self.nc, self._sub, self._on_plain_reply)
         return self
 
     async def close(self) -> None:
         """Stop listening; whatever still waits fails with ConnectionClosedError."""
         if self._sub is not None:
+            _natspy_shortcut.unroute(self.nc, self._sub)
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
-        if self._sid is not None:
-            table = _ack_table(self.nc)
-            if table is not None:
-                table.pop(self._sid, None)
-            self._sid = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -246,6 +162,9 @@ class AsyncPublisher:
             TimeoutError: no ack within ``timeout`` seconds.
         """
         return await (await self.publish(subject, payload, headers, timeout=timeout))
+
+    def _on_plain_reply(self, subject: bytes, data: bytes) -> None:
+        self._resolve(subject[len(self._prefix):].decode(), data)
 
     async def _on_reply(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None

@@ -67,12 +67,6 @@ CONCURRENCY: Final = 256
 _RETRYABLE_STATUSES: Final = frozenset({408, 429})
 
 
-class _BuiltinWorker(Worker):
-    """The one Worker allowed to serve ``natsflow.*`` task types."""
-
-    _serves_reserved = True
-
-
 def encode_payload(payload: Any) -> bytes:
     """A message body: compact JSON, a string as its UTF-8 text, ``None`` as empty."""
     if payload is None:
@@ -131,8 +125,8 @@ class BuiltinSteps:
         self._egress = egress or EgressPolicy()
         self._http = http
         self._given_http = http
-        self.worker: Worker = _BuiltinWorker(concurrency, name="natsflow-builtins",
-                                             stop_grace=stop_grace)
+        self.worker = Worker(concurrency, name="natsflow-builtins", stop_grace=stop_grace,
+                             reserved=True)  # the one worker for natsflow.* task types
         self.worker.task(REQUEST_TASK)(self.request)
         self.worker.task(HTTP_TASK)(self.http)
         self.worker.task(PUBLISH_TASK)(self.publish)

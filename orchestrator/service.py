@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
+from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from contracts.connect import NatsSettings, connect
@@ -74,6 +75,15 @@ async def result_key(js: JetStreamContext, config: KeyValueConfig, *,
                              f"{KEY_BYTES} bytes: delete it to have a new one made",
                              field="result_key", details={"bucket": config.bucket})
     return entry.value
+
+
+async def cluster_of(js: JetStreamContext, stream: str) -> str | None:
+    """The name of the NATS cluster that holds ``stream``; None on a single server.
+
+    Read from the stream's info (nats-py keeps the server's INFO private).
+    """
+    info = await js.stream_info(stream)
+    return info.cluster.name if info.cluster is not None else None
 
 
 class Orchestrator:
@@ -223,6 +233,11 @@ class Orchestrator:
         await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
         await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
         await ensure_consumer(js, self.subjects.webhooks_stream, t.webhook_consumer())
+        if t.replicas == 1:
+            cluster = await cluster_of(js, self.subjects.inbox_stream)
+            if cluster:
+                log.warning("NATS is a cluster (%s) but streams have 1 replica: losing one "
+                            "server loses data; start with --replicas 3", cluster)
 
     async def _adopt_replicas(self) -> None:
         """Run with the deployment's replicas when it has more than asked for.
@@ -240,10 +255,6 @@ class Orchestrator:
             log.warning("the deployment's streams have %d replicas; running with %d, not %d",
                         have, have, self.topology.replicas)
             self.topology = dataclasses.replace(self.topology, replicas=have)
-        if self.topology.replicas == 1 and self.nc._server_info.get("cluster"):
-            log.warning("NATS is a cluster (%s) but streams have 1 replica: losing one "
-                        "server loses data; start with --replicas 3",
-                        self.nc._server_info.get("cluster"))
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight groups finish, deregister, disconnect."""

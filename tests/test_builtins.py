@@ -245,6 +245,21 @@ def test_user_workers_cannot_serve_reserved_task_types() -> None:
             worker.task(task_type)(handler)
     worker.task("natsflowish.ok")(handler)  # only the ``natsflow.`` prefix is reserved
     assert worker.task_types == ["natsflowish.ok"]
+    assert not worker.reserved
+
+
+async def test_only_a_reserved_worker_serves_the_builtin_task_types(
+        nc: Client, settings: NatsSettings) -> None:
+    async def handler(ctx: TaskContext, data: dict[str, Any]) -> None:
+        return None
+
+    worker = Worker(reserved=True)  # the SDK's public option, for natsflow's own steps
+    worker.task("natsflow.anything")(handler)
+    with pytest.raises(ValueError, match="already registered"):
+        worker.task("natsflow.anything")(handler)
+    assert worker.task_types == ["natsflow.anything"]
+    builtins = BuiltinSteps(nc, settings.subjects).worker
+    assert builtins.reserved and sorted(builtins.task_types) == sorted(BUILTIN_TASKS)
 
 
 # -- natsflow.request -------------------------------------------------------------------

@@ -11,24 +11,22 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StreamConfig
 
-from contracts.connect import NatsSettings, connect
+from contracts import _natspy_shortcut
 from contracts.publish import (
     WRONG_LAST_SEQUENCE,
     AckedPublisher,
     AsyncPublisher,
     PublishError,
-    _wire,
-    send,
 )
 
-#: (subject, reply, payload, headers) that send() writes itself ...
-PLAIN = [("wire.a", "", b"x", None),
-         ("wire.b", "r.1", b"", {"Nats-Msg-Id": "ev:w1:1"}),
-         ("wire.c", "r.2", bytes(range(256)) + b"\r\n", {
-             "Nats-Msg-Id": "task:k", "traceparent": "00-0af7-b7ad-01", "tracestate": "a=b"})]
-#: ... and what it leaves to nats-py, which trims and cleans header values.
-ODD = [("wire.d", "", b"x", {"K": " padded "}),
-       ("wire.e", "", b"x", {"K": "two\r\nlines"})]
+
+@pytest.fixture(autouse=True, params=["short cut", "public API"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test both ways: through contracts/_natspy_shortcut.py, and as if this
+    nats-py were not one it was verified on (nats-py's public API only)."""
+    if request.param == "public API":
+        monkeypatch.setattr(_natspy_shortcut, "ENABLED", False)
+    return str(request.param)
 
 
 async def test_acks_resolve_in_order_to_stream_sequences(nc: Client) -> None:
@@ -47,26 +45,27 @@ async def test_acks_resolve_in_order_to_stream_sequences(nc: Client) -> None:
     await pub.close()
 
 
-async def test_acks_skip_the_subscription_and_either_path_gives_the_same(nc: Client) -> None:
+async def test_acks_skip_the_subscription_and_either_path_gives_the_same(
+        nc: Client, way: str) -> None:
     name = "HOOK_" + os.urandom(4).hex()
     await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
     first = await AsyncPublisher(nc).start()
-    hook = nc._process_msg
     second = await AsyncPublisher(nc).start()  # the same short cut serves it
     plain = await AsyncPublisher(nc).start()
-    assert nc._process_msg is hook  # wrapped once per client
-    del nc._natsflow_acks[plain._sid]  # type: ignore[attr-defined]  # as if never hooked
+    assert plain._sub is not None
+    _natspy_shortcut.unroute(nc, plain._sub)  # as if never routed
     futures = [await pub.publish(f"{name}.x", b"m")
                for _ in range(50) for pub in (first, second, plain)]
     assert await asyncio.gather(*futures) == list(range(1, 151))
+    routed = 0 if way == "short cut" else 50  # else every ack through the callback
     assert [p._sub.delivered for p in (first, second, plain)  # type: ignore[union-attr]
-            ] == [0, 0, 50]
+            ] == [routed, routed, 50]
     await first.close()
     assert await (await second.publish(f"{name}.x", b"m")) == 151
     assert await (await plain.publish(f"{name}.x", b"m")) == 152
     await second.close()
     await plain.close()
-    assert nc._natsflow_acks == {}  # type: ignore[attr-defined]
+    assert getattr(nc, "_natsflow_routes", {}) == {}
 
 
 async def test_compare_and_set_and_refusals_fail_their_futures(nc: Client) -> None:
@@ -86,30 +85,6 @@ async def test_compare_and_set_and_refusals_fail_their_futures(nc: Client) -> No
         await (await pub.publish("no.stream." + os.urandom(4).hex(), b"x"))
     assert (await kv.get("k")).value == b"2"
     await pub.close()
-
-
-async def test_send_writes_what_nats_py_publish_would(nc: Client,
-                                                     settings: NatsSettings) -> None:
-    assert all(_wire(*case) is not None for case in PLAIN)
-    assert all(_wire(*case) is None for case in ODD)
-    sub = await nc.subscribe("wire.>")
-    for subject, reply, payload, headers in PLAIN + ODD:
-        await send(nc, subject, payload, reply=reply, headers=headers)
-        await nc.publish(subject, payload, reply=reply, headers=headers)
-    for _ in PLAIN + ODD:
-        ours, theirs = [await sub.next_msg(timeout=2) for _ in range(2)]
-        assert (ours.subject, ours.reply, ours.data, ours.headers) == (
-            theirs.subject, theirs.reply, theirs.data, theirs.headers)
-    with pytest.raises(nats.errors.BadSubjectError):
-        await send(nc, "two words", b"x")
-    with pytest.raises(nats.errors.BadHeaderError):
-        await send(nc, "wire.f", b"x", headers={"bad key": "v"})
-    with pytest.raises(nats.errors.MaxPayloadError):
-        await send(nc, "wire.g", b"x" * (nc.max_payload + 1))
-    closed = await connect(settings, name="closed")
-    await closed.drain()  # draining, then closed: nats-py's publish says no
-    with pytest.raises(nats.errors.ConnectionClosedError):
-        await send(closed, "wire.h", b"x")
 
 
 async def test_unanswered_messages_time_out_and_close_fails_the_rest(nc: Client) -> None:

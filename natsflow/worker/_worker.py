@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -61,15 +61,14 @@ class Worker:
         max_deliveries: A task delivered more often than this without a result (the
             workers that took it died or hung each time) is not run again: its attempt
             fails with ``too-many-deliveries`` and it is dead-lettered.
+        reserved: Allow the reserved ``natsflow.*`` task types. Only for natsflow's own
+            built-in steps (the orchestrator serves them with this); a worker of yours
+            leaves it off, so that it cannot take the built-in steps' tasks.
     """
-
-    #: Whether ``natsflow.*`` task types may be registered: only natsflow's built-in
-    #: steps (a subclass in the orchestrator) set it.
-    _serves_reserved: ClassVar[bool] = False
 
     def __init__(self, concurrency: int = 64, *, name: str = "natsflow-worker",
                  stop_grace: float = STOP_GRACE, ack_wait: float = TASK_ACK_WAIT,
-                 max_deliveries: int = MAX_TASK_DELIVERIES) -> None:
+                 max_deliveries: int = MAX_TASK_DELIVERIES, reserved: bool = False) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         check_limits(ack_wait=ack_wait, max_deliveries=max_deliveries)
@@ -78,6 +77,7 @@ class Worker:
         self.max_deliveries = max_deliveries
         self.name = name
         self.stop_grace = stop_grace
+        self.reserved = reserved
         self._handlers: dict[str, TaskHandler] = {}
 
     @property
@@ -94,10 +94,10 @@ class Worker:
 
         Raises:
             ValueError: the task type is invalid, reserved (``natsflow.*``, natsflow's
-                built-in steps) or already registered.
+                built-in steps; unless this worker is ``reserved``) or already registered.
             TypeError: the handler is not an async function of ``(ctx, input)``.
         """
-        check_new_task_type(task_type, self._handlers, reserved_ok=self._serves_reserved)
+        check_new_task_type(task_type, self._handlers, reserved_ok=self.reserved)
 
         def register(fn: F) -> F:
             self._handlers[task_type] = TaskHandler.of(task_type, fn)

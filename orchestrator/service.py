@@ -16,7 +16,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from contracts.connect import NatsSettings, connect

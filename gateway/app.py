@@ -40,7 +40,7 @@ from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowState, Wo
 from contracts.streams import Topology
 
 from ._asyncapi import add_asyncapi_routes
-from ._auth import KeyAuth, KeyCache, scoped_route_class
+from ._auth import Caller, KeyAuth, KeyCache, namespace_query, scoped_route_class
 from ._bodies import read_batch_config, read_create_body, read_json, read_model, read_object
 from ._definitions import add_definition_routes
 from ._events import HEARTBEAT_SECONDS, add_event_routes
@@ -195,6 +195,7 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
     )
     async def create_workflow(
         request: Request,
+        caller: Caller,
         idempotency_key: Annotated[str | None, Header(
             max_length=256,
             description="Makes retries of this request create the workflow only once.",
@@ -204,30 +205,40 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
         `{"definition": name, "version": n (optional), "input": {...}}`; started at once
         unless `start` is false.
 
+        In the body's `namespace`; when it names none, in the API key's namespace if the
+        key is bound to exactly one, else in `default`. 403 `namespace-forbidden` for a
+        namespace the key is not bound to.
+
         202 with `Location` when created; 200 with the existing status when this id or
         Idempotency-Key was already used for the same config; 409 for another config.
         """
-        body = read_create_body(await read_json(request, limit=MAX_CONFIG_BYTES))
+        body = caller.place(read_create_body(await read_json(request,
+                                                             limit=MAX_CONFIG_BYTES)))
+        scope = caller.namespace_scope
         if isinstance(body, RunDefinition):
             reply = await link.client().run(
                 body.definition, body.input, version=body.version, workflow_id=body.id,
                 labels=body.labels, start=body.start, idempotency_key=idempotency_key,
-                trace=request_trace(request), namespace=body.namespace)
+                trace=request_trace(request), namespace=body.namespace, namespaces=scope)
         else:
             reply = await link.client().create(body, idempotency_key=idempotency_key,
-                                               trace=request_trace(request))
+                                               trace=request_trace(request),
+                                               namespaces=scope)
         location = str(app.url_path_for("get_workflow", workflow_id=reply.id))
         return _answer(reply, 202 if reply.created else 200, location=location)
 
     @app.get("/workflows", response_model=WorkflowList, summary="List workflows",
              tags=["workflows"], responses=problem_responses(400, 503))
     async def list_workflows(
+        caller: Caller,
         state: Annotated[list[WorkflowState] | None, Query(
             description="Any of these states (repeat the parameter).")] = None,
         name: Annotated[str | None, Query(description="Workflow name.")] = None,
         label: Annotated[list[str] | None, Query(
             description="`key:value`; all must match (repeat the parameter).")] = None,
         batch: Annotated[str | None, Query(description="Batch id.")] = None,
+        namespace: Annotated[str | None, namespace_query(
+            "Only this namespace's (of those the API key may see).")] = None,
         created_after: Annotated[datetime | None, Query()] = None,
         created_before: Annotated[datetime | None, Query()] = None,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the last page.")
@@ -243,9 +254,9 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
             labels[key] = value
         query = ListWorkflowsRequest(
             state=state or [], name=name, labels=labels, batch_id=batch,
-            created_after=created_after, created_before=created_before, cursor=cursor,
-            limit=limit)
-        page = await link.client().list_workflows(query)
+            namespace=namespace, created_after=created_after, created_before=created_before,
+            cursor=cursor, limit=limit)
+        page = await link.client().list_workflows(query, namespaces=caller.namespace_scope)
         return Response(page.model_dump_json(exclude_none=True), media_type=_JSON)
 
     @app.post("/workflows/bulk/{operation}", response_model=BulkResult,
@@ -253,83 +264,93 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
               tags=["workflows"], responses=problem_responses(400, 413, 503))
     async def bulk_operation(
             operation: Annotated[str, Path(pattern="^(stop|pause|resume|retry)$")],
-            request: Request) -> Response:
+            request: Request, caller: Caller) -> Response:
         """Body: `{"filter": {...list filters...}, "dry_run": true}`, or `{"all": true}`
         for every workflow: a body with neither is refused (400). A dry run reports what
         would be touched; otherwise each selected workflow gets the operation, and the
-        answer counts what was done and what was refused (by code)."""
+        answer counts what was done and what was refused (by code). Only workflows in
+        the API key's namespaces are selected."""
         body = await read_object(request, limit=64 * 1024)
         req = read_model(BulkRequest, {**body, "operation": operation})
         result = await link.client().bulk(
             req.operation, dry_run=req.dry_run, max_workflows=req.max_workflows,
-            all_workflows=req.all,
+            all_workflows=req.all, namespaces=caller.namespace_scope,
             **req.filter.model_dump(exclude_none=True, exclude={"cursor", "limit"}))
         return Response(result.model_dump_json(), media_type=_JSON)
 
     @app.get("/workflows/{workflow_id}", response_model=WorkflowStatus,
              summary="A workflow's status", tags=["workflows"],
              responses=problem_responses(400, 404, 503))
-    async def get_workflow(workflow_id: _WorkflowId) -> Response:
+    async def get_workflow(workflow_id: _WorkflowId, caller: Caller) -> Response:
         """Where the workflow and each of its steps stand."""
-        return _answer(await link.client().get(workflow_id), 200)
+        return _answer(await link.client().get(
+            workflow_id, namespaces=caller.namespace_scope), 200)
 
     @app.post("/workflows/{workflow_id}/start", response_model=WorkflowStatus,
               summary="Start a created workflow", tags=["workflows"],
               responses=problem_responses(400, 404, 409, 503))
-    async def start_workflow(workflow_id: _WorkflowId) -> Response:
+    async def start_workflow(workflow_id: _WorkflowId, caller: Caller) -> Response:
         """Start a workflow created with `start: false`; a no-op when already started."""
-        return _answer(await link.client().start(workflow_id), 200)
+        return _answer(await link.client().start(
+            workflow_id, namespaces=caller.namespace_scope), 200)
 
     @app.post("/workflows/{workflow_id}/stop", status_code=202, response_model=WorkflowStatus,
               summary="Stop a workflow", tags=["workflows"],
               responses=problem_responses(400, 404, 409, 503))
-    async def stop_workflow(workflow_id: _WorkflowId) -> Response:
+    async def stop_workflow(workflow_id: _WorkflowId, caller: Caller) -> Response:
         """Cancel running steps; the workflow ends `stopped`. 409 if already finished."""
-        return _answer(await link.client().stop(workflow_id), 202)
+        return _answer(await link.client().stop(
+            workflow_id, namespaces=caller.namespace_scope), 202)
 
     @app.post("/workflows/{workflow_id}/signals/{name}", status_code=202,
               response_model=WorkflowStatus, summary="Send a signal", tags=["workflows"],
               responses=problem_responses(400, 404, 409, 413, 503))
     async def signal_workflow(workflow_id: _WorkflowId, name: _SignalName,
-                              request: Request) -> Response:
+                              request: Request, caller: Caller) -> Response:
         """Deliver the signal `name`; the JSON body (optional) is its payload.
 
         A `wait` step waiting for that signal takes it at once, with the payload as its
         output; otherwise the signal is kept until one starts. 409 if already finished.
         """
         payload = await read_json(request, limit=MAX_SIGNAL_BYTES, optional=True)
-        return _answer(await link.client().signal(workflow_id, name, payload), 202)
+        return _answer(await link.client().signal(
+            workflow_id, name, payload, namespaces=caller.namespace_scope), 202)
 
     @app.post("/workflows/{workflow_id}/pause", response_model=WorkflowStatus,
               summary="Pause a running workflow", tags=["workflows"],
               responses=problem_responses(400, 404, 409, 503))
-    async def pause_workflow(workflow_id: _WorkflowId) -> Response:
+    async def pause_workflow(workflow_id: _WorkflowId, caller: Caller) -> Response:
         """Nothing new is dispatched and timers wait until resumed; running steps may
         finish and their results are kept. 409 unless running (or already paused)."""
-        return _answer(await link.client().pause(workflow_id), 200)
+        return _answer(await link.client().pause(
+            workflow_id, namespaces=caller.namespace_scope), 200)
 
     @app.post("/workflows/{workflow_id}/resume", response_model=WorkflowStatus,
               summary="Resume a paused workflow", tags=["workflows"],
               responses=problem_responses(400, 404, 409, 503))
-    async def resume_workflow(workflow_id: _WorkflowId) -> Response:
+    async def resume_workflow(workflow_id: _WorkflowId, caller: Caller) -> Response:
         """Carry on; timers that came due while paused fire now. 409 unless paused."""
-        return _answer(await link.client().resume(workflow_id), 200)
+        return _answer(await link.client().resume(
+            workflow_id, namespaces=caller.namespace_scope), 200)
 
     @app.post("/workflows/{workflow_id}/retry", status_code=202,
               response_model=WorkflowStatus, summary="Retry a failed or stopped workflow",
               tags=["workflows"], responses=problem_responses(400, 404, 409, 413, 503))
-    async def retry_workflow(workflow_id: _WorkflowId, request: Request) -> Response:
+    async def retry_workflow(workflow_id: _WorkflowId, request: Request,
+                             caller: Caller) -> Response:
         """Run it again from its unfinished steps, keeping the outputs of those that
         succeeded. Optional body `{"inputs": {"<step>": {...}}}` replaces retried steps'
         inputs. 409 unless failed or stopped (or when it was compensated)."""
         body = await read_object(request, limit=MAX_CONFIG_BYTES)
         req = read_model(RetryRequest, {**body, "id": workflow_id})
-        return _answer(await link.client().retry(workflow_id, inputs=req.inputs), 202)
+        return _answer(await link.client().retry(
+            workflow_id, inputs=req.inputs, namespaces=caller.namespace_scope), 202)
 
     @app.post("/workflows/{workflow_id}/rerun", status_code=202,
               response_model=WorkflowStatus, summary="Run a workflow again as a new one",
               tags=["workflows"], responses=problem_responses(400, 404, 413, 503))
-    async def rerun_workflow(workflow_id: _WorkflowId, request: Request) -> Response:
+    async def rerun_workflow(workflow_id: _WorkflowId, request: Request,
+                             caller: Caller) -> Response:
         """A new workflow from the same config and input. Optional body: `input` (a new
         input), `from_step` (only that step and those after it run; the others reuse
         their outputs), `new_id`. 202 with the new workflow and its `Location`."""
@@ -337,7 +358,8 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
         req = read_model(RerunRequest, {**body, "id": workflow_id})
         reply = await link.client().rerun(workflow_id, input=req.input,
                                           from_step=req.from_step, new_id=req.new_id,
-                                          trace=request_trace(request))
+                                          trace=request_trace(request),
+                                          namespaces=caller.namespace_scope)
         location = str(app.url_path_for("get_workflow", workflow_id=reply.id))
         return _answer(reply, 202, location=location)
 
@@ -353,26 +375,31 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
         responses={200: {"model": BatchStatus, "description": "It already existed."},
                    **problem_responses(400, 409, 413, 503)},
     )
-    async def create_batch(request: Request) -> Response:
-        """Create and start a batch: at most `max_concurrency` members run at a time."""
-        config = read_batch_config(await read_json(request, limit=MAX_BATCH_BYTES))
-        reply = await link.client().create_batch(config)
+    async def create_batch(request: Request, caller: Caller) -> Response:
+        """Create and start a batch: at most `max_concurrency` members run at a time.
+
+        Its `namespace` (its members' too) defaults as a workflow's does."""
+        config = caller.place(read_batch_config(await read_json(request,
+                                                                limit=MAX_BATCH_BYTES)))
+        reply = await link.client().create_batch(config, namespaces=caller.namespace_scope)
         location = str(app.url_path_for("get_batch", batch_id=reply.id))
         return _answer(reply, 202 if reply.created else 200, location=location)
 
     @app.get("/batches/{batch_id}", response_model=BatchStatus,
              summary="A batch's status", tags=["batches"],
              responses=problem_responses(400, 404, 503))
-    async def get_batch(batch_id: _BatchId) -> Response:
+    async def get_batch(batch_id: _BatchId, caller: Caller) -> Response:
         """Counts per state and every member workflow."""
-        return _answer(await link.client().get_batch(batch_id), 200)
+        return _answer(await link.client().get_batch(
+            batch_id, namespaces=caller.namespace_scope), 200)
 
     @app.post("/batches/{batch_id}/stop", status_code=202, response_model=BatchStatus,
               summary="Stop a batch", tags=["batches"],
               responses=problem_responses(400, 404, 409, 503))
-    async def stop_batch(batch_id: _BatchId) -> Response:
+    async def stop_batch(batch_id: _BatchId, caller: Caller) -> Response:
         """Start no more members and stop the running ones."""
-        return _answer(await link.client().stop_batch(batch_id), 202)
+        return _answer(await link.client().stop_batch(
+            batch_id, namespaces=caller.namespace_scope), 202)
 
     # -- health ----------------------------------------------------------------------
     @app.get("/healthz", response_model=Health, summary="Liveness", tags=["health"])

@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 
 from .errors import ConfigMismatch
 from .subjects import Subjects
+from .transient import is_transient
 
 __all__ = [
     "DECLARE_PATIENCE",
@@ -44,7 +45,6 @@ __all__ = [
     "ensure_bucket",
     "ensure_consumer",
     "ensure_stream",
-    "is_transient",
     "patiently",
     "reconcile_stream",
 ]
@@ -350,20 +350,6 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
     check_consumer(stream, config, info.config, heartbeat=heartbeat)
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is a state of the cluster that passes by itself.
-
-    A 503 (``insufficient resources`` while a stream is being scaled, no meta leader
-    yet, a stream or consumer electing its leader), a request nobody answered in time,
-    or one made while the connection is being re-established. A 4xx (a bad config, a
-    missing stream) is not: retrying would give the same answer.
-    """
-    if isinstance(exc, nats.js.errors.APIError):
-        return exc.code == 503
-    return isinstance(exc, nats.errors.TimeoutError | nats.errors.NoRespondersError
-                      | nats.errors.ConnectionReconnectingError | TimeoutError)
-
-
 async def patiently(what: str, declare: Callable[[], Awaitable[T]], *,
                     patience: float = DECLARE_PATIENCE,
                     first_pause: float = 0.25) -> T:
@@ -376,7 +362,8 @@ async def patiently(what: str, declare: Callable[[], Awaitable[T]], *,
 
     Raises:
         Exception: what ``declare`` raised, at once if it is not transient (see
-            is_transient), or once ``patience`` seconds have passed.
+            :func:`contracts.transient.is_transient`), or once ``patience`` seconds
+            have passed.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience

@@ -551,3 +551,16 @@ async def test_the_documented_refusal_is_what_a_step_gets(
     err = status.step("call").error
     assert err is not None
     assert err.model_dump(exclude_none=True) == shown
+
+
+async def test_an_http_step_to_the_gateway_itself_is_refused(
+        settings: NatsSettings, client: NatsflowClient) -> None:
+    # The gateway's own API (here open, as `natsflow dev` runs it) must not be a way in:
+    # a workflow calling it would act with whatever the gateway may do.
+    from gateway import create_app
+
+    async with _serving(create_app(settings, auth=None)) as gateway, \
+            _orchestrator(settings):
+        status = await _run(client, "gw-self", _http_step(f"{gateway}/workflows"))
+    details = _refused(status, "loopback")
+    assert details["host"] == "127.0.0.1"

@@ -80,7 +80,7 @@ async def test_garbage_in_a_workflows_record_is_said_to_be_so(
     assert "junk1" in got.value.message and "overwritten" in got.value.message
     with pytest.raises(RecordUnreadable):
         await client.stop("junk1")
-    app = create_app(settings, nc=nc)
+    app = create_app(settings, nc=nc, auth=None)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://gw") as http:
         resp = await http.get("/workflows/junk1")

@@ -9,22 +9,20 @@ can touch the new one. A rerun is a new workflow whose reused steps succeed at o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from contracts.errors import ErrorInfo, InvalidState
 from contracts.models import EventType, MapStep, StepState, WorkflowState
 
-from . import fanout, kinds
+from . import fanout, steps
 from .records import CreateWorkflow, PauseWorkflow, ResumeWorkflow, RetryWorkflow, TimerFired
-
-if TYPE_CHECKING:
-    from .engine import _Tx
+from .transition import Transition
 
 __all__ = ["after_resume", "control", "retry", "reuse"]
 
 
-def reuse(tx: _Tx, inp: CreateWorkflow) -> None:
+def reuse(tx: Transition, inp: CreateWorkflow) -> None:
     """A rerun: the steps it reuses succeed at once with the earlier outputs."""
     tx.status.rerun_of = inp.rerun_of
     for sid, output in inp.reuse.items():
@@ -36,12 +34,21 @@ def reuse(tx: _Tx, inp: CreateWorkflow) -> None:
         step.output = output
         step.reused_from = inp.rerun_of
         step.finished_at = tx.now
-        tx.outputs_bytes += kinds.json_size(output)
+        tx.outputs_bytes += steps.json_size(output)
         tx.emit(EventType.STEP_SUCCEEDED, step=sid,
                   data={"output": output, "reused_from": inp.rerun_of})
 
-def control(tx: _Tx, inp: PauseWorkflow | ResumeWorkflow | RetryWorkflow) -> ErrorInfo | None:
-    """Pause, resume or retry; an error when the state does not allow it."""
+def control(tx: Transition, inp: PauseWorkflow | ResumeWorkflow | RetryWorkflow, *,
+            fire: Callable[[Transition, TimerFired], None]) -> ErrorInfo | None:
+    """Pause, resume or retry; an error when the state does not allow it.
+
+    Args:
+        tx: The transition.
+        inp: The command.
+        fire: How the engine handles a timer that came due: a resume fires the timers
+            the pause held (:mod:`orchestrator.engine` owns timers, and builds on this
+            module, so it is handed in).
+    """
     st = tx.status
     state = st.state
     if isinstance(inp, PauseWorkflow):
@@ -64,12 +71,12 @@ def control(tx: _Tx, inp: PauseWorkflow | ResumeWorkflow | RetryWorkflow) -> Err
                   data={"timers": len(st.deferred_timers)})
         deferred, st.deferred_timers = st.deferred_timers, []
         for raw in deferred:
-            tx.on_timer(TimerFired.model_validate(raw))
+            fire(tx, TimerFired.model_validate(raw))
         after_resume(tx)
         return None
     return retry(tx, inp)
 
-def after_resume(tx: _Tx) -> None:
+def after_resume(tx: Transition) -> None:
     """What a pause held back: a fail-fast failure, map items, then the next steps."""
     if not tx.running:
         return
@@ -87,7 +94,7 @@ def after_resume(tx: _Tx) -> None:
         if isinstance(cfg, MapStep) and s.state == StepState.RUNNING:
             fanout.resume(tx, cfg, tx.own(s))
 
-def retry(tx: _Tx, inp: RetryWorkflow) -> ErrorInfo | None:
+def retry(tx: Transition, inp: RetryWorkflow) -> ErrorInfo | None:
     """A failed or stopped workflow runs again from its unfinished steps."""
     st = tx.status
     if st.state not in (WorkflowState.FAILED, WorkflowState.STOPPED):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from contracts.errors import ErrorInfo
 from contracts.expr import evaluate, render
@@ -32,7 +32,7 @@ from contracts.models import (
     WorkflowStep,
 )
 
-from . import kinds
+from . import steps
 from .records import (
     CancelEffect,
     JoinMapEffect,
@@ -45,9 +45,7 @@ from .records import (
     TimerFired,
     WorkflowCommandEffect,
 )
-
-if TYPE_CHECKING:
-    from .engine import _Tx
+from .transition import Transition
 
 __all__ = ["begin_map", "cancel_items", "resume", "item_step_id", "on_item_result", "on_item_timer",
            "on_joined", "output_key", "output_prefix", "parse_item"]
@@ -87,19 +85,19 @@ def output_key(workflow_id: str, step_id: str, attempt: int, index: int) -> str:
 _items_memo: OrderedDict[tuple[str, str, int], tuple[object, list[Any]]] = OrderedDict()
 
 
-def _items(tx: _Tx, cfg: MapStep, attempt: int) -> list[Any]:
+def _items(tx: Transition, cfg: MapStep, attempt: int) -> list[Any]:
     key = (tx.status.id, cfg.id, attempt)
     hit = _items_memo.get(key)
     if hit is not None and hit[0] is tx.config:
         _items_memo.move_to_end(key)
         return hit[1]
-    value = kinds.evaluate_for(cfg.id, "items", evaluate, cfg.items, tx.context())
+    value = steps.evaluate_for(cfg.id, "items", evaluate, cfg.items, tx.context())
     if not isinstance(value, list):
-        raise kinds.StepInputError(ErrorInfo(
+        raise steps.StepInputError(ErrorInfo(
             code="expression-error", step=cfg.id, field="items",
             message=f"items {cfg.items!r} gave {type(value).__name__}, not a list"))
     if len(value) > MAX_MAP_ITEMS:
-        raise kinds.StepInputError(ErrorInfo(
+        raise steps.StepInputError(ErrorInfo(
             code="input-error", step=cfg.id, field="items",
             message=f"{len(value)} items is over the limit of {MAX_MAP_ITEMS}"))
     _items_memo[key] = (tx.config, value)
@@ -108,7 +106,7 @@ def _items(tx: _Tx, cfg: MapStep, attempt: int) -> list[Any]:
     return value
 
 
-def _own(tx: _Tx, step: StepStatus) -> MapProgress:
+def _own(tx: Transition, step: StepStatus) -> MapProgress:
     """This transition's own copy of the step's map progress."""
     assert step.map is not None
     tx.dirty = True  # item bookkeeping changes the record even when no event says so
@@ -121,7 +119,7 @@ def _own(tx: _Tx, step: StepStatus) -> MapProgress:
     return step.map
 
 
-def begin_map(tx: _Tx, cfg: MapStep, step: StepStatus) -> None:
+def begin_map(tx: Transition, cfg: MapStep, step: StepStatus) -> None:
     """Begin an attempt of a map step: compute its items and dispatch the first ones."""
     items = _items(tx, cfg, step.attempts)
     step.map = MapProgress(total=len(items))
@@ -136,7 +134,7 @@ def begin_map(tx: _Tx, cfg: MapStep, step: StepStatus) -> None:
     _advance(tx, cfg, step)
 
 
-def _fill(tx: _Tx, cfg: MapStep, step: StepStatus) -> None:
+def _fill(tx: Transition, cfg: MapStep, step: StepStatus) -> None:
     m = _own(tx, step)
     if m.next >= m.total or len(m.running) + len(m.retrying) >= cfg.max_concurrency:
         return
@@ -148,7 +146,7 @@ def _fill(tx: _Tx, cfg: MapStep, step: StepStatus) -> None:
         _dispatch(tx, cfg, step, i, 1, {**base, "item": items[i], "index": i})
 
 
-def _dispatch(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, attempt: int,
+def _dispatch(tx: Transition, cfg: MapStep, step: StepStatus, i: int, attempt: int,
               ctx: dict[str, Any]) -> None:
     m = _own(tx, step)
     body = cfg.step
@@ -156,12 +154,12 @@ def _dispatch(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, attempt: int,
     sid = item_step_id(cfg.id, i)
     try:
         if isinstance(body, TransformStep):
-            out = kinds.evaluate_for(cfg.id, f"step.output (item {i})", render, body.output,
+            out = steps.evaluate_for(cfg.id, f"step.output (item {i})", render, body.output,
                                      ctx)
             _item_succeeded(tx, cfg, step, i, out)
             return
         if isinstance(body, WorkflowStep):
-            child_input = kinds.evaluate_for(cfg.id, "step.input", render, body.input, ctx)
+            child_input = steps.evaluate_for(cfg.id, "step.input", render, body.input, ctx)
             m.running[str(i)] = attempt
             tx.effects.append(StartChildEffect(
                 child_id=_child_id(wid, cfg.id, i, attempt), definition=body.definition,
@@ -169,8 +167,8 @@ def _dispatch(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, attempt: int,
                 parent=ParentRef(workflow_id=wid, step_id=sid, attempt=attempt),
                 namespace=tx.status.namespace))
             return
-        inp = kinds.task_input(body, ctx)
-    except kinds.StepInputError as exc:
+        inp = steps.task_input(body, ctx)
+    except steps.StepInputError as exc:
         _item_failed(tx, cfg, step, i, attempt, exc.error, running=False)
         return
     assert body.task_type is not None
@@ -185,9 +183,9 @@ def _dispatch(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, attempt: int,
         tx.timer("timeout", deadline, step=sid, attempt=attempt)
 
 
-def _item_succeeded(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, output: Any) -> None:
+def _item_succeeded(tx: Transition, cfg: MapStep, step: StepStatus, i: int, output: Any) -> None:
     m = _own(tx, step)
-    size = kinds.json_size(output)
+    size = steps.json_size(output)
     if size > MAX_STEP_OUTPUT_BYTES:
         _item_failed(tx, cfg, step, i, cfg.step.retry.max_attempts, ErrorInfo(
             code="output-too-large", step=cfg.id, retryable=False,
@@ -205,7 +203,7 @@ def _item_succeeded(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, output: Any
                 data={"progress": step.progress})
 
 
-def _item_failed(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, attempt: int,
+def _item_failed(tx: Transition, cfg: MapStep, step: StepStatus, i: int, attempt: int,
                  error: ErrorInfo, *, running: bool = True) -> None:
     m = _own(tx, step)
     if running:
@@ -242,7 +240,7 @@ def _item_failed(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, attempt: int,
             "step": cfg.id, "message": f"item {i} failed: {error.message}"}), final=True)
 
 
-def _advance(tx: _Tx, cfg: MapStep, step: StepStatus) -> None:
+def _advance(tx: Transition, cfg: MapStep, step: StepStatus) -> None:
     """Start more items, or finish the map when every item is done."""
     if step.state != StepState.RUNNING:
         return
@@ -273,12 +271,12 @@ def _advance(tx: _Tx, cfg: MapStep, step: StepStatus) -> None:
                                         attempt=step.attempts, total=m.total))
 
 
-def resume(tx: _Tx, cfg: MapStep, step: StepStatus) -> None:
+def resume(tx: Transition, cfg: MapStep, step: StepStatus) -> None:
     """After a pause: start the items held back, or join."""
     _advance(tx, cfg, step)
 
 
-def on_item_result(tx: _Tx, cfg: MapStep, step: StepStatus, i: int,
+def on_item_result(tx: Transition, cfg: MapStep, step: StepStatus, i: int,
                    inp: ResultInput) -> None:
     """A worker's report about one item's attempt."""
     res = inp.result
@@ -295,7 +293,8 @@ def on_item_result(tx: _Tx, cfg: MapStep, step: StepStatus, i: int,
     _advance(tx, cfg, step)
 
 
-def on_item_timer(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, timer: TimerFired) -> None:
+def on_item_timer(tx: Transition, cfg: MapStep, step: StepStatus, i: int,
+                  timer: TimerFired) -> None:
     """An item's retry backoff ended, or its attempt timed out."""
     m = step.map
     if m is None:
@@ -316,7 +315,7 @@ def on_item_timer(tx: _Tx, cfg: MapStep, step: StepStatus, i: int, timer: TimerF
     _advance(tx, cfg, step)
 
 
-def on_joined(tx: _Tx, cfg: MapStep, step: StepStatus, inp: MapJoined) -> None:
+def on_joined(tx: Transition, cfg: MapStep, step: StepStatus, inp: MapJoined) -> None:
     """The item outputs were collected: the map step succeeds with them."""
     if (step.state != StepState.RUNNING or step.map is None or not step.map.joining
             or step.attempts != inp.attempt):
@@ -332,7 +331,7 @@ def _child_id(workflow_id: str, step_id: str, index: int, attempt: int) -> str:
     return f"{workflow_id}-{step_id}-{index}-{attempt}"[:128]
 
 
-def cancel_items(tx: _Tx, step: StepStatus) -> None:
+def cancel_items(tx: Transition, step: StepStatus) -> None:
     """Tell the workers (or child workflows) of every running item to stop."""
     if step.map is None:
         return

@@ -1,124 +1,52 @@
-"""How each step kind begins an attempt, and the expression work around steps.
+"""How each step kind begins an attempt.
 
-Pure helpers of the engine (:mod:`orchestrator.engine`): no I/O, no clock. Worker kinds
-(``task`` and the built-in ``request``/``http``/``publish``) become task messages; the
-others wait on a timer, a signal or a child workflow, or finish on the spot.
+Part of the engine, pure: no I/O, no clock. Builds on the transition
+(:mod:`orchestrator.transition`) and on what a step's config says
+(:mod:`orchestrator.steps`). Worker kinds (``task`` and the built-in
+``request``/``http``/``publish``) become task messages; the others wait on a timer, a
+signal or a child workflow, fan out (:mod:`orchestrator.fanout`), or finish on the spot.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from contracts.blobs import is_blob_ref
-from contracts.checks import builtin_input, parse_duration, parse_until
-from contracts.errors import ErrorInfo, NatsflowError, SchemaMismatch
+from contracts.checks import parse_duration, parse_until
+from contracts.errors import ErrorInfo
 from contracts.expr import evaluate, render
 from contracts.messages import TaskMessage
+from contracts.models import EventType as Ev
 from contracts.models import (
-    MAX_OUTPUTS_BYTES,
-    MAX_STEP_OUTPUT_BYTES,
-    HttpStep,
     MapStep,
     ParentRef,
-    PublishStep,
-    RequestStep,
     SleepStep,
     StepConfig,
     StepState,
     StepStatus,
     SwitchStep,
-    TaskStep,
     TransformStep,
     WaitStep,
-    WorkflowConfig,
     WorkflowStep,
 )
-from contracts.models import EventType as Ev
-from contracts.schema import validate_instance
 
+from .fanout import begin_map
 from .records import StartChildEffect, TaskEffect
+from .steps import (
+    StepInputError,
+    child_id,
+    evaluate_for,
+    heartbeat_timeout,
+    schedule_to_start,
+    task_input,
+)
+from .transition import Transition
 
-if TYPE_CHECKING:
-    from .engine import _Tx
-
-__all__ = ["StepInputError", "begin", "check_output", "child_id", "condition",
-           "evaluate_for", "heartbeat_timeout", "json_size", "schedule_to_start", "task_input",
-           "workflow_output"]
-
-
-class StepInputError(Exception):
-    """A step cannot begin (or end) as configured; ``error`` says why."""
-
-    def __init__(self, error: ErrorInfo) -> None:
-        super().__init__(error.message)
-        self.error = error
+__all__ = ["begin"]
 
 
-def evaluate_for(step: str, where: str, fn: Any, *args: Any) -> Any:
-    """``fn(*args, field=where)`` (evaluate or render), failures as StepInputError."""
-    return _eval(fn, step, where, *args)
-
-
-def json_size(value: Any) -> int:
-    """Bytes of ``value`` as compact JSON."""
-    return len(json.dumps(value, separators=(",", ":")))
-
-
-def _eval(fn: Any, step: str, where: str, *args: Any) -> Any:
-    try:
-        return fn(*args, field=where)
-    except NatsflowError as exc:
-        info = exc.info()
-        raise StepInputError(info.model_copy(update={
-            "code": "expression-error" if info.code == "expression-error" else "input-error",
-            "step": step, "retryable": False})) from None
-
-
-def condition(cfg: StepConfig, ctx: dict[str, Any]) -> bool:
-    """The step's ``when``: must be a boolean."""
-    assert cfg.when is not None
-    value = _eval(evaluate, cfg.id, "when", cfg.when, ctx)
-    if not isinstance(value, bool):
-        raise StepInputError(ErrorInfo(
-            code="expression-error", step=cfg.id, field="when",
-            message=f"condition {cfg.when!r} gave {type(value).__name__} {value!r}, "
-                    "not a boolean"))
-    return value
-
-
-def heartbeat_timeout(cfg: StepConfig) -> float | None:
-    return cfg.heartbeat_timeout if isinstance(cfg, TaskStep) else None
-
-
-def schedule_to_start(cfg: StepConfig) -> float | None:
-    """Seconds an attempt of a worker kind may wait for a worker (None: no limit)."""
-    if isinstance(cfg, TaskStep | RequestStep | HttpStep | PublishStep):
-        return cfg.schedule_to_start
-    return None
-
-
-def child_id(workflow_id: str, step_id: str, attempt: int) -> str:
-    """The id of the child workflow a workflow step starts (stable per attempt)."""
-    return f"{workflow_id}-{step_id}-{attempt}"[:128]
-
-
-def task_input(cfg: StepConfig, ctx: dict[str, Any],
-               override: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The rendered input of a worker-kind step's task message (``override``: a retry's)."""
-    def r(name: str, value: Any) -> Any:
-        return _eval(render, cfg.id, name, value, ctx)
-
-    if isinstance(cfg, TaskStep):
-        out = r("input", cfg.input if override is None else override)
-        assert isinstance(out, dict)
-        return out
-    assert isinstance(cfg, RequestStep | HttpStep | PublishStep)
-    return builtin_input(cfg, r)
-
-
-def begin(tx: _Tx, cfg: StepConfig, step: StepStatus) -> None:
+def begin(tx: Transition, cfg: StepConfig, step: StepStatus) -> None:
     """Begin attempt ``step.attempts`` of a step (the attempt is already counted).
 
     Raises:
@@ -154,7 +82,7 @@ def begin(tx: _Tx, cfg: StepConfig, step: StepStatus) -> None:
         if grace:
             tx.arm_worker_check(tx.now + timedelta(seconds=grace))
     elif isinstance(cfg, TransformStep):
-        tx.succeed(cfg, step, _eval(render, cfg.id, "output", cfg.output, tx.context()))
+        tx.succeed(cfg, step, evaluate_for(cfg.id, "output", render, cfg.output, tx.context()))
     elif isinstance(cfg, SwitchStep):
         _switch(tx, cfg, step)
     elif isinstance(cfg, SleepStep):
@@ -175,11 +103,10 @@ def begin(tx: _Tx, cfg: StepConfig, step: StepStatus) -> None:
         step.state = StepState.WAITING
         tx.emit(Ev.STEP_WAITING, step=cfg.id, attempt=attempt, data={"signal": cfg.signal})
     elif isinstance(cfg, MapStep):
-        from .fanout import begin_map  # fanout builds on this module
         begin_map(tx, cfg, step)
     else:
         assert isinstance(cfg, WorkflowStep)
-        inp = _eval(render, cfg.id, "input", cfg.input, tx.context())
+        inp = evaluate_for(cfg.id, "input", render, cfg.input, tx.context())
         cid = child_id(wid, cfg.id, attempt)
         step.state = StepState.WAITING
         step.child_id = cid
@@ -191,8 +118,8 @@ def begin(tx: _Tx, cfg: StepConfig, step: StepStatus) -> None:
                 data={"child": cid, "definition": cfg.definition})
 
 
-def _switch(tx: _Tx, cfg: SwitchStep, step: StepStatus) -> None:
-    value = _eval(evaluate, cfg.id, "value", cfg.value, tx.context())
+def _switch(tx: Transition, cfg: SwitchStep, step: StepStatus) -> None:
+    value = evaluate_for(cfg.id, "value", evaluate, cfg.value, tx.context())
     key = value if isinstance(value, str) else json.dumps(value)
     case = key if key in cfg.cases else "default"
     chosen = set(cfg.cases.get(key, cfg.default))
@@ -206,7 +133,7 @@ def _switch(tx: _Tx, cfg: SwitchStep, step: StepStatus) -> None:
 
 def _wake_time(cfg: SleepStep, ctx: dict[str, Any], now: datetime) -> datetime:
     field = "until" if cfg.until is not None else "duration"
-    value = _eval(render, cfg.id, field, getattr(cfg, field), ctx)
+    value = evaluate_for(cfg.id, field, render, getattr(cfg, field), ctx)
     try:
         if cfg.until is not None:
             return parse_until(value)
@@ -214,29 +141,3 @@ def _wake_time(cfg: SleepStep, ctx: dict[str, Any], now: datetime) -> datetime:
     except ValueError as exc:
         raise StepInputError(ErrorInfo(code="input-error", step=cfg.id, field=field,
                                        message=str(exc))) from None
-
-
-def check_output(cfg: StepConfig, output: Any, used: int) -> int:
-    """The output's size in bytes, if it fits the limits and the step's schema."""
-    if cfg.output_schema is not None and not is_blob_ref(output):
-        try:
-            validate_instance(output, cfg.output_schema, field="output")
-        except SchemaMismatch as exc:
-            raise StepInputError(exc.info().model_copy(update={"step": cfg.id})) from None
-    size = json_size(output)
-    if size > MAX_STEP_OUTPUT_BYTES or used + size > MAX_OUTPUTS_BYTES:
-        limit = MAX_STEP_OUTPUT_BYTES if size > MAX_STEP_OUTPUT_BYTES else MAX_OUTPUTS_BYTES - used
-        raise StepInputError(ErrorInfo(
-            code="output-too-large", step=cfg.id,
-            message=f"output of {size} bytes is over the limit of {limit} bytes"))
-    return size
-
-
-def workflow_output(config: WorkflowConfig, ctx: dict[str, Any],
-                    steps: list[StepStatus]) -> Any:
-    """The workflow's output: its ``output`` template, or the leaves' outputs by id."""
-    if config.output is not None:
-        return _eval(render, "", "output", config.output, ctx)
-    needed = {d for s in config.steps for d in s.depends_on}
-    return {s.id: s.output for s in steps
-            if s.state == StepState.SUCCEEDED and s.id not in needed and not s.compensates}

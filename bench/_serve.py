@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from contracts.connect import NatsSettings, connect
+from contracts.headers import MSG_ID
 from contracts.streams import Topology, declare_stream, ensure_consumer
 from natsflow._gc import tune_gc
 from natsflow._loop import loop_factory, run_served
@@ -108,8 +109,8 @@ async def _raw_worker(settings: NatsSettings) -> None:
                           "token": task.get("token"), "output": {}}
                 acks.append(await js.publish_async(
                     task["reply_to"], json.dumps(result).encode(),
-                    headers={"Nats-Msg-Id": (f"{task['idempotency_key']}:result:"
-                                                     f"{task.get('token')}")}))
+                    headers={MSG_ID: (f"{task['idempotency_key']}:result:"
+                                      f"{task.get('token')}")}))
             await asyncio.gather(*acks)
             for msg in msgs:
                 await msg.ack()

@@ -20,7 +20,6 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from importlib.metadata import version
 from typing import Any, Final
 
 from faststream.nats import NatsBroker
@@ -28,107 +27,17 @@ from faststream.specification import AsyncAPI, get_asyncapi_html
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from .client import ERROR_CODE_HEADER
+from . import __version__
 from .connect import NatsSettings
-from .definitions import (
-    Definition,
-    DefinitionInfo,
-    DefinitionList,
-    DefinitionReply,
-    GetDefinitionRequest,
-    ListDefinitionsRequest,
-    PutDefinitionRequest,
-)
 from .errors import ErrorInfo
-from .messages import (
-    BatchReply,
-    BulkRequest,
-    BulkResult,
-    CancelNotice,
-    CreateBatchRequest,
-    CreateWorkflowRequest,
-    DeadLetter,
-    IdRequest,
-    ListWorkflowsRequest,
-    RerunRequest,
-    RetryRequest,
-    SignalRequest,
-    TaskMessage,
-    TaskResult,
-    WorkflowList,
-    WorkflowReply,
-)
+from .headers import ERROR_CODE_HEADER, ERROR_HEADER
+from .messages import CancelNotice, DeadLetter, TaskMessage, TaskResult
 from .models import Event, EventType, WorkflowConfig
+from .operations import OPERATIONS
 from .subjects import Subjects
 from .webhooks import WebhookDelivery
 
-__all__ = ["API_OPERATIONS", "ApiOperation", "asyncapi_html", "asyncapi_json",
-           "asyncapi_schema"]
-
-
-@dataclass(frozen=True, slots=True)
-class ApiOperation:
-    """One request/reply endpoint of ``<prefix>.api.*``.
-
-    Attributes:
-        request: The request body.
-        replies: The reply body (more than one: any of them).
-        summary: What it does, for the document.
-        index: Served by the index service (``Subjects.index_service_name``), not the
-            orchestrator's (``Subjects.service_name``).
-    """
-
-    request: type[BaseModel]
-    replies: tuple[type[BaseModel], ...]
-    summary: str
-    index: bool = False
-
-    def service(self, subjects: Subjects) -> str:
-        """The name of the NATS micro service that serves it."""
-        return subjects.index_service_name if self.index else subjects.service_name
-
-
-#: Every ``<prefix>.api.<operation>`` natsflow serves. ``tests/test_asyncapi.py`` checks
-#: this against the endpoints the running services register.
-API_OPERATIONS: Final[dict[str, ApiOperation]] = {
-    "workflow.create": ApiOperation(
-        CreateWorkflowRequest, (WorkflowReply,),
-        "Create (and, unless `start` is false, start) a workflow from a config or a "
-        "stored definition."),
-    "workflow.start": ApiOperation(IdRequest, (WorkflowReply,),
-                                   "Start a workflow created with `start: false`."),
-    "workflow.get": ApiOperation(IdRequest, (WorkflowReply,), "A workflow's status."),
-    "workflow.stop": ApiOperation(IdRequest, (WorkflowReply,),
-                                  "Stop a workflow: cancel its running steps."),
-    "workflow.signal": ApiOperation(SignalRequest, (WorkflowReply,),
-                                    "Deliver a signal to a workflow's wait step."),
-    "workflow.pause": ApiOperation(IdRequest, (WorkflowReply,),
-                                   "Pause a workflow: dispatch nothing new, hold timers."),
-    "workflow.resume": ApiOperation(IdRequest, (WorkflowReply,), "Resume a paused workflow."),
-    "workflow.retry": ApiOperation(RetryRequest, (WorkflowReply,),
-                                   "Run a failed or stopped workflow again from its "
-                                   "unfinished steps."),
-    "workflow.rerun": ApiOperation(RerunRequest, (WorkflowReply,),
-                                   "A new workflow from the same config (and input)."),
-    "workflow.list": ApiOperation(ListWorkflowsRequest, (WorkflowList,),
-                                  "Workflows newest first, filtered, a page at a time.",
-                                  index=True),
-    "workflow.bulk": ApiOperation(BulkRequest, (BulkResult,),
-                                  "Stop, pause, resume or retry every workflow a filter "
-                                  "selects.", index=True),
-    "batch.create": ApiOperation(CreateBatchRequest, (BatchReply,),
-                                 "Run a workflow template once per input."),
-    "batch.get": ApiOperation(IdRequest, (BatchReply,), "A batch's status."),
-    "batch.stop": ApiOperation(IdRequest, (BatchReply,),
-                               "Stop a batch: start no more members, stop the running ones."),
-    "definition.put": ApiOperation(PutDefinitionRequest, (DefinitionReply,),
-                                   "Store a new version of a workflow definition."),
-    "definition.get": ApiOperation(GetDefinitionRequest, (Definition, DefinitionInfo),
-                                   "One version of a definition, or its versions and "
-                                   "latest (no `version`)."),
-    "definition.list": ApiOperation(ListDefinitionsRequest, (DefinitionList,),
-                                    "Every stored definition."),
-}
+__all__ = ["asyncapi_html", "asyncapi_json", "asyncapi_schema"]
 
 #: The ``{placeholders}`` of channel addresses: what each stands for.
 _PARAMETERS: Final[dict[str, dict[str, Any]]] = {
@@ -174,11 +83,12 @@ def _broker(s: Subjects) -> NatsBroker:
     def send(title: str, subject: str, payload: Any, description: str) -> None:
         broker.publisher(subject, title=title, description=description, schema=payload)
 
-    for operation, op in API_OPERATIONS.items():
+    for operation, op in OPERATIONS.items():
+        errors = ", ".join(f"`{code}`" for code in op.error_codes)
         receive(f"api.{operation}", s.api(operation), op.request,
                 f"{op.summary} Request/reply, served by the NATS micro service "
-                f"`{op.service(s)}`; an error answers an `ErrorInfo` with header "
-                f"`{ERROR_CODE_HEADER}`.")
+                f"`{op.service_name(s)}`; an error answers an `ErrorInfo` with header "
+                f"`{ERROR_CODE_HEADER}` (codes: {errors}).")
     receive("submit", s.submit, WorkflowConfig,
             f"Fire-and-forget: publish a WorkflowConfig with JetStream (stream "
             f"`{s.inbox_stream}`); the orchestrator creates and starts it. Status events "
@@ -254,7 +164,7 @@ def _add_schemas(doc: dict[str, Any], models: list[type[BaseModel]]) -> None:
 
 def _add_replies(doc: dict[str, Any]) -> None:
     """Each ``api.*`` operation's reply: its reply models, or an error."""
-    replies = sorted({m for op in API_OPERATIONS.values() for m in op.replies},
+    replies = sorted({m for op in OPERATIONS.values() for m in op.replies},
                      key=lambda m: m.__name__)
     _add_schemas(doc, [*replies, ErrorInfo])
     messages = doc["components"]["messages"]
@@ -266,7 +176,7 @@ def _add_replies(doc: dict[str, Any]) -> None:
         "summary": "The request failed: a stable `code`, and whether a retry may succeed.",
         "headers": {"type": "object", "properties": {
             ERROR_CODE_HEADER: {"type": "string", "description": "The error's code."},
-            "Nats-Service-Error": {"type": "string", "description": "Its message."}}},
+            ERROR_HEADER: {"type": "string", "description": "Its message."}}},
         "payload": {"$ref": _REF.format(model="ErrorInfo")},
     }
     doc["channels"][_REPLY_CHANNEL] = {
@@ -275,7 +185,7 @@ def _add_replies(doc: dict[str, Any]) -> None:
         "messages": {name: {"$ref": f"#/components/messages/{name}"}
                      for name in [*(m.__name__ for m in replies), _ERROR_MESSAGE]},
     }
-    for operation, op in API_OPERATIONS.items():
+    for operation, op in OPERATIONS.items():
         names = [*(m.__name__ for m in op.replies), _ERROR_MESSAGE]
         doc["operations"][f"api.{operation}"]["reply"] = {
             "channel": {"$ref": f"#/channels/{_REPLY_CHANNEL}"},
@@ -295,7 +205,7 @@ def asyncapi_schema(subjects: Subjects | None = None) -> dict[str, Any]:
     """
     s = subjects or Subjects()
     spec = AsyncAPI(
-        _broker(s), title="natsflow", version=version("natsflow"),
+        _broker(s), title="natsflow", version=__version__,
         description=(
             "natsflow's NATS interface: the request/reply API (`api.*`) and the "
             "fire-and-forget `submit` are public; workers take `task` messages and answer "

@@ -39,12 +39,9 @@ from .definitions import (
 )
 from .errors import (
     EngineTimeout,
-    ErrorInfo,
-    NatsflowError,
     PayloadTooLarge,
     Unavailable,
     WorkflowNotFound,
-    error_from_info,
     validation_failed,
 )
 from .messages import (
@@ -71,15 +68,37 @@ from .models import (
     WorkflowStatus,
 )
 from .namespaces import narrow
+from .operations import (
+    BATCH_CREATE,
+    BATCH_GET,
+    BATCH_STOP,
+    DEFINITION_GET,
+    DEFINITION_LIST,
+    DEFINITION_PUT,
+    WORKFLOW_BULK,
+    WORKFLOW_CREATE,
+    WORKFLOW_GET,
+    WORKFLOW_LIST,
+    WORKFLOW_PAUSE,
+    WORKFLOW_RERUN,
+    WORKFLOW_RESUME,
+    WORKFLOW_RETRY,
+    WORKFLOW_SIGNAL,
+    WORKFLOW_START,
+    WORKFLOW_STOP,
+    Operation,
+    Server,
+    reply_error,
+)
 from .subjects import Subjects
 from .tracing import TraceContext, inject
 
 __all__ = ["NatsflowClient", "stream_end"]
 
+_Q = TypeVar("_Q", bound=BaseModel)
 _R = TypeVar("_R", bound=BaseModel)
+_A = TypeVar("_A", bound=BaseModel)
 
-#: Header carrying the natsflow error code on API error replies (NATS micro convention).
-ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 #: Workflows whose visibility one scoped event feed remembers (namespaces never change).
 _FEED_MEMORY = 4096
 
@@ -111,8 +130,17 @@ class NatsflowClient:
         self.subjects = subjects or Subjects()
         self.timeout = timeout
 
-    async def _call(self, operation: str, body: BaseModel, reply: type[_R], *,
+    async def _call(self, op: Operation[_Q, _R], body: _Q, *,
                     trace: TraceContext | None = None, timeout: float | None = None) -> _R:
+        return await self._call_as(op, body, op.reply, trace=trace, timeout=timeout)
+
+    async def _call_as(self, op: Operation[_Q, Any], body: _Q, reply: type[_A], *,
+                       trace: TraceContext | None = None, timeout: float | None = None
+                       ) -> _A:
+        """Call ``op``, whose answer to this request is ``reply`` (one of its replies)."""
+        if reply not in op.replies:
+            raise TypeError(f"{op.name} answers {op.replies}, not {reply.__name__}")
+        operation = op.name
         # Per call, never on self: one client serves every request of a gateway.
         timeout = self.timeout if timeout is None else timeout
         if not self.nc.is_connected:
@@ -124,7 +152,7 @@ class NatsflowClient:
                                         body.model_dump_json().encode(), timeout=timeout,
                                         headers=headers)
         except nats.errors.NoRespondersError:
-            raise _no_service(self.subjects, operation) from None
+            raise _no_service(op) from None
         except nats.errors.MaxPayloadError:
             raise PayloadTooLarge(f"{operation} request is larger than the NATS server's "
                                   f"max_payload ({self.nc.max_payload} bytes)") from None
@@ -133,13 +161,9 @@ class NatsflowClient:
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.OutboundBufferLimitError) as exc:
             raise Unavailable(f"NATS connection lost: {exc}") from None
-        if msg.headers and msg.headers.get(ERROR_CODE_HEADER):
-            try:
-                info = ErrorInfo.model_validate_json(msg.data)
-            except ValidationError:
-                info = ErrorInfo(code=msg.headers[ERROR_CODE_HEADER],
-                                 message=msg.headers.get("Nats-Service-Error", "error"))
-            raise error_from_info(info)
+        err = reply_error(msg.data, msg.headers)
+        if err is not None:
+            raise err
         # Answers come from natsflow, which checked them: no second graph check.
         return reply.model_validate_json(msg.data, context={TRUSTED: True})
 
@@ -166,7 +190,7 @@ class NatsflowClient:
                 raise validation_failed(exc) from None
         req = CreateWorkflowRequest(config=config, idempotency_key=idempotency_key,
                                     namespaces=_scope(namespaces))
-        return await self._call("workflow.create", req, WorkflowReply, trace=trace)
+        return await self._call(WORKFLOW_CREATE, req, trace=trace)
 
     async def run(self, definition: str, input: dict[str, Any] | None = None, *,
                   version: int | None = None, workflow_id: str | None = None,
@@ -185,7 +209,7 @@ class NatsflowClient:
                                     input=input or {}, id=workflow_id, labels=labels or {},
                                     start=start, idempotency_key=idempotency_key,
                                     namespace=namespace, namespaces=_scope(namespaces))
-        return await self._call("workflow.create", req, WorkflowReply, trace=trace)
+        return await self._call(WORKFLOW_CREATE, req, trace=trace)
 
     # -- definitions -----------------------------------------------------------------
     async def put_definition(self, name: str, config: dict[str, Any], *,
@@ -197,22 +221,21 @@ class NatsflowClient:
         Raises:
             NamespaceForbidden: ``namespace`` is outside ``namespaces``.
         """
-        return await self._call("definition.put", PutDefinitionRequest.model_validate(
+        return await self._call(DEFINITION_PUT, PutDefinitionRequest.model_validate(
             {"name": name, "config": config, **_named(namespace),
-             "namespaces": _scope(namespaces)}), DefinitionReply)
+             "namespaces": _scope(namespaces)}))
 
     async def get_definition(self, name: str, *, namespace: str | None = None,
                              namespaces: Sequence[str] | None = None) -> DefinitionInfo:
         """A definition's latest version and the list of its versions."""
-        return await self._call("definition.get", GetDefinitionRequest.model_validate(
-            {"name": name, **_named(namespace), "namespaces": _scope(namespaces)}),
-            DefinitionInfo)
+        return await self._call(DEFINITION_GET, GetDefinitionRequest.model_validate(
+            {"name": name, **_named(namespace), "namespaces": _scope(namespaces)}))
 
     async def get_definition_version(self, name: str, version: int, *,
                                      namespace: str | None = None,
                                      namespaces: Sequence[str] | None = None) -> Definition:
         """One version of a definition."""
-        return await self._call("definition.get", GetDefinitionRequest.model_validate(
+        return await self._call_as(DEFINITION_GET, GetDefinitionRequest.model_validate(
             {"name": name, "version": version, **_named(namespace),
              "namespaces": _scope(namespaces)}), Definition)
 
@@ -220,19 +243,17 @@ class NatsflowClient:
                                namespaces: Sequence[str] | None = None) -> DefinitionList:
         """Every stored definition with its latest version (of ``namespace`` only, if
         given), by namespace and name."""
-        return await self._call("definition.list", ListDefinitionsRequest(
-            namespace=namespace, namespaces=_scope(namespaces)), DefinitionList)
+        return await self._call(DEFINITION_LIST, ListDefinitionsRequest(
+            namespace=namespace, namespaces=_scope(namespaces)))
 
-    async def _by_id(self, operation: str, workflow_id: str,
+    async def _by_id(self, op: Operation[IdRequest, WorkflowReply], workflow_id: str,
                      namespaces: Sequence[str] | None) -> WorkflowReply:
-        return await self._call(operation, IdRequest(id=workflow_id,
-                                                     namespaces=_scope(namespaces)),
-                                WorkflowReply)
+        return await self._call(op, IdRequest(id=workflow_id, namespaces=_scope(namespaces)))
 
     async def start(self, workflow_id: str, *,
                     namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Start a created workflow (no-op on a started one)."""
-        return await self._by_id("workflow.start", workflow_id, namespaces)
+        return await self._by_id(WORKFLOW_START, workflow_id, namespaces)
 
     async def get(self, workflow_id: str, *,
                   namespaces: Sequence[str] | None = None) -> WorkflowReply:
@@ -241,12 +262,12 @@ class NatsflowClient:
         Raises:
             WorkflowNotFound: no such workflow, or one outside ``namespaces``.
         """
-        return await self._by_id("workflow.get", workflow_id, namespaces)
+        return await self._by_id(WORKFLOW_GET, workflow_id, namespaces)
 
     async def stop(self, workflow_id: str, *,
                    namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Stop a workflow: running steps are cancelled and it ends ``stopped``."""
-        return await self._by_id("workflow.stop", workflow_id, namespaces)
+        return await self._by_id(WORKFLOW_STOP, workflow_id, namespaces)
 
     async def list_workflows(self, query: ListWorkflowsRequest | None = None, *,
                              namespaces: Sequence[str] | None = None, **filters: Any
@@ -257,7 +278,7 @@ class NatsflowClient:
         if namespaces is not None:  # narrowed, never widened, by what the query says
             req = req.model_copy(update={"namespaces": narrow(_scope(namespaces),
                                                               req.namespaces)})
-        return await self._call("workflow.list", req, WorkflowList)
+        return await self._call(WORKFLOW_LIST, req)
 
     async def bulk(self, operation: str, *, dry_run: bool = False,
                    max_workflows: int = 10_000, all_workflows: bool = False,
@@ -276,26 +297,24 @@ class NatsflowClient:
             "operation": operation, "dry_run": dry_run, "max_workflows": max_workflows,
             "all": all_workflows, "filter": ListWorkflowsRequest.model_validate(filters),
             "namespaces": _scope(namespaces)})
-        return await self._call("workflow.bulk", req, BulkResult,
-                                timeout=max(self.timeout, 60.0))
+        return await self._call(WORKFLOW_BULK, req, timeout=max(self.timeout, 60.0))
 
     async def pause(self, workflow_id: str, *,
                     namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Pause a running workflow: nothing new starts, timers wait (409 otherwise)."""
-        return await self._by_id("workflow.pause", workflow_id, namespaces)
+        return await self._by_id(WORKFLOW_PAUSE, workflow_id, namespaces)
 
     async def resume(self, workflow_id: str, *,
                      namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Resume a paused workflow."""
-        return await self._by_id("workflow.resume", workflow_id, namespaces)
+        return await self._by_id(WORKFLOW_RESUME, workflow_id, namespaces)
 
     async def retry(self, workflow_id: str, *,
                     inputs: dict[str, dict[str, Any]] | None = None,
                     namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Run a failed or stopped workflow again from its unfinished steps."""
-        return await self._call("workflow.retry", RetryRequest(
-            id=workflow_id, inputs=inputs or {}, namespaces=_scope(namespaces)),
-            WorkflowReply)
+        return await self._call(WORKFLOW_RETRY, RetryRequest(
+            id=workflow_id, inputs=inputs or {}, namespaces=_scope(namespaces)))
 
     async def rerun(self, workflow_id: str, *, input: dict[str, Any] | None = None,
                     from_step: str | None = None, new_id: str | None = None,
@@ -303,16 +322,15 @@ class NatsflowClient:
                     namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """A new workflow from the same config, in the same namespace (the reply is the
         new one's)."""
-        return await self._call("workflow.rerun", RerunRequest(
+        return await self._call(WORKFLOW_RERUN, RerunRequest(
             id=workflow_id, input=input, from_step=from_step, new_id=new_id,
-            namespaces=_scope(namespaces)), WorkflowReply, trace=trace)
+            namespaces=_scope(namespaces)), trace=trace)
 
     async def signal(self, workflow_id: str, name: str, payload: Any = None, *,
                      namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Send the signal ``name`` to a workflow (a wait step takes it, or it is kept)."""
-        return await self._call("workflow.signal", SignalRequest(
-            id=workflow_id, name=name, payload=payload, namespaces=_scope(namespaces)),
-            WorkflowReply)
+        return await self._call(WORKFLOW_SIGNAL, SignalRequest(
+            id=workflow_id, name=name, payload=payload, namespaces=_scope(namespaces)))
 
     async def submit(self, config: WorkflowConfig | dict[str, Any], *,
                      trace: TraceContext | None = None) -> int:
@@ -342,7 +360,7 @@ class NatsflowClient:
         if not isinstance(config, BatchConfig):
             config = BatchConfig.model_validate(config)
         req = CreateBatchRequest.model_construct(**dict(config), namespaces=_scope(namespaces))
-        return await self._call("batch.create", req, BatchReply)
+        return await self._call(BATCH_CREATE, req)
 
     async def get_batch(self, batch_id: str, *,
                         namespaces: Sequence[str] | None = None) -> BatchReply:
@@ -351,16 +369,14 @@ class NatsflowClient:
         Raises:
             BatchNotFound: no such batch, or one outside ``namespaces``.
         """
-        return await self._call("batch.get", IdRequest(id=batch_id,
-                                                       namespaces=_scope(namespaces)),
-                                BatchReply)
+        return await self._call(BATCH_GET, IdRequest(id=batch_id,
+                                                     namespaces=_scope(namespaces)))
 
     async def stop_batch(self, batch_id: str, *,
                          namespaces: Sequence[str] | None = None) -> BatchReply:
         """Stop a batch and its running members."""
-        return await self._call("batch.stop", IdRequest(id=batch_id,
-                                                        namespaces=_scope(namespaces)),
-                                BatchReply)
+        return await self._call(BATCH_STOP, IdRequest(id=batch_id,
+                                                      namespaces=_scope(namespaces)))
 
     # -- liveness and events ---------------------------------------------------------
     async def ping(self, timeout: float = 1.0, *, service: str | None = None) -> bool:
@@ -528,10 +544,10 @@ class NatsflowClient:
         return await self.get(workflow_id, namespaces=namespaces)
 
 
-def _no_service(subjects: Subjects, operation: str) -> Unavailable:
-    """Nobody answers ``operation``: name the service that should, and how to run it."""
-    if subjects.api_service(operation) == subjects.index_service_name:
-        return Unavailable(f"no index is running: {operation} is answered by the index "
+def _no_service(op: Operation[Any, Any]) -> Unavailable:
+    """Nobody answers ``op``: name the service that should, and how to run it."""
+    if op.server is Server.INDEX:
+        return Unavailable(f"no index is running: {op.name} is answered by the index "
                            f"service (`natsflow index`), not the orchestrator",
                            details={"service": "index"})
     return Unavailable("no orchestrator is running", details={"service": "orchestrator"})
@@ -556,10 +572,4 @@ def stream_end(status: WorkflowStatus | None) -> int | None:
     if status is None or status.state not in WORKFLOW_TERMINAL:
         return None
     return status.last_seq
-
-
-def error_reply(err: NatsflowError) -> tuple[bytes, dict[str, str]]:
-    """Body and headers of an API error reply (used by the orchestrator)."""
-    return (err.info().model_dump_json(exclude_none=True).encode(),
-            {ERROR_CODE_HEADER: err.code, "Nats-Service-Error": err.message[:200]})
 

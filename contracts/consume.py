@@ -28,13 +28,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from .headers import PENDING_MESSAGES_HEADER, STATUS_DESCRIPTION_HEADER, STATUS_HEADER
+
 __all__ = ["ConsumerStalled", "PullConsumer", "delivery_count"]
 
 log = logging.getLogger("natsflow.consume")
 
-_STATUS = "Status"
-_DESCRIPTION = "Description"
-_PENDING_MSGS = "Nats-Pending-Messages"
 #: Statuses that mean all is well: an idle heartbeat, a request that simply expired.
 _FINE = frozenset({"100", "408"})
 #: 409 descriptions that say the requests are gone but the consumer is not: ask again.
@@ -145,12 +144,13 @@ class PullConsumer:
         self._ask_afresh()
 
     async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get(_STATUS) if msg.headers else None
+        status = msg.headers.get(STATUS_HEADER) if msg.headers else None
         if status is None or status in _FINE:
             # A message, an idle heartbeat, or a request that simply expired: all is well.
             self._last_seen = time.monotonic()
             self._stalls = 0
-        elif status == "409" and msg.headers and msg.headers.get(_DESCRIPTION) in _MOVED:
+        elif (status == "409" and msg.headers
+              and msg.headers.get(STATUS_DESCRIPTION_HEADER) in _MOVED):
             # The leader moved or its server is going: the consumer is fine, ask again
             # (of the new leader) at once. Not a stall: re-declaring would not help.
             self._last_seen = time.monotonic()
@@ -166,7 +166,7 @@ class PullConsumer:
             self._wake()
         elif status != "100":
             # The rest of that request will never come.
-            unfilled = msg.headers.get(_PENDING_MSGS) if msg.headers else None
+            unfilled = msg.headers.get(PENDING_MESSAGES_HEADER) if msg.headers else None
             if unfilled and unfilled.isdigit():
                 self._outstanding = max(0, self._outstanding - int(unfilled))
             else:

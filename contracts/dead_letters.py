@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from pydantic import TypeAdapter
 
 from .errors import ErrorInfo
+from .headers import MSG_ID
 from .messages import DeadLetter
 
 __all__ = ["LETTER_HEADROOM", "LETTER_RETRIES", "Letterable", "dead_letter",
@@ -73,7 +74,7 @@ def dead_letter(msg: Letterable, reason: ErrorInfo, *, time: datetime,
     headers: dict[str, str] = {}
     if meta is not None:
         stream_seq, deliveries = meta.sequence.stream, meta.num_delivered
-        headers["Nats-Msg-Id"] = f"{meta.stream}:{stream_seq}:dead-letter"
+        headers[MSG_ID] = f"{meta.stream}:{stream_seq}:dead-letter"
     raw = (msg.data or b"") if data is None else data.encode()
     text = raw.decode("utf-8", errors="replace")
     letter = DeadLetter(reason=reason, subject=msg.subject, stream_seq=stream_seq,

@@ -30,7 +30,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from .subjects import INDEX_OPERATIONS, TASK_TYPE_RE, TOKEN_RE, Subjects
+from .operations import (
+    BATCH_CREATE,
+    BATCH_GET,
+    INDEX_OPERATIONS,
+    WORKFLOW_CREATE,
+    WORKFLOW_GET,
+    WORKFLOW_LIST,
+    WORKFLOW_PAUSE,
+    WORKFLOW_RESUME,
+    WORKFLOW_RETRY,
+    WORKFLOW_STOP,
+)
+from .subjects import TASK_TYPE_RE, TOKEN_RE, Subjects
 
 __all__ = ["INBOX_ROOT", "READ_OPERATIONS", "SUBMIT_OPERATIONS", "Permissions", "Role",
            "inbox_prefix", "nsc_command", "own_streams", "permissions_for"]
@@ -38,12 +50,12 @@ __all__ = ["INBOX_ROOT", "READ_OPERATIONS", "SUBMIT_OPERATIONS", "Permissions", 
 #: The first token of every reply inbox (nats-py's default prefix is this alone).
 INBOX_ROOT: Final = "_INBOX"
 #: API operations a submitter may call.
-SUBMIT_OPERATIONS: Final = ("workflow.create", "batch.create")
+SUBMIT_OPERATIONS: Final = (WORKFLOW_CREATE.name, BATCH_CREATE.name)
 #: API operations a watcher may call (reading status; ``watch`` asks for it at the end).
-READ_OPERATIONS: Final = ("workflow.get", "workflow.list", "batch.get")
+READ_OPERATIONS: Final = (WORKFLOW_GET.name, WORKFLOW_LIST.name, BATCH_GET.name)
 #: API operations the index calls for a bulk operation (the public API, no back door).
-_BULK_OPERATIONS: Final = ("workflow.stop", "workflow.pause", "workflow.resume",
-                           "workflow.retry")
+_BULK_OPERATIONS: Final = tuple(op.name for op in (WORKFLOW_STOP, WORKFLOW_PAUSE,
+                                                   WORKFLOW_RESUME, WORKFLOW_RETRY))
 _JS_API: Final = "$JS.API"
 
 

@@ -29,6 +29,8 @@ from nats.aio.subscription import Subscription
 from contracts import _natspy_shortcut
 from contracts._natspy_shortcut import send
 
+from .headers import EXPECTED_LAST_SUBJECT_SEQ, STATUS_HEADER
+
 __all__ = ["EXPECTED_LAST_SUBJECT_SEQ", "WRONG_LAST_SEQUENCE", "AckedPublisher", "AsyncPublisher",
            "PublishError", "send"]
 
@@ -38,8 +40,6 @@ WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 _PLAIN_ACK = re.compile(rb'\{"stream":"[^"]*","seq":(\d+)[,}]')
 #: How often waiting messages are checked against their deadlines (seconds).
 _SWEEP_EVERY = 0.25
-#: Header of a conditional write: store only if the subject's last sequence is this.
-EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
 class PublishError(nats.js.errors.APIError):
@@ -167,7 +167,7 @@ class AsyncPublisher:
         self._resolve(subject[len(self._prefix):].decode(), data)
 
     async def _on_reply(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers else None
+        status = msg.headers.get(STATUS_HEADER) if msg.headers else None
         self._resolve(msg.subject[len(self._prefix):], msg.data, no_stream=status == "503")
 
     def _resolve(self, token: str, data: bytes, *, no_stream: bool = False) -> None:

@@ -26,12 +26,10 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_PREFIX", "INDEX_OPERATIONS", "SERVER_SUBJECT_MARK", "TOKEN_RE",
+__all__ = ["DEFAULT_PREFIX", "SERVER_SUBJECT_MARK", "TOKEN_RE",
            "TASK_TYPE_RE", "Subjects", "reserved_subject_rule"]
 
 DEFAULT_PREFIX: Final = "natsflow"
-#: API operations the index (``natsflow index``) answers; the orchestrator answers the rest.
-INDEX_OPERATIONS: Final = frozenset({"workflow.list", "workflow.bulk"})
 
 #: One subject token: what ids and task-type parts may contain.
 TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -172,7 +170,11 @@ class Subjects:
         return f"{self.service_name}-index"
 
     def api_service(self, operation: str) -> str:
-        """Name of the micro service that answers the API ``operation``."""
+        """Name of the micro service that answers the API ``operation`` (see
+        :mod:`contracts.operations`)."""
+        # Imported here: the operation table is built of models that import this module.
+        from .operations import INDEX_OPERATIONS
+
         return self.index_service_name if operation in INDEX_OPERATIONS else self.service_name
 
     # -- subjects --------------------------------------------------------------------

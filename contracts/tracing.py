@@ -28,6 +28,8 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .headers import TRACEPARENT, TRACESTATE
+
 __all__ = [
     "ENV_VAR",
     "TRACEPARENT",
@@ -46,9 +48,6 @@ __all__ = [
 
 log = logging.getLogger("natsflow.tracing")
 
-#: W3C Trace Context header names (lower case, as the spec writes them).
-TRACEPARENT: Final = "traceparent"
-TRACESTATE: Final = "tracestate"
 #: Environment variable that turns OpenTelemetry on (``1``/``true``/``yes``).
 ENV_VAR: Final = "NATSFLOW_OTEL"
 _TRACER: Final = "natsflow"

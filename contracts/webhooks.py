@@ -34,6 +34,7 @@ from pydantic import (
     model_serializer,
 )
 
+from .headers import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from .models import EVENT_TERMINAL, Event, Webhook, without_secrets
 
 __all__ = [
@@ -50,9 +51,6 @@ __all__ = [
     "wants",
 ]
 
-EVENT_ID_HEADER: Final = "Natsflow-Event-Id"
-TIMESTAMP_HEADER: Final = "Natsflow-Timestamp"
-SIGNATURE_HEADER: Final = "Natsflow-Signature"
 #: Seconds a signed timestamp may be off the receiver's clock (replays are refused).
 SIGNATURE_TOLERANCE: Final = 300.0
 _SCHEME: Final = "v1"

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Header, Path, Query
 from fastapi.responses import StreamingResponse
 
 from contracts.errors import ValidationFailed
+from contracts.headers import LAST_EVENT_ID_HEADER
 from contracts.models import Event
 
 from ._auth import Caller
@@ -36,7 +37,7 @@ _T = TypeVar("_T")
 
 _WorkflowId = Annotated[str, Path(min_length=1, max_length=128, description="Workflow id.")]
 _LastEventId = Annotated[int | None, Header(
-    alias="Last-Event-ID", ge=0,
+    alias=LAST_EVENT_ID_HEADER, ge=0,
     description="Resume after this `id:` (sent by EventSource when it reconnects).")]
 
 

@@ -20,9 +20,11 @@ from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from contracts import __version__
 from contracts.connect import NatsSettings
 from contracts.definitions import RunDefinition
 from contracts.errors import NatsAuthFailed, Unavailable, ValidationFailed
+from contracts.headers import IDEMPOTENCY_KEY_HEADER
 from contracts.messages import (
     MAX_BATCH_BYTES,
     BatchConfig,
@@ -168,7 +170,7 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
         description="The NATS interface behind this API (subjects and message "
                     "payloads) is described by an AsyncAPI document: "
                     "[/asyncapi](/asyncapi) ([/asyncapi.json](/asyncapi.json)).",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     # Before any route is added: each one takes its scope check from ROUTE_SCOPES.
@@ -196,8 +198,9 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
     async def create_workflow(
         request: Request,
         caller: Caller,
+        # Lower case, as FastAPI names a header (in OpenAPI and in error locations).
         idempotency_key: Annotated[str | None, Header(
-            max_length=256,
+            alias=IDEMPOTENCY_KEY_HEADER.lower(), max_length=256,
             description="Makes retries of this request create the workflow only once.",
         )] = None,
     ) -> Response:

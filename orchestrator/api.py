@@ -32,7 +32,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from contracts.client import error_reply
+from contracts import __version__
 from contracts.definitions import (
     DefinitionList,
     DefinitionReply,
@@ -54,10 +54,9 @@ from contracts.errors import (
     error_from_info,
     validation_failed,
 )
+from contracts.headers import OUTCOME_ERROR_HEADER, REPLY_HEADER
 from contracts.ids import new_id
 from contracts.messages import (
-    MAX_BATCH_BYTES,
-    MAX_REQUEST_BYTES,
     BatchReply,
     CreateBatchRequest,
     CreateWorkflowRequest,
@@ -75,6 +74,27 @@ from contracts.models import (
     ancestors_of,
 )
 from contracts.namespaces import DEFAULT_NAMESPACE, check_may_create, narrow, visible
+from contracts.operations import (
+    BATCH_CREATE,
+    BATCH_GET,
+    BATCH_STOP,
+    DEFINITION_GET,
+    DEFINITION_LIST,
+    DEFINITION_PUT,
+    WORKFLOW_CREATE,
+    WORKFLOW_GET,
+    WORKFLOW_PAUSE,
+    WORKFLOW_RERUN,
+    WORKFLOW_RESUME,
+    WORKFLOW_RETRY,
+    WORKFLOW_SIGNAL,
+    WORKFLOW_START,
+    WORKFLOW_STOP,
+    Operation,
+    Server,
+    endpoints,
+    error_reply,
+)
 from contracts.publish import AsyncPublisher
 from contracts.subjects import TOKEN_RE, Subjects
 from contracts.tracing import TraceContext, extract, forward, span
@@ -95,10 +115,10 @@ from .records import (
     WorkflowRecord,
     read_record,
 )
-from .runtime import OUTCOME_ERROR_HEADER, REPLY_HEADER, fingerprint
+from .runtime import fingerprint
 from .store import RecordStore
 
-__all__ = ["Api", "VERSION"]
+__all__ = ["Api"]
 
 log = logging.getLogger("natsflow.api")
 
@@ -107,26 +127,18 @@ log = logging.getLogger("natsflow.api")
 _request_trace: ContextVar[TraceContext | None] = ContextVar("natsflow_api_trace",
                                                              default=None)
 
-VERSION = "0.1.0"
-
-#: Largest request body by operation (any other: MAX_REQUEST_BYTES), and the field a
-#: refusal names; the gateway's limits and ``<prefix>.submit``'s are the same.
-_BODY_LIMITS: dict[str, tuple[int, str | None]] = {
-    "workflow.create": (MAX_REQUEST_BYTES, "config"),
-    "definition.put": (MAX_REQUEST_BYTES, "config"),
-    "batch.create": (MAX_BATCH_BYTES, None),
-}
-
 
 _INPUT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
 
-def _check_body(operation: str, data: bytes) -> None:
-    """Refuse a request over its operation's limit, before it is parsed."""
-    limit, field = _BODY_LIMITS.get(operation, (MAX_REQUEST_BYTES, None))
+def _check_body(op: Operation[Any, Any], data: bytes) -> None:
+    """Refuse a request over its operation's limit (the gateway's limits and
+    ``<prefix>.submit``'s are the same), before it is parsed."""
+    limit = op.max_bytes
     if len(data) > limit:
         raise PayloadTooLarge(f"request of {len(data)} bytes is over the limit of {limit} "
-                              f"bytes", field=field, details={"limit": limit})
+                              f"bytes", field=op.too_large_field, details={"limit": limit})
+
 
 
 def _check_config(config: WorkflowConfig, *, field: str) -> None:
@@ -192,24 +204,23 @@ class Api:
         self._reply_prefix = self.nc.new_inbox()
         await self.nc.subscribe(self._reply_prefix + ".*", cb=self._on_outcome)
         self.service = await add_service(self.nc, ServiceConfig(
-            name=self.subjects.service_name, version=VERSION,
+            name=self.subjects.service_name, version=__version__,
             description="natsflow orchestrator", metadata={"prefix": self.subjects.prefix}))
-        routes: dict[str, Callable[[bytes], Awaitable[Answer]]] = {
-            "workflow.create": self.create, "workflow.start": self.start_workflow,
-            "workflow.get": self.get, "workflow.stop": self.stop_workflow,
-            "workflow.signal": self.signal_workflow,
-            "workflow.pause": self.pause_workflow, "workflow.resume": self.resume_workflow,
-            "workflow.retry": self.retry_workflow, "workflow.rerun": self.rerun_workflow,
-
-            "definition.put": self.put_definition, "definition.get": self.get_definition,
-            "definition.list": self.list_definitions,
-            "batch.create": self.create_batch, "batch.get": self.get_batch,
-            "batch.stop": self.stop_batch,
+        handlers: dict[Operation[Any, Any], Callable[[bytes], Awaitable[Answer]]] = {
+            WORKFLOW_CREATE: self.create, WORKFLOW_START: self.start_workflow,
+            WORKFLOW_GET: self.get, WORKFLOW_STOP: self.stop_workflow,
+            WORKFLOW_SIGNAL: self.signal_workflow,
+            WORKFLOW_PAUSE: self.pause_workflow, WORKFLOW_RESUME: self.resume_workflow,
+            WORKFLOW_RETRY: self.retry_workflow, WORKFLOW_RERUN: self.rerun_workflow,
+            DEFINITION_PUT: self.put_definition, DEFINITION_GET: self.get_definition,
+            DEFINITION_LIST: self.list_definitions,
+            BATCH_CREATE: self.create_batch, BATCH_GET: self.get_batch,
+            BATCH_STOP: self.stop_batch,
         }
-        for operation, fn in routes.items():
+        for op, fn in endpoints(Server.ORCHESTRATOR, handlers):
             await self.service.add_endpoint(EndpointConfig(
-                name=operation.replace(".", "-"), subject=self.subjects.api(operation),
-                handler=self._endpoint(operation, fn)))
+                name=op.endpoint, subject=self.subjects.api(op.name),
+                handler=self._endpoint(op, fn)))
         # Serving once this returns: the server has the subscriptions, so a request
         # made right after start (from any connection) finds a responder.
         await self.nc.flush()
@@ -221,11 +232,11 @@ class Api:
         for task in list(self._tasks):
             task.cancel()
 
-    def _endpoint(self, operation: str, fn: Callable[[bytes], Awaitable[Answer]]
+    def _endpoint(self, op: Operation[Any, Any], fn: Callable[[bytes], Awaitable[Answer]]
                   ) -> Callable[[Request], Awaitable[None]]:
         async def run(req: Request) -> None:
             incoming = extract(req.headers)
-            with span(f"natsflow.api {operation}", incoming, kind="server"):
+            with span(f"natsflow.api {op.name}", incoming, kind="server"):
                 _request_trace.set(forward(incoming))
                 await answer(req)
 
@@ -233,7 +244,7 @@ class Api:
             try:
                 # Too large, NaN (stored as null), too deep (fails where serialized):
                 # refused for every operation, before its model reads the request.
-                _check_body(operation, req.data)
+                _check_body(op, req.data)
                 check_json_bytes(req.data)
                 reply = await fn(req.data)
             except ValidationError as exc:

@@ -45,6 +45,7 @@ from contracts.builtins import (
 from contracts.connect import NatsSettings
 from contracts.egress import EgressPolicy
 from contracts.errors import EgressRefused
+from contracts.headers import ERROR_CODE_HEADER, ERROR_HEADER, MSG_ID
 from contracts.models import MAX_STEP_OUTPUT_BYTES
 from contracts.subjects import Subjects
 from natsflow.worker import TaskContext, TaskError, Worker
@@ -53,11 +54,6 @@ from .egress import guarded_client
 
 __all__ = ["BuiltinSteps", "decode_reply", "encode_payload", "safe_url"]
 
-#: NATS micro error reply headers (the convention of every NATS services framework).
-ERROR_HEADER: Final = "Nats-Service-Error"
-ERROR_CODE_HEADER: Final = "Nats-Service-Error-Code"
-#: Header JetStream deduplicates on.
-MSG_ID: Final = "Nats-Msg-Id"
 #: Seconds a publish waits for the server (flush or JetStream ack).
 PUBLISH_TIMEOUT: Final = 5.0
 #: Characters of a failed response kept in the error.

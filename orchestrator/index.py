@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
@@ -29,15 +30,22 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from pydantic import ValidationError
 
-from contracts.client import NatsflowClient, error_reply
+from contracts import __version__
+from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsflowError, ValidationFailed, validation_failed
 from contracts.messages import BulkRequest, BulkResult, ListWorkflowsRequest, WorkflowList
 from contracts.models import WorkflowSummary
 from contracts.namespaces import narrow, visible
+from contracts.operations import (
+    WORKFLOW_BULK,
+    WORKFLOW_LIST,
+    Operation,
+    Server,
+    endpoints,
+    error_reply,
+)
 from contracts.streams import Topology, ensure_bucket, patiently
-
-VERSION = "0.1.0"
 
 __all__ = ["IndexService", "WorkflowIndex", "decode_cursor", "encode_cursor"]
 
@@ -207,14 +215,14 @@ class IndexService:
         self.index = WorkflowIndex(kv)
         await self.index.start()
         self._service = await add_service(self.nc, ServiceConfig(
-            name=self.subjects.index_service_name, version=VERSION,
+            name=self.subjects.index_service_name, version=__version__,
             description="natsflow workflow list", metadata={"prefix": self.subjects.prefix}))
-        await self._service.add_endpoint(EndpointConfig(
-            name="workflow-list", subject=self.subjects.api("workflow.list"),
-            handler=self._handler(self._list)))
-        await self._service.add_endpoint(EndpointConfig(
-            name="workflow-bulk", subject=self.subjects.api("workflow.bulk"),
-            handler=self._handler(self._bulk)))
+        handlers: dict[Operation[Any, Any], Callable[[bytes], Awaitable[str]]] = {
+            WORKFLOW_LIST: self._list, WORKFLOW_BULK: self._bulk}
+        for op, fn in endpoints(Server.INDEX, handlers):
+            await self._service.add_endpoint(EndpointConfig(
+                name=op.endpoint, subject=self.subjects.api(op.name),
+                handler=self._handler(fn)))
         await self.nc.flush()
 
     async def _list(self, data: bytes) -> str:

@@ -19,10 +19,10 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from contracts.headers import KV_OPERATION_HEADER, MARKER_REASON_HEADER
+
 __all__ = ["KvEntry", "scan"]
 
-_OP_HEADER = "KV-Operation"
-_MARKER_HEADER = "Nats-Marker-Reason"
 _BATCH = 1000
 
 
@@ -67,7 +67,8 @@ async def scan(kv: KeyValue, pattern: str = ">", *, keys_only: bool = False,
             for msg in msgs:
                 remaining -= 1
                 headers = msg.headers or {}
-                if headers.get(_OP_HEADER) in ("DEL", "PURGE") or _MARKER_HEADER in headers:
+                if (headers.get(KV_OPERATION_HEADER) in ("DEL", "PURGE")
+                        or MARKER_REASON_HEADER in headers):
                     continue
                 out.append(KvEntry(msg.subject[len(prefix):], msg.data or b"",
                                    msg.metadata.sequence.stream))

@@ -50,6 +50,7 @@ from contracts.errors import (
     RecordUnreadable,
     validation_failed,
 )
+from contracts.headers import MSG_ID, OUTCOME_ERROR_HEADER, REPLY_HEADER
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, TaskFailed, TaskResult, WorkflowReply
 from contracts.models import MAX_CONFIG_BYTES, WORKFLOW_TERMINAL, WorkflowConfig
@@ -94,15 +95,10 @@ from .records import (
 from .spans import emit_decision_spans
 from .store import RecordStore, StaleRevision
 
-__all__ = ["OUTCOME_ERROR_HEADER", "REPLY_HEADER", "DefinitionResolver", "Processor", "Verdict",
-           "fingerprint"]
+__all__ = ["DefinitionResolver", "Processor", "Verdict", "fingerprint"]
 
 log = logging.getLogger("natsflow.orchestrator")
 
-#: Header on a command: the subject where the requester waits for the outcome.
-REPLY_HEADER = "Natsflow-Reply"
-#: Header on an outcome that is an error (the body is then an ErrorInfo).
-OUTCOME_ERROR_HEADER = "Natsflow-Error"
 #: Deliveries after which a message that keeps failing is dead-lettered.
 MAX_DELIVERIES = 20
 _CAS_ATTEMPTS = 8
@@ -787,7 +783,7 @@ class Processor:
         if msg_id is None:
             await send(self.nc, subject, payload)
             return None
-        headers = {"Nats-Msg-Id": msg_id}
+        headers = {MSG_ID: msg_id}
         if trace is not None and isinstance(effect, TaskEffect):
             headers.update(trace.headers())
         return await self._publisher.publish(subject, payload, headers,
@@ -807,7 +803,7 @@ class Processor:
                 code="output-too-large", message=str(exc), step=join.step_id))
         await self.js.publish(
             self.subjects.workflow_command(join.workflow_id), cmd.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": f"join:{join.workflow_id}:{join.step_id}:{join.attempt}"},
+            headers={MSG_ID: f"join:{join.workflow_id}:{join.step_id}:{join.attempt}"},
             timeout=_PUBLISH_TIMEOUT)
 
     async def _flush_stale_outbox(self, key: str, record: Any) -> None:

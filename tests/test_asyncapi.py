@@ -15,11 +15,12 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from typer.testing import CliRunner
 
-from contracts.asyncapi import API_OPERATIONS, asyncapi_json, asyncapi_schema
+from contracts.asyncapi import asyncapi_json, asyncapi_schema
 from contracts.connect import NatsSettings
 from contracts.errors import ErrorInfo
 from contracts.messages import CancelNotice, DeadLetter, TaskMessage
 from contracts.models import Event, EventType, WorkflowConfig
+from contracts.operations import OPERATIONS
 from contracts.subjects import Subjects
 from gateway import create_app
 from natsflow.cli import app as cli
@@ -172,7 +173,7 @@ async def test_every_api_endpoint_the_services_serve_is_documented(
                 served[endpoint["subject"][len(s.api("")):]] = service
     finally:
         await index.stop()
-    assert served == {op: o.service(s) for op, o in API_OPERATIONS.items()}
+    assert served == {op: o.service_name(s) for op, o in OPERATIONS.items()}
     doc = asyncapi_schema(s)
     assert {c["address"] for c in doc["channels"].values()} >= {s.api(op) for op in served}
 
@@ -212,7 +213,7 @@ def test_payloads_are_the_contract_models() -> None:
         "TaskSucceeded", "TaskFailed", "TaskProgress"]
     models: list[type[BaseModel]] = [WorkflowConfig, TaskMessage, CancelNotice, Event,
                                      DeadLetter, ErrorInfo]
-    for operation, op in API_OPERATIONS.items():
+    for operation, op in OPERATIONS.items():
         assert model_of(f"api.{operation}") == op.request.__name__
         reply = doc["operations"][f"api.{operation}"]["reply"]
         payloads = [_resolve(doc, m["$ref"])["payload"]["$ref"].rsplit("/", 1)[-1]

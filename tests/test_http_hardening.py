@@ -23,9 +23,10 @@ from helpers import read_dead_letters
 from nats.aio.client import Client
 from typer.testing import CliRunner
 
-from contracts.client import ERROR_CODE_HEADER, NatsflowClient
+from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from contracts.errors import ErrorInfo, InvalidRequest, NatsflowError, ValidationFailed
+from contracts.headers import ERROR_CODE_HEADER
 from contracts.messages import BulkResult
 from contracts.untrusted import MAX_JSON_DEPTH
 from contracts.webhooks import sign, verify_signature

@@ -22,7 +22,7 @@ from helpers import (
 )
 from nats.aio.client import Client
 
-from contracts.client import ERROR_CODE_HEADER, NatsflowClient
+from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from contracts.errors import (
     AlreadyFinished,
@@ -31,6 +31,7 @@ from contracts.errors import (
     Unavailable,
     WorkflowNotFound,
 )
+from contracts.headers import ERROR_CODE_HEADER
 from contracts.models import MAX_CONFIG_BYTES, EventType, StepState, WorkflowState
 from contracts.publish import AsyncPublisher
 from contracts.streams import Topology, declare_stream

@@ -25,11 +25,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from contracts.builtins import HttpInput, PublishInput, RequestInput, as_text
-from contracts.client import ERROR_CODE_HEADER, NatsflowClient
+from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
 from contracts.egress import LOOPBACK, EgressPolicy
 from contracts.errors import ErrorInfo, InvalidGraph, ValidationFailed, validation_failed
 from contracts.expr import FUNCTIONS, ExpressionError, check_expression
+from contracts.headers import ERROR_CODE_HEADER
 from contracts.models import EXPRESSION_VARIABLES, WorkflowConfig, WorkflowState
 from natsflow.embedded import free_port
 

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from contracts.dead_letters import dead_letter
 from contracts.errors import ErrorInfo
+from contracts.headers import MSG_ID
 from contracts.messages import TaskFailed, TaskMessage, TaskProgress, TaskSucceeded
 from contracts.subjects import Subjects
 from contracts.transient import ConditionLog, describe, is_transient
@@ -30,9 +31,6 @@ __all__ = [
 log = logging.getLogger("natsflow.worker")
 #: Transient faults (NATS away): one line per condition with a count, not one per task.
 _conditions = ConditionLog(log)
-
-#: Header JetStream uses to drop duplicates within the stream's duplicate window.
-MSG_ID = "Nats-Msg-Id"
 
 
 class Publisher(Protocol):

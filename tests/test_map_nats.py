@@ -115,7 +115,7 @@ async def test_a_join_waits_for_an_item_output_an_earlier_transition_is_still_st
     each other's write, not acks): the join waits for it instead of failing for want of
     it and having its message retried."""
     assert engine.processor is not None
-    publisher = engine.processor._publisher
+    publisher = engine.processor.outbox.publisher
     real = publisher.publish
     outputs = settings.subjects.kv_put(settings.subjects.outputs_bucket, "")
     held: list[str] = []

@@ -17,6 +17,7 @@ from helpers import (
     Probe,
     assert_history,
     by_workflow,
+    counted,
     read_events,
     running_demo_worker,
     terminal_of,
@@ -112,8 +113,9 @@ async def test_two_replicas_complete_200_workflows_dispatching_each_attempt_once
     assert_all_done_once(events, n, probe)
     for orch in replicas:  # both replicas took part
         assert orch.processor is not None
-        assert orch.processor.stats["processed"] > 0
-        assert orch.processor.stats["dead_letters"] == 0
+        registry = orch.processor.metrics.registry
+        assert counted(registry, "natsflow_inbox_processed_total") > 0
+        assert counted(registry, "natsflow_dead_letters_total") == 0
 
 
 async def test_the_other_replica_finishes_everything_when_one_stops_mid_run(

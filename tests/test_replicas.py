@@ -196,7 +196,7 @@ async def test_a_replica_deciding_on_a_stale_cached_record_does_not_drop_a_resul
 def gate_event_acks(proc: Processor, gate: Callable[[str], asyncio.Event]) -> None:
     """Sent events are stored as usual, but their acks reach ``proc`` only once
     ``gate(subject)`` is set."""
-    real = proc._publisher.publish
+    real = proc.outbox.publisher.publish
 
     async def gated(subject: str, payload: bytes, headers: dict[str, str] | None = None,
                     *, timeout: float | None = None) -> asyncio.Future[int]:
@@ -209,7 +209,7 @@ def gate_event_acks(proc: Processor, gate: Callable[[str], asyncio.Event]) -> No
             return await ack
         return asyncio.ensure_future(later())
 
-    proc._publisher.publish = gated  # type: ignore[method-assign]
+    proc.outbox.publisher.publish = gated  # type: ignore[method-assign]
 
 
 async def test_a_transition_saved_before_the_last_outbox_is_acked_carries_it(

@@ -176,7 +176,8 @@ def orchestrator(
 
     setup_logging(log_format)
     try:
-        faults.arm()  # fault-injection tests only: off unless NATSFLOW_CRASH_AT is set
+        # fault-injection tests only: off unless NATSFLOW_CRASH_AT is set
+        crash_points = faults.plan_from_env(os.environ) or faults.NO_CRASHES
         egress = EgressPolicy.parse([allow_egress or ""], [allow_subject or ""])
     except NatsflowError as err:
         fail(err)
@@ -187,7 +188,7 @@ def orchestrator(
                                           metrics_port=metrics_port,
                                           metrics_host=metrics_host, webhooks=webhooks,
                                           webhook_settings=hooks, ack_wait=ack_wait,
-                                          egress=egress,
+                                          egress=egress, crash_points=crash_points,
                                           worker_grace=WORKER_GRACE if worker_grace is None
                                           else worker_grace).run())
 

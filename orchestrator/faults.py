@@ -17,8 +17,9 @@ them:
 ``after-publish``
     the outbox is published; the inbox messages are not acked.
 
-The shell checks the module-level :data:`PLAN` against None before calling into it, so
-with the variable unset the points cost one attribute load each.
+The shell is given its crash points (:class:`CrashPoints`) when it is made:
+``Orchestrator(..., crash_points=plan_from_env(os.environ))``, as the CLI does; the
+default, :data:`NO_CRASHES`, passes every point without a thought.
 """
 
 from __future__ import annotations
@@ -28,16 +29,36 @@ import random
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from contracts.errors import ValidationFailed
 
-__all__ = ["CRASH_AT_ENV", "CRASH_SEED_ENV", "POINTS", "PLAN", "CrashPlan", "arm",
+__all__ = ["CRASH_AT_ENV", "CRASH_SEED_ENV", "NO_CRASHES", "POINTS", "CrashPlan", "CrashPoints",
            "parse_crash_at", "plan_from_env"]
 
 CRASH_AT_ENV = "NATSFLOW_CRASH_AT"
 CRASH_SEED_ENV = "NATSFLOW_CRASH_SEED"
 #: The named points of one transition (see the module docstring).
 POINTS = frozenset({"before-save", "after-save", "after-publish"})
+
+
+class CrashPoints(Protocol):
+    """What the shell calls at each named point of a transition (see :data:`POINTS`)."""
+
+    def reach(self, point: str) -> None:
+        """The shell is at ``point`` (may not return: a crash plan kills the process)."""
+        ...
+
+
+class _NoCrashes:
+    """Crash points that never crash: the default."""
+
+    def reach(self, point: str) -> None:
+        """Pass ``point``."""
+
+
+#: The crash points of a process that is not under a fault-injection test.
+NO_CRASHES: CrashPoints = _NoCrashes()
 
 
 def _kill_self() -> None:
@@ -117,13 +138,3 @@ def plan_from_env(env: Mapping[str, str]) -> CrashPlan | None:
                        field=CRASH_SEED_ENV) from None
     return CrashPlan(odds, seed)
 
-
-#: The active plan; None (the default) disables every crash point.
-PLAN: CrashPlan | None = None
-
-
-def arm(env: Mapping[str, str] | None = None) -> CrashPlan | None:
-    """Read the plan from ``env`` (default ``os.environ``) and make it the active one."""
-    global PLAN
-    PLAN = plan_from_env(os.environ if env is None else env)
-    return PLAN

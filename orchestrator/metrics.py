@@ -62,6 +62,10 @@ class OrchestratorMetrics:
             "natsflow_step_duration_seconds",
             "Seconds from an attempt's dispatch (or start) to its end.",
             ["kind", "task"], buckets=STEP_DURATION_BUCKETS, registry=r)
+        self.processed = Counter(
+            "natsflow_inbox_processed",
+            "Inbox messages (commands, results, timers) applied to their record and "
+            "settled.", registry=r)
         self.redeliveries = Counter(
             "natsflow_inbox_redeliveries", "Inbox messages delivered more than once.",
             registry=r)

@@ -36,6 +36,7 @@ from .api import Api
 from .builtins import BuiltinSteps
 from .definitions import DefinitionStore
 from .engine import EngineSettings
+from .faults import NO_CRASHES, CrashPoints
 from .metrics import MetricsServer, OrchestratorMetrics
 from .outputs import OutputStore
 from .records import TimerFired
@@ -114,6 +115,8 @@ class Orchestrator:
             Every replica should use the same value (each start declares it).
         worker_grace: Seconds a dispatched attempt may wait for a worker before its step
             is marked ``waiting_for_worker`` (None: never); each dispatch arms a timer.
+        crash_points: Called at each named point of a transition; fault-injection tests
+            arm a :class:`~orchestrator.faults.CrashPlan` here (default: none).
     """
 
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
@@ -125,8 +128,10 @@ class Orchestrator:
                  ack_wait: float = ENGINE_ACK_WAIT,
                  egress: EgressPolicy | None = None,
                  worker_grace: float | None = WORKER_GRACE,
-                 timers: TimerParking | None = None) -> None:
+                 timers: TimerParking | None = None,
+                 crash_points: CrashPoints = NO_CRASHES) -> None:
         self.settings = settings
+        self.crash_points = crash_points
         self.egress = egress or EgressPolicy()
         self.subjects = settings.subjects
         self.topology = Topology(self.subjects, replicas=replicas, engine_ack_wait=ack_wait)
@@ -192,7 +197,8 @@ class Orchestrator:
                                    batches=batches, settings=self.engine_settings,
                                    definitions=definitions, outputs=outputs,
                                    metrics=self.metrics, clock=self.clock,
-                                   publisher=self.publisher, egress=self.egress)
+                                   publisher=self.publisher, egress=self.egress,
+                                   crash_points=self.crash_points)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency, definitions=definitions,
                        publisher=self.publisher, egress=self.egress)

@@ -22,6 +22,7 @@ import yaml
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter
 
 from contracts.connect import NatsSettings
@@ -93,6 +94,12 @@ class Probe:
         self.running -= 1
         if ctx.cancelled:
             self.cancelled.append(key)
+
+
+def counted(registry: CollectorRegistry, name: str) -> float:
+    """A metric's value summed over all its labels (``name`` as exposed: ``..._total``)."""
+    return sum(sample.value for metric in registry.collect() for sample in metric.samples
+               if sample.name == name)
 
 
 def _probed(probe: Probe, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,4 +1,5 @@
-"""The crash points of the fault-injection tests: parsing, and how a plan decides.
+"""The crash points of the fault-injection tests: parsing, how a plan decides, and the
+orchestrator passing the points it is given.
 
 The crashes themselves are proven by tests/faults, against real processes.
 """
@@ -8,9 +9,14 @@ from __future__ import annotations
 import functools
 
 import pytest
+from helpers import running_demo_worker
+from nats.aio.client import Client
 
+from contracts.client import NatsflowClient
+from contracts.connect import NatsSettings
 from contracts.errors import ValidationFailed
-from orchestrator import faults
+from contracts.models import WorkflowState
+from orchestrator import Orchestrator, faults
 from orchestrator.faults import CrashPlan, parse_crash_at, plan_from_env
 
 
@@ -46,14 +52,41 @@ def test_the_environment_arms_a_plan_only_when_asked() -> None:
     assert err.value.field == "NATSFLOW_CRASH_SEED"
 
 
-def test_arm_sets_the_module_plan_the_shell_checks() -> None:
-    assert faults.PLAN is None  # nothing in the test process arms it
-    try:
-        assert faults.arm({"NATSFLOW_CRASH_AT": "before-save:1"}) is faults.PLAN
-        assert faults.PLAN is not None
-    finally:
-        faults.arm({})
-    assert faults.PLAN is None
+class Recorder:
+    """Crash points that note where the shell passed, and never crash."""
+
+    def __init__(self) -> None:
+        self.reached: list[str] = []
+
+    def reach(self, point: str) -> None:
+        self.reached.append(point)
+
+
+async def test_the_orchestrator_passes_its_crash_points_in_order(
+        settings: NatsSettings, nc: Client) -> None:
+    points = Recorder()
+    async with Orchestrator(settings, crash_points=points), running_demo_worker(settings):
+        client = NatsflowClient(nc, settings.subjects)
+        await client.create({"id": "crashpoints", "name": "crashpoints", "steps": [
+            {"id": "a", "task": "demo.noop"}, {"id": "b", "task": "demo.noop",
+                                               "depends_on": ["a"]}]})
+        done = await client.wait("crashpoints", timeout=20)
+    assert done.status is not None and done.status.state == WorkflowState.COMPLETED
+    # Every transition that writes passes all three, in the order of the module doc
+    # (the next one may start before the acks of the last are in, and one that writes
+    # nothing waits for the acks of the last as well: after-publish again).
+    seen = dict.fromkeys(faults.POINTS, 0)
+    for point in points.reached:
+        seen[point] += 1
+        assert seen["before-save"] >= seen["after-save"], points
+        assert seen["after-publish"] <= 0 or seen["after-save"] > 0, points
+    assert seen["before-save"] == seen["after-save"] >= 3, points
+    assert seen["after-publish"] >= seen["after-save"], points
+
+
+def test_nothing_in_the_test_process_crashes_by_default() -> None:
+    assert plan_from_env({}) is None
+    faults.NO_CRASHES.reach("before-save")  # passes, for any point
 
 
 def _deaths(plan: CrashPlan, point: str, times: int) -> list[int]:

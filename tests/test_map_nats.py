@@ -115,7 +115,7 @@ async def test_a_join_waits_for_an_item_output_an_earlier_transition_is_still_st
     each other's write, not acks): the join waits for it instead of failing for want of
     it and having its message retried."""
     assert engine.processor is not None
-    publisher = engine.processor._publisher
+    publisher = engine.processor.outbox.publisher
     real = publisher.publish
     outputs = settings.subjects.kv_put(settings.subjects.outputs_bucket, "")
     held: list[str] = []
@@ -146,3 +146,26 @@ async def test_a_join_waits_for_an_item_output_an_earlier_transition_is_still_st
     assert [o["i"] for o in output] == list(range(20))
     trouble = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert trouble == []
+
+
+async def test_a_map_join_goes_through_the_publisher_like_every_other_message(
+        engine: Orchestrator, demo_worker: Probe, client: NatsflowClient,
+        settings: NatsSettings) -> None:
+    assert engine.processor is not None
+    publisher = engine.processor.outbox.publisher
+    real = publisher.publish
+    ids: list[str] = []
+
+    async def noted(subject: str, payload: bytes, headers: dict[str, str] | None = None, *,
+                    timeout: float | None = None) -> asyncio.Future[int]:
+        ids.append((headers or {}).get("Nats-Msg-Id", ""))
+        return await real(subject, payload, headers, timeout=timeout)
+
+    publisher.publish = noted  # type: ignore[method-assign]
+    await client.create({"name": "joined", "id": "joined", "input": {"xs": [1, 2, 3]},
+                         "steps": [{"id": "m", "kind": "map", "items": "input.xs",
+                                    "step": {"task": "demo.echo", "input": {"i": "${item}"}}}]})
+    status = (await client.wait("joined", timeout=30)).status
+    assert status is not None and status.state == WorkflowState.COMPLETED, status.error
+    assert [o["i"] for o in status.step("m").output] == [1, 2, 3]
+    assert ids.count("join:joined:m:1") == 1, ids

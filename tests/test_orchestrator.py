@@ -14,6 +14,7 @@ import pytest
 from helpers import (
     Probe,
     assert_history,
+    counted,
     read_dead_letters,
     read_events,
     running_demo_worker,
@@ -528,7 +529,8 @@ async def test_poison_messages_are_dead_lettered_and_the_engine_keeps_going(
         events = await read_events(nc, s, w)
         assert_history(events, terminal=EventType.WORKFLOW_COMPLETED)
     assert engine.processor is not None
-    assert engine.processor.stats["dead_letters"] == len(poison)
+    assert counted(engine.processor.metrics.registry, "natsflow_dead_letters_total") == \
+        len(poison)
 
 
 # -- availability -------------------------------------------------------------------

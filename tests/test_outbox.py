@@ -40,23 +40,25 @@ def crash_once_before_publishing(orch: Orchestrator, *, step: str,
     """
     processor = orch.processor
     assert processor is not None
-    real = processor._send_all
+    real = processor.outbox.send_all
     crashes: list[int] = []
 
     def dispatches(effect: Effect) -> bool:
         return (isinstance(effect, EventEffect) and effect.event.step_id == step
                 and effect.event.type.value == "step.dispatched")
 
-    async def send_all(key: str, effects: Sequence[Effect], trace: Any) -> list[Any]:
+    async def send_all(key: str, effects: Sequence[Effect], trace: Any,
+                       routed: Any = None) -> list[Any]:
         if any(dispatches(e) for e in effects) and not crashes:
             crashes.append(len(effects))
             if events_first:
-                acks = await real(key, [e for e in effects if e.kind == "event"], trace)
+                acks = await real(key, [e for e in effects if e.kind == "event"], trace,
+                                  routed)
                 await asyncio.gather(*acks)
             raise ConnectionError("simulated crash after the state write")
-        return await real(key, effects, trace)
+        return await real(key, effects, trace, routed)
 
-    processor._send_all = send_all  # type: ignore[method-assign]
+    processor.outbox.send_all = send_all  # type: ignore[method-assign]
     return crashes
 
 

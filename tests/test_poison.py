@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import read_dead_letters, read_events, running_demo_worker, wait_for
+from helpers import counted, read_dead_letters, read_events, running_demo_worker, wait_for
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -36,7 +36,7 @@ from contracts.subjects import Subjects
 from contracts.transient import ConditionLog
 from natsflow.embedded import EmbeddedNats
 from natsflow.worker import TaskContext, Worker
-from orchestrator import Orchestrator, runtime
+from orchestrator import Orchestrator, letters
 
 MAX_PAYLOAD = 1024 * 1024  # nats-server's default
 POISON = b"\x01" * 900_000  # 5.4 MB once escaped as a JSON string
@@ -121,7 +121,8 @@ async def test_an_oversized_poison_message_is_dead_lettered_once(
     consumer = s.timer_consumer if where == "timer" else s.engine_consumer
     await _wait_settled(js, s.inbox_stream, consumer)
     await asyncio.sleep(1.5)  # it would have been tried again by now
-    assert engine.processor is not None and engine.processor.stats["dead_letters"] == 1
+    assert engine.processor is not None
+    assert counted(engine.processor.metrics.registry, "natsflow_dead_letters_total") == 1
     assert (await js.stream_info(s.dlq_stream)).state.messages == 1
 
 
@@ -194,7 +195,7 @@ async def test_the_api_applies_the_config_limits_to_every_request(
 async def test_a_message_that_cannot_be_dead_lettered_is_dropped_after_bounded_deliveries(
         engine: Orchestrator, nc: Client, settings: NatsSettings,
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "MAX_DELIVERIES", 2)
+    monkeypatch.setattr(letters, "MAX_DELIVERIES", 2)
     s = settings.subjects
     js = nc.jetstream()
     await js.delete_stream(s.dlq_stream)  # no letter can be stored now

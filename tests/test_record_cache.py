@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.runtime import RecordCache
+from orchestrator.cache import RecordCache
 
 
 def test_least_recently_used_records_leave_when_over_budget() -> None:

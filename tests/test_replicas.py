@@ -17,6 +17,7 @@ from helpers import (
     Probe,
     assert_history,
     by_workflow,
+    counted,
     read_events,
     running_demo_worker,
     terminal_of,
@@ -112,8 +113,9 @@ async def test_two_replicas_complete_200_workflows_dispatching_each_attempt_once
     assert_all_done_once(events, n, probe)
     for orch in replicas:  # both replicas took part
         assert orch.processor is not None
-        assert orch.processor.stats["processed"] > 0
-        assert orch.processor.stats["dead_letters"] == 0
+        registry = orch.processor.metrics.registry
+        assert counted(registry, "natsflow_inbox_processed_total") > 0
+        assert counted(registry, "natsflow_dead_letters_total") == 0
 
 
 async def test_the_other_replica_finishes_everything_when_one_stops_mid_run(
@@ -194,7 +196,7 @@ async def test_a_replica_deciding_on_a_stale_cached_record_does_not_drop_a_resul
 def gate_event_acks(proc: Processor, gate: Callable[[str], asyncio.Event]) -> None:
     """Sent events are stored as usual, but their acks reach ``proc`` only once
     ``gate(subject)`` is set."""
-    real = proc._publisher.publish
+    real = proc.outbox.publisher.publish
 
     async def gated(subject: str, payload: bytes, headers: dict[str, str] | None = None,
                     *, timeout: float | None = None) -> asyncio.Future[int]:
@@ -207,7 +209,7 @@ def gate_event_acks(proc: Processor, gate: Callable[[str], asyncio.Event]) -> No
             return await ack
         return asyncio.ensure_future(later())
 
-    proc._publisher.publish = gated  # type: ignore[method-assign]
+    proc.outbox.publisher.publish = gated  # type: ignore[method-assign]
 
 
 async def test_a_transition_saved_before_the_last_outbox_is_acked_carries_it(

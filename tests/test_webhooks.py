@@ -387,11 +387,12 @@ async def test_a_replayed_outbox_queues_each_delivery_once(
         receiver: Receiver) -> None:
     processor = hooked.processor
     assert processor is not None
-    real = processor._send_all
+    real = processor.outbox.send_all
     crashes: list[int] = []
 
-    async def send_all(key: str, effects: Sequence[Effect], trace: Any) -> list[Any]:
-        acks = await real(key, effects, trace)
+    async def send_all(key: str, effects: Sequence[Effect], trace: Any,
+                       routed: Any = None) -> list[Any]:
+        acks = await real(key, effects, trace, routed)
         if not crashes and any(isinstance(e, WebhookEffect) for e in effects):
             # Published, but "crashed" before the ack: the redelivered command finds the
             # outbox in the record and publishes all of it again.
@@ -400,7 +401,7 @@ async def test_a_replayed_outbox_queues_each_delivery_once(
             raise ConnectionError("simulated crash after the publish")
         return acks
 
-    processor._send_all = send_all  # type: ignore[method-assign]
+    processor.outbox.send_all = send_all  # type: ignore[method-assign]
     config = _config({"url": f"{receiver.base}/ok", "events": "all"}, wid="wh_replay")
     config = config.model_copy(update={"steps": [
         TaskStep(id="a", task="demo.echo", input={"text": "x"})]})

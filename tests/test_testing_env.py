@@ -224,7 +224,10 @@ async def test_an_early_result_survives_a_clock_a_day_ahead(
     is real time, so skipped time does not make it look stale and drop it."""
     env = natsflow_env
     await env.clock.advance(timedelta(days=1))
-    result = TaskSucceeded(workflow_id="early1", step_id="a", attempt=1, output={"v": 42})
+    # The token the attempt will be dispatched with: the deployment's key gives it.
+    token = env.orchestrator.engine_settings.token("early1", "a", 1)
+    result = TaskSucceeded(workflow_id="early1", step_id="a", attempt=1, output={"v": 42},
+                           token=token)
     js = env.nc.jetstream()
     await js.publish(env.settings.subjects.result("early1"),
                      result.model_dump_json().encode())

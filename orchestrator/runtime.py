@@ -47,7 +47,7 @@ from contracts.errors import (
 from contracts.headers import OUTCOME_ERROR_HEADER, REPLY_HEADER
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, TaskResult, WorkflowReply
-from contracts.models import MAX_CONFIG_BYTES, WORKFLOW_TERMINAL, WorkflowConfig
+from contracts.models import MAX_CONFIG_BYTES, SHOWN, WORKFLOW_TERMINAL, WorkflowConfig
 from contracts.publish import AsyncPublisher, send
 from contracts.subjects import Subjects
 from contracts.tracing import TraceContext, extract
@@ -517,7 +517,10 @@ class Processor:
             body = reply.error.model_dump_json(exclude_none=True).encode()
             headers = {OUTCOME_ERROR_HEADER: reply.error.code}
         else:
-            body = entity.reply(key, record, reply).model_dump_json().encode()
+            # An answer to a client: shown as the API shows a record (no result tokens,
+            # no webhook secrets); the API passes these bytes on as they are.
+            body = entity.reply(key, record, reply).model_dump_json(
+                context={SHOWN: True}).encode()
             headers = {}
         try:
             await send(self.nc, subject, body, headers=headers)

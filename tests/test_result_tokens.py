@@ -4,6 +4,7 @@ answers a task that was really sent (its token), whoever managed to publish it."
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -91,3 +92,28 @@ async def test_garbage_in_a_workflows_record_is_said_to_be_so(
         {"id": "a", "task": "demo.echo", "input": {}}]})
     final = await client.wait("fine1", timeout=30)
     assert final.status is not None and final.status.state == WorkflowState.COMPLETED
+
+
+async def test_no_answer_of_the_api_carries_a_token(
+        engine: object, nc: Client, settings: NatsSettings) -> None:
+    # The engine's own answers (create, signal, stop...) are passed on as the engine
+    # wrote them; each must leave the tokens out as a read of the record does.
+    s = settings.subjects
+    secret = "a-webhook-secret-nobody-sees"
+    config = {"name": "tok", "id": "tok1", "steps": [
+        {"id": "a", "task": "nobody.serves.this"},
+        {"id": "w", "kind": "wait", "signal": "go"}],
+        "webhooks": [{"url": "http://127.0.0.1:9/hook", "secret": secret}]}
+    answers = [await nc.request(s.api("workflow.create"), json.dumps(
+        {"config": config}).encode(), timeout=10)]
+    for op, body in (("workflow.get", {"id": "tok1"}),
+                     ("workflow.signal", {"id": "tok1", "name": "go", "payload": {}}),
+                     ("workflow.stop", {"id": "tok1"})):
+        answers.append(await nc.request(s.api(op), json.dumps(body).encode(), timeout=10))
+    for answer in answers:
+        status = json.loads(answer.data)["status"]
+        assert status is not None, answer.data
+        assert [st["id"] for st in status["steps"] if st.get("state") == "dispatched"] or \
+            status["state"] in ("stopping", "stopped"), status
+        assert b'"token"' not in answer.data, answer.data
+        assert secret.encode() not in answer.data, answer.data

@@ -88,7 +88,7 @@ async def states(client: NatsflowClient, ids: list[str]) -> list[WorkflowState |
 
 
 async def settled(client: NatsflowClient, ids: list[str],
-                  want: list[WorkflowState | None], *, hold: float = 1.5) -> None:
+                  want: list[WorkflowState | None], *, hold: float = 0.7) -> None:
     """``ids`` reach ``want`` and are still there ``hold`` seconds later."""
     async def reached() -> bool:
         return await states(client, ids) == want
@@ -247,10 +247,10 @@ async def test_catchup_runs_the_missed_fire_times_inside_the_window_only(
     await schedules.create({"name": "catchup", "workflow": {"config": QUICK},
                             "spec": {"every": 1}, "overlap": "allow_all",
                             "catchup_window": 2})
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(1.5)
     await first.stop()
     down_from = datetime.now(UTC)
-    await asyncio.sleep(6)
+    await asyncio.sleep(4.5)
     back_at = datetime.now(UTC)
     again = Orchestrator(settings, stop_grace=2.0)
     await again.start()
@@ -264,7 +264,7 @@ async def test_catchup_runs_the_missed_fire_times_inside_the_window_only(
         info = await schedules.get("catchup")
         missed = sorted(r.fire_time for r in info.recent if r.outcome is RunOutcome.MISSED)
         started = sorted(r.fire_time for r in info.recent if r.outcome is RunOutcome.STARTED)
-        assert info.missed == len(missed) >= 3
+        assert info.missed == len(missed) >= 2
         # Missed: during the downtime and older than the window when it ended.
         assert all(down_from - timedelta(seconds=1) < t < back_at - timedelta(seconds=1)
                    for t in missed), (missed, down_from, back_at)
@@ -300,6 +300,14 @@ async def http(engine: object, settings: NatsSettings,
         yield c
 
 
+@pytest.fixture
+async def bare_http(settings: NatsSettings, nc: Client) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway alone: a body it refuses never reaches NATS."""
+    transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=nc))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+        yield c
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"spec": {"cron": "99 * * * *"}}, "spec.cron"),
     ({"spec": {"cron": "* * * * *", "timezone": "Europe/Atlantis"}}, "spec.timezone"),
@@ -313,9 +321,9 @@ async def http(engine: object, settings: NatsSettings,
     ({"surprise": 1}, "surprise"),
 ])
 async def test_bad_input_over_http_is_a_400_naming_the_field(
-        http: httpx.AsyncClient, change: dict[str, Any], field: str) -> None:
+        bare_http: httpx.AsyncClient, change: dict[str, Any], field: str) -> None:
     body = {"name": "bad", "workflow": {"config": QUICK}, "spec": {"every": 60}, **change}
-    r = await http.post("/schedules", json=body)
+    r = await bare_http.post("/schedules", json=body)
     assert r.status_code == 400, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["field"] == field, r.json()

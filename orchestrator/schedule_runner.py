@@ -63,6 +63,8 @@ SWEEP_INTERVAL: Final = 10.0
 #: How late a tick may be before the sweep publishes it again (s).
 _OVERDUE: Final = 5.0
 _CAS_TRIES: Final = 8
+#: Seconds within which a run just decided but not found yet counts as going.
+_LANDING: Final = 30.0
 
 
 def run_labels(schedule: Schedule, t: datetime) -> dict[str, str]:
@@ -229,8 +231,8 @@ class ScheduleRunner:
                 if loaded is None:
                     continue
                 record, revision = loaded
-            running = await self._running(record.last_run)
             now = self.clock()
+            running = await self._running(record, now)
             moved = advance(record, now, running=running)
             if moved != record:
                 if not await self.store.save(moved, revision):
@@ -244,13 +246,17 @@ class ScheduleRunner:
             return
         raise Unavailable(f"schedule {tick.key}: too many concurrent changes")
 
-    async def _running(self, workflow_id: str | None) -> bool:
-        if workflow_id is None:
+    async def _running(self, record: ScheduleRecord, now: datetime) -> bool:
+        """Whether the schedule's latest run is still going."""
+        if record.last_run is None:
             return False
         try:
-            reply = await self.client.get(workflow_id)
+            reply = await self.client.get(record.last_run)
         except WorkflowNotFound:
-            return False
+            # Just decided, its create may still be landing; long since, it never
+            # started (its definition was deleted, say): nothing to wait for.
+            since = record.last_started_at
+            return since is not None and now - since < timedelta(seconds=_LANDING)
         state = reply.status.state if reply.status is not None else WorkflowState.RUNNING
         return state not in WORKFLOW_TERMINAL
 

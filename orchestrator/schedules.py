@@ -82,6 +82,9 @@ class ScheduleRecord(BaseModel):
         "When the schedule's next tick is due (its next fire time plus its jitter); "
         "None: paused, or no fire time left."))
     last_run: str | None = None
+    last_started_at: datetime | None = Field(default=None, description=(
+        "When `last_run` was decided: a run not found that soon after may still be "
+        "landing, and counts as going."))
     buffered: list[datetime] = Field(default_factory=list)
     pending: list[Pending] = Field(default_factory=list)
     outbox: list[Effect] = Field(default_factory=list)
@@ -125,9 +128,10 @@ def new_record(schedule: Schedule, now: datetime) -> ScheduleRecord:
 class _Pass:
     """One advance's working copy."""
 
-    def __init__(self, record: ScheduleRecord, running: bool) -> None:
+    def __init__(self, record: ScheduleRecord, running: bool, now: datetime) -> None:
         self.r = record
         self.running = running
+        self.now = now
         self.stopped: set[str] = set()
 
     def note(self, t: datetime, outcome: RunOutcome, reason: str = "") -> None:
@@ -142,6 +146,7 @@ class _Pass:
         wid = run_id(s.namespace, s.name, t)
         self.r.outbox.append(StartRun(fire_time=t, workflow_id=wid))
         self.r.last_run = wid
+        self.r.last_started_at = self.now
         self.running = True
         self.note(t, RunOutcome.STARTED, reason)
 
@@ -194,7 +199,7 @@ def advance(record: ScheduleRecord, now: datetime, *, running: bool) -> Schedule
     if r.schedule.paused:
         r.next_due = None
         return r
-    p = _Pass(r, running)
+    p = _Pass(r, running, now)
     # A buffered fire time goes first, once the run it waited for has ended.
     if r.buffered and not p.running:
         first, *rest = r.buffered

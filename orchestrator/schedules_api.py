@@ -140,7 +140,10 @@ class ScheduleApi:
         record = new_record(s, self.clock())
         if not await self.store.create(record):
             existing = await self.store.load(record.key)
-            if existing is None or existing[0].schedule != s:
+            # Paused since (or not) is its state, not its body.
+            state = {"paused", "note"}
+            if existing is None or (existing[0].schedule.model_dump(exclude=state)
+                                    != s.model_dump(exclude=state)):
                 raise IdConflict(f"a schedule named {s.name!r} exists with another body; "
                                  "delete it first", field="schedule.name")
             return await self._info(existing[0])

@@ -24,7 +24,6 @@ from orchestrator.schedules import (
     Pending,
     ScheduleRecord,
     StartRun,
-    StopRun,
     advance,
     due_of,
     new_record,
@@ -285,7 +284,6 @@ def test_jitter_is_the_same_for_a_fire_time_wherever_it_is_computed() -> None:
     assert r.next_due == due_of(r, t) == t + timedelta(seconds=delay)
     assert advance(r, due_of(r, t) - timedelta(milliseconds=1), running=False).outbox == []
     assert [type(e) for e in advance(r, due_of(r, t), running=False).outbox] == [StartRun]
-    assert StopRun  # the other effect kind
 
 
 def test_run_ids_name_the_namespace_outside_the_default_one() -> None:

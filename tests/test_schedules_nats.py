@@ -203,6 +203,9 @@ async def test_trigger_get_pause_unpause_delete(schedules: ScheduleClient,
     await until(shown_completed, what="the triggered run in `get`")
     paused = await schedules.pause("yearly", note="maintenance")
     assert paused.schedule.paused and paused.schedule.note == "maintenance"
+    same = await schedules.create({"name": "yearly", "workflow": {"config": QUICK},
+                                   "spec": {"cron": "0 0 1 1 *", "timezone": "Europe/Berlin"}})
+    assert not same.created and same.schedule.paused  # the same body: still paused
     assert paused.next_fire_times == []
     listed = await schedules.list()
     assert [(s.name, s.paused, s.note) for s in listed.schedules] == [

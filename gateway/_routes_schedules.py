@@ -14,7 +14,6 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.errors import ScheduleNotFound
-from contracts.schedule_client import ScheduleClient
 from contracts.schedules import (
     BackfillReply,
     Schedule,
@@ -22,6 +21,7 @@ from contracts.schedules import (
     ScheduleList,
     TriggerReply,
 )
+from natsflow.schedule_client import ScheduleClient
 
 from ._auth import Caller, namespace_query
 from ._bodies import read_json, read_model, read_object

@@ -11,10 +11,10 @@ import typer
 from pydantic import BaseModel
 from rich.table import Table
 
-from contracts.connect import NatsSettings
 from contracts.errors import InvalidRequest, NatsflowError, ScheduleNotFound
-from contracts.schedule_client import ScheduleClient
 from contracts.schedules import ScheduleInfo
+from natsflow.schedule_client import ScheduleClient
+from transport.connect import NatsSettings
 
 from ._cli_common import console, fail, run, with_settings
 from ._cli_namespace import NamespaceOpt, scope

@@ -30,8 +30,6 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from contracts.client import NatsflowClient
-from contracts.consume import ConsumerStalled, PullConsumer
 from contracts.errors import (
     AlreadyFinished,
     IdConflict,
@@ -43,7 +41,6 @@ from contracts.errors import (
 )
 from contracts.headers import MSG_ID
 from contracts.models import WORKFLOW_TERMINAL, WorkflowConfig, WorkflowState
-from contracts.publish import AsyncPublisher
 from contracts.schedules import (
     FIRE_TIME_LABEL,
     SCHEDULE_LABEL,
@@ -51,6 +48,9 @@ from contracts.schedules import (
     fire_time_token,
 )
 from contracts.subjects import Subjects
+from natsflow.client import NatsflowClient
+from transport.consume import ConsumerStalled, PullConsumer
+from transport.publish import AsyncPublisher
 
 from .schedules import ScheduleRecord, ScheduleTick, StartRun, StopRun, advance
 

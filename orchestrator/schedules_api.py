@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from contracts.client import NatsflowClient
 from contracts.errors import IdConflict, ScheduleNotFound, ValidationFailed, WorkflowNotFound
 from contracts.namespaces import check_may_create, visible
 from contracts.operations import (
@@ -27,7 +26,6 @@ from contracts.operations import (
     SCHEDULE_UNPAUSE,
     Operation,
 )
-from contracts.publish import AsyncPublisher
 from contracts.schedules import (
     MAX_BACKFILL,
     BackfillReply,
@@ -48,6 +46,8 @@ from contracts.schedules import (
     schedule_key,
 )
 from contracts.subjects import Subjects
+from natsflow.client import NatsflowClient
+from transport.publish import AsyncPublisher
 
 from .definitions import DefinitionStore
 from .schedule_runner import ScheduleStore, publish_tick

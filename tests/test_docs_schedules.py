@@ -11,11 +11,11 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
-from contracts.schedule_client import ScheduleClient
 from contracts.schedules import Schedule
 from natsflow.cli import app
+from natsflow.client import NatsflowClient
+from natsflow.schedule_client import ScheduleClient
+from transport.connect import NatsSettings
 
 DOC = (Path(__file__).parent.parent / "docs" / "schedules.md").read_text()
 

@@ -17,8 +17,6 @@ import pytest
 from helpers import read_events
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import (
     NamespaceForbidden,
     ScheduleNotFound,
@@ -26,7 +24,6 @@ from contracts.errors import (
     WorkflowNotFound,
 )
 from contracts.models import EventType, WorkflowState
-from contracts.schedule_client import ScheduleClient
 from contracts.schedules import (
     FIRE_TIME_LABEL,
     SCHEDULE_LABEL,
@@ -35,7 +32,10 @@ from contracts.schedules import (
     run_id,
 )
 from gateway import create_app
+from natsflow.client import NatsflowClient
+from natsflow.schedule_client import ScheduleClient
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
 
 pytestmark = pytest.mark.timeout(60)
 

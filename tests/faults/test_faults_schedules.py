@@ -25,12 +25,12 @@ from fault_nats import NatsNode
 from fault_procs import ENGINE_ACK_WAIT, Service, supervise, wait_ready
 from helpers import read_events
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsflowError
 from contracts.models import WorkflowState
-from contracts.schedule_client import ScheduleClient
 from contracts.schedules import run_id
+from natsflow.client import NatsflowClient
+from natsflow.schedule_client import ScheduleClient
+from transport.connect import NatsSettings, connect
 
 SECONDS = int(os.environ.get("NATSFLOW_SCHEDULE_PROOF_SECONDS", "20"))
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90 + 2 * SECONDS)]

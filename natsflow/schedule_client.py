@@ -1,6 +1,6 @@
-"""The schedule operations from a client: ``NatsflowClient(...).schedules``' calls.
+"""The schedule operations from a client: a thin face for their calls.
 
-A thin face over :class:`~contracts.client.NatsflowClient` for
+Over :class:`~natsflow.client.NatsflowClient` for
 ``<prefix>.api.schedule.*`` (see :mod:`contracts.schedules`).
 """
 
@@ -12,7 +12,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from contracts.client import NatsflowClient
 from contracts.errors import validation_failed
 from contracts.operations import (
     SCHEDULE_BACKFILL,
@@ -36,6 +35,7 @@ from contracts.schedules import (
     ScheduleRef,
     TriggerReply,
 )
+from natsflow.client import NatsflowClient
 
 __all__ = ["ScheduleClient"]
 

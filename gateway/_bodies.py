@@ -24,12 +24,18 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, get_origin
 
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag
 from starlette.types import Receive, Scope
 
 from contracts.definitions import RunDefinition
-from contracts.errors import FieldError, InvalidRequest, PayloadTooLarge, ValidationFailed
+from contracts.errors import (
+    FieldError,
+    InvalidRequest,
+    NatsflowError,
+    PayloadTooLarge,
+    ValidationFailed,
+)
 from contracts.messages import MAX_BATCH_BYTES, ListWorkflowsRequest
 from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig
 from contracts.untrusted import load_json, load_yaml
@@ -255,9 +261,29 @@ def _is_object(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+#: Where a body that could not be read or decoded leaves its error (ASGI scope key).
+_BODY_ERROR: Final = "natsflow.body_error"
+
+
+def _refuse_undecoded_body(request: Request) -> None:
+    err = request.scope.get(_BODY_ERROR)
+    if isinstance(err, NatsflowError):
+        raise err
+
+
 class DecodedBodyRoute(ProblemRoute):
     """A route whose body (if it takes one) is read and decoded by its :data:`BODY_RULES`
-    row before FastAPI validates it."""
+    row before FastAPI validates it.
+
+    FastAPI reads a body before it solves the route's dependencies, the scope check
+    among them; a body that cannot be read or decoded is refused by the route's last
+    dependency instead, so that a request without a valid key is a 401 whatever its body.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        kwargs["dependencies"] = [*(kwargs.get("dependencies") or []),
+                                  Depends(_refuse_undecoded_body)]
+        super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -269,6 +295,14 @@ class DecodedBodyRoute(ProblemRoute):
                           object_only=_is_object(info.annotation))
 
         async def decode_then_handle(request: Request) -> Response:
-            return await handler(await decode(request))
+            try:
+                decoded = await decode(request)
+            except NatsflowError as err:
+                # Answered after the scope check (a caller without a key learns nothing
+                # about the body): by _refuse_undecoded_body, the route's last dependency.
+                request.scope[_BODY_ERROR] = err
+                decoded = _DecodedRequest(request.scope, request.receive, raw=b"",
+                                          document=None)
+            return await handler(decoded)
 
         return decode_then_handle

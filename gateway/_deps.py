@@ -12,7 +12,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 
 from contracts.subjects import Subjects
-from contracts.tracing import TraceContext
+from transport.tracing import TraceContext
 
 from ._auth import Caller
 from ._link import NatsLink

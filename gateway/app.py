@@ -1,7 +1,7 @@
 """natsflow's HTTP gateway: REST over the NATS API, one client among others.
 
 The gateway holds no state and no logic of the orchestrator: each request becomes one
-:class:`contracts.client.NatsflowClient` call, each reply one HTTP answer, each error one
+:class:`natsflow.client.NatsflowClient` call, each reply one HTTP answer, each error one
 RFC 9457 problem document (see ``_problems.HTTP_BY_CODE``). The routes are in
 :mod:`gateway.routes`, one router per resource; this module builds the app around them.
 """
@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from nats.aio.client import Client
 
 from contracts import __version__
-from contracts.connect import NatsSettings
-from contracts.streams import Topology
+from transport.connect import NatsSettings
+from transport.streams import Topology
 
 from ._auth import KeyAuth, KeyCache, scoped_route_class
 from ._link import NatsLink

@@ -20,8 +20,6 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.errors import (
     ErrorInfo,
     InvalidRequest,
@@ -31,6 +29,8 @@ from contracts.errors import (
 )
 from contracts.messages import WorkflowReply
 from contracts.models import WorkflowConfig, WorkflowStatus
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings, connect
 
 __all__ = ["API_KEY_ENV", "GatewayClient", "nats_client", "require_status"]
 

@@ -100,7 +100,7 @@ def asyncapi(
     ] = DEFAULT_PREFIX,
 ) -> None:
     """Print the AsyncAPI document of natsflow's subjects (JSON; needs no NATS)."""
-    from contracts.asyncapi import asyncapi_json
+    from natsflow.asyncapi import asyncapi_json
 
     try:
         subjects = Subjects(prefix)

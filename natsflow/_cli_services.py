@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from contracts.connect import NatsSettings
 from contracts.errors import InvalidRequest, NatsflowError
-from contracts.streams import ENGINE_ACK_WAIT
+from transport.connect import NatsSettings
+from transport.streams import ENGINE_ACK_WAIT
 
 from ._cli_common import fail, run_until_signal, with_settings
 from ._logging import LogFormat, setup_logging
@@ -42,7 +42,7 @@ def _setup_tracing(otel: bool, service: str) -> None:
     """Turn tracing on for this service when asked (off, trace headers still pass)."""
     if not otel:
         return
-    from contracts import tracing
+    from transport import tracing
 
     try:
         tracing.configure(service)

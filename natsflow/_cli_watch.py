@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from rich.live import Live
 
-from contracts.client import NatsflowClient
 from contracts.models import WORKFLOW_TERMINAL, WorkflowStatus
+from natsflow.client import NatsflowClient
 
 from ._cli_client import GatewayClient, require_status
 from ._cli_common import console

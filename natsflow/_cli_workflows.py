@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from contracts.connect import NatsSettings
 from contracts.errors import NatsflowError
 from contracts.models import WorkflowState, WorkflowStatus
+from transport.connect import NatsSettings
 
 from ._cli_common import console, fail, run, with_settings
 from ._cli_files import load_config, load_mapping, parse_payload

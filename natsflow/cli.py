@@ -3,7 +3,7 @@
 Every command that talks to NATS takes the connection options ``--nats-url``,
 ``--user``, ``--password``, ``--token``, ``--creds``, ``--tls-ca``, ``--tls-cert``,
 ``--tls-key`` and ``--prefix``, each also read from its environment variable (see
-:mod:`contracts.connect`). Errors print as ``error[<code>]: <message>`` and exit with 2
+:mod:`transport.connect`). Errors print as ``error[<code>]: <message>`` and exit with 2
 (the request is wrong: invalid input, unknown id, conflict), 3 (NATS, the orchestrator
 or the gateway cannot be reached) or 4 (NATS refused the credentials).
 """

@@ -11,10 +11,10 @@ import pytest
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from contracts.connect import NatsSettings
 from contracts.messages import BulkRequest, RerunRequest, RetryRequest
 from gateway import create_app
 from gateway._bodies import BODY_RULES, BulkBody, RerunBody, RetryBody
+from transport.connect import NatsSettings
 
 
 def _fields(model: type[BaseModel], without: set[str]) -> dict[str, Any]:

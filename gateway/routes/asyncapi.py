@@ -1,6 +1,6 @@
 """``GET /asyncapi.json`` and ``GET /asyncapi``: the NATS interface, next to ``/docs``.
 
-The document is :func:`contracts.asyncapi.asyncapi_schema` for the gateway's own prefix,
+The document is :func:`natsflow.asyncapi.asyncapi_schema` for the gateway's own prefix,
 built on the first request (it needs no NATS) and kept. Like ``/docs`` and
 ``/openapi.json``, neither route is in the OpenAPI document.
 """
@@ -28,7 +28,7 @@ router = APIRouter(include_in_schema=False)
 def _build(subjects: Subjects) -> tuple[str, str]:
     # Imported here: FastStream takes a noticeable while to import, and only these
     # two routes need it.
-    from contracts.asyncapi import asyncapi_html, asyncapi_schema
+    from natsflow.asyncapi import asyncapi_html, asyncapi_schema
 
     doc: dict[str, Any] = asyncapi_schema(subjects)
     return json.dumps(doc), asyncapi_html(doc)

@@ -222,7 +222,8 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
             reply = await link.client().run(
                 body.definition, body.input, version=body.version, workflow_id=body.id,
                 labels=body.labels, start=body.start, idempotency_key=idempotency_key,
-                trace=request_trace(request), namespace=body.namespace, namespaces=scope)
+                trace=request_trace(request), namespace=body.namespace, namespaces=scope,
+                priority=body.priority)
         else:
             reply = await link.client().create(body, idempotency_key=idempotency_key,
                                                trace=request_trace(request),

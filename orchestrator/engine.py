@@ -406,7 +406,8 @@ def _check_workers(tx: Transition, timer: TimerFired) -> None:
         if due <= max(tx.now, timer.due):
             reason = (WorkerWaitReason.UNKNOWN if timer.consumers is None else
                       worker_presence(timer.consumers,
-                                      tx.settings.subjects.task(step.task)))
+                                      tx.settings.subjects.task(step.task,
+                                                                tx.config.priority)))
             _wait_for_worker(tx, step, reason)
         else:
             later = due if later is None else min(later, due)

@@ -54,10 +54,11 @@ _RING = "Message Size Exceeds MaxBytes"
 class HandOut:
     """The hand-out policy of one task type in one worker (pure, no I/O).
 
-    Strict priority, bounded: the most urgent level with tasks waiting goes first, but a
-    waiting level that ``every`` tasks of more urgent levels have passed gets the next
-    one. So every waiting level gets at least one task of each ``every + 1`` this worker
-    takes (one more per other level starving at the same time).
+    Strict priority, bounded: the most urgent level with tasks waiting goes first, but
+    once ``every`` tasks of more urgent levels have passed a waiting level, it gets the
+    next one (several such levels: one each, most urgent first). So a waiting level sees
+    at most ``every`` tasks of more urgent levels handed out before its own, plus one for
+    each more urgent level starving at the same time (at most ``every + 3``).
 
     Attributes:
         every: The starvation limit (``STARVATION_LIMIT``).
@@ -89,10 +90,10 @@ class HandOut:
             return None
         starved = [level for level in self.waiting if self.passed[level] >= self.every]
         if starved:
-            return min(starved), 1  # the lowest has waited longest
+            return max(starved), 1  # one each, the most urgent of them first
         top = max(self.waiting)
         below = [self.passed[level] for level in self.waiting if level < top]
-        return top, self.every - max(below) if below else self.every
+        return top, max(1, self.every - max(below)) if below else self.every
 
     def took(self, level: int, n: int) -> None:
         """``n`` tasks were handed out from ``level``."""
@@ -221,7 +222,7 @@ class OneShotPull:
             return out, True
         self._want = n
         self._done = asyncio.get_running_loop().create_future()
-        request = {"batch": n, "no_wait": True, "expires": int(timeout * 1e9)}
+        request = {"batch": n, "no_wait": True}  # with "expires" too, it would wait
         try:
             await self.nc.publish(self.subject, json.dumps(request).encode(),
                                   reply=self._inbox)

@@ -260,6 +260,10 @@ class _Session:
                 await self._redeclare_quietly()
                 continue
             self._slots.release(reserved - len(msgs))
+            if not msgs:
+                # Let another task type's loop, woken by the release, take the slots
+                # first: reserving again at once, an idle type would keep them forever.
+                await asyncio.sleep(0)
             for msg in msgs:
                 self._spawn(handler, msg)
 

@@ -221,23 +221,6 @@ class Subjects:
             return f"{self.prefix}.task.{task_type}"
         return f"{self.prefix}.task.{PRIORITY_TOKEN}{priority}.{task_type}"
 
-    def task_of(self, subject: str) -> tuple[str, int]:
-        """The (task type, priority) a task subject of this prefix is for.
-
-        Raises:
-            ValueError: not a task subject of this prefix.
-        """
-        head = f"{self.prefix}.task."
-        if not subject.startswith(head) or len(subject) == len(head):
-            raise ValueError(f"subject {subject!r} is not a task subject")
-        rest = subject[len(head):]
-        first, _, tail = rest.partition(".")
-        if first.startswith(PRIORITY_TOKEN) and tail:
-            level = first[len(PRIORITY_TOKEN):]
-            if level.isdigit():
-                return tail, int(level)
-        return rest, DEFAULT_PRIORITY
-
     def cancel(self, workflow_id: str) -> str:
         """Cancel notices for running tasks of one workflow."""
         return f"{self.prefix}.cancel.{workflow_id}"

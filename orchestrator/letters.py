@@ -17,13 +17,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from contracts.consume import delivery_count
 from contracts.dead_letters import dead_letter, give_up_on_letter
 from contracts.errors import ErrorInfo
-from contracts.publish import send
-from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
-from contracts.transient import ConditionLog, describe
+from transport.consume import delivery_count
+from transport.publish import send
+from transport.streams import DUPLICATE_WINDOW
+from transport.transient import ConditionLog, describe
 
 from .metrics import OrchestratorMetrics
 from .outbox import PUBLISH_TIMEOUT

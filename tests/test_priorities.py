@@ -16,15 +16,15 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import ErrorInfo, ValidationFailed, validation_failed
 from contracts.headers import ERROR_CODE_HEADER
 from contracts.models import WorkflowConfig, WorkflowState
 from contracts.priorities import DEFAULT_PRIORITY, LEVELS
 from contracts.subjects import Subjects
+from natsflow.client import NatsflowClient
 from natsflow.worker import TaskContext, Worker
 from natsflow.worker._priority import HandOut
+from transport.connect import NatsSettings
 
 # -- the policy, pure ---------------------------------------------------------------
 

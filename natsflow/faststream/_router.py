@@ -20,7 +20,6 @@ from pydantic import BaseModel, SkipValidation, create_model
 
 from contracts.messages import CancelNotice, TaskMessage
 from contracts.priorities import DEFAULT_PRIORITY, LEVELS
-from contracts.streams import TASK_ACK_WAIT, Topology
 from contracts.subjects import DEFAULT_PREFIX, Subjects
 from natsflow.worker._handler import HandlerFn, TaskHandler
 from natsflow.worker._serving import (
@@ -29,6 +28,7 @@ from natsflow.worker._serving import (
     check_limits,
     check_new_task_type,
 )
+from transport.streams import TASK_ACK_WAIT, Topology
 
 __all__ = ["TaskRouter"]
 

@@ -31,10 +31,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from contracts.consume import PullConsumer
 from contracts.headers import STATUS_DESCRIPTION_HEADER, STATUS_HEADER
 from contracts.priorities import DEFAULT_PRIORITY, LEVELS
 from contracts.subjects import Subjects
+from transport.consume import PullConsumer
 
 __all__ = ["STARVATION_LIMIT", "Doorbell", "HandOut", "Lanes", "OneShotPull"]
 

@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from contracts.connect import NatsSettings, connect
-from contracts.consume import ConsumerStalled
-from contracts.publish import AckedPublisher, AsyncPublisher
-from contracts.streams import TASK_ACK_WAIT, Topology, patiently
 from contracts.subjects import Subjects
+from transport.connect import NatsSettings, connect
+from transport.consume import ConsumerStalled
+from transport.publish import AckedPublisher, AsyncPublisher
+from transport.streams import TASK_ACK_WAIT, Topology, patiently
 
 from ._handler import HandlerFn, TaskHandler
 from ._priority import STARVATION_LIMIT, Lanes

@@ -221,7 +221,8 @@ class Processor:
                              subjects=subjects, outputs=outputs,
                              start_child=ChildStarter(self.settings, definitions))
         self.letters = Letters(nc, subjects, metrics=self.metrics,
-                               conditions=self._conditions, clock=clock)
+                               conditions=self._conditions, publisher=self.outbox.publisher,
+                               clock=clock)
         # The service and the webhook deliverer settle and dead-letter through these.
         self.settle = self.letters.settle
         self.settle_later = self.letters.settle_later

@@ -193,6 +193,8 @@ class WorkflowTemplate(BaseModel):
     steps: list[dict[str, Any]]
     labels: dict[str, str] = Field(default_factory=dict)
     output: Any = None
+    priority: Priority | None = Field(default=None, exclude_if=lambda v: v is None,
+                                      description="Every member's priority, 1 to 5.")
 
     def config_for(self, *, workflow_id: str, input: dict[str, Any], batch_id: str,
                    namespace: str = DEFAULT_NAMESPACE) -> WorkflowConfig:
@@ -201,6 +203,7 @@ class WorkflowTemplate(BaseModel):
             "name": self.name, "id": workflow_id, "namespace": namespace, "input": input,
             "steps": self.steps, "labels": {**self.labels, "batch": batch_id},
             "output": self.output,
+            **({} if self.priority is None else {"priority": self.priority}),
         })
 
 

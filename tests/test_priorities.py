@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import wait_for
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from contracts.errors import ErrorInfo, ValidationFailed, validation_failed
+from contracts.errors import ErrorInfo, NotFound, ValidationFailed, validation_failed
 from contracts.headers import ERROR_CODE_HEADER
 from contracts.models import WorkflowConfig, WorkflowState
 from contracts.priorities import DEFAULT_PRIORITY, LEVELS
@@ -287,3 +290,38 @@ async def test_a_priority_out_of_range_is_refused_over_nats(
         assert info.field == field, info
     reply = await client.run("d", workflow_id="at5", priority=5, start=False)
     assert reply.status is not None and reply.status.priority == 5
+
+
+async def test_a_batch_runs_its_members_at_its_template_s_priority(
+        engine: object, nc: Client, client: NatsflowClient, settings: NatsSettings) -> None:
+    batch = await client.create_batch({"workflow": {"name": "b", "priority": 2, "steps": [
+        {"id": "a", "task": "prio.a"}]}, "inputs": [{}, {}]})
+    assert batch.status is not None
+    members = [m.workflow_id for m in batch.status.members]
+    assert len(members) == 2
+    for wid in members:
+        for _ in range(100):  # a member is created once the batch starts it
+            with contextlib.suppress(NotFound):
+                status = (await client.get(wid)).status
+                break
+            await asyncio.sleep(0.05)
+        assert status is not None and status.priority == 2
+
+
+# -- the doc's example ------------------------------------------------------------------
+
+_DOC = (Path(__file__).parent.parent / "docs" / "priorities.md").read_text()
+
+
+async def test_the_doc_example_runs_at_its_priority(
+        demo_worker: object, nc: Client, client: NatsflowClient,
+        settings: NatsSettings) -> None:
+    (block,) = re.findall(r"```yaml\n(.*?)```", _DOC, flags=re.S)
+    config = WorkflowConfig.model_validate(yaml.safe_load(block))
+    assert config.priority == 1
+    async with _published(nc, settings.subjects.all_tasks) as seen:
+        reply = await client.create(config.model_copy(update={"id": "doc1"}))
+        done = (await client.wait(reply.id, timeout=20)).status
+    assert done is not None and done.state == WorkflowState.COMPLETED
+    assert done.priority == 1
+    assert len(seen) == 4 and {_level_of(settings.subjects, s) for s, _ in seen} == {1}

@@ -325,3 +325,26 @@ async def test_the_doc_example_runs_at_its_priority(
     assert done is not None and done.state == WorkflowState.COMPLETED
     assert done.priority == 1
     assert len(seen) == 4 and {_level_of(settings.subjects, s) for s, _ in seen} == {1}
+
+
+async def test_the_faststream_flavour_serves_every_level(
+        engine: object, client: NatsflowClient, settings: NatsSettings) -> None:
+    from faststream import FastStream
+    from faststream.nats import NatsBroker
+
+    from natsflow.faststream import TaskRouter
+
+    tasks = TaskRouter(prefix=settings.prefix)
+
+    @tasks.task("prio.a")
+    async def echo(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    broker = NatsBroker(settings.servers)
+    broker.include_router(tasks)
+    async with FastStream(broker, on_startup=[tasks.declare]):
+        for level in (None, *LEVELS):
+            reply = await client.create(_config(id=f"fs{level}", priority=level)
+                                        if level else _config(id="fsnone"))
+            done = (await client.wait(reply.id, timeout=20)).status
+            assert done is not None and done.state == WorkflowState.COMPLETED, level

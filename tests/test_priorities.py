@@ -348,3 +348,24 @@ async def test_the_faststream_flavour_serves_every_level(
                                         if level else _config(id="fsnone"))
             done = (await client.wait(reply.id, timeout=20)).status
             assert done is not None and done.state == WorkflowState.COMPLETED, level
+
+
+async def test_over_http_a_bad_priority_is_a_400_naming_the_field_and_a_good_one_runs(
+        engine: object, nc: Client, client: NatsflowClient, settings: NatsSettings) -> None:
+    import httpx
+
+    from gateway import create_app
+
+    app = create_app(settings, auth=None, nc=nc, request_timeout=5.0)
+    await client.put_definition("g", _config(name="g"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://gw") as http:
+        for body in (_config(priority=7), {"definition": "g", "priority": "urgent"}):
+            resp = await http.post("/workflows", json=body)
+            assert resp.status_code == 400, resp.text
+            assert resp.headers["content-type"] == "application/problem+json"
+            assert resp.json()["field"] == "priority", resp.json()
+        resp = await http.post("/workflows", json={"definition": "g", "priority": 4,
+                                                   "id": "http4", "start": False})
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["priority"] == 4, resp.json()

@@ -80,7 +80,7 @@ async def create_workflow(
             placed.definition, placed.input, version=placed.version,
             workflow_id=placed.id, labels=placed.labels, start=placed.start,
             idempotency_key=idempotency_key, trace=trace, namespace=placed.namespace,
-            namespaces=scope)
+            namespaces=scope, priority=placed.priority)
     return answer(reply, 202 if reply.created else 200,
                   location=_location(request, reply.id))
 

@@ -30,7 +30,7 @@ _T = TypeVar("_T")
 
 
 def _call(settings: NatsSettings, call: Callable[[ScheduleClient], Awaitable[_T]]) -> _T:
-    from ._cli_workflows import nats_client
+    from ._cli_client import nats_client
 
     async def _go() -> _T:
         async with nats_client(settings) as client:
@@ -73,7 +73,7 @@ def create(
     settings: NatsSettings,
 ) -> None:
     """Store a schedule (unchanged if the same one exists); it fires from now on."""
-    from ._cli_workflows import load_mapping
+    from ._cli_files import load_mapping
 
     try:
         data: dict[str, Any] = load_mapping(file)

@@ -87,15 +87,7 @@ def _problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 
 def _routes(app: FastAPI) -> list[tuple[str, str]]:
-    def flat(routes: list[Any]) -> list[Any]:
-        # FastAPI keeps an included APIRouter as one entry holding its own routes.
-        out = []
-        for r in routes:
-            inner = getattr(r, "original_router", None)
-            out.extend(flat(inner.routes) if inner is not None else [r])
-        return out
-
-    return sorted((m, r.path) for r in flat(app.routes) if isinstance(r, APIRoute)
+    return sorted((m, r.path) for r in app.routes if isinstance(r, APIRoute)
                   for m in r.methods)
 
 

@@ -16,7 +16,8 @@ Hierarchy::
     ├── NotFound                  not-found
     │   ├── WorkflowNotFound      workflow-not-found
     │   ├── BatchNotFound         batch-not-found
-    │   └── DefinitionNotFound    definition-not-found
+    │   ├── DefinitionNotFound    definition-not-found
+    │   └── ScheduleNotFound      schedule-not-found
     ├── Conflict                  conflict             the request clashes with current state
     │   ├── IdConflict            id-conflict          same id, different config
     │   ├── AlreadyFinished       already-finished     the workflow/batch is terminal
@@ -72,6 +73,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RecordUnreadable",
+    "ScheduleNotFound",
     "SchemaMismatch",
     "TooManySignals",
     "Unauthenticated",
@@ -206,6 +208,12 @@ class DefinitionNotFound(NotFound):
     """No stored definition of that name (or version)."""
 
     code = "definition-not-found"
+
+
+class ScheduleNotFound(NotFound):
+    """No schedule of that name (in that namespace)."""
+
+    code = "schedule-not-found"
 
 
 class Conflict(NatsflowError):

@@ -43,6 +43,7 @@ from .errors import (
     NamespaceForbidden,
     NatsflowError,
     PayloadTooLarge,
+    ScheduleNotFound,
     SchemaMismatch,
     TooManySignals,
     Unavailable,
@@ -67,6 +68,18 @@ from .messages import (
     WorkflowList,
     WorkflowReply,
 )
+from .schedules import (
+    BackfillReply,
+    BackfillRequest,
+    CreateScheduleRequest,
+    DeleteScheduleReply,
+    ListSchedulesRequest,
+    PauseScheduleRequest,
+    ScheduleInfo,
+    ScheduleList,
+    ScheduleRef,
+    TriggerReply,
+)
 from .subjects import Subjects
 
 __all__ = [
@@ -79,6 +92,15 @@ __all__ = [
     "DEFINITION_PUT",
     "INDEX_OPERATIONS",
     "OPERATIONS",
+    "SCHEDULE_BACKFILL",
+    "SCHEDULE_CREATE",
+    "SCHEDULE_DELETE",
+    "SCHEDULE_GET",
+    "SCHEDULE_LIST",
+    "SCHEDULE_OPERATIONS",
+    "SCHEDULE_PAUSE",
+    "SCHEDULE_TRIGGER",
+    "SCHEDULE_UNPAUSE",
     "WORKFLOW_BULK",
     "WORKFLOW_CREATE",
     "WORKFLOW_GET",
@@ -226,12 +248,45 @@ DEFINITION_GET: Final = Operation(
 DEFINITION_LIST: Final = Operation(
     "definition.list", ListDefinitionsRequest, DefinitionList, "Every stored definition.")
 
+_NOT_FOUND_S = (ScheduleNotFound,)
+SCHEDULE_CREATE: Final = Operation(
+    "schedule.create", CreateScheduleRequest, ScheduleInfo,
+    "Store a schedule (the same one again: unchanged; another of that name: conflict).",
+    errors=(*_CONFIG_ERRORS, DefinitionNotFound, IdConflict, NamespaceForbidden),
+    too_large_field="schedule")
+SCHEDULE_GET: Final = Operation(
+    "schedule.get", ScheduleRef, ScheduleInfo,
+    "A schedule, its next 5 fire times and its last runs with their states.",
+    errors=_NOT_FOUND_S)
+SCHEDULE_LIST: Final = Operation(
+    "schedule.list", ListSchedulesRequest, ScheduleList, "Every schedule.")
+SCHEDULE_PAUSE: Final = Operation(
+    "schedule.pause", PauseScheduleRequest, ScheduleInfo,
+    "Stop firing (with a note saying why); runs going on go on.", errors=_NOT_FOUND_S)
+SCHEDULE_UNPAUSE: Final = Operation(
+    "schedule.unpause", ScheduleRef, ScheduleInfo,
+    "Fire again, from now on (fire times while paused are not run).", errors=_NOT_FOUND_S)
+SCHEDULE_TRIGGER: Final = Operation(
+    "schedule.trigger", ScheduleRef, TriggerReply,
+    "Fire now (through the overlap policy).", errors=_NOT_FOUND_S)
+SCHEDULE_BACKFILL: Final = Operation(
+    "schedule.backfill", BackfillRequest, BackfillReply,
+    "Run the fire times of a past time range now, through the overlap policy.",
+    errors=_NOT_FOUND_S)
+SCHEDULE_DELETE: Final = Operation(
+    "schedule.delete", ScheduleRef, DeleteScheduleReply,
+    "Delete a schedule; its runs going on go on.")
+#: The schedule operations (served by the orchestrator's ``orchestrator.schedules_api``).
+SCHEDULE_OPERATIONS: Final = (SCHEDULE_CREATE, SCHEDULE_GET, SCHEDULE_LIST, SCHEDULE_PAUSE,
+                              SCHEDULE_UNPAUSE, SCHEDULE_TRIGGER, SCHEDULE_BACKFILL,
+                              SCHEDULE_DELETE)
+
 #: Every operation natsflow serves, by name, in the document's order.
 OPERATIONS: Final[dict[str, Operation[Any, Any]]] = {op.name: op for op in (
     WORKFLOW_CREATE, WORKFLOW_START, WORKFLOW_GET, WORKFLOW_STOP, WORKFLOW_SIGNAL,
     WORKFLOW_PAUSE, WORKFLOW_RESUME, WORKFLOW_RETRY, WORKFLOW_RERUN, WORKFLOW_LIST,
     WORKFLOW_BULK, BATCH_CREATE, BATCH_GET, BATCH_STOP, DEFINITION_PUT, DEFINITION_GET,
-    DEFINITION_LIST)}
+    DEFINITION_LIST, *SCHEDULE_OPERATIONS)}
 #: The names of the operations the index (``natsflow index``) answers.
 INDEX_OPERATIONS: Final = frozenset(
     name for name, op in OPERATIONS.items() if op.server is Server.INDEX)

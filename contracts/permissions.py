@@ -151,7 +151,8 @@ def _kv_streams(s: Subjects) -> list[str]:
 
 def _kv_buckets(s: Subjects) -> list[str]:
     return [s.workflows_bucket, s.batches_bucket, s.summaries_bucket, s.definitions_bucket,
-            s.outputs_bucket, s.idempotency_bucket, s.secrets_bucket, s.keys_bucket]
+            s.outputs_bucket, s.idempotency_bucket, s.secrets_bucket, s.keys_bucket,
+            s.schedules_bucket]
 
 
 def own_streams(s: Subjects) -> list[str]:
@@ -163,8 +164,8 @@ def own_streams(s: Subjects) -> list[str]:
 def _forging_publish(s: Subjects, *, but: Sequence[str] = ()) -> list[str]:
     """Subjects whose messages only the orchestrator may write (``but`` these buckets)."""
     p = s.prefix
-    return [f"{p}.cmd.>", f"{p}.timer.>", s.all_events, s.all_tasks, s.all_cancels,
-            s.all_webhooks, *(f"$KV.{b}.>" for b in _kv_buckets(s) if b not in but),
+    return [f"{p}.cmd.>", f"{p}.timer.>", s.schedule_filter, s.all_events, s.all_tasks,
+            s.all_cancels, s.all_webhooks, *(f"$KV.{b}.>" for b in _kv_buckets(s) if b not in but),
             f"$O.{s.blobs_bucket}.>"]
 
 
@@ -172,7 +173,8 @@ def _secret_subscribe(s: Subjects) -> list[str]:
     """Subjects only the orchestrator may listen to: tasks carry their result tokens,
     results and commands are the engine's to read."""
     p = s.prefix
-    return [s.all_tasks, f"{p}.result.>", f"{p}.cmd.>", f"{p}.timer.>", f"{p}.submit"]
+    return [s.all_tasks, f"{p}.result.>", f"{p}.cmd.>", f"{p}.timer.>", s.schedule_filter,
+            f"{p}.submit"]
 
 
 def _orchestrator(s: Subjects, user: str, inbox: str, egress: Sequence[str]) -> Permissions:

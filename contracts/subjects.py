@@ -10,6 +10,8 @@ Subject scheme (``p`` is the prefix)::
     p.cmd.batch.<batch_id>        commands for one batch (INBOX stream, internal)
     p.result.<workflow_id>        task results from workers (INBOX stream)
     p.timer.<workflow_id>         durable timers: retry backoff, timeouts (INBOX stream)
+    p.sched.<schedule key>        schedule ticks: wake a schedule at its next fire time
+                                  (INBOX stream, its own consumer)
     p.task.<task_type>            tasks for workers of one type (TASKS work-queue stream)
     p.task.priority=<n>.<task_type>
                                   the same at priority n, when n is not the default (3)
@@ -107,6 +109,11 @@ class Subjects:
         return "timers"
 
     @property
+    def schedule_consumer(self) -> str:
+        """Durable consumer shared by all orchestrators for schedule ticks."""
+        return "schedules"
+
+    @property
     def webhook_consumer(self) -> str:
         """Durable consumer shared by all webhook deliverers."""
         return "webhooks"
@@ -140,6 +147,12 @@ class Subjects:
         """KV bucket: ``<name>.<version>`` (the default namespace's) or
         ``<namespace>.<name>.<version>`` -> a stored workflow definition (immutable)."""
         return f"{_lower_name(self.prefix)}_definitions"
+
+    @property
+    def schedules_bucket(self) -> str:
+        """KV bucket: ``<name>`` (the default namespace's) or ``<namespace>.<name>`` ->
+        a schedule and its state."""
+        return f"{_lower_name(self.prefix)}_schedules"
 
     @property
     def outputs_bucket(self) -> str:
@@ -210,6 +223,10 @@ class Subjects:
         """Durable timers for one workflow."""
         return f"{self.prefix}.timer.{workflow_id}"
 
+    def schedule_tick(self, key: str) -> str:
+        """Ticks of one schedule (``key``: see ``contracts.schedules.schedule_key``)."""
+        return f"{self.prefix}.sched.{key}"
+
     def task(self, task_type: str, priority: int | None = None) -> str:
         """Work queue of one task type (at one priority: None is the default).
 
@@ -265,7 +282,7 @@ class Subjects:
     def inbox_subjects(self) -> list[str]:
         """Subjects captured by the inbox stream."""
         p = self.prefix
-        return [f"{p}.submit", f"{p}.cmd.>", f"{p}.result.>", f"{p}.timer.>"]
+        return [f"{p}.submit", f"{p}.cmd.>", f"{p}.result.>", f"{p}.timer.>", f"{p}.sched.>"]
 
     @property
     def engine_filters(self) -> list[str]:
@@ -277,6 +294,11 @@ class Subjects:
     def timer_filter(self) -> str:
         """Subjects the timer consumer reads."""
         return f"{self.prefix}.timer.>"
+
+    @property
+    def schedule_filter(self) -> str:
+        """Subjects the schedule consumer reads."""
+        return f"{self.prefix}.sched.>"
 
     @property
     def all_tasks(self) -> str:

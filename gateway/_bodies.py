@@ -82,6 +82,9 @@ BODY_RULES: Final[Mapping[tuple[str, str], BodyRule]] = {
     ("POST", "/workflows/{workflow_id}/rerun"): BodyRule(MAX_CONFIG_BYTES),
     ("POST", "/batches"): BodyRule(MAX_BATCH_BYTES),
     ("PUT", "/definitions/{name}"): BodyRule(MAX_CONFIG_BYTES, yaml=True),
+    ("POST", "/schedules"): BodyRule(MAX_CONFIG_BYTES + 16 * 1024, yaml=True),
+    ("POST", "/schedules/{name}/pause"): BodyRule(4 * 1024),
+    ("POST", "/schedules/{name}/backfill"): BodyRule(4 * 1024),
 }
 
 

@@ -48,6 +48,8 @@ _PARAMETERS: Final[dict[str, dict[str, Any]]] = {
                                  "are the built-in steps'."},
     "event_type": {"description": "What happened (`EventType`), e.g. `step.succeeded`.",
                    "enum": [t.value for t in EventType]},
+    "schedule": {"description": "A schedule's key: its name, or `<namespace>.<name>` "
+                                "outside the default namespace."},
     "reason": {"description": "The error code that sent the message to the dead letters, "
                               "e.g. `malformed-task`."},
 }
@@ -111,6 +113,10 @@ def _broker(s: Subjects) -> NatsBroker:
             f"Internal: durable timers (retry backoff, timeouts, heartbeats, sleeps) that "
             f"the orchestrator sets for itself (stream `{s.inbox_stream}`, consumer "
             f"`{s.timer_consumer}`).")
+    receive("sched", s.schedule_tick("{schedule}"), dict[str, Any],
+            f"Internal: a schedule's tick, which wakes it at its next fire time (stream "
+            f"`{s.inbox_stream}`, consumer `{s.schedule_consumer}`; see docs/schedules.md). "
+            "Use the `schedule.*` operations instead.")
     send("task", s.task("{task_type}"), TaskMessage,
          f"One attempt of one step, for the workers of its task type: work-queue stream "
          f"`{s.tasks_stream}`, durable pull consumer `{s.worker_consumer('<task type>')}` "

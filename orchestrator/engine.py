@@ -55,6 +55,7 @@ from contracts.models import (
 )
 from contracts.namespaces import visible
 from contracts.priorities import effective
+from contracts.schedules import FIRE_TIME_LABEL, SCHEDULE_LABEL
 
 from . import control, fanout, kinds, steps
 from .records import (
@@ -168,6 +169,10 @@ def _create(record: WorkflowRecord | None, inp: CreateWorkflow, now: datetime,
         return WorkflowDecision(record=None, reply=Reply(error=err.info()))
     tx = Transition(new_record(inp, now), now, settings, _KINDS)
     created: dict[str, object] = {"name": inp.config.name}
+    # A scheduled run says which schedule and fire time it is (contracts.schedules).
+    for label, key in ((SCHEDULE_LABEL, "schedule"), (FIRE_TIME_LABEL, "fire_time")):
+        if label in inp.config.labels:
+            created[key] = inp.config.labels[label]
     if inp.rerun_of:
         created["rerun_of"] = inp.rerun_of
     tx.emit(EventType.WORKFLOW_CREATED, data=created)

@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from contracts.egress import EgressPolicy
 from contracts.errors import ConfigMismatch
+from natsflow.client import NatsflowClient
 from transport.connect import NatsSettings, connect
 from transport.consume import ConsumerStalled, PullConsumer
 from transport.publish import AsyncPublisher
@@ -41,6 +42,8 @@ from .metrics import MetricsServer, OrchestratorMetrics
 from .outputs import OutputStore
 from .records import TimerFired
 from .runtime import Item, Malformed, Processor, Verdict
+from .schedule_runner import ScheduleRunner, ScheduleStore
+from .schedules_api import ScheduleApi
 from .store import KvRecordStore
 from .timers import JetStreamParking, TimerParking
 from .tokens import KEY_BYTES, RESULT_KEY, new_key
@@ -143,6 +146,7 @@ class Orchestrator:
         self.processor: Processor | None = None
         self.publisher: AsyncPublisher | None = None
         self.api: Api | None = None
+        self.schedules: ScheduleRunner | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._redeclaring: asyncio.Task[None] | None = None
         self._subs: list[PullConsumer] = []
@@ -199,9 +203,17 @@ class Orchestrator:
                                    metrics=self.metrics, clock=self.clock,
                                    publisher=self.publisher, egress=self.egress,
                                    crash_points=self.crash_points)
+        schedules = ScheduleStore(await bucket(t.schedules_kv()))
+        runs = NatsflowClient(self.nc, self.subjects)
+        schedule_api = ScheduleApi(self.subjects, store=schedules, publisher=self.publisher,
+                                   client=runs, definitions=definitions, clock=self.clock)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency, definitions=definitions,
-                       publisher=self.publisher, egress=self.egress)
+                       publisher=self.publisher, egress=self.egress,
+                       more=schedule_api.handlers())
+        self.schedules = ScheduleRunner(self.nc, self.subjects, store=schedules,
+                                        publisher=self.publisher, client=runs,
+                                        clock=self.clock)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
                                         self.subjects.engine_consumer,
                                         batch=self.fetch_batch).start()
@@ -214,6 +226,7 @@ class Orchestrator:
             asyncio.create_task(self._watchdog("timer", lambda: self._timer_loop(timer_sub))),
             asyncio.create_task(self._watchdog("queue sampling", self._sample_queues))]
         await self.api.start()
+        await self.schedules.start()
         if self.webhooks:
             self.deliverer = WebhookDeliverer(self.nc, self.subjects,
                                               dead_letter=self.processor.dead_letter,
@@ -237,6 +250,7 @@ class Orchestrator:
             await declare_stream(js, stream)
         await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
         await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
+        await ensure_consumer(js, self.subjects.inbox_stream, t.schedule_consumer())
         await ensure_consumer(js, self.subjects.webhooks_stream, t.webhook_consumer())
         if t.replicas == 1:
             cluster = await cluster_of(js, self.subjects.inbox_stream)
@@ -266,6 +280,8 @@ class Orchestrator:
         self._stopping.set()
         if self.api is not None:
             await self.api.close()
+        if self.schedules is not None:
+            await self.schedules.stop()
         # Built-in steps and the engine wind down side by side: each waits for a fetch.
         await asyncio.gather(self._builtins.aclose(), self._stop_loops(),
                              self._stop_deliverer())

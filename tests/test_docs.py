@@ -134,7 +134,7 @@ def test_subjects_doc_matches_the_code() -> None:
     members = {n for n in vars(Subjects) if not n.startswith("_")}
     wildcards = {"inbox_subjects", "engine_filters", "timer_filter", "all_tasks",
                  "all_cancels", "all_events", "all_dlq", "all_webhooks", "kind_of",
-                 "is_internal", "prefix"}
+                 "is_internal", "prefix", "schedule_filter"}
     assert members - wildcards <= documented
 
 

@@ -8,6 +8,8 @@ import contextlib
 import inspect
 import json
 import tomllib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from contracts.operations import OPERATIONS, Server, endpoints, error_reply, rep
 from contracts.subjects import Subjects
 from natsflow.asyncapi import asyncapi_schema
 from natsflow.client import NatsflowClient
+from natsflow.schedule_client import ScheduleClient
 from orchestrator.index import IndexService
 from transport.connect import NatsSettings
 
@@ -195,6 +198,28 @@ async def _every_api_method(client: NatsflowClient) -> set[str]:
     return set(calls)
 
 
+async def _every_schedule_method(schedules: ScheduleClient) -> None:
+    """Call every schedule operation once (through the schedule client)."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "create": lambda: schedules.create({"name": "s", "workflow": {"definition": "nope"},
+                                            "spec": {"every": 60}}),
+        "get": lambda: schedules.get("nope"),
+        "list": lambda: schedules.list(),
+        "pause": lambda: schedules.pause("nope"),
+        "unpause": lambda: schedules.unpause("nope"),
+        "trigger": lambda: schedules.trigger("nope"),
+        "backfill": lambda: schedules.backfill("nope", start, start),
+        "delete": lambda: schedules.delete("nope"),
+    }
+    public = {name for name, fn in inspect.getmembers(ScheduleClient, inspect.isfunction)
+              if not name.startswith("_")}
+    assert public == set(calls)
+    for call in calls.values():
+        with contextlib.suppress(NatsflowError):
+            await call()
+
+
 async def test_client_services_and_document_have_the_same_operations(
         engine: object, nc: Client, settings: NatsSettings) -> None:
     s = settings.subjects
@@ -209,6 +234,7 @@ async def test_client_services_and_document_have_the_same_operations(
     try:
         client = NatsflowClient(nc, s, timeout=5)
         await _every_api_method(client)
+        await _every_schedule_method(ScheduleClient(client))
         await nc.flush()
         served: dict[str, str] = {}
         for service in (s.service_name, s.index_service_name):

@@ -148,6 +148,11 @@ class Topology:
         return KeyValueConfig(bucket=self.subjects.definitions_bucket, history=1,
                               replicas=self.replicas, storage=StorageType.FILE, direct=True)
 
+    def schedules_kv(self) -> KeyValueConfig:
+        """Schedules and their state, one key per schedule."""
+        return KeyValueConfig(bucket=self.subjects.schedules_bucket, history=1,
+                              replicas=self.replicas, storage=StorageType.FILE, direct=True)
+
     def outputs_kv(self) -> KeyValueConfig:
         """Map item outputs, one key per item."""
         return KeyValueConfig(bucket=self.subjects.outputs_bucket, history=1,
@@ -187,6 +192,13 @@ class Topology:
         return ConsumerConfig(durable_name=s.timer_consumer, filter_subject=s.timer_filter,
                               ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
                               max_deliver=-1, max_ack_pending=1_000_000, max_waiting=512)
+
+    def schedule_consumer(self) -> ConsumerConfig:
+        """Schedule ticks; each waits as a delayed nak until due, like a timer."""
+        s = self.subjects
+        return ConsumerConfig(durable_name=s.schedule_consumer, filter_subject=s.schedule_filter,
+                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
+                              max_deliver=-1, max_ack_pending=100_000, max_waiting=512)
 
     def webhook_consumer(self) -> ConsumerConfig:
         """Webhook deliveries; shared by every deliverer. Deliveries are counted, and

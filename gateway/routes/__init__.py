@@ -7,6 +7,7 @@ module                 routes
 ``events``             ``/workflows/{id}/events``, ``/events`` (SSE)
 ``batches``            ``/batches``, ``/batches/{id}``, ``/batches/{id}/stop``
 ``definitions``        ``/definitions``, ``/definitions/{name}/...``
+``schedules``          ``/schedules``, ``/schedules/{name}/...``
 ``health``             ``/healthz``, ``/readyz``
 ``metrics``            ``/metrics`` (not in the OpenAPI document)
 ``asyncapi``           ``/asyncapi``, ``/asyncapi.json`` (likewise)
@@ -28,14 +29,14 @@ from typing import Final
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from . import asyncapi, batches, definitions, events, health, metrics, workflows
+from . import asyncapi, batches, definitions, events, health, metrics, schedules, workflows
 
 __all__ = ["ROUTERS", "include"]
 
 #: Every router of the gateway, in the order their routes are matched.
 ROUTERS: Final[tuple[APIRouter, ...]] = (
-    workflows.router, events.router, batches.router, definitions.router, health.router,
-    metrics.router, asyncapi.router,
+    workflows.router, events.router, batches.router, definitions.router,
+    schedules.router, health.router, metrics.router, asyncapi.router,
 )
 
 

@@ -54,6 +54,7 @@ from ._problems import (
     replace_validation_responses,
 )
 from ._tracing import install_tracing, request_trace
+from .ui import add_ui
 
 __all__ = ["KEYS", "Accepted", "Health", "KeyAuth", "create_app", "serve"]
 
@@ -369,6 +370,7 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
     add_event_routes(app, link, heartbeat=heartbeat)
     add_definition_routes(app, link)
     add_asyncapi_routes(app, settings.subjects)
+    add_ui(app)
 
     # -- batches ---------------------------------------------------------------------
     @app.post(

@@ -56,7 +56,7 @@ PATH_VALUES = {"workflow_id": "wf-none", "name": "n1", "batch_id": "b-none",
                "operation": "stop", "version": "1"}
 #: Routes served without a key (also with keys on).
 OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/asyncapi"),
-        ("GET", "/asyncapi.json")}
+        ("GET", "/asyncapi.json"), ("GET", "/")}
 
 
 def _bearer(key: str) -> dict[str, str]:

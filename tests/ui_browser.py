@@ -1,8 +1,11 @@
 """The web UI in a real headless browser: Debian's Chromium driven by Playwright.
 
-A test module imports the fixtures it uses::
+A test module imports the fixtures it uses, and runs its tests in one event loop per
+module (the browser is started once per module: Playwright takes seconds to start)::
 
     from ui_browser import Ui, browser, ui  # noqa: F401  (pytest fixtures)
+
+    pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ``ui`` starts the real services of the test's deployment in-process against the session's
 nats-server (orchestrator, index, the demo worker and the gateway served by uvicorn on a
@@ -28,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import pytest_asyncio
 import uvicorn
 from helpers import running_demo_worker
 from nats.aio.client import Client
@@ -35,7 +39,7 @@ from playwright.async_api import Browser, BrowserContext, Page, Route, async_pla
 from playwright.async_api import Request as PwRequest
 
 from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
+from contracts.connect import NatsSettings, connect
 from contracts.keys import CreateKeyRequest, KeyStore, Scope
 from contracts.streams import Topology
 from gateway import KeyAuth, create_app
@@ -90,9 +94,9 @@ async def serve_gateway(settings: NatsSettings, nc: Client, *,
         await serving
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    """Headless Chromium (Debian's), for one test."""
+    """Headless Chromium (Debian's), for the tests of a module."""
     async with async_playwright() as pw:
         launched = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                             args=["--no-sandbox", "--disable-gpu"])
@@ -110,9 +114,9 @@ async def _new_key(nc: Client, settings: NatsSettings) -> str:
     return made.key
 
 
-@pytest.fixture
-async def ui(request: pytest.FixtureRequest, browser: Browser, settings: NatsSettings,
-             nc: Client) -> AsyncIterator[Ui]:
+@pytest_asyncio.fixture(loop_scope="module")
+async def ui(request: pytest.FixtureRequest, browser: Browser,
+             settings: NatsSettings) -> AsyncIterator[Ui]:
     """The services, the gateway and a guarded page. ``@pytest.mark.parametrize("ui",
     [{"auth": True}], indirect=True)`` turns API keys on (an admin key is in ``ui.key``).
     """
@@ -121,7 +125,9 @@ async def ui(request: pytest.FixtureRequest, browser: Browser, settings: NatsSet
 
     options: dict[str, Any] = getattr(request, "param", None) or {}
     auth = KeyAuth() if options.get("auth") else None
-    orch = Orchestrator(settings, stop_grace=2.0)
+    # Its own connection, in the module's event loop (conftest's ``nc`` is per test loop).
+    nc = await connect(settings, name="ui-test")
+    orch = Orchestrator(settings, stop_grace=0.5)
     await orch.start()
     index = IndexService(settings, nc=nc)
     await index.start()
@@ -155,3 +161,4 @@ async def ui(request: pytest.FixtureRequest, browser: Browser, settings: NatsSet
     finally:
         await index.stop()
         await orch.stop()
+        await nc.close()

@@ -136,7 +136,7 @@ export function qs(params) {
  * answer (null when empty); throws ApiError for any status that is not 2xx, after
  * asking for a key once on a 401.
  */
-export async function api(path, { method = "GET", body, headers, signal, retried } = {}) {
+export async function api(path, { method = "GET", body, headers, signal } = {}) {
   const init = { method, headers: authHeaders(headers), signal };
   if (body !== undefined) {
     init.headers.set("Content-Type", "application/json");
@@ -149,10 +149,11 @@ export async function api(path, { method = "GET", body, headers, signal, retried
     if (err.name === "AbortError") throw err;
     throw new ApiError(0, null, `the gateway is not reachable (${err.message})`);
   }
-  if (resp.status === 401 && !retried) {
+  if (resp.status === 401) {
+    // Asked again as long as the person gives keys: each try waits for them.
     const { key, problem } = await promptAfter401(resp);
     if (!key) throw new ApiError(401, problem, "an API key is needed");
-    return api(path, { method, body, headers, signal, retried: true });
+    return api(path, { method, body, headers, signal });
   }
   if (!resp.ok) throw new ApiError(resp.status, await readProblem(resp), resp.statusText);
   const text = await resp.text();
@@ -215,7 +216,6 @@ export function sse(path, onEvent, options = {}) {
   let closed = false;
   let controller = null;
   let delay = 500;
-  let prompted = false;
 
   const run = async () => {
     while (!closed) {
@@ -227,8 +227,7 @@ export function sse(path, onEvent, options = {}) {
       let ended = false;
       try {
         const resp = await fetch(path, { headers, signal: controller.signal, cache: "no-store" });
-        if (resp.status === 401 && !prompted) {
-          prompted = true;
+        if (resp.status === 401) {
           const { key, problem } = await promptAfter401(resp);
           if (!key) { closed = true; onError?.(new ApiError(401, problem, "an API key is needed")); return; }
           continue;
@@ -238,7 +237,6 @@ export function sse(path, onEvent, options = {}) {
           onError?.(err);
           if (resp.status >= 400 && resp.status < 500) { closed = true; return; }
         } else {
-          prompted = false;
           delay = 500;
           onOpen?.();
           await readSse(resp.body, (msg) => {

@@ -14,7 +14,7 @@ import uuid
 import httpx
 import pytest
 from playwright.async_api import expect
-from ui_browser import Ui, browser, ui  # noqa: F401  (pytest fixtures)
+from ui_browser import Ui, browser_fixture, ui_fixture  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 

@@ -3,15 +3,16 @@
 A test module imports the fixtures it uses, and runs its tests in one event loop per
 module (the browser is started once per module: Playwright takes seconds to start)::
 
-    from ui_browser import Ui, browser, ui  # noqa: F401  (pytest fixtures)
+    from ui_browser import Ui, browser_fixture, ui_fixture  # noqa: F401  (fixtures)
 
     pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-``ui`` starts the real services of the test's deployment in-process against the session's
-nats-server (orchestrator, index, the demo worker and the gateway served by uvicorn on a
-free port) and yields a :class:`Ui`: the gateway's URL, a client, and a fresh page whose
-every request that does not go to loopback is refused and recorded. At the end of the
-test, no such request and no uncaught page error may have happened.
+``ui`` (``ui_fixture``) starts the real services of the test's deployment in-process
+against the session's nats-server (orchestrator, index, the demo worker and the gateway
+served by uvicorn on a free port) and yields a :class:`Ui`: the gateway's URL, a client,
+and a fresh page whose every request that does not go to loopback is refused and
+recorded. At the end of the test, no such request and no uncaught page error may have
+happened.
 
 Playwright's own browser downloads are never used (``playwright install`` is not run):
 the browser is ``/usr/bin/chromium`` (``apt-get install -y chromium``; ``.ci/run``
@@ -45,7 +46,7 @@ from contracts.streams import Topology
 from gateway import KeyAuth, create_app
 from natsflow.embedded import free_port
 
-__all__ = ["CHROMIUM", "LOOPBACK", "Ui", "browser", "serve_gateway", "ui"]
+__all__ = ["CHROMIUM", "LOOPBACK", "Ui", "browser_fixture", "serve_gateway", "ui_fixture"]
 
 #: Debian's Chromium (the package ``chromium``).
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -94,8 +95,8 @@ async def serve_gateway(settings: NatsSettings, nc: Client, *,
         await serving
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
+@pytest_asyncio.fixture(name="browser", scope="module", loop_scope="module")
+async def browser_fixture() -> AsyncIterator[Browser]:
     """Headless Chromium (Debian's), for the tests of a module."""
     async with async_playwright() as pw:
         launched = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -114,8 +115,8 @@ async def _new_key(nc: Client, settings: NatsSettings) -> str:
     return made.key
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def ui(request: pytest.FixtureRequest, browser: Browser,
+@pytest_asyncio.fixture(name="ui", loop_scope="module")
+async def ui_fixture(request: pytest.FixtureRequest, browser: Browser,
              settings: NatsSettings) -> AsyncIterator[Ui]:
     """The services, the gateway and a guarded page. ``@pytest.mark.parametrize("ui",
     [{"auth": True}], indirect=True)`` turns API keys on (an admin key is in ``ui.key``).

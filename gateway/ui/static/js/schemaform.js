@@ -66,7 +66,8 @@ function field(schema, value, name, required, path) {
     input = el("input", { type: "text", name: path, value: initial ?? "", dataset: { field: path },
                           placeholder: schema.format || "", minlength: schema.minLength,
                           maxlength: schema.maxLength, pattern: schema.pattern });
-    read = () => (input.value === "" && !required ? undefined : input.value);
+    // Empty is left out: a required field then comes back from the API, named.
+    read = () => (input.value === "" ? undefined : input.value);
   } else {
     input = el("textarea", { name: path, spellcheck: "false", dataset: { field: path },
                              placeholder: "JSON" }, initial === undefined ? "" : JSON.stringify(initial, null, 2));

@@ -66,7 +66,8 @@ async def test_definitions_versions_diff_and_run_from_the_schema_form(ui: Ui) ->
     await dialog.locator('button[type="submit"]').click()
     await page.wait_for_url(f"**/ui/run.html?id={wid}")
     done = (await ui.client.wait(wid, timeout=30)).status
-    assert done is not None and done.state == WorkflowState.COMPLETED and done.input == {"who": "ada", "loud": True}
+    assert done is not None and done.state == WorkflowState.COMPLETED
+    assert done.input == {"who": "ada", "loud": True}
     assert done.definition is not None and done.definition.startswith("greet")
 
 

@@ -198,12 +198,14 @@ class WorkflowIndex:
         """``summaries`` (newest first) that pass every filter of ``q`` but its state."""
         after = q.created_after.timestamp() if q.created_after else None
         before = q.created_before.timestamp() if q.created_before else None
+        timed = before is not None or after is not None
         for s in summaries:
-            t = s.created_at.timestamp()
-            if before is not None and t >= before:
-                continue
-            if after is not None and t <= after:
-                break  # newest first: everything further is older still
+            if timed:
+                t = s.created_at.timestamp()
+                if before is not None and t >= before:
+                    continue
+                if after is not None and t <= after:
+                    break  # newest first: everything further is older still
             if q.name is not None and s.name != q.name:
                 continue
             if q.batch_id is not None and s.batch_id != q.batch_id:

@@ -109,6 +109,7 @@ form.addEventListener("submit", (e) => {
 function applyFilters() {
   view.cursors = [null];
   writeAddress();
+  countsAt = 0;
   load();
 }
 
@@ -169,26 +170,49 @@ function renderPage(page) {
   const index = view.cursors.length - 1;
   clear(pager,
     el("button", { type: "button", dataset: { page: "newer" }, disabled: index === 0,
-                   onclick: () => { view.cursors.pop(); load(); } }, "← Newer"),
+                   onclick: () => { view.cursors.pop(); load({ counts: false }); } }, "← Newer"),
     el("span", { class: "nf-muted" }, `page ${index + 1}`),
     el("button", { type: "button", dataset: { page: "older" }, disabled: !view.next,
-                   onclick: () => { view.cursors.push(view.next); load(); } }, "Older →"));
+                   onclick: () => { view.cursors.push(view.next); load({ counts: false }); } }, "Older →"));
 }
 
 let loading = null;
-async function load() {
+/** Load the shown page; then the counts (a second request: with a filter they take a
+ *  pass over every stored summary, and the page must not wait for that). */
+async function load({ counts = true } = {}) {
   const cursor = view.cursors[view.cursors.length - 1];
-  const request = api("/workflows" + apiQuery({ cursor, counts: "true" }));
+  const request = api("/workflows" + apiQuery({ cursor }));
   loading = request;
   try {
     const page = await request;
     if (loading !== request) return;  // a newer load is under way
-    renderCounts(page.counts);
     renderPage(page);
     document.body.dataset.loaded = "true";
   } catch (err) {
     if (loading === request) showMessage(err);
+    return;
   }
+  if (counts) loadCounts();
+}
+
+let countsLoading = null;
+let countsAt = 0;
+let countsTimer = null;
+/** Reload the counts, at most once every 3 s while events keep coming. */
+function loadCounts({ now = false } = {}) {
+  const wait = now ? 0 : Math.max(0, countsAt + 3000 - Date.now());
+  clearTimeout(countsTimer);
+  countsTimer = setTimeout(async () => {
+    countsAt = Date.now();
+    const request = api("/workflows" + apiQuery({ limit: 1, counts: "true" }));
+    countsLoading = request;
+    try {
+      const answer = await request;
+      if (countsLoading === request) renderCounts(answer.counts);
+    } catch (err) {
+      if (countsLoading === request) showMessage(err);
+    }
+  }, wait);
 }
 
 // -- live --------------------------------------------------------------------------

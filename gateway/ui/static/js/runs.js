@@ -187,6 +187,7 @@ async function load({ counts = true } = {}) {
     const page = await request;
     if (loading !== request) return;  // a newer load is under way
     renderPage(page);
+    if (!document.body.dataset.loaded) performance.mark("nf:first-page");  // bench/ui_list.py
     document.body.dataset.loaded = "true";
   } catch (err) {
     if (loading === request) showMessage(err);

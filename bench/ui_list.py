@@ -33,10 +33,9 @@ from playwright.async_api import async_playwright
 from bench._load import percentile
 from bench._procs import Service
 from bench.list import summaries
-from contracts.connect import NatsSettings
 from gateway import create_app
 from natsflow.embedded import EmbeddedNats, free_port
-from transport.connect import connect
+from transport.connect import NatsSettings, connect
 from transport.streams import Topology
 
 

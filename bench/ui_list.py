@@ -74,6 +74,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                             lifespan="on", log_level="warning", ws="none"))
         serving = asyncio.create_task(web.serve())
         while not web.started:
+            if serving.done():
+                raise RuntimeError("uvicorn did not start")
             await asyncio.sleep(0.05)
         url = f"http://127.0.0.1:{port}/ui/"
         async with async_playwright() as pw:

@@ -190,7 +190,10 @@ async function load({ counts = true } = {}) {
     if (!document.body.dataset.loaded) performance.mark("nf:first-page");  // bench/ui_list.py
     document.body.dataset.loaded = "true";
   } catch (err) {
-    if (loading === request) showMessage(err);
+    if (loading !== request) return;
+    showMessage(err);
+    // Not ready yet (503: no index answering, 0: no gateway): try again shortly.
+    if (err.status === 503 || err.status === 0) setTimeout(() => load({ counts }), 3000);
     return;
   }
   if (counts) loadCounts();

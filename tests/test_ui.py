@@ -113,3 +113,31 @@ async def test_a_request_beyond_loopback_is_refused_and_recorded(ui: Ui) -> None
     assert failed.startswith("refused"), failed
     assert ui.refused == ["http://example.com/x.js"]
     ui.refused.clear()
+
+
+async def test_signal_with_a_json_payload_and_pause_resume_from_buttons(ui: Ui) -> None:
+    wid = "sig-" + uuid.uuid4().hex[:8]
+    await ui.client.create({"name": "expense", "id": wid, "steps": [
+        {"id": "approval", "kind": "wait", "signal": "approval"},
+        {"id": "pay", "task": "demo.echo", "depends_on": ["approval"],
+         "input": {"by": "${steps.approval.output.by}"}}]})
+    await _open_list(ui)
+    row = ui.page.locator(_row(ui, wid))
+    await expect(row).to_have_attribute("data-state", "running")
+    await row.locator('[data-action="pause"]').click()
+    await expect(row).to_have_attribute("data-state", "paused")
+    await row.locator('[data-action="resume"]').click()
+    await expect(row).to_have_attribute("data-state", "running")
+
+    await row.locator('[data-action="signal"]').click()
+    dialog = ui.page.locator("#nf-signal-dialog")
+    await dialog.locator('input[name="name"]').fill("approval")
+    # Not JSON: named in the dialog, nothing sent.
+    await dialog.locator('textarea[name="payload"]').fill("{by: ada}")
+    await dialog.locator('button[type="submit"]').click()
+    await expect(dialog.locator('[role="alert"]')).to_contain_text("payload: not JSON")
+    await dialog.locator('textarea[name="payload"]').fill('{"by": "ada"}')
+    await dialog.locator('button[type="submit"]').click()
+    await expect(row).to_have_attribute("data-state", "completed")
+    done = (await ui.client.get(wid)).status
+    assert done is not None and done.output == {"pay": {"by": "ada"}}, done

@@ -141,3 +141,27 @@ async def test_signal_with_a_json_payload_and_pause_resume_from_buttons(ui: Ui) 
     await expect(row).to_have_attribute("data-state", "completed")
     done = (await ui.client.get(wid)).status
     assert done is not None and done.output == {"pay": {"by": "ada"}}, done
+
+
+async def test_retry_with_an_input_override_and_rerun_as_a_new_run(ui: Ui) -> None:
+    wid = "fl-" + uuid.uuid4().hex[:8]
+    await ui.client.create({"name": "flaky", "id": wid, "steps": [
+        {"id": "s", "task": "demo.flaky", "input": {"fail_times": 5},
+         "retry": {"max_attempts": 1}}]})
+    await _open_list(ui)
+    row = ui.page.locator(_row(ui, wid))
+    await expect(row).to_have_attribute("data-state", "failed")
+    await row.locator('[data-action="retry"]').click()
+    dialog = ui.page.locator("#nf-retry-dialog")
+    await dialog.locator('textarea[name="inputs"]').fill('{"s": {"fail_times": 0}}')
+    await dialog.locator('button[type="submit"]').click()
+    await expect(row).to_have_attribute("data-state", "completed")
+
+    again = "again-" + uuid.uuid4().hex[:6]
+    await row.locator('[data-action="rerun"]').click()
+    dialog = ui.page.locator("#nf-rerun-dialog")
+    await dialog.locator('input[name="new_id"]').fill(again)
+    await dialog.locator('button[type="submit"]').click()
+    await expect(ui.page.locator('#nf-messages [role="status"]').last).to_contain_text(
+        f"rerun as {again}")
+    await expect(ui.page.locator(_row(ui, again))).to_have_count(1)

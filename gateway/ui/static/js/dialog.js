@@ -40,9 +40,10 @@ export function openDialog({ title, intro, fields = [], submitLabel = "OK", onSu
 }
 
 /** Parse JSON from a textarea's text, naming the field when it is not JSON. */
-export function parseJsonField(text, field, { emptyAs } = {}) {
+export function parseJsonField(text, field, options = {}) {
   if (!text.trim()) {
-    if (emptyAs !== undefined) return emptyAs;
+    // `emptyAs: undefined` is an answer too: "send nothing".
+    if ("emptyAs" in options) return options.emptyAs;
     throw new Error(`${field}: give a JSON value`);
   }
   try {

@@ -82,3 +82,15 @@ async def test_counts_by_state_with_and_without_filters(
         assert "counts" not in (await http.get("/workflows")).json()
         bad = await http.get("/workflows", params={"counts": "maybe"})
         assert bad.status_code == 400 and bad.json()["field"] == "query.counts"
+
+
+async def test_a_bulk_filter_with_namespaces_or_counts_is_no_500(
+        settings: NatsSettings, nc: Client) -> None:
+    # Found by schemathesis: the filter's own `namespaces` clashed with the caller's.
+    transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=nc))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        for extra in ({"namespaces": ["x"]}, {"counts": True}):
+            resp = await http.post("/workflows/bulk/stop", json={
+                "filter": {"name": "none", **extra}, "dry_run": True})
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["matched"] == 0

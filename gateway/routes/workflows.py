@@ -144,7 +144,9 @@ async def bulk_operation(
     result = await nats.client().bulk(
         req.operation, dry_run=req.dry_run, max_workflows=req.max_workflows,
         all_workflows=req.all, namespaces=namespaces,
-        **req.filter.model_dump(exclude_none=True, exclude={"cursor", "limit", "counts"}))
+        # The caller's namespaces are the key's: a filter's own `namespaces` is not heard.
+        **req.filter.model_dump(exclude_none=True,
+                                exclude={"cursor", "limit", "counts", "namespaces"}))
     return json_response(result)
 
 

@@ -96,11 +96,14 @@ ROUTE_SCOPES: Final[Mapping[tuple[str, str], Scope | None]] = {
     ("POST", "/schedules/{name}/trigger"): _WRITE,
     ("POST", "/schedules/{name}/backfill"): _WRITE,
     ("DELETE", "/schedules/{name}"): _WRITE,
+    ("GET", "/dead-letters"): _ADMIN,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/metrics"): None,
     ("GET", "/asyncapi"): None,
     ("GET", "/asyncapi.json"): None,
+    # The web UI's entry (gateway.ui): a redirect to its files; their data needs a key.
+    ("GET", "/"): None,
 }
 
 #: The OpenAPI security scheme's name.

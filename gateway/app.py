@@ -31,6 +31,7 @@ from .routes import ROUTERS, include
 from .routes._answers import Accepted
 from .routes.events import HEARTBEAT_SECONDS
 from .routes.health import Health
+from .ui import add_offline_docs, add_ui
 
 __all__ = ["KEYS", "Accepted", "Health", "KeyAuth", "create_app", "serve"]
 
@@ -107,6 +108,8 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
         lifespan=lifespan,
         # One schema per model: a body model is documented as the model it answers with.
         separate_input_output_schemas=False,
+        # Served by gateway.ui with the viewers from the package, not from a CDN.
+        docs_url=None, redoc_url=None,
     )
     # Before any route is added: each one takes its scope check from ROUTE_SCOPES.
     app.router.route_class = scoped_route_class(auth)
@@ -120,6 +123,8 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
     install_problem_handlers(app)
     for router in ROUTERS:
         include(app, router)
+    add_ui(app)  # a StaticFiles mount and the redirect of /
+    add_offline_docs(app)
     return app
 
 

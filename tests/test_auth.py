@@ -49,7 +49,7 @@ PATH_VALUES = {"workflow_id": "wf-none", "name": "n1", "batch_id": "b-none",
                "operation": "stop", "version": "1"}
 #: Routes served without a key (also with keys on).
 OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/asyncapi"),
-        ("GET", "/asyncapi.json")}
+        ("GET", "/asyncapi.json"), ("GET", "/")}
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -119,7 +119,9 @@ async def test_no_key_is_401_with_a_bearer_challenge(settings: NatsSettings,
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/openapi.json")).status_code == 200
         assert (await http.get("/docs")).status_code == 200
+        assert (await http.get("/redoc")).status_code == 200
         assert (await http.get("/metrics")).status_code == 200
+        assert (await http.get("/ui/")).status_code == 200
 
 
 async def test_a_bad_key_is_401_invalid_token(settings: NatsSettings, nc: Client) -> None:
@@ -228,7 +230,7 @@ async def test_each_route_needs_its_scope(settings: NatsSettings, nc: Client,
         for method, path in OPEN:
             if path != "/readyz":  # asks the orchestrator and index: slow without one
                 resp = await _send(http, method, path, {})
-                assert resp.status_code == 200, (method, path)
+                assert resp.status_code == (307 if path == "/" else 200), (method, path)
 
 
 async def test_the_principal_carries_the_keys_scopes_and_namespaces(
@@ -255,7 +257,7 @@ async def test_openapi_declares_the_bearer_scheme_and_each_operations_scope(
     for (method, path), scope in ROUTE_SCOPES.items():
         operation = spec["paths"].get(path, {}).get(method.lower())
         if operation is None:
-            assert path in ("/metrics", "/asyncapi", "/asyncapi.json")  # not in the schema
+            assert path in ("/metrics", "/asyncapi", "/asyncapi.json", "/")  # not in the schema
             continue
         if scope is None:
             assert "security" not in operation, path

@@ -105,10 +105,21 @@ def test_list_benchmark_reports_every_filter() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
-    assert len(report["results"]) == 10
+    assert len(report["results"]) == 14
     for row in report["results"]:
         assert row["items"] == 50 or row["filter"].startswith("state=failed + "), row
         assert 0 < row["p50_ms"] <= row["p99_ms"], row
+
+
+def test_ui_benchmark_reports_the_first_page_in_chromium() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ui_list.py"), "--workflows", "300",
+         "--loads", "2", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["counted"] == 300
+    assert 0 < report["first_page_ms"]["p50"] <= report["first_page_ms"]["max"], report
 
 
 @pytest.mark.faults

@@ -11,6 +11,7 @@ module                 routes
 ``health``             ``/healthz``, ``/readyz``
 ``metrics``            ``/metrics`` (not in the OpenAPI document)
 ``asyncapi``           ``/asyncapi``, ``/asyncapi.json`` (likewise)
+``dead_letters``       ``/dead-letters``
 =====================  ====================================================
 
 A route takes what it needs through ``Depends`` (:mod:`gateway._deps`: the NATS link,
@@ -29,14 +30,24 @@ from typing import Final
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from . import asyncapi, batches, definitions, events, health, metrics, schedules, workflows
+from . import (
+    asyncapi,
+    batches,
+    dead_letters,
+    definitions,
+    events,
+    health,
+    metrics,
+    schedules,
+    workflows,
+)
 
 __all__ = ["ROUTERS", "include"]
 
 #: Every router of the gateway, in the order their routes are matched.
 ROUTERS: Final[tuple[APIRouter, ...]] = (
     workflows.router, events.router, batches.router, definitions.router,
-    schedules.router, health.router, metrics.router, asyncapi.router,
+    schedules.router, health.router, metrics.router, asyncapi.router, dead_letters.router,
 )
 
 

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from contracts.subjects import Subjects
 
 from .._deps import SubjectsOf
+from ..ui._docs import asyncapi_page
 
 __all__ = ["router"]
 
@@ -28,10 +29,11 @@ router = APIRouter(include_in_schema=False)
 def _build(subjects: Subjects) -> tuple[str, str]:
     # Imported here: FastStream takes a noticeable while to import, and only these
     # two routes need it.
-    from natsflow.asyncapi import asyncapi_html, asyncapi_schema
+    from natsflow.asyncapi import asyncapi_schema
 
     doc: dict[str, Any] = asyncapi_schema(subjects)
-    return json.dumps(doc), asyncapi_html(doc)
+    # The viewer's assets come from the package (gateway.ui), not from a CDN.
+    return json.dumps(doc), asyncapi_page(doc)
 
 
 async def _document(subjects: Subjects) -> tuple[str, str]:

@@ -114,12 +114,15 @@ async def list_workflows(
     cursor: Annotated[str | None, Query(description="`next_cursor` of the last page.")
                       ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    counts: Annotated[bool, Query(description=(
+        "Also answer `counts`: the matches of every page by state (the `state` "
+        "filter left out)."))] = False,
 ) -> Response:
     """Workflows newest first, filtered, a page at a time (follow `next_cursor`)."""
     query = ListWorkflowsRequest(
         state=state or [], name=name, labels=labels, batch_id=batch,
         namespace=namespace, created_after=created_after, created_before=created_before,
-        cursor=cursor, limit=limit)
+        cursor=cursor, limit=limit, counts=counts)
     page = await nats.client().list_workflows(query, namespaces=namespaces)
     return json_response(page, exclude_none=True)
 
@@ -141,7 +144,9 @@ async def bulk_operation(
     result = await nats.client().bulk(
         req.operation, dry_run=req.dry_run, max_workflows=req.max_workflows,
         all_workflows=req.all, namespaces=namespaces,
-        **req.filter.model_dump(exclude_none=True, exclude={"cursor", "limit"}))
+        # The caller's namespaces are the key's: a filter's own `namespaces` is not heard.
+        **req.filter.model_dump(exclude_none=True,
+                                exclude={"cursor", "limit", "counts", "namespaces"}))
     return json_response(result)
 
 

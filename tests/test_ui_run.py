@@ -1,0 +1,262 @@
+"""The run page in a real headless Chromium, against the real services and nats-server.
+
+Each test starts the orchestrator and the demo worker (conftest), serves the gateway with
+uvicorn on a free port and opens ``/ui/run.html?id=...`` as a person would; assertions are
+on what the page shows (node classes and texts, the chosen step's panel, messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from nats.aio.client import Client
+
+from contracts.connect import NatsSettings
+from gateway import create_app
+from natsflow.embedded import free_port
+
+playwright_api = pytest.importorskip("playwright.async_api")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("chromium is not installed (apt-get install -y chromium)",
+                allow_module_level=True)
+
+expect = playwright_api.expect
+STATIC = Path(__file__).resolve().parent.parent / "gateway" / "ui" / "static"
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "ui" / "run.png"
+
+
+@dataclass
+class Site:
+    url: str
+    http: httpx.AsyncClient
+    page: Any  # playwright Page
+    requests: list[str]
+
+    async def open_run(self, workflow_id: str) -> None:
+        await self.page.goto(f"{self.url}/ui/run.html?id={workflow_id}")
+        await expect(self.page.locator("body[data-ready='1']")).to_have_count(1)
+
+    def node(self, step_id: str) -> Any:
+        return self.page.locator(f"#graph g.node[data-step='{step_id}']")
+
+    async def submit(self, body: dict[str, Any]) -> str:
+        resp = await self.http.post("/workflows", json=body)
+        assert resp.status_code in (200, 202), resp.text
+        return str(resp.json()["id"])
+
+
+def _serve_static(app: Any) -> None:
+    # Until the gateway serves /ui itself (the UI shell), mount the files as it will.
+    if not any(getattr(r, "path", "") == "/ui" for r in app.routes):
+        from fastapi.staticfiles import StaticFiles
+        app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
+
+
+@pytest.fixture
+async def site(demo_worker: object, settings: NatsSettings, nc: Client) -> AsyncIterator[Site]:
+    port = free_port()
+    app = create_app(settings, auth=None, nc=nc, heartbeat=0.5)
+    _serve_static(app)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
+                                           ws="none", log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "uvicorn did not start"
+        await asyncio.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    async with playwright_api.async_playwright() as pw, \
+            httpx.AsyncClient(base_url=url, timeout=30) as http:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(15_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        yield Site(url, http, page, requests)
+        await browser.close()
+        assert not errors, errors
+    server.should_exit = True
+    await serving
+
+
+TOUR = {
+    "name": "tour", "input": {"tier": "gold", "amount": 10, "pages": ["a", "b", "c", "d"]},
+    "steps": [
+        {"id": "fetch", "task": "demo.sleep", "input": {"seconds": 1.5, "steps": 3}},
+        {"id": "flaky", "task": "demo.flaky", "input": {"fail_times": 1},
+         "retry": {"max_attempts": 3, "initial_interval": 0}},
+        {"id": "fraud-check", "task": "demo.echo", "when": "input.amount > 1000"},
+        {"id": "route", "kind": "switch", "value": "input.tier", "depends_on": ["fetch"],
+         "cases": {"gold": ["fast-lane"], "silver": ["standard"]}, "default": ["standard"]},
+        {"id": "fast-lane", "task": "demo.echo", "depends_on": ["route"]},
+        {"id": "standard", "task": "demo.echo", "depends_on": ["route"]},
+        {"id": "pages", "kind": "map", "items": "input.pages", "depends_on": ["flaky"],
+         "step": {"task": "demo.echo", "input": {"page": "${item}"}}},
+        {"id": "invoice", "kind": "workflow", "definition": "ui-child", "depends_on": ["flaky"]},
+        {"id": "done", "kind": "transform", "join": "any",
+         "depends_on": ["fast-lane", "standard", "pages", "invoice", "fraud-check"],
+         "output": {"lane": "${steps.route.output.case}"}},
+    ],
+}
+
+
+async def test_nodes_change_colour_as_steps_finish(site: Site) -> None:
+    put = await site.http.put("/definitions/ui-child", json={
+        "steps": [{"id": "hi", "task": "demo.echo", "input": {"text": "child"}}]})
+    assert put.status_code in (200, 201), put.text
+    wid = await site.submit({**TOUR, "id": "tour_1", "start": False})
+    await site.open_run(wid)
+    page = site.page
+    await expect(site.node("fetch")).to_have_class(re.compile(r"\bst-pending\b"))
+    assert (await site.http.post(f"/workflows/{wid}/start")).status_code == 200
+    # While the slow step runs it is drawn as running; when it ends, as succeeded.
+    await expect(site.node("fetch")).to_have_class(re.compile(r"\bst-running\b"))
+    running = await site.node("fetch").locator("rect").first.evaluate(
+        "r => getComputedStyle(r).stroke")
+    await expect(site.node("fetch")).to_have_class(re.compile(r"\bst-succeeded\b"))
+    done = await site.node("fetch").locator("rect").first.evaluate(
+        "r => getComputedStyle(r).stroke")
+    assert running != done  # the colour a person sees changed
+    await expect(page.locator("#run-state")).to_have_text("completed")
+    # A `when` skip, the switch's branch taken and the one not taken.
+    await expect(site.node("fraud-check")).to_have_class(re.compile(r"\bst-skipped\b"))
+    await expect(site.node("fraud-check").locator(".line")).to_contain_text("condition is false")
+    await expect(site.node("route").locator(".line")).to_have_text("case gold")
+    await expect(site.node("fast-lane")).to_have_class(re.compile(r"\bst-succeeded\b"))
+    await expect(site.node("standard")).to_have_class(re.compile(r"\bst-skipped\b"))
+    edge = page.locator("path.edge[data-from='route'][data-to='standard']")
+    await expect(edge).to_have_class(re.compile(r"\bskipped\b"))
+    # A step that failed once, then succeeded: marked, and both attempts on the timeline.
+    await expect(site.node("flaky")).to_have_class(re.compile(r"\bretried\b"))
+    await expect(site.node("flaky").locator(".badge")).to_have_text("↻1")
+    bars = page.locator(".tl-row[data-step='flaky'] .tl-bar")
+    await expect(bars).to_have_count(2)
+    await expect(bars.nth(0)).to_have_class(re.compile(r"o-failed"))
+    await expect(bars.nth(1)).to_have_class(re.compile(r"o-succeeded"))
+    await site.node("flaky").click()
+    await expect(page.locator("#detail table.attempts tbody tr")).to_have_count(2)
+    await expect(page.locator("#detail table.attempts")).to_contain_text("planned failures")
+    # The map: one node with its progress.
+    await expect(site.node("pages").locator(".counts")).to_have_text(
+        "4 done · 0 running · 0 failed of 4")
+    # The event log shows every event, replayed then live, in order and without gaps.
+    last = int(await page.locator("body").get_attribute("data-seq") or 0)
+    status = (await site.http.get(f"/workflows/{wid}")).json()
+    assert last == status["last_seq"]
+    seqs = [int(s) for s in await page.locator(".log-row").evaluate_all(
+        "rows => rows.map(r => r.dataset.seq)")]
+    assert seqs == list(range(1, last + 1))
+    await site.node("fetch").click()
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    # The page asked nothing of any host but the gateway.
+    assert all(u.startswith(site.url) for u in site.requests), site.requests
+    # The child workflow: linked to its own run page, which links back.
+    child = site.node("invoice").locator("a.child")
+    await expect(child).to_have_attribute("href", re.compile(r"run\.html\?id=tour_1-invoice-"))
+    await child.click()
+    await expect(page.locator("#run-title")).to_have_text(re.compile(r"^tour_1-invoice-"))
+    await expect(page.locator("#run-links a")).to_have_text("parent: tour_1")
+    await expect(site.node("hi")).to_have_class(re.compile(r"\bst-succeeded\b"))
+
+
+async def test_a_failed_steps_error_is_readable(site: Site) -> None:
+    wid = await site.submit({"name": "doomed", "id": "doomed_1", "steps": [
+        {"id": "prepare", "task": "demo.noop"},
+        {"id": "explode", "task": "demo.fail", "depends_on": ["prepare"]},
+        {"id": "never", "task": "demo.noop", "depends_on": ["explode"]}]})
+    await site.open_run(wid)
+    page = site.page
+    await expect(site.node("explode")).to_have_class(re.compile(r"\bst-failed\b"))
+    await expect(site.node("explode").locator(".line")).to_have_text("failed: demo-failure")
+    await expect(page.locator("#run-state")).to_have_text("failed")
+    await expect(page.locator("#run-error")).to_contain_text("demo.fail always fails")
+    await site.node("explode").click()
+    await expect(page.locator("#detail .error-box")).to_contain_text(
+        "demo-failure: demo.fail always fails")
+    # A refusal of the API is shown as its message: a failed workflow cannot be paused.
+    await page.locator("button[data-action='pause']").click()
+    await expect(page.locator("#message.error")).to_contain_text("409")
+
+
+async def test_signal_from_the_button(site: Site) -> None:
+    wid = await site.submit({"name": "expense", "id": "expense_ui", "steps": [
+        {"id": "approval", "kind": "wait", "signal": "approval"},
+        {"id": "pay", "task": "demo.echo", "depends_on": ["approval"],
+         "input": {"by": "${steps.approval.output.by}"}}]})
+    await site.open_run(wid)
+    page = site.page
+    await expect(site.node("approval")).to_have_class(re.compile(r"\bst-waiting\b"))
+    await expect(site.node("approval").locator(".line")).to_have_text(
+        "waiting for signal approval")
+    await site.node("approval").click()
+    await expect(page.locator("form.signal input[name='name']")).to_have_value("approval")
+    await page.locator("form.signal textarea").fill('{"decision": "approved", "by": "ada"}')
+    await page.locator("button[data-action='signal']").click()
+    await expect(page.locator("#message")).to_contain_text("done (202)")
+    await expect(site.node("pay")).to_have_class(re.compile(r"\bst-succeeded\b"))
+    await site.node("pay").click()
+    await expect(page.locator("#detail pre.output")).to_contain_text('"ada"')
+    # Signalling a finished workflow is refused with the API's message.
+    await page.locator("button[data-action='signal']").click()
+    await expect(page.locator("#message.error")).to_contain_text("already-finished")
+
+
+async def test_a_map_of_10000_items_shows_its_progress(site: Site) -> None:
+    wid = await site.submit({"name": "big-map", "id": "map_10k",
+                             "input": {"items": list(range(10_000))},
+                             "steps": [{"id": "fan", "kind": "map", "items": "input.items",
+                                        "max_concurrency": 1000,
+                                        "step": {"task": "demo.noop"}}]})
+    await site.open_run(wid)
+    page = site.page
+    counts = site.node("fan").locator(".counts")
+    await expect(counts).to_contain_text("of 10000")
+    await site.node("fan").click()
+    rows = page.locator("#detail .item-row")
+    # The items are a window of rows, never 10,000 elements.
+    assert await rows.count() < 40
+    await expect(counts).to_have_text("10000 done · 0 running · 0 failed of 10000",
+                                      timeout=40_000)
+    await expect(site.node("fan")).to_have_class(re.compile(r"\bst-succeeded\b"))
+    await page.locator("#detail .item-window").evaluate("w => { w.scrollTop = w.scrollHeight; }")
+    await expect(page.locator("#detail .item-row[data-index='9999']")).to_contain_text(
+        "succeeded")
+    assert await rows.count() < 40
+    assert await page.evaluate("document.getElementsByTagName('*').length") < 2000
+
+
+async def test_200_steps_render_and_stay_live(site: Site) -> None:
+    steps = [{"id": f"s{i:03d}", "task": "demo.noop",
+              "depends_on": [f"s{i - 10:03d}"] if i >= 10 else []} for i in range(200)]
+    wid = await site.submit({"name": "wide", "id": "wide_200", "start": False, "steps": steps})
+    began = time.perf_counter()
+    await site.open_run(wid)
+    opened = time.perf_counter() - began
+    page = site.page
+    await expect(page.locator("#graph g.node")).to_have_count(200)
+    assert (await site.http.post(f"/workflows/{wid}/start")).status_code == 200
+    began = time.perf_counter()
+    await expect(page.locator("#run-state")).to_have_text("completed", timeout=40_000)
+    await expect(page.locator("#graph g.node.st-succeeded")).to_have_count(200)
+    finished = time.perf_counter() - began
+    stats = await page.evaluate("window.natsflowRun.stats")
+    print(f"\n200 steps: page ready in {opened * 1000:.0f} ms (layout "
+          f"{stats['layoutMs']:.0f} ms, draw {stats['drawMs']:.0f} ms); run shown "
+          f"completed {finished:.1f} s after start; {stats['events']} events in "
+          f"{stats['batches']} batches, longest batch {stats['maxBatchMs']:.1f} ms")
+    # Smoke bounds only (real figures: docs/ui-run.md).
+    assert opened < 10
+    assert stats["maxBatchMs"] < 1000

@@ -3,7 +3,7 @@
 import { mapCounts } from "./run-model.js";
 
 const ROW = 22; // px per item row in the drill-down
-const MAX_JSON = 20000;
+const MAX_JSON = 8000;
 
 function h(tag, props = {}, ...children) {
   const e = document.createElement(tag);
@@ -18,7 +18,8 @@ function h(tag, props = {}, ...children) {
 }
 
 export function json(value) {
-  const s = JSON.stringify(value, null, 2) ?? "null";
+  let s = JSON.stringify(value, null, 2) ?? "null";
+  if (s.length > MAX_JSON) s = JSON.stringify(value); // big: dense rather than tall
   return s.length > MAX_JSON ? `${s.slice(0, MAX_JSON)}\n… (${s.length} characters)` : s;
 }
 
@@ -42,6 +43,7 @@ export class StepDetail {
 
   show(id) {
     this.id = id;
+    this.items = null;
     this.filter = "all";
     this.render();
   }
@@ -56,8 +58,10 @@ export class StepDetail {
         text: "Choose a step on the graph to see its input, output, error and attempts." }));
       return;
     }
-    const keepScroll = this.items ? this.items.scrollTop : 0;
-    this.items = null;
+    // A map's item window stays in place while the step is shown (it keeps its scroll);
+    // only its rows and counts are redrawn.
+    const keepWindow = this.items && this.itemsFor === `${step.id}/${this.filter}`;
+    const scrolled = keepWindow ? this.items.scrollTop : 0;
     const rows = [
       ["state", step.state + (step.skipReason ? ` (${step.skipReason})` : "")],
       ["kind", step.kind + (step.task ? ` · ${step.task}` : "")],
@@ -93,7 +97,8 @@ export class StepDetail {
     if (step.progress !== null && step.progress !== undefined) {
       parts.push(h("h4", { text: "progress" }), h("pre", { text: json(step.progress) }));
     }
-    if (step.kind === "map" && step.map) parts.push(this.mapPart(step));
+    if (step.kind === "map" && step.map) parts.push(this.mapPart(step, keepWindow));
+    else this.items = null;
     if (step.output !== null && step.output !== undefined) {
       parts.push(h("h4", { text: "output" }), h("pre", { class: "output", text: json(step.output) }));
     }
@@ -110,13 +115,8 @@ export class StepDetail {
     }
     parts.push(this.attemptsPart(step));
     this.root.replaceChildren(...parts);
-    if (this.items) {
-      this.fillItems();
-      if (keepScroll) {
-        this.items.scrollTop = keepScroll;
-        this.fillItems();
-      }
-    }
+    if (keepWindow) this.items.scrollTop = scrolled; // moving it in the page reset it
+    if (this.items) this.fillItems();
   }
 
   attemptsPart(step) {
@@ -138,7 +138,7 @@ export class StepDetail {
   }
 
   // The map's items: counts, a filter, and a scrolling window of rows.
-  mapPart(step) {
+  mapPart(step, keepWindow) {
     const c = mapCounts(step);
     const wrap = h("div", { class: "map-items" });
     const bar = h("div", { class: "map-filter" });
@@ -148,10 +148,13 @@ export class StepDetail {
                                text: `${f} ${n}`,
                                onclick: () => { this.filter = f; this.render(); } }));
     }
-    this.items = h("div", { class: "item-window" });
-    this.items.addEventListener("scroll", () => this.fillItems());
-    this.itemsInner = h("div", { class: "item-inner" });
-    this.items.append(this.itemsInner);
+    if (!keepWindow) {
+      this.items = h("div", { class: "item-window" });
+      this.items.addEventListener("scroll", () => this.fillItems());
+      this.itemsInner = h("div", { class: "item-inner" });
+      this.items.append(this.itemsInner);
+      this.itemsFor = `${step.id}/${this.filter}`;
+    }
     wrap.append(h("h4", { text: `items (${c.total})` }), bar, this.items);
     if (step.map.errors.length) {
       wrap.append(h("h4", { text: "first item errors" }));

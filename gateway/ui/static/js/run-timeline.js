@@ -8,7 +8,8 @@ export class Timeline {
     this.model = model;
     this.onSelect = onSelect;
     this.rows = new Map(); // step id -> {track, bars: Map(attempt -> el), mark}
-    this.t0 = Date.parse(model.status.created_at);
+    this.t0 = null; // the first attempt's start: a workflow created to start later
+    // does not open its timeline with empty time
     this.span = 1;
   }
 
@@ -39,7 +40,7 @@ export class Timeline {
     this.tick();
   }
 
-  secs(t) { return (t - this.t0) / 1000; }
+  secs(t) { return (t - (this.t0 ?? t)) / 1000; }
 
   update(id) {
     const r = this.rows.get(id);
@@ -47,6 +48,7 @@ export class Timeline {
     if (!r || !step) return;
     for (const a of step.history.values()) {
       if (a.begun === null) continue;
+      if (this.t0 === null) this.t0 = a.begun; // events come in order: the earliest
       let bar = r.bars.get(a.attempt);
       if (!bar) {
         bar = document.createElement("span");
@@ -76,6 +78,7 @@ export class Timeline {
 
   // Once a second (and after each batch of events): stretch open bars and the axis.
   tick() {
+    if (this.t0 === null) return;
     const live = !this.model.status.finished_at;
     const now = live ? Date.now() : Date.parse(this.model.status.finished_at);
     const nowS = this.secs(now);

@@ -70,6 +70,11 @@ def _serve_static(app: Any) -> None:
         app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
 
 
+def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
 @dataclass
 class Services:
     """The gateway's URL, an HTTP client of it and the browser."""
@@ -90,12 +95,8 @@ async def services(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathF
     env = {**os.environ, "NATS_URL": nats_server.url, "NATSFLOW_PREFIX": settings.prefix}
     logs = tmp_path_factory.mktemp("ui-run-logs")
     natsflow = str(Path(sys.executable).parent / "natsflow")
-    procs = []
-    for name, args in (("orchestrator", ["orchestrator"]),
-                       ("worker", ["worker", "natsflow.demo:worker"])):
-        with open(logs / f"{name}.log", "wb") as out:  # the child keeps its own descriptor
-            procs.append(subprocess.Popen([natsflow, *args], env=env, stdout=out,
-                                          stderr=subprocess.STDOUT))
+    procs = [_start([natsflow, "orchestrator"], env, logs / "orchestrator.log"),
+             _start([natsflow, "worker", "natsflow.demo:worker"], env, logs / "worker.log")]
     nc = await connect(settings, name="test-ui-run")
     port = free_port()
     app = create_app(settings, auth=None, nc=nc, heartbeat=0.5)

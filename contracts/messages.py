@@ -336,6 +336,9 @@ class ListWorkflowsRequest(BaseModel):
     created_before: datetime | None = None
     cursor: str | None = Field(default=None, description="`next_cursor` of the last page.")
     limit: int = Field(default=50, ge=1, le=500)
+    counts: bool = Field(default=False, exclude_if=lambda v: not v, description=(
+        "Also count every match by state, over all pages (the `state` filter is not "
+        "applied to the counts)."))
     namespaces: Scope = None
 
 
@@ -347,6 +350,9 @@ class WorkflowList(BaseModel):
     items: list[WorkflowSummary]
     next_cursor: str | None = Field(default=None, description="Pass it back for the "
                                     "next page; absent on the last page.")
+    counts: dict[WorkflowState, int] | None = Field(default=None, description=(
+        "With `counts`: how many workflows match each state (every other filter "
+        "applied); states with none are left out."))
 
 
 class BulkRequest(BaseModel):
@@ -374,7 +380,8 @@ class BulkRequest(BaseModel):
         # A scope is who asks, not what is asked for: "all" is still every workflow
         # (that the caller may touch).
         selects = self.filter.model_dump(exclude_defaults=True,
-                                         exclude={"cursor", "limit", "namespaces"})
+                                         exclude={"cursor", "limit", "counts",
+                                                  "namespaces"})
         if not selects and not self.all:
             raise ValidationFailed(
                 'the filter selects every workflow: give a filter, or "all": true to '

@@ -99,6 +99,8 @@ ROUTE_SCOPES: Final[Mapping[tuple[str, str], Scope | None]] = {
     ("GET", "/metrics"): None,
     ("GET", "/asyncapi"): None,
     ("GET", "/asyncapi.json"): None,
+    # The web UI's entry (gateway.ui): a redirect to its files; their data needs a key.
+    ("GET", "/"): None,
 }
 
 #: The OpenAPI security scheme's name.

@@ -54,6 +54,7 @@ from ._problems import (
     replace_validation_responses,
 )
 from ._tracing import install_tracing, request_trace
+from .ui import add_ui
 
 __all__ = ["KEYS", "Accepted", "Health", "KeyAuth", "create_app", "serve"]
 
@@ -247,6 +248,9 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the last page.")
                           ] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        counts: Annotated[bool, Query(description=(
+            "Also answer `counts`: the matches of every page by state (the `state` "
+            "filter left out)."))] = False,
     ) -> Response:
         """Workflows newest first, filtered, a page at a time (follow `next_cursor`)."""
         labels: dict[str, str] = {}
@@ -258,7 +262,7 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
         query = ListWorkflowsRequest(
             state=state or [], name=name, labels=labels, batch_id=batch,
             namespace=namespace, created_after=created_after, created_before=created_before,
-            cursor=cursor, limit=limit)
+            cursor=cursor, limit=limit, counts=counts)
         page = await link.client().list_workflows(query, namespaces=caller.namespace_scope)
         return Response(page.model_dump_json(exclude_none=True), media_type=_JSON)
 
@@ -278,7 +282,8 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
         result = await link.client().bulk(
             req.operation, dry_run=req.dry_run, max_workflows=req.max_workflows,
             all_workflows=req.all, namespaces=caller.namespace_scope,
-            **req.filter.model_dump(exclude_none=True, exclude={"cursor", "limit"}))
+            **req.filter.model_dump(exclude_none=True,
+                                    exclude={"cursor", "limit", "counts"}))
         return Response(result.model_dump_json(), media_type=_JSON)
 
     @app.get("/workflows/{workflow_id}", response_model=WorkflowStatus,
@@ -369,6 +374,7 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
     add_event_routes(app, link, heartbeat=heartbeat)
     add_definition_routes(app, link)
     add_asyncapi_routes(app, settings.subjects)
+    add_ui(app)
 
     # -- batches ---------------------------------------------------------------------
     @app.post(

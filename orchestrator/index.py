@@ -20,6 +20,7 @@ import bisect
 import contextlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -35,7 +36,7 @@ from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsflowError, ValidationFailed, validation_failed
 from contracts.messages import BulkRequest, BulkResult, ListWorkflowsRequest, WorkflowList
-from contracts.models import WorkflowSummary
+from contracts.models import WorkflowState, WorkflowSummary
 from contracts.namespaces import narrow, visible
 from contracts.operations import (
     WORKFLOW_BULK,
@@ -82,6 +83,9 @@ class WorkflowIndex:
         self.kv = kv
         self._by_id: dict[str, WorkflowSummary] = {}
         self._keys: list[tuple[float, str]] = []  # sorted, newest first
+        # (namespace, state) -> how many: counts by state without a scan, for a list
+        # that filters on nothing but namespaces (the UI's counts on every page load).
+        self._counts: Counter[tuple[str, WorkflowState]] = Counter()
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -133,11 +137,15 @@ class WorkflowIndex:
         if old is None:
             key = _sort_key(s)
             self._keys.insert(bisect.bisect_left(self._keys, key), key)
+        else:
+            self._counts[(old.namespace, old.state)] -= 1
+        self._counts[(s.namespace, s.state)] += 1
         self._by_id[s.id] = s
 
     def _drop(self, wid: str) -> None:
         old = self._by_id.pop(wid, None)
         if old is not None:
+            self._counts[(old.namespace, old.state)] -= 1
             key = _sort_key(old)
             i = bisect.bisect_left(self._keys, key)
             if i < len(self._keys) and self._keys[i] == key:
@@ -156,17 +164,46 @@ class WorkflowIndex:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ready.wait(), wait)
         states = set(q.state)
+        page: list[WorkflowSummary] = []
+        for s in self._matching(q, self._after(q.cursor)):
+            if states and s.state not in states:
+                continue
+            page.append(s)
+            if len(page) > q.limit:
+                break
+        more = len(page) > q.limit
+        page = page[:q.limit]
+        cursor = encode_cursor(_sort_key(page[-1])) if more and page else None
+        return page, cursor
+
+    def counts(self, q: ListWorkflowsRequest) -> dict[WorkflowState, int]:
+        """How many workflows match ``q`` in each state, ignoring its state filter,
+        cursor and limit. Without a filter but namespaces, from running counts;
+        otherwise by a scan of the summaries (newest first, so a ``created_after``
+        stops it early)."""
+        totals: Counter[WorkflowState] = Counter()
+        if (q.name is None and q.batch_id is None and not q.labels
+                and q.created_after is None and q.created_before is None):
+            for (namespace, state), n in self._counts.items():
+                if n and (q.namespace is None or namespace == q.namespace) \
+                        and visible(namespace, q.namespaces):
+                    totals[state] += n
+        else:
+            totals.update(s.state for s in self._matching(q, self._after(None)))
+        return {state: totals[state] for state in WorkflowState if totals[state]}
+
+    @staticmethod
+    def _matching(q: ListWorkflowsRequest, summaries: Iterator[WorkflowSummary]
+                  ) -> Iterator[WorkflowSummary]:
+        """``summaries`` (newest first) that pass every filter of ``q`` but its state."""
         after = q.created_after.timestamp() if q.created_after else None
         before = q.created_before.timestamp() if q.created_before else None
-        page: list[WorkflowSummary] = []
-        for s in self._after(q.cursor):
+        for s in summaries:
             t = s.created_at.timestamp()
             if before is not None and t >= before:
                 continue
             if after is not None and t <= after:
                 break  # newest first: everything further is older still
-            if states and s.state not in states:
-                continue
             if q.name is not None and s.name != q.name:
                 continue
             if q.batch_id is not None and s.batch_id != q.batch_id:
@@ -177,13 +214,7 @@ class WorkflowIndex:
                 continue
             if q.labels and any(s.labels.get(k) != v for k, v in q.labels.items()):
                 continue
-            page.append(s)
-            if len(page) > q.limit:
-                break
-        more = len(page) > q.limit
-        page = page[:q.limit]
-        cursor = encode_cursor(_sort_key(page[-1])) if more and page else None
-        return page, cursor
+            yield s
 
 
 class IndexService:
@@ -229,7 +260,9 @@ class IndexService:
         assert self.index is not None
         query = ListWorkflowsRequest.model_validate_json(data or b"{}")
         items, cursor = await self.index.query(query)
-        return WorkflowList(items=items, next_cursor=cursor).model_dump_json(exclude_none=True)
+        counts = self.index.counts(query) if query.counts else None
+        return WorkflowList(items=items, next_cursor=cursor,
+                            counts=counts).model_dump_json(exclude_none=True)
 
     async def _bulk(self, data: bytes) -> str:
         """Select by the filter, then call the public API for each (no back door)."""

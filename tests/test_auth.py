@@ -56,7 +56,7 @@ PATH_VALUES = {"workflow_id": "wf-none", "name": "n1", "batch_id": "b-none",
                "operation": "stop", "version": "1"}
 #: Routes served without a key (also with keys on).
 OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/asyncapi"),
-        ("GET", "/asyncapi.json")}
+        ("GET", "/asyncapi.json"), ("GET", "/")}
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -262,7 +262,7 @@ async def test_openapi_declares_the_bearer_scheme_and_each_operations_scope(
     for (method, path), scope in ROUTE_SCOPES.items():
         operation = spec["paths"].get(path, {}).get(method.lower())
         if operation is None:
-            assert path in ("/metrics", "/asyncapi", "/asyncapi.json")  # not in the schema
+            assert path in ("/metrics", "/asyncapi", "/asyncapi.json", "/")  # not in the schema
             continue
         if scope is None:
             assert "security" not in operation, path

@@ -39,7 +39,6 @@ if not Path(CHROMIUM).exists():
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 expect = playwright_api.expect
 expect.set_options(timeout=15_000)  # a loaded CI machine: what a person would wait
-STATIC = Path(__file__).resolve().parent.parent / "gateway" / "ui" / "static"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "ui" / "run.png"
 
 
@@ -61,13 +60,6 @@ class Site:
         resp = await self.http.post("/workflows", json=body)
         assert resp.status_code in (200, 202), resp.text
         return str(resp.json()["id"])
-
-
-def _serve_static(app: Any) -> None:
-    # Until the gateway serves /ui itself (the UI shell), mount the files as it will.
-    if not any(getattr(r, "path", "") == "/ui" for r in app.routes):
-        from fastapi.staticfiles import StaticFiles
-        app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
 
 
 def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -100,7 +92,6 @@ async def services(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathF
     nc = await connect(settings, name="test-ui-run")
     port = free_port()
     app = create_app(settings, auth=None, nc=nc, heartbeat=0.5)
-    _serve_static(app)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
                                            ws="none", log_level="warning"))
     serving = asyncio.create_task(server.serve())
@@ -241,8 +232,8 @@ async def test_a_failed_steps_error_is_readable(site: Site) -> None:
     await expect(page.locator("#detail .error-box")).to_contain_text(
         "demo-failure: demo.fail always fails")
     # A refusal of the API is shown as its message: a failed workflow cannot be paused.
-    await page.locator("button[data-action='pause']").click()
-    await expect(page.locator("#message.error")).to_contain_text("409")
+    await page.locator("#actions button[data-action='pause']").click()
+    await expect(page.locator("#nf-messages .nf-message-error")).to_contain_text("409")
 
 
 async def test_signal_from_the_button(site: Site) -> None:
@@ -255,17 +246,21 @@ async def test_signal_from_the_button(site: Site) -> None:
     await expect(site.node("approval")).to_have_class(re.compile(r"\bst-waiting\b"))
     await expect(site.node("approval").locator(".line")).to_have_text(
         "waiting for signal approval")
-    await site.node("approval").click()
-    await expect(page.locator("form.signal input[name='name']")).to_have_value("approval")
-    await page.locator("form.signal textarea").fill('{"decision": "approved", "by": "ada"}')
-    await page.locator("button[data-action='signal']").click()
-    await expect(page.locator("#message")).to_contain_text("done (202)")
+    await page.locator("#actions button[data-action='signal']").click()
+    dialog = page.locator("#nf-signal-dialog")
+    await expect(dialog.locator("input[name='name']")).to_have_value("approval")
+    await dialog.locator("textarea[name='payload']").fill('{"decision": "approved", "by": "ada"}')
+    await dialog.locator("[data-role='submit']").click()
+    await expect(page.locator("#nf-messages .nf-message-ok")).to_contain_text("signal sent")
     await expect(site.node("pay")).to_have_class(re.compile(r"\bst-succeeded\b"))
     await site.node("pay").click()
     await expect(page.locator("#detail pre.output")).to_contain_text('"ada"')
     # Signalling a finished workflow is refused with the API's message.
-    await page.locator("button[data-action='signal']").click()
-    await expect(page.locator("#message.error")).to_contain_text("already-finished")
+    await page.locator("#actions button[data-action='signal']").click()
+    await dialog.locator("input[name='name']").fill("approval")
+    await dialog.locator("textarea[name='payload']").fill("{}")
+    await dialog.locator("[data-role='submit']").click()
+    await expect(dialog.locator(".nf-message-error")).to_contain_text("409")
 
 
 async def test_a_map_of_10000_items_shows_its_progress_and_stops(site: Site) -> None:
@@ -305,8 +300,8 @@ async def test_a_map_of_10000_items_shows_its_progress_and_stops(site: Site) -> 
     assert await rows.count() < 40
     assert await page.evaluate("document.getElementsByTagName('*').length") < 2000
     # Stop from the button: the map is cancelled and the workflow ends stopped.
-    await page.locator("button[data-action='stop']").click()
-    await expect(page.locator("#message")).to_contain_text("done (202)")
+    await page.locator("#actions button[data-action='stop']").click()
+    await expect(page.locator("#nf-messages .nf-message-ok")).to_contain_text("map_10k: stopping")
     await expect(page.locator("#run-state")).to_have_text("stopped", timeout=20_000)
     await expect(node).to_have_class(re.compile(r"\bst-cancelled\b"))
 

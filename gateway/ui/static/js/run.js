@@ -1,6 +1,8 @@
 // The run page: GET /workflows/{id} once, the graph laid out once, then the workflow's
 // event stream (replayed from the first event, then live) applied event by event.
-import { getJSON, sse } from "./run-http.js";
+import { api, sse, showMessage } from "./api.js";
+import { runUrl } from "./dom.js";
+import { mountShell } from "./shell.js";
 import { RunModel, WORKFLOW, WORKFLOW_TERMINAL, STEP_ACTIVE } from "./run-model.js";
 import { RunGraph } from "./run-graph.js";
 import { Timeline } from "./run-timeline.js";
@@ -10,7 +12,7 @@ import { RunActions } from "./run-actions.js";
 
 const $ = (sel) => document.querySelector(sel);
 const enc = encodeURIComponent;
-const childHref = (id) => `run.html?id=${enc(id)}`;
+const childHref = runUrl;
 
 class RunPage {
   constructor(id) {
@@ -28,7 +30,7 @@ class RunPage {
     const t0 = performance.now();
     let status;
     try {
-      status = await getJSON(`/workflows/${enc(this.id)}`);
+      status = await api(`/workflows/${enc(this.id)}`);
     } catch (err) {
       this.fatal(err.status === 404 ? `No workflow ${this.id} (or not one this key may see).`
         : `Could not read the workflow: ${err.message}`);
@@ -58,9 +60,7 @@ class RunPage {
 
   fatal(text) {
     $("#run-title").textContent = this.id;
-    const p = $("#message");
-    p.textContent = text;
-    p.className = "message error";
+    showMessage(text, "error");
   }
 
   // The step configs, when the workflow came from a stored definition (for its input).
@@ -71,36 +71,42 @@ class RunPage {
       const path = status.definition_version
         ? `/definitions/${enc(status.definition)}/versions/${status.definition_version}${ns}`
         : `/definitions/${enc(status.definition)}${ns}`;
-      const def = await getJSON(path);
+      const def = await api(path);
       const cfg = def.config || def;
       for (const s of cfg.steps || []) this.config.set(s.id, s);
       if (this.graph.selected) this.detail.update(this.graph.selected);
     } catch { /* the page works without it */ }
   }
 
-  // Events replayed, then live; on a broken connection, resume after the last seq seen.
-  async follow() {
-    let after = 0;
-    for (let tries = 0; ; tries += 1) {
-      try {
-        await sse(`/workflows/${enc(this.id)}/events?after=${after}`, (type, data) => {
-          const ev = JSON.parse(data);
-          after = ev.seq;
-          this.queue.push(ev);
-          this.schedule();
-        });
-        if (WORKFLOW_TERMINAL.has(this.model.state) || tries > 1000) break;
-        // The stream ended at a terminal event of an earlier run: a retry goes on.
-      } catch (err) {
-        if (err.status === 404 || err.status === 401 || err.status === 403) {
-          this.fatal(`The event stream was refused: ${err.message}`);
-          return;
-        }
-      }
-      this.setLive(false);
-      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** Math.min(tries, 4))));
-    }
-    this.setLive(false);
+  // Events replayed from the first, then live; the shell's sse() resumes after the last
+  // id seen when the connection drops, and stops when the server ends the stream (the
+  // run's terminal event).
+  follow() {
+    this.stream = sse(`/workflows/${enc(this.id)}/events?after=0`, ({ data }) => {
+      if (!data || typeof data !== "object") return;
+      this.queue.push(data);
+      this.schedule();
+    }, {
+      onOpen: () => this.setLive(true),
+      onEnd: () => { this.ended = true; this.setLive(false); },
+      onError: (err) => {
+        this.setLive(false);
+        if (err.status >= 400) showMessage(`The event stream was refused: ${err.message}`);
+      },
+    });
+  }
+
+  // After a retry (or resume) from this page: a stream that had ended goes on.
+  refollow() {
+    if (!this.ended) return;
+    this.ended = false;
+    const after = this.model.events.length ? this.model.events.at(-1).seq : 0;
+    this.stream = sse(`/workflows/${enc(this.id)}/events?after=${after}`, ({ data }) => {
+      if (!data || typeof data !== "object") return;
+      this.queue.push(data);
+      this.schedule();
+    }, { onOpen: () => this.setLive(true),
+         onEnd: () => { this.ended = true; this.setLive(false); } });
   }
 
   schedule() {
@@ -138,8 +144,8 @@ class RunPage {
       this.timeline.update(c);
       this.detail.update(c);
     }
-    if (changed.has(WORKFLOW)) { this.header(); this.actions.update(); }
-    if (this.graph.selected && changed.has(this.graph.selected)) this.actions.update();
+    if (changed.has(WORKFLOW)) this.header();
+    if (changed.size) this.actions.update(); // its dialogs read the run as it is now
     this.timeline.tick();
   }
 
@@ -152,7 +158,7 @@ class RunPage {
     this.reading = new Promise((r) => setTimeout(r, wait)).then(async () => {
       this.readAt = Date.now();
       try {
-        const status = await getJSON(`/workflows/${enc(this.id)}`);
+        const status = await api(`/workflows/${enc(this.id)}`);
         if ((status.last_seq || 0) >= this.model.appliedSeq) {
           this.model.needsRead = false;
           this.render(this.model.reset(status));
@@ -181,7 +187,7 @@ class RunPage {
   setLive(on) {
     const b = $("#live");
     b.textContent = on ? "live" : WORKFLOW_TERMINAL.has(this.model.state) ? "finished" : "reconnecting";
-    b.className = `live ${on ? "on" : ""}`;
+    b.className = `nf-live${on ? " nf-on" : ""}`;
   }
 
   header() {
@@ -190,7 +196,7 @@ class RunPage {
     $("#run-title").textContent = s.id;
     const st = $("#run-state");
     st.textContent = s.state;
-    st.className = `state wf-${s.state}`;
+    st.className = `nf-state nf-state-${s.state}`;
     const facts = [["name", s.name], ["namespace", s.namespace],
                    ["created", s.created_at], ["finished", s.finished_at || "—"],
                    ["runs", String(s.runs || 1)], ["steps", String(s.steps.length)]];
@@ -225,9 +231,10 @@ class RunPage {
   }
 }
 
+mountShell("runs");
 const id = new URLSearchParams(location.search).get("id");
 if (!id) {
-  document.querySelector("#message").textContent = "No workflow id: open run.html?id=<workflow id>.";
+  showMessage("No workflow id: open run.html?id=<workflow id>.");
 } else {
   new RunPage(id).start();
 }

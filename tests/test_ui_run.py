@@ -328,3 +328,22 @@ async def test_200_steps_render_and_stay_live(site: Site) -> None:
     # Smoke bounds only (real figures: docs/ui-run.md).
     assert opened < 10
     assert stats["maxBatchMs"] < 1000
+
+
+async def test_retry_from_the_button_follows_the_new_run(site: Site) -> None:
+    wid = await site.submit({"name": "second-go", "id": "retry_ui", "steps": [
+        {"id": "wobbly", "task": "demo.flaky", "input": {"fail_times": 1}},
+        {"id": "after", "task": "demo.noop", "depends_on": ["wobbly"]}]})
+    await site.open_run(wid)
+    page = site.page
+    await expect(page.locator("#run-state")).to_have_text("failed")
+    await expect(site.node("wobbly")).to_have_class(re.compile(r"\bst-failed\b"))
+    await expect(page.locator("#live")).to_have_text("finished")
+    # The stream ended with the run; a retry from the page follows the new run live.
+    await page.locator("#actions button[data-action='retry']").click()
+    await page.locator("#nf-retry-dialog [data-role='submit']").click()
+    await expect(page.locator("#run-state")).to_have_text("completed")
+    await expect(site.node("wobbly")).to_have_class(re.compile(r"\bst-succeeded\b"))
+    await expect(site.node("after")).to_have_class(re.compile(r"\bst-succeeded\b"))
+    await expect(site.node("wobbly").locator(".badge")).to_have_text("↻1")
+    await expect(page.locator(".tl-row[data-step='wobbly'] .tl-bar")).to_have_count(2)

@@ -12,7 +12,8 @@ function summary(ev) {
   if (d.reason) return d.reason;
   if (d.signal) return `signal ${d.signal}`;
   if (d.child) return `child ${d.child}`;
-  if (d.name) return `signal ${d.name}`;
+  if (ev.type === "signal.received") return `signal ${d.name}${d.kept ? " (kept)" : ""}`;
+  if (ev.type === "workflow.retried") return `run ${d.run}: ${(d.steps || []).join(", ")}`;
   if (d.items !== undefined) return `${d.items} items`;
   if (d.output !== undefined) {
     const s = JSON.stringify(d.output);

@@ -16,6 +16,8 @@ from fastapi.responses import HTMLResponse
 
 from contracts.subjects import Subjects
 
+from .ui._docs import asyncapi_page
+
 __all__ = ["add_asyncapi_routes"]
 
 
@@ -29,10 +31,11 @@ def add_asyncapi_routes(app: FastAPI, subjects: Subjects) -> None:
     def build() -> tuple[str, str]:
         # Imported here: FastStream takes a noticeable while to import, and only these
         # two routes need it.
-        from contracts.asyncapi import asyncapi_html, asyncapi_schema
+        from contracts.asyncapi import asyncapi_schema
 
         doc: dict[str, Any] = asyncapi_schema(subjects)
-        return json.dumps(doc), asyncapi_html(doc)
+        # The viewer's assets come from the package (gateway.ui), not from a CDN.
+        return json.dumps(doc), asyncapi_page(doc)
 
     async def document() -> tuple[str, str]:
         # Building takes a few hundred milliseconds: not on the event loop.

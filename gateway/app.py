@@ -54,7 +54,7 @@ from ._problems import (
     replace_validation_responses,
 )
 from ._tracing import install_tracing, request_trace
-from .ui import add_ui
+from .ui import add_offline_docs, add_ui
 
 __all__ = ["KEYS", "Accepted", "Health", "KeyAuth", "create_app", "serve"]
 
@@ -173,6 +173,8 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
                     "[/asyncapi](/asyncapi) ([/asyncapi.json](/asyncapi.json)).",
         version=__version__,
         lifespan=lifespan,
+        # Served by gateway.ui with the viewers from the package, not from a CDN.
+        docs_url=None, redoc_url=None,
     )
     # Before any route is added: each one takes its scope check from ROUTE_SCOPES.
     app.router.route_class = scoped_route_class(auth)
@@ -375,6 +377,7 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
     add_definition_routes(app, link)
     add_asyncapi_routes(app, settings.subjects)
     add_ui(app)
+    add_offline_docs(app)
 
     # -- batches ---------------------------------------------------------------------
     @app.post(

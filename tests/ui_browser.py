@@ -36,7 +36,14 @@ import pytest_asyncio
 import uvicorn
 from helpers import running_demo_worker
 from nats.aio.client import Client
-from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Route,
+    async_playwright,
+    expect,
+)
 from playwright.async_api import Request as PwRequest
 
 from contracts.client import NatsflowClient
@@ -50,6 +57,9 @@ __all__ = ["CHROMIUM", "LOOPBACK", "Ui", "browser_fixture", "serve_gateway", "ui
 
 #: Debian's Chromium (the package ``chromium``).
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# The machine the tests share is slow at times: an assertion waits up to this long.
+expect.set_options(timeout=15_000)
+
 #: The only hosts a page may reach.
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
@@ -152,7 +162,7 @@ async def ui_fixture(request: pytest.FixtureRequest, browser: Browser,
 
             await context.route("**/*", guard)
             page.on("pageerror", lambda exc: state.errors.append(str(exc)))
-            page.set_default_timeout(10_000)
+            page.set_default_timeout(20_000)
             try:
                 yield state
             finally:

@@ -19,7 +19,9 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 
-__all__ = ["STATIC_DIR", "UI_PATH", "add_ui"]
+from gateway.ui._docs import add_offline_docs, asyncapi_page
+
+__all__ = ["STATIC_DIR", "UI_PATH", "add_offline_docs", "add_ui", "asyncapi_page"]
 
 #: Where the UI's files are in the package.
 STATIC_DIR: Final = Path(__file__).parent / "static"

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,13 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from nats.aio.client import Client
+from ui_browser import serve_gateway
 
 from contracts.connect import NatsSettings, connect
-from gateway import create_app
+from contracts.keys import CreateKeyRequest, KeyStore, Scope
+from contracts.streams import Topology
+from gateway import KeyAuth, create_app
 from natsflow.embedded import EmbeddedNats, free_port
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -74,6 +79,8 @@ class Services:
     url: str
     http: httpx.AsyncClient
     browser: Any
+    settings: NatsSettings
+    nc: Client
 
 
 # One deployment and one browser for the module (a page per test): starting them per
@@ -107,7 +114,7 @@ async def services(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathF
                 assert all(p.poll() is None for p in procs), (logs / "orchestrator.log")
                 assert time.monotonic() < deadline, "the orchestrator never answered"
                 await asyncio.sleep(0.1)
-            yield Services(url, http, browser)
+            yield Services(url, http, browser, settings, nc)
             await browser.close()
     finally:
         server.should_exit = True
@@ -347,3 +354,27 @@ async def test_retry_from_the_button_follows_the_new_run(site: Site) -> None:
     await expect(site.node("after")).to_have_class(re.compile(r"\bst-succeeded\b"))
     await expect(site.node("wobbly").locator(".badge")).to_have_text("↻1")
     await expect(page.locator(".tl-row[data-step='wobbly'] .tl-bar")).to_have_count(2)
+
+
+async def test_with_keys_the_run_page_asks_once_and_stays_live(services: Services,
+                                                               site: Site) -> None:
+    store = await KeyStore.open(services.nc.jetstream(), Topology(services.settings.subjects))
+    made = await store.create(CreateKeyRequest(name="ui-run", scopes=[Scope.WORKFLOWS_READ],
+                                               namespaces=["*"]), now=datetime.now(UTC))
+    wid = await site.submit({"name": "keyed", "id": "keyed_1", "start": False,
+                             "steps": [{"id": "only", "task": "demo.noop"}]})
+    async with serve_gateway(services.settings, services.nc, auth=KeyAuth()) as url:
+        page = site.page
+        await page.goto(f"{url}/ui/run.html?id={wid}")
+        dialog = page.locator("#nf-key-dialog")
+        await dialog.locator("input").fill(made.key)
+        await dialog.locator('button[type="submit"]').click()
+        await expect(page.locator("body[data-ready='1']")).to_have_count(1)
+        await expect(site.node("only")).to_have_class(re.compile(r"\bst-pending\b"))
+        # The event stream carries the key too: the page follows the run live.
+        assert (await site.http.post(f"/workflows/{wid}/start")).status_code == 200
+        await expect(site.node("only")).to_have_class(re.compile(r"\bst-succeeded\b"))
+        # A read-only key: the API refuses the action, and the page says so.
+        await page.locator("#actions button[data-action='rerun']").click()
+        await page.locator("#nf-rerun-dialog [data-role='submit']").click()
+        await expect(page.locator("#nf-rerun-dialog .nf-message-error")).to_contain_text("403")

@@ -29,11 +29,12 @@ import uvicorn
 from nats.aio.client import Client
 from ui_browser import serve_gateway
 
-from contracts.connect import NatsSettings, connect
-from contracts.keys import CreateKeyRequest, KeyStore, Scope
-from contracts.streams import Topology
+from contracts.keys import CreateKeyRequest, Scope
 from gateway import KeyAuth, create_app
 from natsflow.embedded import EmbeddedNats, free_port
+from transport.connect import NatsSettings, connect
+from transport.keys import KeyStore
+from transport.streams import Topology
 
 playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -46,12 +46,13 @@ from playwright.async_api import (
 )
 from playwright.async_api import Request as PwRequest
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
-from contracts.keys import CreateKeyRequest, KeyStore, Scope
-from contracts.streams import Topology
+from contracts.keys import CreateKeyRequest, Scope
 from gateway import KeyAuth, create_app
+from natsflow.client import NatsflowClient
 from natsflow.embedded import free_port
+from transport.connect import NatsSettings, connect
+from transport.keys import KeyStore
+from transport.streams import Topology
 
 __all__ = ["CHROMIUM", "LOOPBACK", "Ui", "browser_fixture", "serve_gateway", "ui_fixture"]
 

@@ -379,3 +379,21 @@ async def test_with_keys_the_run_page_asks_once_and_stays_live(services: Service
         await page.locator("#actions button[data-action='rerun']").click()
         await page.locator("#nf-rerun-dialog [data-role='submit']").click()
         await expect(page.locator("#nf-rerun-dialog .nf-message-error")).to_contain_text("403")
+
+
+async def test_a_maps_failed_items_are_listed_with_their_errors(site: Site) -> None:
+    wid = await site.submit({"name": "some-fail", "id": "map_fail", "on_failure": "continue",
+                             "input": {"items": [0, 1, 2, 3, 4]},
+                             "steps": [{"id": "fan", "kind": "map", "items": "input.items",
+                                        "step": {"task": "demo.fail"}}]})
+    await site.open_run(wid)
+    page = site.page
+    node = site.node("fan")
+    await expect(node).to_have_class(re.compile(r"\bst-failed\b"))
+    await expect(node.locator(".counts")).to_have_text("0 done · 0 running · 5 failed of 5")
+    await node.click()
+    await expect(page.locator("#detail .error-box").first).to_contain_text("items-failed")
+    await page.locator("#detail .map-filter button[data-filter='failed']").click()
+    rows = page.locator("#detail .item-row")
+    await expect(rows).to_have_count(5)
+    await expect(rows.first).to_contain_text("demo-failure: demo.fail always fails")

@@ -47,6 +47,9 @@ FILTERS: dict[str, dict[str, Any]] = {
     "name=billing (1 in 4)": {"name": "billing"},
     "label team=red (1 in 8)": {"labels": {"team": "red"}},
     "state=failed + name=billing": {"state": ["failed"], "name": "billing"},
+    # The web UI's runs page asks for its first page with the counts by state.
+    "UI first page: counts": {"counts": True},
+    "UI: name=billing + counts": {"name": "billing", "counts": True},
 }
 
 
@@ -122,6 +125,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     params["state"] = filters["state"]
                 if "name" in filters:
                     params["name"] = filters["name"]
+                if filters.get("counts"):
+                    params["counts"] = "true"
                 if "labels" in filters:
                     params["label"] = [f"{k}:{v}" for k, v in filters["labels"].items()]
                 for path in ("nats", "http"):

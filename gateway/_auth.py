@@ -87,6 +87,7 @@ ROUTE_SCOPES: Final[Mapping[tuple[str, str], Scope | None]] = {
     ("GET", "/definitions"): _DEF_READ,
     ("GET", "/definitions/{name}"): _DEF_READ,
     ("GET", "/definitions/{name}/versions/{version}"): _DEF_READ,
+    ("GET", "/dead-letters"): _ADMIN,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/metrics"): None,

@@ -53,6 +53,7 @@ from ._problems import (
     problem_responses,
     replace_validation_responses,
 )
+from ._routes_dead_letters import add_dead_letter_routes
 from ._tracing import install_tracing, request_trace
 from .ui import add_offline_docs, add_ui
 
@@ -376,6 +377,7 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
     add_event_routes(app, link, heartbeat=heartbeat)
     add_definition_routes(app, link)
     add_asyncapi_routes(app, settings.subjects)
+    add_dead_letter_routes(app, link)
     add_ui(app)
     add_offline_docs(app)
 

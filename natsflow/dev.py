@@ -331,6 +331,8 @@ def _print_banner(gateway_url: str, metrics_url: str, settings: NatsSettings, lo
                  ) if server else "existing server"
     body = Text.assemble(
         ("natsflow is running\n\n", "bold green"),
+        # The first URL to open: the web UI (it asks for the API key below, if any).
+        ("UI       ", "bold"), f"{gateway_url}/ui/\n",
         ("gateway  ", "bold"), f"{gateway_url}\n",
         ("docs     ", "bold"), f"{gateway_url}/docs\n",
         ("metrics  ", "bold"), f"{metrics_url} (orchestrator)\n",

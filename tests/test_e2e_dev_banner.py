@@ -85,6 +85,12 @@ def test_dev_banner_commands_and_metrics_work_as_printed(tmp_path: Path) -> None
         assert status.returncode == 0, out + status.stdout + status.stderr
         assert "completed" in status.stdout
 
+        # The first URL of the banner is the web UI's, and it answers.
+        urls = re.findall(r"http://\S+", out)
+        assert urls[0] == f"http://127.0.0.1:{port}/ui/", out
+        ui_page = httpx.get(urls[0], timeout=5)
+        assert ui_page.status_code == 200 and "<title>Runs" in ui_page.text
+
         (metrics_url,) = re.findall(r"metrics\s+(http://\S+/metrics)", out)
         metrics = httpx.get(metrics_url, timeout=5)
         assert metrics.status_code == 200

@@ -6,8 +6,8 @@ import httpx
 from helpers import read_dead_letters
 from nats.aio.client import Client
 
-from contracts.connect import NatsSettings
 from gateway import create_app
+from transport.connect import NatsSettings
 
 
 async def test_dead_letters_newest_first_with_reasons_and_pages(

@@ -16,7 +16,8 @@ Hierarchy::
     ├── NotFound                  not-found
     │   ├── WorkflowNotFound      workflow-not-found
     │   ├── BatchNotFound         batch-not-found
-    │   └── DefinitionNotFound    definition-not-found
+    │   ├── DefinitionNotFound    definition-not-found
+    │   └── TriggerNotFound       trigger-not-found
     ├── Conflict                  conflict             the request clashes with current state
     │   ├── IdConflict            id-conflict          same id, different config
     │   ├── AlreadyFinished       already-finished     the workflow/batch is terminal
@@ -74,6 +75,7 @@ __all__ = [
     "RecordUnreadable",
     "SchemaMismatch",
     "TooManySignals",
+    "TriggerNotFound",
     "Unauthenticated",
     "Unavailable",
     "ValidationFailed",
@@ -206,6 +208,12 @@ class DefinitionNotFound(NotFound):
     """No stored definition of that name (or version)."""
 
     code = "definition-not-found"
+
+
+class TriggerNotFound(NotFound):
+    """No trigger by that name (in that namespace)."""
+
+    code = "trigger-not-found"
 
 
 class Conflict(NatsflowError):

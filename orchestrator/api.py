@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -178,13 +178,17 @@ class Api:
         command_timeout: Seconds to wait for a command's outcome before answering
             "accepted" without a status.
         egress: The egress policy: a literal subject it refuses fails the submit.
+        more: Handlers of more operations, served by others (the triggers').
     """
 
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,
                  batches: RecordStore, idempotency: KeyValue, publisher: AsyncPublisher,
                  definitions: DefinitionStore | None = None,
-                 command_timeout: float = 5.0, egress: EgressPolicy | None = None) -> None:
+                 command_timeout: float = 5.0, egress: EgressPolicy | None = None,
+                 more: Mapping[Operation[Any, Any], Callable[[bytes], Awaitable[Answer]]]
+                 | None = None) -> None:
         self.nc = nc
+        self.more = dict(more or {})
         self.egress = egress or EgressPolicy()
         self.publisher = publisher
         self.subjects = subjects
@@ -215,7 +219,7 @@ class Api:
             DEFINITION_PUT: self.put_definition, DEFINITION_GET: self.get_definition,
             DEFINITION_LIST: self.list_definitions,
             BATCH_CREATE: self.create_batch, BATCH_GET: self.get_batch,
-            BATCH_STOP: self.stop_batch,
+            BATCH_STOP: self.stop_batch, **self.more,
         }
         for op, fn in endpoints(Server.ORCHESTRATOR, handlers):
             await self.service.add_endpoint(EndpointConfig(

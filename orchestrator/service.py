@@ -44,6 +44,7 @@ from .runtime import Item, Malformed, Processor, Verdict
 from .store import KvRecordStore
 from .timers import JetStreamParking, TimerParking
 from .tokens import KEY_BYTES, RESULT_KEY, new_key
+from .triggers import TriggerApi, TriggerRunner, TriggerStore
 from .webhooks import WebhookDeliverer, WebhookSettings
 from .workers import ConsumerView, tasks_without_worker
 
@@ -143,6 +144,7 @@ class Orchestrator:
         self.processor: Processor | None = None
         self.publisher: AsyncPublisher | None = None
         self.api: Api | None = None
+        self.triggers: TriggerRunner | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._redeclaring: asyncio.Task[None] | None = None
         self._subs: list[PullConsumer] = []
@@ -199,9 +201,17 @@ class Orchestrator:
                                    metrics=self.metrics, clock=self.clock,
                                    publisher=self.publisher, egress=self.egress,
                                    crash_points=self.crash_points)
+        triggers = TriggerStore(await bucket(t.triggers_kv()),
+                                await bucket(t.trigger_stats_kv()))
+        trigger_api = TriggerApi(self.nc, t, triggers, definitions)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency, definitions=definitions,
-                       publisher=self.publisher, egress=self.egress)
+                       publisher=self.publisher, egress=self.egress,
+                       more=trigger_api.handlers())
+        self.triggers = TriggerRunner(self.nc, t, triggers, create=self.api.create,
+                                      settle=self.processor.settle,
+                                      dead_letter=self.processor.dead_letter,
+                                      registry=self.metrics.registry)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
                                         self.subjects.engine_consumer,
                                         batch=self.fetch_batch).start()
@@ -214,6 +224,7 @@ class Orchestrator:
             asyncio.create_task(self._watchdog("timer", lambda: self._timer_loop(timer_sub))),
             asyncio.create_task(self._watchdog("queue sampling", self._sample_queues))]
         await self.api.start()
+        await self.triggers.start()
         if self.webhooks:
             self.deliverer = WebhookDeliverer(self.nc, self.subjects,
                                               dead_letter=self.processor.dead_letter,
@@ -266,6 +277,8 @@ class Orchestrator:
         self._stopping.set()
         if self.api is not None:
             await self.api.close()
+        if self.triggers is not None:
+            await self.triggers.stop()
         # Built-in steps and the engine wind down side by side: each waits for a fetch.
         await asyncio.gather(self._builtins.aclose(), self._stop_loops(),
                              self._stop_deliverer())

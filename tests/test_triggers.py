@@ -1,0 +1,189 @@
+"""Triggers against a real nats-server: messages on a subject start workflows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from helpers import read_dead_letters
+from nats.aio.client import Client
+from pydantic import ValidationError
+
+from contracts.client import NatsflowClient
+from contracts.errors import ExpressionError, IdConflict, ValidationFailed, validation_failed
+from contracts.subjects import Subjects
+from contracts.trigger_client import TriggerClient
+from contracts.triggers import (
+    TriggerSpec,
+    cover,
+    map_message,
+    subject_covers,
+    subjects_collide,
+)
+
+NOOP = {"name": "noop", "steps": [{"id": "echo", "kind": "transform",
+                                   "output": "${input}"}]}
+
+
+def _trigger(name: str, subject: str, **more: Any) -> dict[str, Any]:
+    return {"name": name, "subject": subject, "definition": "noop",
+            "id": "order-${msg.data.id}", "input": {"order": "${msg.data.id}",
+                                                   "kind": "${msg.subject}"}, **more}
+
+
+async def _workflow_ids(nc: Client, subjects: Subjects) -> set[str]:
+    kv = await nc.jetstream().key_value(subjects.workflows_bucket)
+    try:
+        return set(await kv.keys())
+    except Exception:
+        return set()
+
+
+@pytest.fixture
+async def triggers(engine: object, client: NatsflowClient) -> TriggerClient:
+    await client.put_definition("noop", NOOP)
+    return TriggerClient.of(client)
+
+
+# -- pure ----------------------------------------------------------------------------
+def test_subject_relations() -> None:
+    assert subjects_collide("orders.*", "orders.created")
+    assert subjects_collide("orders.>", "orders.a.b")
+    assert not subjects_collide("orders.*", "orders.a.b")
+    assert not subjects_collide("orders.a", "orders.b")
+    assert subject_covers("orders.*", "orders.x") and not subject_covers("orders.x", "orders.*")
+    assert subject_covers("orders.>", "orders.*.x") and not subject_covers("orders.*", "orders.>")
+    assert cover(["orders.x", "orders.*", "pay.>", "pay.a.b"]) == ["orders.*", "pay.>"]
+
+
+def test_map_message() -> None:
+    spec = TriggerSpec.model_validate(_trigger("t", "orders.*", when="msg.data.total > 10"))
+    body = map_message(spec, subject="orders.created",
+                       data=json.dumps({"id": 7, "total": 20}).encode(), headers=None)
+    assert body == {"definition": "noop", "id": "order-7",
+                    "input": {"order": 7, "kind": "orders.created"}, "labels": {"trigger": "t"}}
+    assert map_message(spec, subject="orders.x", data=b'{"id": 1, "total": 1}',
+                       headers=None) is None
+    with pytest.raises(ExpressionError) as err:
+        map_message(spec, subject="orders.x", data=b"not json", headers=None)
+    assert err.value.field == "when"
+
+
+# -- over NATS -----------------------------------------------------------------------
+async def test_messages_start_workflows_with_when_and_mapping(
+        triggers: TriggerClient, nc: Client, settings: Any) -> None:
+    s = settings.subjects
+    reply = await triggers.create_trigger(_trigger("big", "shop.orders.*",
+                                                   when="msg.data.total >= 100"))
+    assert reply.created
+    assert not (await triggers.create_trigger(_trigger("big", "shop.orders.*",
+                                                       when="msg.data.total >= 100"))).created
+    for i in range(6):  # a plain publisher: it knows nothing of natsflow
+        await nc.publish("shop.orders.created", json.dumps({"id": i, "total": i * 40}).encode())
+    await nc.flush()
+
+    async def stats() -> Any:
+        return (await triggers.get_trigger("big")).stats
+
+    for _ in range(100):
+        st = await stats()
+        if st.started + st.skipped == 6:
+            break
+        await asyncio.sleep(0.1)
+    assert (st.started, st.skipped, st.matched, st.failed) == (3, 3, 3, 0)
+    assert await _workflow_ids(nc, s) == {"order-3", "order-4", "order-5"}
+    status = (await triggers.get("order-4")).status
+    assert status is not None and status.labels["trigger"] == "big"
+
+
+async def test_unmappable_message_is_dead_lettered_with_reason_and_trigger(
+        triggers: TriggerClient, nc: Client, settings: Any) -> None:
+    await triggers.create_trigger(_trigger("strict", "pay.done"))
+    await nc.publish("pay.done", b'{"no_id": true}')
+    await nc.flush()
+    [(subject, letter)] = await read_dead_letters(nc, settings.subjects, count=1)
+    assert subject == settings.subjects.dlq("expression-error")
+    assert letter.reason.field == "input.order"
+    assert letter.reason.details == {"trigger": "strict", "namespace": "default",
+                                     "expression": "msg.data.id"}
+    assert letter.subject == "pay.done"
+    await wait_for_stats(triggers, "strict", lambda st: st.failed == 1)
+
+
+async def wait_for_stats(triggers: TriggerClient, name: str, ok: Any,
+                         timeout: float = 10.0) -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        st = (await triggers.get_trigger(name)).stats
+        if ok(st):
+            return st
+        if loop.time() > end:
+            raise AssertionError(f"stats of {name}: {st}")
+        await asyncio.sleep(0.1)
+
+
+async def test_pause_stops_consumption_and_resume_continues(
+        triggers: TriggerClient, nc: Client, settings: Any) -> None:
+    await triggers.create_trigger(_trigger("p", "inv.*"))
+    await nc.publish("inv.a", b'{"id": 1}')
+    await wait_for_stats(triggers, "p", lambda st: st.started == 1)
+    paused = await triggers.pause_trigger("p", note="maintenance")
+    assert paused.trigger.paused and paused.trigger.note == "maintenance"
+    await asyncio.sleep(0.5)  # every replica has seen it
+    for i in (2, 3):
+        await nc.publish("inv.a", json.dumps({"id": i}).encode())
+    await nc.flush()
+    await asyncio.sleep(1.5)
+    assert (await triggers.get_trigger("p")).stats.received == 1
+    assert await _workflow_ids(nc, settings.subjects) == {"order-1"}
+    await triggers.resume_trigger("p")
+    await wait_for_stats(triggers, "p", lambda st: st.started == 3)
+    assert await _workflow_ids(nc, settings.subjects) == {"order-1", "order-2", "order-3"}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"when": "msg.data.("}, "when"),
+    ({"when": "foo.bar"}, "when"),
+    ({"id": "${nope}"}, "id"),
+    ({"subject": "orders..x"}, "subject"),
+    ({"subject": "*.created"}, "subject"),
+    ({"subject": "$JS.API.>"}, "subject"),
+    ({"definition": None}, "definition"),
+])
+async def test_bad_trigger_names_the_field_locally(change: dict[str, Any], field: str) -> None:
+    try:
+        TriggerSpec.model_validate({**_trigger("bad", "orders.*"), **change})
+    except ValidationError as exc:
+        assert validation_failed(exc).field == field
+    except (ValidationFailed, ExpressionError) as exc:
+        assert exc.field == field
+    else:
+        raise AssertionError("accepted")
+
+
+async def test_bad_triggers_are_refused_by_the_orchestrator(
+        triggers: TriggerClient, nc: Client, settings: Any) -> None:
+    prefix = settings.subjects.prefix
+    for subject in (f"{prefix}.submit", f"{prefix}.>", "$KV.x.y"):
+        with pytest.raises(ValidationFailed) as err:
+            await triggers.create_trigger(_trigger("bad", subject))
+        assert err.value.field == "subject", subject
+    with pytest.raises(ValidationFailed) as err:
+        await triggers.create_trigger(_trigger("bad", "a.b", stream="NO_SUCH_STREAM"))
+    assert err.value.field == "stream"
+    # Partly overlapping core subjects: one stream cannot capture both.
+    await triggers.create_trigger(_trigger("one", "ovl.*.x"))
+    with pytest.raises(ValidationFailed) as err:
+        await triggers.create_trigger(_trigger("two", "ovl.y.*"))
+    assert err.value.field == "subject"
+    # Covered by another trigger's subject: fine, both get the message.
+    await triggers.create_trigger(_trigger("three", "ovl.y.x", id="three-${msg.data.id}"))
+    with pytest.raises(IdConflict):
+        await triggers.create_trigger(_trigger("one", "ovl.*.z"))
+    names = [t.trigger.spec.name for t in (await triggers.list_triggers()).triggers]
+    assert names == ["one", "three"]
+    await triggers.delete_trigger("three")
+    assert [t.trigger.spec.name for t in (await triggers.list_triggers()).triggers] == ["one"]

@@ -272,9 +272,10 @@ class Trigger(BaseModel):
 
 
 class TriggerStats(BaseModel):
-    """A trigger's counters since it was made, over every orchestrator.
+    """A trigger's counters since it was made, summed over every orchestrator.
 
-    Counted at least once: a message redelivered after a crash may be counted again.
+    For watching, not for accounting: each replica writes its counts once a second, so
+    a killed one loses its last second's, and a message redelivered counts again.
     """
 
     model_config = _Frozen

@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import json
 import tomllib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from contracts.errors import NatsflowError, WorkflowNotFound
 from contracts.headers import ERROR_CODE_HEADER, ERROR_HEADER, HEADERS
 from contracts.operations import OPERATIONS, Server, endpoints, error_reply, reply_error
 from contracts.subjects import Subjects
+from contracts.trigger_client import TriggerClient
 from orchestrator.index import IndexService
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,6 +197,27 @@ async def _every_api_method(client: NatsflowClient) -> set[str]:
     return set(calls)
 
 
+async def _every_trigger_method(client: TriggerClient) -> None:
+    """Each trigger call of the client (a subclass: its own module), once."""
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "create_trigger": lambda: client.create_trigger(
+            {"name": "nope", "subject": "a.b", "definition": "nope", "id": "x"}),
+        "get_trigger": lambda: client.get_trigger("nope"),
+        "trigger_stats": lambda: client.trigger_stats("nope"),
+        "list_triggers": lambda: client.list_triggers(),
+        "pause_trigger": lambda: client.pause_trigger("nope"),
+        "resume_trigger": lambda: client.resume_trigger("nope"),
+        "delete_trigger": lambda: client.delete_trigger("nope"),
+    }
+    own = {name for name, fn in inspect.getmembers(TriggerClient, inspect.isfunction)
+           if not name.startswith("_")} - {
+        name for name, fn in inspect.getmembers(NatsflowClient, inspect.isfunction)}
+    assert own - {"of"} == set(calls)
+    for call in calls.values():
+        with contextlib.suppress(NatsflowError):
+            await call()
+
+
 async def test_client_services_and_document_have_the_same_operations(
         engine: object, nc: Client, settings: NatsSettings) -> None:
     s = settings.subjects
@@ -209,6 +232,7 @@ async def test_client_services_and_document_have_the_same_operations(
     try:
         client = NatsflowClient(nc, s, timeout=5)
         await _every_api_method(client)
+        await _every_trigger_method(TriggerClient.of(client))
         await nc.flush()
         served: dict[str, str] = {}
         for service in (s.service_name, s.index_service_name):

@@ -215,9 +215,13 @@ class TriggerSpec(BaseModel):
         variables = (MSG_VARIABLE,)
         if self.when is not None:
             check_expression(self.when, variables=variables, field="when")
-        check_template(self.input, variables=variables, field="input")
-        check_template(self.id, variables=variables, field="id")
-        check_template(self.labels, variables=variables, field="labels")
+        for name in ("input", "id", "labels"):
+            try:
+                check_template(getattr(self, name), variables=variables, field=name)
+            except ExpressionError as exc:
+                if exc.field is None:  # an unclosed ``${`` is found before the field is
+                    exc.field = name
+                raise
         return self
 
 

@@ -40,6 +40,7 @@ from contracts.messages import (
 )
 from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowState, WorkflowStatus
 from contracts.streams import Topology
+from contracts.triggers import CreateTriggerRequest
 
 from ._asyncapi import add_asyncapi_routes
 from ._auth import Caller, KeyAuth, KeyCache, namespace_query, scoped_route_class
@@ -53,6 +54,7 @@ from ._problems import (
     problem_responses,
     replace_validation_responses,
 )
+from ._routes_triggers import trigger_router
 from ._tracing import install_tracing, request_trace
 
 __all__ = ["KEYS", "Accepted", "Health", "KeyAuth", "create_app", "serve"]
@@ -93,7 +95,8 @@ class _Gateway(FastAPI):
     see their models; they are added here so ``/openapi.json`` documents them.
     """
 
-    body_models: tuple[type[BaseModel], ...] = (WorkflowConfig, BatchConfig, RunDefinition)
+    body_models: tuple[type[BaseModel], ...] = (WorkflowConfig, BatchConfig, RunDefinition,
+                                                CreateTriggerRequest)
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema:
@@ -368,6 +371,7 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
 
     add_event_routes(app, link, heartbeat=heartbeat)
     add_definition_routes(app, link)
+    app.include_router(trigger_router(link, app.router.route_class))
     add_asyncapi_routes(app, settings.subjects)
 
     # -- batches ---------------------------------------------------------------------

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from helpers import read_dead_letters
 from nats.aio.client import Client
@@ -22,6 +24,7 @@ from contracts.triggers import (
     subject_covers,
     subjects_collide,
 )
+from gateway import create_app
 
 NOOP = {"name": "noop", "steps": [{"id": "echo", "kind": "transform",
                                    "output": "${input}"}]}
@@ -187,3 +190,66 @@ async def test_bad_triggers_are_refused_by_the_orchestrator(
     assert names == ["one", "three"]
     await triggers.delete_trigger("three")
     assert [t.trigger.spec.name for t in (await triggers.list_triggers()).triggers] == ["one"]
+
+
+# -- over HTTP -----------------------------------------------------------------------
+@pytest.fixture
+async def http(triggers: TriggerClient, settings: Any, nc: Client
+               ) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=nc))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        yield client
+
+
+async def test_http_lifecycle(http: httpx.AsyncClient, nc: Client) -> None:
+    made = await http.post("/triggers", json=_trigger("web", "web.orders.*"))
+    assert made.status_code == 201, made.text
+    assert made.headers["location"] == "/triggers/web"
+    assert (await http.post("/triggers", json=_trigger("web", "web.orders.*"))
+            ).status_code == 200
+    other = await http.post("/triggers", json=_trigger("web", "web.other"))
+    assert other.status_code == 409, other.text
+    await nc.publish("web.orders.new", b'{"id": 9}')
+    for _ in range(100):
+        got = (await http.get("/triggers/web/stats")).json()
+        if got["started"]:
+            break
+        await asyncio.sleep(0.1)
+    assert got["started"] == 1
+    assert (await http.get("/workflows/order-9")).json()["input"] == {
+        "order": 9, "kind": "web.orders.new"}
+    paused = await http.post("/triggers/web/pause", json={"note": "why not"})
+    assert paused.json()["paused"] is True and paused.json()["note"] == "why not"
+    assert (await http.post("/triggers/web/resume")).json()["paused"] is False
+    listed = (await http.get("/triggers")).json()["triggers"]
+    assert [t["trigger"]["spec"]["name"] for t in listed] == ["web"]
+    assert (await http.delete("/triggers/web")).status_code == 200
+    gone = await http.get("/triggers/web")
+    assert gone.status_code == 404 and gone.json()["code"] == "trigger-not-found"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"when": "msg.data.("}, "when"),
+    ({"when": "size(msg) > nope"}, "when"),
+    ({"input": {"x": "${steps.a.output}"}}, "input.x"),
+    ({"id": "order-${msg.data.id"}, "id"),
+    ({"subject": "orders.>.x"}, "subject"),
+    ({"subject": "$JS.API.STREAM.LIST"}, "subject"),
+    ({"subject": "PREFIX.submit"}, "subject"),
+    ({"subject": "PREFIX.events.>"}, "subject"),
+    ({"subject": ">"}, "subject"),
+    ({"stream": "NOPE"}, "stream"),
+    ({"stream": "KV_PREFIX_workflows"}, "stream"),
+    ({"definition": "nope"}, "definition"),
+    ({"definition": None, "config": {"steps": [{"id": "a", "kind": "transform",
+                                                "output": "${input.x}"}], "nope": 1}},
+     "config.nope"),
+    ({"name": "bad name"}, "name"),
+])
+async def test_http_bad_trigger_is_400_naming_the_field(
+        http: httpx.AsyncClient, settings: Any, change: dict[str, Any], field: str) -> None:
+    body = {k: (v.replace("PREFIX", settings.subjects.prefix) if isinstance(v, str) else v)
+            for k, v in {**_trigger("bad", "orders.*"), **change}.items()}
+    got = await http.post("/triggers", json=body)
+    assert got.status_code in (400, 404), got.text
+    assert got.json()["field"] == field, got.text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, FastAPI, Path, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
@@ -29,7 +29,7 @@ from ._bodies import read_model, read_object
 from ._link import NatsLink
 from ._problems import problem_responses
 
-__all__ = ["trigger_router"]
+__all__ = ["add_trigger_routes", "trigger_router"]
 
 _Name = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
                             description="Trigger name.")]
@@ -138,3 +138,14 @@ def trigger_router(link: NatsLink, route_class: type[APIRoute]) -> APIRouter:
             namespaces=caller.namespace_scope)).trigger, 200)
 
     return router
+
+
+def add_trigger_routes(app: FastAPI, link: NatsLink) -> None:
+    """Put the ``/triggers`` routes on ``app``, flat beside its own.
+
+    Not ``include_router``: FastAPI 0.165 keeps an included router as one lazy entry of
+    ``app.routes``, which whatever walks the routes (the scope table's check, the
+    metrics' route templates) would not see into.
+    """
+    for route in trigger_router(link, app.router.route_class).routes:
+        app.router.routes.append(route)

@@ -54,7 +54,7 @@ from ._problems import (
     problem_responses,
     replace_validation_responses,
 )
-from ._routes_triggers import trigger_router
+from ._routes_triggers import add_trigger_routes
 from ._tracing import install_tracing, request_trace
 
 __all__ = ["KEYS", "Accepted", "Health", "KeyAuth", "create_app", "serve"]
@@ -371,7 +371,7 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
 
     add_event_routes(app, link, heartbeat=heartbeat)
     add_definition_routes(app, link)
-    app.include_router(trigger_router(link, app.router.route_class))
+    add_trigger_routes(app, link)
     add_asyncapi_routes(app, settings.subjects)
 
     # -- batches ---------------------------------------------------------------------

@@ -313,6 +313,7 @@ def test_every_error_code_has_one_http_status() -> None:
                 "not-found": 404, "id-conflict": 409, "already-finished": 409,
                 "conflict": 409, "unavailable": 503, "engine-timeout": 503,
                 "too-many-signals": 409, "definition-not-found": 404,
+                "trigger-not-found": 404,
                 "expression-error": 400, "schema-mismatch": 400,
                 "invalid-state": 409, "config-mismatch": 503, "egress-refused": 403,
                 "nats-auth-failed": 503, "namespace-forbidden": 403,

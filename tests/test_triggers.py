@@ -228,7 +228,7 @@ async def test_http_lifecycle(http: httpx.AsyncClient, nc: Client) -> None:
     assert gone.status_code == 404 and gone.json()["code"] == "trigger-not-found"
 
 
-@pytest.mark.parametrize(("change", "field"), [
+_BAD: list[tuple[dict[str, Any], str]] = [
     ({"when": "msg.data.("}, "when"),
     ({"when": "size(msg) > nope"}, "when"),
     ({"input": {"x": "${steps.a.output}"}}, "input.x"),
@@ -245,11 +245,14 @@ async def test_http_lifecycle(http: httpx.AsyncClient, nc: Client) -> None:
                                                 "output": "${input.x}"}], "nope": 1}},
      "config.nope"),
     ({"name": "bad name"}, "name"),
-])
+]
+
 async def test_http_bad_trigger_is_400_naming_the_field(
-        http: httpx.AsyncClient, settings: Any, change: dict[str, Any], field: str) -> None:
-    body = {k: (v.replace("PREFIX", settings.subjects.prefix) if isinstance(v, str) else v)
-            for k, v in {**_trigger("bad", "orders.*"), **change}.items()}
-    got = await http.post("/triggers", json=body)
-    assert got.status_code in (400, 404), got.text
-    assert got.json()["field"] == field, got.text
+        http: httpx.AsyncClient, settings: Any) -> None:
+    for change, field in _BAD:
+        body = {k: (v.replace("PREFIX", settings.subjects.prefix) if isinstance(v, str)
+                    else v) for k, v in {**_trigger("bad", "orders.*"), **change}.items()}
+        got = await http.post("/triggers", json=body)
+        assert got.status_code in (400, 404), (change, got.text)
+        assert got.json()["field"] == field, (change, got.text)
+    assert (await http.get("/triggers")).json() == {"triggers": []}

@@ -32,6 +32,7 @@ from ._cli_keys import keys_app
 from ._cli_namespace import NamespaceOpt, in_namespace, scope, seen_from
 from ._cli_nats import nats_config
 from ._cli_render import event_line, workflow_view
+from ._cli_triggers import triggers_app
 from ._logging import LogFormat, setup_logging
 
 __all__ = ["app", "main"]
@@ -503,6 +504,7 @@ def asyncapi(
 
 app.add_typer(definitions_app)
 app.add_typer(keys_app)
+app.add_typer(triggers_app)
 app.command("nats-config")(nats_config)
 register_control_commands(app)
 app.command("run")(run_command)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shlex
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from helpers import read_dead_letters
+import yaml
+from helpers import read_dead_letters, run_cli
 from nats.aio.client import Client
 from pydantic import ValidationError
 
@@ -256,3 +260,44 @@ async def test_http_bad_trigger_is_400_naming_the_field(
         assert got.status_code in (400, 404), (change, got.text)
         assert got.json()["field"] == field, (change, got.text)
     assert (await http.get("/triggers")).json() == {"triggers": []}
+
+
+# -- docs/triggers.md ----------------------------------------------------------------
+DOC = (Path(__file__).parent.parent / "docs" / "triggers.md").read_text()
+
+
+def _doc_blocks(lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", DOC, flags=re.S | re.M)
+
+
+async def test_the_doc_example_starts_the_documented_workflow(
+        engine: object, client: NatsflowClient, nc: Client) -> None:
+    trigger, definition = (yaml.safe_load(b) for b in _doc_blocks("yaml")[:2])
+    [pub] = [line for line in _doc_blocks("sh")[0].splitlines() if line.startswith("nats pub")]
+    _, _, subject, payload = shlex.split(pub)
+    expected = json.loads(_doc_blocks("json")[0])
+    await client.put_definition(definition["name"], definition)
+    triggers = TriggerClient.of(client)
+    assert (await triggers.create_trigger(trigger)).created
+    await nc.publish(subject, payload.encode())
+    st = await wait_for_stats(triggers, trigger["name"], lambda st: st.started == 1)
+    assert st.matched == 1
+    status = (await client.get(expected["workflow"])).status
+    assert status is not None
+    assert status.input == expected["input"] and status.labels == expected["labels"]
+    await nc.publish(subject, json.dumps({"id": 43, "total": 5, "customer": "x"}).encode())
+    await wait_for_stats(triggers, trigger["name"], lambda st: st.skipped == 1)
+
+
+async def test_cli_creates_lists_and_pauses(engine: object, client: NatsflowClient,
+                                            settings: Any, tmp_path: Path) -> None:
+    await client.put_definition("noop", NOOP)
+    spec = tmp_path / "t.yaml"
+    spec.write_text(yaml.safe_dump(_trigger("cli", "cli.orders.*")))
+    code, out, err = await run_cli("triggers", "create", str(spec), settings=settings)
+    assert code == 0, err
+    assert "trigger cli (default): cli.orders.* on core NATS -> definition noop" in out
+    code, out, err = await run_cli("triggers", "pause", "cli", "--note", "later", "--json",
+                                   settings=settings)
+    assert code == 0, err
+    assert json.loads(out)["trigger"]["paused"] is True

@@ -3,7 +3,7 @@
 A trigger names a subject (NATS wildcards allowed) and where its messages come from:
 core NATS (natsflow's own ``<PREFIX>_TRIGGERS`` stream captures the subject) or an
 existing JetStream ``stream`` (natsflow adds a durable consumer filtered on the
-subject). Each message is read through CEL (:mod:`contracts.expr`) with one variable,
+subject). Each message is read through CEL (:mod:`contracts.language.expr`) with one variable,
 ``msg``::
 
     msg.subject   the subject it was published on
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from contracts.definitions import DefinitionName
 from contracts.errors import ExpressionError, ValidationFailed
-from contracts.expr import check_expression, check_template, evaluate, render
+from contracts.language.expr import check_expression, check_template, evaluate, render
 from contracts.namespaces import DEFAULT_NAMESPACE, Namespace, Scope, is_default
 from contracts.subjects import SERVER_SUBJECT_MARK, TOKEN_RE, Subjects, reserved_subject_rule
 

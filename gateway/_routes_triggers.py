@@ -14,7 +14,6 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from contracts.models import MAX_CONFIG_BYTES
-from contracts.trigger_client import TriggerClient
 from contracts.triggers import (
     CreateTriggerRequest,
     PauseTriggerRequest,
@@ -23,6 +22,7 @@ from contracts.triggers import (
     TriggerList,
     TriggerStats,
 )
+from natsflow.trigger_client import TriggerClient
 
 from ._auth import Caller, namespace_query
 from ._bodies import read_model, read_object

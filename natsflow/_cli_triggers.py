@@ -11,10 +11,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsflowError
-from contracts.trigger_client import TriggerClient
 from contracts.triggers import Trigger, TriggerInfo, TriggerStats
+from natsflow.trigger_client import TriggerClient
+from transport.connect import NatsSettings, connect
 
 from ._cli_common import console, fail, run, with_settings
 from ._cli_namespace import NamespaceOpt, scope

@@ -34,7 +34,6 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 
-from contracts.consume import PullConsumer
 from contracts.errors import (
     ErrorInfo,
     IdConflict,
@@ -57,7 +56,6 @@ from contracts.operations import (
     Operation,
 )
 from contracts.permissions import own_streams
-from contracts.streams import Topology, declare_stream
 from contracts.subjects import Subjects
 from contracts.triggers import (
     CreateTriggerRequest,
@@ -74,6 +72,8 @@ from contracts.triggers import (
     map_message,
     trigger_key,
 )
+from transport.consume import PullConsumer
+from transport.streams import Topology, declare_stream
 
 from .definitions import DefinitionStore
 from .letters import Verdict

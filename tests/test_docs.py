@@ -186,7 +186,7 @@ def _expr_rows(header: str) -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize(("expression", "context", "result"), _expr_rows("expression"))
 def test_expression_examples_evaluate_as_documented(expression: str, context: str,
                                                      result: str) -> None:
-    from contracts.expr import evaluate
+    from contracts.language.expr import evaluate
 
     assert evaluate(expression, json.loads(context)) == json.loads(result)
 
@@ -194,7 +194,7 @@ def test_expression_examples_evaluate_as_documented(expression: str, context: st
 @pytest.mark.parametrize(("template", "context", "result"), _expr_rows("template"))
 def test_template_examples_render_as_documented(template: str, context: str,
                                                 result: str) -> None:
-    from contracts.expr import render
+    from contracts.language.expr import render
 
     assert render(json.loads(template), json.loads(context)) == json.loads(result)
 

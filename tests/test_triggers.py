@@ -17,10 +17,8 @@ from helpers import read_dead_letters, run_cli
 from nats.aio.client import Client
 from pydantic import ValidationError
 
-from contracts.client import NatsflowClient
 from contracts.errors import ExpressionError, IdConflict, ValidationFailed, validation_failed
 from contracts.subjects import Subjects
-from contracts.trigger_client import TriggerClient
 from contracts.triggers import (
     TriggerSpec,
     cover,
@@ -29,6 +27,8 @@ from contracts.triggers import (
     subjects_collide,
 )
 from gateway import create_app
+from natsflow.client import NatsflowClient
+from natsflow.trigger_client import TriggerClient
 
 NOOP = {"name": "noop", "steps": [{"id": "echo", "kind": "transform",
                                    "output": "${input}"}]}

@@ -19,9 +19,9 @@ import nats
 import pytest
 from fault_procs import ENGINE_ACK_WAIT, Service, supervise, wait_ready
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
-from contracts.trigger_client import TriggerClient
+from natsflow.client import NatsflowClient
+from natsflow.trigger_client import TriggerClient
+from transport.connect import NatsSettings
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
 

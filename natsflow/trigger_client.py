@@ -7,7 +7,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from contracts.client import NatsflowClient
 from contracts.errors import validation_failed
 from contracts.operations import (
     TRIGGER_CREATE,
@@ -28,6 +27,7 @@ from contracts.triggers import (
     TriggerRequest,
     TriggerStats,
 )
+from natsflow.client import NatsflowClient
 
 __all__ = ["TriggerClient"]
 
@@ -45,7 +45,7 @@ def _ref(name: str, namespace: str | None, namespaces: Sequence[str] | None
 
 
 class TriggerClient(NatsflowClient):
-    """A :class:`~contracts.client.NatsflowClient` that also manages triggers."""
+    """A :class:`~natsflow.client.NatsflowClient` that also manages triggers."""
 
     @classmethod
     def of(cls, client: NatsflowClient) -> TriggerClient:

@@ -17,7 +17,14 @@ from helpers import read_dead_letters, run_cli
 from nats.aio.client import Client
 from pydantic import ValidationError
 
-from contracts.errors import ExpressionError, IdConflict, ValidationFailed, validation_failed
+from contracts.errors import (
+    ExpressionError,
+    IdConflict,
+    NamespaceForbidden,
+    TriggerNotFound,
+    ValidationFailed,
+    validation_failed,
+)
 from contracts.subjects import Subjects
 from contracts.triggers import (
     TriggerSpec,
@@ -120,11 +127,11 @@ async def test_unmappable_message_is_dead_lettered_with_reason_and_trigger(
 
 
 async def wait_for_stats(triggers: TriggerClient, name: str, ok: Any,
-                         timeout: float = 10.0) -> Any:
+                         timeout: float = 10.0, namespace: str | None = None) -> Any:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while True:
-        st = (await triggers.get_trigger(name)).stats
+        st = (await triggers.get_trigger(name, namespace=namespace)).stats
         if ok(st):
             return st
         if loop.time() > end:
@@ -301,3 +308,30 @@ async def test_cli_creates_lists_and_pauses(engine: object, client: NatsflowClie
                                    settings=settings)
     assert code == 0, err
     assert json.loads(out)["trigger"]["paused"] is True
+
+
+async def test_a_trigger_on_a_jetstream_stream_with_a_filter(
+        triggers: TriggerClient, nc: Client, settings: Any) -> None:
+    js = nc.jetstream()
+    stream = f"SHOP_{settings.prefix}"
+    await js.add_stream(name=stream, subjects=[f"{settings.prefix}-shop.>"])
+    old = f"{settings.prefix}-shop.orders.eu"
+    await js.publish(old, b'{"id": 1}')  # before the trigger: `deliver: new` skips it
+    made = await triggers.create_trigger(_trigger(
+        "js", f"{settings.prefix}-shop.orders.*", stream=stream, namespace="team-a",
+        definition=None, config=NOOP))  # inline: the definition is the default's
+    assert made.trigger.spec.stream == stream
+    await js.publish(f"{settings.prefix}-shop.refunds.eu", b'{"id": 2}')  # not the filter
+    await js.publish(old, b'{"id": 3}')
+    st = await wait_for_stats(triggers, "js", lambda st: st.started == 1,
+                              namespace="team-a")
+    assert st.received == 1
+    status = (await triggers.get("order-3", namespaces=["team-a"])).status
+    assert status is not None and status.namespace == "team-a"
+    # Another namespace's scope sees no such trigger.
+    with pytest.raises(TriggerNotFound):
+        await triggers.get_trigger("js", namespace="team-a", namespaces=["team-b"])
+    assert (await triggers.list_triggers(namespaces=["team-b"])).triggers == []
+    with pytest.raises(NamespaceForbidden):
+        await triggers.create_trigger(_trigger("x", "a.b", namespace="team-a"),
+                                      namespaces=["team-b"])

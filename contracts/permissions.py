@@ -175,14 +175,26 @@ def _secret_subscribe(s: Subjects) -> list[str]:
     return [s.all_tasks, f"{p}.result.>", f"{p}.cmd.>", f"{p}.timer.>", f"{p}.submit"]
 
 
-def _orchestrator(s: Subjects, user: str, inbox: str, egress: Sequence[str]) -> Permissions:
+def _trigger_stream(stream: str) -> list[str]:
+    """What a trigger on someone else's ``stream`` needs: its info, and its consumers'
+    API (create, info, next, delete) and acks."""
+    if not TOKEN_RE.match(stream):
+        raise ValueError(f"invalid stream name {stream!r}")
+    return [_stream_info(stream), f"{_JS_API}.CONSUMER.*.{stream}.>",
+            f"{_JS_API}.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>"]
+
+
+def _orchestrator(s: Subjects, user: str, inbox: str, egress: Sequence[str],
+                  trigger_streams: Sequence[str] = ()) -> Permissions:
     streams = own_streams(s)
     publish = [f"{s.prefix}.>", *(f"$KV.{b}.>" for b in _kv_buckets(s)),
                f"$O.{s.blobs_bucket}.>", f"{_JS_API}.INFO", f"{_JS_API}.STREAM.NAMES",
                *(subject for stream in streams for subject in _stream_admin(stream)),
+               *(subject for stream in trigger_streams
+                 for subject in _trigger_stream(stream)),
                _own_inbox(inbox), *egress]
     subscribe = [s.api(">"), s.all_cancels, *_service(s.service_name), _own_inbox(inbox),
-                 *(_leader_elected(stream) for stream in streams)]
+                 *(_leader_elected(stream) for stream in (*streams, *trigger_streams))]
     return Permissions(Role.ORCHESTRATOR, user, inbox, tuple(publish), tuple(subscribe),
                        responses=True)
 
@@ -246,8 +258,8 @@ def _watcher(s: Subjects, user: str, inbox: str) -> Permissions:
 
 
 def permissions_for(role: Role | str, subjects: Subjects, *, user: str | None = None,
-                    task_types: Iterable[str] = (), egress: Iterable[str] = ()
-                    ) -> Permissions:
+                    task_types: Iterable[str] = (), egress: Iterable[str] = (),
+                    trigger_streams: Iterable[str] = ()) -> Permissions:
     """The permissions of one user of the deployment.
 
     Args:
@@ -257,6 +269,8 @@ def permissions_for(role: Role | str, subjects: Subjects, *, user: str | None = 
         task_types: For a worker, the task types it serves (at least one).
         egress: For the orchestrator, the subjects its ``request`` and ``publish`` steps
             may reach (the server's and natsflow's own are refused by the steps anyway).
+        trigger_streams: For the orchestrator, the JetStream streams of your own that
+            triggers read (``stream:``; docs/triggers.md): their info and consumers.
 
     Raises:
         ValueError: an invalid user name or task type, or a worker without task types.
@@ -265,7 +279,7 @@ def permissions_for(role: Role | str, subjects: Subjects, *, user: str | None = 
     name = user or role.value
     inbox = inbox_prefix(name)
     if role is Role.ORCHESTRATOR:
-        return _orchestrator(subjects, name, inbox, list(egress))
+        return _orchestrator(subjects, name, inbox, list(egress), list(trigger_streams))
     if role is Role.INDEX:
         return _index(subjects, name, inbox)
     if role is Role.GATEWAY:

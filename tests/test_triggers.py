@@ -25,6 +25,7 @@ from contracts.errors import (
     ValidationFailed,
     validation_failed,
 )
+from contracts.permissions import Permissions, permissions_for
 from contracts.subjects import Subjects
 from contracts.triggers import (
     TriggerSpec,
@@ -335,3 +336,23 @@ async def test_a_trigger_on_a_jetstream_stream_with_a_filter(
     with pytest.raises(NamespaceForbidden):
         await triggers.create_trigger(_trigger("x", "a.b", namespace="team-a"),
                                       namespaces=["team-b"])
+
+
+def test_the_orchestrator_may_be_let_read_a_stream_of_yours() -> None:
+    s = Subjects("natsflow")
+    c = s.trigger_consumer("default", "orders")
+    needed = [f"$JS.API.CONSUMER.CREATE.ORDERS.{c}.orders.*", f"$JS.API.CONSUMER.INFO.ORDERS.{c}",
+              f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{c}", f"$JS.API.CONSUMER.DELETE.ORDERS.{c}",
+              "$JS.API.STREAM.INFO.ORDERS", f"$JS.ACK.ORDERS.{c}.1.2.3.4.5"]
+
+    def allowed(perms: Permissions, subject: str) -> bool:
+        return any(subject_covers(a, subject) for a in perms.publish)
+
+    plain = permissions_for("orchestrator", s)
+    assert not any(allowed(plain, n) for n in needed)
+    opened = permissions_for("orchestrator", s, trigger_streams=["ORDERS"])
+    assert all(allowed(opened, n) for n in needed)
+    assert "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.ORDERS.>" in opened.subscribe
+    # The capture stream is the orchestrator's own: allowed without asking.
+    own = s.trigger_consumer("default", "x")
+    assert allowed(plain, f"$JS.API.CONSUMER.MSG.NEXT.{s.triggers_stream}.{own}")

@@ -310,19 +310,33 @@ class TriggerRunner:
         while not self._stopping.is_set():
             try:
                 watcher = await self.store.kv.watchall()
+                initial = True
                 async for entry in watcher:
                     if entry is None:  # the initial values are in
+                        initial = False
+                        await self._resync()
                         continue
                     key = entry.key
                     if entry.operation in ("DEL", "PURGE") or not entry.value:
                         await self._end(key)
-                        continue
-                    await self._apply(key, Trigger.model_validate_json(entry.value))
+                    else:
+                        await self._apply(key, Trigger.model_validate_json(entry.value))
+                    if not initial:
+                        await self._resync()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("watching the triggers failed; watching again")
                 await asyncio.sleep(_LOOP_PAUSE)
+
+    async def _resync(self) -> None:
+        """Bring the capture stream to the stored triggers: it heals a stream lost with a
+        server's data, and two creates at once on two replicas (each wrote the subjects
+        it knew of)."""
+        try:
+            await sync_capture(self.nc, self.topology, await self.store.all())
+        except Exception as exc:
+            log.warning("could not bring the triggers' capture stream up to date: %s", exc)
 
     async def _apply(self, key: str, trigger: Trigger) -> None:
         running = self._loops.get(key)

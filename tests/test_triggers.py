@@ -356,3 +356,21 @@ def test_the_orchestrator_may_be_let_read_a_stream_of_yours() -> None:
     # The capture stream is the orchestrator's own: allowed without asking.
     own = s.trigger_consumer("default", "x")
     assert allowed(plain, f"$JS.API.CONSUMER.MSG.NEXT.{s.triggers_stream}.{own}")
+
+
+async def test_a_lost_capture_stream_is_made_again(triggers: TriggerClient, nc: Client,
+                                                   settings: Any) -> None:
+    s = settings.subjects
+    await triggers.create_trigger(_trigger("heal", "heal.*"))
+    await nc.jetstream().delete_stream(s.triggers_stream)  # as a server without its data
+    await triggers.pause_trigger("heal")  # any change: every replica looks again
+    await triggers.resume_trigger("heal")
+    for _ in range(100):  # the stream, then the consume loop's consumer, made again
+        try:
+            await nc.jetstream().consumer_info(s.triggers_stream,
+                                               s.trigger_consumer("default", "heal"))
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    await nc.publish("heal.x", b'{"id": 5}')
+    await wait_for_stats(triggers, "heal", lambda st: st.started == 1)

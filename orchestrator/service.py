@@ -211,7 +211,7 @@ class Orchestrator:
         self.triggers = TriggerRunner(self.nc, t, triggers, create=self.api.create,
                                       settle=self.processor.settle,
                                       dead_letter=self.processor.dead_letter,
-                                      registry=self.metrics.registry)
+                                      messages=self.metrics.trigger_messages)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
                                         self.subjects.engine_consumer,
                                         batch=self.fetch_batch).start()

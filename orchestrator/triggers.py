@@ -31,7 +31,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 from nats.js.kv import KeyValue
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 from pydantic import BaseModel
 
 from contracts.errors import (
@@ -266,13 +266,13 @@ class TriggerRunner:
         create: The API's ``workflow.create`` (in-process: the same checks as any caller).
         settle: Acks or hands back a message.
         dead_letter: Keeps a message that cannot be mapped, with its reason.
-        registry: Where the Prometheus counters go.
+        messages: The Prometheus counter of messages by trigger and outcome.
         batch: Most messages of one trigger in hand at once.
     """
 
     def __init__(self, nc: Client, topology: Topology, store: TriggerStore, *,
                  create: CreateFn, settle: SettleFn, dead_letter: DeadLetterFn,
-                 registry: CollectorRegistry, batch: int = 128) -> None:
+                 messages: Counter, batch: int = 128) -> None:
         self.nc = nc
         self.topology = topology
         self.subjects = topology.subjects
@@ -281,10 +281,7 @@ class TriggerRunner:
         self.settle = settle
         self.dead_letter = dead_letter
         self.batch = batch
-        self.messages = Counter(
-            "natsflow_trigger_messages", "Messages of each trigger, by outcome (received, "
-            "matched, skipped by `when`, started, duplicates, failed mapping).",
-            ["namespace", "trigger", "outcome"], registry=registry)
+        self.messages = messages
         self._loops: dict[str, _Loop] = {}
         self._pending: dict[str, dict[str, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []

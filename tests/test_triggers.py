@@ -88,7 +88,7 @@ def test_map_message() -> None:
 
 # -- over NATS -----------------------------------------------------------------------
 async def test_messages_start_workflows_with_when_and_mapping(
-        triggers: TriggerClient, nc: Client, settings: Any) -> None:
+        triggers: TriggerClient, nc: Client, settings: Any, engine: Any) -> None:
     s = settings.subjects
     reply = await triggers.create_trigger(_trigger("big", "shop.orders.*",
                                                    when="msg.data.total >= 100"))
@@ -108,6 +108,10 @@ async def test_messages_start_workflows_with_when_and_mapping(
             break
         await asyncio.sleep(0.1)
     assert (st.started, st.skipped, st.matched, st.failed) == (3, 3, 3, 0)
+    counted = engine.metrics.trigger_messages
+    for outcome, n in (("started", 3), ("skipped", 3), ("received", 6)):
+        assert counted.labels(namespace="default", trigger="big",
+                              outcome=outcome)._value.get() == n
     assert await _workflow_ids(nc, s) == {"order-3", "order-4", "order-5"}
     status = (await triggers.get("order-4")).status
     assert status is not None and status.labels["trigger"] == "big"

@@ -169,6 +169,16 @@ def test_compose_runs_every_service_from_the_image() -> None:
     assert "uv sync --frozen --no-dev" in dockerfile
 
 
+def test_the_image_holds_every_package_of_the_wheel() -> None:
+    """A package the wheel ships but the Dockerfile does not copy breaks the image at import."""
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())[
+        "tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    copied = re.findall(r"^COPY (\S+) \./\1$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert sorted(packages) == sorted(copied)
+
+
 EXPR_DOC = (ROOT / "docs" / "expressions.md").read_text()
 
 

@@ -18,6 +18,7 @@ Hierarchy::
     │   ├── BatchNotFound         batch-not-found
     │   ├── DefinitionNotFound    definition-not-found
     │   └── ScheduleNotFound      schedule-not-found
+    │   └── TriggerNotFound       trigger-not-found
     ├── Conflict                  conflict             the request clashes with current state
     │   ├── IdConflict            id-conflict          same id, different config
     │   ├── AlreadyFinished       already-finished     the workflow/batch is terminal
@@ -76,6 +77,7 @@ __all__ = [
     "ScheduleNotFound",
     "SchemaMismatch",
     "TooManySignals",
+    "TriggerNotFound",
     "Unauthenticated",
     "Unavailable",
     "ValidationFailed",
@@ -214,6 +216,10 @@ class ScheduleNotFound(NotFound):
     """No schedule of that name (in that namespace)."""
 
     code = "schedule-not-found"
+class TriggerNotFound(NotFound):
+    """No trigger by that name (in that namespace)."""
+
+    code = "trigger-not-found"
 
 
 class Conflict(NatsflowError):

@@ -46,6 +46,7 @@ from .errors import (
     ScheduleNotFound,
     SchemaMismatch,
     TooManySignals,
+    TriggerNotFound,
     Unavailable,
     ValidationFailed,
     WorkflowNotFound,
@@ -75,12 +76,22 @@ from .schedules import (
     DeleteScheduleReply,
     ListSchedulesRequest,
     PauseScheduleRequest,
+    ScheduleFireReply,
     ScheduleInfo,
     ScheduleList,
     ScheduleRef,
-    TriggerReply,
 )
 from .subjects import Subjects
+from .triggers import (
+    CreateTriggerRequest,
+    ListTriggersRequest,
+    PauseTriggerRequest,
+    TriggerInfo,
+    TriggerList,
+    TriggerReply,
+    TriggerRequest,
+    TriggerStats,
+)
 
 __all__ = [
     "BATCH_CREATE",
@@ -101,6 +112,14 @@ __all__ = [
     "SCHEDULE_PAUSE",
     "SCHEDULE_TRIGGER",
     "SCHEDULE_UNPAUSE",
+    "TRIGGER_CREATE",
+    "TRIGGER_DELETE",
+    "TRIGGER_GET",
+    "TRIGGER_LIST",
+    "TRIGGER_OPERATIONS",
+    "TRIGGER_PAUSE",
+    "TRIGGER_RESUME",
+    "TRIGGER_STATS",
     "WORKFLOW_BULK",
     "WORKFLOW_CREATE",
     "WORKFLOW_GET",
@@ -267,7 +286,7 @@ SCHEDULE_UNPAUSE: Final = Operation(
     "schedule.unpause", ScheduleRef, ScheduleInfo,
     "Fire again, from now on (fire times while paused are not run).", errors=_NOT_FOUND_S)
 SCHEDULE_TRIGGER: Final = Operation(
-    "schedule.trigger", ScheduleRef, TriggerReply,
+    "schedule.trigger", ScheduleRef, ScheduleFireReply,
     "Fire now (through the overlap policy).", errors=_NOT_FOUND_S)
 SCHEDULE_BACKFILL: Final = Operation(
     "schedule.backfill", BackfillRequest, BackfillReply,
@@ -280,13 +299,43 @@ SCHEDULE_DELETE: Final = Operation(
 SCHEDULE_OPERATIONS: Final = (SCHEDULE_CREATE, SCHEDULE_GET, SCHEDULE_LIST, SCHEDULE_PAUSE,
                               SCHEDULE_UNPAUSE, SCHEDULE_TRIGGER, SCHEDULE_BACKFILL,
                               SCHEDULE_DELETE)
+_NOT_FOUND_T = (TriggerNotFound,)
+TRIGGER_CREATE: Final = Operation(
+    "trigger.create", CreateTriggerRequest, TriggerReply,
+    "Bind a subject to a workflow: each message on it starts one (the same trigger again "
+    "changes nothing).",
+    errors=(ExpressionError, InvalidGraph, DefinitionNotFound, IdConflict,
+            NamespaceForbidden))
+TRIGGER_GET: Final = Operation(
+    "trigger.get", TriggerRequest, TriggerInfo, "A trigger and its counters.",
+    errors=_NOT_FOUND_T)
+TRIGGER_LIST: Final = Operation(
+    "trigger.list", ListTriggersRequest, TriggerList, "Every trigger, with its counters.")
+TRIGGER_PAUSE: Final = Operation(
+    "trigger.pause", PauseTriggerRequest, TriggerReply,
+    "Stop consuming a trigger's messages (its consumer keeps its place).",
+    errors=_NOT_FOUND_T)
+TRIGGER_RESUME: Final = Operation(
+    "trigger.resume", TriggerRequest, TriggerReply,
+    "Consume a paused trigger's messages again, from where it stopped.",
+    errors=_NOT_FOUND_T)
+TRIGGER_DELETE: Final = Operation(
+    "trigger.delete", TriggerRequest, TriggerReply,
+    "Delete a trigger, its consumer and its counters.", errors=_NOT_FOUND_T)
+TRIGGER_STATS: Final = Operation(
+    "trigger.stats", TriggerRequest, TriggerStats,
+    "A trigger's counters: received, matched, skipped by `when`, started, duplicates, "
+    "failed mapping.", errors=_NOT_FOUND_T)
+#: The trigger operations (served by the orchestrator).
+TRIGGER_OPERATIONS: Final = (TRIGGER_CREATE, TRIGGER_GET, TRIGGER_LIST, TRIGGER_PAUSE,
+                             TRIGGER_RESUME, TRIGGER_DELETE, TRIGGER_STATS)
 
 #: Every operation natsflow serves, by name, in the document's order.
 OPERATIONS: Final[dict[str, Operation[Any, Any]]] = {op.name: op for op in (
     WORKFLOW_CREATE, WORKFLOW_START, WORKFLOW_GET, WORKFLOW_STOP, WORKFLOW_SIGNAL,
     WORKFLOW_PAUSE, WORKFLOW_RESUME, WORKFLOW_RETRY, WORKFLOW_RERUN, WORKFLOW_LIST,
     WORKFLOW_BULK, BATCH_CREATE, BATCH_GET, BATCH_STOP, DEFINITION_PUT, DEFINITION_GET,
-    DEFINITION_LIST, *SCHEDULE_OPERATIONS)}
+    DEFINITION_LIST, *SCHEDULE_OPERATIONS, *TRIGGER_OPERATIONS)}
 #: The names of the operations the index (``natsflow index``) answers.
 INDEX_OPERATIONS: Final = frozenset(
     name for name, op in OPERATIONS.items() if op.server is Server.INDEX)

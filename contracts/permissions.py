@@ -152,13 +152,13 @@ def _kv_streams(s: Subjects) -> list[str]:
 def _kv_buckets(s: Subjects) -> list[str]:
     return [s.workflows_bucket, s.batches_bucket, s.summaries_bucket, s.definitions_bucket,
             s.outputs_bucket, s.idempotency_bucket, s.secrets_bucket, s.keys_bucket,
-            s.schedules_bucket]
+            s.schedules_bucket, s.triggers_bucket, s.trigger_stats_bucket]
 
 
 def own_streams(s: Subjects) -> list[str]:
     """Every stream the orchestrator declares (buckets and the object store included)."""
     return [s.inbox_stream, s.tasks_stream, s.events_stream, s.dlq_stream,
-            s.webhooks_stream, *_kv_streams(s), f"OBJ_{s.blobs_bucket}"]
+            s.webhooks_stream, s.triggers_stream, *_kv_streams(s), f"OBJ_{s.blobs_bucket}"]
 
 
 def _forging_publish(s: Subjects, *, but: Sequence[str] = ()) -> list[str]:
@@ -177,14 +177,26 @@ def _secret_subscribe(s: Subjects) -> list[str]:
             f"{p}.submit"]
 
 
-def _orchestrator(s: Subjects, user: str, inbox: str, egress: Sequence[str]) -> Permissions:
+def _trigger_stream(stream: str) -> list[str]:
+    """What a trigger on someone else's ``stream`` needs: its info, and its consumers'
+    API (create, info, next, delete) and acks."""
+    if not TOKEN_RE.match(stream):
+        raise ValueError(f"invalid stream name {stream!r}")
+    return [_stream_info(stream), f"{_JS_API}.CONSUMER.*.{stream}.>",
+            f"{_JS_API}.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>"]
+
+
+def _orchestrator(s: Subjects, user: str, inbox: str, egress: Sequence[str],
+                  trigger_streams: Sequence[str] = ()) -> Permissions:
     streams = own_streams(s)
     publish = [f"{s.prefix}.>", *(f"$KV.{b}.>" for b in _kv_buckets(s)),
                f"$O.{s.blobs_bucket}.>", f"{_JS_API}.INFO", f"{_JS_API}.STREAM.NAMES",
                *(subject for stream in streams for subject in _stream_admin(stream)),
+               *(subject for stream in trigger_streams
+                 for subject in _trigger_stream(stream)),
                _own_inbox(inbox), *egress]
     subscribe = [s.api(">"), s.all_cancels, *_service(s.service_name), _own_inbox(inbox),
-                 *(_leader_elected(stream) for stream in streams)]
+                 *(_leader_elected(stream) for stream in (*streams, *trigger_streams))]
     return Permissions(Role.ORCHESTRATOR, user, inbox, tuple(publish), tuple(subscribe),
                        responses=True)
 
@@ -250,8 +262,8 @@ def _watcher(s: Subjects, user: str, inbox: str) -> Permissions:
 
 
 def permissions_for(role: Role | str, subjects: Subjects, *, user: str | None = None,
-                    task_types: Iterable[str] = (), egress: Iterable[str] = ()
-                    ) -> Permissions:
+                    task_types: Iterable[str] = (), egress: Iterable[str] = (),
+                    trigger_streams: Iterable[str] = ()) -> Permissions:
     """The permissions of one user of the deployment.
 
     Args:
@@ -261,6 +273,8 @@ def permissions_for(role: Role | str, subjects: Subjects, *, user: str | None = 
         task_types: For a worker, the task types it serves (at least one).
         egress: For the orchestrator, the subjects its ``request`` and ``publish`` steps
             may reach (the server's and natsflow's own are refused by the steps anyway).
+        trigger_streams: For the orchestrator, the JetStream streams of your own that
+            triggers read (``stream:``; docs/triggers.md): their info and consumers.
 
     Raises:
         ValueError: an invalid user name or task type, or a worker without task types.
@@ -269,7 +283,7 @@ def permissions_for(role: Role | str, subjects: Subjects, *, user: str | None = 
     name = user or role.value
     inbox = inbox_prefix(name)
     if role is Role.ORCHESTRATOR:
-        return _orchestrator(subjects, name, inbox, list(egress))
+        return _orchestrator(subjects, name, inbox, list(egress), list(trigger_streams))
     if role is Role.INDEX:
         return _index(subjects, name, inbox)
     if role is Role.GATEWAY:

@@ -63,7 +63,7 @@ __all__ = [
     "ScheduleSpec",
     "ScheduleSummary",
     "ScheduleTarget",
-    "TriggerReply",
+    "ScheduleFireReply",
     "fire_time_token",
     "fire_times",
     "jitter_of",
@@ -351,7 +351,7 @@ class ScheduleList(BaseModel):
     schedules: list[ScheduleSummary]
 
 
-class TriggerReply(BaseModel):
+class ScheduleFireReply(BaseModel):
     """Answer of ``schedule.trigger``: the fire time it made and its run's id."""
 
     model_config = _Frozen

@@ -26,6 +26,7 @@ Subject scheme (``p`` is the prefix)::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -99,6 +100,11 @@ class Subjects:
         return f"{_upper_name(self.prefix)}_WEBHOOKS"
 
     @property
+    def triggers_stream(self) -> str:
+        """Interest stream that captures the core NATS subjects of triggers."""
+        return f"{_upper_name(self.prefix)}_TRIGGERS"
+
+    @property
     def engine_consumer(self) -> str:
         """Durable consumer shared by all orchestrators for commands and results."""
         return "engine"
@@ -126,6 +132,12 @@ class Subjects:
         """
         level = "" if priority is None or priority == DEFAULT_PRIORITY else str(priority)
         return f"worker{level}-" + task_type.replace(".", "_")
+
+    def trigger_consumer(self, namespace: str, name: str) -> str:
+        """Durable consumer of one trigger, shared by all orchestrators (names and
+        namespaces may hold ``-`` and ``_``: a digest of both keeps two apart)."""
+        digest = hashlib.sha256(f"{namespace}\x00{name}".encode()).hexdigest()[:10]
+        return f"trigger-{name}-{digest}"
 
     @property
     def workflows_bucket(self) -> str:
@@ -168,6 +180,16 @@ class Subjects:
     def secrets_bucket(self) -> str:
         """KV bucket: the orchestrator's own secrets (the result key); only it reads it."""
         return f"{_lower_name(self.prefix)}_secrets"
+
+    @property
+    def triggers_bucket(self) -> str:
+        """KV bucket: ``<namespace>.<name>`` -> a trigger (see :mod:`contracts.triggers`)."""
+        return f"{_lower_name(self.prefix)}_triggers"
+
+    @property
+    def trigger_stats_bucket(self) -> str:
+        """KV bucket: ``<namespace>.<name>`` -> a trigger's counters."""
+        return f"{_lower_name(self.prefix)}_trigger_stats"
 
     def kv_put(self, bucket: str, key: str) -> str:
         """The subject a KV put of ``key`` in ``bucket`` is published on."""

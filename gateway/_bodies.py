@@ -85,6 +85,8 @@ BODY_RULES: Final[Mapping[tuple[str, str], BodyRule]] = {
     ("POST", "/schedules"): BodyRule(MAX_CONFIG_BYTES + 16 * 1024, yaml=True),
     ("POST", "/schedules/{name}/pause"): BodyRule(4 * 1024),
     ("POST", "/schedules/{name}/backfill"): BodyRule(4 * 1024),
+    ("POST", "/triggers"): BodyRule(MAX_CONFIG_BYTES),
+    ("POST", "/triggers/{name}/pause"): BodyRule(4096),
 }
 
 

@@ -16,6 +16,7 @@ from . import _cli_control, _cli_nats, _cli_services, _cli_workflows
 from ._cli_definitions import definitions_app, run_command
 from ._cli_keys import keys_app
 from ._cli_schedules import schedules_app
+from ._cli_triggers import triggers_app
 
 __all__ = ["app", "main"]
 
@@ -34,6 +35,7 @@ app.add_typer(_cli_nats.app)        # asyncapi, nats-config
 app.add_typer(definitions_app)      # definitions apply|ls|show
 app.add_typer(keys_app)             # keys create|ls|revoke
 app.add_typer(schedules_app)        # schedules create|ls|get|pause|unpause|trigger|backfill|delete
+app.add_typer(triggers_app)         # triggers create|ls|get|stats|pause|resume|delete
 app.add_typer(_cli_control.app)     # ls, watch, bulk, pause, resume, retry, rerun, verify
 app.command("run")(run_command)     # a stored definition: with the definitions group
 

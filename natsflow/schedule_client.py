@@ -30,10 +30,10 @@ from contracts.schedules import (
     ListSchedulesRequest,
     PauseScheduleRequest,
     Schedule,
+    ScheduleFireReply,
     ScheduleInfo,
     ScheduleList,
     ScheduleRef,
-    TriggerReply,
 )
 from natsflow.client import NatsflowClient
 
@@ -104,7 +104,7 @@ class ScheduleClient:
             self._ref(name, namespace, namespaces)))
 
     async def trigger(self, name: str, *, namespace: str | None = None,
-                      namespaces: Sequence[str] | None = None) -> TriggerReply:
+                      namespaces: Sequence[str] | None = None) -> ScheduleFireReply:
         """Fire now (through the overlap policy)."""
         return await self.client._call(SCHEDULE_TRIGGER, ScheduleRef.model_validate(
             self._ref(name, namespace, namespaces)))

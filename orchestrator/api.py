@@ -178,7 +178,7 @@ class Api:
         command_timeout: Seconds to wait for a command's outcome before answering
             "accepted" without a status.
         egress: The egress policy: a literal subject it refuses fails the submit.
-        more: Handlers of further operations served here (the schedules').
+        more: Handlers of further operations served here (the schedules', the triggers').
     """
 
     def __init__(self, nc: Client, subjects: Subjects, *, workflows: RecordStore,

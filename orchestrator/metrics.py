@@ -72,6 +72,10 @@ class OrchestratorMetrics:
         self.dead_letters = Counter(
             "natsflow_dead_letters", "Messages moved to the dead-letter stream, by reason.",
             ["reason"], registry=r)
+        self.trigger_messages = Counter(
+            "natsflow_trigger_messages", "Messages of each trigger, by outcome: received, "
+            "matched, skipped (by `when`), started, duplicates, failed (mapping: "
+            "dead-lettered).", ["namespace", "trigger", "outcome"], registry=r)
         self.early_results = Counter(
             "natsflow_early_results",
             "Task results handed back because they came before their dispatch was saved.",

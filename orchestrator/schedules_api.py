@@ -35,11 +35,11 @@ from contracts.schedules import (
     ListSchedulesRequest,
     PauseScheduleRequest,
     RunOutcome,
+    ScheduleFireReply,
     ScheduleInfo,
     ScheduleList,
     ScheduleRef,
     ScheduleSummary,
-    TriggerReply,
     fire_time_token,
     fire_times,
     run_id,
@@ -199,8 +199,8 @@ class ScheduleApi:
         await publish_tick(self.publisher, self.subjects, record)
         return await self._info(record)
 
-    async def trigger(self, data: bytes) -> TriggerReply:
-        """``schedule.trigger``: ScheduleRef -> TriggerReply (a fire time of now)."""
+    async def trigger(self, data: bytes) -> ScheduleFireReply:
+        """``schedule.trigger``: ScheduleRef -> ScheduleFireReply (a fire time of now)."""
         req = ScheduleRef.model_validate_json(data)
         t = self.clock().replace(microsecond=0)
 
@@ -211,7 +211,7 @@ class ScheduleApi:
         record = await self._update(req, trigger)
         await publish_tick(self.publisher, self.subjects, record,
                            kick=f"manual:{fire_time_token(t)}")
-        return TriggerReply(fire_time=t, workflow_id=run_id(req.namespace, req.name, t))
+        return ScheduleFireReply(fire_time=t, workflow_id=run_id(req.namespace, req.name, t))
 
     async def backfill(self, data: bytes) -> BackfillReply:
         """``schedule.backfill``: BackfillRequest -> BackfillReply."""

@@ -47,6 +47,7 @@ from .schedules_api import ScheduleApi
 from .store import KvRecordStore
 from .timers import JetStreamParking, TimerParking
 from .tokens import KEY_BYTES, RESULT_KEY, new_key
+from .triggers import TriggerApi, TriggerRunner, TriggerStore
 from .webhooks import WebhookDeliverer, WebhookSettings
 from .workers import ConsumerView, tasks_without_worker
 
@@ -147,6 +148,7 @@ class Orchestrator:
         self.publisher: AsyncPublisher | None = None
         self.api: Api | None = None
         self.schedules: ScheduleRunner | None = None
+        self.triggers: TriggerRunner | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._redeclaring: asyncio.Task[None] | None = None
         self._subs: list[PullConsumer] = []
@@ -207,13 +209,20 @@ class Orchestrator:
         runs = NatsflowClient(self.nc, self.subjects)
         schedule_api = ScheduleApi(self.subjects, store=schedules, publisher=self.publisher,
                                    client=runs, definitions=definitions, clock=self.clock)
+        triggers = TriggerStore(await bucket(t.triggers_kv()),
+                                await bucket(t.trigger_stats_kv()))
+        trigger_api = TriggerApi(self.nc, t, triggers, definitions)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency, definitions=definitions,
                        publisher=self.publisher, egress=self.egress,
-                       more=schedule_api.handlers())
+                       more={**schedule_api.handlers(), **trigger_api.handlers()})
         self.schedules = ScheduleRunner(self.nc, self.subjects, store=schedules,
                                         publisher=self.publisher, client=runs,
                                         clock=self.clock)
+        self.triggers = TriggerRunner(self.nc, t, triggers, create=self.api.create,
+                                      settle=self.processor.settle,
+                                      dead_letter=self.processor.dead_letter,
+                                      messages=self.metrics.trigger_messages)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
                                         self.subjects.engine_consumer,
                                         batch=self.fetch_batch).start()
@@ -227,6 +236,7 @@ class Orchestrator:
             asyncio.create_task(self._watchdog("queue sampling", self._sample_queues))]
         await self.api.start()
         await self.schedules.start()
+        await self.triggers.start()
         if self.webhooks:
             self.deliverer = WebhookDeliverer(self.nc, self.subjects,
                                               dead_letter=self.processor.dead_letter,
@@ -282,6 +292,8 @@ class Orchestrator:
             await self.api.close()
         if self.schedules is not None:
             await self.schedules.stop()
+        if self.triggers is not None:
+            await self.triggers.stop()
         # Built-in steps and the engine wind down side by side: each waits for a fetch.
         await asyncio.gather(self._builtins.aclose(), self._stop_loops(),
                              self._stop_deliverer())

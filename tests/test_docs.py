@@ -96,7 +96,8 @@ def test_readme_python_runs() -> None:
 
 @pytest.mark.parametrize(("doc", "at_least"), [("README.md", 5), ("docs/cli.md", 5),
                                               ("docs/operations.md", 3),
-                                              ("docs/guarantees.md", 4)])
+                                              ("docs/guarantees.md", 4),
+                                              ("docs/triggers.md", 5)])
 def test_documented_commands_exist(doc: str, at_least: int) -> None:
     text = (ROOT / doc).read_text()
     commands = _natsflow_commands(text)

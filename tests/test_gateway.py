@@ -314,6 +314,7 @@ def test_every_error_code_has_one_http_status() -> None:
                 "conflict": 409, "unavailable": 503, "engine-timeout": 503,
                 "too-many-signals": 409, "definition-not-found": 404,
                 "schedule-not-found": 404,
+                "trigger-not-found": 404,
                 "expression-error": 400, "schema-mismatch": 400,
                 "invalid-state": 409, "config-mismatch": 503, "egress-refused": 403,
                 "nats-auth-failed": 503, "namespace-forbidden": 403,

@@ -42,6 +42,7 @@ from natsflow._nats_config import (
 )
 from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
+from natsflow.trigger_client import TriggerClient
 from orchestrator import Orchestrator
 from orchestrator.index import IndexService
 from transport.connect import NatsSettings
@@ -370,3 +371,35 @@ async def test_tasks_are_seen_only_by_their_workers(secure: Secure,
     for user in ROLES_BUT_ORCHESTRATOR:
         async with connected(secure, user) as conn:
             await conn.publish_refused(s.task("demo.echo"), fake.model_dump_json().encode())
+
+
+async def test_the_orchestrator_may_run_triggers(
+        secure: Secure, deployment: Orchestrator, caplog: pytest.LogCaptureFixture) -> None:
+    """The capture stream, the trigger consumers and buckets are the orchestrator's own."""
+    caplog.set_level(logging.WARNING, logger="natsflow.connect")
+    s = secure.subjects
+    async with connected(secure, "gateway") as gw:
+        triggers = TriggerClient(gw.nc, s)
+        await triggers.put_definition("trig", {"name": "trig", "steps": [
+            {"id": "a", "kind": "transform", "output": "${input}"}]})
+        made = await triggers.create_trigger({"name": "roles", "subject": "roles.orders.*",
+                                              "definition": "trig", "id": "r-${msg.data.id}"})
+        assert made.created
+        consumer = s.trigger_consumer("default", "roles")
+
+        async def pulling() -> int:
+            info = await deployment.nc.jetstream().consumer_info(  # type: ignore[union-attr]
+                s.triggers_stream, consumer)
+            return info.num_waiting or 0
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+        while await pulling() == 0:  # the orchestrator's pull requests are let through
+            assert loop.time() < end
+            await asyncio.sleep(0.1)
+        await triggers.pause_trigger("roles")
+        await triggers.resume_trigger("roles")
+        assert (await triggers.get_trigger("roles")).trigger.paused is False
+        await triggers.delete_trigger("roles")
+        assert gw.refusals == []
+    assert _refusals(caplog) == []

@@ -26,6 +26,7 @@ from contracts.subjects import Subjects
 from natsflow.asyncapi import asyncapi_schema
 from natsflow.client import NatsflowClient
 from natsflow.schedule_client import ScheduleClient
+from natsflow.trigger_client import TriggerClient
 from orchestrator.index import IndexService
 from transport.connect import NatsSettings
 
@@ -220,6 +221,27 @@ async def _every_schedule_method(schedules: ScheduleClient) -> None:
             await call()
 
 
+async def _every_trigger_method(client: TriggerClient) -> None:
+    """Each trigger call of the client (a subclass: its own module), once."""
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "create_trigger": lambda: client.create_trigger(
+            {"name": "nope", "subject": "a.b", "definition": "nope", "id": "x"}),
+        "get_trigger": lambda: client.get_trigger("nope"),
+        "trigger_stats": lambda: client.trigger_stats("nope"),
+        "list_triggers": lambda: client.list_triggers(),
+        "pause_trigger": lambda: client.pause_trigger("nope"),
+        "resume_trigger": lambda: client.resume_trigger("nope"),
+        "delete_trigger": lambda: client.delete_trigger("nope"),
+    }
+    own = {name for name, fn in inspect.getmembers(TriggerClient, inspect.isfunction)
+           if not name.startswith("_")} - {
+        name for name, fn in inspect.getmembers(NatsflowClient, inspect.isfunction)}
+    assert own - {"of"} == set(calls)
+    for call in calls.values():
+        with contextlib.suppress(NatsflowError):
+            await call()
+
+
 async def test_client_services_and_document_have_the_same_operations(
         engine: object, nc: Client, settings: NatsSettings) -> None:
     s = settings.subjects
@@ -235,6 +257,7 @@ async def test_client_services_and_document_have_the_same_operations(
         client = NatsflowClient(nc, s, timeout=5)
         await _every_api_method(client)
         await _every_schedule_method(ScheduleClient(client))
+        await _every_trigger_method(TriggerClient.of(client))
         await nc.flush()
         served: dict[str, str] = {}
         for service in (s.service_name, s.index_service_name):

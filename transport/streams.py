@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
     RetentionPolicy,
@@ -178,6 +179,36 @@ class Topology:
         return KeyValueConfig(bucket=self.subjects.idempotency_bucket, history=1,
                               replicas=self.replicas, storage=StorageType.FILE,
                               ttl=24 * 3600, direct=True)
+
+    def triggers(self, subjects: list[str]) -> StreamConfig:
+        """The core NATS subjects of triggers (``subjects``: their :func:`cover
+        <contracts.triggers.cover>`), each message kept until every trigger whose
+        consumer wants it has taken it (interest), at most a week."""
+        return StreamConfig(name=self.subjects.triggers_stream, subjects=subjects,
+                            retention=RetentionPolicy.INTEREST, storage=StorageType.FILE,
+                            num_replicas=self.replicas, duplicate_window=DUPLICATE_WINDOW,
+                            max_age=7 * 24 * 3600)
+
+    def triggers_kv(self) -> KeyValueConfig:
+        """Triggers, one key per ``<namespace>.<name>``."""
+        return KeyValueConfig(bucket=self.subjects.triggers_bucket, history=1,
+                              replicas=self.replicas, storage=StorageType.FILE, direct=True)
+
+    def trigger_stats_kv(self) -> KeyValueConfig:
+        """Each trigger's counters, summed over the orchestrators."""
+        return KeyValueConfig(bucket=self.subjects.trigger_stats_bucket, history=1,
+                              replicas=self.replicas, storage=StorageType.FILE, direct=True)
+
+    def trigger_consumer(self, namespace: str, name: str, *, subject: str,
+                         deliver_all: bool = True) -> ConsumerConfig:
+        """One trigger's messages; shared by every orchestrator. Named as well as
+        durable, so it is created on a subject that names its filter."""
+        consumer = self.subjects.trigger_consumer(namespace, name)
+        return ConsumerConfig(durable_name=consumer, name=consumer, filter_subject=subject,
+                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
+                              deliver_policy=(DeliverPolicy.ALL if deliver_all
+                                              else DeliverPolicy.NEW),
+                              max_deliver=-1, max_ack_pending=10_000, max_waiting=512)
 
     def engine_consumer(self) -> ConsumerConfig:
         """Commands and results; shared by every orchestrator replica."""

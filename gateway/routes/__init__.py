@@ -12,6 +12,7 @@ module                 routes
 ``metrics``            ``/metrics`` (not in the OpenAPI document)
 ``asyncapi``           ``/asyncapi``, ``/asyncapi.json`` (likewise)
 ``dead_letters``       ``/dead-letters``
+``triggers``           ``/triggers``, ``/triggers/{name}/...``
 =====================  ====================================================
 
 A route takes what it needs through ``Depends`` (:mod:`gateway._deps`: the NATS link,
@@ -39,6 +40,7 @@ from . import (
     health,
     metrics,
     schedules,
+    triggers,
     workflows,
 )
 
@@ -48,6 +50,7 @@ __all__ = ["ROUTERS", "include"]
 ROUTERS: Final[tuple[APIRouter, ...]] = (
     workflows.router, events.router, batches.router, definitions.router,
     schedules.router, health.router, metrics.router, asyncapi.router, dead_letters.router,
+    triggers.router,
 )
 
 

@@ -17,9 +17,9 @@ from contracts.namespaces import DEFAULT_NAMESPACE
 from contracts.schedules import (
     BackfillReply,
     Schedule,
+    ScheduleFireReply,
     ScheduleInfo,
     ScheduleList,
-    TriggerReply,
 )
 from natsflow.schedule_client import ScheduleClient
 
@@ -122,7 +122,7 @@ async def unpause_schedule(name: _Name, nats: Nats, caller: Caller,
         namespaces=caller.namespace_scope))
 
 
-@router.post("/schedules/{name}/trigger", status_code=202, response_model=TriggerReply,
+@router.post("/schedules/{name}/trigger", status_code=202, response_model=ScheduleFireReply,
              summary="Fire a schedule now", responses=problem_responses(400, 404, 503))
 async def trigger_schedule(name: _Name, nats: Nats, caller: Caller,
                            namespace: _Namespace = None) -> Response:

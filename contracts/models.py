@@ -26,6 +26,7 @@ from pydantic.json_schema import SkipJsonSchema
 from .checks import check_values, refuse_expression
 from .errors import STEP_TAGS, ErrorInfo, ExpressionError, InvalidGraph
 from .expr import check_expression, check_template
+from .flow import Concurrencies, ConcurrencySpec, RateLimitSpec, Throttle, check_flow
 from .namespaces import DEFAULT_NAMESPACE, Namespace, is_default
 from .schema import check_schema, validate_instance
 from .subjects import TASK_TYPE_RE, TOKEN_RE
@@ -129,6 +130,8 @@ class WorkflowState(StrEnum):
     STOPPED = "stopped"
     COMPENSATING = "compensating"
     PAUSED = "paused"
+    #: Waiting for a permit of its `concurrency` limits (docs/flow-control.md).
+    QUEUED = "queued"
 
 
 WORKFLOW_TERMINAL: Final[frozenset[WorkflowState]] = frozenset(
@@ -152,6 +155,8 @@ class StepState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    #: Waiting for a permit of its `concurrency` or `rate_limit` (docs/flow-control.md).
+    THROTTLED = "throttled"
 
 
 STEP_TERMINAL: Final[frozenset[StepState]] = frozenset(
@@ -247,6 +252,13 @@ class _StepBase(BaseModel):
         "is stopped after this step succeeded.")
     output_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema the step's output must match.")
+    # Left out of the JSON when unset: configs without them keep their fingerprints.
+    concurrency: ConcurrencySpec | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="At most `limit` attempts at once (docs/flow-control.md).")
+    rate_limit: RateLimitSpec | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="At most `limit` attempts begin per `per` (docs/flow-control.md).")
 
     @property
     def task_type(self) -> str | None:
@@ -564,6 +576,9 @@ class WorkflowConfig(BaseModel):
     webhooks: list[Webhook] = Field(
         default_factory=list, max_length=MAX_WEBHOOKS, exclude_if=lambda hooks: not hooks,
         description="URLs to POST the workflow's status events to (docs/webhooks.md).")
+    concurrency: Concurrencies = Field(
+        default_factory=list, max_length=8, exclude_if=lambda v: not v,
+        description="Limits on runs at once (docs/flow-control.md); one object or a list.")
 
     @model_validator(mode="before")
     @classmethod
@@ -592,6 +607,7 @@ class WorkflowConfig(BaseModel):
             except ExpressionError as exc:  # found on arrival: the client's field is wrong
                 refuse_expression(exc, steps=[s.id for s in self.steps])
             check_values(self)
+            check_flow(self)
             if self.input_schema is not None and not ctx.get(TEMPLATE):
                 validate_instance(self.input, self.input_schema, field="input")
         return self
@@ -800,6 +816,9 @@ class StepStatus(BaseModel):
     # (WorkflowStatus leaves it out of what is shown: one hook per status, not per step.)
     token: SkipJsonSchema[str | None] = Field(default=None, repr=False,
                                               exclude_if=lambda v: v is None)
+    throttle: Throttle | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="Its attempt's permits "
+        "(docs/flow-control.md): asked for while `throttled`, held while it runs.")
 
 
 class MapProgress(BaseModel):
@@ -866,6 +885,9 @@ class WorkflowStatus(BaseModel):
     worker_check_at: datetime | None = Field(
         default=None, description="When the armed look at queued attempts fires (at most "
         "one per workflow; see the orchestrator's worker grace).")
+    queue: Throttle | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="Its permits "
+        "(docs/flow-control.md): asked for while `queued`, held while it runs.")
 
     @model_serializer(mode="wrap")
     def _shown(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
@@ -942,6 +964,16 @@ class EventType(StrEnum):
     #: period; ``data`` names the ``task`` type and the ``reason`` (no-consumer, no-worker,
     #: busy, unknown). The step's ``waiting_for_worker`` says so until a worker starts it.
     STEP_WAITING_FOR_WORKER = "step.waiting_for_worker"
+    #: A run waits for a permit of a concurrency limit; ``data``: ``limit``, ``key``,
+    #: ``position`` (1 = next).
+    WORKFLOW_QUEUED = "workflow.queued"
+    #: A queued run got its permits (``data.waited``: seconds); it starts now.
+    WORKFLOW_DEQUEUED = "workflow.dequeued"
+    #: An attempt waits for a permit (``data``: ``limit``, ``key``, ``position``) or for
+    #: its rate limit (``data.run_at``: when it may begin).
+    STEP_THROTTLED = "step.throttled"
+    #: A throttled attempt got its permits (``data.waited``: seconds); it begins now.
+    STEP_UNTHROTTLED = "step.unthrottled"
 
 
 EVENT_TERMINAL: Final[frozenset[EventType]] = frozenset(

@@ -82,11 +82,6 @@ class RateLimitSpec(BaseModel):
             return parse_duration(value)
         return value
 
-    @property
-    def interval(self) -> float:
-        """Seconds between two attempts: the bucket's refill time of one token."""
-        return self.per / self.limit
-
 
 class Claim(BaseModel):
     """One permit a run or attempt asks for: a limit, its key's value, and the terms."""
@@ -123,6 +118,8 @@ class Throttle(BaseModel):
     run_at: datetime | None = Field(default=None, description="A rate limit: when the "
                                     "attempt may begin.")
     waited: bool = Field(default=False, description="It had to wait (an event said so).")
+    again: int = Field(default=0, description="A rate limit's reservations missed (the "
+                       "attempt could not begin in time) and asked for again.")
 
     @property
     def complete(self) -> bool:

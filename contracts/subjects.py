@@ -10,6 +10,7 @@ Subject scheme (``p`` is the prefix)::
     p.cmd.batch.<batch_id>        commands for one batch (INBOX stream, internal)
     p.result.<workflow_id>        task results from workers (INBOX stream)
     p.timer.<workflow_id>         durable timers: retry backoff, timeouts (INBOX stream)
+    p.limit.<pool>                permit requests to the limiter (LIMITS stream, internal)
     p.task.<task_type>            tasks for workers of one type (TASKS work-queue stream)
     p.cancel.<workflow_id>        cancel notices for running tasks (core NATS)
     p.events.<workflow_id>.<kind>.<what>
@@ -99,6 +100,30 @@ class Subjects:
     def timer_consumer(self) -> str:
         """Durable consumer shared by all orchestrators for timers."""
         return "timers"
+
+    @property
+    def limits_stream(self) -> str:
+        """Work-queue stream of permit requests (docs/flow-control.md)."""
+        return f"{_upper_name(self.prefix)}_LIMITS"
+
+    @property
+    def limiter_consumer(self) -> str:
+        """Durable consumer shared by all orchestrators' limiters."""
+        return "limiter"
+
+    @property
+    def limits_bucket(self) -> str:
+        """KV bucket: limit and key (digested) -> its permits (holders, queue, bucket)."""
+        return f"{_lower_name(self.prefix)}_limits"
+
+    def limit(self, pool: str) -> str:
+        """Permit requests of one limit and key (``pool``: a digest, a subject token)."""
+        return f"{self.prefix}.limit.{pool}"
+
+    @property
+    def all_limits(self) -> str:
+        """Subjects captured by the limits stream."""
+        return f"{self.prefix}.limit.>"
 
     @property
     def webhook_consumer(self) -> str:

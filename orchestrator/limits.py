@@ -39,6 +39,7 @@ from contracts.models import (
 from contracts.namespaces import is_default
 
 from .permits import LimitEffect, PermitInput
+from .pools import lag_room
 from .records import TimerFired
 from .steps import StepInputError, evaluate_for
 from .transition import Transition
@@ -108,7 +109,7 @@ def _ask(tx: Transition, step_id: str | None, th: Throttle) -> None:
     assert claim is not None
     tx.effects.append(LimitEffect(op="acquire", claim=claim, index=th.granted,
                                   workflow_id=tx.status.id, step_id=step_id,
-                                  attempt=th.attempt))
+                                  attempt=th.attempt, again=th.again))
 
 
 def _give_back(tx: Transition, step_id: str | None, th: Throttle) -> None:
@@ -209,7 +210,8 @@ def on_permit(tx: Transition, inp: PermitInput) -> ErrorInfo | None:
             return None
         step = tx.own(found)
         th = step.throttle
-    if th is None or th.attempt != inp.attempt or th.granted != inp.index or th.complete:
+    if (th is None or th.attempt != inp.attempt or th.granted != inp.index or th.complete
+            or inp.again != th.again):
         return None
     claim = th.claims[th.granted]
     if inp.outcome == "refused":
@@ -227,7 +229,12 @@ def on_permit(tx: Transition, inp: PermitInput) -> ErrorInfo | None:
             _emit_waiting(tx, step, th, claim, {"position": inp.position})
             _store(tx, step, th)
         return None
+    if inp.outcome == "reserved" and inp.run_at is not None and _late(th, inp.run_at, tx):
+        _ask_again(tx, step, th)
+        return None
     if inp.outcome == "reserved" and inp.run_at is not None and inp.run_at > tx.now:
+        if th.run_at is not None:
+            return None  # already waiting for this reservation's timer
         th = th.model_copy(update={"run_at": inp.run_at, "waited": True})
         _store(tx, step, th)
         _emit_waiting(tx, step, th, claim, {"run_at": inp.run_at.isoformat()})
@@ -247,7 +254,23 @@ def on_rate_timer(tx: Transition, timer: TimerFired) -> None:
     if (th is None or claim is None or not claim.is_rate or th.attempt != timer.attempt
             or th.run_at != timer.due):
         return
+    if _late(th, th.run_at, tx):
+        _ask_again(tx, tx.own(step), th)
+        return
     _granted(tx, tx.own(step), th)
+
+
+def _late(th: Throttle, run_at: datetime, tx: Transition) -> bool:
+    """Too late to begin on this reservation: it would crowd the next ones' window."""
+    claim = th.waiting_on
+    assert claim is not None and claim.per is not None
+    return (tx.now - run_at).total_seconds() > lag_room(claim.per)
+
+
+def _ask_again(tx: Transition, step: StepStatus | None, th: Throttle) -> None:
+    th = th.model_copy(update={"again": th.again + 1, "run_at": None})
+    _store(tx, step, th)
+    _ask(tx, step.id if step else None, th)
 
 
 def _granted(tx: Transition, step: StepStatus | None, th: Throttle) -> None:

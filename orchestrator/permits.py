@@ -40,10 +40,13 @@ class LimitEffect(BaseModel):
     workflow_id: str
     step_id: str | None = None
     attempt: int = Field(description="The run or the step's attempt.")
+    again: int = Field(default=0, description="A rate limit asked again (the attempt "
+                       "could not begin in time for the last reservation): how often.")
 
     @property
     def holder(self) -> str:
-        return holder_of(self.workflow_id, self.step_id, self.attempt)
+        base = holder_of(self.workflow_id, self.step_id, self.attempt)
+        return f"{base}~{self.again}" if self.again else base
 
 
 class PermitInput(BaseModel):
@@ -55,5 +58,6 @@ class PermitInput(BaseModel):
     step_id: str | None = None
     attempt: int
     index: int
+    again: int = 0
     position: int | None = Field(default=None, description="queued: 1 = next.")
     run_at: datetime | None = Field(default=None, description="reserved: when it may begin.")

@@ -18,17 +18,23 @@ stops the oldest holder, whose permit then goes to it.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.flow import Claim
+
 from .permits import LimitEffect, PermitInput
 
-__all__ = ["RELEASED_KEPT", "RESERVED_KEPT", "Bucket", "Entry", "Notice", "Pool", "apply"]
+__all__ = ["LAG_ROOM", "RELEASED_KEPT", "RESERVED_KEPT", "Bucket", "Entry", "Notice", "Pool",
+           "apply", "interval", "lag_room", "pool_id"]
 
 #: Given-back holders a pool remembers (the oldest are forgotten first).
 RELEASED_KEPT = 256
+#: Seconds of a rate window left for begins that lag their reserved time.
+LAG_ROOM = 0.25
 #: Reservations a rate bucket remembers, so a repeated request gets the same time.
 RESERVED_KEPT = 256
 
@@ -42,6 +48,7 @@ class Entry(BaseModel):
     step: str | None = None
     attempt: int
     index: int
+    again: int = 0
     at: datetime
     evicts: str | None = Field(default=None, description="cancel_oldest: the holder "
                                "stopped to make room for this one.")
@@ -88,12 +95,34 @@ class Notice(BaseModel):
     holder: str = ""
 
 
+def lag_room(per: float) -> float:
+    """Seconds a begin may lag its reserved time (``LAG_ROOM``, at most a fifth of the
+    window); the engine asks again for an attempt that could not begin within it."""
+    return min(LAG_ROOM, per / 5)
+
+
+def interval(per: float, limit: int) -> float:
+    """Seconds between two reserved begins: ``per / limit`` with room for a begin's lag.
+
+    Begins reserved this far apart and each within ``lag_room`` of its time put no more
+    than ``limit`` begins in any window of ``per`` seconds.
+    """
+    return (per + lag_room(per)) / limit
+
+
+def pool_id(claim: Claim) -> str:
+    """The KV key (and subject token) of a claim's limit and key value."""
+    kind = "r" if claim.is_rate else "c"
+    digest = hashlib.sha256(f"{claim.pool}\x00{claim.key}".encode()).hexdigest()[:40]
+    return f"{kind}{digest}"
+
+
 def _answer(entry: Entry, holder: str, outcome: Literal["granted", "queued", "refused",
                                                          "reserved"], *,
             position: int | None = None, run_at: datetime | None = None) -> Notice:
     return Notice(workflow_id=entry.wf, holder=holder, answer=PermitInput(
         outcome=outcome, step_id=entry.step, attempt=entry.attempt, index=entry.index,
-        position=position, run_at=run_at))
+        again=entry.again, position=position, run_at=run_at))
 
 
 def new_state(req: LimitEffect) -> Pool | Bucket:
@@ -117,7 +146,7 @@ def apply(state: Pool | Bucket | None, req: LimitEffect, now: datetime
 
 def _entry(req: LimitEffect, now: datetime) -> Entry:
     return Entry(wf=req.workflow_id, step=req.step_id, attempt=req.attempt, index=req.index,
-                 at=now)
+                 again=req.again, at=now)
 
 
 def _position(pool: Pool, holder: str) -> int:
@@ -130,11 +159,11 @@ def _acquire(pool: Pool, req: LimitEffect, now: datetime
     if h in pool.holders:
         return None, [_answer(pool.holders[h], h, "granted")]
     if h in pool.waiting:
-        entry = pool.waiting[h]
-        notices = [_answer(entry, h, "queued", position=_position(pool, h))]
-        if entry.evicts is not None:
-            notices.append(_stop(pool, entry.evicts))
-        return None, notices
+        waiter = pool.waiting[h]
+        again = [_answer(waiter, h, "queued", position=_position(pool, h))]
+        if waiter.evicts is not None:
+            again.append(_stop(pool, waiter.evicts))
+        return None, again
     if h in pool.released:
         return None, []  # a late copy of a request whose permit came back already
     pool = pool.model_copy(deep=True)
@@ -208,10 +237,11 @@ def _reserve(bucket: Bucket, req: LimitEffect, now: datetime
         return None, [_answer(entry, h, "reserved", run_at=bucket.reserved[h])]
     bucket = bucket.model_copy(deep=True)
     bucket.limit, bucket.per = req.claim.limit, req.claim.per or bucket.per
-    # Generic cell rate: one begin every per/limit seconds, no burst, so no window of
-    # `per` seconds ever holds more than `limit` begins.
+    # Generic cell rate, no burst: one begin every interval() seconds, so no window of
+    # `per` seconds holds more than `limit` begins, even where tasks begin (later than
+    # their reserved time by a timer's and a message's delay, by differing amounts).
     start = now if bucket.tat is None or bucket.tat < now else bucket.tat
-    bucket.tat = start + timedelta(seconds=bucket.per / bucket.limit)
+    bucket.tat = start + timedelta(seconds=interval(bucket.per, bucket.limit))
     bucket.reserved[h] = start
     while len(bucket.reserved) > RESERVED_KEPT:
         del bucket.reserved[next(iter(bucket.reserved))]

@@ -37,6 +37,7 @@ from .builtins import BuiltinSteps
 from .definitions import DefinitionStore
 from .engine import EngineSettings
 from .faults import NO_CRASHES, CrashPoints
+from .limiter import Limiter
 from .metrics import MetricsServer, OrchestratorMetrics
 from .outputs import OutputStore
 from .records import TimerFired
@@ -159,6 +160,7 @@ class Orchestrator:
         self.webhooks = webhooks
         self.webhook_settings = webhook_settings or WebhookSettings()
         self.deliverer: WebhookDeliverer | None = None
+        self.limiter: Limiter | None = None
         self._task_consumers: tuple[float, list[ConsumerView] | None] = (float("-inf"), None)
 
     async def start(self) -> None:
@@ -190,6 +192,7 @@ class Orchestrator:
         definitions = DefinitionStore(await bucket(t.definitions_kv()))
         await bucket(t.summaries_kv())  # written by the outbox
         await bucket(t.keys_kv())  # the gateways' API keys: there before any gateway starts
+        limits = await bucket(t.limits_kv())
         key = await patiently("the result key", lambda: result_key(
             js, t.secrets_kv(), declare=bucket))
         self.engine_settings = dataclasses.replace(self.engine_settings, result_key=key)
@@ -213,6 +216,9 @@ class Orchestrator:
             asyncio.create_task(self._watchdog("engine", lambda: self._engine_loop(engine_sub))),
             asyncio.create_task(self._watchdog("timer", lambda: self._timer_loop(timer_sub))),
             asyncio.create_task(self._watchdog("queue sampling", self._sample_queues))]
+        self.limiter = Limiter(self.nc, self.subjects, limits, publisher=self.publisher,
+                               clock=self.clock)
+        await self.limiter.start()
         await self.api.start()
         if self.webhooks:
             self.deliverer = WebhookDeliverer(self.nc, self.subjects,
@@ -233,11 +239,12 @@ class Orchestrator:
         js = self.nc.jetstream()
         await self._adopt_replicas()
         t = self.topology
-        for stream in (t.inbox(), t.tasks(), t.events(), t.dlq(), t.webhooks()):
+        for stream in (t.inbox(), t.tasks(), t.events(), t.dlq(), t.webhooks(), t.limits()):
             await declare_stream(js, stream)
         await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
         await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
         await ensure_consumer(js, self.subjects.webhooks_stream, t.webhook_consumer())
+        await ensure_consumer(js, self.subjects.limits_stream, t.limiter_consumer())
         if t.replicas == 1:
             cluster = await cluster_of(js, self.subjects.inbox_stream)
             if cluster:
@@ -282,6 +289,8 @@ class Orchestrator:
             await self.nc.close()
 
     async def _stop_deliverer(self) -> None:
+        if self.limiter is not None:
+            await self.limiter.stop()
         if self.deliverer is not None:
             await self.deliverer.stop()
 

@@ -18,12 +18,16 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from contracts.checks import parse_duration
 from contracts.errors import InvalidGraph
 from contracts.expr import check_template
+from contracts.namespaces import DEFAULT_NAMESPACE, Scope
 
 __all__ = [
     "MAX_LIMIT",
     "Claim",
     "Concurrencies",
     "ConcurrencySpec",
+    "LimitList",
+    "LimitState",
+    "ListLimitsRequest",
     "LimitPolicy",
     "RateLimitSpec",
     "Throttle",
@@ -93,6 +97,9 @@ class Claim(BaseModel):
     limit: int
     policy: LimitPolicy = "queue"
     per: float | None = Field(default=None, description="Rate limits: the window, seconds.")
+    namespace: str = Field(default=DEFAULT_NAMESPACE,
+                           exclude_if=lambda v: v == DEFAULT_NAMESPACE,
+                           description="The namespace whose limit it is.")
 
     @property
     def is_rate(self) -> bool:
@@ -170,3 +177,42 @@ def check_flow(config: Any) -> None:
             if limit is not None and limit.key is not None:
                 check_template(limit.key, variables=_STEP_KEY_VARIABLES,
                                field=f"steps.{i}.{name}.key")
+
+
+class ListLimitsRequest(BaseModel):
+    """``limit.list``: the limits in use and their permits (those the caller may see)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: str | None = Field(default=None, max_length=400, exclude_if=lambda v: v is None,
+                              description="Only this limit (e.g. `wf:checkout`).")
+    namespaces: Scope = None
+
+
+class LimitState(BaseModel):
+    """One limit and key value: its permits now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: str = Field(description="`wf:<name>`, `step:<name>` or `rate:<name>`.")
+    key: str = Field(default="", description="The key's value ('' without a key).")
+    namespace: str = DEFAULT_NAMESPACE
+    kind: Literal["concurrency", "rate"]
+    max: int = Field(description="The limit: permits, or begins per window.")
+    in_use: int = Field(default=0, description="Permits held now.")
+    waiting: int = Field(default=0, description="Runs or attempts waiting for one.")
+    holders: list[str] = Field(default_factory=list,
+                               description="Who holds them (`<workflow>#<run>`, "
+                               "`<workflow>/<step>#<attempt>`), oldest first.")
+    queue: list[str] = Field(default_factory=list, description="Who waits, next first.")
+    per: float | None = Field(default=None, description="A rate limit's window, seconds.")
+    next_free: datetime | None = Field(default=None,
+                                       description="A rate limit's next free begin time.")
+
+
+class LimitList(BaseModel):
+    """``limit.list``'s reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limits: list[LimitState]

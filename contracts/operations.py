@@ -50,6 +50,7 @@ from .errors import (
     WorkflowNotFound,
     error_from_info,
 )
+from .flow import LimitList, ListLimitsRequest
 from .headers import ERROR_CODE_HEADER, ERROR_HEADER
 from .messages import (
     MAX_BATCH_BYTES,
@@ -225,13 +226,16 @@ DEFINITION_GET: Final = Operation(
     errors=(DefinitionNotFound,), other_replies=(Definition,))
 DEFINITION_LIST: Final = Operation(
     "definition.list", ListDefinitionsRequest, DefinitionList, "Every stored definition.")
+LIMIT_LIST: Final = Operation(
+    "limit.list", ListLimitsRequest, LimitList,
+    "The concurrency and rate limits in use: permits held, who waits (docs/flow-control.md).")
 
 #: Every operation natsflow serves, by name, in the document's order.
 OPERATIONS: Final[dict[str, Operation[Any, Any]]] = {op.name: op for op in (
     WORKFLOW_CREATE, WORKFLOW_START, WORKFLOW_GET, WORKFLOW_STOP, WORKFLOW_SIGNAL,
     WORKFLOW_PAUSE, WORKFLOW_RESUME, WORKFLOW_RETRY, WORKFLOW_RERUN, WORKFLOW_LIST,
     WORKFLOW_BULK, BATCH_CREATE, BATCH_GET, BATCH_STOP, DEFINITION_PUT, DEFINITION_GET,
-    DEFINITION_LIST)}
+    DEFINITION_LIST, LIMIT_LIST)}
 #: The names of the operations the index (``natsflow index``) answers.
 INDEX_OPERATIONS: Final = frozenset(
     name for name, op in OPERATIONS.items() if op.server is Server.INDEX)

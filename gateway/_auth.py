@@ -94,6 +94,7 @@ ROUTE_SCOPES: Final[Mapping[tuple[str, str], Scope | None]] = {
     ("GET", "/definitions"): _DEF_READ,
     ("GET", "/definitions/{name}"): _DEF_READ,
     ("GET", "/definitions/{name}/versions/{version}"): _DEF_READ,
+    ("GET", "/limits"): _READ,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/metrics"): None,

@@ -46,6 +46,7 @@ from ._auth import Caller, KeyAuth, KeyCache, namespace_query, scoped_route_clas
 from ._bodies import read_batch_config, read_create_body, read_json, read_model, read_object
 from ._definitions import add_definition_routes
 from ._events import HEARTBEAT_SECONDS, add_event_routes
+from ._limits import add_limit_routes
 from ._link import NatsLink, Readiness
 from ._metrics import install_metrics
 from ._problems import (
@@ -368,6 +369,7 @@ def create_app(settings: NatsSettings, *, auth: KeyAuth | None = KEYS,
 
     add_event_routes(app, link, heartbeat=heartbeat)
     add_definition_routes(app, link)
+    add_limit_routes(app, link)
     add_asyncapi_routes(app, settings.subjects)
 
     # -- batches ---------------------------------------------------------------------

@@ -29,6 +29,7 @@ from ._cli_common import console, fail, run, run_until_signal, with_settings
 from ._cli_control import register_control_commands
 from ._cli_definitions import definitions_app, run_command
 from ._cli_keys import keys_app
+from ._cli_limits import limits_command
 from ._cli_namespace import NamespaceOpt, in_namespace, scope, seen_from
 from ._cli_nats import nats_config
 from ._cli_render import event_line, workflow_view
@@ -503,6 +504,7 @@ def asyncapi(
 
 app.add_typer(definitions_app)
 app.add_typer(keys_app)
+app.command("limits")(limits_command)
 app.command("nats-config")(nats_config)
 register_control_commands(app)
 app.command("run")(run_command)

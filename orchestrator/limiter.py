@@ -31,27 +31,17 @@ from contracts.publish import AsyncPublisher
 from contracts.subjects import Subjects
 
 from .kvscan import scan
+from .metrics import OrchestratorMetrics
 from .permits import LimitEffect
 from .pools import Bucket, Notice, Pool, apply, pool_id
 from .records import StopWorkflow
 
-__all__ = ["Limiter", "read_limits", "view"]
+__all__ = ["Limiter", "read_limits"]
 
 log = logging.getLogger("natsflow.limiter")
 
 _CAS_ATTEMPTS = 50
 _entries: TypeAdapter[Pool | Bucket] = TypeAdapter(Pool | Bucket)
-
-
-def view(entry: Pool | Bucket) -> dict[str, object]:
-    """What ``natsflow limits`` shows of one entry."""
-    if isinstance(entry, Bucket):
-        return {"limit": entry.pool, "key": entry.key, "kind": "rate", "max": entry.limit,
-                "per": entry.per,
-                "next_free": entry.tat.isoformat() if entry.tat else None}
-    return {"limit": entry.pool, "key": entry.key, "kind": "concurrency", "max": entry.limit,
-            "in_use": len(entry.holders), "waiting": len(entry.waiting),
-            "holders": list(entry.holders), "queue": list(entry.waiting)}
 
 
 async def read_limits(kv: KeyValue) -> list[Pool | Bucket]:
@@ -80,13 +70,17 @@ class Limiter:
     def __init__(self, nc: Client, subjects: Subjects, kv: KeyValue, *,
                  publisher: AsyncPublisher,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 batch: int = 256) -> None:
+                 batch: int = 256, metrics: OrchestratorMetrics | None = None,
+                 sample_interval: float = 5.0) -> None:
         self.nc = nc
         self.subjects = subjects
         self.kv = kv
         self.publisher = publisher
         self.clock = clock
         self.batch = batch
+        self.metrics = metrics
+        self.sample_interval = sample_interval
+        self._sampler: asyncio.Task[None] | None = None
         self._sub: PullConsumer | None = None
         self._loop: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -97,13 +91,36 @@ class Limiter:
                                        self.subjects.limiter_consumer,
                                        batch=self.batch).start()
         self._loop = asyncio.create_task(self._take())
+        if self.metrics is not None:
+            self._sampler = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        """Every ``sample_interval`` s: the gauges of every limit, from the bucket."""
+        assert self.metrics is not None
+        seen: set[str] = set()
+        while not self._stopping.is_set():
+            try:
+                used: dict[str, int] = {}
+                waiting: dict[str, int] = {}
+                for e in await read_limits(self.kv):
+                    if isinstance(e, Pool):
+                        used[e.pool] = used.get(e.pool, 0) + len(e.holders)
+                        waiting[e.pool] = waiting.get(e.pool, 0) + len(e.waiting)
+                for name in seen | set(used):
+                    self.metrics.limit_in_use.labels(limit=name).set(used.get(name, 0))
+                    self.metrics.limit_waiting.labels(limit=name).set(waiting.get(name, 0))
+                seen |= set(used)
+            except Exception as exc:
+                log.warning("sampling the limits failed: %s", exc)
+            await asyncio.sleep(self.sample_interval)
 
     async def stop(self) -> None:
         """Stop taking; a request in hand and unacked is redelivered to another."""
         self._stopping.set()
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
+        for task in (self._loop, self._sampler):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._sub is not None:
             await self._sub.stop()
 

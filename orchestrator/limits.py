@@ -80,7 +80,7 @@ def workflow_claims(tx: Transition) -> list[Claim]:
     return _ordered([
         Claim(pool="wf:" + _scoped(cfg, spec.name or cfg.definition or cfg.name),
               key=_key_value(spec.key, ctx, step="", where=f"concurrency.{i}.key"),
-              limit=spec.limit, policy=spec.policy)
+              limit=spec.limit, policy=spec.policy, namespace=cfg.namespace)
         for i, spec in enumerate(cfg.concurrency)])
 
 
@@ -94,13 +94,13 @@ def step_claims(tx: Transition, cfg: StepConfig) -> list[Claim]:
         claims.append(Claim(
             pool="step:" + _scoped(tx.config, spec.name or default),
             key=_key_value(spec.key, ctx, step=cfg.id, where="concurrency.key"),
-            limit=spec.limit))
+            limit=spec.limit, namespace=tx.config.namespace))
     if cfg.rate_limit is not None:
         rate = cfg.rate_limit
         claims.append(Claim(
             pool="rate:" + _scoped(tx.config, rate.name or default),
             key=_key_value(rate.key, ctx, step=cfg.id, where="rate_limit.key"),
-            limit=rate.limit, per=rate.per))
+            limit=rate.limit, per=rate.per, namespace=tx.config.namespace))
     return _ordered(claims)
 
 

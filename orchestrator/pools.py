@@ -24,12 +24,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.flow import Claim
+from contracts.flow import Claim, LimitState
+from contracts.namespaces import DEFAULT_NAMESPACE
 
 from .permits import LimitEffect, PermitInput
 
 __all__ = ["LAG_ROOM", "RELEASED_KEPT", "RESERVED_KEPT", "Bucket", "Entry", "Notice", "Pool",
-           "apply", "interval", "lag_room", "pool_id"]
+           "apply", "interval", "lag_room", "pool_id", "state_of"]
 
 #: Given-back holders a pool remembers (the oldest are forgotten first).
 RELEASED_KEPT = 256
@@ -62,6 +63,7 @@ class Pool(BaseModel):
     kind: Literal["pool"] = "pool"
     pool: str
     key: str = ""
+    namespace: str = DEFAULT_NAMESPACE
     limit: int
     holders: dict[str, Entry] = Field(default_factory=dict, description="In grant order.")
     waiting: dict[str, Entry] = Field(default_factory=dict, description="In queue order.")
@@ -78,6 +80,7 @@ class Bucket(BaseModel):
     kind: Literal["bucket"] = "bucket"
     pool: str
     key: str = ""
+    namespace: str = DEFAULT_NAMESPACE
     limit: int
     per: float
     tat: datetime | None = Field(default=None, description="The next free time.")
@@ -129,8 +132,8 @@ def new_state(req: LimitEffect) -> Pool | Bucket:
     """The entry of a limit nobody used yet."""
     c = req.claim
     if c.per is not None:
-        return Bucket(pool=c.pool, key=c.key, limit=c.limit, per=c.per)
-    return Pool(pool=c.pool, key=c.key, limit=c.limit)
+        return Bucket(pool=c.pool, key=c.key, namespace=c.namespace, limit=c.limit, per=c.per)
+    return Pool(pool=c.pool, key=c.key, namespace=c.namespace, limit=c.limit)
 
 
 def apply(state: Pool | Bucket | None, req: LimitEffect, now: datetime
@@ -246,3 +249,14 @@ def _reserve(bucket: Bucket, req: LimitEffect, now: datetime
     while len(bucket.reserved) > RESERVED_KEPT:
         del bucket.reserved[next(iter(bucket.reserved))]
     return bucket, [_answer(entry, h, "reserved", run_at=start)]
+
+
+def state_of(entry: Pool | Bucket) -> LimitState:
+    """What the operations show of one entry."""
+    if isinstance(entry, Bucket):
+        return LimitState(limit=entry.pool, key=entry.key, namespace=entry.namespace,
+                          kind="rate", max=entry.limit, per=entry.per, next_free=entry.tat)
+    return LimitState(limit=entry.pool, key=entry.key, namespace=entry.namespace,
+                      kind="concurrency", max=entry.limit, in_use=len(entry.holders),
+                      waiting=len(entry.waiting), holders=list(entry.holders),
+                      queue=list(entry.waiting))

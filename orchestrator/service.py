@@ -204,7 +204,7 @@ class Orchestrator:
                                    crash_points=self.crash_points)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency, definitions=definitions,
-                       publisher=self.publisher, egress=self.egress)
+                       publisher=self.publisher, egress=self.egress, limits=limits)
         engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
                                         self.subjects.engine_consumer,
                                         batch=self.fetch_batch).start()
@@ -217,7 +217,8 @@ class Orchestrator:
             asyncio.create_task(self._watchdog("timer", lambda: self._timer_loop(timer_sub))),
             asyncio.create_task(self._watchdog("queue sampling", self._sample_queues))]
         self.limiter = Limiter(self.nc, self.subjects, limits, publisher=self.publisher,
-                               clock=self.clock)
+                               clock=self.clock, metrics=self.metrics,
+                               sample_interval=self.queue_sample_interval)
         await self.limiter.start()
         await self.api.start()
         if self.webhooks:

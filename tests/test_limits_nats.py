@@ -128,3 +128,43 @@ async def test_a_rate_limit_spaces_steps_across_two_orchestrators(
     assert len(times) == n and len(ledger.spans) == n
     window = max(sum(1 for u in times if s <= u < s + 1.0) for s in times)
     assert window <= per_second, f"{window} dispatched in one second"
+
+
+async def test_limits_show_over_nats_http_the_cli_and_the_gauges(
+        ledger: Ledger, client: NatsflowClient, settings: NatsSettings) -> None:
+    import httpx
+    from helpers import run_cli
+
+    from gateway import create_app
+    for i in range(3):
+        await client.create({
+            "name": "shown", "id": f"s{i}", "input": {"c": "acme"},
+            "concurrency": {"key": "${input.c}", "limit": 1},
+            "steps": [{"id": "w", "task": "lim.work", "input": {"key": "s", "seconds": 2}}]})
+    async with Orchestrator(settings, stop_grace=2.0, queue_sample_interval=0.2) as orch:
+        for _ in range(100):
+            listed = (await client.list_limits(limit="wf:shown")).limits
+            if listed and listed[0].in_use == 1 and listed[0].waiting == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert [(s.limit, s.key, s.max, s.in_use, s.waiting) for s in listed] == [
+            ("wf:shown", "acme", 1, 1, 2)]
+        assert listed[0].holders == ["s0#1"] and listed[0].queue == ["s1#1", "s2#1"]
+        await asyncio.sleep(0.5)
+        gauges = {(m.name, s.labels.get("limit")): s.value
+                  for m in orch.metrics.registry.collect() for s in m.samples}
+        assert gauges[("natsflow_limit_in_use", "wf:shown")] == 1
+        assert gauges[("natsflow_limit_waiting", "wf:shown")] == 2
+    transport = httpx.ASGITransport(app=create_app(settings, auth=None, nc=client.nc))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        body = (await http.get("/limits", params={"limit": "wf:shown"})).json()
+        assert body["limits"][0]["queue"][0] in ("s1#1", "s2#1")
+        assert (await http.get("/limits", params={"limit": "x" * 500})).status_code == 400
+    code, out, err = await run_cli("limits", "wf:shown", "--json", settings=settings)
+    assert code == 0, err
+    assert '"wf:shown"' in out
+    for i in range(3):
+        done = (await client.wait(f"s{i}", timeout=30)).status
+        assert done is not None and done.state == WorkflowState.COMPLETED
+    left = (await client.list_limits(limit="wf:shown")).limits
+    assert left[0].in_use == 0 and left[0].waiting == 0

@@ -168,3 +168,23 @@ async def test_limits_show_over_nats_http_the_cli_and_the_gauges(
         assert done is not None and done.state == WorkflowState.COMPLETED
     left = (await client.list_limits(limit="wf:shown")).limits
     assert left[0].in_use == 0 and left[0].waiting == 0
+
+
+async def test_a_shared_limit_is_handed_out_round_robin_between_keys(
+        ledger: Ledger, client: NatsflowClient) -> None:
+    # submitted one key's backlog after the other: a0 a1 a2 b0 b1 b2 c0 c1 c2
+    for key in "abc":
+        for i in range(3):
+            await client.create({
+                "name": "fair", "id": f"f{key}{i}", "input": {"tenant": key},
+                "concurrency": [{"key": "${input.tenant}", "limit": 1},
+                                {"name": "fair-all", "limit": 1}],
+                "steps": [{"id": "w", "task": "lim.work",
+                           "input": {"key": "fair", "seconds": 0.4}}]})
+    for key in "abc":
+        for i in range(3):
+            done = (await client.wait(f"f{key}{i}", timeout=30)).status
+            assert done is not None and done.state == WorkflowState.COMPLETED
+    order = [w for w, k, _, _ in sorted(ledger.spans, key=lambda s: s[2]) if k == "fair"]
+    assert order == ["fa0", "fb0", "fc0", "fa1", "fb1", "fc1", "fa2", "fb2", "fc2"]
+    assert ledger.most_at_once("fair") == 1

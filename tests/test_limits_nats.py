@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import read_events
 
 from contracts.client import NatsflowClient
 from contracts.connect import NatsSettings
-from contracts.models import EventType, StepState, WorkflowState
+from contracts.models import EventType, StepState, WorkflowConfig, WorkflowState
 from natsflow.worker import TaskContext, Worker
 from orchestrator import Orchestrator
 
@@ -188,3 +191,31 @@ async def test_a_shared_limit_is_handed_out_round_robin_between_keys(
     order = [w for w, k, _, _ in sorted(ledger.spans, key=lambda s: s[2]) if k == "fair"]
     assert order == ["fa0", "fb0", "fc0", "fa1", "fb1", "fc1", "fa2", "fb2", "fc2"]
     assert ledger.most_at_once("fair") == 1
+
+
+FLOW_DOC = (Path(__file__).resolve().parent.parent / "docs" / "flow-control.md").read_text()
+FLOW_YAML = re.findall(r"^```yaml\n(.*?)^```", FLOW_DOC, flags=re.S | re.M)
+
+
+@pytest.mark.parametrize("block", FLOW_YAML, ids=lambda b: b.split("\n")[0])
+def test_every_workflow_in_the_flow_control_doc_is_valid(block: str) -> None:
+    config = WorkflowConfig.model_validate(yaml.safe_load(block))
+    assert config.concurrency or any(s.concurrency or s.rate_limit for s in config.steps)
+
+
+async def test_the_first_flow_control_example_queues_a_second_run_of_one_customer(
+        demo_worker: object, client: NatsflowClient) -> None:
+    assert len(FLOW_YAML) >= 5
+    config = yaml.safe_load(FLOW_YAML[0])
+    await client.create({**config, "id": "inv1"})
+    await client.create({**config, "id": "inv2"})
+    await client.create({**config, "id": "other", "input": {"customer": "bolt"}})
+    second = (await client.get("inv2")).status
+    assert second is not None and second.state == WorkflowState.QUEUED
+    for wid in ("inv1", "inv2", "other"):
+        done = (await client.wait(wid, timeout=30)).status
+        assert done is not None and done.state == WorkflowState.COMPLETED
+    first, late, other = [(await client.get(w)).status for w in ("inv1", "inv2", "other")]
+    assert first and late and other and first.finished_at and late.started_at
+    assert late.started_at >= first.finished_at
+    assert other.started_at is not None and other.started_at < first.finished_at

@@ -16,6 +16,7 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 
 COPY contracts ./contracts
+COPY transport ./transport
 COPY orchestrator ./orchestrator
 COPY gateway ./gateway
 COPY natsflow ./natsflow

@@ -21,9 +21,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
-from contracts.client import NatsflowClient
 from contracts.models import EventType, WorkflowConfig
 from contracts.subjects import Subjects
+from natsflow.client import NatsflowClient
 
 __all__ = [
     "PhaseResult",

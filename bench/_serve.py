@@ -25,11 +25,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from contracts.connect import NatsSettings, connect
 from contracts.headers import MSG_ID
-from contracts.streams import Topology, declare_stream, ensure_consumer
 from natsflow._gc import tune_gc
 from natsflow._loop import loop_factory, run_served
+from transport.connect import NatsSettings, connect
+from transport.streams import Topology, declare_stream, ensure_consumer
 
 #: The task type every benchmark step runs.
 NOOP_TASK = "bench.noop"

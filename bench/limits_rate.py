@@ -23,12 +23,12 @@ import time
 import uuid
 from typing import Any
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.models import Event, EventType, WorkflowState
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
 from natsflow.worker import TaskContext, Worker
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings, connect
 
 
 async def _run(settings: NatsSettings, workflows: list[dict[str, Any]]

@@ -32,14 +32,14 @@ import httpx
 
 from bench._load import percentile
 from bench._procs import Service
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.ids import new_id
 from contracts.messages import ListWorkflowsRequest
 from contracts.models import WorkflowState, WorkflowSummary
-from contracts.streams import Topology
 from gateway import create_app
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
+from transport.connect import NatsSettings, connect
+from transport.streams import Topology
 
 FILTERS: dict[str, dict[str, Any]] = {
     "no filter": {},

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._load import raw_floor
 from bench._procs import Service, cpu_seconds
 from bench._serve import KB_TASK
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.models import WorkflowState
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
+from transport.connect import NatsSettings, connect
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

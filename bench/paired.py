@@ -45,10 +45,10 @@ from _load import Tracker, chain_config, run_load
 from _procs import _SERVE, Service, cpu_seconds
 from _serve import NOOP_TASK
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.models import WorkflowConfig
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
+from transport.connect import NatsSettings, connect
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

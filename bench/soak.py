@@ -9,7 +9,7 @@ It starts a nats-server (temporary store), ``natsflow orchestrator`` (with
 step DAGs at ``--rate`` per second (half through the NATS API, retried until answered,
 half fire-and-forget on the submit subject), SIGKILLs the orchestrator every
 ``--kill-every`` seconds and starts it again at once. Then it waits for the work to
-drain and checks every submitted workflow with ``contracts.promises`` (promises 1-3).
+drain and checks every submitted workflow with ``natsflow.promises`` (promises 1-3).
 
 Exit status 1 if any workflow has no terminal state or any promise is broken. Reported:
 kills, task executions per idempotency key above 1 (duplicates seen by the worker),
@@ -39,12 +39,12 @@ from _serve import SOAK_TASK
 from nats.aio.msg import Msg
 from rich.console import Console
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.errors import Unavailable
 from contracts.models import EVENT_TERMINAL, Event
-from contracts.promises import check_all
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
+from natsflow.promises import check_all
+from transport.connect import NatsSettings, connect
 
 log = Console(stderr=True, highlight=False)
 

@@ -41,11 +41,11 @@ from _report import Report, phase_row
 from _serve import NOOP_TASK
 from rich.console import Console
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.models import WorkflowConfig
 from natsflow._gc import tune_gc
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
+from transport.connect import NatsSettings, connect
 
 log = Console(stderr=True, highlight=False)
 

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from contracts.checks import parse_duration
 from contracts.errors import InvalidGraph
-from contracts.expr import check_template
+from contracts.language.checks import parse_duration
+from contracts.language.expr import check_template
 from contracts.namespaces import DEFAULT_NAMESPACE, Scope
 
 __all__ = [

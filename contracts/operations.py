@@ -2,9 +2,9 @@
 
 One table: each operation's name, request model, reply model(s), the errors it may
 answer, and the micro service that serves it. The client's calls
-(:class:`~contracts.client.NatsflowClient`), the services' endpoints (the orchestrator's
+(:class:`~natsflow.client.NatsflowClient`), the services' endpoints (the orchestrator's
 ``orchestrator/api.py``, the index's ``orchestrator/index.py``), the NATS permissions
-(:mod:`contracts.permissions`) and the AsyncAPI document (:mod:`contracts.asyncapi`) are
+(:mod:`contracts.permissions`) and the AsyncAPI document (:mod:`natsflow.asyncapi`) are
 built from it; ``tests/test_wire_facts.py`` checks they agree, and that no other module
 writes an operation's name.
 

@@ -17,9 +17,9 @@ from faststream import FastStream
 from faststream.nats import NatsBroker
 from pydantic import BaseModel
 
-from contracts.connect import NatsSettings
 from natsflow.faststream import TaskRouter
 from natsflow.worker import TaskContext, TaskError
+from transport.connect import NatsSettings
 
 
 class Restock(BaseModel):

@@ -1,6 +1,6 @@
 """``GET /asyncapi.json`` and ``GET /asyncapi``: the NATS interface, next to ``/docs``.
 
-The document is :func:`contracts.asyncapi.asyncapi_schema` for the gateway's own prefix,
+The document is :func:`natsflow.asyncapi.asyncapi_schema` for the gateway's own prefix,
 built on the first request (it needs no NATS) and kept.
 """
 
@@ -29,7 +29,7 @@ def add_asyncapi_routes(app: FastAPI, subjects: Subjects) -> None:
     def build() -> tuple[str, str]:
         # Imported here: FastStream takes a noticeable while to import, and only these
         # two routes need it.
-        from contracts.asyncapi import asyncapi_html, asyncapi_schema
+        from natsflow.asyncapi import asyncapi_html, asyncapi_schema
 
         doc: dict[str, Any] = asyncapi_schema(subjects)
         return json.dumps(doc), asyncapi_html(doc)

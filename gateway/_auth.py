@@ -37,18 +37,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityS
 from pydantic import BaseModel
 
 from contracts.errors import Forbidden, Unauthenticated, Unavailable
-from contracts.keys import (
-    ALL_NAMESPACES,
-    ALL_SCOPES,
-    KeyStore,
-    Scope,
-    StoredKey,
-    key_id_of,
-    watch_keys,
-)
+from contracts.keys import ALL_NAMESPACES, ALL_SCOPES, Scope, StoredKey, key_id_of
 from contracts.namespaces import DEFAULT_NAMESPACE
-from contracts.streams import Topology, patiently
 from contracts.subjects import TOKEN_RE
+from transport.keys import KeyStore, watch_keys
+from transport.streams import Topology, patiently
 
 from ._link import NatsLink
 from ._problems import problem_responses

@@ -3,7 +3,7 @@
 ``GET /workflows/{id}/events`` replays one workflow's events from the first (or after
 ``Last-Event-ID`` / ``?after=``) and follows them live until the terminal one; ``GET
 /events`` follows every workflow's events matching a subject-style filter and never
-ends. Both read the events stream through :class:`contracts.client.NatsflowClient`.
+ends. Both read the events stream through :class:`natsflow.client.NatsflowClient`.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from typing import Final, Literal
 from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsAuthFailed, NatsflowError, Unavailable
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings, connect
 
 __all__ = ["CLIENT_NAME", "Dependency", "NatsLink", "Readiness"]
 

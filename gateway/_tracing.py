@@ -1,4 +1,4 @@
-"""A server span per HTTP request, when tracing is on (see :mod:`contracts.tracing`).
+"""A server span per HTTP request, when tracing is on (see :mod:`transport.tracing`).
 
 The span is a child of the request's ``traceparent``; the client calls made while it
 is current carry its context over NATS. With tracing off nothing is made, and the
@@ -10,8 +10,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contracts import tracing
-from contracts.tracing import TraceContext
+from transport import tracing
+from transport.tracing import TraceContext
 
 __all__ = ["install_tracing", "request_trace"]
 

@@ -1,7 +1,7 @@
 """natsflow's HTTP gateway: REST over the NATS API, one client among others.
 
 The gateway holds no state and no logic of the orchestrator: each request becomes one
-:class:`contracts.client.NatsflowClient` call, each reply one HTTP answer, each error one
+:class:`natsflow.client.NatsflowClient` call, each reply one HTTP answer, each error one
 RFC 9457 problem document (see ``_problems.HTTP_BY_CODE``).
 """
 
@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from contracts import __version__
-from contracts.connect import NatsSettings
 from contracts.definitions import RunDefinition
 from contracts.errors import NatsAuthFailed, Unavailable, ValidationFailed
 from contracts.headers import IDEMPOTENCY_KEY_HEADER
@@ -39,7 +38,8 @@ from contracts.messages import (
     WorkflowReply,
 )
 from contracts.models import MAX_CONFIG_BYTES, WorkflowConfig, WorkflowState, WorkflowStatus
-from contracts.streams import Topology
+from transport.connect import NatsSettings
+from transport.streams import Topology
 
 from ._asyncapi import add_asyncapi_routes
 from ._auth import Caller, KeyAuth, KeyCache, namespace_query, scoped_route_class

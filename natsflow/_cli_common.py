@@ -13,7 +13,6 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from contracts.connect import NatsSettings
 from contracts.errors import (
     Conflict,
     Forbidden,
@@ -24,6 +23,7 @@ from contracts.errors import (
     Unauthenticated,
     Unavailable,
 )
+from transport.connect import NatsSettings
 
 from ._gc import tune_gc
 from ._loop import loop_factory, run_served

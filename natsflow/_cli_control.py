@@ -11,12 +11,12 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import InvalidRequest, ValidationFailed
 from contracts.errors import validation_failed as errors_of
 from contracts.messages import ListWorkflowsRequest, WorkflowList, WorkflowReply
 from contracts.models import WorkflowState, WorkflowStatus
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings
 
 from ._cli_common import console, fail, run, with_settings
 from ._cli_namespace import NamespaceOpt, scope
@@ -241,7 +241,7 @@ def register_control_commands(app: typer.Typer) -> None:
         A workflow created with `start: false` and never started is listed as not
         started, which is no violation.
         """
-        from contracts.promises import Report, verify
+        from natsflow.promises import Report, verify
 
         from ._cli_workflows import nats_client
 

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from contracts.connect import NatsSettings
 from contracts.errors import InvalidRequest, NatsflowError
 from contracts.models import WorkflowState, WorkflowStatus
 from contracts.namespaces import DEFAULT_NAMESPACE
+from transport.connect import NatsSettings
 
 from ._cli_common import console, fail, run, with_settings
 from ._cli_namespace import NamespaceOpt, scope

@@ -17,17 +17,11 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from contracts.connect import NatsSettings, connect
 from contracts.errors import InvalidRequest, validation_failed
-from contracts.keys import (
-    DEFAULT_NAMESPACE,
-    ApiKeyInfo,
-    CreatedKey,
-    CreateKeyRequest,
-    KeyStore,
-    Scope,
-)
-from contracts.streams import Topology
+from contracts.keys import DEFAULT_NAMESPACE, ApiKeyInfo, CreatedKey, CreateKeyRequest, Scope
+from transport.connect import NatsSettings, connect
+from transport.keys import KeyStore
+from transport.streams import Topology
 
 from ._cli_common import console, err_console, fail, run, with_settings
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from contracts.connect import NatsSettings
+from transport.connect import NatsSettings
 
 from ._cli_common import console, run, with_settings
 

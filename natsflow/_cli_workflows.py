@@ -16,8 +16,6 @@ import httpx
 from pydantic import ValidationError
 from rich.live import Live
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.errors import (
     ErrorInfo,
     InvalidRequest,
@@ -30,6 +28,8 @@ from contracts.errors import validation_failed as errors_of
 from contracts.messages import WorkflowReply
 from contracts.models import WORKFLOW_TERMINAL, WorkflowConfig, WorkflowStatus
 from contracts.untrusted import check_json_value, load_yaml
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings, connect
 
 from ._cli_common import console
 from ._cli_namespace import seen_from

@@ -3,7 +3,7 @@
 ``natsflow nats-config`` writes what this module makes: the server's configuration
 (JetStream, and an ``authorization`` block whose users carry the permissions of
 :mod:`contracts.permissions`), and for each user an env file that a service reads with
-the usual settings (:class:`contracts.connect.NatsSettings`): ``NATS_USER`` and
+the usual settings (:class:`transport.connect.NatsSettings`): ``NATS_USER`` and
 ``NATS_PASSWORD``, or ``NATS_NKEY`` naming a seed file, with ``NATS_INBOX_PREFIX``.
 Passwords are random and stored in the server's configuration only as bcrypt hashes;
 with nkeys the server holds public keys only.
@@ -23,9 +23,9 @@ from typing import Final
 import bcrypt
 import nkeys
 
-from contracts.connect import NatsSettings
 from contracts.permissions import Permissions, Role, nsc_command, permissions_for
 from contracts.subjects import Subjects
+from transport.connect import NatsSettings
 
 __all__ = ["DEFAULT_USERS", "Auth", "Credential", "User", "authorization_block",
            "env_file", "make_credentials", "nsc_commands", "parse_user", "server_config",

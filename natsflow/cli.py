@@ -3,7 +3,7 @@
 Every command that talks to NATS takes the connection options ``--nats-url``,
 ``--user``, ``--password``, ``--token``, ``--creds``, ``--tls-ca``, ``--tls-cert``,
 ``--tls-key`` and ``--prefix``, each also read from its environment variable (see
-:mod:`contracts.connect`). Errors print as ``error[<code>]: <message>`` and exit with 2
+:mod:`transport.connect`). Errors print as ``error[<code>]: <message>`` and exit with 2
 (the request is wrong: invalid input, unknown id, conflict), 3 (NATS, the orchestrator
 or the gateway cannot be reached) or 4 (NATS refused the credentials).
 """
@@ -19,11 +19,11 @@ from typing import Annotated, Any
 
 import typer
 
-from contracts.connect import NatsSettings
 from contracts.errors import InvalidRequest, NatsflowError
 from contracts.models import WorkflowState, WorkflowStatus
-from contracts.streams import ENGINE_ACK_WAIT
 from contracts.subjects import DEFAULT_PREFIX, Subjects
+from transport.connect import NatsSettings
+from transport.streams import ENGINE_ACK_WAIT
 
 from ._cli_common import console, fail, run, run_until_signal, with_settings
 from ._cli_control import register_control_commands
@@ -68,7 +68,7 @@ def _setup_tracing(otel: bool, service: str) -> None:
     """Turn tracing on for this service when asked (off, trace headers still pass)."""
     if not otel:
         return
-    from contracts import tracing
+    from transport import tracing
 
     try:
         tracing.configure(service)
@@ -493,7 +493,7 @@ def asyncapi(
     ] = DEFAULT_PREFIX,
 ) -> None:
     """Print the AsyncAPI document of natsflow's subjects (JSON; needs no NATS)."""
-    from contracts.asyncapi import asyncapi_json
+    from natsflow.asyncapi import asyncapi_json
 
     try:
         subjects = Subjects(prefix)

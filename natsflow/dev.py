@@ -39,12 +39,13 @@ import httpx
 from rich.panel import Panel
 from rich.text import Text
 
-from contracts.connect import NatsSettings, connect
 from contracts.egress import LOOPBACK
 from contracts.errors import NatsflowError, NotFound
-from contracts.keys import CreateKeyRequest, KeyStore, Scope
-from contracts.streams import Topology
+from contracts.keys import CreateKeyRequest, Scope
 from contracts.subjects import DEFAULT_PREFIX, Subjects
+from transport.connect import NatsSettings, connect
+from transport.keys import KeyStore
+from transport.streams import Topology
 
 from ._cli_common import console, err_console, format_error, settings_env
 from ._nats_config import (

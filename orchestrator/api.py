@@ -97,10 +97,10 @@ from contracts.operations import (
     endpoints,
     error_reply,
 )
-from contracts.publish import AsyncPublisher
 from contracts.subjects import TOKEN_RE, Subjects
-from contracts.tracing import TraceContext, extract, forward, span
 from contracts.untrusted import check_json_bytes
+from transport.publish import AsyncPublisher
+from transport.tracing import TraceContext, extract, forward, span
 
 from .definitions import DefinitionStore
 from .limiter import read_limits

@@ -42,13 +42,13 @@ from contracts.builtins import (
     PublishInput,
     RequestInput,
 )
-from contracts.connect import NatsSettings
 from contracts.egress import EgressPolicy
 from contracts.errors import EgressRefused
 from contracts.headers import ERROR_CODE_HEADER, ERROR_HEADER, MSG_ID
 from contracts.models import MAX_STEP_OUTPUT_BYTES
 from contracts.subjects import Subjects
 from natsflow.worker import TaskContext, TaskError, Worker
+from transport.connect import NatsSettings
 
 from .egress import guarded_client
 

@@ -11,7 +11,7 @@ from contracts.errors import NatsflowError
 from contracts.messages import TaskFailed
 from contracts.models import WorkflowConfig
 from contracts.namespaces import DEFAULT_NAMESPACE
-from contracts.tracing import TraceContext
+from transport.tracing import TraceContext
 
 from .engine import EngineSettings
 from .records import CreateWorkflow, NotifyParentEffect, StartChildEffect, WorkflowCommandEffect

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from contracts.errors import ErrorInfo
-from contracts.expr import evaluate, render
+from contracts.language.expr import evaluate, render
 from contracts.messages import CancelNotice, TaskFailed, TaskMessage, TaskProgress
 from contracts.models import (
     MAX_MAP_ITEMS,

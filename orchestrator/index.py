@@ -31,8 +31,6 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from pydantic import ValidationError
 
 from contracts import __version__
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsflowError, ValidationFailed, validation_failed
 from contracts.messages import BulkRequest, BulkResult, ListWorkflowsRequest, WorkflowList
 from contracts.models import WorkflowSummary
@@ -45,7 +43,9 @@ from contracts.operations import (
     endpoints,
     error_reply,
 )
-from contracts.streams import Topology, ensure_bucket, patiently
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings, connect
+from transport.streams import Topology, ensure_bucket, patiently
 
 __all__ = ["IndexService", "WorkflowIndex", "decode_cursor", "encode_cursor"]
 

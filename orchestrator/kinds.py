@@ -13,9 +13,9 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from contracts.checks import parse_duration, parse_until
 from contracts.errors import ErrorInfo
-from contracts.expr import evaluate, render
+from contracts.language.checks import parse_duration, parse_until
+from contracts.language.expr import evaluate, render
 from contracts.messages import TaskMessage
 from contracts.models import EventType as Ev
 from contracts.models import (

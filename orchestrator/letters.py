@@ -2,7 +2,8 @@
 
 Every ack, nak and term of the engine's inbox messages is decided here
 (:meth:`Letters.settle`), and every message that can never be processed is kept in
-the dead-letter stream before it is terminated (:meth:`Letters.dead_letter`).
+the dead-letter stream before it is terminated (:meth:`Letters.dead_letter`), sent
+through the same publisher as the outbox (one reply subscription, one ack path).
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from enum import Enum
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
-from contracts.consume import delivery_count
 from contracts.dead_letters import dead_letter, give_up_on_letter
 from contracts.errors import ErrorInfo
-from contracts.publish import send
-from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
-from contracts.transient import ConditionLog, describe
+from transport.consume import delivery_count
+from transport.publish import AsyncPublisher, send
+from transport.streams import DUPLICATE_WINDOW
+from transport.transient import ConditionLog, describe
 
 from .metrics import OrchestratorMetrics
 from .outbox import PUBLISH_TIMEOUT
@@ -63,16 +63,18 @@ class Letters:
     Args:
         nc: Connected NATS client.
         subjects: The deployment's names.
+        publisher: What dead letters are stored through (the outbox's; by default a
+            publisher of its own on ``nc``).
         metrics: Where dead letters and early results are counted.
         conditions: The log of transient faults (one line per condition).
         clock: The time a dead letter is stamped with.
     """
 
     def __init__(self, nc: Client, subjects: Subjects, *, metrics: OrchestratorMetrics,
-                 conditions: ConditionLog,
+                 conditions: ConditionLog, publisher: AsyncPublisher | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream()
+        self.publisher = publisher or AsyncPublisher(nc)
         self.subjects = subjects
         self.metrics = metrics
         self._conditions = conditions
@@ -154,8 +156,8 @@ class Letters:
         payload, headers = dead_letter(msg, reason, time=self.clock(),
                                        max_payload=self.nc.max_payload, data=data)
         try:
-            await self.js.publish(self.subjects.dlq(reason.code), payload,
-                                  headers=headers or None, timeout=PUBLISH_TIMEOUT)
+            await self.publisher.stored(self.subjects.dlq(reason.code), payload,
+                                        headers or None, timeout=PUBLISH_TIMEOUT)
         except Exception as exc:
             deliveries = delivery_count(msg)
             if give_up_on_letter(deliveries, limit=MAX_DELIVERIES):

@@ -25,10 +25,10 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from pydantic import TypeAdapter, ValidationError
 
-from contracts.consume import ConsumerStalled, PullConsumer
 from contracts.headers import MSG_ID
-from contracts.publish import AsyncPublisher
 from contracts.subjects import Subjects
+from transport.consume import ConsumerStalled, PullConsumer
+from transport.publish import AsyncPublisher
 
 from .kvscan import scan
 from .metrics import OrchestratorMetrics

@@ -24,8 +24,8 @@ from datetime import datetime
 from typing import Any
 
 from contracts.errors import ErrorInfo
-from contracts.expr import render
 from contracts.flow import Claim, Throttle
+from contracts.language.expr import render
 from contracts.models import (
     STEP_ACTIVE,
     WORKFLOW_TERMINAL,

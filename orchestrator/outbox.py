@@ -21,10 +21,10 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from contracts.headers import MSG_ID
-from contracts.publish import AsyncPublisher, send
-from contracts.streams import DUPLICATE_WINDOW
 from contracts.subjects import Subjects
-from contracts.tracing import TraceContext
+from transport.publish import AsyncPublisher, send
+from transport.streams import DUPLICATE_WINDOW
+from transport.tracing import TraceContext
 
 from .outputs import OutputStore
 from .records import (

@@ -34,8 +34,8 @@ from contracts.models import (
     WorkflowSummary,
 )
 from contracts.namespaces import DEFAULT_NAMESPACE, Scope
-from contracts.tracing import TraceContext
 from contracts.webhooks import WebhookDelivery
+from transport.tracing import TraceContext
 
 from .permits import LimitEffect, PermitInput
 from .workers import ConsumerView

@@ -35,7 +35,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from contracts.consume import delivery_count
 from contracts.egress import EgressPolicy, check_literal_subjects
 from contracts.errors import (
     ErrorInfo,
@@ -48,10 +47,11 @@ from contracts.headers import OUTCOME_ERROR_HEADER, REPLY_HEADER
 from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, TaskResult, WorkflowReply
 from contracts.models import MAX_CONFIG_BYTES, SHOWN, WORKFLOW_TERMINAL, WorkflowConfig
-from contracts.publish import AsyncPublisher, send
 from contracts.subjects import Subjects
-from contracts.tracing import TraceContext, extract
-from contracts.transient import ConditionLog, describe, is_transient
+from transport.consume import delivery_count
+from transport.publish import AsyncPublisher, send
+from transport.tracing import TraceContext, extract
+from transport.transient import ConditionLog, describe, is_transient
 
 from .batch_engine import decide_batch
 from .cache import KeyLocks, RecordCache
@@ -221,7 +221,8 @@ class Processor:
                              subjects=subjects, outputs=outputs,
                              start_child=ChildStarter(self.settings, definitions))
         self.letters = Letters(nc, subjects, metrics=self.metrics,
-                               conditions=self._conditions, clock=clock)
+                               conditions=self._conditions, publisher=self.outbox.publisher,
+                               clock=clock)
         # The service and the webhook deliverer settle and dead-letter through these.
         self.settle = self.letters.settle
         self.settle_later = self.letters.settle_later

@@ -18,12 +18,12 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
-from contracts.connect import NatsSettings, connect
-from contracts.consume import ConsumerStalled, PullConsumer
 from contracts.egress import EgressPolicy
 from contracts.errors import ConfigMismatch
-from contracts.publish import AsyncPublisher
-from contracts.streams import (
+from transport.connect import NatsSettings, connect
+from transport.consume import ConsumerStalled, PullConsumer
+from transport.publish import AsyncPublisher
+from transport.streams import (
     ENGINE_ACK_WAIT,
     Topology,
     declare_bucket,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contracts import tracing
 from contracts.models import EVENT_TERMINAL
+from transport import tracing
 
 from .attempts import ended_attempts
 from .records import Effect, EventEffect, WorkflowRecord

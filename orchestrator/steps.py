@@ -13,9 +13,10 @@ import json
 from typing import Any
 
 from contracts.blobs import is_blob_ref
-from contracts.checks import builtin_input
 from contracts.errors import ErrorInfo, NatsflowError, SchemaMismatch
-from contracts.expr import evaluate, render
+from contracts.language.checks import builtin_input
+from contracts.language.expr import evaluate, render
+from contracts.language.schema import validate_instance
 from contracts.models import (
     MAX_OUTPUTS_BYTES,
     MAX_STEP_OUTPUT_BYTES,
@@ -28,7 +29,6 @@ from contracts.models import (
     TaskStep,
     WorkflowConfig,
 )
-from contracts.schema import validate_instance
 
 __all__ = ["StepInputError", "check_output", "child_id", "condition", "evaluate_for",
            "heartbeat_timeout", "json_size", "schedule_to_start", "task_input",

@@ -7,7 +7,7 @@ from typing import Protocol
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from contracts.publish import WRONG_LAST_SEQUENCE, AsyncPublisher, PublishError
+from transport.publish import WRONG_LAST_SEQUENCE, AsyncPublisher, PublishError
 
 __all__ = ["KvRecordStore", "MemoryRecordStore", "RecordStore", "StaleRevision"]
 

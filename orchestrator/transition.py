@@ -34,9 +34,9 @@ from contracts.models import (
     WorkflowStep,
     WorkflowSummary,
 )
-from contracts.streams import TASK_HEARTBEAT
 from contracts.subjects import Subjects
 from contracts.webhooks import deliveries_for
+from transport.streams import TASK_HEARTBEAT
 
 from . import steps
 from .records import (

@@ -39,11 +39,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from contracts.consume import ConsumerStalled, PullConsumer, delivery_count
 from contracts.egress import EgressPolicy
 from contracts.errors import EgressRefused, ErrorInfo
 from contracts.models import SHOWN
-from contracts.streams import WEBHOOK_ACK_WAIT
 from contracts.subjects import Subjects
 from contracts.webhooks import (
     EVENT_ID_HEADER,
@@ -54,6 +52,8 @@ from contracts.webhooks import (
     event_id,
     sign,
 )
+from transport.consume import ConsumerStalled, PullConsumer, delivery_count
+from transport.streams import WEBHOOK_ACK_WAIT
 
 from .builtins import safe_url
 from .egress import guarded_client

@@ -14,9 +14,9 @@ import pytest
 from helpers import Probe, running_demo_worker
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
+from transport.connect import NatsSettings, connect
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,6 @@ from nats.js.api import DeliverPolicy
 from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter
 
-from contracts.connect import NatsSettings
 from contracts.messages import (
     DeadLetter,
     TaskFailed,
@@ -38,6 +37,7 @@ from contracts.models import EVENT_TERMINAL, Event, EventType
 from contracts.subjects import Subjects
 from natsflow import demo
 from natsflow.worker import TaskContext, Worker
+from transport.connect import NatsSettings
 
 __all__ = [
     "AttemptKey",

@@ -15,16 +15,16 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from typer.testing import CliRunner
 
-from contracts.asyncapi import asyncapi_json, asyncapi_schema
-from contracts.connect import NatsSettings
 from contracts.errors import ErrorInfo
 from contracts.messages import CancelNotice, DeadLetter, TaskMessage
 from contracts.models import Event, EventType, WorkflowConfig
 from contracts.operations import OPERATIONS
 from contracts.subjects import Subjects
 from gateway import create_app
+from natsflow.asyncapi import asyncapi_json, asyncapi_schema
 from natsflow.cli import app as cli
 from orchestrator.index import IndexService
+from transport.connect import NatsSettings
 
 ROOT = Path(__file__).parent.parent
 COMMITTED = ROOT / "docs" / "asyncapi.json"

@@ -31,22 +31,15 @@ from fastapi.routing import APIRoute
 from nats.aio.client import Client
 from typer.testing import CliRunner
 
-from contracts.connect import NatsSettings, connect
-from contracts.keys import (
-    ALL_SCOPES,
-    ApiKey,
-    CreateKeyRequest,
-    KeyStore,
-    Scope,
-    key_digest,
-    mint_key,
-)
-from contracts.streams import Topology
+from contracts.keys import ALL_SCOPES, ApiKey, CreateKeyRequest, Scope, key_digest, mint_key
 from gateway import ROUTE_SCOPES, create_app
 from gateway._auth import KeyAuth, KeyCache
 from natsflow.cli import app as cli_app
 from natsflow.dev import DevOptions, run_dev
 from natsflow.embedded import free_port
+from transport.connect import NatsSettings, connect
+from transport.keys import KeyStore
+from transport.streams import Topology
 
 PROBLEM = "application/problem+json"
 REALM = 'Bearer realm="natsflow"'

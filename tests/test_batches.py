@@ -17,12 +17,12 @@ from helpers import (
 )
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import AlreadyFinished, BatchNotFound, WorkflowNotFound
 from contracts.messages import BATCH_TERMINAL, BatchReply, BatchState
 from contracts.models import EVENT_TERMINAL, EventType, WorkflowState
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
 
 
 def template(*steps: dict[str, Any]) -> dict[str, Any]:

@@ -39,17 +39,17 @@ from contracts.builtins import (
     PublishInput,
     RequestInput,
 )
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.egress import LOOPBACK, EgressPolicy
 from contracts.messages import TaskFailed, TaskSucceeded
 from contracts.models import MAX_STEP_OUTPUT_BYTES, StepState, TaskStep, WorkflowState
-from contracts.streams import Topology, declare_stream
 from contracts.subjects import TASK_TYPE_RE
+from natsflow.client import NatsflowClient
 from natsflow.embedded import free_port
 from natsflow.worker import TaskContext, Worker
 from orchestrator import Orchestrator
 from orchestrator.builtins import BuiltinSteps, decode_reply, encode_payload
+from transport.connect import NatsSettings
+from transport.streams import Topology, declare_stream
 
 # -- fixtures ---------------------------------------------------------------------------
 

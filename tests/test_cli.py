@@ -22,11 +22,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.models import Event, EventType, WorkflowStatus
 from natsflow.cli import app
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats, free_port
+from transport.connect import NatsSettings, connect
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -11,9 +11,9 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from contracts.connect import NatsSettings
 from natsflow.embedded import EmbeddedNats, free_port
 from orchestrator.service import Orchestrator, cluster_of
+from transport.connect import NatsSettings
 
 
 @pytest.fixture

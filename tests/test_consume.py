@@ -10,7 +10,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from contracts.consume import ConsumerStalled, PullConsumer, delivery_count
+from transport.consume import ConsumerStalled, PullConsumer, delivery_count
 
 
 async def _setup(nc: Client, prefix: str, *, ack_wait: float = 30) -> str:

@@ -11,11 +11,11 @@ import pytest
 from helpers import Probe, read_events
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import InvalidState, ValidationFailed, WorkflowNotFound
 from contracts.models import EventType, StepState, WorkflowState, WorkflowStatus
 from gateway import create_app
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings
 
 
 async def _until(client: NatsflowClient, wid: str, check: Any, timeout: float = 20) -> Any:

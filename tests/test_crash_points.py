@@ -12,12 +12,12 @@ import pytest
 from helpers import running_demo_worker
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import ValidationFailed
 from contracts.models import WorkflowState
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator, faults
 from orchestrator.faults import CrashPlan, parse_crash_at, plan_from_env
+from transport.connect import NatsSettings
 
 
 def test_a_spec_lists_points_with_their_probabilities() -> None:

@@ -10,12 +10,12 @@ from helpers import Probe
 from nats.aio.client import Client
 
 import orchestrator.definitions
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import DefinitionNotFound, InvalidGraph, ValidationFailed
 from contracts.models import StepState, WorkflowState
-from contracts.streams import Topology, declare_bucket
+from natsflow.client import NatsflowClient
 from orchestrator.definitions import DefinitionStore
+from transport.connect import NatsSettings
+from transport.streams import Topology, declare_bucket
 
 GREET: dict[str, Any] = {
     "steps": [{"id": "hi", "task": "demo.echo", "input": {"text": "hi ${input.who}"}}],

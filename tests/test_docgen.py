@@ -1,4 +1,4 @@
-"""The generated parts of the docs are what the code renders now (contracts.docgen)."""
+"""The generated parts of the docs are what the code renders now (natsflow.docgen)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.docgen import GENERATED, REGENERATE, event_types_table, render, stale_parts
 from contracts.models import EVENT_TERMINAL, EventType
+from natsflow.docgen import GENERATED, REGENERATE, event_types_table, render, stale_parts
 
 ROOT = Path(__file__).resolve().parent.parent
 

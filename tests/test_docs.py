@@ -169,6 +169,16 @@ def test_compose_runs_every_service_from_the_image() -> None:
     assert "uv sync --frozen --no-dev" in dockerfile
 
 
+def test_the_image_holds_every_package_of_the_wheel() -> None:
+    """A package the wheel ships but the Dockerfile does not copy breaks the image at import."""
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())[
+        "tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    copied = re.findall(r"^COPY (\S+) \./\1$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert sorted(packages) == sorted(copied)
+
+
 EXPR_DOC = (ROOT / "docs" / "expressions.md").read_text()
 
 
@@ -186,7 +196,7 @@ def _expr_rows(header: str) -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize(("expression", "context", "result"), _expr_rows("expression"))
 def test_expression_examples_evaluate_as_documented(expression: str, context: str,
                                                      result: str) -> None:
-    from contracts.expr import evaluate
+    from contracts.language.expr import evaluate
 
     assert evaluate(expression, json.loads(context)) == json.loads(result)
 
@@ -194,7 +204,7 @@ def test_expression_examples_evaluate_as_documented(expression: str, context: st
 @pytest.mark.parametrize(("template", "context", "result"), _expr_rows("template"))
 def test_template_examples_render_as_documented(template: str, context: str,
                                                 result: str) -> None:
-    from contracts.expr import render
+    from contracts.language.expr import render
 
     assert render(json.loads(template), json.loads(context)) == json.loads(result)
 

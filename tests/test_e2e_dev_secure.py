@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsAuthFailed
+from natsflow.client import NatsflowClient
 from natsflow.dev import DEMO_WORKFLOW
 from natsflow.embedded import free_port
+from transport.connect import NatsSettings, connect
 
 pytestmark = pytest.mark.e2e
 

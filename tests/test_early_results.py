@@ -13,11 +13,11 @@ import asyncio
 
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.messages import TaskSucceeded
 from contracts.models import WorkflowConfig, WorkflowState
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
 
 
 async def test_a_result_that_comes_first_waits_for_its_dispatch(

@@ -26,8 +26,6 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.egress import LOOPBACK, EgressPolicy, IPAddress, address_rule
 from contracts.errors import EgressRefused, ValidationFailed
 from contracts.models import WorkflowState, WorkflowStatus
@@ -39,10 +37,12 @@ from contracts.webhooks import (
     verify_signature,
 )
 from natsflow.cli import app
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats, free_port
 from orchestrator import Orchestrator
 from orchestrator.egress import guarded_client
 from orchestrator.webhooks import WebhookSettings
+from transport.connect import NatsSettings
 
 MASTER = "whsec-egress-test"
 

@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from test_engine import T0, config, events, fail, ok, run
 
 from contracts.errors import InvalidGraph
-from contracts.expr import ExpressionError
+from contracts.language.expr import ExpressionError
 from contracts.messages import TaskProgress
 from contracts.models import (
     EVENT_TERMINAL,
@@ -26,7 +26,7 @@ from contracts.models import (
     WorkflowConfig,
     WorkflowState,
 )
-from contracts.promises import check_workflow
+from natsflow.promises import check_workflow
 from orchestrator.engine import MAX_PENDING_SIGNALS, decide
 from orchestrator.records import (
     CancelEffect,

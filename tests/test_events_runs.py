@@ -10,10 +10,10 @@ import httpx
 from helpers import run_cli
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient, stream_end
-from contracts.connect import NatsSettings
 from contracts.models import EVENT_TERMINAL, Event, EventType, WorkflowState
 from gateway import create_app
+from natsflow.client import NatsflowClient, stream_end
+from transport.connect import NatsSettings
 
 
 def _flaky_then_sleep(workflow_id: str, *, seconds: float = 0.0) -> dict[str, Any]:

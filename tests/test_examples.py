@@ -8,9 +8,9 @@ from typing import Any
 from helpers import Probe, example_workflow, load_example, read_events, wait_for
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import EventType, StepState, WorkflowState
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings
 
 
 async def test_order_saga_ships_through_plain_nats_services(

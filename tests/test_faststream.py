@@ -21,11 +21,11 @@ from faststream.nats import NatsBroker, NatsRouter, TestNatsBroker
 from helpers import example_workflow, load_example, wait_for
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import WorkflowState
+from natsflow.client import NatsflowClient
 from natsflow.faststream import TaskRouter
 from natsflow.worker import TaskContext
+from transport.connect import NatsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -16,12 +16,12 @@ import pytest
 from fastapi import FastAPI
 from nats.aio.client import Client
 
-from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsflowError, Unavailable
 from contracts.models import MAX_CONFIG_BYTES
 from gateway import create_app, serve
 from gateway._problems import HTTP_BY_CODE, http_mapping
 from natsflow.embedded import EmbeddedNats, free_port
+from transport.connect import NatsSettings, connect
 
 PROBLEM = "application/problem+json"
 

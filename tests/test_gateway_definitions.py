@@ -9,9 +9,9 @@ import httpx
 import pytest
 from nats.aio.client import Client
 
-from contracts.connect import NatsSettings
 from gateway import create_app
 from natsflow.demo import worker
+from transport.connect import NatsSettings
 
 PROBLEM = "application/problem+json"
 

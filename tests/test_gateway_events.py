@@ -13,12 +13,12 @@ import pytest
 import uvicorn
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import EVENT_TERMINAL, Event
 from contracts.subjects import Subjects
 from gateway import create_app
+from natsflow.client import NatsflowClient
 from natsflow.embedded import free_port
+from transport.connect import NatsSettings
 
 PROBLEM = "application/problem+json"
 _Frame = tuple[str | None, str | None, str | None]  # (id, event, data); all None: comment

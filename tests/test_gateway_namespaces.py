@@ -23,16 +23,17 @@ import uvicorn
 from fastapi import FastAPI
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import BatchNotFound, WorkflowNotFound
-from contracts.keys import CreateKeyRequest, KeyStore, Scope
+from contracts.keys import CreateKeyRequest, Scope
 from contracts.models import Event, WorkflowState
-from contracts.streams import Topology
 from gateway import create_app
 from gateway._auth import ANONYMOUS, Principal
+from natsflow.client import NatsflowClient
 from natsflow.embedded import free_port
 from orchestrator.index import IndexService
+from transport.connect import NatsSettings
+from transport.keys import KeyStore
+from transport.streams import Topology
 
 A, B = "team-a", "team-b"
 PROBLEM = "application/problem+json"

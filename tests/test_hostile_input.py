@@ -12,12 +12,12 @@ import httpx
 import pytest
 from nats.aio.client import Client
 
-from contracts.connect import NatsSettings
 from contracts.headers import ERROR_CODE_HEADER
 from contracts.operations import INDEX_OPERATIONS, OPERATIONS
 from gateway import create_app
 from gateway._problems import HTTP_BY_CODE
 from orchestrator.index import IndexService
+from transport.connect import NatsSettings
 
 _GARBAGE = (b"", b"\x00\xff\xfe", b"[]", b"null", b'"x"', b"7", b'{"id": NaN}',
             b"{" * 300, b'{"id": "a.>"}', b'{"id": "*"}', b'{"namespaces": "team-a"}',

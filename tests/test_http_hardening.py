@@ -23,8 +23,6 @@ from helpers import read_dead_letters
 from nats.aio.client import Client
 from typer.testing import CliRunner
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import ErrorInfo, InvalidRequest, NatsflowError, ValidationFailed
 from contracts.headers import ERROR_CODE_HEADER
 from contracts.messages import BulkResult
@@ -33,6 +31,8 @@ from contracts.webhooks import sign, verify_signature
 from gateway import create_app
 from gateway._problems import http_mapping
 from natsflow.cli import app as cli_app
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings
 
 PROBLEM = "application/problem+json"
 ROOT = Path(__file__).resolve().parent.parent

@@ -78,3 +78,63 @@ def test_find_cycle_finds_one() -> None:
 def test_orchestrator_has_no_import_cycle() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle in orchestrator/: " + " -> ".join(cycle or [])
+
+
+# -- contracts are only contracts; transport is only plumbing ----------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+#: What a module of contracts/ may not import: I/O (nats-py, FastStream, HTTP, telemetry)
+#: and every package built on contracts.
+CONTRACTS_REFUSE = frozenset({"nats", "faststream", "httpx", "opentelemetry", "transport",
+                              "natsflow", "orchestrator", "gateway"})
+#: What transport/ may not import: the parties built on it.
+TRANSPORT_REFUSE = frozenset({"natsflow", "orchestrator", "gateway"})
+
+
+def imported_roots(path: Path, package: str) -> dict[str, int]:
+    """Top-level packages a module imports (relative imports resolved) -> first line."""
+    found: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        roots: list[str] = []
+        if isinstance(node, ast.Import):
+            roots = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            # A relative import stays inside the module's own package (a relative import
+            # climbing out of it is refused by Python for a top-level package anyway).
+            roots = [package] if node.level else [(node.module or "").split(".")[0]]
+        for root in roots:
+            found.setdefault(root, node.lineno)
+    return found
+
+
+def forbidden_imports(package: str, refused: frozenset[str]) -> list[str]:
+    """``path:line imports X`` for every refused import under ``package/``."""
+    bad = []
+    for path in sorted((REPO / package).rglob("*.py")):
+        for root, line in imported_roots(path, package).items():
+            if root in refused:
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {root}")
+    return bad
+
+
+def test_the_import_check_sees_imports(tmp_path: Path) -> None:
+    # It finds what it must refuse, also inside a function and behind TYPE_CHECKING.
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text(
+        "from typing import TYPE_CHECKING\nimport nats.errors\nif TYPE_CHECKING:\n"
+        "    from transport.keys import KeyStore\ndef f():\n    from . import x\n")
+    roots = imported_roots(tmp_path / "pkg" / "m.py", "pkg")
+    assert {"nats", "transport", "pkg", "typing"} <= roots.keys()
+    # And the real tree is seen: transport imports nats-py and contracts.
+    assert "nats" in imported_roots(REPO / "transport" / "publish.py", "transport")
+    assert "contracts" in imported_roots(REPO / "transport" / "keys.py", "transport")
+
+
+def test_contracts_import_no_io_and_nothing_built_on_them() -> None:
+    bad = forbidden_imports("contracts", CONTRACTS_REFUSE)
+    assert not bad, "contracts/ is the wire only:\n" + "\n".join(bad)
+
+
+def test_transport_imports_no_party_built_on_it() -> None:
+    bad = forbidden_imports("transport", TRANSPORT_REFUSE)
+    assert not bad, "transport/ is plumbing only:\n" + "\n".join(bad)

@@ -18,8 +18,6 @@ import pytest
 from helpers import Probe, assert_history, read_events, wait_for
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import AlreadyFinished, WorkflowNotFound
 from contracts.messages import CancelNotice, TaskMessage, TaskProgress, TaskSucceeded
 from contracts.models import (
@@ -30,9 +28,11 @@ from contracts.models import (
     WorkflowState,
     WorkflowStatus,
 )
-from contracts.streams import Topology, ensure_consumer
 from gateway import create_app
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
+from transport.streams import Topology, ensure_consumer
 
 E = EventType
 

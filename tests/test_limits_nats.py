@@ -14,11 +14,11 @@ import pytest
 import yaml
 from helpers import read_events
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import EventType, StepState, WorkflowConfig, WorkflowState
+from natsflow.client import NatsflowClient
 from natsflow.worker import TaskContext, Worker
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
 
 
 @dataclass

@@ -11,12 +11,12 @@ import pytest
 from helpers import Probe
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import ValidationFailed
 from contracts.models import WorkflowState
 from gateway import create_app
+from natsflow.client import NatsflowClient
 from orchestrator.index import IndexService
+from transport.connect import NatsSettings
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,10 @@ from helpers import Probe, assert_history, read_events
 from nats.aio.client import Client
 
 from contracts.blobs import is_blob_ref
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import MAX_STEP_OUTPUT_BYTES, WorkflowState
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
 
 
 async def test_a_map_over_hundreds_of_items_joins_outputs_in_order_and_a_large_join_is_a_blob(

@@ -17,15 +17,15 @@ from helpers import Probe, running_demo_worker, wait_for
 from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import WorkflowState
-from contracts.streams import Topology, declare_stream, ensure_consumer
 from gateway import create_app
 from gateway._metrics import UNMATCHED_ROUTE, GatewayMetrics
 from natsflow._logging import JsonFormatter, LogFormat, setup_logging
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
 from orchestrator.metrics import OrchestratorMetrics
+from transport.connect import NatsSettings
+from transport.streams import Topology, declare_stream, ensure_consumer
 
 OPERATIONS_DOC = Path(__file__).parent.parent / "docs" / "operations.md"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -17,8 +17,6 @@ from helpers import Probe, running_demo_worker
 from nats.aio.client import Client
 from typer.testing import CliRunner
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import (
     BatchNotFound,
     DefinitionNotFound,
@@ -29,7 +27,9 @@ from contracts.errors import (
 from contracts.messages import IdRequest, ListWorkflowsRequest
 from contracts.models import Event, WorkflowState, WorkflowStatus
 from natsflow.cli import app
+from natsflow.client import NatsflowClient
 from orchestrator.index import IndexService
+from transport.connect import NatsSettings
 
 A, B = "team-a", "team-b"
 

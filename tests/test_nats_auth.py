@@ -13,10 +13,10 @@ import httpx
 import pytest
 from helpers import run_cli
 
-from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsAuthFailed, Unavailable
 from gateway import create_app
 from natsflow.embedded import EmbeddedNats, free_port
+from transport.connect import NatsSettings, connect
 
 USER, PASSWORD = "ana", "s3cret"
 

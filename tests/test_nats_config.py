@@ -12,14 +12,14 @@ import pytest
 from helpers import running_demo_worker
 from typer.testing import CliRunner
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.errors import NatsAuthFailed
 from contracts.models import WorkflowState
 from natsflow._nats_config import DEFAULT_USERS, parse_user
 from natsflow.cli import app
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats, find_nats_server, free_port
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 SECURITY_DOC = (ROOT / "docs" / "security.md").read_text()

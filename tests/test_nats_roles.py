@@ -27,12 +27,9 @@ import pytest
 from helpers import read_dead_letters, running_demo_worker, wait_for
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
-from contracts.keys import CreateKeyRequest, KeyStore, Scope
+from contracts.keys import CreateKeyRequest, Scope
 from contracts.messages import TaskMessage, TaskSucceeded
 from contracts.models import WorkflowState
-from contracts.streams import Topology
 from contracts.subjects import Subjects
 from gateway import create_app
 from gateway._auth import KeyAuth
@@ -43,9 +40,13 @@ from natsflow._nats_config import (
     authorization_block,
     make_credentials,
 )
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
 from orchestrator import Orchestrator
 from orchestrator.index import IndexService
+from transport.connect import NatsSettings
+from transport.keys import KeyStore
+from transport.streams import Topology
 
 pytestmark = pytest.mark.timeout(180)
 

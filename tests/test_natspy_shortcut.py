@@ -1,4 +1,4 @@
-"""What contracts/_natspy_shortcut.py relies on in nats-py still means what it assumes.
+"""What transport/_natspy_shortcut.py relies on in nats-py still means what it assumes.
 
 Each test checks a behaviour of nats-py's internals on a real nats-server (not merely
 that a name exists), so a nats-py release that changes one fails here: the bytes
@@ -23,10 +23,10 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from contracts import _natspy_shortcut as shortcut
-from contracts.connect import NatsSettings, connect
-from contracts.publish import AsyncPublisher
 from natsflow.embedded import EmbeddedNats
+from transport import _natspy_shortcut as shortcut
+from transport.connect import NatsSettings, connect
+from transport.publish import AsyncPublisher
 
 #: (subject, reply, payload, headers) that the short cut writes itself ...
 PLAIN = [("wire.a", "", b"x", None),

@@ -14,12 +14,12 @@ from helpers import read_events, wait_for
 from nats.aio.client import Client
 from rich.console import Console
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import EventType, StepState, WorkerWaitReason, WorkflowState
 from natsflow._cli_render import workflow_view
+from natsflow.client import NatsflowClient
 from natsflow.worker import TaskContext, Worker
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
 
 NOBODY = "nobody.serves"
 

@@ -23,8 +23,6 @@ from helpers import (
 )
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import (
     AlreadyFinished,
     ErrorInfo,
@@ -34,11 +32,13 @@ from contracts.errors import (
 )
 from contracts.headers import ERROR_CODE_HEADER
 from contracts.models import MAX_CONFIG_BYTES, EventType, StepState, WorkflowState
-from contracts.publish import AsyncPublisher
-from contracts.streams import Topology, declare_stream
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
 from orchestrator.api import Api
 from orchestrator.store import KvRecordStore
+from transport.connect import NatsSettings
+from transport.publish import AsyncPublisher
+from transport.streams import Topology, declare_stream
 
 
 def retry(max_attempts: int, **more: Any) -> dict[str, Any]:

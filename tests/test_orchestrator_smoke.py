@@ -7,9 +7,9 @@ import json
 
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
-from contracts.streams import Topology, ensure_consumer
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings
+from transport.streams import Topology, ensure_consumer
 
 
 async def raw_worker(nc: Client, settings: NatsSettings, task_type: str, stop: asyncio.Event,

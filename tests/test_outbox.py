@@ -18,10 +18,10 @@ import pytest
 from helpers import assert_history, read_events, running_demo_worker
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
 from orchestrator.records import Effect, EventEffect
+from transport.connect import NatsSettings
 
 WORKFLOW = {"name": "crashy", "id": "crashy1", "input": {"n": 1},
             "steps": [{"id": "a", "task": "demo.echo", "input": {"v": "${input.n}"}},

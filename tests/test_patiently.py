@@ -1,4 +1,4 @@
-"""Start-up declarations wait out a cluster's transient states (contracts.streams.patiently).
+"""Start-up declarations wait out a cluster's transient states (transport.streams.patiently).
 
 The container fault suite found an orchestrator that exited at start-up: on a cluster
 just restarted, the result key's ``kv.create`` met a stream with no leader yet
@@ -12,7 +12,7 @@ import nats.js.errors
 import pytest
 
 from contracts.errors import ConfigMismatch
-from contracts.streams import patiently
+from transport.streams import patiently
 
 
 @pytest.mark.parametrize("transient", [

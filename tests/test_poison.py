@@ -25,18 +25,18 @@ from helpers import counted, read_dead_letters, read_events, running_demo_worker
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.dead_letters import LETTER_RETRIES, dead_letter
 from contracts.errors import ErrorInfo, PayloadTooLarge, WorkflowNotFound
 from contracts.messages import DeadLetter
 from contracts.models import MAX_CONFIG_BYTES, EventType
-from contracts.streams import Topology, declare_bucket, declare_stream
 from contracts.subjects import Subjects
-from contracts.transient import ConditionLog
+from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
 from natsflow.worker import TaskContext, Worker
 from orchestrator import Orchestrator, letters
+from transport.connect import NatsSettings
+from transport.streams import Topology, declare_bucket, declare_stream
+from transport.transient import ConditionLog
 
 MAX_PAYLOAD = 1024 * 1024  # nats-server's default
 POISON = b"\x01" * 900_000  # 5.4 MB once escaped as a JSON string

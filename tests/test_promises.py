@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from contracts.client import NatsflowClient
 from contracts.models import Event, StepStatus, WorkflowStatus
-from contracts.promises import check_all, check_workflow
+from natsflow.client import NatsflowClient
+from natsflow.promises import check_all, check_workflow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""The pipelined JetStream publisher (contracts/publish.py), on a real nats-server."""
+"""The pipelined JetStream publisher (transport/publish.py), on a real nats-server."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StreamConfig
 
-from contracts import _natspy_shortcut
-from contracts.publish import (
+from transport import _natspy_shortcut
+from transport.publish import (
     WRONG_LAST_SEQUENCE,
     AckedPublisher,
     AsyncPublisher,
@@ -22,7 +22,7 @@ from contracts.publish import (
 
 @pytest.fixture(autouse=True, params=["short cut", "public API"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test both ways: through contracts/_natspy_shortcut.py, and as if this
+    """Every test both ways: through transport/_natspy_shortcut.py, and as if this
     nats-py were not one it was verified on (nats-py's public API only)."""
     if request.param == "public API":
         monkeypatch.setattr(_natspy_shortcut, "ENABLED", False)

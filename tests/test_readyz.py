@@ -11,11 +11,11 @@ import pytest
 from helpers import run_cli
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import Unavailable
 from gateway import create_app
+from natsflow.client import NatsflowClient
 from orchestrator.index import IndexService
+from transport.connect import NatsSettings
 
 PROBLEM = "application/problem+json"
 

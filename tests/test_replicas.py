@@ -26,12 +26,10 @@ from helpers import (
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.messages import TaskSucceeded
 from contracts.models import Event, EventType, StepState, WorkflowConfig, WorkflowState
-from contracts.streams import Topology, declare_stream
 from contracts.subjects import Subjects
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
 from orchestrator.records import (
     CreateWorkflow,
@@ -43,6 +41,8 @@ from orchestrator.records import (
 )
 from orchestrator.runtime import Item, Processor, fingerprint
 from orchestrator.store import KvRecordStore
+from transport.connect import NatsSettings
+from transport.streams import Topology, declare_stream
 
 
 @pytest.fixture

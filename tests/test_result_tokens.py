@@ -11,13 +11,13 @@ import pytest
 from helpers import Probe, read_dead_letters, send
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import RecordUnreadable
 from contracts.messages import TaskMessage, TaskSucceeded
 from contracts.models import WorkflowState
 from gateway import create_app
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
 
 
 async def test_a_fake_success_while_the_real_task_runs_is_refused(

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from test_engine import config, ok, run
 
-from contracts.client import NatsflowClient
 from contracts.errors import InvalidGraph, SchemaMismatch
+from contracts.language.schema import validate_instance
 from contracts.models import WorkflowConfig, WorkflowState
-from contracts.schema import validate_instance
+from natsflow.client import NatsflowClient
 
 ORDER_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["amount"],

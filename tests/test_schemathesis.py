@@ -26,11 +26,12 @@ from schemathesis.generation.case import Case
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from contracts.connect import NatsSettings, connect
-from contracts.keys import CreateKeyRequest, KeyStore, Scope
-from contracts.streams import Topology
+from contracts.keys import CreateKeyRequest, Scope
 from gateway import create_app
 from natsflow.embedded import EmbeddedNats
+from transport.connect import NatsSettings, connect
+from transport.keys import KeyStore
+from transport.streams import Topology
 
 _T = TypeVar("_T")
 #: Seconds a generated request may take; an event stream is cut there (it never ends).

@@ -21,12 +21,12 @@ import pytest
 from helpers import running_demo_worker
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
-from contracts.promises import check_all
-from contracts.streams import ENGINE_ACK_WAIT, TASK_ACK_WAIT
 from natsflow._cli_common import settings_env
+from natsflow.client import NatsflowClient
+from natsflow.promises import check_all
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
+from transport.streams import ENGINE_ACK_WAIT, TASK_ACK_WAIT
 
 
 @pytest.fixture

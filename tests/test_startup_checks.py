@@ -18,18 +18,18 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from contracts.connect import NatsSettings
 from contracts.errors import ConfigMismatch
-from contracts.streams import (
+from contracts.subjects import Subjects
+from natsflow._cli_common import settings_env
+from orchestrator import Orchestrator
+from transport.connect import NatsSettings
+from transport.streams import (
     TASK_HEARTBEAT,
     Topology,
     check_consumer,
     declare_stream,
     reconcile_stream,
 )
-from contracts.subjects import Subjects
-from natsflow._cli_common import settings_env
-from orchestrator import Orchestrator
 
 SUBJECTS = Subjects("checks")
 

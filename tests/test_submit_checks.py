@@ -1,8 +1,9 @@
 """What can be known before a run is refused when the workflow arrives, naming the field.
 
-The pure tests hold the checks of :mod:`contracts.checks` and :mod:`contracts.expr` to
-each step kind and field; the NATS tests show a create refused as ``validation-failed``
-over the API, and a number in an HTTP query converted at run time (a real HTTP server).
+The pure tests hold the checks of :mod:`contracts.language.checks` and
+:mod:`contracts.language.expr` to each step kind and field; the NATS tests show a create
+refused as ``validation-failed`` over the API, and a number in an HTTP query converted at
+run time (a real HTTP server).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from contracts.builtins import HttpInput, PublishInput, RequestInput, as_text
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.egress import LOOPBACK, EgressPolicy
 from contracts.errors import ErrorInfo, InvalidGraph, ValidationFailed, validation_failed
-from contracts.expr import FUNCTIONS, ExpressionError, check_expression
 from contracts.headers import ERROR_CODE_HEADER
+from contracts.language.expr import FUNCTIONS, ExpressionError, check_expression
 from contracts.models import EXPRESSION_VARIABLES, WorkflowConfig, WorkflowState
+from natsflow.client import NatsflowClient
 from natsflow.embedded import free_port
+from transport.connect import NatsSettings
 
 
 def _config(*steps: dict[str, Any], **kw: Any) -> WorkflowConfig:

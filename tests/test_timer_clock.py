@@ -12,10 +12,10 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
-from contracts.promises import check_all
+from natsflow.client import NatsflowClient
+from natsflow.promises import check_all
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
 
 
 class JumpingClock:

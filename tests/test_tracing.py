@@ -25,11 +25,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from contracts import tracing
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
-from contracts.tracing import TraceContext, extract, inject
 from gateway import create_app
+from natsflow.client import NatsflowClient
+from transport import tracing
+from transport.connect import NatsSettings
+from transport.tracing import TraceContext, extract, inject
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

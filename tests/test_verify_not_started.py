@@ -7,10 +7,10 @@ import json
 
 from helpers import run_cli
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import WorkflowState
-from contracts.promises import check_all, collect
+from natsflow.client import NatsflowClient
+from natsflow.promises import check_all, collect
+from transport.connect import NatsSettings
 
 _HELLO = {"name": "later", "steps": [{"id": "a", "task": "demo.noop"}]}
 

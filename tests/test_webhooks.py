@@ -25,8 +25,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.egress import LOOPBACK, EgressPolicy
 from contracts.errors import ErrorInfo, ValidationFailed, error_from_info
 from contracts.models import (
@@ -48,6 +46,7 @@ from contracts.webhooks import (
     verify_signature,
     wants,
 )
+from natsflow.client import NatsflowClient
 from natsflow.embedded import free_port
 from orchestrator import Orchestrator
 from orchestrator.engine import decide
@@ -60,6 +59,7 @@ from orchestrator.webhooks import (
     retry_delay,
     settlement,
 )
+from transport.connect import NatsSettings
 
 SECRET = "whsec-test"
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

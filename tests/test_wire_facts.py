@@ -17,14 +17,14 @@ from nats.aio.msg import Msg
 import contracts
 import contracts.headers
 import contracts.operations
-from contracts.asyncapi import asyncapi_schema
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import NatsflowError, WorkflowNotFound
 from contracts.headers import ERROR_CODE_HEADER, ERROR_HEADER, HEADERS
 from contracts.operations import OPERATIONS, Server, endpoints, error_reply, reply_error
 from contracts.subjects import Subjects
+from natsflow.asyncapi import asyncapi_schema
+from natsflow.client import NatsflowClient
 from orchestrator.index import IndexService
+from transport.connect import NatsSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Where natsflow's code lives (tests may spell the wire out: they assert it).

@@ -23,7 +23,6 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
-from contracts.connect import NatsSettings, connect
 from contracts.messages import (
     CancelNotice,
     DeadLetter,
@@ -32,7 +31,6 @@ from contracts.messages import (
     TaskProgress,
     TaskSucceeded,
 )
-from contracts.streams import Topology, declare_stream
 from contracts.subjects import Subjects
 from natsflow.embedded import EmbeddedNats
 from natsflow.worker import TaskContext, TaskError, Worker
@@ -43,6 +41,8 @@ from natsflow.worker._settle import (
     after_shutdown,
 )
 from natsflow.worker._slots import SlotPool
+from transport.connect import NatsSettings, connect
+from transport.streams import Topology, declare_stream
 
 # -- playing the orchestrator -----------------------------------------------------------
 

@@ -22,13 +22,13 @@ from helpers import read_dead_letters, wait_for
 from nats.aio.client import Client
 from pydantic import BaseModel
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import StepState, WorkflowState, WorkflowStatus
-from contracts.streams import TASK_ACK_WAIT
+from natsflow.client import NatsflowClient
 from natsflow.faststream import TaskRouter
 from natsflow.worker import TaskContext, TaskError, Worker
 from natsflow.worker._handler import HandlerFn
+from transport.connect import NatsSettings
+from transport.streams import TASK_ACK_WAIT
 
 FLAVOURS = ["worker", "faststream"]
 #: Seconds a stopping flavour lets running handlers finish before cancelling them.

@@ -19,7 +19,6 @@ from nats.aio.client import DEFAULT_MAX_PAYLOAD_SIZE
 from pydantic import BaseModel, SkipValidation, create_model
 
 from contracts.messages import CancelNotice, TaskMessage
-from contracts.streams import TASK_ACK_WAIT, Topology
 from contracts.subjects import DEFAULT_PREFIX, Subjects
 from natsflow.worker._handler import HandlerFn, TaskHandler
 from natsflow.worker._serving import (
@@ -28,6 +27,7 @@ from natsflow.worker._serving import (
     check_limits,
     check_new_task_type,
 )
+from transport.streams import TASK_ACK_WAIT, Topology
 
 __all__ = ["TaskRouter"]
 

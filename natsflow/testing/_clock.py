@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 from nats.aio.msg import Msg
 
-from contracts.streams import ENGINE_ACK_WAIT
 from orchestrator.timers import Defer
+from transport.streams import ENGINE_ACK_WAIT
 
 __all__ = ["TimeSkippingClock"]
 

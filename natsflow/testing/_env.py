@@ -12,8 +12,6 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.models import (
     WORKFLOW_TERMINAL,
     Event,
@@ -22,8 +20,10 @@ from contracts.models import (
     WorkflowState,
     WorkflowStatus,
 )
+from natsflow.client import NatsflowClient
 from natsflow.worker import Worker
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings, connect
 
 from ._clock import TimeSkippingClock
 from ._nats import EmbeddedNatsProvider, ExternalNats, NatsProvider
@@ -60,7 +60,7 @@ class WorkflowEnvironment:
 
     Attributes:
         settings: Where NATS is and this environment's own subject prefix.
-        client: The reference client (:class:`contracts.client.NatsflowClient`).
+        client: The reference client (:class:`natsflow.client.NatsflowClient`).
         nc: The client's NATS connection.
         clock: The environment's clock.
         orchestrator: The orchestrator running in this process.

@@ -10,7 +10,7 @@ Installed with natsflow, loaded by pytest on its own. Fixtures, all named ``nats
   override it in a conftest or module to change them (e.g. ``{"auto_skip": False}``).
 - ``natsflow_env``: a :class:`~natsflow.testing.WorkflowEnvironment` for one test, on that
   NATS with a prefix of its own.
-- ``natsflow_client``: its :class:`~contracts.client.NatsflowClient`.
+- ``natsflow_client``: its :class:`~natsflow.client.NatsflowClient`.
 
 The async fixtures need ``pytest-asyncio``. natsflow itself is imported only when a
 fixture is used, so the plugin costs nothing in a test session that uses none.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from contracts.client import NatsflowClient
+    from natsflow.client import NatsflowClient
     from natsflow.testing import WorkflowEnvironment
 
 pytest_asyncio: Any

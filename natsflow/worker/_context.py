@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from contracts.messages import TaskMessage, TaskProgress
-from contracts.tracing import TraceContext, inject
+from transport.tracing import TraceContext, inject
 
 from ._handler import to_json_value
 from ._settle import DeliveredMessage

@@ -12,7 +12,6 @@ from nats.aio.client import DEFAULT_MAX_PAYLOAD_SIZE
 from pydantic import ValidationError
 
 from contracts.blobs import find_blobs
-from contracts.consume import delivery_count
 from contracts.dead_letters import give_up_on_letter
 from contracts.errors import ErrorInfo
 from contracts.messages import (
@@ -22,9 +21,10 @@ from contracts.messages import (
     TaskProgress,
     TaskSucceeded,
 )
-from contracts.streams import TASK_HEARTBEAT
 from contracts.subjects import Subjects
-from contracts.tracing import extract, inject, mark_error, span
+from transport.consume import delivery_count
+from transport.streams import TASK_HEARTBEAT
+from transport.tracing import extract, inject, mark_error, span
 
 from ._blobs import resolve_blobs
 from ._context import TaskContext

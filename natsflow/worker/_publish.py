@@ -14,7 +14,7 @@ from contracts.errors import ErrorInfo
 from contracts.headers import MSG_ID
 from contracts.messages import TaskFailed, TaskMessage, TaskProgress, TaskSucceeded
 from contracts.subjects import Subjects
-from contracts.transient import ConditionLog, describe, is_transient
+from transport.transient import ConditionLog, describe, is_transient
 
 from ._settle import DeliveredMessage
 

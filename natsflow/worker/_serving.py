@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from contracts.builtins import RESERVED_TASK_PREFIX, is_reserved_task
 from contracts.messages import CancelNotice
-from contracts.streams import Topology, ensure_consumer, ensure_stream
 from contracts.subjects import TASK_TYPE_RE, Subjects
+from transport.streams import Topology, ensure_consumer, ensure_stream
 
 from ._execute import RunningAttempts, execute_delivery
 from ._handler import TaskHandler

@@ -10,7 +10,7 @@ import logging
 from enum import Enum
 from typing import Protocol
 
-from contracts.transient import ConditionLog, describe, is_transient
+from transport.transient import ConditionLog, describe, is_transient
 
 __all__ = [
     "NAK_DELAY",

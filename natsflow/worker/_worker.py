@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from contracts.connect import NatsSettings, connect
-from contracts.consume import ConsumerStalled, PullConsumer
-from contracts.publish import AckedPublisher, AsyncPublisher
-from contracts.streams import TASK_ACK_WAIT, Topology, patiently
 from contracts.subjects import Subjects
+from transport.connect import NatsSettings, connect
+from transport.consume import ConsumerStalled, PullConsumer
+from transport.publish import AckedPublisher, AsyncPublisher
+from transport.streams import TASK_ACK_WAIT, Topology, patiently
 
 from ._handler import HandlerFn, TaskHandler
 from ._serving import MAX_TASK_DELIVERIES, TaskServing, check_limits, check_new_task_type

@@ -28,13 +28,13 @@ import uvicorn
 from helpers import Probe, running_demo_worker
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.models import WORKFLOW_TERMINAL
-from contracts.promises import Violation, check_all
 from gateway import create_app
+from natsflow.client import NatsflowClient
 from natsflow.embedded import find_nats_server, free_port
+from natsflow.promises import Violation, check_all
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings, connect
 
 __all__ = ["Answer", "Deployment", "Load", "NatsNode", "cluster", "deployment", "fan_in",
            "wait_for_meta_leader", "wait_terminal"]

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.errors import Unavailable
 from contracts.models import EVENT_TERMINAL, WorkflowState, WorkflowStatus
-from contracts.promises import Violation, check_workflow, collect
+from natsflow.client import NatsflowClient
+from natsflow.promises import Violation, check_workflow, collect
+from transport.connect import NatsSettings
 
 __all__ = ["Service", "create_until_accepted", "drain", "killer", "oracle", "supervise",
            "workload"]

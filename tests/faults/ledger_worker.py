@@ -27,8 +27,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from contracts.streams import TASK_ACK_WAIT
 from natsflow.worker import TaskContext, Worker
+from transport.streams import TASK_ACK_WAIT
 
 __all__ = ["LEDGER_TASK", "read_ledger", "worker"]
 

@@ -38,10 +38,10 @@ from fault_procs import Service, supervise
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
-from contracts.consume import ConsumerStalled, PullConsumer
 from contracts.models import WorkflowState
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings, connect
+from transport.consume import ConsumerStalled, PullConsumer
 
 pytestmark = pytest.mark.faults
 

@@ -40,10 +40,10 @@ from fault_procs import (
 from ledger_worker import LEDGER_TASK, read_ledger
 from nats.aio.client import Client
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings, connect
 from contracts.subjects import Subjects
+from natsflow.client import NatsflowClient
 from natsflow.containers import NatsContainerCluster
+from transport.connect import NatsSettings, connect
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 

@@ -20,11 +20,11 @@ from helpers import Probe
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import WorkflowState
-from contracts.promises import check_all, collect
+from natsflow.client import NatsflowClient
+from natsflow.promises import check_all, collect
 from orchestrator import Orchestrator
+from transport.connect import NatsSettings
 
 pytestmark = pytest.mark.faults
 

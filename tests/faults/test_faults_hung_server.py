@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fault_nats import NatsNode
 
-import contracts.connect
-from contracts.connect import NatsSettings, connect
+import transport.connect
+from transport.connect import NatsSettings, connect
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(60)]
 
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(60)]
 async def test_a_hung_server_is_noticed_within_a_few_pings(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Ten times faster than in production (10 s), so the test takes seconds.
-    monkeypatch.setattr(contracts.connect, "PING_INTERVAL", 0.5)
+    monkeypatch.setattr(transport.connect, "PING_INTERVAL", 0.5)
     node = NatsNode(tmp_path / "store").start()
     states: list[str] = []
 

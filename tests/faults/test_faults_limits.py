@@ -19,9 +19,9 @@ import pytest
 from fault_procs import ENGINE_ACK_WAIT, Service, drain, killer, supervise, wait_ready
 from limit_worker import LIMIT_TASK, read_ledger
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
 from contracts.models import WorkflowState
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 

@@ -20,10 +20,10 @@ from fault_nats import Load, NatsNode, deployment, fan_in, wait_terminal
 from helpers import Probe, wait_for
 from nats.aio.msg import Msg
 
-from contracts.client import NatsflowClient
-from contracts.consume import PullConsumer
 from contracts.models import WorkflowState
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
+from transport.consume import PullConsumer
 
 pytestmark = pytest.mark.faults
 

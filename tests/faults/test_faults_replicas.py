@@ -25,8 +25,8 @@ from fault_procs import (
     workload,
 )
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 

@@ -29,8 +29,8 @@ from fault_procs import (
 from helpers import read_dead_letters
 from ledger_worker import LEDGER_TASK, read_ledger
 
-from contracts.client import NatsflowClient
-from contracts.connect import NatsSettings
+from natsflow.client import NatsflowClient
+from transport.connect import NatsSettings
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 

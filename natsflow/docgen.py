@@ -5,7 +5,7 @@ Each part sits in a doc between ``<!-- generated:<name> -->`` and
 module renders. After changing what a part is made of (e.g. a new
 :class:`~contracts.models.EventType` member), rewrite the docs with::
 
-    uv run python -m contracts.docgen
+    uv run python -m natsflow.docgen
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from .models import EVENT_TERMINAL, EventType
-from .permissions import Permissions, Role, nsc_command, own_streams, permissions_for
-from .subjects import Subjects
+from contracts.models import EVENT_TERMINAL, EventType
+from contracts.permissions import Permissions, Role, nsc_command, own_streams, permissions_for
+from contracts.subjects import Subjects
 
 __all__ = ["GENERATED", "REGENERATE", "event_types_table", "nsc_users", "render",
            "role_permissions_table", "stale_parts"]
 
 #: The command that rewrites every generated part (what a failing check tells you to run).
-REGENERATE: Final = "uv run python -m contracts.docgen"
+REGENERATE: Final = "uv run python -m natsflow.docgen"
 
 
 def event_types_table() -> str:

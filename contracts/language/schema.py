@@ -9,7 +9,7 @@ from typing import Any
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft202012Validator
 
-from .errors import FieldError, InvalidGraph, SchemaMismatch
+from contracts.errors import FieldError, InvalidGraph, SchemaMismatch
 
 __all__ = ["SchemaMismatch", "check_schema", "validate_instance"]
 

@@ -27,9 +27,9 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from .errors import ConfigMismatch
-from .subjects import Subjects
-from .transient import is_transient
+from contracts.errors import ConfigMismatch
+from contracts.subjects import Subjects
+from transport.transient import is_transient
 
 __all__ = [
     "DECLARE_PATIENCE",
@@ -381,7 +381,7 @@ async def patiently(what: str, declare: Callable[[], Awaitable[T]], *,
 
     Raises:
         Exception: what ``declare`` raised, at once if it is not transient (see
-            :func:`contracts.transient.is_transient`), or once ``patience`` seconds
+            :func:`transport.transient.is_transient`), or once ``patience`` seconds
             have passed.
     """
     loop = asyncio.get_running_loop()

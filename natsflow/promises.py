@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from .client import NatsflowClient
-from .errors import WorkflowNotFound
-from .models import (
+from contracts.errors import WorkflowNotFound
+from contracts.models import (
     EVENT_TERMINAL,
     STEP_TERMINAL,
     WORKFLOW_TERMINAL,
@@ -40,6 +39,7 @@ from .models import (
     WorkflowState,
     WorkflowStatus,
 )
+from natsflow.client import NatsflowClient
 
 __all__ = ["Report", "Violation", "check_all", "check_workflow", "collect", "not_started",
            "verify"]

@@ -28,7 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .headers import PENDING_MESSAGES_HEADER, STATUS_DESCRIPTION_HEADER, STATUS_HEADER
+from contracts.headers import PENDING_MESSAGES_HEADER, STATUS_DESCRIPTION_HEADER, STATUS_HEADER
 
 __all__ = ["ConsumerStalled", "PullConsumer", "delivery_count"]
 

@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .headers import TRACEPARENT, TRACESTATE
+from contracts.headers import TRACEPARENT, TRACESTATE
 
 __all__ = [
     "ENV_VAR",

@@ -32,9 +32,9 @@ from typing import Any, Final, NoReturn
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .builtins import HttpInput, PublishInput, RequestInput
-from .errors import ExpressionError
-from .expr import evaluate, is_constant, render, split_template
+from contracts.builtins import HttpInput, PublishInput, RequestInput
+from contracts.errors import ExpressionError
+from contracts.language.expr import evaluate, is_constant, render, split_template
 
 __all__ = [
     "BUILTIN_INPUTS",
@@ -302,7 +302,7 @@ class _Checker:
 @functools.cache
 def _definition_name() -> TypeAdapter[str]:
     # Imported here: contracts.definitions builds on contracts.models, which calls us.
-    from .definitions import DefinitionName
+    from contracts.definitions import DefinitionName
 
     return TypeAdapter(DefinitionName)
 

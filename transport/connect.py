@@ -26,8 +26,8 @@ import nats.errors
 from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import NatsAuthFailed, Unavailable
-from .subjects import DEFAULT_PREFIX, Subjects
+from contracts.errors import NatsAuthFailed, Unavailable
+from contracts.subjects import DEFAULT_PREFIX, Subjects
 
 __all__ = ["NatsSettings", "connect", "is_auth_error", "is_permission_error"]
 

@@ -28,7 +28,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
-from .definitions import (
+from contracts.definitions import (
     Definition,
     DefinitionInfo,
     DefinitionList,
@@ -37,15 +37,15 @@ from .definitions import (
     ListDefinitionsRequest,
     PutDefinitionRequest,
 )
-from .errors import (
+from contracts.errors import (
     EngineTimeout,
     PayloadTooLarge,
     Unavailable,
     WorkflowNotFound,
     validation_failed,
 )
-from .flow import LimitList, ListLimitsRequest
-from .messages import (
+from contracts.flow import LimitList, ListLimitsRequest
+from contracts.messages import (
     BatchConfig,
     BatchReply,
     BulkRequest,
@@ -60,7 +60,7 @@ from .messages import (
     WorkflowList,
     WorkflowReply,
 )
-from .models import (
+from contracts.models import (
     EVENT_TERMINAL,
     TRUSTED,
     WORKFLOW_TERMINAL,
@@ -68,8 +68,8 @@ from .models import (
     WorkflowConfig,
     WorkflowStatus,
 )
-from .namespaces import narrow
-from .operations import (
+from contracts.namespaces import narrow
+from contracts.operations import (
     BATCH_CREATE,
     BATCH_GET,
     BATCH_STOP,
@@ -92,8 +92,8 @@ from .operations import (
     Server,
     reply_error,
 )
-from .subjects import Subjects
-from .tracing import TraceContext, inject
+from contracts.subjects import Subjects
+from transport.tracing import TraceContext, inject
 
 __all__ = ["NatsflowClient", "stream_end"]
 
@@ -178,7 +178,7 @@ class NatsflowClient:
         ``namespace``.
 
         ``trace``: the W3C trace context the workflow belongs to, when tracing is off
-        here (on, the current span's is sent); see :mod:`contracts.tracing`.
+        here (on, the current span's is sent); see :mod:`transport.tracing`.
 
         Raises:
             ValidationFailed: the config is invalid (each field named), found here or by

@@ -6,7 +6,7 @@ parsed ``PubAck``. This publisher keeps one reply subscription, numbers its repl
 with a counter, and resolves each future with the stream sequence. It is the hot path
 of the orchestrator (every outbox, every record write).
 
-Messages are written, and plain acks taken, through :mod:`contracts._natspy_shortcut`:
+Messages are written, and plain acks taken, through :mod:`transport._natspy_shortcut`:
 the one module that uses nats-py's private internals (measured, pinned and tested
 there). Where it steps aside, everything goes through nats-py's public API (``publish``,
 the reply subscription's callback) with the same results and nats-py's own errors.
@@ -26,10 +26,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from contracts import _natspy_shortcut
-from contracts._natspy_shortcut import send
-
-from .headers import EXPECTED_LAST_SUBJECT_SEQ, STATUS_HEADER
+from contracts.headers import EXPECTED_LAST_SUBJECT_SEQ, STATUS_HEADER
+from transport import _natspy_shortcut
+from transport._natspy_shortcut import send
 
 __all__ = ["EXPECTED_LAST_SUBJECT_SEQ", "WRONG_LAST_SEQUENCE", "AckedPublisher", "AsyncPublisher",
            "PublishError", "send"]

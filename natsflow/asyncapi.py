@@ -27,15 +27,15 @@ from faststream.specification import AsyncAPI, get_asyncapi_html
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from . import __version__
-from .connect import NatsSettings
-from .errors import ErrorInfo
-from .headers import ERROR_CODE_HEADER, ERROR_HEADER
-from .messages import CancelNotice, DeadLetter, TaskMessage, TaskResult
-from .models import Event, EventType, WorkflowConfig
-from .operations import OPERATIONS
-from .subjects import Subjects
-from .webhooks import WebhookDelivery
+from contracts import __version__
+from contracts.errors import ErrorInfo
+from contracts.headers import ERROR_CODE_HEADER, ERROR_HEADER
+from contracts.messages import CancelNotice, DeadLetter, TaskMessage, TaskResult
+from contracts.models import Event, EventType, WorkflowConfig
+from contracts.operations import OPERATIONS
+from contracts.subjects import Subjects
+from contracts.webhooks import WebhookDelivery
+from transport.connect import NatsSettings
 
 __all__ = ["asyncapi_html", "asyncapi_json", "asyncapi_schema"]
 

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import cel
 
-from .errors import ExpressionError
+from contracts.errors import ExpressionError
 
 __all__ = [
     "FUNCTIONS",

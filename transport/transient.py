@@ -18,7 +18,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
-from .errors import Unavailable
+from contracts.errors import Unavailable
 
 __all__ = ["ConditionLog", "describe", "is_transient"]
 

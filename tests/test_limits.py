@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts.messages import TaskSucceeded
 from contracts.models import StepState, WorkflowConfig, WorkflowState
@@ -313,3 +315,33 @@ def test_a_raised_limit_lets_more_in_as_permits_free() -> None:
     pool, _ = step(pool, req("a"))
     pool, _ = step(pool, req("b", limit=2))
     assert pool is not None and list(pool.holders) == ["a#1", "b#1"]
+
+
+# -- the pools, as a property ------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(limit=st.integers(1, 3),
+       ops=st.lists(st.tuples(st.sampled_from(["acquire", "release"]), st.integers(0, 7)),
+                    max_size=60))
+def test_a_pool_never_grants_more_than_its_limit_and_grants_each_holder_once(
+        limit: int, ops: list[tuple[str, int]]) -> None:
+    pool: Any = None
+    granted: list[str] = []
+    released: set[str] = set()
+    for op, n in ops:
+        new, notices = apply(pool, req(f"w{n}", op, limit=limit), T0)
+        pool = new if new is not None else pool
+        if op == "release":
+            released.add(f"w{n}#1")
+        for note in notices:
+            if (note.answer is not None and note.answer.outcome == "granted"
+                    and note.holder not in granted):
+                granted.append(note.holder)
+        assert isinstance(pool, Pool) and len(pool.holders) <= limit
+        # nobody given back holds or waits; whoever waits does so only when it is full
+        assert not (set(pool.holders) | set(pool.waiting)) & released
+        assert not pool.waiting or len(pool.holders) == limit
+    # the grants went out in the order the holders asked (first come, first served)
+    asked = list(dict.fromkeys(f"w{n}#1" for op, n in ops if op == "acquire"))
+    assert granted == [h for h in asked if h in granted]

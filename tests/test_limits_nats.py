@@ -219,3 +219,32 @@ async def test_the_first_flow_control_example_queues_a_second_run_of_one_custome
     assert first and late and other and first.finished_at and late.started_at
     assert late.started_at >= first.finished_at
     assert other.started_at is not None and other.started_at < first.finished_at
+
+
+async def test_cancel_newest_refuses_and_cancel_oldest_stops_the_oldest(
+        ledger: Ledger, client: NatsflowClient) -> None:
+    def run(wid: str, policy: str) -> dict[str, Any]:
+        return {"name": f"p-{policy}", "id": wid,
+                "concurrency": {"limit": 1, "policy": policy},
+                "steps": [{"id": "w", "task": "lim.work",
+                           "input": {"key": policy, "seconds": 1.5}}]}
+
+    for policy in ("cancel_newest", "cancel_oldest"):
+        await client.create(run(f"{policy}-1", policy))
+        for _ in range(50):
+            first = (await client.get(f"{policy}-1")).status
+            if first is not None and first.state == WorkflowState.RUNNING:
+                break
+            await asyncio.sleep(0.1)
+        await client.create(run(f"{policy}-2", policy))
+    refused = (await client.wait("cancel_newest-2", timeout=10)).status
+    assert refused is not None and refused.state == WorkflowState.STOPPED
+    assert refused.error is not None and refused.error.code == "concurrency-limit"
+    kept = (await client.wait("cancel_newest-1", timeout=10)).status
+    assert kept is not None and kept.state == WorkflowState.COMPLETED
+    oldest = (await client.wait("cancel_oldest-1", timeout=15)).status
+    newest = (await client.wait("cancel_oldest-2", timeout=15)).status
+    assert oldest is not None and oldest.state == WorkflowState.STOPPED
+    assert newest is not None and newest.state == WorkflowState.COMPLETED
+    assert oldest.finished_at is not None and newest.started_at is not None
+    assert newest.started_at >= oldest.finished_at  # it took the permit given back

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .models import WorkflowConfig
 from .namespaces import DEFAULT_NAMESPACE, Namespace, Scope, is_default
+from .priorities import Priority
 from .subjects import TOKEN_RE
 
 __all__ = [
@@ -140,6 +141,8 @@ class RunDefinition(BaseModel):
     start: bool = True
     namespace: Namespace = Field(default=DEFAULT_NAMESPACE, description="The namespace "
                                  "the definition is looked up in and the workflow runs in.")
+    priority: Priority | None = Field(default=None, exclude_if=lambda v: v is None,
+                                      description="1 to 5; default: the definition's own.")
 
 
 class DefinitionReply(BaseModel):

@@ -35,6 +35,7 @@ from .models import (
     WorkflowSummary,
 )
 from .namespaces import DEFAULT_NAMESPACE, Namespace, Scope, is_default
+from .priorities import Priority
 
 __all__ = [
     "BatchConfig",
@@ -192,6 +193,8 @@ class WorkflowTemplate(BaseModel):
     steps: list[dict[str, Any]]
     labels: dict[str, str] = Field(default_factory=dict)
     output: Any = None
+    priority: Priority | None = Field(default=None, exclude_if=lambda v: v is None,
+                                      description="Every member's priority, 1 to 5.")
 
     def config_for(self, *, workflow_id: str, input: dict[str, Any], batch_id: str,
                    namespace: str = DEFAULT_NAMESPACE) -> WorkflowConfig:
@@ -200,6 +203,7 @@ class WorkflowTemplate(BaseModel):
             "name": self.name, "id": workflow_id, "namespace": namespace, "input": input,
             "steps": self.steps, "labels": {**self.labels, "batch": batch_id},
             "output": self.output,
+            **({} if self.priority is None else {"priority": self.priority}),
         })
 
 
@@ -289,6 +293,9 @@ class CreateWorkflowRequest(BaseModel):
         default=None, exclude_if=lambda v: v is None,
         description="With `definition`: the namespace it is looked up in and the workflow "
         "runs in (default: `default`). With `config`, it goes inside the config.")
+    priority: Priority | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="With `definition`: 1 to 5, instead of the definition's own priority.")
     idempotency_key: str | None = Field(default=None, max_length=256)
     namespaces: Scope = None
 
@@ -299,9 +306,11 @@ class CreateWorkflowRequest(BaseModel):
                                    field="definition" if self.config else "config")
         if self.config is not None and (self.input or self.labels or self.id
                                         or self.version or not self.start
-                                        or self.namespace is not None):
-            raise ValidationFailed("`input`, `labels`, `id`, `version`, `start` and "
-                                   "`namespace` go inside `config` here", field="config")
+                                        or self.namespace is not None
+                                        or self.priority is not None):
+            raise ValidationFailed("`input`, `labels`, `id`, `version`, `start`, "
+                                   "`namespace` and `priority` go inside `config` here",
+                                   field="config")
         return self
 
     @property

@@ -42,6 +42,7 @@ from .operations import (
     WORKFLOW_RETRY,
     WORKFLOW_STOP,
 )
+from .priorities import LEVELS
 from .subjects import TASK_TYPE_RE, TOKEN_RE, Subjects
 
 __all__ = ["INBOX_ROOT", "READ_OPERATIONS", "SUBMIT_OPERATIONS", "Permissions", "Role",
@@ -218,13 +219,15 @@ def _worker(s: Subjects, user: str, inbox: str, task_types: Sequence[str]) -> Pe
     tasks, blobs = s.tasks_stream, f"OBJ_{s.blobs_bucket}"
     publish = [f"{s.prefix}.result.*", f"{s.prefix}.dlq.*", _stream_info(tasks),
                _stream_info(s.dlq_stream),
-               *(subject for t in task_types
-                 for subject in _pulled(tasks, s.worker_consumer(t), s.task(t))),
+               # One consumer per priority level of each task type (docs/priorities.md).
+               *(subject for t in task_types for level in LEVELS
+                 for subject in _pulled(tasks, s.worker_consumer(t, level), s.task(t, level))),
                # Inputs passed by reference (a large upstream output) are read here.
                *_ordered_reader(blobs), f"{_JS_API}.STREAM.MSG.GET.{blobs}",
                f"{_JS_API}.STREAM.NAMES", _own_inbox(inbox)]
-    subscribe = [s.all_cancels, *(_leader_elected(tasks, s.worker_consumer(t))
-                                  for t in task_types), _own_inbox(inbox)]
+    subscribe = [s.all_cancels, *(_leader_elected(tasks, s.worker_consumer(t, level))
+                                  for t in task_types for level in LEVELS),
+                 _own_inbox(inbox)]
     return Permissions(Role.WORKER, user, inbox, tuple(publish), tuple(subscribe),
                        tuple(_forging_publish(s)), tuple(_secret_subscribe(s)),
                        task_types=tuple(task_types))

@@ -12,6 +12,8 @@ Subject scheme (``p`` is the prefix)::
     p.timer.<workflow_id>         durable timers: retry backoff, timeouts (INBOX stream)
     p.limit.<pool>                permit requests to the limiter (LIMITS stream, internal)
     p.task.<task_type>            tasks for workers of one type (TASKS work-queue stream)
+    p.task.priority=<n>.<task_type>
+                                  the same at priority n, when n is not the default (3)
     p.cancel.<workflow_id>        cancel notices for running tasks (core NATS)
     p.events.<workflow_id>.<kind>.<what>
                                   status events, e.g. p.events.<id>.workflow.completed,
@@ -27,10 +29,14 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_PREFIX", "SERVER_SUBJECT_MARK", "TOKEN_RE",
+from contracts.priorities import DEFAULT_PRIORITY
+
+__all__ = ["DEFAULT_PREFIX", "PRIORITY_TOKEN", "SERVER_SUBJECT_MARK", "TOKEN_RE",
            "TASK_TYPE_RE", "Subjects", "reserved_subject_rule"]
 
 DEFAULT_PREFIX: Final = "natsflow"
+#: How a task subject of a non-default priority starts after ``<prefix>.task.``.
+PRIORITY_TOKEN: Final = "priority="
 
 #: One subject token: what ids and task-type parts may contain.
 TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -130,9 +136,14 @@ class Subjects:
         """Durable consumer shared by all webhook deliverers."""
         return "webhooks"
 
-    def worker_consumer(self, task_type: str) -> str:
-        """Durable consumer shared by all workers of one task type."""
-        return "worker-" + task_type.replace(".", "_")
+    def worker_consumer(self, task_type: str, priority: int | None = None) -> str:
+        """Durable consumer shared by all workers of one task type (at one priority).
+
+        The default priority's is ``worker-<type>``; level ``n``'s is ``worker<n>-<type>``,
+        which no task type's default consumer can be named.
+        """
+        level = "" if priority is None or priority == DEFAULT_PRIORITY else str(priority)
+        return f"worker{level}-" + task_type.replace(".", "_")
 
     @property
     def workflows_bucket(self) -> str:
@@ -224,9 +235,16 @@ class Subjects:
         """Durable timers for one workflow."""
         return f"{self.prefix}.timer.{workflow_id}"
 
-    def task(self, task_type: str) -> str:
-        """Work queue of one task type."""
-        return f"{self.prefix}.task.{task_type}"
+    def task(self, task_type: str, priority: int | None = None) -> str:
+        """Work queue of one task type (at one priority: None is the default).
+
+        The default priority's tasks are on ``<prefix>.task.<type>``, as before priorities
+        existed; level ``n``'s on ``<prefix>.task.priority=<n>.<type>``: ``=`` is in no
+        task type, so that subject is no other task type's.
+        """
+        if priority is None or priority == DEFAULT_PRIORITY:
+            return f"{self.prefix}.task.{task_type}"
+        return f"{self.prefix}.task.{PRIORITY_TOKEN}{priority}.{task_type}"
 
     def cancel(self, workflow_id: str) -> str:
         """Cancel notices for running tasks of one workflow."""

@@ -43,6 +43,7 @@ from contracts.subjects import TOKEN_RE
 from transport.keys import KeyStore, watch_keys
 from transport.streams import Topology, patiently
 
+from ._bodies import DecodedBodyRoute
 from ._link import NatsLink
 from ._problems import problem_responses
 
@@ -336,12 +337,13 @@ def route_scope(method: str, path: str) -> Scope | None:
 
 
 def scoped_route_class(auth: KeyAuth | None) -> type[APIRoute]:
-    """The app's route class: each route gets its scope check from :data:`ROUTE_SCOPES`.
+    """The app's route class: each route gets its scope check from :data:`ROUTE_SCOPES`
+    (and its body decoding from :data:`gateway._bodies.BODY_RULES`).
 
     With keys off nothing is checked, but every route must still be in the table.
     """
 
-    class ScopedRoute(APIRoute):
+    class ScopedRoute(DecodedBodyRoute):
         def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
             scopes = {route_scope(m, path) for m in kwargs.get("methods") or ["GET"]}
             if len(scopes) != 1:

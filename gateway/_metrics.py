@@ -1,4 +1,5 @@
-"""The gateway's own HTTP metrics (Prometheus), served at ``GET /metrics``.
+"""The gateway's own HTTP metrics (Prometheus), served at ``GET /metrics``
+(:mod:`gateway.routes.metrics`).
 
 Requests are labelled by route template (``/workflows/{workflow_id}``), never by raw
 path, so ids do not explode the label space. One registry per app: several apps in one
@@ -10,14 +11,8 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from fastapi import FastAPI, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["UNMATCHED_ROUTE", "GatewayMetrics", "install_metrics"]
@@ -79,12 +74,7 @@ class _MetricsMiddleware:
 
 
 def install_metrics(app: FastAPI) -> GatewayMetrics:
-    """Count the app's requests and serve them at ``GET /metrics``."""
+    """Count the app's requests (``gateway.routes.metrics`` serves them)."""
     metrics = GatewayMetrics()
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     return metrics

@@ -7,14 +7,16 @@ when they name them; anything that is not a natsflow error becomes a code-less p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -51,6 +53,7 @@ __all__ = [
     "HTTP_BY_CODE",
     "PROBLEM_JSON",
     "PROBLEM_TYPE_PREFIX",
+    "ProblemRoute",
     "REALM",
     "HttpMapping",
     "Problem",
@@ -59,7 +62,6 @@ __all__ = [
     "install_problem_handlers",
     "problem_response",
     "problem_responses",
-    "replace_validation_responses",
 ]
 
 PROBLEM_JSON: Final = "application/problem+json"
@@ -201,24 +203,26 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def replace_validation_responses(schema: dict[str, Any]) -> None:
-    """Make an OpenAPI document say what the gateway answers to an invalid request.
+#: What the gateway answers to an invalid request instead of FastAPI's 422.
+_CLIENT_ERROR: Final = {
+    "description": "Client error: a problem document (an invalid request is a 400).",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+class ProblemRoute(APIRoute):
+    """A route that documents its client errors as problem documents.
 
     FastAPI documents a ``422`` with its own ``HTTPValidationError`` body on every
-    operation that takes parameters; the gateway answers those errors ``400`` with a
-    problem document (:func:`install_problem_handlers`), so that is what is declared.
+    operation that takes parameters, unless the operation declares ``4XX`` (or
+    ``default``) itself; the gateway answers those errors ``400`` with a problem
+    (:func:`install_problem_handlers`), each route declares its ``400`` and the statuses
+    it knows, and ``4XX`` says that any other client error is a problem too.
     """
-    for item in schema.get("paths", {}).values():
-        for operation in item.values():
-            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
-            if responses.pop("422", None) is not None:
-                responses.setdefault("400", {
-                    "description": HTTPStatus(400).phrase,
-                    "content": {PROBLEM_JSON: {
-                        "schema": {"$ref": "#/components/schemas/Problem"}}}})
-    components = schema.get("components", {}).get("schemas", {})
-    for name in ("HTTPValidationError", "ValidationError"):
-        components.pop(name, None)
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if get_flat_params(self.dependant) or self.body_field is not None:
+            self.responses = {**self.responses, "4XX": _CLIENT_ERROR}
 
 
 def challenge(err: NatsflowError) -> str | None:

@@ -38,7 +38,8 @@ def apply(
 ) -> None:
     """Store a file as the next version of its definition (unchanged if identical), in
     --namespace (default: the file's `namespace`, else `default`)."""
-    from ._cli_workflows import load_mapping, nats_client
+    from ._cli_client import nats_client
+    from ._cli_files import load_mapping
 
     try:
         data = load_mapping(file)
@@ -72,7 +73,7 @@ def apply(
 def ls(as_json: _JsonOpt = False, namespace: NamespaceOpt = None, *,
        settings: NatsSettings) -> None:
     """List the stored definitions (of every namespace, or of --namespace)."""
-    from ._cli_workflows import nats_client
+    from ._cli_client import nats_client
 
     async def _ls() -> Any:
         async with nats_client(settings) as client:
@@ -100,7 +101,7 @@ def show(
     settings: NatsSettings,
 ) -> None:
     """Print a definition (JSON) of --namespace (default: `default`)."""
-    from ._cli_workflows import nats_client
+    from ._cli_client import nats_client
 
     async def _show() -> Any:
         async with nats_client(settings) as client:
@@ -142,7 +143,8 @@ def run_command(
 ) -> None:
     """Start a workflow from a stored definition of --namespace (default: `default`)
     with just its input; it runs in that namespace."""
-    from ._cli_workflows import nats_client, require_status, watch_nats
+    from ._cli_client import nats_client, require_status
+    from ._cli_watch import watch_nats
 
     data = _input(input_)
 

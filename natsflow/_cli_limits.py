@@ -11,9 +11,12 @@ from transport.connect import NatsSettings
 
 from ._cli_common import console, run, with_settings
 
-__all__ = ["limits_command"]
+__all__ = ["app"]
+
+app = typer.Typer()
 
 
+@app.command("limits")
 @with_settings
 def limits_command(
     limit: Annotated[str | None, typer.Argument(
@@ -25,7 +28,7 @@ def limits_command(
 ) -> None:
     """Show every limit in use per key: permits held, runs waiting, a rate limit's next
     free time."""
-    from ._cli_workflows import nats_client
+    from ._cli_client import nats_client
 
     async def _list() -> Any:
         async with nats_client(settings) as client:

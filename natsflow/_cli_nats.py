@@ -1,4 +1,5 @@
-"""``natsflow nats-config``: a nats-server configuration with one user per role."""
+"""``natsflow nats-config|asyncapi``: the NATS side of a deployment, a nats-server
+configuration with one user per role, and the AsyncAPI document of its subjects."""
 
 from __future__ import annotations
 
@@ -21,9 +22,13 @@ from ._nats_config import (
     write_config,
 )
 
-__all__ = ["nats_config"]
+__all__ = ["app", "nats_config"]
+
+#: ``natsflow nats-config`` and ``natsflow asyncapi`` (top-level commands).
+app = typer.Typer()
 
 
+@app.command("nats-config")
 def nats_config(
     out: Annotated[Path, typer.Option(
         "--out", help="Directory to write nats-server.conf and the users' env files to."
@@ -86,3 +91,19 @@ def nats_config(
                   markup=False)
     console.print(f"start each service with its own user's env file:  set -a; "
                   f". {out}/<user>.env; set +a; natsflow <service>", markup=False)
+
+
+@app.command()
+def asyncapi(
+    prefix: Annotated[str, typer.Option(
+        "--prefix", help="The deployment's subject prefix, for the subjects in the document.")
+    ] = DEFAULT_PREFIX,
+) -> None:
+    """Print the AsyncAPI document of natsflow's subjects (JSON; needs no NATS)."""
+    from natsflow.asyncapi import asyncapi_json
+
+    try:
+        subjects = Subjects(prefix)
+    except ValueError as exc:
+        fail(InvalidRequest(str(exc), field="prefix"))
+    typer.echo(asyncapi_json(subjects), nl=False)

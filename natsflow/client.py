@@ -199,9 +199,11 @@ class NatsflowClient:
                   labels: dict[str, str] | None = None, start: bool = True,
                   idempotency_key: str | None = None,
                   trace: TraceContext | None = None, namespace: str | None = None,
-                  namespaces: Sequence[str] | None = None) -> WorkflowReply:
+                  namespaces: Sequence[str] | None = None,
+                  priority: int | None = None) -> WorkflowReply:
         """Create a workflow from a stored definition (the latest, or ``version``) of
-        ``namespace`` (default: ``default``), in that namespace.
+        ``namespace`` (default: ``default``), in that namespace; at ``priority`` (1 to
+        5) instead of the definition's own, if given.
 
         Raises:
             DefinitionNotFound: no such definition in that namespace.
@@ -210,7 +212,8 @@ class NatsflowClient:
         req = CreateWorkflowRequest(definition=definition, version=version,
                                     input=input or {}, id=workflow_id, labels=labels or {},
                                     start=start, idempotency_key=idempotency_key,
-                                    namespace=namespace, namespaces=_scope(namespaces))
+                                    namespace=namespace, namespaces=_scope(namespaces),
+                                    priority=priority)
         return await self._call(WORKFLOW_CREATE, req, trace=trace)
 
     # -- definitions -----------------------------------------------------------------

@@ -376,7 +376,8 @@ class Api:
         try:
             return WorkflowConfig.model_validate({
                 **base.model_dump(exclude_none=True), "input": req.input, "id": req.id,
-                "labels": {**base.labels, **req.labels}, "start": req.start})
+                "labels": {**base.labels, **req.labels}, "start": req.start,
+                **({"priority": req.priority} if req.priority is not None else {})})
         except ValidationError as exc:
             raise validation_failed(exc) from None
 

@@ -65,8 +65,10 @@ class ChildStarter:
                 workflow_id=p.workflow_id, step_id=p.step_id, attempt=p.attempt,
                 token=self.settings.token(p.workflow_id, p.step_id, p.attempt),
                 error=exc.info().model_copy(update={"retryable": False, "step": p.step_id})))
+        # A parent with a priority passes it on; without one, the child keeps its own.
+        inherited = {} if effect.priority is None else {"priority": effect.priority}
         child = config.model_copy(update={
             "id": effect.child_id, "namespace": effect.namespace, "input": effect.input,
-            "parent": effect.parent, "start": True})
+            "parent": effect.parent, "start": True, **inherited})
         return WorkflowCommandEffect(workflow_id=effect.child_id, command=CreateWorkflow(
             config=child, fingerprint=fingerprint(child), trace=trace))

@@ -54,6 +54,7 @@ from contracts.models import (
     WorkflowStep,
 )
 from contracts.namespaces import visible
+from contracts.priorities import effective
 
 from . import control, fanout, kinds, limits, steps
 from .permits import PermitInput
@@ -103,6 +104,7 @@ def new_record(inp: CreateWorkflow, now: datetime) -> WorkflowRecord:
         namespace=cfg.namespace, labels=cfg.labels, batch_id=inp.batch_id,
         parent=cfg.parent, created_at=now,
         definition=cfg.definition, definition_version=cfg.definition_version,
+        priority=effective(cfg.priority),
         steps=[StepStatus(id=s.id, kind=StepKind(s.kind),
                           task=s.step.task_type if isinstance(s, MapStep) else s.task_type,
                           depends_on=list(s.depends_on),
@@ -410,7 +412,8 @@ def _check_workers(tx: Transition, timer: TimerFired) -> None:
         if due <= max(tx.now, timer.due):
             reason = (WorkerWaitReason.UNKNOWN if timer.consumers is None else
                       worker_presence(timer.consumers,
-                                      tx.settings.subjects.task(step.task)))
+                                      tx.settings.subjects.task(step.task,
+                                                                tx.config.priority)))
             _wait_for_worker(tx, step, reason)
         else:
             later = due if later is None else min(later, due)

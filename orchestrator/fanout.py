@@ -165,7 +165,7 @@ def _dispatch(tx: Transition, cfg: MapStep, step: StepStatus, i: int, attempt: i
                 child_id=_child_id(wid, cfg.id, i, attempt), definition=body.definition,
                 version=body.version, input=child_input,
                 parent=ParentRef(workflow_id=wid, step_id=sid, attempt=attempt),
-                namespace=tx.status.namespace))
+                namespace=tx.status.namespace, priority=tx.config.priority))
             return
         inp = steps.task_input(body, ctx)
     except steps.StepInputError as exc:
@@ -178,7 +178,7 @@ def _dispatch(tx: Transition, cfg: MapStep, step: StepStatus, i: int, attempt: i
         workflow_id=wid, step_id=sid, attempt=attempt, task=body.task_type, input=inp,
         idempotency_key=f"{wid}:{sid}:{attempt}", reply_to=tx.settings.subjects.result(wid),
         deadline=deadline, heartbeat_interval=tx.settings.heartbeat,
-        token=tx.settings.token(wid, sid, attempt))))
+        token=tx.settings.token(wid, sid, attempt)), priority=tx.config.priority))
     if deadline is not None:
         tx.timer("timeout", deadline, step=sid, attempt=attempt)
 

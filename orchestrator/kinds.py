@@ -71,7 +71,8 @@ def begin(tx: Transition, cfg: StepConfig, step: StepStatus) -> None:
             input=inp, idempotency_key=f"{wid}:{cfg.id}:{attempt}",
             reply_to=tx.settings.subjects.result(wid), deadline=deadline,
             heartbeat_interval=tx.settings.heartbeat, heartbeat_timeout=hb,
-            start_by=start_by, report_start_at=report_at, token=step.token)))
+            start_by=start_by, report_start_at=report_at, token=step.token),
+            priority=tx.config.priority))
         tx.emit(Ev.STEP_DISPATCHED, step=cfg.id, attempt=attempt,
                 data={"task": cfg.task_type})
         if hb is not None:
@@ -113,7 +114,7 @@ def begin(tx: Transition, cfg: StepConfig, step: StepStatus) -> None:
         tx.effects.append(StartChildEffect(
             child_id=cid, definition=cfg.definition, version=cfg.version, input=inp,
             parent=ParentRef(workflow_id=wid, step_id=cfg.id, attempt=attempt),
-            namespace=tx.status.namespace))
+            namespace=tx.status.namespace, priority=tx.config.priority))
         tx.emit(Ev.STEP_WAITING, step=cfg.id, attempt=attempt,
                 data={"child": cid, "definition": cfg.definition})
 

@@ -234,6 +234,8 @@ class TaskEffect(BaseModel):
     model_config = _Frozen
     kind: Literal["task"] = "task"
     task: TaskMessage
+    # The workflow's, which picks the subject; left out when unset (records from before).
+    priority: int | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class TimerEffect(BaseModel):
@@ -283,6 +285,8 @@ class StartChildEffect(BaseModel):
     parent: ParentRef
     namespace: str = Field(default=DEFAULT_NAMESPACE, description="The parent's: where "
                            "the definition is looked up and the child runs.")
+    priority: int | None = Field(default=None, exclude_if=lambda v: v is None,
+                                 description="The parent's, if it has one: the child's then.")
 
 
 class NotifyParentEffect(BaseModel):

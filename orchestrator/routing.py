@@ -114,7 +114,7 @@ class Router:
         t = effect.task
         # The token in the id: nobody who lacks it can have the real task dropped
         # as the duplicate of one published first under the same id.
-        return (self.subjects.task(t.task), t.model_dump_json().encode(),
+        return (self.subjects.task(t.task, effect.priority), t.model_dump_json().encode(),
                 f"task:{t.idempotency_key}" + (f":{t.token}" if t.token else ""))
 
     def _timer(self, key: str, effect: TimerEffect) -> Routed:

@@ -265,6 +265,22 @@ async def test_a_worker_takes_only_its_own_tasks(secure: Secure,
         assert "error" in json.loads(reply.data), reply.data
         info = await js.consumer_info(s.tasks_stream, own)
         assert info.config.filter_subject == s.task("demo.echo")
+        # The same for the consumers of the other priority levels (docs/priorities.md):
+        # its own it made and reads; another task type's, not; nor another level's
+        # filter under its own level's name.
+        for level in (1, 5):
+            mine = s.worker_consumer("demo.echo", level)
+            info = await js.consumer_info(s.tasks_stream, mine)
+            assert info.config.filter_subject == s.task("demo.echo", level)
+            theirs = s.worker_consumer(other, level)
+            await conn.request_refused(
+                f"$JS.API.CONSUMER.MSG.NEXT.{s.tasks_stream}.{theirs}", b'{"batch":1}')
+            await conn.request_refused(
+                f"$JS.API.CONSUMER.CREATE.{s.tasks_stream}.{theirs}.{s.task(other, level)}",
+                b'{"stream_name":"x","config":{}}')
+            await conn.request_refused(
+                f"$JS.API.CONSUMER.CREATE.{s.tasks_stream}.{mine}.{s.task('demo.echo')}",
+                b'{"stream_name":"x","config":{}}')
         # No events, no submits, no API beyond none at all.
         await conn.publish_refused(s.submit)
         await conn.request_refused(s.api("workflow.create"))

@@ -125,6 +125,22 @@ class PullConsumer:
             with contextlib.suppress(nats.errors.Error):
                 await self._ready.popleft().nak()
 
+    @property
+    def ready(self) -> int:
+        """Messages received and not yet taken."""
+        return len(self._ready)
+
+    def take_ready(self, most: int) -> list[Msg]:
+        """Up to ``most`` of the messages received and not yet taken, without asking."""
+        out: list[Msg] = []
+        while self._ready and len(out) < most:
+            out.append(self._ready.popleft())
+        return out
+
+    def wake(self) -> None:
+        """End a waiting :meth:`next_batch` now (with what it has, maybe nothing)."""
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():

@@ -215,15 +215,17 @@ class Topology:
                               ack_policy=AckPolicy.EXPLICIT, ack_wait=WEBHOOK_ACK_WAIT,
                               max_deliver=-1, max_ack_pending=10_000, max_waiting=512)
 
-    def worker_consumer(self, task_type: str) -> ConsumerConfig:
-        """Tasks of one type; shared by every worker serving it."""
+    def worker_consumer(self, task_type: str, priority: int | None = None) -> ConsumerConfig:
+        """Tasks of one type (at one priority; None: the default); shared by every
+        worker serving it."""
         s = self.subjects
+        name = s.worker_consumer(task_type, priority)
         # Named as well as durable: it is then created on a subject that names its
         # filter, which a worker's permissions pin (contracts.permissions), so a worker
         # cannot point its consumer at another task type's tasks.
-        return ConsumerConfig(durable_name=s.worker_consumer(task_type),
-                              name=s.worker_consumer(task_type),
-                              filter_subject=s.task(task_type), ack_policy=AckPolicy.EXPLICIT,
+        return ConsumerConfig(durable_name=name, name=name,
+                              filter_subject=s.task(task_type, priority),
+                              ack_policy=AckPolicy.EXPLICIT,
                               ack_wait=self.task_ack_wait, max_deliver=-1, max_ack_pending=10_000,
                               max_waiting=512)
 

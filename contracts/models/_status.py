@@ -178,6 +178,7 @@ class WorkflowStatus(BaseModel):
     definition: str | None = Field(default=None, description="The stored definition run.")
     definition_version: int | None = Field(default=None, description="Its version, kept "
                                            "for the whole run.")
+    priority: int = Field(default=3, description="The priority its tasks run at, 1 to 5.")
     steps: list[StepStatus]
     created_at: datetime
     started_at: datetime | None = None

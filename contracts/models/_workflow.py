@@ -41,6 +41,7 @@ from contracts.models._steps import (
     SwitchStep,
 )
 from contracts.namespaces import DEFAULT_NAMESPACE, Namespace, is_default
+from contracts.priorities import Priority
 from contracts.untrusted import check_json_value
 
 
@@ -130,6 +131,11 @@ class WorkflowConfig(BaseModel):
                                            description="Set by natsflow: its version.")
     # Left out of the JSON when empty: the fingerprints of configs without webhooks (and
     # so identical resubmits of workflows stored before webhooks existed) stay the same.
+    # Left out of the JSON when unset: configs without one keep their fingerprints.
+    priority: Priority | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="1 (lowest) to 5 (most urgent); unset: 3, or the parent's for a "
+        "child workflow. Its tasks, map items and children run at it (docs/priorities.md).")
     webhooks: list[Webhook] = Field(
         default_factory=list, max_length=MAX_WEBHOOKS, exclude_if=lambda hooks: not hooks,
         description="URLs to POST the workflow's status events to (docs/webhooks.md).")

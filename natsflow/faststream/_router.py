@@ -8,7 +8,7 @@ progress, results, settling and cancel notices, so both flavours keep one contra
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from faststream.message import StreamMessage
@@ -19,6 +19,7 @@ from nats.aio.client import DEFAULT_MAX_PAYLOAD_SIZE
 from pydantic import BaseModel, SkipValidation, create_model
 
 from contracts.messages import CancelNotice, TaskMessage
+from contracts.priorities import DEFAULT_PRIORITY, LEVELS
 from contracts.subjects import DEFAULT_PREFIX, Subjects
 from natsflow.worker._handler import HandlerFn, TaskHandler
 from natsflow.worker._serving import (
@@ -62,6 +63,17 @@ def _task_model(handler: TaskHandler) -> type[TaskMessage]:
     return create_model(f"{name}Task", __base__=TaskMessage,
                         __doc__=f"A `{handler.task_type}` task: one attempt of one step.",
                         input=(handler.input_model, ...))
+
+
+def _deliverer(serving: TaskServing, handler: TaskHandler
+               ) -> Callable[[bytes, NatsMessage, JsClient], Awaitable[None]]:
+    async def deliver(body: bytes, message: NatsMessage, js: JsClient) -> None:
+        # The broker's connection is not public; nats-py's default limit is the
+        # server's default too, and a smaller letter only fits more surely.
+        await serving.deliver(message.raw_message, handler, js=js, blobs=js,
+                              max_payload=DEFAULT_MAX_PAYLOAD_SIZE)
+
+    return deliver
 
 
 class TaskRouter(NatsRouter):
@@ -150,24 +162,24 @@ class TaskRouter(NatsRouter):
 
         def register(fn: F) -> F:
             handler = TaskHandler.of(task_type, fn)
-
-            async def deliver(body: bytes, message: NatsMessage, js: JsClient) -> None:
-                # The broker's connection is not public; nats-py's default limit is the
-                # server's default too, and a smaller letter only fits more surely.
-                await serving.deliver(message.raw_message, handler, js=js, blobs=js,
-                                      max_payload=DEFAULT_MAX_PAYLOAD_SIZE)
-
-            self.subscriber(
-                s.task(task_type),
-                # The orchestrator owns the stream: FastStream must not declare it.
-                stream=JStream(s.tasks_stream, declare=False),
-                durable=s.worker_consumer(task_type),
-                config=serving.topology.worker_consumer(task_type),
-                pull_sub=PullSub(batch_size=1), max_workers=self.max_workers,
-                # natsflow.worker._settle acks, naks and terms; FastStream must not.
-                ack_policy=AckPolicy.MANUAL, no_reply=True, decoder=_raw_body,
-                description=fn.__doc__ or f"natsflow task `{task_type}`.")(
-                _documented(deliver, _task_model(handler), name=fn.__name__))
+            # One subscriber per priority level, a lane of its own (docs/priorities.md):
+            # a task never waits behind less urgent ones in this app.
+            for level in LEVELS:
+                default = level == DEFAULT_PRIORITY
+                self.subscriber(
+                    s.task(task_type, level),
+                    # The orchestrator owns the stream: FastStream must not declare it.
+                    stream=JStream(s.tasks_stream, declare=False),
+                    durable=s.worker_consumer(task_type, level),
+                    config=serving.topology.worker_consumer(task_type, level),
+                    pull_sub=PullSub(batch_size=1), max_workers=self.max_workers,
+                    # natsflow.worker._settle acks, naks and terms; FastStream must not.
+                    ack_policy=AckPolicy.MANUAL, no_reply=True, decoder=_raw_body,
+                    # The default level documents the task type; the others are alike.
+                    include_in_schema=default,
+                    description=fn.__doc__ or f"natsflow task `{task_type}`.")(
+                    _documented(_deliverer(serving, handler), _task_model(handler),
+                                name=fn.__name__ if default else f"{fn.__name__}_p{level}"))
             serving.handlers[task_type] = handler
             return fn
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from contracts.builtins import RESERVED_TASK_PREFIX, is_reserved_task
 from contracts.messages import CancelNotice
+from contracts.priorities import LEVELS
 from contracts.subjects import TASK_TYPE_RE, Subjects
 from transport.streams import Topology, ensure_consumer, ensure_stream
 
@@ -97,9 +98,10 @@ class TaskServing:
         # Malformed tasks are dead-lettered here; without the stream they would loop.
         await ensure_stream(js, self.topology.dlq())
         for task_type in self.handlers:
-            await ensure_consumer(js, self.subjects.tasks_stream,
-                                  self.topology.worker_consumer(task_type),
-                                  heartbeat=self.topology.task_ack_wait / 3)
+            for level in LEVELS:  # one consumer per priority level (docs/priorities.md)
+                await ensure_consumer(js, self.subjects.tasks_stream,
+                                      self.topology.worker_consumer(task_type, level),
+                                      heartbeat=self.topology.task_ack_wait / 3)
 
     async def deliver(self, msg: DeliveredMessage, handler: TaskHandler, *, js: Publisher,
                       blobs: Any, max_payload: int) -> None:

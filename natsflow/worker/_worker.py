@@ -13,11 +13,12 @@ from nats.aio.msg import Msg
 
 from contracts.subjects import Subjects
 from transport.connect import NatsSettings, connect
-from transport.consume import ConsumerStalled, PullConsumer
+from transport.consume import ConsumerStalled
 from transport.publish import AckedPublisher, AsyncPublisher
 from transport.streams import TASK_ACK_WAIT, Topology, patiently
 
 from ._handler import HandlerFn, TaskHandler
+from ._priority import STARVATION_LIMIT, Lanes
 from ._serving import MAX_TASK_DELIVERIES, TaskServing, check_limits, check_new_task_type
 from ._slots import SlotPool
 
@@ -64,13 +65,20 @@ class Worker:
         reserved: Allow the reserved ``natsflow.*`` task types. Only for natsflow's own
             built-in steps (the orchestrator serves them with this); a worker of yours
             leaves it off, so that it cannot take the built-in steps' tasks.
+        starvation_limit: Tasks of a type this worker takes from more urgent priority
+            levels while a less urgent level has tasks waiting, before it takes one of
+            those (docs/priorities.md).
     """
 
     def __init__(self, concurrency: int = 64, *, name: str = "natsflow-worker",
                  stop_grace: float = STOP_GRACE, ack_wait: float = TASK_ACK_WAIT,
-                 max_deliveries: int = MAX_TASK_DELIVERIES, reserved: bool = False) -> None:
+                 max_deliveries: int = MAX_TASK_DELIVERIES, reserved: bool = False,
+                 starvation_limit: int = STARVATION_LIMIT) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if starvation_limit < 1:
+            raise ValueError("starvation_limit must be at least 1")
+        self.starvation_limit = starvation_limit
         check_limits(ack_wait=ack_wait, max_deliveries=max_deliveries)
         self.concurrency = concurrency
         self.ack_wait = ack_wait
@@ -140,7 +148,8 @@ class Worker:
             serving = TaskServing(Topology(settings.subjects, replicas=replicas,
                                            task_ack_wait=self.ack_wait),
                                   dict(self._handlers), max_deliveries=self.max_deliveries)
-            session = _Session(client, serving, concurrency=self.concurrency)
+            session = _Session(client, serving, concurrency=self.concurrency,
+                               starvation_limit=self.starvation_limit)
             try:
                 await session.start()
             except BaseException:
@@ -158,8 +167,10 @@ class Worker:
 class _Session:
     """One period of serving, on one connection."""
 
-    def __init__(self, nc: Client, serving: TaskServing, *, concurrency: int) -> None:
+    def __init__(self, nc: Client, serving: TaskServing, *, concurrency: int,
+                 starvation_limit: int = STARVATION_LIMIT) -> None:
         self._nc = nc
+        self._starvation_limit = starvation_limit
         self._js = nc.jetstream()
         # Results, progress and dead letters: pipelined publishing, one ack each.
         self._publisher = AsyncPublisher(nc)
@@ -187,9 +198,9 @@ class _Session:
         self._subs.append(await self._nc.subscribe(self._subjects.all_cancels,
                                                    cb=self._on_cancel))
         for handler in self._handlers.values():
-            sub = await PullConsumer(self._nc, self._subjects.tasks_stream,
-                                     self._subjects.worker_consumer(handler.task_type),
-                                     batch=self._batch).start()
+            # Every priority level of the task type (docs/priorities.md).
+            sub = await Lanes(self._nc, self._subjects, handler.task_type, batch=self._batch,
+                              every=self._starvation_limit).start()
             self._subs.append(sub)
             self._loops.append(asyncio.create_task(self._watchdog(handler, sub),
                                                    name=f"fetch {handler.task_type}"))
@@ -208,7 +219,7 @@ class _Session:
         await _finish(self._deliveries, within=grace)
         for sub in self._subs:  # the connection may be shared and outlive us
             with contextlib.suppress(Exception):
-                await (sub.stop() if isinstance(sub, PullConsumer) else sub.unsubscribe())
+                await (sub.stop() if isinstance(sub, Lanes) else sub.unsubscribe())
         await self._publisher.close()
         log.info("stopped serving %s", ", ".join(self._handlers))
 
@@ -249,6 +260,10 @@ class _Session:
                 await self._redeclare_quietly()
                 continue
             self._slots.release(reserved - len(msgs))
+            if not msgs:
+                # Let another task type's loop, woken by the release, take the slots
+                # first: reserving again at once, an idle type would keep them forever.
+                await asyncio.sleep(0)
             for msg in msgs:
                 self._spawn(handler, msg)
 

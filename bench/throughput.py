@@ -4,11 +4,17 @@ Usage::
 
     uv run python bench/throughput.py [--workflows N] [--steps 1,10] [--concurrency C]
                                       [--sequential K] [--memory-run N] [--json]
+                                      [--sync always [--rounds R]]
 
 It starts a nats-server (temporary store), measures the raw JetStream floor, starts the
 orchestrator and a no-op worker as separate processes, drives them from this process
 through the NATS API, and prints every figure with its ratio to the floor. Everything
 runs on loopback, every wait is bounded, and it stops by itself. See bench/README.md.
+
+With ``--sync always`` it runs the whole benchmark twice per round, once on a server
+with the default storage (fsync every two minutes) and once on one started with
+``sync_interval: always`` (every acknowledged write on disk), rounds interleaved, and
+prints both with the durable mode's ratios to the default (bench/_sync.py).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from _load import (
 from _procs import Service, cpu_seconds, rss_kib
 from _report import Report, phase_row
 from _serve import NOOP_TASK
+from _sync import SYNC_CONFIG, SyncComparison
 from rich.console import Console
 
 from contracts.models import WorkflowConfig
@@ -76,29 +83,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Run the services under cProfile, stats written to DIR (slow!).")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="Longest any one phase may take, seconds.")
+    p.add_argument("--sync", choices=tuple(SYNC_CONFIG), default="default",
+                   help="always: run every phase on the default server and on one with "
+                   "sync_interval: always, and print both with their ratios.")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="With --sync always: interleaved rounds of both modes (medians).")
     p.add_argument("--json", action="store_true", help="Print the results as JSON only.")
     args = p.parse_args(argv)
     args.steps = [int(s) for s in args.steps.split(",") if s.strip()]
     if (args.workflows < 1 or args.concurrency < 1 or args.orchestrators < 1
-            or any(s < 1 for s in args.steps)):
-        p.error("--workflows, --concurrency, --orchestrators and --steps must be positive")
+            or args.rounds < 1 or any(s < 1 for s in args.steps)):
+        p.error("--workflows, --concurrency, --orchestrators, --rounds and --steps must be "
+                "positive")
     return args
 
 
 class Bench:
     """One benchmark run: the server, the services, the client and the results."""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path, *, sync: str = "default"
+                 ) -> None:
         self.args = args
         self.workdir = workdir
-        self.server = EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log")
+        self.server = EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log",
+                                   config=SYNC_CONFIG[sync])
         self.settings = NatsSettings(servers=[self.server.url],
                                      prefix="bench" + uuid.uuid4().hex[:6])
         self.task = "demo.noop" if args.worker == "demo" else NOOP_TASK
         self.services: dict[str, Service] = {}
         self.report = Report(settings={
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-        } | {"cpus": os.cpu_count(), "python": platform.python_version()})
+        } | {"cpus": os.cpu_count(), "python": platform.python_version(),
+             "sync_interval": sync})
 
     def _service(self, name: str, role: str) -> Service:
         env = {"NATS_URL": self.server.url, "NATSFLOW_PREFIX": self.settings.prefix}
@@ -237,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         args.profile = args.profile.resolve()
         args.profile.mkdir(parents=True, exist_ok=True)
     tune_gc()  # the load generator shares the machine: tuned like the services
+    if args.sync != "default":
+        return _compare_sync(args)
     with tempfile.TemporaryDirectory(prefix="natsflow-bench-") as tmp:
         report = asyncio.run(Bench(args, Path(tmp)).run())
     if args.json:
@@ -246,6 +264,23 @@ def main(argv: list[str] | None = None) -> int:
         report.print(Console() if sys.stdout.isatty() else Console(width=110))
     complete = all(ph["completed"] == ph["workflows"] for ph in report.phases)
     return 0 if complete else 1
+
+
+def _compare_sync(args: argparse.Namespace) -> int:
+    """Both storage modes, rounds interleaved (the order flips every round)."""
+    comparison = SyncComparison(modes=("default", args.sync))
+    for i in range(args.rounds):
+        order = comparison.modes if i % 2 == 0 else comparison.modes[::-1]
+        for mode in order:
+            log.print(f"[bold]round {i + 1}/{args.rounds}: sync_interval {mode}[/]",
+                      markup=True)
+            with tempfile.TemporaryDirectory(prefix="natsflow-bench-") as tmp:
+                comparison.add(mode, asyncio.run(Bench(args, Path(tmp), sync=mode).run()))
+    if args.json:
+        print(json.dumps(comparison.as_dict(), indent=2))
+    else:
+        comparison.print(Console() if sys.stdout.isatty() else Console(width=110))
+    return 0 if comparison.complete() else 1
 
 
 if __name__ == "__main__":

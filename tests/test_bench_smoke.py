@@ -53,6 +53,36 @@ def test_benchmark_reports_every_figure() -> None:
     assert set(report["targets"]) >= {"flat orchestrator RSS"}
 
 
+@pytest.mark.timeout(300)
+def test_benchmark_compares_the_durable_mode_with_the_default() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "throughput.py"), "--workflows", "20",
+         "--steps", "1,2", "--concurrency", "8", "--sequential", "5",
+         "--floor-seconds", "0.3", "--sync", "always", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+
+    assert report["modes"] == ["default", "always"]
+    assert report["rounds"] == {"default": 1, "always": 1}
+    # Each mode ran on its own server, the durable one with every write on disk.
+    for mode in ("default", "always"):
+        (run,) = report["reports"][mode]
+        assert run["settings"]["sync_interval"] == mode
+        assert report["floor"][mode]["publish_msgs_per_s"] > 0
+        assert all(ph["completed"] == ph["workflows"] > 0 for ph in run["phases"])
+    names = [row["name"] for row in report["phases"]]
+    assert names == [f"{n}-step {kind}" for n in (1, 2)
+                     for kind in ("sequential (create)", "load (create)", "load (submit)")]
+    for row in report["phases"]:
+        for key in ("workflows_per_s", "p50_ms"):
+            assert row[key]["default"] > 0 and row[key]["always"] > 0, row
+            assert row[key]["ratio"] == pytest.approx(
+                row[key]["always"] / row[key]["default"], rel=0.01), row
+    assert {"1-step load (create) wf/s durable / default >= 0.5",
+            "1-step load (submit) wf/s durable / default >= 0.5"} <= set(report["targets"])
+
+
 @pytest.mark.timeout(200)
 def test_map_benchmark_completes_every_map_and_reports_its_figures() -> None:
     proc = subprocess.run(

@@ -52,6 +52,7 @@ from .errors import (
     WorkflowNotFound,
     error_from_info,
 )
+from .flow import LimitList, ListLimitsRequest
 from .headers import ERROR_CODE_HEADER, ERROR_HEADER
 from .messages import (
     MAX_BATCH_BYTES,
@@ -266,6 +267,9 @@ DEFINITION_GET: Final = Operation(
     errors=(DefinitionNotFound,), other_replies=(Definition,))
 DEFINITION_LIST: Final = Operation(
     "definition.list", ListDefinitionsRequest, DefinitionList, "Every stored definition.")
+LIMIT_LIST: Final = Operation(
+    "limit.list", ListLimitsRequest, LimitList,
+    "The concurrency and rate limits in use: permits held, who waits (docs/flow-control.md).")
 
 _NOT_FOUND_S = (ScheduleNotFound,)
 SCHEDULE_CREATE: Final = Operation(
@@ -335,7 +339,7 @@ OPERATIONS: Final[dict[str, Operation[Any, Any]]] = {op.name: op for op in (
     WORKFLOW_CREATE, WORKFLOW_START, WORKFLOW_GET, WORKFLOW_STOP, WORKFLOW_SIGNAL,
     WORKFLOW_PAUSE, WORKFLOW_RESUME, WORKFLOW_RETRY, WORKFLOW_RERUN, WORKFLOW_LIST,
     WORKFLOW_BULK, BATCH_CREATE, BATCH_GET, BATCH_STOP, DEFINITION_PUT, DEFINITION_GET,
-    DEFINITION_LIST, *SCHEDULE_OPERATIONS, *TRIGGER_OPERATIONS)}
+    DEFINITION_LIST, LIMIT_LIST, *SCHEDULE_OPERATIONS, *TRIGGER_OPERATIONS)}
 #: The names of the operations the index (``natsflow index``) answers.
 INDEX_OPERATIONS: Final = frozenset(
     name for name, op in OPERATIONS.items() if op.server is Server.INDEX)

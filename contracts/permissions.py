@@ -152,20 +152,22 @@ def _kv_streams(s: Subjects) -> list[str]:
 def _kv_buckets(s: Subjects) -> list[str]:
     return [s.workflows_bucket, s.batches_bucket, s.summaries_bucket, s.definitions_bucket,
             s.outputs_bucket, s.idempotency_bucket, s.secrets_bucket, s.keys_bucket,
-            s.schedules_bucket, s.triggers_bucket, s.trigger_stats_bucket]
+            s.schedules_bucket, s.triggers_bucket, s.trigger_stats_bucket, s.limits_bucket]
 
 
 def own_streams(s: Subjects) -> list[str]:
     """Every stream the orchestrator declares (buckets and the object store included)."""
     return [s.inbox_stream, s.tasks_stream, s.events_stream, s.dlq_stream,
-            s.webhooks_stream, s.triggers_stream, *_kv_streams(s), f"OBJ_{s.blobs_bucket}"]
+            s.webhooks_stream, s.triggers_stream, s.limits_stream, *_kv_streams(s),
+            f"OBJ_{s.blobs_bucket}"]
 
 
 def _forging_publish(s: Subjects, *, but: Sequence[str] = ()) -> list[str]:
     """Subjects whose messages only the orchestrator may write (``but`` these buckets)."""
     p = s.prefix
     return [f"{p}.cmd.>", f"{p}.timer.>", s.schedule_filter, s.all_events, s.all_tasks,
-            s.all_cancels, s.all_webhooks, *(f"$KV.{b}.>" for b in _kv_buckets(s) if b not in but),
+            s.all_cancels, s.all_webhooks, s.all_limits,
+            *(f"$KV.{b}.>" for b in _kv_buckets(s) if b not in but),
             f"$O.{s.blobs_bucket}.>"]
 
 

@@ -12,6 +12,7 @@ Subject scheme (``p`` is the prefix)::
     p.timer.<workflow_id>         durable timers: retry backoff, timeouts (INBOX stream)
     p.sched.<schedule key>        schedule ticks: wake a schedule at its next fire time
                                   (INBOX stream, its own consumer)
+    p.limit.<pool>                permit requests to the limiter (LIMITS stream, internal)
     p.task.<task_type>            tasks for workers of one type (TASKS work-queue stream)
     p.task.priority=<n>.<task_type>
                                   the same at priority n, when n is not the default (3)
@@ -118,6 +119,30 @@ class Subjects:
     def schedule_consumer(self) -> str:
         """Durable consumer shared by all orchestrators for schedule ticks."""
         return "schedules"
+
+    @property
+    def limits_stream(self) -> str:
+        """Work-queue stream of permit requests (docs/flow-control.md)."""
+        return f"{_upper_name(self.prefix)}_LIMITS"
+
+    @property
+    def limiter_consumer(self) -> str:
+        """Durable consumer shared by all orchestrators' limiters."""
+        return "limiter"
+
+    @property
+    def limits_bucket(self) -> str:
+        """KV bucket: limit and key (digested) -> its permits (holders, queue, bucket)."""
+        return f"{_lower_name(self.prefix)}_limits"
+
+    def limit(self, pool: str) -> str:
+        """Permit requests of one limit and key (``pool``: a digest, a subject token)."""
+        return f"{self.prefix}.limit.{pool}"
+
+    @property
+    def all_limits(self) -> str:
+        """Subjects captured by the limits stream."""
+        return f"{self.prefix}.limit.>"
 
     @property
     def webhook_consumer(self) -> str:

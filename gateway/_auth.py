@@ -104,6 +104,7 @@ ROUTE_SCOPES: Final[Mapping[tuple[str, str], Scope | None]] = {
     ("POST", "/triggers/{name}/pause"): _ADMIN,
     ("POST", "/triggers/{name}/resume"): _ADMIN,
     ("DELETE", "/triggers/{name}"): _ADMIN,
+    ("GET", "/limits"): _READ,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/metrics"): None,

@@ -31,6 +31,8 @@ _STATE_STYLE = {
     WorkflowState.STOPPING: "yellow",
     WorkflowState.STOPPED: "yellow",
     WorkflowState.COMPENSATING: "magenta",
+    WorkflowState.QUEUED: "blue",
+    StepState.THROTTLED: "blue",
     StepState.PENDING: "dim",
     StepState.DISPATCHED: "blue",
     StepState.RUNNING: "cyan",

@@ -52,6 +52,7 @@ _PARAMETERS: Final[dict[str, dict[str, Any]]] = {
                                 "outside the default namespace."},
     "reason": {"description": "The error code that sent the message to the dead letters, "
                               "e.g. `malformed-task`."},
+    "pool": {"description": "A limit and key value, as a digest (one subject token)."},
 }
 _PLACEHOLDER: Final = re.compile(r"\{([a-z_]+)\}")
 _REF: Final = "#/components/schemas/{model}"
@@ -133,6 +134,11 @@ def _broker(s: Subjects) -> NatsBroker:
          f"Internal: webhook deliveries queued by the engine (work-queue stream "
          f"`{s.webhooks_stream}`, consumer `{s.webhook_consumer}`); the orchestrator's "
          "deliverer POSTs each event to its URL (see docs/webhooks.md).")
+    send("limit", s.limit("{pool}"), dict[str, Any],
+         f"Internal: permit requests of flow control (work-queue stream "
+         f"`{s.limits_stream}`, consumer `{s.limiter_consumer}`), one subject per limit "
+         f"and key value (a digest); the limiter keeps the permits in the "
+         f"`{s.limits_bucket}` bucket and answers on `cmd.wf` (see docs/flow-control.md).")
     send("dlq", s.dlq("{reason}"), DeadLetter,
          f"Messages natsflow could not use, with the reason (stream `{s.dlq_stream}`); "
          "workers publish here too.")

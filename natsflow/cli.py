@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from . import _cli_control, _cli_nats, _cli_services, _cli_workflows
+from . import _cli_control, _cli_limits, _cli_nats, _cli_services, _cli_workflows
 from ._cli_definitions import definitions_app, run_command
 from ._cli_keys import keys_app
 from ._cli_schedules import schedules_app
@@ -37,6 +37,7 @@ app.add_typer(keys_app)             # keys create|ls|revoke
 app.add_typer(schedules_app)        # schedules create|ls|get|pause|unpause|trigger|backfill|delete
 app.add_typer(triggers_app)         # triggers create|ls|get|stats|pause|resume|delete
 app.add_typer(_cli_control.app)     # ls, watch, bulk, pause, resume, retry, rerun, verify
+app.add_typer(_cli_limits.app)      # limits
 app.command("run")(run_command)     # a stored definition: with the definitions group
 
 

@@ -44,6 +44,7 @@ from contracts.errors import (
     WorkflowNotFound,
     validation_failed,
 )
+from contracts.flow import LimitList, ListLimitsRequest
 from contracts.messages import (
     BatchConfig,
     BatchReply,
@@ -75,6 +76,7 @@ from contracts.operations import (
     DEFINITION_GET,
     DEFINITION_LIST,
     DEFINITION_PUT,
+    LIMIT_LIST,
     WORKFLOW_BULK,
     WORKFLOW_CREATE,
     WORKFLOW_GET,
@@ -248,6 +250,13 @@ class NatsflowClient:
         given), by namespace and name."""
         return await self._call(DEFINITION_LIST, ListDefinitionsRequest(
             namespace=namespace, namespaces=_scope(namespaces)))
+
+    async def list_limits(self, *, limit: str | None = None,
+                          namespaces: Sequence[str] | None = None) -> LimitList:
+        """The concurrency and rate limits in use, with who holds and who waits for their
+        permits (only ``limit``, if given; docs/flow-control.md)."""
+        return await self._call(LIMIT_LIST, ListLimitsRequest(
+            limit=limit, namespaces=_scope(namespaces)))
 
     async def _by_id(self, op: Operation[IdRequest, WorkflowReply], workflow_id: str,
                      namespaces: Sequence[str] | None) -> WorkflowReply:

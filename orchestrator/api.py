@@ -54,6 +54,7 @@ from contracts.errors import (
     error_from_info,
     validation_failed,
 )
+from contracts.flow import LimitList, ListLimitsRequest
 from contracts.headers import OUTCOME_ERROR_HEADER, REPLY_HEADER
 from contracts.ids import new_id
 from contracts.messages import (
@@ -81,6 +82,7 @@ from contracts.operations import (
     DEFINITION_GET,
     DEFINITION_LIST,
     DEFINITION_PUT,
+    LIMIT_LIST,
     WORKFLOW_CREATE,
     WORKFLOW_GET,
     WORKFLOW_PAUSE,
@@ -101,6 +103,8 @@ from transport.publish import AsyncPublisher
 from transport.tracing import TraceContext, extract, forward, span
 
 from .definitions import DefinitionStore
+from .limiter import read_limits
+from .pools import state_of
 from .records import (
     BatchRecord,
     CreateBatch,
@@ -186,7 +190,7 @@ class Api:
                  definitions: DefinitionStore | None = None,
                  command_timeout: float = 5.0, egress: EgressPolicy | None = None,
                  more: Mapping[Operation[Any, Any], Callable[[bytes], Awaitable[Answer]]]
-                 | None = None) -> None:
+                 | None = None, limits: KeyValue | None = None) -> None:
         self.nc = nc
         self.more = dict(more or {})
         self.egress = egress or EgressPolicy()
@@ -196,6 +200,7 @@ class Api:
         self.batches = batches
         self.idempotency = idempotency
         self.definitions = definitions
+        self.limits = limits
         self.command_timeout = command_timeout
         self.service: Service | None = None
         self._pending: dict[str, asyncio.Future[Msg | None]] = {}
@@ -217,7 +222,7 @@ class Api:
             WORKFLOW_PAUSE: self.pause_workflow, WORKFLOW_RESUME: self.resume_workflow,
             WORKFLOW_RETRY: self.retry_workflow, WORKFLOW_RERUN: self.rerun_workflow,
             DEFINITION_PUT: self.put_definition, DEFINITION_GET: self.get_definition,
-            DEFINITION_LIST: self.list_definitions,
+            DEFINITION_LIST: self.list_definitions, LIMIT_LIST: self.list_limits,
             BATCH_CREATE: self.create_batch, BATCH_GET: self.get_batch,
             BATCH_STOP: self.stop_batch, **self.more,
         }
@@ -407,6 +412,17 @@ class Api:
         req = ListDefinitionsRequest.model_validate_json(data or b"{}")
         wanted = narrow(req.namespaces, None if req.namespace is None else [req.namespace])
         return DefinitionList(definitions=await self._registry().summaries(namespaces=wanted))
+
+    async def list_limits(self, data: bytes) -> LimitList:
+        """``limit.list``: every limit in use the scope may see (or the one named)."""
+        req = ListLimitsRequest.model_validate_json(data or b"{}")
+        if self.limits is None:
+            return LimitList(limits=[])
+        states = [state_of(e) for e in await read_limits(self.limits)
+                  if visible(e.namespace, req.namespaces)
+                  and (req.limit is None or e.pool == req.limit)]
+        states.sort(key=lambda s: (s.limit, s.key))
+        return LimitList(limits=states)
 
     @staticmethod
     def _id(data: bytes, missing: type[NatsflowError]) -> IdRequest:

@@ -15,7 +15,7 @@ from datetime import timedelta
 from contracts.errors import ErrorInfo, InvalidState
 from contracts.models import EventType, MapStep, StepState, WorkflowState
 
-from . import fanout, steps
+from . import fanout, limits, steps
 from .records import CreateWorkflow, PauseWorkflow, ResumeWorkflow, RetryWorkflow, TimerFired
 from .transition import Transition
 
@@ -93,6 +93,7 @@ def after_resume(tx: Transition) -> None:
         cfg = tx.cfgs[s.id]
         if isinstance(cfg, MapStep) and s.state == StepState.RUNNING:
             fanout.resume(tx, cfg, tx.own(s))
+    limits.after_resume(tx)
 
 def retry(tx: Transition, inp: RetryWorkflow) -> ErrorInfo | None:
     """A failed or stopped workflow runs again from its unfinished steps."""
@@ -131,4 +132,5 @@ def retry(tx: Transition, inp: RetryWorkflow) -> ErrorInfo | None:
     if tx.config.timeout:
         tx.timer("workflow-timeout", tx.now + timedelta(seconds=tx.config.timeout),
                    attempt=st.runs)
+    limits.admit(tx)  # a run with concurrency limits queues for them again
     return None

@@ -57,7 +57,8 @@ from contracts.namespaces import visible
 from contracts.priorities import effective
 from contracts.schedules import FIRE_TIME_LABEL, SCHEDULE_LABEL
 
-from . import control, fanout, kinds, steps
+from . import control, fanout, kinds, limits, steps
+from .permits import PermitInput
 from .records import (
     CreateWorkflow,
     MapJoined,
@@ -350,6 +351,9 @@ def _apply_timer(tx: Transition, timer: TimerFired) -> None:
     if timer.purpose == "worker-grace":
         _check_workers(tx, timer)
         return
+    if timer.purpose == "rate-limit":
+        limits.on_rate_timer(tx, timer)
+        return
     item = fanout.parse_item(timer.step_id or "")
     if item is not None:
         mapped = tx.steps.get(item[0])
@@ -366,7 +370,7 @@ def _apply_timer(tx: Transition, timer: TimerFired) -> None:
         if step.state == StepState.RETRYING and step.attempts + 1 == timer.attempt:
             tx.begin(cfg, step)
     elif timer.purpose == "total-timeout":
-        if (step.state in STEP_ACTIVE | {StepState.RETRYING}
+        if (step.state in STEP_ACTIVE | {StepState.RETRYING, StepState.THROTTLED}
                 and timer.attempt == step.attempt_base + 1):
             tx.time_out(cfg, step, ErrorInfo(
                 code="step-total-timeout", retryable=False, step=step.id,
@@ -467,7 +471,9 @@ _APPLY: dict[type[Any], _Apply] = {
     ResultInput: _apply_result,
     MapJoined: _apply_joined,
     TimerFired: _apply_timer,
+    PermitInput: limits.on_permit,
 }
 
 #: How steps begin by their kind; the transition cannot import the kinds (they build on it).
-_KINDS = StepKinds(begin=kinds.begin, cancel_items=fanout.cancel_items)
+_KINDS = StepKinds(begin=kinds.begin, cancel_items=fanout.cancel_items,
+                   admit=limits.admit, gate=limits.gate, settle=limits.settle)

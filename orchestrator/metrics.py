@@ -110,6 +110,12 @@ class OrchestratorMetrics:
             "natsflow_steps_waiting_for_worker",
             "Attempts no worker started within the grace period (step.waiting_for_worker "
             "events), by task type and reason.", ["task", "reason"], registry=r)
+        self.limit_in_use = Gauge(
+            "natsflow_limit_in_use", "Permits held of a concurrency limit (all its keys), "
+            "sampled periodically from the limits bucket.", ["limit"], registry=r)
+        self.limit_waiting = Gauge(
+            "natsflow_limit_waiting", "Runs and attempts waiting for a permit of a "
+            "concurrency limit (all its keys), sampled periodically.", ["limit"], registry=r)
         # Labelled children by label values (see _labelled).
         self._attempts: dict[tuple[str, str, str], Any] = {}
         self._durations: dict[tuple[str, str], Any] = {}

@@ -37,6 +37,7 @@ from contracts.namespaces import DEFAULT_NAMESPACE, Scope
 from contracts.webhooks import WebhookDelivery
 from transport.tracing import TraceContext
 
+from .permits import LimitEffect, PermitInput
 from .workers import ConsumerView
 
 __all__ = [
@@ -167,7 +168,8 @@ class MapJoined(BaseModel):
 
 #: Commands sent on ``<prefix>.cmd.wf.<id>``.
 WorkflowCommand = Annotated[CreateWorkflow | StartWorkflow | StopWorkflow | SignalWorkflow
-                            | MapJoined | PauseWorkflow | ResumeWorkflow | RetryWorkflow,
+                            | MapJoined | PauseWorkflow | ResumeWorkflow | RetryWorkflow
+                            | PermitInput,
                             Field(discriminator="kind")]
 
 
@@ -181,7 +183,8 @@ class ResultInput(BaseModel):
 
 
 TimerPurpose = Literal["retry", "timeout", "total-timeout", "heartbeat", "sleep",
-                       "workflow-timeout", "stop-grace", "schedule-to-start", "worker-grace"]
+                       "workflow-timeout", "stop-grace", "schedule-to-start", "worker-grace",
+                       "rate-limit"]
 
 
 class TimerFired(BaseModel):
@@ -201,7 +204,7 @@ class TimerFired(BaseModel):
 
 WorkflowInput = Annotated[
     CreateWorkflow | StartWorkflow | StopWorkflow | SignalWorkflow | MapJoined | ResultInput
-    | TimerFired | PauseWorkflow | ResumeWorkflow | RetryWorkflow,
+    | TimerFired | PauseWorkflow | ResumeWorkflow | RetryWorkflow | PermitInput,
     Field(discriminator="kind"),
 ]
 
@@ -326,7 +329,7 @@ class JoinMapEffect(BaseModel):
 Effect = Annotated[
     EventEffect | TaskEffect | TimerEffect | CancelEffect | NotifyBatchEffect
     | WorkflowCommandEffect | StartChildEffect | NotifyParentEffect | PutOutputEffect
-    | JoinMapEffect | SummaryEffect | WebhookEffect,
+    | JoinMapEffect | SummaryEffect | WebhookEffect | LimitEffect,
     Field(discriminator="kind"),
 ]
 

@@ -18,6 +18,8 @@ from contracts.subjects import Subjects
 
 from . import fanout
 from .outputs import OutputStore
+from .permits import LimitEffect
+from .pools import pool_id
 from .records import (
     CancelEffect,
     Effect,
@@ -70,6 +72,7 @@ class Router:
             WebhookEffect: self._webhook,
             NotifyParentEffect: self._notify_parent,
             WorkflowCommandEffect: self._workflow_command,
+            LimitEffect: self._limit,
         }
 
     def route(self, key: str, effect: Effect) -> Routed:
@@ -155,3 +158,9 @@ class Router:
         return (self.subjects.workflow_command(effect.workflow_id),
                 effect.command.model_dump_json().encode(),
                 f"bcmd:{key}:{effect.workflow_id}:{effect.command.kind}")
+
+    def _limit(self, key: str, effect: LimitEffect) -> Routed:
+        pool = pool_id(effect.claim)
+        # One request per holder, claim and op: a replayed outbox asks (or gives back) once.
+        return (self.subjects.limit(pool), effect.model_dump_json().encode(),
+                f"lim:{effect.op}:{pool}:{effect.holder}:{effect.index}")

@@ -38,6 +38,7 @@ from .builtins import BuiltinSteps
 from .definitions import DefinitionStore
 from .engine import EngineSettings
 from .faults import NO_CRASHES, CrashPoints
+from .limiter import Limiter
 from .metrics import MetricsServer, OrchestratorMetrics
 from .outputs import OutputStore
 from .records import TimerFired
@@ -165,6 +166,7 @@ class Orchestrator:
         self.webhooks = webhooks
         self.webhook_settings = webhook_settings or WebhookSettings()
         self.deliverer: WebhookDeliverer | None = None
+        self.limiter: Limiter | None = None
         self._task_consumers: tuple[float, list[ConsumerView] | None] = (float("-inf"), None)
 
     async def start(self) -> None:
@@ -196,6 +198,7 @@ class Orchestrator:
         definitions = DefinitionStore(await bucket(t.definitions_kv()))
         await bucket(t.summaries_kv())  # written by the outbox
         await bucket(t.keys_kv())  # the gateways' API keys: there before any gateway starts
+        limits = await bucket(t.limits_kv())
         key = await patiently("the result key", lambda: result_key(
             js, t.secrets_kv(), declare=bucket))
         self.engine_settings = dataclasses.replace(self.engine_settings, result_key=key)
@@ -214,7 +217,7 @@ class Orchestrator:
         trigger_api = TriggerApi(self.nc, t, triggers, definitions)
         self.api = Api(self.nc, self.subjects, workflows=workflows, batches=batches,
                        idempotency=idempotency, definitions=definitions,
-                       publisher=self.publisher, egress=self.egress,
+                       publisher=self.publisher, egress=self.egress, limits=limits,
                        more={**schedule_api.handlers(), **trigger_api.handlers()})
         self.schedules = ScheduleRunner(self.nc, self.subjects, store=schedules,
                                         publisher=self.publisher, client=runs,
@@ -234,6 +237,10 @@ class Orchestrator:
             asyncio.create_task(self._watchdog("engine", lambda: self._engine_loop(engine_sub))),
             asyncio.create_task(self._watchdog("timer", lambda: self._timer_loop(timer_sub))),
             asyncio.create_task(self._watchdog("queue sampling", self._sample_queues))]
+        self.limiter = Limiter(self.nc, self.subjects, limits, publisher=self.publisher,
+                               clock=self.clock, metrics=self.metrics,
+                               sample_interval=self.queue_sample_interval)
+        await self.limiter.start()
         await self.api.start()
         await self.schedules.start()
         await self.triggers.start()
@@ -256,12 +263,13 @@ class Orchestrator:
         js = self.nc.jetstream()
         await self._adopt_replicas()
         t = self.topology
-        for stream in (t.inbox(), t.tasks(), t.events(), t.dlq(), t.webhooks()):
+        for stream in (t.inbox(), t.tasks(), t.events(), t.dlq(), t.webhooks(), t.limits()):
             await declare_stream(js, stream)
         await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
         await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
         await ensure_consumer(js, self.subjects.inbox_stream, t.schedule_consumer())
         await ensure_consumer(js, self.subjects.webhooks_stream, t.webhook_consumer())
+        await ensure_consumer(js, self.subjects.limits_stream, t.limiter_consumer())
         if t.replicas == 1:
             cluster = await cluster_of(js, self.subjects.inbox_stream)
             if cluster:
@@ -310,6 +318,8 @@ class Orchestrator:
             await self.nc.close()
 
     async def _stop_deliverer(self) -> None:
+        if self.limiter is not None:
+            await self.limiter.stop()
         if self.deliverer is not None:
             await self.deliverer.stop()
 

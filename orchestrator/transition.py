@@ -100,10 +100,16 @@ class StepKinds:
             step's expressions fail.
         cancel_items: Tell whoever runs a map step's items to stop
             (:func:`orchestrator.fanout.cancel_items`).
+        admit, gate, settle: Flow control (:mod:`orchestrator.limits`).
     """
 
     begin: Callable[[Transition, StepConfig, StepStatus], None]
     cancel_items: Callable[[Transition, StepStatus], None]
+    #: Flow control (:mod:`orchestrator.limits`): hold a run for its permits (True:
+    #: held), hold an attempt for its permits, give back what ended (end of a transition).
+    admit: Callable[[Transition], bool] = lambda tx: False
+    gate: Callable[[Transition, StepConfig, StepStatus], bool] = lambda tx, cfg, step: False
+    settle: Callable[[Transition], None] = lambda tx: None
 
 
 class Transition:
@@ -163,6 +169,7 @@ class Transition:
         return copy
 
     def decision(self, reply: Reply) -> WorkflowDecision:
+        self.kinds.settle(self)  # permits of what ended go back
         # Every change of state emits an event, so no effects means nothing changed
         # (but a heartbeat, which only moves a time).
         if not self.effects and not self.dirty:
@@ -220,6 +227,8 @@ class Transition:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
+        if self.kinds.admit(self):
+            return  # queued for its permits; started when it has them
         self.status.state = WorkflowState.RUNNING
         self.status.started_at = self.now
         self.emit(EventType.WORKFLOW_STARTED)
@@ -235,7 +244,7 @@ class Transition:
         for s in list(st.steps):
             if s.compensates:
                 continue  # kept for the compensation that follows the stop
-            if s.state in (StepState.PENDING, StepState.RETRYING):
+            if s.state in (StepState.PENDING, StepState.RETRYING, StepState.THROTTLED):
                 s = self.own(s)
                 s.state = StepState.CANCELLED
                 s.next_attempt_at = None
@@ -380,7 +389,8 @@ class Transition:
         """Start one attempt of a step (its condition first, on the first attempt)."""
         step = self.own(step)
         first = step.attempts == step.attempt_base
-        if cfg.when is not None and first:
+        resumed = step.state == StepState.THROTTLED  # got its permits: checked already
+        if cfg.when is not None and first and not resumed:
             try:
                 go = steps.condition(cfg, self.context())
             except StepInputError as exc:
@@ -390,9 +400,11 @@ class Transition:
             if not go:
                 self.skip(step, "condition is false")
                 return
-        if first and cfg.total_timeout:
+        if first and cfg.total_timeout and not resumed:
             self.timer("total-timeout", self.now + timedelta(seconds=cfg.total_timeout),
                        step=cfg.id, attempt=step.attempt_base + 1)
+        if self.kinds.gate(self, cfg, step):
+            return  # throttled for its permits; begun again when it has them
         step.attempts += 1
         step.next_attempt_at = None
         step.waiting_for_worker = None
@@ -535,7 +547,7 @@ class Transition:
                 continue
             if other.state in STEP_ACTIVE:
                 self.cancel_step(other, reason)
-            elif other.state in (StepState.PENDING, StepState.RETRYING):
+            elif other.state in (StepState.PENDING, StepState.RETRYING, StepState.THROTTLED):
                 other = self.own(other)
                 other.state = StepState.CANCELLED
                 other.next_attempt_at = None
@@ -548,7 +560,9 @@ class Transition:
         elif step.child_id is not None and step.state == StepState.WAITING:
             self.effects.append(WorkflowCommandEffect(
                 workflow_id=step.child_id, command=StopWorkflow(reason="step timed out")))
-        if step.state == StepState.RETRYING:
+        if step.state in (StepState.RETRYING, StepState.THROTTLED):
+            if step.state == StepState.THROTTLED:
+                step.attempts += 1  # the attempt that never began fails
             step.next_attempt_at = None
             self.fail_step(cfg, step, error, final=True)
         else:

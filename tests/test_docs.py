@@ -134,8 +134,8 @@ def test_subjects_doc_matches_the_code() -> None:
     documented = {re.match(r"s\.(\w+)", expr).group(1) for expr, _ in rows}  # type: ignore[union-attr]
     members = {n for n in vars(Subjects) if not n.startswith("_")}
     wildcards = {"inbox_subjects", "engine_filters", "timer_filter", "all_tasks",
-                 "all_cancels", "all_events", "all_dlq", "all_webhooks", "kind_of",
-                 "is_internal", "prefix", "schedule_filter"}
+                 "all_cancels", "all_events", "all_dlq", "all_webhooks", "all_limits",
+                 "kind_of", "is_internal", "prefix", "schedule_filter"}
     assert members - wildcards <= documented
 
 

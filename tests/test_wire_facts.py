@@ -188,6 +188,7 @@ async def _every_api_method(client: NatsflowClient) -> set[str]:
              "inputs": [{}]}),
         "get_batch": lambda: client.get_batch("nope"),
         "stop_batch": lambda: client.stop_batch("nope"),
+        "list_limits": lambda: client.list_limits(),
     }
     public = {name for name, fn in inspect.getmembers(NatsflowClient, inspect.isfunction)
               if not name.startswith("_")}

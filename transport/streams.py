@@ -129,6 +129,25 @@ class Topology:
                             retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                             num_replicas=self.replicas, duplicate_window=DUPLICATE_WINDOW)
 
+    def limits(self) -> StreamConfig:
+        """Permit requests to the limiter (a work queue; docs/flow-control.md)."""
+        s = self.subjects
+        return StreamConfig(name=s.limits_stream, subjects=[s.all_limits],
+                            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                            num_replicas=self.replicas, duplicate_window=DUPLICATE_WINDOW)
+
+    def limits_kv(self) -> KeyValueConfig:
+        """Limit and key -> its permits (holders, queue; a rate limit's next free time)."""
+        return KeyValueConfig(bucket=self.subjects.limits_bucket, history=1,
+                              replicas=self.replicas, storage=StorageType.FILE, direct=True)
+
+    def limiter_consumer(self) -> ConsumerConfig:
+        """Permit requests; shared by every orchestrator's limiter."""
+        s = self.subjects
+        return ConsumerConfig(durable_name=s.limiter_consumer, filter_subject=s.all_limits,
+                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
+                              max_deliver=-1, max_ack_pending=20_000, max_waiting=512)
+
     def workflows_kv(self) -> KeyValueConfig:
         """Workflow id -> record."""
         return KeyValueConfig(bucket=self.subjects.workflows_bucket, history=1,

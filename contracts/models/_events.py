@@ -40,6 +40,16 @@ class EventType(StrEnum):
     #: period; ``data`` names the ``task`` type and the ``reason`` (no-consumer, no-worker,
     #: busy, unknown). The step's ``waiting_for_worker`` says so until a worker starts it.
     STEP_WAITING_FOR_WORKER = "step.waiting_for_worker"
+    #: A run waits for a permit of a concurrency limit; ``data``: ``limit``, ``key``,
+    #: ``position`` (1 = next).
+    WORKFLOW_QUEUED = "workflow.queued"
+    #: A queued run got its permits (``data.waited``: seconds); it starts now.
+    WORKFLOW_DEQUEUED = "workflow.dequeued"
+    #: An attempt waits for a permit (``data``: ``limit``, ``key``, ``position``) or for
+    #: its rate limit (``data.run_at``: when it may begin).
+    STEP_THROTTLED = "step.throttled"
+    #: A throttled attempt got its permits (``data.waited``: seconds); it begins now.
+    STEP_UNTHROTTLED = "step.unthrottled"
 
 
 EVENT_TERMINAL: Final[frozenset[EventType]] = frozenset(

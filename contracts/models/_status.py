@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from contracts.errors import ErrorInfo
+from contracts.flow import Throttle
 from contracts.models._common import SHOWN
 from contracts.models._steps import StepKind
 from contracts.models._workflow import ParentRef
@@ -35,6 +36,8 @@ class WorkflowState(StrEnum):
     STOPPED = "stopped"
     COMPENSATING = "compensating"
     PAUSED = "paused"
+    #: Waiting for a permit of its `concurrency` limits (docs/flow-control.md).
+    QUEUED = "queued"
 
 
 WORKFLOW_TERMINAL: Final[frozenset[WorkflowState]] = frozenset(
@@ -58,6 +61,8 @@ class StepState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    #: Waiting for a permit of its `concurrency` or `rate_limit` (docs/flow-control.md).
+    THROTTLED = "throttled"
 
 
 STEP_TERMINAL: Final[frozenset[StepState]] = frozenset(
@@ -122,6 +127,9 @@ class StepStatus(BaseModel):
     # (WorkflowStatus leaves it out of what is shown: one hook per status, not per step.)
     token: SkipJsonSchema[str | None] = Field(default=None, repr=False,
                                               exclude_if=lambda v: v is None)
+    throttle: Throttle | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="Its attempt's permits "
+        "(docs/flow-control.md): asked for while `throttled`, held while it runs.")
 
 
 class MapProgress(BaseModel):
@@ -189,6 +197,9 @@ class WorkflowStatus(BaseModel):
     worker_check_at: datetime | None = Field(
         default=None, description="When the armed look at queued attempts fires (at most "
         "one per workflow; see the orchestrator's worker grace).")
+    queue: Throttle | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="Its permits "
+        "(docs/flow-control.md): asked for while `queued`, held while it runs.")
 
     @model_serializer(mode="wrap")
     def _shown(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:

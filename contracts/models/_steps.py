@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from contracts.errors import STEP_TAGS, InvalidGraph
+from contracts.flow import ConcurrencySpec, RateLimitSpec
 from contracts.models._common import Id, ScheduleToStart, Seconds, TaskType
 
 
@@ -102,6 +103,13 @@ class _StepBase(BaseModel):
         "is stopped after this step succeeded.")
     output_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema the step's output must match.")
+    # Left out of the JSON when unset: configs without them keep their fingerprints.
+    concurrency: ConcurrencySpec | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="At most `limit` attempts at once (docs/flow-control.md).")
+    rate_limit: RateLimitSpec | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="At most `limit` attempts begin per `per` (docs/flow-control.md).")
 
     @property
     def task_type(self) -> str | None:

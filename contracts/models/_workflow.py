@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from contracts.errors import ExpressionError, InvalidGraph
+from contracts.flow import Concurrencies, check_flow
 from contracts.language.checks import check_values, refuse_expression
 from contracts.language.expr import check_expression, check_template
 from contracts.language.schema import check_schema, validate_instance
@@ -138,6 +139,9 @@ class WorkflowConfig(BaseModel):
     webhooks: list[Webhook] = Field(
         default_factory=list, max_length=MAX_WEBHOOKS, exclude_if=lambda hooks: not hooks,
         description="URLs to POST the workflow's status events to (docs/webhooks.md).")
+    concurrency: Concurrencies = Field(
+        default_factory=list, max_length=8, exclude_if=lambda v: not v,
+        description="Limits on runs at once (docs/flow-control.md); one object or a list.")
 
     @model_validator(mode="before")
     @classmethod
@@ -166,6 +170,7 @@ class WorkflowConfig(BaseModel):
             except ExpressionError as exc:  # found on arrival: the client's field is wrong
                 refuse_expression(exc, steps=[s.id for s in self.steps])
             check_values(self)
+            check_flow(self)
             if self.input_schema is not None and not ctx.get(TEMPLATE):
                 validate_instance(self.input, self.input_schema, field="input")
         return self

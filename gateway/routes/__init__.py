@@ -13,6 +13,7 @@ module                 routes
 ``asyncapi``           ``/asyncapi``, ``/asyncapi.json`` (likewise)
 ``dead_letters``       ``/dead-letters``
 ``triggers``           ``/triggers``, ``/triggers/{name}/...``
+``limits``             ``/limits``
 =====================  ====================================================
 
 A route takes what it needs through ``Depends`` (:mod:`gateway._deps`: the NATS link,
@@ -38,6 +39,7 @@ from . import (
     definitions,
     events,
     health,
+    limits,
     metrics,
     schedules,
     triggers,
@@ -50,7 +52,7 @@ __all__ = ["ROUTERS", "include"]
 ROUTERS: Final[tuple[APIRouter, ...]] = (
     workflows.router, events.router, batches.router, definitions.router,
     schedules.router, health.router, metrics.router, asyncapi.router, dead_letters.router,
-    triggers.router,
+    triggers.router, limits.router,
 )
 
 

@@ -51,6 +51,10 @@ async def test_schedules_show_fire_times_and_runs_and_pause_with_a_note(ui: Ui) 
     # Pause from the button, with a note: the row says paused, and why.
     await row.locator('[data-action="pause"]').click()
     dialog = page.locator("#nf-pause-dialog")
+    # The API's refusal, naming the field, in the dialog (the page checks nothing itself).
+    await dialog.locator('input[name="note"]').fill("x" * 501)
+    await dialog.locator('button[type="submit"]').click()
+    await expect(dialog.locator('[role="alert"]')).to_contain_text("note")
     await dialog.locator('input[name="note"]').fill("warehouse migration")
     await dialog.locator('button[type="submit"]').click()
     await expect(row).to_have_attribute("data-paused", "true")
@@ -58,11 +62,20 @@ async def test_schedules_show_fire_times_and_runs_and_pause_with_a_note(ui: Ui) 
     await expect(row.locator('[data-role="note"]')).to_have_text("warehouse migration")
     info = await schedules.get(name)
     assert info.schedule.paused and info.schedule.note == "warehouse migration"
-    # The runs list filtered by the schedule shows its run.
+    # The runs list filtered by the schedule shows its run, and no other.
+    await ui.client.create({"name": "report", "id": f"{name}-by-hand", "steps": [
+        {"id": "note", "kind": "transform", "output": "x"}]})
+    await ui.client.wait(f"{name}-by-hand", timeout=20)
     await row.locator('[data-role="runs"]').click()
+    await expect(page.locator('[data-filter="schedule"]')).to_have_value(name)
     await expect(page.locator("#nf-runs tbody tr")).to_have_count(1)
     await expect(page.locator(f'tr[data-workflow-id="{fired.workflow_id}"]')).to_be_visible()
-    await schedules.delete(name)
+    # Delete, after a confirmation: the row goes, and so does the schedule.
+    await page.goto(ui.url + "/ui/schedules.html")
+    await row.locator('[data-action="delete"]').click()
+    await page.locator('#nf-delete-dialog button[type="submit"]').click()
+    await expect(row).to_have_count(0)
+    assert name not in [s.name for s in (await schedules.list()).schedules]
 
 
 async def test_triggers_show_their_counters_and_pause_and_resume(ui: Ui) -> None:

@@ -58,7 +58,7 @@ function actions(info) {
       : button("pause", "Pause…", () => act(`${s.name}: paused`, () => openDialog({
           id: "nf-pause-dialog", title: `Pause ${s.name}`, submitLabel: "Pause",
           intro: "It fires no more until unpaused; runs going on go on.",
-          fields: [el("label", {}, "Note (why)", el("input", { name: "note", maxlength: 500, autocomplete: "off" }))],
+          fields: [el("label", {}, "Note (why)", el("input", { name: "note", autocomplete: "off" }))],
           onSubmit: (form) => api(path(s, "/pause"), { method: "POST", body: { note: form.note.value.trim() } }),
         }))),
     button("trigger", "Fire now", () => act((fired) => `${s.name}: fired as ${fired.workflow_id}`,

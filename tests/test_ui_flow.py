@@ -72,6 +72,9 @@ async def test_schedules_show_fire_times_and_runs_and_pause_with_a_note(ui: Ui) 
     await expect(page.locator(f'tr[data-workflow-id="{fired.workflow_id}"]')).to_be_visible()
     # Delete, after a confirmation: the row goes, and so does the schedule.
     await page.goto(ui.url + "/ui/schedules.html")
+    # Fire now, paused or not: the message names the new run.
+    await row.locator('[data-action="trigger"]').click()
+    await expect(page.locator("#nf-messages")).to_contain_text(f"{name}: fired as {name}-")
     await row.locator('[data-action="delete"]').click()
     await page.locator('#nf-delete-dialog button[type="submit"]').click()
     await expect(row).to_have_count(0)

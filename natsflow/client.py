@@ -465,6 +465,23 @@ class NatsflowClient:
             return 0  # gone (its record removed): nothing more will come
         return stream_end(status)
 
+    async def require_events_stream(self) -> None:
+        """Raise :class:`Unavailable` unless the events stream exists.
+
+        An orchestrator declares it on start; before any has run, there is nothing to
+        read, and an answer that is already streaming could only break off.
+        """
+        try:
+            await self.nc.jetstream().stream_info(self.subjects.events_stream)
+        except nats.js.errors.NotFoundError:
+            raise Unavailable(
+                "the events stream does not exist yet: no orchestrator has started",
+                details={"service": "orchestrator",
+                         "stream": self.subjects.events_stream}) from None
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                nats.errors.ConnectionClosedError) as exc:
+            raise Unavailable(f"the events stream cannot be read: {exc!r}") from None
+
     async def event_feed(self, subject_filter: str, *, deliver_all: bool = False,
                          after_stream_seq: int = 0, idle_timeout: float | None = None,
                          namespaces: Sequence[str] | None = None,

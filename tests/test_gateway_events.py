@@ -242,3 +242,27 @@ async def test_subjects_doc_recipe_replays_failures(
     await feed.aclose()
     assert (event.workflow_id, event.type) == ("recipe_1", "workflow.failed")
     assert stream_seq > 0
+
+
+async def test_all_events_before_any_orchestrator_is_a_503_not_a_broken_stream(
+        settings: NatsSettings, nc: Client) -> None:
+    """No orchestrator has declared the events stream yet: a 503 problem before the stream
+    starts, not a 200 whose body breaks off with a server error."""
+    port = free_port()
+    app = create_app(settings, auth=None, nc=nc, heartbeat=0.2)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
+                                           ws="none", log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "uvicorn did not start"
+        await asyncio.sleep(0.02)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            resp = await http.get("/events", params={"deliver": "all"})
+            assert resp.status_code == 503, resp.text
+            assert resp.headers["content-type"].startswith(PROBLEM)
+            assert resp.json()["code"] == "unavailable"
+            assert "events stream" in resp.json()["detail"]
+    finally:
+        server.should_exit = True
+        await serving

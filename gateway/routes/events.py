@@ -154,6 +154,7 @@ async def all_events(
         subject_filter = client.subjects.events_matching(subject)
     except ValueError as exc:
         raise ValidationFailed(str(exc), field="subject") from None
+    await client.require_events_stream()
     return _stream(client.event_feed(subject_filter, deliver_all=deliver == "all",
                                      after_stream_seq=last_event_id or 0,
                                      namespaces=namespaces), heartbeat)

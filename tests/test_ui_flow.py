@@ -30,7 +30,7 @@ async def _shot(page: Page, name: str) -> None:
 
 async def test_schedules_show_fire_times_and_runs_and_pause_with_a_note(ui: Ui) -> None:
     schedules = ScheduleClient(ui.client)
-    name = "nightly-" + uuid.uuid4().hex[:6]
+    name = "nightly-report"  # each test has a deployment (a prefix) of its own
     await schedules.create({"name": name, "spec": {"cron": "30 2 * * *",
                                                     "timezone": "Europe/Paris"},
                             "workflow": {"config": {"name": "report", "input": {"scope": "all"},
@@ -83,8 +83,9 @@ async def test_schedules_show_fire_times_and_runs_and_pause_with_a_note(ui: Ui) 
 
 async def test_triggers_show_their_counters_and_pause_and_resume(ui: Ui) -> None:
     triggers = TriggerClient.of(ui.client)
-    name = "orders-" + uuid.uuid4().hex[:6]
-    subject = f"uiflow{uuid.uuid4().hex[:6]}.orders.*"
+    name = "orders"
+    # Core NATS subjects are the server's, not the deployment's: one of its own.
+    subject = f"shop{uuid.uuid4().hex[:4]}.orders.*"
     await triggers.create_trigger({
         "name": name, "subject": subject, "when": "msg.data.total >= 100",
         "config": {"name": "fulfil", "steps": [{"id": "r", "kind": "transform",
@@ -121,7 +122,7 @@ async def test_triggers_show_their_counters_and_pause_and_resume(ui: Ui) -> None
 
 
 async def test_limits_show_permits_in_use_and_who_waits(ui: Ui) -> None:
-    name = "invoice-" + uuid.uuid4().hex[:6]
+    name = "invoice"
     config = {"name": name, "concurrency": {"key": "${input.customer}", "limit": 1},
               "steps": [{"id": "bill", "task": "demo.sleep",
                          "input": {"seconds": 30, "steps": 30}}]}

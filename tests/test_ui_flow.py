@@ -8,15 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, expect
 from ui_browser import Ui, browser_fixture, ui_fixture  # noqa: F401  (fixtures)
 
+from contracts.keys import CreateKeyRequest, Scope
 from contracts.models import WorkflowState
 from natsflow.schedule_client import ScheduleClient
 from natsflow.trigger_client import TriggerClient
+from transport.keys import KeyStore
+from transport.streams import Topology
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -146,3 +150,29 @@ async def test_limits_show_permits_in_use_and_who_waits(ui: Ui) -> None:
     finally:
         await ui.client.stop(first)
         await ui.client.stop(second)
+
+
+@pytest.mark.parametrize("ui", [{"auth": True}], indirect=True)
+async def test_with_a_read_only_key_the_pages_show_and_the_api_refuses_pausing(
+        ui: Ui) -> None:
+    store = await KeyStore.open(ui.nc.jetstream(), Topology(ui.settings.subjects))
+    made = await store.create(CreateKeyRequest(
+        name="ui-flow-read", scopes=[Scope.WORKFLOWS_READ, Scope.DEFINITIONS_READ],
+        namespaces=["*"]), now=datetime.now(UTC))
+    triggers = TriggerClient.of(ui.client)
+    await triggers.create_trigger({
+        "name": "orders", "subject": f"shop{uuid.uuid4().hex[:4]}.orders.*",
+        "config": {"name": "fulfil", "steps": [{"id": "r", "kind": "transform",
+                                                 "output": "x"}]}, "id": "o-${msg.data.id}"})
+    page = await ui.goto("/ui/triggers.html")
+    key = page.locator("#nf-key-dialog")
+    await key.locator("input").fill(made.key)
+    await key.locator('button[type="submit"]').click()
+    row = page.locator('#nf-triggers tr[data-trigger="orders"]')
+    await expect(row).to_have_attribute("data-paused", "false")
+    await row.locator('[data-action="pause"]').click()
+    dialog = page.locator("#nf-pause-dialog")
+    await dialog.locator('button[type="submit"]').click()
+    await expect(dialog.locator('[role="alert"]')).to_contain_text("403")
+    assert not (await triggers.get_trigger("orders")).trigger.paused
+    await triggers.delete_trigger("orders")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from nats.aio.client import Client
-from ui_browser import serve_gateway
+from ui_browser import require_chromium, serve_gateway
 
 from contracts.keys import CreateKeyRequest, Scope
 from gateway import KeyAuth, create_app
@@ -37,10 +36,7 @@ from transport.keys import KeyStore
 from transport.streams import Topology
 
 playwright_api = pytest.importorskip("playwright.async_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed (apt-get install -y chromium)",
-                allow_module_level=True)
+CHROMIUM = require_chromium(module=True)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 expect = playwright_api.expect

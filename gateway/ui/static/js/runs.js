@@ -10,14 +10,15 @@ import { mountShell } from "./shell.js";
 
 /**
  * The filters: name in the address and the API's query parameter, and how they read.
- * Schedules (and triggers) get a row here when the API lists by them, e.g.
- * { name: "schedule", label: "Schedule", placeholder: "schedule id" }.
+ * `asLabel`: the filter is a label of that key (a schedule's runs carry
+ * `natsflow.schedule:<name>`, docs/schedules.md); the API gets it as a `label`.
  */
 export const FILTERS = [
   { name: "name", label: "Name", placeholder: "workflow name" },
   { name: "label", label: "Labels", placeholder: "key:value, key:value", list: true },
   { name: "namespace", label: "Namespace", placeholder: "any" },
   { name: "batch", label: "Batch", placeholder: "batch id" },
+  { name: "schedule", label: "Schedule", placeholder: "schedule name", asLabel: "natsflow.schedule" },
   { name: "created_after", label: "Created after", type: "datetime-local", time: true },
   { name: "created_before", label: "Created before", type: "datetime-local", time: true },
 ];
@@ -61,7 +62,13 @@ function toApiTime(local) {
 
 function apiQuery(extra) {
   const q = { state: view.filters.state };
-  for (const f of FILTERS) q[f.name] = f.time ? toApiTime(view.filters[f.name]) : view.filters[f.name];
+  for (const f of FILTERS) {
+    if (f.asLabel) continue;
+    q[f.name] = f.time ? toApiTime(view.filters[f.name]) : view.filters[f.name];
+  }
+  for (const f of FILTERS.filter((f) => f.asLabel && view.filters[f.name])) {
+    q.label = [...q.label, `${f.asLabel}:${view.filters[f.name]}`];
+  }
   return qs({ ...q, limit: view.limit, ...extra });
 }
 

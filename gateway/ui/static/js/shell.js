@@ -1,7 +1,7 @@
 // The header every page shares: the product name, the navigation, the API key control.
 //
 //   import { mountShell } from "./shell.js";
-//   mountShell("runs");   // one of: runs, definitions, batches, dead-letters, (run: none)
+//   mountShell("runs");   // one of: runs, definitions, batches, dead-letters, schedules, triggers, limits (run: none)
 
 import { clearKey, getKey, askForKey, showMessage } from "./api.js";
 import { el } from "./dom.js";
@@ -11,7 +11,9 @@ export const NAV = [
   ["definitions", "Definitions", "/ui/definitions.html"],
   ["batches", "Batches", "/ui/batches.html"],
   ["dead-letters", "Dead letters", "/ui/dead-letters.html"],
-  // Schedules, triggers and limits get their entries here as they land.
+  ["schedules", "Schedules", "/ui/schedules.html"],
+  ["triggers", "Triggers", "/ui/triggers.html"],
+  ["limits", "Limits", "/ui/limits.html"],
 ];
 
 /** Put the shared header at the top of <body> (into #nf-header if the page has one). */

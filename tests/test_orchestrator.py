@@ -32,6 +32,7 @@ from contracts.errors import (
 )
 from contracts.headers import ERROR_CODE_HEADER
 from contracts.models import MAX_CONFIG_BYTES, EventType, StepState, WorkflowState
+from contracts.operations import SCHEDULE_OPERATIONS, TRIGGER_OPERATIONS
 from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
 from orchestrator.api import Api
@@ -559,9 +560,15 @@ async def test_a_command_the_engine_does_not_answer_in_time_is_still_accepted(
     stores = [KvRecordStore(await js.create_key_value(kv))
               for kv in (topology.workflows_kv(), topology.batches_kv())]
     publisher = await AsyncPublisher(nc).start()
+    async def not_here(data: bytes) -> bytes:
+        raise Unavailable("not served in this test")
+
+    # The schedules' and triggers' operations have servers of their own in the
+    # orchestrator (orchestrator.schedules_api, orchestrator.triggers), not needed here.
     api = Api(nc, s, workflows=stores[0], batches=stores[1], publisher=publisher,
               idempotency=await js.create_key_value(topology.idempotency_kv()),
-              command_timeout=0.3)
+              command_timeout=0.3,
+              more={op: not_here for op in (*SCHEDULE_OPERATIONS, *TRIGGER_OPERATIONS)})
     await api.start()
     client = NatsflowClient(nc, s)
     try:

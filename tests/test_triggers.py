@@ -291,14 +291,19 @@ async def test_the_doc_example_starts_the_documented_workflow(
     await client.put_definition(definition["name"], definition)
     triggers = TriggerClient.of(client)
     assert (await triggers.create_trigger(trigger)).created
-    await nc.publish(subject, payload.encode())
-    st = await wait_for_stats(triggers, trigger["name"], lambda st: st.started == 1)
-    assert st.matched == 1
-    status = (await client.get(expected["workflow"])).status
-    assert status is not None
-    assert status.input == expected["input"] and status.labels == expected["labels"]
-    await nc.publish(subject, json.dumps({"id": 43, "total": 5, "customer": "x"}).encode())
-    await wait_for_stats(triggers, trigger["name"], lambda st: st.skipped == 1)
+    try:
+        await nc.publish(subject, payload.encode())
+        st = await wait_for_stats(triggers, trigger["name"], lambda st: st.started == 1)
+        assert st.matched == 1
+        status = (await client.get(expected["workflow"])).status
+        assert status is not None
+        assert status.input == expected["input"] and status.labels == expected["labels"]
+        await nc.publish(subject, json.dumps({"id": 43, "total": 5, "customer": "x"}).encode())
+        await wait_for_stats(triggers, trigger["name"], lambda st: st.skipped == 1)
+    finally:
+        # The documented subject is the server's, shared by every test on it: the capture
+        # stream must not outlive the test (the last trigger's delete drops it).
+        await triggers.delete_trigger(trigger["name"])
 
 
 async def test_cli_creates_lists_and_pauses(engine: object, client: NatsflowClient,

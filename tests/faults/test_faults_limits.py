@@ -37,7 +37,9 @@ def run_config(i: int) -> tuple[dict[str, Any], WorkflowState]:
     if i % 7 == 3:
         fail, expected = True, WorkflowState.FAILED
     elif i % 11 == 5:  # times out while its task runs
-        seconds, extra, expected = 3.0, {"timeout": 0.6}, WorkflowState.FAILED
+        # The task far outlasts the timeout: a timer's redelivery after a killed
+        # orchestrator (the ack wait) must not let the task's result come first.
+        seconds, extra, expected = 8.0, {"timeout": 0.6}, WorkflowState.FAILED
     return {
         "name": "ledger", "id": f"run-{i:02d}", "input": {"customer": key},
         "concurrency": [{"key": "${input.customer}", "limit": 1},
@@ -105,6 +107,12 @@ async def test_limits_hold_across_three_killed_orchestrators(
         want = WorkflowState.STOPPED if wid in stopped else expected
         assert st.state == want, (wid, st.state, st.error)
     lines = read_ledger(ledger)
+    for _ in range(100):  # a cancelled task ends when its cancel notice comes
+        if {(x["wf"], x["attempt"]) for x in lines if x["phase"] == "end"} >= {
+                (x["wf"], x["attempt"]) for x in lines if x["phase"] == "start"}:
+            break
+        await asyncio.sleep(0.1)
+        lines = read_ledger(ledger)
     starts = [x for x in lines if x["phase"] == "start"]
     ends = {(x["wf"], x["attempt"]): x for x in lines if x["phase"] == "end"}
     # nothing ran twice (the worker never died: each task ran once)

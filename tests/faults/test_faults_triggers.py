@@ -87,5 +87,8 @@ async def test_each_message_starts_one_workflow_through_a_kill(
             assert status.labels["trigger"] == "orders"
         # Counters are a replica's, flushed each second: a killed one loses its last.
         stats = (await triggers.get_trigger("orders")).stats
+        # Core NATS subjects are the server's, shared by every test on it: the trigger's
+        # capture stream must not outlive the test (the last trigger's delete drops it).
+        await triggers.delete_trigger("orders")
         assert stats.failed == 0 and stats.skipped == 0
         assert stats.started + stats.duplicates == stats.matched > 0

@@ -71,7 +71,7 @@ def create(
 ) -> None:
     """Make a trigger (the same one again changes nothing), in --namespace (default: the
     file's `namespace`, else `default`)."""
-    from ._cli_workflows import load_mapping
+    from ._cli_files import load_mapping
 
     try:
         spec = load_mapping(file)

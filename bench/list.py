@@ -29,12 +29,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
+from nats.js.client import JetStreamContext
 
 from bench._load import percentile
 from bench._procs import Service
 from contracts.ids import new_id
 from contracts.messages import ListWorkflowsRequest
 from contracts.models import WorkflowState, WorkflowSummary
+from contracts.subjects import Subjects
 from gateway import create_app
 from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
@@ -76,6 +78,18 @@ def summaries(n: int) -> list[WorkflowSummary]:
     return out
 
 
+async def seed(js: JetStreamContext, s: Subjects, n: int) -> None:
+    """Store :func:`summaries` of ``n`` workflows in the summaries bucket (it exists)."""
+    pending = []
+    for sm in summaries(n):
+        pending.append(await js.publish_async(
+            s.kv_put(s.summaries_bucket, sm.id), sm.model_dump_json().encode()))
+        if len(pending) >= 1000:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
+
+
 async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     server = EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log")
     settings = NatsSettings(servers=[server.url], prefix="blist" + uuid.uuid4().hex[:6])
@@ -88,14 +102,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         s = settings.subjects
         await js.create_key_value(Topology(s).summaries_kv())
         began = time.perf_counter()
-        pending = []
-        for sm in summaries(args.workflows):
-            pending.append(await js.publish_async(
-                s.kv_put(s.summaries_bucket, sm.id), sm.model_dump_json().encode()))
-            if len(pending) >= 1000:
-                await asyncio.gather(*pending)
-                pending = []
-        await asyncio.gather(*pending)
+        await seed(js, s, args.workflows)
         report["seed_seconds"] = round(time.perf_counter() - began, 1)
         env = {"NATS_URL": server.url, "NATSFLOW_PREFIX": settings.prefix}
         orch = Service("index", env, workdir / "index.log").start()

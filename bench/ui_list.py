@@ -33,7 +33,7 @@ from playwright.async_api import async_playwright
 
 from bench._load import percentile
 from bench._procs import Service
-from bench.list import summaries
+from bench.list import seed
 from gateway import create_app
 from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats, free_port
@@ -62,14 +62,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         await js.create_key_value(Topology(s).summaries_kv())
         # What the orchestrator declares (none runs here): the page follows the events.
         await js.add_stream(Topology(s).events())
-        pending = []
-        for sm in summaries(args.workflows):
-            pending.append(await js.publish_async(
-                s.kv_put(s.summaries_bucket, sm.id), sm.model_dump_json().encode()))
-            if len(pending) >= 1000:
-                await asyncio.gather(*pending)
-                pending = []
-        await asyncio.gather(*pending)
+        await seed(js, s, args.workflows)
         env = {"NATS_URL": server.url, "NATSFLOW_PREFIX": settings.prefix}
         index = Service("index", env, workdir / "index.log").start()
         client = NatsflowClient(nc, s, timeout=60.0)

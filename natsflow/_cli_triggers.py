@@ -3,8 +3,7 @@ workflows (see docs/triggers.md)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -14,7 +13,7 @@ from rich.table import Table
 from contracts.errors import NatsflowError
 from contracts.triggers import Trigger, TriggerInfo, TriggerStats
 from natsflow.trigger_client import TriggerClient
-from transport.connect import NatsSettings, connect
+from transport.connect import NatsSettings
 
 from ._cli_common import console, fail, run, with_settings
 from ._cli_namespace import NamespaceOpt, scope
@@ -29,19 +28,12 @@ _Name = Annotated[str, typer.Argument(help="The trigger's name.")]
 _T = TypeVar("_T")
 
 
-@asynccontextmanager
-async def _client(settings: NatsSettings) -> AsyncIterator[TriggerClient]:
-    nc = await connect(settings, name="natsflow-cli")
-    try:
-        yield TriggerClient(nc, settings.subjects)
-    finally:
-        await nc.close()
-
-
 def _call(settings: NatsSettings, fn: Callable[[TriggerClient], Awaitable[_T]]) -> _T:
+    from ._cli_client import nats_client
+
     async def go() -> _T:
-        async with _client(settings) as client:
-            return await fn(client)
+        async with nats_client(settings) as client:
+            return await fn(TriggerClient.of(client))
     return run(go())
 
 
@@ -79,7 +71,7 @@ def create(
 ) -> None:
     """Make a trigger (the same one again changes nothing), in --namespace (default: the
     file's `namespace`, else `default`)."""
-    from ._cli_workflows import load_mapping
+    from ._cli_files import load_mapping
 
     try:
         spec = load_mapping(file)

@@ -35,15 +35,9 @@ from contracts.schedules import (
     ScheduleList,
     ScheduleRef,
 )
-from natsflow.client import NatsflowClient
+from natsflow.client import NatsflowClient, _scope
 
 __all__ = ["ScheduleClient"]
-
-
-def _scope(namespaces: Sequence[str] | None) -> list[str] | None:
-    if isinstance(namespaces, str):
-        raise TypeError("namespaces is a list of namespace names, not one string")
-    return None if namespaces is None else list(namespaces)
 
 
 class ScheduleClient:

@@ -27,20 +27,19 @@ from contracts.triggers import (
     TriggerRequest,
     TriggerStats,
 )
-from natsflow.client import NatsflowClient
+from natsflow.client import NatsflowClient, _scope
 
 __all__ = ["TriggerClient"]
 
 
 def _ref(name: str, namespace: str | None, namespaces: Sequence[str] | None
          ) -> dict[str, Any]:
-    if isinstance(namespaces, str):
-        raise TypeError("namespaces is a list of namespace names, not one string")
     out: dict[str, Any] = {"name": name}
     if namespace is not None:
         out["namespace"] = namespace
-    if namespaces is not None:
-        out["namespaces"] = list(namespaces)
+    scope = _scope(namespaces)
+    if scope is not None:
+        out["namespaces"] = scope
     return out
 
 
@@ -62,8 +61,8 @@ class TriggerClient(NatsflowClient):
             ExpressionError: an expression does not parse or uses what `msg` lacks.
             IdConflict: a different trigger has that name.
         """
-        body = {**spec, **({"namespaces": list(namespaces)} if namespaces is not None
-                           else {})}
+        scope = _scope(namespaces)
+        body = {**spec, **({"namespaces": scope} if scope is not None else {})}
         try:
             req = CreateTriggerRequest.model_validate(body)
         except ValidationError as exc:
@@ -86,7 +85,7 @@ class TriggerClient(NatsflowClient):
                             namespaces: Sequence[str] | None = None) -> TriggerList:
         """Every trigger (of ``namespace`` only, if given)."""
         return await self._call(TRIGGER_LIST, ListTriggersRequest(
-            namespace=namespace, namespaces=None if namespaces is None else list(namespaces)))
+            namespace=namespace, namespaces=_scope(namespaces)))
 
     async def pause_trigger(self, name: str, *, note: str | None = None,
                             namespace: str | None = None,

@@ -9,8 +9,9 @@ from fastapi import Response
 from pydantic import BaseModel, ConfigDict
 
 from contracts.messages import BatchReply, WorkflowReply
+from contracts.namespaces import DEFAULT_NAMESPACE
 
-__all__ = ["Accepted", "answer", "json_response"]
+__all__ = ["Accepted", "answer", "json_response", "in_namespace"]
 
 _JSON: Final = "application/json"
 
@@ -28,6 +29,12 @@ def json_response(model: BaseModel, status_code: int = 200, *, location: str | N
     """``model`` as a JSON response, with ``Location`` if given."""
     return Response(model.model_dump_json(exclude_none=exclude_none), status_code=status_code,
                     media_type=_JSON, headers={"Location": location} if location else None)
+
+
+def in_namespace(path: str, namespace: str) -> str:
+    """``path`` of a thing in ``namespace``: with ``?namespace=`` unless it is the default
+    one, so that whoever follows a ``Location`` finds the same thing."""
+    return path if namespace == DEFAULT_NAMESPACE else f"{path}?namespace={namespace}"
 
 
 def answer(reply: WorkflowReply | BatchReply, status_code: int, *,

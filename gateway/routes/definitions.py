@@ -13,12 +13,11 @@ from fastapi import APIRouter, Body, Path, Request, Response
 from pydantic import WithJsonSchema
 
 from contracts.definitions import Definition, DefinitionInfo, DefinitionList
-from contracts.namespaces import DEFAULT_NAMESPACE
 
 from .._auth import Caller, namespace_query
 from .._deps import Namespaces, Nats
 from .._problems import problem_responses
-from ._answers import json_response
+from ._answers import in_namespace, json_response
 
 __all__ = ["router"]
 
@@ -55,10 +54,8 @@ async def put_definition(name: _Name, config: _Config,
         name, config, namespace=namespace or caller.home_namespace,
         namespaces=caller.namespace_scope)
     d = reply.definition
-    location = str(request.app.url_path_for("get_definition_version", name=name,
-                                            version=str(d.version)))
-    if d.namespace != DEFAULT_NAMESPACE:  # whoever follows it finds the same one
-        location += f"?namespace={d.namespace}"
+    location = in_namespace(str(request.app.url_path_for(
+        "get_definition_version", name=name, version=str(d.version))), d.namespace)
     return json_response(d, 201 if reply.created else 200, location=location)
 
 

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Body, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.errors import ScheduleNotFound
-from contracts.namespaces import DEFAULT_NAMESPACE
 from contracts.schedules import (
     BackfillReply,
     Schedule,
@@ -26,7 +25,7 @@ from natsflow.schedule_client import ScheduleClient
 from .._auth import Caller, namespace_query
 from .._deps import Namespaces, Nats
 from .._problems import problem_responses
-from ._answers import json_response
+from ._answers import in_namespace, json_response
 
 __all__ = ["BackfillBody", "PauseBody", "router"]
 
@@ -72,9 +71,7 @@ async def create_schedule(body: Annotated[Schedule, Body()], nats: Nats,
     another schedule of that name."""
     body = caller.place(body)
     info = await _schedules(nats).create(body, namespaces=caller.namespace_scope)
-    location = f"/schedules/{body.name}"
-    if body.namespace != DEFAULT_NAMESPACE:
-        location += f"?namespace={body.namespace}"
+    location = in_namespace(f"/schedules/{body.name}", body.namespace)
     return json_response(info, 201 if info.created else 200, location=location)
 
 

@@ -11,7 +11,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Request, Response
 
-from contracts.namespaces import DEFAULT_NAMESPACE
 from contracts.triggers import (
     CreateTriggerRequest,
     Trigger,
@@ -24,7 +23,7 @@ from natsflow.trigger_client import TriggerClient
 from .._auth import Caller, namespace_query
 from .._deps import Namespaces, Nats
 from .._problems import problem_responses
-from ._answers import json_response
+from ._answers import in_namespace, json_response
 
 __all__ = ["router"]
 
@@ -57,9 +56,8 @@ async def create_trigger(body: Annotated[CreateTriggerRequest, Body()], request:
         spec["namespace"] = caller.home_namespace
     reply = await _client(nats).create_trigger(spec, namespaces=caller.namespace_scope)
     made = reply.trigger.spec
-    location = str(request.app.url_path_for("get_trigger", name=made.name))
-    if made.namespace != DEFAULT_NAMESPACE:
-        location += f"?namespace={made.namespace}"
+    location = in_namespace(str(request.app.url_path_for("get_trigger", name=made.name)),
+                            made.namespace)
     return json_response(reply.trigger, 201 if reply.created else 200, location=location)
 
 

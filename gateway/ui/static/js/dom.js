@@ -2,7 +2,7 @@
 //
 //   el("a", { href: runUrl(id), class: "nf-link" }, id)  -> <a ...>id</a>
 //   stateBadge("running")                                -> <span class="nf-state nf-state-running">
-//   fmtTime(iso), fmtAgo(iso), fmtDuration(ms)
+//   fmtTime(iso), fmtDuration(ms)
 
 /**
  * Create an element. attrs: `class`, `dataset` (object), `on<event>` (listeners),
@@ -69,13 +69,6 @@ export function fmtDuration(ms) {
   if (s < 60) return `${s.toFixed(1)} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
   return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
-}
-
-/** "5 s ago", "3 min ago"... from an ISO time. */
-export function fmtAgo(iso, now = Date.now()) {
-  if (!iso) return "";
-  const ms = now - new Date(iso).getTime();
-  return ms < 0 ? "just now" : `${fmtDuration(ms).replace(/\.\d s/, " s")} ago`;
 }
 
 /** Pretty JSON in a <pre>. */

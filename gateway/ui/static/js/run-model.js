@@ -1,7 +1,6 @@
 // What the run page knows of one workflow: its status (GET /workflows/{id}) brought up to
 // date by its events, one at a time. No DOM here: the views ask which steps changed.
 
-export const STEP_TERMINAL = new Set(["succeeded", "failed", "cancelled", "skipped"]);
 export const WORKFLOW_TERMINAL = new Set(["completed", "failed", "stopped"]);
 export const STEP_ACTIVE = new Set(["dispatched", "running", "waiting", "retrying"]);
 export const WORKFLOW = "*"; // the "step id" of changes to the workflow itself

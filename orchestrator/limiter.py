@@ -102,7 +102,10 @@ class Limiter:
             try:
                 used: dict[str, int] = {}
                 waiting: dict[str, int] = {}
-                for e in await read_limits(self.kv):
+                # No limit used yet (the usual case): one stream info, not a scan (an
+                # ephemeral consumer made and deleted) every interval.
+                idle = not seen and (await self.kv.status()).values == 0
+                for e in [] if idle else await read_limits(self.kv):
                     if isinstance(e, Pool):
                         used[e.pool] = used.get(e.pool, 0) + len(e.holders)
                         waiting[e.pool] = waiting.get(e.pool, 0) + len(e.waiting)

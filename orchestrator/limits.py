@@ -322,8 +322,3 @@ def settle(tx: Transition) -> None:
             continue  # running under its permits
         _give_back(tx, s.id, th)
         tx.own(s).throttle = None
-
-
-def waiting_since(th: Throttle | None) -> datetime | None:
-    """When a queued run or throttled attempt began to wait (None: not waiting)."""
-    return None if th is None or th.complete else th.since

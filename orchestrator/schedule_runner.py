@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -52,6 +52,7 @@ from natsflow.client import NatsflowClient
 from transport.consume import ConsumerStalled, PullConsumer
 from transport.publish import AsyncPublisher
 
+from .kvscan import scan
 from .schedules import ScheduleRecord, ScheduleTick, StartRun, StopRun, advance
 
 __all__ = ["SWEEP_INTERVAL", "ScheduleRunner", "ScheduleStore", "run_labels"]
@@ -124,12 +125,10 @@ class ScheduleStore:
         await self.kv.delete(key)
         return True
 
-    async def keys(self) -> list[str]:
-        """Every schedule's key."""
-        try:
-            return sorted(await self.kv.keys())
-        except nats.js.errors.NoKeysError:
-            return []
+    async def records(self) -> list[ScheduleRecord]:
+        """Every schedule's record (one listing of the bucket, :func:`orchestrator.kvscan.scan`)."""
+        return [ScheduleRecord.model_validate_json(e.value) for e in await scan(self.kv)
+                if e.value]
 
 
 async def publish_tick(publisher: AsyncPublisher, subjects: Subjects, record: ScheduleRecord,
@@ -307,13 +306,9 @@ class ScheduleRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), SWEEP_INTERVAL)
 
-    async def sweep(self, keys: Sequence[str] | None = None) -> None:
+    async def sweep(self) -> None:
         """Publish again the tick of every schedule whose next tick is overdue."""
         late = self.clock() - timedelta(seconds=_OVERDUE)
-        for key in keys if keys is not None else await self.store.keys():
-            loaded = await self.store.load(key)
-            if loaded is None:
-                continue
-            record = loaded[0]
+        for record in await self.store.records():
             if record.next_due is not None and record.next_due < late:
                 await publish_tick(self.publisher, self.subjects, record)

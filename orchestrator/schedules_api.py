@@ -158,16 +158,13 @@ class ScheduleApi:
         """``schedule.list``: ListSchedulesRequest -> ScheduleList."""
         req = ListSchedulesRequest.model_validate_json(data)
         lines = []
-        for key in await self.store.keys():
-            loaded = await self.store.load(key)
-            if loaded is None:
-                continue
-            s = loaded[0].schedule
+        for record in await self.store.records():
+            s = record.schedule
             if not visible(s.namespace, req.namespaces) or (
                     req.namespace is not None and s.namespace != req.namespace):
                 continue
             nxt = (None if s.paused
-                   else next(fire_times(s.spec, loaded[0].cursor, limit=1), None))
+                   else next(fire_times(s.spec, record.cursor, limit=1), None))
             lines.append(ScheduleSummary(name=s.name, namespace=s.namespace, paused=s.paused,
                                          note=s.note, next_fire_time=nxt))
         lines.sort(key=lambda x: (x.namespace, x.name))

@@ -107,9 +107,9 @@ class StepKinds:
     cancel_items: Callable[[Transition, StepStatus], None]
     #: Flow control (:mod:`orchestrator.limits`): hold a run for its permits (True:
     #: held), hold an attempt for its permits, give back what ended (end of a transition).
-    admit: Callable[[Transition], bool] = lambda tx: False
-    gate: Callable[[Transition, StepConfig, StepStatus], bool] = lambda tx, cfg, step: False
-    settle: Callable[[Transition], None] = lambda tx: None
+    admit: Callable[[Transition], bool]
+    gate: Callable[[Transition, StepConfig, StepStatus], bool]
+    settle: Callable[[Transition], None]
 
 
 class Transition:

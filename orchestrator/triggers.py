@@ -76,6 +76,7 @@ from transport.consume import PullConsumer
 from transport.streams import Topology, declare_stream
 
 from .definitions import DefinitionStore
+from .kvscan import scan
 from .letters import Verdict
 
 __all__ = ["TriggerApi", "TriggerRunner", "TriggerStore", "sync_capture"]
@@ -135,19 +136,8 @@ class TriggerStore:
             await self.stats_kv.purge(key)
 
     async def all(self) -> list[Trigger]:
-        """Every trigger."""
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        out = []
-        for key in keys:
-            try:
-                entry = await self.kv.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                continue
-            if entry.value:
-                out.append(Trigger.model_validate_json(entry.value))
+        """Every trigger (one listing of the bucket, :func:`orchestrator.kvscan.scan`)."""
+        out = [Trigger.model_validate_json(e.value) for e in await scan(self.kv) if e.value]
         return sorted(out, key=lambda t: (t.spec.namespace, t.spec.name))
 
     async def stats(self, namespace: str, name: str) -> TriggerStats:

@@ -48,6 +48,9 @@ from transport.connect import NatsSettings, connect
 
 log = Console(stderr=True, highlight=False)
 
+#: The least time a (re)started orchestrator serves before the kill loop may kill it.
+MIN_LIFE_S = 0.5
+
 try:  # psutil is optional; /proc does the same on Linux
     import psutil
 except ImportError:  # pragma: no cover - depends on the environment
@@ -60,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=2.0, help="How long to submit.")
     p.add_argument("--rate", type=float, default=50.0, help="Workflows submitted per second.")
     p.add_argument("--kill-every", type=float, default=20.0,
-                   help="Seconds between SIGKILLs of the orchestrator (0: never).")
+                   help="Seconds between SIGKILLs of the orchestrator (0: never); a restarted "
+                        "one serves at least 0.5 s (answers a ping) before the next.")
     p.add_argument("--ack-wait", type=float, default=5.0,
                    help="The orchestrator's --ack-wait: how long a killed one's work waits.")
     p.add_argument("--sample-every", type=float, default=5.0,
@@ -190,7 +194,7 @@ class Soak:
 
         sub = await client.nc.subscribe(client.subjects.events_of("*", "workflow.*"),
                                         cb=on_event, pending_msgs_limit=1_000_000)
-        background = [asyncio.create_task(self._kill_loop()),
+        background = [asyncio.create_task(self._kill_loop(client)),
                       asyncio.create_task(self._sample_loop(t0))]
         try:
             await self._submit(client)
@@ -237,15 +241,27 @@ class Soak:
                 self.api_retries += 1
                 await asyncio.sleep(0.2)
 
-    async def _kill_loop(self) -> None:
+    async def _kill_loop(self, client: NatsflowClient) -> None:
+        """SIGKILL the orchestrator every ``--kill-every`` seconds, restarting it at once.
+
+        A life is only cut short once it has served: the orchestrator is killed when it is
+        due *and* answered a ping at least ``MIN_LIFE_S`` before. On a loaded machine its
+        start-up can take longer than ``--kill-every``; a fixed cadence then kills every life
+        before it is ready and the run never drains (seen in CI: the 180 s timeout).
+        """
         every = self.args.kill_every
         next_kill = time.monotonic() + every if every > 0 else float("inf")
+        served_at: float | None = None
         while True:
             await asyncio.sleep(0.1)
-            if time.monotonic() >= next_kill:
+            if served_at is None and every > 0 and await client.ping(timeout=0.5):
+                served_at = time.monotonic()
+            now = time.monotonic()
+            if served_at is not None and now >= max(next_kill, served_at + MIN_LIFE_S):
                 self.orch.kill()
                 self.kills += 1
-                next_kill += every
+                served_at = None
+                next_kill = max(next_kill + every, now)
             self.orch.restart_if_dead()  # at once, as a supervisor would
 
     async def _sample_loop(self, t0: float) -> None:

@@ -62,7 +62,7 @@ PROGRESS_WITHIN = 2.0
 #: until the tasks queued ahead of its last step are worked off. Measured: a task
 #: consumer re-elected 7.0 s after SIGCONT, about 260 tasks queued, the worker pulling
 #: again at once, the first completion 2.6 s after the election (6.1 s in one CI run).
-#: nats-server itself takes up to ~7 s to re-elect a group after a hung follower's
+#: nats-server itself takes up to ~8 s to re-elect a group after a hung follower's
 #: SIGCONT, with 24 raft groups (before priorities, limits, triggers) as with 60.
 RESUME_WITHIN = 10.0
 #: An election followed by this many quiet seconds ends a fault's elections, once every

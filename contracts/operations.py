@@ -1,7 +1,9 @@
 """Every request/reply operation of ``<prefix>.api.*`` (one home per fact).
 
 One table: each operation's name, request model, reply model(s), the errors it may
-answer, and the micro service that serves it. The client's calls
+answer, the micro service that serves it, and the gateway's REST route for it, if it has
+one (:class:`~contracts.http_routes.HttpRoute`: the client's HTTP transport is built from
+it). The client's calls
 (:class:`~natsflow.client.NatsflowClient`), the services' endpoints (the orchestrator's
 ``orchestrator/api.py``, the index's ``orchestrator/index.py``), the NATS permissions
 (:mod:`contracts.permissions`) and the AsyncAPI document (:mod:`natsflow.asyncapi`) are
@@ -15,7 +17,7 @@ An error reply is the NATS micro convention: the body an :class:`ErrorInfo`, the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Generic, TypeVar
 
@@ -53,7 +55,8 @@ from .errors import (
     error_from_info,
 )
 from .flow import LimitList, ListLimitsRequest
-from .headers import ERROR_CODE_HEADER, ERROR_HEADER
+from .headers import ERROR_CODE_HEADER, ERROR_HEADER, IDEMPOTENCY_KEY_HEADER
+from .http_routes import REST, HttpRoute, ReplyShape, ScopeBy
 from .messages import (
     MAX_BATCH_BYTES,
     MAX_REQUEST_BYTES,
@@ -172,6 +175,7 @@ class Operation(Generic[_Req, _Rep]):
         other_replies: Other reply bodies it may answer instead (which one: by request).
         max_bytes: The largest request body it takes (the gateway's limit is the same).
         too_large_field: The field a too large request is blamed on.
+        http: The gateway's REST route for it, if it has one (:mod:`contracts.http_routes`).
     """
 
     name: str
@@ -183,6 +187,8 @@ class Operation(Generic[_Req, _Rep]):
     other_replies: tuple[type[BaseModel], ...] = ()
     max_bytes: int = MAX_REQUEST_BYTES
     too_large_field: str | None = None
+    # Not part of an operation's identity (operations key the services' handler tables).
+    http: HttpRoute | None = field(default=None, hash=False, compare=False)
 
     @property
     def replies(self) -> tuple[type[BaseModel], ...]:
@@ -207,6 +213,22 @@ class Operation(Generic[_Req, _Rep]):
 
 
 _NOT_FOUND_W = (WorkflowNotFound,)
+
+
+def _create_body(request: CreateWorkflowRequest) -> Any:
+    # POST /workflows takes the config itself, or the definition's fields at the top.
+    if request.config is not None:
+        return request.config.model_dump(mode="json", exclude_none=True)
+    return request.model_dump(mode="json", exclude_none=True, exclude_defaults=True,
+                              exclude={"config", "idempotency_key", "namespaces"})
+
+
+def _command(path: str, *, body: str | None = None) -> HttpRoute:
+    """``POST /workflows/{id}/<path>``: a command on one workflow, answering its status."""
+    return HttpRoute("POST", f"/workflows/{{id}}/{path}", body=body,
+                     reply=ReplyShape.STATUS, scope=ScopeBy.WORKFLOW)
+
+
 _CONFIG_ERRORS = (InvalidGraph, ExpressionError, SchemaMismatch, EgressRefused)
 
 WORKFLOW_CREATE: Final = Operation(
@@ -214,37 +236,53 @@ WORKFLOW_CREATE: Final = Operation(
     "Create (and, unless `start` is false, start) a workflow from a config or a stored "
     "definition.",
     errors=(*_CONFIG_ERRORS, DefinitionNotFound, IdConflict, NamespaceForbidden),
-    too_large_field="config")
+    too_large_field="config",
+    http=HttpRoute("POST", "/workflows", body=_create_body,
+                   headers={"idempotency_key": IDEMPOTENCY_KEY_HEADER},
+                   reply=ReplyShape.STATUS_CREATED))
 WORKFLOW_START: Final = Operation(
     "workflow.start", IdRequest, WorkflowReply, "Start a workflow created with `start: false`.",
-    errors=_NOT_FOUND_W)
+    errors=_NOT_FOUND_W,
+    http=_command("start"))
 WORKFLOW_GET: Final = Operation(
-    "workflow.get", IdRequest, WorkflowReply, "A workflow's status.", errors=_NOT_FOUND_W)
+    "workflow.get", IdRequest, WorkflowReply, "A workflow's status.", errors=_NOT_FOUND_W,
+    http=HttpRoute("GET", "/workflows/{id}", reply=ReplyShape.STATUS,
+                   scope=ScopeBy.REPLY))
 WORKFLOW_STOP: Final = Operation(
     "workflow.stop", IdRequest, WorkflowReply, "Stop a workflow: cancel its running steps.",
-    errors=(WorkflowNotFound, AlreadyFinished))
+    errors=(WorkflowNotFound, AlreadyFinished),
+    http=_command("stop"))
 WORKFLOW_SIGNAL: Final = Operation(
     "workflow.signal", SignalRequest, WorkflowReply,
     "Deliver a signal to a workflow's wait step.",
-    errors=(WorkflowNotFound, AlreadyFinished, TooManySignals))
+    errors=(WorkflowNotFound, AlreadyFinished, TooManySignals),
+    http=_command("signals/{name}", body="payload"))
 WORKFLOW_PAUSE: Final = Operation(
     "workflow.pause", IdRequest, WorkflowReply,
     "Pause a workflow: dispatch nothing new, hold timers.",
-    errors=(WorkflowNotFound, InvalidState))
+    errors=(WorkflowNotFound, InvalidState),
+    http=_command("pause"))
 WORKFLOW_RESUME: Final = Operation(
     "workflow.resume", IdRequest, WorkflowReply, "Resume a paused workflow.",
-    errors=(WorkflowNotFound, InvalidState))
+    errors=(WorkflowNotFound, InvalidState),
+    http=_command("resume"))
 WORKFLOW_RETRY: Final = Operation(
     "workflow.retry", RetryRequest, WorkflowReply,
     "Run a failed or stopped workflow again from its unfinished steps.",
-    errors=(WorkflowNotFound, InvalidState))
+    errors=(WorkflowNotFound, InvalidState),
+    http=_command("retry", body=REST))
 WORKFLOW_RERUN: Final = Operation(
     "workflow.rerun", RerunRequest, WorkflowReply,
     "A new workflow from the same config (and input).",
     errors=(WorkflowNotFound, IdConflict))
 WORKFLOW_LIST: Final = Operation(
     "workflow.list", ListWorkflowsRequest, WorkflowList,
-    "Workflows newest first, filtered, a page at a time.", server=Server.INDEX)
+    "Workflows newest first, filtered, a page at a time.", server=Server.INDEX,
+    http=HttpRoute("GET", "/workflows", query={
+        "state": "state", "name": "name", "labels": "label", "batch_id": "batch",
+        "namespace": "namespace", "created_after": "created_after",
+        "created_before": "created_before", "cursor": "cursor", "limit": "limit",
+        "counts": "counts"}, scope=ScopeBy.QUERY))
 WORKFLOW_BULK: Final = Operation(
     "workflow.bulk", BulkRequest, BulkResult,
     "Stop, pause, resume or retry every workflow a filter selects.", server=Server.INDEX)

@@ -116,19 +116,16 @@ def watch(
     workflow_id: _Id,
     gateway_url: Annotated[str | None, typer.Option(
         "--gateway", envvar="NATSFLOW_GATEWAY",
-        help="Poll this gateway over HTTP instead of following NATS.")] = None,
+        help="Follow this gateway over HTTP instead of NATS.")] = None,
     namespace: NamespaceOpt = None, *, settings: NatsSettings,
 ) -> None:
     """Show a workflow's steps live until it ends; exit 0 if it completes, else 1."""
-    from ._cli_client import GatewayClient, nats_client
-    from ._cli_watch import watch_gateway, watch_nats
+    from ._cli_client import cli_client
+    from ._cli_watch import watch_live
 
     async def _watch() -> WorkflowStatus:
-        if gateway_url:
-            async with GatewayClient(gateway_url) as gw:
-                return await watch_gateway(gw, workflow_id, namespace=namespace)
-        async with nats_client(settings) as client:
-            return await watch_nats(client, workflow_id, namespaces=scope(namespace))
+        async with cli_client(settings, gateway_url) as client:
+            return await watch_live(client, workflow_id, namespaces=scope(namespace))
 
     if run(_watch()).state != WorkflowState.COMPLETED:
         raise typer.Exit(1)

@@ -144,7 +144,7 @@ def run_command(
     """Start a workflow from a stored definition of --namespace (default: `default`)
     with just its input; it runs in that namespace."""
     from ._cli_client import nats_client, require_status
-    from ._cli_watch import watch_nats
+    from ._cli_watch import watch_live
 
     data = _input(input_)
 
@@ -159,8 +159,8 @@ def run_command(
             if watch:
                 if as_json:
                     with console.capture():
-                        return await watch_nats(client, reply.id)
-                return await watch_nats(client, reply.id)
+                        return await watch_live(client, reply.id)
+                return await watch_live(client, reply.id)
             return status
 
     status = run(_run())

@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
-from contracts.errors import ValidationFailed, WorkflowNotFound
-from contracts.models import WorkflowConfig, WorkflowStatus
+from contracts.errors import ValidationFailed
+from contracts.models import WorkflowConfig
 from contracts.namespaces import DEFAULT_NAMESPACE
 from contracts.subjects import TOKEN_RE
 
-__all__ = ["NamespaceOpt", "in_namespace", "scope", "seen_from"]
+__all__ = ["NamespaceOpt", "in_namespace", "scope"]
 
 NamespaceOpt = Annotated[str | None, typer.Option(
     "--namespace", "-n", envvar="NATSFLOW_NAMESPACE", show_envvar=True,
@@ -39,14 +39,3 @@ def in_namespace(config: WorkflowConfig, namespace: str | None) -> WorkflowConfi
         raise ValidationFailed(f"--namespace {namespace!r} is not a namespace name (letters, "
                                "digits, '_' and '-', at most 64)", field="namespace")
     return config.model_copy(update={"namespace": namespace})
-
-
-def seen_from(status: WorkflowStatus, namespace: str | None) -> WorkflowStatus:
-    """``status``, unless ``--namespace`` names another (as the orchestrator would say).
-
-    Raises:
-        WorkflowNotFound: it is in another namespace.
-    """
-    if namespace is not None and status.namespace != namespace:
-        raise WorkflowNotFound(f"no workflow {status.id!r}", field="id")
-    return status

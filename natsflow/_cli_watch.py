@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from contextlib import aclosing
 from datetime import UTC, datetime
 
 from rich.live import Live
@@ -10,38 +10,28 @@ from rich.live import Live
 from contracts.models import WORKFLOW_TERMINAL, WorkflowStatus
 from natsflow.client import NatsflowClient
 
-from ._cli_client import GatewayClient, require_status
+from ._cli_client import require_status
 from ._cli_common import console
-from ._cli_namespace import seen_from
 from ._cli_render import workflow_view
 
-__all__ = ["watch_gateway", "watch_nats"]
+__all__ = ["watch_live"]
 
 
-async def watch_nats(client: NatsflowClient, workflow_id: str, *,
+async def watch_live(client: NatsflowClient, workflow_id: str, *,
                      namespaces: list[str] | None = None) -> WorkflowStatus:
-    """Show the workflow's steps live until it is terminal; return the final status."""
+    """Show the workflow's steps live until it is terminal; return the final status.
+
+    Redrawn on each of its events (over NATS, or the gateway's SSE with ``--gateway``).
+    """
     status = require_status(await client.get(workflow_id, namespaces=namespaces))
     with Live(workflow_view(status), console=console, refresh_per_second=8) as live:
         if status.state not in WORKFLOW_TERMINAL:
-            async for _event in client.events(workflow_id, follow=True):
-                status = require_status(await client.get(workflow_id))
-                live.update(workflow_view(status, now=datetime.now(UTC)))
+            async with aclosing(client.watch(workflow_id)) as events:
+                async for _event in events:
+                    status = require_status(await client.get(workflow_id))
+                    live.update(workflow_view(status, now=datetime.now(UTC)))
         status = require_status(await client.get(workflow_id))
         live.update(workflow_view(status))
-    _end_live()
-    return status
-
-
-async def watch_gateway(client: GatewayClient, workflow_id: str, *,
-                        interval: float = 0.5, namespace: str | None = None) -> WorkflowStatus:
-    """Like :func:`watch_nats`, polling the gateway."""
-    status = seen_from(require_status(await client.get(workflow_id)), namespace)
-    with Live(workflow_view(status), console=console, refresh_per_second=8) as live:
-        while status.state not in WORKFLOW_TERMINAL:
-            await asyncio.sleep(interval)
-            status = require_status(await client.get(workflow_id))
-            live.update(workflow_view(status, now=datetime.now(UTC)))
     _end_live()
     return status
 

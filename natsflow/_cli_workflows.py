@@ -15,7 +15,7 @@ from transport.connect import NatsSettings
 
 from ._cli_common import console, fail, run, with_settings
 from ._cli_files import load_config, load_mapping, parse_payload
-from ._cli_namespace import NamespaceOpt, in_namespace, scope, seen_from
+from ._cli_namespace import NamespaceOpt, in_namespace, scope
 from ._cli_render import event_line, workflow_view
 
 # load_mapping: read the files the commands take (also by the definitions group).
@@ -58,25 +58,16 @@ def submit(
 
 async def _submit(config: Any, settings: NatsSettings, gateway_url: str | None, *,
                   watch: bool, as_json: bool) -> WorkflowStatus:
-    from ._cli_client import GatewayClient, nats_client, require_status
-    from ._cli_watch import watch_gateway, watch_nats
+    from ._cli_client import cli_client, require_status
+    from ._cli_watch import watch_live
 
-    def announce(status: WorkflowStatus, created: bool) -> None:
-        if not as_json:
-            note = "" if created else " (already existed)"
-            console.print(f"workflow [bold]{status.id}[/] {status.state.value}{note}")
-
-    if gateway_url:
-        async with GatewayClient(gateway_url) as gw:
-            reply = await gw.create(config)
-            status = require_status(reply)
-            announce(status, reply.created)
-            return await _quiet(watch_gateway(gw, reply.id), as_json) if watch else status
-    async with nats_client(settings) as client:
+    async with cli_client(settings, gateway_url) as client:
         reply = await client.create(config)
         status = require_status(reply)
-        announce(status, reply.created)
-        return await _quiet(watch_nats(client, reply.id), as_json) if watch else status
+        if not as_json:
+            note = "" if reply.created else " (already existed)"
+            console.print(f"workflow [bold]{status.id}[/] {status.state.value}{note}")
+        return await _quiet(watch_live(client, reply.id), as_json) if watch else status
 
 
 async def _quiet(coro: Any, quiet: bool) -> WorkflowStatus:
@@ -107,12 +98,10 @@ def status(
 
 async def _get(workflow_id: str, settings: NatsSettings,
                gateway_url: str | None, namespace: str | None) -> WorkflowStatus:
-    from ._cli_client import GatewayClient, nats_client, require_status
+    from ._cli_client import cli_client, require_status
 
-    if gateway_url:  # the gateway's key decides what it shows; -n narrows it further
-        async with GatewayClient(gateway_url) as gw:
-            return seen_from(require_status(await gw.get(workflow_id)), namespace)
-    async with nats_client(settings) as client:
+    # Through a gateway its key decides what is shown; -n narrows it further.
+    async with cli_client(settings, gateway_url) as client:
         return require_status(await client.get(workflow_id, namespaces=scope(namespace)))
 
 
@@ -157,7 +146,7 @@ def signal(
     settings: NatsSettings,
 ) -> None:
     """Send a signal: a wait step waiting for it takes it, or it is kept until one does."""
-    from ._cli_client import GatewayClient, nats_client, require_status
+    from ._cli_client import cli_client, require_status
 
     try:
         value = parse_payload(payload)
@@ -165,12 +154,7 @@ def signal(
         fail(err)
 
     async def _signal() -> WorkflowStatus:
-        if gateway_url:
-            async with GatewayClient(gateway_url) as gw:
-                if namespace is not None:  # not sent to one outside -n
-                    seen_from(require_status(await gw.get(workflow_id)), namespace)
-                return require_status(await gw.signal(workflow_id, name, value))
-        async with nats_client(settings) as client:
+        async with cli_client(settings, gateway_url) as client:
             return require_status(await client.signal(workflow_id, name, value,
                                                       namespaces=scope(namespace)))
 

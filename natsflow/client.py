@@ -1,8 +1,10 @@
-"""The reference client of natsflow's NATS API, used by the gateway, the CLI and users.
+"""The reference client of natsflow's API, used by the gateway, the CLI and users.
 
-Everything here is plain NATS: request/reply on ``<prefix>.api.*`` (the orchestrator's
-micro service), a JetStream publish on ``<prefix>.submit``, and an ordered consumer on
-the events stream.
+One client, pluggable transports (:mod:`natsflow.transports`). Over NATS (the default):
+request/reply on ``<prefix>.api.*`` (the orchestrator's micro service), a JetStream
+publish on ``<prefix>.submit``, and an ordered consumer on the events stream. Through a
+gateway (:class:`~natsflow.transports.HttpTransport`): the same operations over its REST
+routes, and a workflow's events over its SSE.
 
 Namespaces: a workflow, batch or definition is created in the namespace its config (or
 ``namespace`` argument) names. Every method that reads or touches what exists takes
@@ -25,7 +27,6 @@ from typing import Any, TypeVar
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
 from contracts.definitions import (
@@ -39,7 +40,7 @@ from contracts.definitions import (
 )
 from contracts.errors import (
     EngineTimeout,
-    PayloadTooLarge,
+    InvalidRequest,
     Unavailable,
     WorkflowNotFound,
     validation_failed,
@@ -61,12 +62,8 @@ from contracts.messages import (
     WorkflowReply,
 )
 from contracts.models import (
-    EVENT_TERMINAL,
-    TRUSTED,
-    WORKFLOW_TERMINAL,
     Event,
     WorkflowConfig,
-    WorkflowStatus,
 )
 from contracts.namespaces import narrow
 from contracts.operations import (
@@ -89,10 +86,9 @@ from contracts.operations import (
     WORKFLOW_START,
     WORKFLOW_STOP,
     Operation,
-    Server,
-    reply_error,
 )
 from contracts.subjects import Subjects
+from natsflow.transports import NatsTransport, Transport, stream_end
 from transport.tracing import TraceContext, inject
 
 __all__ = ["NatsflowClient", "stream_end"]
@@ -118,23 +114,50 @@ def _scope(namespaces: Sequence[str] | None) -> list[str] | None:
 
 
 class NatsflowClient:
-    """Calls the orchestrator over NATS.
+    """Calls natsflow: over NATS, or through a gateway (:mod:`natsflow.transports`).
+
+    ``NatsflowClient(nc)`` talks NATS on that connection;
+    ``NatsflowClient(HttpTransport(url, api_key=...))`` makes the same calls through a
+    gateway's REST API (every operation with a route there, and :meth:`watch` /
+    :meth:`events`; :meth:`submit`, :meth:`ping` and :meth:`event_feed` need NATS).
 
     Args:
-        nc: A connected NATS client.
+        nc: A connected NATS client, or the transport to call through.
         subjects: The deployment's names.
         timeout: Seconds to wait for an API reply.
     """
 
-    def __init__(self, nc: Client, subjects: Subjects | None = None, *,
+    def __init__(self, nc: Client | Transport, subjects: Subjects | None = None, *,
                  timeout: float = 10.0) -> None:
-        self.nc = nc
         self.subjects = subjects or Subjects()
         self.timeout = timeout
+        self.transport: Transport = (NatsTransport(nc, self.subjects, timeout=timeout)
+                                     if isinstance(nc, Client) else nc)
+
+    @property
+    def nc(self) -> Client:
+        """The NATS connection.
+
+        Raises:
+            InvalidRequest: the client goes through a gateway, not NATS.
+        """
+        return self._nats().nc
+
+    def _nats(self) -> NatsTransport:
+        if isinstance(self.transport, NatsTransport):
+            return self.transport
+        raise InvalidRequest("this call needs NATS; the client goes through the gateway")
+
+    async def aclose(self) -> None:
+        """Close what the transport opened itself (a NATS connection is the caller's)."""
+        await self.transport.aclose()
 
     async def _call(self, op: Operation[_Q, _R], body: _Q, *,
                     trace: TraceContext | None = None, timeout: float | None = None) -> _R:
-        return await self._call_as(op, body, op.reply, trace=trace, timeout=timeout)
+        # Per call, never on self: one client serves every request of a gateway.
+        return await self.transport.request(
+            op, body, op.reply, trace=trace,
+            timeout=self.timeout if timeout is None else timeout)
 
     async def _call_as(self, op: Operation[_Q, Any], body: _Q, reply: type[_A], *,
                        trace: TraceContext | None = None, timeout: float | None = None
@@ -142,32 +165,8 @@ class NatsflowClient:
         """Call ``op``, whose answer to this request is ``reply`` (one of its replies)."""
         if reply not in op.replies:
             raise TypeError(f"{op.name} answers {op.replies}, not {reply.__name__}")
-        operation = op.name
-        # Per call, never on self: one client serves every request of a gateway.
-        timeout = self.timeout if timeout is None else timeout
-        if not self.nc.is_connected:
-            raise Unavailable("not connected to NATS")
-        # The current span's context when tracing is on, else the one handed in.
-        headers = inject({}, trace) or None
-        try:
-            msg = await self.nc.request(self.subjects.api(operation),
-                                        body.model_dump_json().encode(), timeout=timeout,
-                                        headers=headers)
-        except nats.errors.NoRespondersError:
-            raise _no_service(op) from None
-        except nats.errors.MaxPayloadError:
-            raise PayloadTooLarge(f"{operation} request is larger than the NATS server's "
-                                  f"max_payload ({self.nc.max_payload} bytes)") from None
-        except nats.errors.TimeoutError:
-            raise EngineTimeout(f"no answer to {operation} within {timeout}s") from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.OutboundBufferLimitError) as exc:
-            raise Unavailable(f"NATS connection lost: {exc}") from None
-        err = reply_error(msg.data, msg.headers)
-        if err is not None:
-            raise err
-        # Answers come from natsflow, which checked them: no second graph check.
-        return reply.model_validate_json(msg.data, context={TRUSTED: True})
+        return await self.transport.request(
+            op, body, reply, trace=trace, timeout=self.timeout if timeout is None else timeout)
 
     # -- workflows -------------------------------------------------------------------
     async def create(self, config: WorkflowConfig | dict[str, Any], *,
@@ -443,27 +442,11 @@ class NatsflowClient:
         scope = _scope(namespaces)
         if scope is not None:
             await self.get(workflow_id, namespaces=scope)
-        last = after
-        end: int | None = None  # the seq the stored status said the stream ends at
-        feed = self.event_feed(self.subjects.events_of(workflow_id), deliver_all=True,
-                               idle_timeout=None if follow else idle_timeout)
-        async with aclosing(feed):
-            async for _, event in feed:
-                if event.seq > last:  # else seen already, or before ``after``
-                    last = event.seq
-                    yield event
-                # Asked again on reaching the end it gave: a retry may have come since.
-                if event.type in EVENT_TERMINAL or (end is not None and event.seq >= end):
-                    end = await self._stream_end(workflow_id, scope)
-                    if end is not None and last >= end:
-                        return
-
-    async def _stream_end(self, workflow_id: str, scope: list[str] | None) -> int | None:
-        try:
-            status = (await self.get(workflow_id, namespaces=scope)).status
-        except WorkflowNotFound:
-            return 0  # gone (its record removed): nothing more will come
-        return stream_end(status)
+        stream = self.transport.events(workflow_id, after=after,
+                                       idle_timeout=None if follow else idle_timeout)
+        async with aclosing(stream):
+            async for event in stream:
+                yield event
 
     async def require_events_stream(self) -> None:
         """Raise :class:`Unavailable` unless the events stream exists.
@@ -503,8 +486,8 @@ class NatsflowClient:
             ``(stream_seq, event)``; messages that are not events are skipped.
         """
         scope = _scope(namespaces)
-        feed = self._event_feed(subject_filter, deliver_all=deliver_all,
-                                after_stream_seq=after_stream_seq, idle_timeout=idle_timeout)
+        feed = self._nats().feed(subject_filter, deliver_all=deliver_all,
+                                 after_stream_seq=after_stream_seq, idle_timeout=idle_timeout)
         if scope is None:
             async with aclosing(feed):
                 async for item in feed:
@@ -529,32 +512,6 @@ class NatsflowClient:
                 if inside:
                     yield item
 
-    async def _event_feed(self, subject_filter: str, *, deliver_all: bool,
-                          after_stream_seq: int, idle_timeout: float | None,
-                          ) -> AsyncGenerator[tuple[int, Event], None]:
-        if after_stream_seq > 0:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                    opt_start_seq=after_stream_seq + 1)
-        else:
-            config = ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL if deliver_all else DeliverPolicy.NEW)
-        sub = await self.nc.jetstream().subscribe(
-            subject_filter, stream=self.subjects.events_stream, ordered_consumer=True,
-            config=config)
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=idle_timeout)
-                except nats.errors.TimeoutError:
-                    return
-                try:
-                    event = Event.model_validate_json(msg.data)
-                except ValidationError:
-                    continue
-                yield msg.metadata.sequence.stream, event
-        finally:
-            await sub.unsubscribe()
-
     async def wait(self, workflow_id: str, *, timeout: float = 60.0,
                    namespaces: Sequence[str] | None = None) -> WorkflowReply:
         """Wait until the workflow is terminal, then return its status.
@@ -571,34 +528,3 @@ class NatsflowClient:
         except TimeoutError:
             raise EngineTimeout(f"workflow {workflow_id} not finished in {timeout}s") from None
         return await self.get(workflow_id, namespaces=namespaces)
-
-
-def _no_service(op: Operation[Any, Any]) -> Unavailable:
-    """Nobody answers ``op``: name the service that should, and how to run it."""
-    if op.server is Server.INDEX:
-        return Unavailable(f"no index is running: {op.name} is answered by the index "
-                           f"service (`natsflow index`), not the orchestrator",
-                           details={"service": "index"})
-    return Unavailable("no orchestrator is running", details={"service": "orchestrator"})
-
-
-def stream_end(status: WorkflowStatus | None) -> int | None:
-    """The ``seq`` a workflow's event stream ends at, as far as its stored status says.
-
-    A stream ends at the last event of a terminal workflow. A retry starts another run
-    after a terminal event, in the same stream, so a terminal event ends the stream only
-    when it is the last one stored (a retry still queued in the inbox, not yet taken by
-    the engine, is not seen). Every follower of a workflow's events (the client's
-    :meth:`NatsflowClient.watch` and :meth:`~NatsflowClient.wait`, the CLI, the
-    gateway's SSE) stops by this rule.
-
-    Args:
-        status: The workflow's stored status (None: no status yet).
-
-    Returns:
-        The ``seq`` of its last event if it is terminal, else None (more will come).
-    """
-    if status is None or status.state not in WORKFLOW_TERMINAL:
-        return None
-    return status.last_seq
-

@@ -49,7 +49,7 @@ class TriggerClient(NatsflowClient):
     @classmethod
     def of(cls, client: NatsflowClient) -> TriggerClient:
         """The same connection, subjects and timeout as ``client``."""
-        return cls(client.nc, client.subjects, timeout=client.timeout)
+        return cls(client.transport, client.subjects, timeout=client.timeout)
 
     async def create_trigger(self, spec: dict[str, Any], *,
                              namespaces: Sequence[str] | None = None) -> TriggerReply:

@@ -160,7 +160,8 @@ def test_an_error_reply_reads_back_as_the_error() -> None:
 # -- client, services and document: one set ----------------------------------------------
 
 #: Client methods that are no API operation (liveness, the events stream, submit).
-_NOT_API = {"ping", "watch", "events", "event_feed", "require_events_stream", "wait", "submit"}
+_NOT_API = {"ping", "watch", "events", "event_feed", "require_events_stream", "wait", "submit",
+            "aclose"}
 
 
 async def _every_api_method(client: NatsflowClient) -> set[str]:

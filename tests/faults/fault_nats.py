@@ -238,7 +238,11 @@ async def deployment(urls: Sequence[str], prefix: str, *, replicas: int = 1,
     try:
         async with running_demo_worker(settings) as probe, \
                 _gateway(settings, request_timeout=request_timeout) as url, \
-                httpx.AsyncClient(base_url=url, timeout=30.0) as http:
+                httpx.AsyncClient(base_url=url, timeout=30.0,
+                                  # idle connections end before uvicorn's 5 s keep-alive
+                                  # does: a POST on a connection the server is closing
+                                  # fails with ReadError, and is not retried.
+                                  limits=httpx.Limits(keepalive_expiry=2.0)) as http:
             yield Deployment(settings, nc, NatsflowClient(nc, settings.subjects), http, orch,
                              probe, url, states)
     finally:
@@ -270,6 +274,7 @@ class Load:
         self._limit = asyncio.Semaphore(in_flight)
         self._stop = asyncio.Event()
         self._sends: set[asyncio.Task[None]] = set()
+        self.failed: list[BaseException] = []  # sends the gateway did not answer
         self._pace = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -278,7 +283,7 @@ class Load:
             await self._limit.acquire()
             task = asyncio.create_task(self._create(i))
             self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+            task.add_done_callback(self._done)
             i += 1
             await asyncio.sleep(self.every)
 
@@ -292,6 +297,11 @@ class Load:
                                        r.headers, r.json()))
         finally:
             self._limit.release()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failed.append(task.exception())  # type: ignore[arg-type]
 
     def accepted(self, *, after: float = 0.0) -> list[str]:
         return [a.workflow_id for a in self.answers if a.status < 300 and a.sent >= after]
@@ -320,8 +330,12 @@ class Load:
     async def stop(self) -> None:
         self._stop.set()
         await self._pace
-        # A send that failed at the HTTP level (the gateway did not answer) fails here.
-        await asyncio.gather(*self._sends)
+        # A send that failed at the HTTP level (the gateway did not answer) fails here:
+        # finished sends left `_sends` as they ended, their errors are in `failed`.
+        await asyncio.gather(*self._sends, return_exceptions=True)
+        assert not self.failed, (f"{len(self.failed)} creates got no HTTP answer: "
+                                 f"{self.failed[:3]!r}")
+
 
 
 async def wait_terminal(client: NatsflowClient, ids: Sequence[str], *,

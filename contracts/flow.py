@@ -162,7 +162,9 @@ def check_flow(config: Any) -> None:
             check_template(spec.key, variables=_WORKFLOW_KEY_VARIABLES,
                            field=f"concurrency.{i}.key")
     for i, step in enumerate(config.steps):
-        body = getattr(step, "step", None)  # a map's item step
+        # A map's item step. Read from the fields, not getattr: on a model without the
+        # field getattr raises and catches AttributeError, ~13 us per step per config.
+        body = vars(step).get("step")
         if body is not None and (body.concurrency or body.rate_limit):
             raise InvalidGraph("a map's item step takes no concurrency or rate_limit (the "
                                "map's max_concurrency bounds its items; a limit on the map "

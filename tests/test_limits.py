@@ -243,6 +243,12 @@ def test_bad_flow_fields_name_the_field() -> None:
         config([{"id": "a", "task": "t"}], concurrency={"limit": 0})
     with pytest.raises(ValidationError, match="per"):
         config([{"id": "a", "task": "t", "rate_limit": {"limit": 1, "per": "soon"}}])
+    # A map's item step is read from the fields (vars), not getattr: still refused.
+    with pytest.raises(InvalidGraph, match="item step") as bad:
+        config([{"id": "m", "kind": "map", "items": "[1]",
+                 "step": {"task": "t", "rate_limit": {"limit": 1, "per": "1s"}}}])
+    assert bad.value.info().field == "steps.0.step.concurrency"
+    config([{"id": "m", "kind": "map", "items": "[1]", "step": {"task": "t"}}])
 
 
 # -- the pools ---------------------------------------------------------------------

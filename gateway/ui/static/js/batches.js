@@ -75,13 +75,21 @@ async function showBatch() {
   render(batch);
   const members = new Set(batch.members.map((m) => m.workflow_id));
   let timer = null;
-  sse("/events" + qs({ subject: "*.workflow.*" }), (ev) => {
-    if (!members.has(ev.data && ev.data.workflow_id) || timer) return;
+  const unfinished = (b) => Object.entries(b.counts).some(([s, n]) => n > 0 && !TERMINAL.has(s));
+  const refresh = (delay) => {
+    if (timer) return;
     timer = setTimeout(async () => {
       timer = null;
       try { batch = await api(`/batches/${enc(id)}`); render(batch); } catch (err) { showMessage(err); }
-    }, 300);
+      // A member's event can come before the batch record counts it (the batch is told of
+      // its members' ends after their events are out): look again while any is unfinished.
+      if (unfinished(batch)) refresh(2000);
+    }, delay);
+  };
+  sse("/events" + qs({ subject: "*.workflow.*" }), (ev) => {
+    if (members.has(ev.data && ev.data.workflow_id)) refresh(300);
   }, { reconnect: "always" });
+  if (unfinished(batch)) refresh(2000);
 }
 
 try {

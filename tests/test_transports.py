@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.params import Header, Query
 from fastapi.routing import APIRoute
 from nats.aio.client import Client
+from ui_browser import serve_gateway
 
 from contracts.errors import (
     AlreadyFinished,
@@ -31,7 +31,6 @@ from contracts.messages import WorkflowReply
 from contracts.operations import OPERATIONS
 from gateway import create_app
 from natsflow.client import NatsflowClient
-from natsflow.embedded import free_port
 from natsflow.transports import WORKFLOW_EVENTS, HttpTransport, error_from_problem
 from orchestrator.index import IndexService
 from transport.connect import NatsSettings
@@ -101,21 +100,12 @@ async def indexer(settings: NatsSettings, nc: Client) -> AsyncIterator[IndexServ
 @pytest.fixture
 async def gateway(settings: NatsSettings, nc: Client) -> AsyncIterator[NatsflowClient]:
     """A client through a real gateway (uvicorn on a free port) of this deployment."""
-    port = free_port()
-    app = create_app(settings, auth=None, nc=nc, heartbeat=0.5)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
-                                           ws="none", log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "uvicorn did not start"
-        await asyncio.sleep(0.02)
-    client = NatsflowClient(HttpTransport(f"http://127.0.0.1:{port}"), settings.subjects)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-        server.should_exit = True
-        await serving
+    async with serve_gateway(settings, nc) as url:
+        client = NatsflowClient(HttpTransport(url), settings.subjects)
+        try:
+            yield client
+        finally:
+            await client.aclose()
 
 
 GATES = {"name": "gates", "id": "gates-1", "labels": {"team": "t1"}, "steps": [

@@ -375,7 +375,16 @@ def _json(resp: httpx.Response) -> Any:
 
 
 def _read(shape: ReplyShape, reply: type[_A], code: int, data: Any) -> _A:
-    """The gateway's answer as ``reply``, by the route's :class:`ReplyShape`."""
+    """The gateway's answer as ``reply``, by the route's :class:`ReplyShape`; an answer
+    that is not one (a URL that is not a natsflow gateway) is :class:`Unavailable`."""
+    try:
+        return _shaped(shape, reply, code, data)
+    except ValidationError as exc:
+        raise Unavailable(f"the answer from the gateway is not a natsflow {reply.__name__}: "
+                          f"{exc.errors()[0]['msg'] if exc.errors() else exc}") from None
+
+
+def _shaped(shape: ReplyShape, reply: type[_A], code: int, data: Any) -> _A:
     if shape is ReplyShape.BODY:
         return reply.model_validate(data, context={TRUSTED: True})
     created = shape is ReplyShape.STATUS_CREATED and code != 200

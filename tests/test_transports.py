@@ -12,6 +12,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.params import Header, Query
@@ -24,6 +25,7 @@ from contracts.errors import (
     InvalidRequest,
     NatsflowError,
     SchemaMismatch,
+    Unavailable,
     WorkflowNotFound,
 )
 from contracts.http_routes import HttpRoute
@@ -203,3 +205,18 @@ def test_a_reply_without_status_reads_as_accepted() -> None:
     accepted = _read(ReplyShape.STATUS_CREATED, WorkflowReply, 202, {"id": "w"})
     assert accepted == WorkflowReply(id="w", created=True)
     assert _read(ReplyShape.STATUS, WorkflowReply, 202, {"id": "w"}) == WorkflowReply(id="w")
+
+
+async def test_an_answer_that_is_not_a_natsflow_reply_is_unavailable() -> None:
+    # A --gateway URL that points at some other HTTP server answering 200 with HTML.
+    async def other(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>not a gateway</html>")
+
+    transport = HttpTransport("http://127.0.0.1:9", http=httpx.AsyncClient(
+        transport=httpx.MockTransport(other), base_url="http://127.0.0.1:9"))
+    client = NatsflowClient(transport, NatsSettings().subjects)
+    try:
+        with pytest.raises(Unavailable, match="not a natsflow"):
+            await client.get("wf-1")
+    finally:
+        await client.aclose()

@@ -8,13 +8,16 @@ and records every other request, and fails the test if there was one).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
 import httpx
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Route, expect
 from ui_browser import Ui, browser_fixture, ui_fixture  # noqa: F401  (fixtures)
+
+from contracts.models import WorkflowState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -63,6 +66,34 @@ async def test_a_new_run_appears_and_changes_state_without_a_reload(ui: Ui) -> N
     assert "name=no-such-name" in page.url
     await page.click('[data-role="reset"]')
     await expect(row).to_have_count(1)
+
+
+async def test_a_run_that_ends_before_the_live_stream_opens_is_shown(ui: Ui) -> None:
+    # The page reads the list, then opens the event stream: a run created and finished
+    # in between sends no event the page will see, so the page must read the list again
+    # once the stream is open (CI: a run created right after a reload never appeared).
+    opened = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        await opened.wait()
+        await route.continue_()
+
+    await ui.page.route("**/events?*", hold)
+    page = await ui.goto("/ui/")
+    await expect(page.locator("body[data-loaded=true]")).to_have_count(1)
+    wid = "gap-" + uuid.uuid4().hex[:8]
+    await ui.client.create({"name": "greet", "id": wid,
+                            "steps": [{"id": "s", "task": "demo.noop"}]})
+    for _ in range(200):
+        status = await ui.client.get(wid)
+        if status.status is not None and status.status.state == WorkflowState.COMPLETED:
+            break
+        await asyncio.sleep(0.05)
+    assert status.status is not None and status.status.state == WorkflowState.COMPLETED
+    await expect(page.locator(_row(ui, wid))).to_have_count(0)  # read before it existed
+    opened.set()
+    await expect(page.locator("#nf-live.nf-on")).to_have_count(1)
+    await expect(page.locator(_row(ui, wid))).to_have_attribute("data-state", "completed")
 
 
 async def test_stop_from_its_button_and_a_refusal_is_shown(ui: Ui) -> None:

@@ -257,7 +257,13 @@ function applyEvent(event) {
 function follow() {
   sse("/events" + qs({ subject: "*.workflow.*" }), applyEvent, {
     reconnect: "always",
-    onOpen: () => { live.classList.add("nf-on"); live.title = "following every run's events"; },
+    onOpen: () => {
+      live.classList.add("nf-on");
+      live.title = "following every run's events";
+      // What happened between the page's read and the stream's start sends no event
+      // here: read the page again now that the stream is open (and after a reconnect).
+      scheduleRefresh(0);
+    },
     onError: (err) => {
       live.classList.remove("nf-on");
       live.title = err.message;

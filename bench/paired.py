@@ -4,6 +4,7 @@ Usage::
 
     uv run python bench/paired.py [--steps 10] [--workflows 150] [--json] A B
     uv run python bench/paired.py --load 2000 [--rounds 6] [--via create] A B
+    uv run python bench/paired.py --sync always ...   # on a server that fsyncs every write
 
 ``A`` and ``B`` each describe one deployment (an orchestrator and a no-op worker, with
 a prefix of their own) as environment settings, e.g.
@@ -44,6 +45,7 @@ from pathlib import Path
 from _load import Tracker, chain_config, run_load
 from _procs import _SERVE, Service, cpu_seconds
 from _serve import NOOP_TASK
+from _sync import SYNC_CONFIG
 
 from contracts.models import WorkflowConfig
 from natsflow.client import NatsflowClient
@@ -67,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Calls in flight per side (with --load).")
     p.add_argument("--via", choices=("create", "submit"), default="create",
                    help="How load is submitted (with --load).")
+    p.add_argument("--sync", choices=tuple(SYNC_CONFIG), default="default",
+                   help="The server's sync_interval (always: every acknowledged write "
+                        "fsynced, the durable mode of issue 17).")
     p.add_argument("--json", action="store_true", help="Print the results as JSON only.")
     return p.parse_args(argv)
 
@@ -168,6 +173,7 @@ async def _load_rounds(args: argparse.Namespace, sides: list[Side]) -> dict[str,
                 rates[n].append(result.workflows_per_s)
     ratios = [b / a for a, b in zip(per_wf[0], per_wf[1], strict=True)]
     return {"load": args.load, "rounds": args.rounds, "via": args.via,
+            "sync_interval": args.sync,
             "sides": [{"side": side.spec, "orchestrator_ms_per_wf": statistics.median(cpu),
                        "workflows_per_s": statistics.median(rate)}
                       for side, cpu, rate in zip(sides, per_wf, rates, strict=True)],
@@ -176,7 +182,8 @@ async def _load_rounds(args: argparse.Namespace, sides: list[Side]) -> dict[str,
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
-    server = EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log")
+    server = EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log",
+                          config=SYNC_CONFIG[args.sync])
     server.start()
     services: list[Service] = []
     try:
@@ -211,7 +218,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         rows = [side.summary(*await _halves(side, args.steps)) for side in sides]
         diffs = [b - a for a, b in zip(sides[0].latencies, sides[1].latencies, strict=True)]
         await nc.drain()
-        return {"steps": args.steps, "workflows": args.workflows, "sides": rows,
+        return {"steps": args.steps, "workflows": args.workflows, "sync_interval": args.sync,
+                "sides": rows,
                 "paired_diff_ms": statistics.median(diffs),
                 "b_faster": sum(1 for d in diffs if d < 0), "pairs": len(diffs)}
     finally:

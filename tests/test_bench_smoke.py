@@ -7,6 +7,7 @@ phase finishes every workflow and that each figure the README talks about is the
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,11 +148,12 @@ def test_soak_kills_the_orchestrator_and_every_workflow_keeps_its_promises() -> 
 def test_paired_benchmark_reports_both_sides_and_their_difference() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "paired.py"), "--steps", "2", "--workflows",
-         "3", "--warmup", "1", "--json", "NATSFLOW_EVENT_LOOP=asyncio",
+         "3", "--warmup", "1", "--sync", "always", "--json", "NATSFLOW_EVENT_LOOP=asyncio",
          "NATSFLOW_EVENT_LOOP=uvloop"],
         cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
+    assert report["sync_interval"] == "always"
     assert [side["side"] for side in report["sides"]] == [
         "NATSFLOW_EVENT_LOOP=asyncio", "NATSFLOW_EVENT_LOOP=uvloop"]
     for side in report["sides"]:
@@ -173,3 +175,40 @@ def test_paired_load_compares_orchestrator_cpu_per_workflow() -> None:
     for side in report["sides"]:
         assert side["orchestrator_ms_per_wf"] > 0 and side["workflows_per_s"] > 0, side
     assert report["pairs"] == 2 and 0 <= report["b_lower"] <= 2 and report["cpu_ratio"] > 0
+
+
+def _can_trace() -> bool:
+    if shutil.which("strace") is None:
+        return False
+    probe = subprocess.run(["strace", "-e", "trace=none", "true"], capture_output=True,
+                           check=False, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.timeout(200)
+def test_fsyncs_benchmark_attributes_every_flush_to_its_file() -> None:
+    if not _can_trace():
+        pytest.skip("strace is missing or may not trace here")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fsyncs.py"), "--workflows", "3", "--steps", "2",
+         "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+
+    def by_file(phase: str) -> dict[tuple[str, str], float]:
+        return {(row["file"].partition("_")[2], row["kind"]): row["per_workflow"]
+                for row in report[phase]["rows"]}
+
+    # Every stored message is one fsync of its stream's block (bench/README.md, "Where
+    # the fsyncs go"), every acked work-queue message one tombstone fsync.
+    one = by_file("one-step")
+    assert one[("EVENTS msgs", "fsync message")] == 6, one
+    assert one[("INBOX msgs", "fsync message")] == 3, one
+    assert one[("TASKS msgs", "fsync message")] == 1, one
+    assert one[("TASKS msgs", "fsync tombstone")] == 1, one
+    assert one[("INBOX msgs", "fsync tombstone")] == 2, one  # the timer is acked later
+    per_step = {(row["file"].partition("_")[2], row["kind"]): row["per_step"]
+                for row in report["per_step"]["rows"]}
+    assert per_step[("EVENTS msgs", "fsync message")] == 3, per_step
+    assert per_step[("TASKS msgs", "fsync tombstone")] == 1, per_step

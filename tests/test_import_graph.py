@@ -9,6 +9,8 @@ function, since a reader has to follow them all the same.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = "orchestrator"
@@ -138,3 +140,21 @@ def test_contracts_import_no_io_and_nothing_built_on_them() -> None:
 def test_transport_imports_no_party_built_on_it() -> None:
     bad = forbidden_imports("transport", TRANSPORT_REFUSE)
     assert not bad, "transport/ is plumbing only:\n" + "\n".join(bad)
+
+
+def test_the_services_start_without_the_cel_command_line() -> None:
+    # contracts/language/_cel.py loads CEL's engine without its REPL (typer, rich,
+    # prompt_toolkit: ~0.6 s of CPU at every process start on this machine); the engine
+    # still evaluates, and `import cel` after it still gives the whole package.
+    script = (
+        "import sys, orchestrator.service, gateway.app\n"
+        "from contracts.language.expr import evaluate\n"
+        "loaded = sorted(m for m in ('cel', 'cel.cli', 'prompt_toolkit') if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+        "assert evaluate('input.n * 2', {'input': {'n': 21}}) == 42\n"
+        "import cel\n"
+        "assert cel.compile('1 + 1') is not None and cel.evaluate('2 * 3') == 6\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

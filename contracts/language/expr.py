@@ -31,9 +31,8 @@ from collections.abc import Collection, Iterator, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
-import cel
-
 from contracts.errors import ExpressionError
+from contracts.language._cel import cel
 
 __all__ = [
     "FUNCTIONS",

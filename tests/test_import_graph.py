@@ -142,16 +142,21 @@ def test_transport_imports_no_party_built_on_it() -> None:
     assert not bad, "transport/ is plumbing only:\n" + "\n".join(bad)
 
 
-def test_the_services_start_without_the_cel_command_line() -> None:
+def test_the_services_start_without_what_they_may_never_use() -> None:
     # contracts/language/_cel.py loads CEL's engine without its REPL (typer, rich,
-    # prompt_toolkit: ~0.6 s of CPU at every process start on this machine); the engine
-    # still evaluates, and `import cel` after it still gives the whole package.
+    # prompt_toolkit: ~0.6 s of CPU at every process start on this machine), and
+    # jsonschema is imported on the first schema; both still work when used, and
+    # `import cel` after it still gives the whole package.
     script = (
         "import sys, orchestrator.service, gateway.app\n"
         "from contracts.language.expr import evaluate\n"
-        "loaded = sorted(m for m in ('cel', 'cel.cli', 'prompt_toolkit') if m in sys.modules)\n"
+        "loaded = sorted(m for m in ('cel', 'cel.cli', 'prompt_toolkit', 'jsonschema')\n"
+        "                if m in sys.modules)\n"
         "assert not loaded, loaded\n"
         "assert evaluate('input.n * 2', {'input': {'n': 21}}) == 42\n"
+        "from contracts.language.schema import check_schema, validate_instance\n"
+        "check_schema({'type': 'integer'}, field='f')\n"
+        "validate_instance(1, {'type': 'integer'}, field='f')\n"
         "import cel\n"
         "assert cel.compile('1 + 1') is not None and cel.evaluate('2 * 3') == 6\n"
         "print('ok')\n")

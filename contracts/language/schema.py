@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
-
-from jsonschema.exceptions import SchemaError
-from jsonschema.validators import Draft202012Validator
+from typing import TYPE_CHECKING, Any
 
 from contracts.errors import FieldError, InvalidGraph, SchemaMismatch
 
+if TYPE_CHECKING:
+    from jsonschema.validators import Draft202012Validator
+
 __all__ = ["SchemaMismatch", "check_schema", "validate_instance"]
+
+# jsonschema is imported where it is first used: importing it (and referencing, rpds)
+# costs every process ~0.3 s of start-up, and most workflows declare no schema.
 
 _MAX_REPORTED = 20
 
@@ -22,6 +25,9 @@ def check_schema(schema: dict[str, Any], *, field: str) -> None:
     Raises:
         InvalidGraph: it is not (naming ``field``).
     """
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import Draft202012Validator
+
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -31,6 +37,8 @@ def check_schema(schema: dict[str, Any], *, field: str) -> None:
 
 @functools.lru_cache(maxsize=1024)
 def _validator(schema_json: str) -> Draft202012Validator:
+    from jsonschema.validators import Draft202012Validator
+
     return Draft202012Validator(json.loads(schema_json),
                                 format_checker=Draft202012Validator.FORMAT_CHECKER)
 

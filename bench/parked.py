@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "then stopped.")
     p.add_argument("--sleep", type=float, default=86_400.0,
                    help="With --kind sleep: how long each sleeps (longer than the run).")
+    p.add_argument("--hold", type=float, default=0.0,
+                   help="Seconds to leave them parked before releasing them (a record "
+                   "stored over 100 s ago is released by a slower path: bench/README.md).")
     p.add_argument("--concurrency", type=int, default=64,
                    help="create/signal/stop calls in flight at once.")
     p.add_argument("--sync", choices=tuple(SYNC_CONFIG), default="default",
@@ -84,8 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.workflows = SMOKE_WORKFLOWS
-    if args.workflows < 10 or args.concurrency < 1 or args.sleep <= 0:
-        p.error("--workflows must be at least 10, --concurrency and --sleep positive")
+    if args.workflows < 10 or args.concurrency < 1 or args.sleep <= 0 or args.hold < 0:
+        p.error("--workflows must be at least 10, --concurrency and --sleep positive, "
+                "--hold not negative")
     return args
 
 
@@ -136,7 +140,7 @@ class ParkedBench:
         self.base = parked_config(args.kind, args.sleep)
         self.report: dict[str, Any] = {"settings": {
             "workflows": args.workflows, "kind": args.kind, "concurrency": args.concurrency,
-            "sleep_s": args.sleep if args.kind == "sleep" else None,
+            "sleep_s": args.sleep if args.kind == "sleep" else None, "hold_s": args.hold,
             "sync_interval": args.sync, "cpus": os.cpu_count(),
             "python": platform.python_version()}}
 
@@ -219,6 +223,9 @@ class ParkedBench:
                       markup=True)
             return
 
+        if a.hold:
+            log.print(f"holding them parked for {a.hold:.0f}s...")
+            await asyncio.sleep(a.hold)
         verb = "signalling" if a.kind == "wait" else "stopping"
         log.print(f"{verb} {a.workflows:,} workflows...")
         release, release_rss = await self._sampled(ended, lambda: run_calls(

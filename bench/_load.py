@@ -27,13 +27,17 @@ from natsflow.client import NatsflowClient
 
 __all__ = [
     "PhaseResult",
+    "Snapshot",
     "Tracker",
     "chain_config",
     "percentile",
     "raw_floor",
     "raw_rtt",
+    "run_calls",
     "run_load",
     "run_sequential",
+    "settled",
+    "snapshot",
     "stored_messages",
 ]
 
@@ -118,6 +122,37 @@ async def stored_messages(nc: Client, subjects: Subjects) -> int:
     return total
 
 
+#: stream name -> (messages, last_seq, bytes)
+Snapshot = dict[str, tuple[int, int, int]]
+
+
+async def snapshot(nc: Client) -> tuple[Snapshot, dict[str, list[str]]]:
+    """Every stream's (messages, last_seq, bytes), and its subjects."""
+    state: Snapshot = {}
+    captures: dict[str, list[str]] = {}
+    for info in await nc.jetstream().streams_info():
+        name = info.config.name
+        if name is None:
+            continue
+        state[name] = (info.state.messages, info.state.last_seq, info.state.bytes)
+        captures[name] = list(info.config.subjects or [])
+    return state, captures
+
+
+async def settled(nc: Client, *, quiet: float = 0.5, timeout: float = 30.0) -> Snapshot:
+    """A snapshot once nothing has been stored for ``quiet`` seconds (the last outbox
+    parts and acks land after the terminal event)."""
+    last, _ = await snapshot(nc)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(quiet)
+        now, _ = await snapshot(nc)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 # -- completion tracking -----------------------------------------------------------
 
 
@@ -128,19 +163,32 @@ class _Pending:
 
 
 class Tracker:
-    """Times workflows from submission to their terminal event."""
+    """Times workflows from submission to their terminal event.
 
-    def __init__(self, nc: Client, subjects: Subjects) -> None:
+    Args:
+        nc: The benchmark's connection.
+        subjects: The deployment's subjects.
+        events: The events that end a workflow's clock (default: its terminal events).
+        success: The one of them that is not counted as ``failed``.
+    """
+
+    def __init__(self, nc: Client, subjects: Subjects, *,
+                 events: tuple[EventType, ...] = (EventType.WORKFLOW_COMPLETED,
+                                                  EventType.WORKFLOW_FAILED),
+                 success: EventType = EventType.WORKFLOW_COMPLETED) -> None:
         self.nc = nc
         self.subjects = subjects
+        self.events = events
+        self.success = success
         self.pending: dict[str, _Pending] = {}
         self.failed = 0
+        self.finished = 0
         self.last_done = 0.0
         self._subs: list[Any] = []
 
     async def start(self) -> None:
-        """Subscribe to terminal events (before any load is sent)."""
-        for kind in (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED):
+        """Subscribe to the events (before any load is sent)."""
+        for kind in self.events:
             self._subs.append(await self.nc.subscribe(
                 self.subjects.events_of("*", kind.value), cb=self._on_event,
                 pending_msgs_limit=1_000_000, pending_bytes_limit=1024**3))
@@ -158,13 +206,14 @@ class Tracker:
 
     async def _on_event(self, msg: Msg) -> None:
         now = time.perf_counter()
-        # <prefix>.events.<id>.workflow.<what>: the id is third from the end.
+        # <prefix>.events.<id>.<kind>.<what>: the id is third from the end.
         tokens = msg.subject.rsplit(".", 3)
         entry = self.pending.pop(tokens[1], None)
         if entry is None or entry.done.done():
             return
-        if tokens[3] != "completed":
+        if f"{tokens[2]}.{tokens[3]}" != self.success.value:
             self.failed += 1
+        self.finished += 1
         self.last_done = now
         entry.done.set_result(now - entry.t0)
 
@@ -184,6 +233,7 @@ class PhaseResult:
     elapsed: float = 0.0
     submit_elapsed: float = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)
+    ids: list[str] = field(default_factory=list, repr=False)
     stored_messages: int = 0
     cpu: dict[str, float] = field(default_factory=dict)
 
@@ -229,20 +279,30 @@ async def run_load(client: NatsflowClient, tracker: Tracker, *, name: str,
     Configs (with client-chosen ids) are built before the clock starts, so the cost
     of building them is not charged to natsflow.
     """
-    configs = _configs(base, name, n)
+    configs = {c.id: c for c in _configs(base, name, n) if c.id is not None}
     send = _sender(client, via)
-    result = PhaseResult(name=name, workflows=n, steps_per_workflow=len(base.steps))
+    return await run_calls(tracker, name=name, ids=list(configs),
+                           call=lambda wid: send(configs[wid]), concurrency=concurrency,
+                           timeout=timeout, steps_per_workflow=len(base.steps))
+
+
+async def run_calls(tracker: Tracker, *, name: str, ids: list[str],
+                    call: Callable[[str], Awaitable[Any]], concurrency: int, timeout: float,
+                    steps_per_workflow: int = 1) -> PhaseResult:
+    """``call`` each workflow id, at most ``concurrency`` calls in flight, and await every
+    id's event (``tracker``'s): a load phase of creates, submits, signals or stops."""
+    result = PhaseResult(name=name, workflows=len(ids), steps_per_workflow=steps_per_workflow,
+                         ids=ids)
     futures: list[asyncio.Future[float]] = []
-    todo = iter(configs)
+    todo = iter(ids)
 
     async def lane() -> None:
-        for config in todo:
-            assert config.id is not None
-            futures.append(tracker.expect(config.id))
-            await send(config)
+        for wid in todo:
+            futures.append(tracker.expect(wid))
+            await call(wid)
 
     start = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(min(concurrency, n))))
+    await asyncio.gather(*(lane() for _ in range(min(concurrency, len(ids)))))
     result.submit_elapsed = time.perf_counter() - start
     done, _ = await asyncio.wait(futures, timeout=max(1.0, timeout - result.submit_elapsed))
     result.elapsed = (tracker.last_done if done else time.perf_counter()) - start

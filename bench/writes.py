@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _load import Tracker, chain_config, run_sequential
+from _load import Snapshot, Tracker, chain_config, run_sequential, settled, snapshot
 from _procs import Service
 from _serve import NOOP_TASK
 from _sync import SYNC_CONFIG
@@ -43,10 +43,6 @@ from natsflow.embedded import EmbeddedNats
 from transport.connect import NatsSettings, connect
 
 log = Console(stderr=True, highlight=False)
-
-#: stream name -> (messages, last_seq)
-Snapshot = dict[str, tuple[int, int]]
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
@@ -112,42 +108,14 @@ class Tap:
         return seen
 
 
-async def snapshot(nc: Client) -> tuple[Snapshot, dict[str, list[str]]]:
-    """Every stream's (messages, last_seq), and its subjects."""
-    js = nc.jetstream()
-    state: Snapshot = {}
-    captures: dict[str, list[str]] = {}
-    for info in await js.streams_info():
-        name = info.config.name
-        if name is None:
-            continue
-        state[name] = (info.state.messages, info.state.last_seq)
-        captures[name] = list(info.config.subjects or [])
-    return state, captures
-
-
-async def settled(nc: Client, *, quiet: float = 0.5, timeout: float = 30.0) -> Snapshot:
-    """A snapshot once nothing has been stored for ``quiet`` seconds (the last outbox
-    parts and acks land after the terminal event)."""
-    last, _ = await snapshot(nc)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await asyncio.sleep(quiet)
-        now, _ = await snapshot(nc)
-        if now == last:
-            return now
-        last = now
-    return last
-
-
 def breakdown(before: Snapshot, after: Snapshot, captures: dict[str, list[str]],
               seen: Counter[str], subjects: Subjects, n: int) -> dict[str, Any]:
     """Per stream: stored (last_seq delta) and still there (messages delta), per
     workflow, with what the stored messages were (from the tap)."""
     streams: dict[str, Any] = {}
     for name in sorted(after):
-        stored = after[name][1] - before.get(name, (0, 0))[1]
-        kept = after[name][0] - before.get(name, (0, 0))[0]
+        stored = after[name][1] - before.get(name, (0, 0, 0))[1]
+        kept = after[name][0] - before.get(name, (0, 0, 0))[0]
         kinds: Counter[str] = Counter()
         for subject, count in seen.items():
             if any(subject_matches(p, subject) for p in captures.get(name, [])):

@@ -99,6 +99,42 @@ def test_map_benchmark_completes_every_map_and_reports_its_figures() -> None:
 
 
 @pytest.mark.timeout(200)
+@pytest.mark.parametrize("kind", ["wait", "sleep"])
+def test_parked_benchmark_parks_every_workflow_then_releases_it(kind: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "parked.py"), "--smoke", "--kind", kind,
+         "--concurrency", "16", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    n = report["settings"]["workflows"]
+    assert n == 200 and report["settings"]["kind"] == kind
+    park, release = report["park"], report["release"]
+    assert park["done"] == release["done"] == n, (park, release)
+    assert park["failed"] == release["failed"] == 0, (park, release)
+    assert release["how"] == ("signal" if kind == "wait" else "stop")
+    # Read back: every one checked was running with its step waiting.
+    assert report["checked_waiting"]["waiting"] == report["checked_waiting"]["checked"] > 0
+    assert release["workflows_per_s"] > 0 and 0 < release["p50_ms"] <= release["p99_ms"]
+    # The store grew: a record, a summary and its events per parked workflow at least.
+    streams = report["storage"]["streams"]
+    assert report["storage"]["bytes_per_workflow"] > 0
+    assert report["storage"]["bytes"] == sum(s["bytes"] for s in streams.values())
+    records = next(s for name, s in streams.items() if name.endswith("_workflows"))
+    assert records["messages_per_workflow"] == 1 and records["bytes_per_workflow"] > 100
+    events = next(s for name, s in streams.items() if name.endswith("_EVENTS"))
+    assert events["messages_per_workflow"] == 3  # created, started, step.waiting
+    if kind == "sleep":  # its timer waits in the inbox
+        inbox = next(s for name, s in streams.items() if name.endswith("_INBOX"))
+        assert inbox["messages_per_workflow"] == 1
+    # RSS at 0 and at every tenth parked, the last one when all were.
+    rss = park["orchestrator_rss_kib"]
+    assert rss[0]["done"] == 0 and rss[-1]["done"] == n and len(rss) >= 3
+    assert all(s["rss_kib"] > 0 for s in rss + release["orchestrator_rss_kib"])
+    assert len(report["targets"]) == 3
+
+
+@pytest.mark.timeout(200)
 def test_list_benchmark_reports_every_filter() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "list.py"), "--workflows", "500",

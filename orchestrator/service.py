@@ -333,9 +333,14 @@ class Orchestrator:
             await asyncio.gather(*self._loops, return_exceptions=True)
 
     async def run(self) -> None:
-        """Start, then serve until cancelled."""
-        await self.start()
+        """Start, then serve until cancelled (also while starting: stop() still runs)."""
         try:
+            await self.start()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled while starting, and the cancel was swallowed on the way (on
+                # Python 3.11 asyncio.wait_for loses one that races its inner future).
+                raise asyncio.CancelledError
             await asyncio.Event().wait()
         finally:
             await asyncio.shield(self.stop())

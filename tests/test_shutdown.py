@@ -117,3 +117,26 @@ async def test_a_terminated_worker_hands_its_running_task_to_another(
         await asyncio.wait_for(probe.started.wait(), timeout=TASK_ACK_WAIT - 20)
     status = (await client.get(reply.id)).status
     assert status is not None and status.step("nap").attempts == 1  # the same attempt
+
+
+async def test_an_orchestrator_cancelled_while_it_starts_still_stops(
+        settings: NatsSettings, nc: Client) -> None:
+    # bench/_serve.py stops a service by cancelling Orchestrator.run(). A cancel that came
+    # while start() was still going (its API already answers pings; the schedules,
+    # triggers and limiter still starting) skipped stop(): the process hung with every
+    # loop and the connection open (a benchmark's stop waited 15 s, then SIGKILL).
+    client = NatsflowClient(nc, settings.subjects)
+    orchestrator = Orchestrator(settings)
+    run = asyncio.ensure_future(orchestrator.run())
+    deadline = time.monotonic() + 60
+    while not await client.ping(timeout=0.2):
+        assert time.monotonic() < deadline and not run.done()
+        await asyncio.sleep(0.01)
+    run.cancel()
+    await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
+    assert orchestrator.nc is not None and orchestrator.nc.is_closed
+    await asyncio.sleep(0.2)
+    left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()
+            and "/orchestrator/" in getattr(getattr(task.get_coro(), "cr_code", None),
+                                            "co_filename", "")]
+    assert left == [], left

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from helpers import running_demo_worker
 from nats.aio.client import Client
 
 from contracts.errors import NatsflowError, Unavailable
@@ -402,13 +403,12 @@ async def test_serve_runs_uvicorn_until_cancelled(settings: NatsSettings) -> Non
 async def live(engine: object, settings: NatsSettings,
                nc: Client) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway with an orchestrator, the index and the demo worker running."""
-    from natsflow.demo import worker
     from orchestrator.index import IndexService
 
     index = IndexService(settings, nc=nc)
     await index.start()
     try:
-        async with worker.running(settings), _http(create_app(settings, auth=None,
+        async with running_demo_worker(settings), _http(create_app(settings, auth=None,
                                                               nc=nc)) as client:
             yield client
     finally:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from helpers import read_dead_letters
+from helpers import read_dead_letters, running_demo_worker
 from nats.aio.client import Client
 from typer.testing import CliRunner
 
@@ -56,13 +56,12 @@ async def http(settings: NatsSettings, nc: Client) -> AsyncIterator[httpx.AsyncC
 async def live(engine: object, settings: NatsSettings,
                nc: Client) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway with an orchestrator, the index and the demo worker running."""
-    from natsflow.demo import worker
     from orchestrator.index import IndexService
 
     index = IndexService(settings, nc=nc)
     await index.start()
     try:
-        async with worker.running(settings), _http(create_app(settings, auth=None,
+        async with running_demo_worker(settings), _http(create_app(settings, auth=None,
                                                               nc=nc)) as client:
             yield client
     finally:

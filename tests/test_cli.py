@@ -82,11 +82,8 @@ def deployment(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFacto
                                           stderr=subprocess.STDOUT))
 
     try:
+        # All at once, as a supervisor starts them: each creates what it needs.
         spawn("orchestrator", "orchestrator")
-        deadline = time.monotonic() + 30
-        while not asyncio.run(_orchestrator_answers(settings)):
-            assert time.monotonic() < deadline, (logs / "orchestrator.log").read_text()
-            time.sleep(0.2)
         spawn("worker", "worker", "natsflow.demo:worker")
         spawn("index", "index")
         # The gateway takes API keys (its default); the CLI sends NATSFLOW_API_KEY.
@@ -95,6 +92,10 @@ def deployment(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFacto
         assert made.exit_code == 0, made.output
         env["NATSFLOW_API_KEY"] = made.stdout.strip()
         spawn("gateway", "gateway", "--port", str(port))
+        deadline = time.monotonic() + 30
+        while not asyncio.run(_orchestrator_answers(settings)):
+            assert time.monotonic() < deadline, (logs / "orchestrator.log").read_text()
+            time.sleep(0.2)
         url = f"http://127.0.0.1:{port}"
         while True:
             try:

@@ -340,3 +340,24 @@ def _collect(result: PhaseResult, tracker: Tracker,
     tracker.failed = 0
     # Whatever did not finish in time is forgotten, so it cannot skew the next phase.
     tracker.pending.clear()
+
+
+async def await_ready(client: NatsflowClient, alive: Callable[[], bool], *,
+                      timeout: float = 60.0) -> None:
+    """Until the orchestrator answers a ping; fails when ``alive()`` turns False."""
+    deadline = time.monotonic() + timeout
+    while not await client.ping():
+        if time.monotonic() > deadline or not alive():
+            raise RuntimeError("the orchestrator did not come up")
+        await asyncio.sleep(0.2)
+
+
+async def warm_up(client: NatsflowClient, tracker: Tracker, *, steps: Iterable[int],
+                  task: str, n: int) -> None:
+    """``n`` chains of each length one at a time: the worker's consumer and anything
+    else made once per deployment exist before anything is counted."""
+    for k in steps:
+        warm = await run_sequential(client, tracker, name="warmup", n=n, via="create",
+                                    base=chain_config(k, task), timeout=60)
+        if warm.completed < warm.workflows:
+            raise RuntimeError("the warm-up did not finish")

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Service", "cpu_seconds", "rss_kib"]
+from _sync import SYNC_CONFIG
+from nats.aio.client import Client
+
+from natsflow.embedded import EmbeddedNats
+from transport.connect import NatsSettings, connect
+
+__all__ = ["Deployment", "Service", "cpu_seconds", "deployment", "rss_kib"]
 
 _SERVE = Path(__file__).with_name("_serve.py")
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -81,3 +90,43 @@ class Service:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@dataclass
+class Deployment:
+    """A benchmark's own nats-server, its services and a connection to it."""
+
+    server: EmbeddedNats
+    settings: NatsSettings
+    services: list[Service]
+    nc: Client
+
+    def alive(self) -> bool:
+        """Every service still runs."""
+        return all(s.alive() for s in self.services)
+
+
+@contextlib.asynccontextmanager
+async def deployment(workdir: Path, *, name: str, sync: str = "default",
+                     roles: Sequence[str] = ("orchestrator", "worker"),
+                     ) -> AsyncIterator[Deployment]:
+    """Start a nats-server (``sync``: a key of ``SYNC_CONFIG``) and ``roles``, connect;
+    on the way out drain, stop the services (last first) and the server."""
+    server = EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log",
+                          config=SYNC_CONFIG[sync])
+    settings = NatsSettings(servers=[server.url], prefix=name + uuid.uuid4().hex[:6])
+    env = {"NATS_URL": server.url, "NATSFLOW_PREFIX": settings.prefix}
+    services: list[Service] = []
+    server.start()
+    try:
+        for role in roles:
+            services.append(Service(role, env, workdir / f"{role}.log").start())
+        nc = await connect(settings, name=f"bench-{name}")
+        try:
+            yield Deployment(server, settings, services, nc)
+        finally:
+            await nc.drain()
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+        server.stop()

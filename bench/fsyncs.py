@@ -32,22 +32,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _load import Tracker, chain_config, run_load, run_sequential
-from _procs import Service
+from _load import Tracker, await_ready, chain_config, run_load, run_sequential, warm_up
+from _procs import deployment
 from _serve import NOOP_TASK
 from _sync import SYNC_CONFIG
 from rich.console import Console
 from rich.table import Table
 
 from natsflow.client import NatsflowClient
-from natsflow.embedded import EmbeddedNats
-from transport.connect import NatsSettings, connect
 
 log = Console(stderr=True, highlight=False)
 
@@ -212,74 +209,51 @@ class Strace:
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Both phases under strace; the server and services are always stopped."""
-    server = EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log",
-                          config=SYNC_CONFIG[args.sync])
-    settings = NatsSettings(servers=[server.url], prefix="fsyncs" + uuid.uuid4().hex[:6])
-    env = {"NATS_URL": server.url, "NATSFLOW_PREFIX": settings.prefix}
-    services: list[Service] = []
-    server.start()
-    try:
-        for role in ("orchestrator", "worker"):
-            services.append(Service(role, env, workdir / f"{role}.log").start())
-        nc = await connect(settings, name="bench-fsyncs")
-        try:
-            client = NatsflowClient(nc, settings.subjects, timeout=30.0)
-            deadline = time.monotonic() + 60
-            while not await client.ping():
-                if time.monotonic() > deadline or not all(s.alive() for s in services):
-                    raise RuntimeError("the orchestrator did not come up")
-                await asyncio.sleep(0.2)
-            tracker = Tracker(nc, settings.subjects)
-            await tracker.start()
-            for steps in (1, args.steps):  # consumers and first blocks are made now
-                warm = await run_sequential(client, tracker, name="warmup", n=3,
-                                            via="create", base=chain_config(steps, NOOP_TASK),
-                                            timeout=60)
-                if warm.completed < warm.workflows:
-                    raise RuntimeError("the warm-up did not finish")
-            await asyncio.sleep(1.0)
-            assert server.proc is not None
-            store = str((workdir / "nats").resolve())
-            out: dict[str, Any] = {"settings": {"workflows": args.workflows,
-                                                "steps": args.steps, "sync_interval": args.sync}}
-            flushes: dict[str, Flushes] = {}
-            phases = [("one-step", 1, 0), ("chain", args.steps, 0)]
-            if args.load:
-                phases.append(("one-step load", 1, args.load))
-            for name, steps, load in phases:
-                trace = workdir / "trace" / name.replace(" ", "-")
-                trace.parent.mkdir(exist_ok=True)
-                with Strace(server.proc.pid, trace):
-                    t0 = time.perf_counter()
-                    base = chain_config(steps, NOOP_TASK)
-                    phase = await (run_load(client, tracker, name=f"fsyncs {name}", base=base,
-                                            n=load, concurrency=64, via="create",
-                                            timeout=args.timeout) if load else
-                                   run_sequential(client, tracker, name=f"fsyncs {name}",
-                                                  base=base, n=args.workflows, via="create",
-                                                  timeout=args.timeout))
-                    elapsed = time.perf_counter() - t0
-                    await asyncio.sleep(1.0)  # the last acks, tombstones, consumer states
-                if phase.completed < phase.workflows or phase.failed:
-                    raise RuntimeError(f"{name}: {phase.completed}/{phase.workflows} "
-                                       f"finished, {phase.failed} failed")
-                threads = read_traces(trace)
-                if args.keep:
-                    args.keep.mkdir(parents=True, exist_ok=True)
-                    for tid, text in threads.items():
-                        (args.keep / f"{trace.name}.{tid}").write_text(text)
-                flushes[name] = f = parse_strace(threads, store)[0]
-                out[name] = _phase_report(f, phase.workflows, steps,
-                                          statistics.median(phase.latencies) * 1000, elapsed)
-            out["per_step"] = _per_step(flushes, args.workflows, args.steps)
-            await tracker.stop()
-            return out
-        finally:
-            await nc.drain()
-    finally:
-        for svc in reversed(services):
-            svc.stop()
-        server.stop()
+    async with deployment(workdir, name="fsyncs", sync=args.sync) as d:
+        server = d.server
+        client = NatsflowClient(d.nc, d.settings.subjects, timeout=30.0)
+        await await_ready(client, d.alive)
+        tracker = Tracker(d.nc, d.settings.subjects)
+        await tracker.start()
+        # consumers and first blocks are made now
+        await warm_up(client, tracker, steps=(1, args.steps), task=NOOP_TASK, n=3)
+        await asyncio.sleep(1.0)
+        assert server.proc is not None
+        store = str((workdir / "nats").resolve())
+        out: dict[str, Any] = {"settings": {"workflows": args.workflows,
+                                            "steps": args.steps, "sync_interval": args.sync}}
+        flushes: dict[str, Flushes] = {}
+        phases = [("one-step", 1, 0), ("chain", args.steps, 0)]
+        if args.load:
+            phases.append(("one-step load", 1, args.load))
+        for name, steps, load in phases:
+            trace = workdir / "trace" / name.replace(" ", "-")
+            trace.parent.mkdir(exist_ok=True)
+            with Strace(server.proc.pid, trace):
+                t0 = time.perf_counter()
+                base = chain_config(steps, NOOP_TASK)
+                phase = await (run_load(client, tracker, name=f"fsyncs {name}", base=base,
+                                        n=load, concurrency=64, via="create",
+                                        timeout=args.timeout) if load else
+                               run_sequential(client, tracker, name=f"fsyncs {name}",
+                                              base=base, n=args.workflows, via="create",
+                                              timeout=args.timeout))
+                elapsed = time.perf_counter() - t0
+                await asyncio.sleep(1.0)  # the last acks, tombstones, consumer states
+            if phase.completed < phase.workflows or phase.failed:
+                raise RuntimeError(f"{name}: {phase.completed}/{phase.workflows} "
+                                   f"finished, {phase.failed} failed")
+            threads = read_traces(trace)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                for tid, text in threads.items():
+                    (args.keep / f"{trace.name}.{tid}").write_text(text)
+            flushes[name] = f = parse_strace(threads, store)[0]
+            out[name] = _phase_report(f, phase.workflows, steps,
+                                      statistics.median(phase.latencies) * 1000, elapsed)
+        out["per_step"] = _per_step(flushes, args.workflows, args.steps)
+        await tracker.stop()
+        return out
 
 
 def _phase_report(f: Flushes, n: int, steps: int, p50_ms: float,

@@ -22,14 +22,21 @@ import asyncio
 import json
 import sys
 import tempfile
-import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _load import Snapshot, Tracker, chain_config, run_sequential, settled, snapshot
-from _procs import Service
+from _load import (
+    Snapshot,
+    Tracker,
+    await_ready,
+    chain_config,
+    run_sequential,
+    settled,
+    snapshot,
+    warm_up,
+)
+from _procs import Deployment, deployment
 from _serve import NOOP_TASK
 from _sync import SYNC_CONFIG
 from nats.aio.client import Client
@@ -39,8 +46,6 @@ from rich.table import Table
 
 from contracts.subjects import Subjects
 from natsflow.client import NatsflowClient
-from natsflow.embedded import EmbeddedNats
-from transport.connect import NatsSettings, connect
 
 log = Console(stderr=True, highlight=False)
 
@@ -133,43 +138,18 @@ def breakdown(before: Snapshot, after: Snapshot, captures: dict[str, list[str]],
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Both phases; the server and services are always stopped."""
-    server = EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log",
-                          config=SYNC_CONFIG[args.sync])
-    settings = NatsSettings(servers=[server.url], prefix="writes" + uuid.uuid4().hex[:6])
-    env = {"NATS_URL": server.url, "NATSFLOW_PREFIX": settings.prefix}
-    services: list[Service] = []
-    server.start()
-    try:
-        for role in ("orchestrator", "worker"):
-            services.append(Service(role, env, workdir / f"{role}.log").start())
-        nc = await connect(settings, name="bench-writes")
-        try:
-            return await _phases(args, nc, settings.subjects, services)
-        finally:
-            await nc.drain()
-    finally:
-        for svc in reversed(services):
-            svc.stop()
-        server.stop()
+    async with deployment(workdir, name="writes", sync=args.sync) as d:
+        return await _phases(args, d)
 
 
-async def _phases(args: argparse.Namespace, nc: Client, subjects: Subjects,
-                  services: list[Service]) -> dict[str, Any]:
+async def _phases(args: argparse.Namespace, d: Deployment) -> dict[str, Any]:
+    nc, subjects = d.nc, d.settings.subjects
     client = NatsflowClient(nc, subjects, timeout=30.0)
-    deadline = time.monotonic() + 60
-    while not await client.ping():
-        if time.monotonic() > deadline or not all(s.alive() for s in services):
-            raise RuntimeError("the orchestrator did not come up")
-        await asyncio.sleep(0.2)
+    await await_ready(client, d.alive)
     tracker, tap = Tracker(nc, subjects), Tap(nc, subjects)
     await tracker.start()
     await tap.start()
-    # A warm-up makes the worker's consumer and anything else made once per deployment.
-    for steps in (1, args.steps):
-        warm = await run_sequential(client, tracker, name="warmup", n=2, via="create",
-                                    base=chain_config(steps, NOOP_TASK), timeout=60)
-        if warm.completed < warm.workflows:
-            raise RuntimeError("the warm-up did not finish")
+    await warm_up(client, tracker, steps=(1, args.steps), task=NOOP_TASK, n=2)
     out: dict[str, Any] = {"settings": {"workflows": args.workflows, "steps": args.steps,
                                         "sync_interval": args.sync}}
     for name, steps in (("one-step", 1), ("chain", args.steps)):

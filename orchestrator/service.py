@@ -60,6 +60,8 @@ log = logging.getLogger("natsflow.orchestrator")
 _WATCHDOG_PAUSE = 0.5
 #: Default seconds an attempt may wait for a worker before its step says so.
 WORKER_GRACE = 30.0
+#: Seconds a fetch waits for messages before its loop looks around (a stop halts it).
+FETCH_WAIT = 1.0
 #: Seconds a look at the tasks stream's consumers is reused (grace timers come in bursts).
 _CONSUMERS_FRESH = 1.0
 
@@ -296,6 +298,8 @@ class Orchestrator:
     async def stop(self) -> None:
         """Stop fetching, let in-flight groups finish, deregister, disconnect."""
         self._stopping.set()
+        for sub in self._subs:
+            sub.halt()  # the loops' waiting fetches return now, not after their timeout
         if self.api is not None:
             await self.api.close()
         if self.schedules is not None:
@@ -370,7 +374,7 @@ class Orchestrator:
 
     async def _fetch(self, sub: PullConsumer, most: int | None = None) -> list[Msg]:
         try:
-            return await sub.next_batch(most or self.fetch_batch, timeout=1.0)
+            return await sub.next_batch(most or self.fetch_batch, timeout=FETCH_WAIT)
         except ConsumerStalled:
             # e.g. a server restarted without its data: declare everything again, beside
             # the fetching, which goes on (between leaders a declaration would wait out

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from contracts.models import Event
 from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator, letters, runtime
+from orchestrator.outbox import Part
 from transport.connect import NatsSettings
 
 WAIT = {"name": "parked", "steps": [{"id": "park", "kind": "wait", "signal": "go"}]}
@@ -184,3 +185,23 @@ async def stored_or_none(nc: Client, settings: NatsSettings, wid: str
     except Exception:
         return None, 0
     return (json.loads(entry.value) if entry.value else None), entry.revision or 0
+
+
+def _delivered(seq: int) -> Msg:
+    """An INBOX delivery of stream sequence ``seq`` (as its ack subject tells)."""
+    return Msg(_client=None, subject="p.wf.x",  # type: ignore[arg-type]
+               reply=f"$JS.ACK.P_INBOX.engine.1.{seq}.{seq}.1700000000000000000.0")
+
+
+async def test_a_record_names_the_inputs_of_the_parts_it_carries() -> None:
+    """A transition saved while an earlier one's acks are still out carries that one's
+    effects, so its record must name that one's inputs too (they are acked only once
+    those effects are stored); one input without a sequence makes them all unknown."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    earlier = Part([], {}, done, inputs=(5, 6))
+    item = runtime.Item("wf", "x", None, _delivered(42), None)
+    assert runtime._inputs_of([item], []) == (42,)
+    assert runtime._inputs_of([item], [earlier]) == (5, 6, 42)
+    assert runtime._inputs_of([item], [Part([], {}, done, inputs=None)]) is None
+    assert runtime._inputs_of([item, runtime.Item("wf", "x", None, None, None)], []) is None
+    done.cancel()

@@ -5,6 +5,12 @@ Usage::
     uv run python bench/parked.py                          # 100,000 parked on a signal
     uv run python bench/parked.py --workflows 20000 --kind sleep --json
     uv run python bench/parked.py --smoke                  # 200 workflows, a few seconds
+    ROOT=/tmp/p-main uv run python bench/parked.py ...     # the orchestrator of another tree
+
+``ROOT=/path/to/another/checkout`` runs that tree's orchestrator (its code on
+``PYTHONPATH``, started by its own ``bench/_serve.py``, as bench/paired.py does), measured
+by this tree's client: run it and the plain command one after the other, alternating,
+for a paired A/B.
 
 It starts a nats-server (temporary store) and the orchestrator as separate processes (as
 bench/throughput.py does; no worker: neither step kind needs one), creates N one-step
@@ -37,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from _load import PhaseResult, Snapshot, Tracker, run_calls, run_load, settled
-from _procs import Service, cpu_seconds, rss_kib
+from _procs import _SERVE, Service, cpu_seconds, rss_kib
 from _report import FLAT_RSS_TOLERANCE
 from _sync import SYNC_CONFIG
 from rich.console import Console
@@ -142,14 +148,20 @@ class ParkedBench:
             "workflows": args.workflows, "kind": args.kind, "concurrency": args.concurrency,
             "sleep_s": args.sleep if args.kind == "sleep" else None, "hold_s": args.hold,
             "sync_interval": args.sync, "cpus": os.cpu_count(),
+            "root": os.environ.get("ROOT") or None,
             "python": platform.python_version()}}
 
     async def run(self) -> dict[str, Any]:
         """Both phases; the server and the orchestrator are always stopped."""
         env = {"NATS_URL": self.server.url, "NATSFLOW_PREFIX": self.settings.prefix}
         profile = self.args.profile / "orchestrator.prof" if self.args.profile else None
+        script = _SERVE
+        if root := os.environ.get("ROOT"):  # the other tree's code, by its own _serve.py
+            env["PYTHONPATH"] = root
+            script = Path(root) / "bench" / "_serve.py"
         self.server.start()
-        self.orch = Service("orchestrator", env, self.workdir / "orchestrator.log", profile)
+        self.orch = Service("orchestrator", env, self.workdir / "orchestrator.log", profile,
+                            script=script)
         try:
             self.orch.start()
             nc = await connect(self.settings, name="bench-parked")

@@ -126,10 +126,12 @@ class Letters:
                                          0.01 * 2 ** min(delivery_count(msg), 10)))
 
     async def retry_or_dead_letter(self, msg: Msg, why: str, *,
-                                   log_context: dict[str, str] | None = None) -> None:
-        """Hand a message that failed back, or dead-letter it after MAX_DELIVERIES."""
+                                   log_context: dict[str, str] | None = None,
+                                   droppable: bool = True) -> None:
+        """Hand a message that failed back, or dead-letter it after MAX_DELIVERIES
+        (only if ``droppable``: else it is handed back until it is)."""
         deliveries = delivery_count(msg)
-        if deliveries >= MAX_DELIVERIES:
+        if deliveries >= MAX_DELIVERIES and droppable:
             await self.dead_letter(msg, ErrorInfo(
                 code="too-many-deliveries",
                 message=f"gave up after {deliveries} deliveries: {why}"),

@@ -87,6 +87,11 @@ class OrchestratorMetrics:
         self.cas_retries = Counter(
             "natsflow_cas_retries",
             "Record writes that lost a compare-and-set and were decided again.", registry=r)
+        self.stale_outboxes = Counter(
+            "natsflow_stale_outboxes",
+            "Records read from KV with an outbox this process did not see published, by "
+            "outcome: settled (every input it names is acked: nothing sent) or "
+            "republished.", ["outcome"], registry=r)
         self.loop_restarts = Counter(
             "natsflow_loop_restarts",
             "Consume loops that died of an unexpected error and were started again.",

@@ -43,6 +43,9 @@ __all__ = ["PUBLISH_TIMEOUT", "Outbox", "Part", "Sent", "abandon", "every"]
 #: Seconds after which an unacknowledged message of an outbox counts as failed.
 PUBLISH_TIMEOUT = 10.0
 
+#: JetStream's error code for "no message found" (the sequence is not in the stream).
+_NO_MESSAGE_FOUND = 10037
+
 #: What a start-child effect becomes before it is sent (see :mod:`.children`).
 StartChild = Callable[[StartChildEffect, TraceContext | None], Awaitable[Effect]]
 
@@ -72,6 +75,9 @@ class Part:
     effects: list[Effect]
     bodies: dict[int, bytes]
     acked: asyncio.Future[Any]
+    #: INBOX sequences of the inputs of its transition (None: not all known); they are
+    #: acked only once ``acked`` is done, and the record holding it names them.
+    inputs: tuple[int, ...] | None = None
 
     @property
     def stored(self) -> bool:
@@ -210,6 +216,34 @@ class Outbox:
                    if isinstance(e, EventEffect) and not await self.event_stored(e)]
         others = [e for e in record.outbox if not isinstance(e, EventEffect)]
         await self.publish(key, [*others, *missing], trace=trace)
+
+    async def inputs_settled(self, inputs: Sequence[int] | None) -> bool:
+        """Whether none of these INBOX messages is left in the stream (the work queue
+        deletes a message once it is acked): then the outbox they made was stored.
+
+        False when ``inputs`` is None or empty (not known), or a look-up fails: when
+        unsure, the caller republishes.
+        """
+        if not inputs:
+            return False
+        stream = self.subjects.inbox_stream
+
+        async def gone(seq: int) -> bool:
+            # A plain get (the stream's leader answers), not a direct get: a replica
+            # that serves direct gets may not have seen the ack's delete yet.
+            try:
+                await self.js.get_msg(stream, seq)
+            except nats.js.errors.NotFoundError as exc:
+                if exc.err_code == _NO_MESSAGE_FOUND:
+                    return True
+                raise  # no such stream, say: not a proof of anything
+            return False
+        try:
+            if len(inputs) == 1:
+                return await gone(inputs[0])
+            return all(await asyncio.gather(*(gone(seq) for seq in inputs)))
+        except Exception:  # unsure: republish, as before this check
+            return False
 
     async def event_stored(self, effect: EventEffect) -> bool:
         """Whether the events stream holds this event (or a later one of its subject)."""

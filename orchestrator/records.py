@@ -347,6 +347,14 @@ def _outbox_entry(effect: Any, bodies: Mapping[int, bytes]) -> bytes:
     return effect.model_dump_json(exclude_none=True).encode()  # type: ignore[no-any-return]
 
 
+#: What a record's ``outbox_inputs`` is (see ``Processor`` in :mod:`.runtime`).
+OUTBOX_INPUTS_DOC = (
+    "INBOX stream sequences of the inputs whose transitions made the outbox (carried "
+    "parts included): an input is acked only once its outbox is stored, so when none of "
+    "them is left in the work queue the outbox was published. None: not known (an older "
+    "record, or an input without a sequence): the outbox is republished.")
+
+
 class _Stored(BaseModel):
     """A record's stored form: JSON, nulls left out (``None`` inside data is kept).
 
@@ -424,6 +432,7 @@ class WorkflowRecord(_Stored):
     outputs_bytes: int = 0
     outbox: list[Effect] = Field(default_factory=list)
     outbox_at: datetime | None = None
+    outbox_inputs: list[int] | None = Field(default=None, description=OUTBOX_INPUTS_DOC)
     trace: TraceContext | None = Field(
         default=None, description="W3C trace context its task messages carry.")
 
@@ -498,6 +507,7 @@ class BatchRecord(_Stored):
     status: BatchStatus
     outbox: list[Effect] = Field(default_factory=list)
     outbox_at: datetime | None = None
+    outbox_inputs: list[int] | None = Field(default=None, description=OUTBOX_INPUTS_DOC)
 
 
 @dataclass(slots=True)

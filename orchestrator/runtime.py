@@ -8,8 +8,9 @@ groups run concurrently.
 
 Crash safety: a crash after the write but before the publish leaves the outbox in the
 record; whoever loads the record next from the store republishes it (JetStream drops
-what it had already stored by message id). A crash before the ack redelivers the
-message; the engine treats it as the duplicate it is.
+what it had already stored by message id), unless none of the inputs the record names
+is left in the INBOX work queue: acked, so the outbox they made was stored. A crash
+before the ack redelivers the message; the engine treats it as the duplicate it is.
 
 Latency: a decision's tasks leave together with the record's write, not after it (a
 task is at-least-once by contract and deduplicated by its attempt's id, so sending one
@@ -58,7 +59,7 @@ from .cache import KeyLocks, RecordCache
 from .children import ChildStarter, DefinitionResolver, fingerprint
 from .engine import EngineSettings, decide
 from .faults import NO_CRASHES, CrashPoints
-from .letters import Letters, Malformed, Verdict
+from .letters import MAX_DELIVERIES, Letters, Malformed, Verdict
 from .metrics import OrchestratorMetrics
 from .outbox import Outbox, Part, Sent, abandon, every
 from .outputs import OutputStore
@@ -104,6 +105,24 @@ def _log_context(entity: str, key: str) -> dict[str, str]:
 def _trace(record: Record) -> TraceContext | None:
     """The trace context a record's task messages carry (batches have none)."""
     return record.trace if isinstance(record, WorkflowRecord) else None
+
+
+def _inputs_of(items: Sequence[Item], held: Sequence[Part]) -> tuple[int, ...] | None:
+    """INBOX sequences of ``items`` and of the inputs of the carried parts ``held``:
+    the inputs a record's outbox waits on (None if one of them is not known)."""
+    seqs: list[int] = []
+    for part in held:
+        if part.inputs is None:
+            return None
+        seqs.extend(part.inputs)
+    for item in items:
+        if item.msg is None:
+            return None
+        try:
+            seqs.append(item.msg.metadata.sequence.stream)
+        except Exception:  # not a JetStream delivery: unknown
+            return None
+    return tuple(seqs)
 
 
 async def _all(coros: list[Coroutine[Any, Any, Any]]) -> None:
@@ -335,16 +354,10 @@ class Processor:
                 log.exception("processing %s %s failed; will retry", entity.name, key,
                               extra=context)
             entity.cache.pop(key)
-            for item in items:
-                if item.msg is not None:
-                    await self.letters.retry_or_dead_letter(item.msg, "processing failed",
-                                                            log_context=context)
+            await self._retry_or_dead_letter(entity, key, items, "processing failed")
             return
         if outcome is None:
-            for item in items:
-                if item.msg is not None:
-                    await self.letters.retry_or_dead_letter(item.msg, "store contention",
-                                                            log_context=context)
+            await self._retry_or_dead_letter(entity, key, items, "store contention")
             return
         record, replies = outcome
         for item, reply in zip(items, replies, strict=True):
@@ -362,6 +375,19 @@ class Processor:
             if item.reply_to:
                 await self._send_reply(item.reply_to, entity, key, record, reply)
         self.metrics.processed.inc(len(items))
+
+    async def _retry_or_dead_letter(self, entity: _Entity[Any], key: str,
+                                    items: Sequence[Item], why: str) -> None:
+        """Hand a failed group back, or dead-letter the messages given up on; those only
+        once no stored outbox names them (:meth:`_may_drop`)."""
+        context = _log_context(entity.name, key)
+        droppable = True
+        if any(i.msg is not None and delivery_count(i.msg) >= MAX_DELIVERIES for i in items):
+            droppable = await self._may_drop(entity, key, items)
+        for item in items:
+            if item.msg is not None:
+                await self.letters.retry_or_dead_letter(item.msg, why, log_context=context,
+                                                        droppable=droppable)
 
     async def _apply(self, entity: _Entity[Any], key: str, items: list[Item]
                      ) -> tuple[Record | None, list[Reply]] | None:
@@ -417,7 +443,7 @@ class Processor:
                 record, revision, cached, size = await self._load(entity, key)
             carried = entity.sent.get(key) if cached else None
             if record is not None and not cached and record.outbox:
-                await self.outbox.flush_stale(key, record, self.clock())
+                await self._finish_stale(key, record)
             now = self.clock()
             current = record
             effects: list[Effect] = []
@@ -444,8 +470,11 @@ class Processor:
             trace = _trace(current)
             held = [p for p in carried.parts if not p.stored] if carried is not None else []
             outbox = [*(e for p in held for e in p.effects), *effects] if held else effects
+            own_inputs = _inputs_of(items, [])
+            inputs = _inputs_of(items, held)
             current.outbox = outbox
             current.outbox_at = now
+            current.outbox_inputs = list(inputs) if outbox and inputs is not None else None
             self.crash_points.reach("before-save")
             # Tasks leave with the write (see the module doc), in one flush with it;
             # their acks are awaited with the rest of the outbox. Events and tasks are
@@ -485,7 +514,7 @@ class Processor:
             joins = [e for e in effects if isinstance(e, JoinMapEffect)]
             if joins:  # a join reads item outputs earlier parts may still be storing
                 acks = [*(p.acked for p in held), *acks]
-            part = Part(effects, bodies, self.outbox.acked(acks, joins))
+            part = Part(effects, bodies, self.outbox.acked(acks, joins), own_inputs)
             whole = asyncio.ensure_future(every([p.acked for p in held] + [part.acked])) \
                 if held else part.acked
             sent = Sent(whole, effects, [*held, part])
@@ -494,6 +523,53 @@ class Processor:
                             size=len(data))
             return current, replies, sent, record
         return None
+
+    async def _finish_stale(self, key: str, record: Record) -> None:
+        """A record read from KV holds an outbox this process did not see published.
+
+        If every input it names has left the INBOX stream, every one was acked, and an
+        input is acked only once the outbox it made is stored: nothing to do. Otherwise
+        (or not known) it is republished (docs/architecture.md, "Why nothing is lost or
+        duplicated").
+        """
+        if await self.outbox.inputs_settled(record.outbox_inputs):
+            self.metrics.stale_outboxes.labels(outcome="settled").inc()
+            return
+        self.metrics.stale_outboxes.labels(outcome="republished").inc()
+        await self.outbox.flush_stale(key, record, self.clock())
+
+    async def _may_drop(self, entity: _Entity[Any], key: str, items: Sequence[Item]) -> bool:
+        """Whether the group's inputs may leave the stream without being processed.
+
+        A stored outbox that names one of them as its input would, once it is gone, be
+        taken for published: the record is first written again naming no inputs, so its
+        next reader republishes it. False (hand them back) when that cannot be done now.
+        """
+        seqs = _inputs_of(items, [])
+        lock = (entity.name, key)
+        await self._locks.acquire(lock)
+        try:
+            entity.cache.pop(key)
+            data, revision = await entity.store.load(key)
+            if data is None:
+                return True
+            try:
+                record = read_record(entity.model, data, key=key)
+            except RecordUnreadable:
+                return True  # nothing can act on it, its outbox included
+            named = record.outbox_inputs
+            if not record.outbox or not named or (
+                    seqs is not None and set(seqs).isdisjoint(named)):
+                return True
+            record.outbox_inputs = None
+            await entity.store.save(key, record.stored_form(), revision=revision)
+            return True
+        except Exception as exc:  # StaleRevision, NATS away: later
+            log.debug("could not release the inputs of %s %s: %s", entity.name, key, exc,
+                      extra=_log_context(entity.name, key))
+            return False
+        finally:
+            self._locks.release(lock)
 
     @staticmethod
     def _is_terminal(record: Record) -> bool:

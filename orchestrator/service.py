@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from contracts.egress import EgressPolicy
 from contracts.errors import ConfigMismatch
+from contracts.subjects import PARTITIONS
 from natsflow.client import NatsflowClient
 from transport.connect import NatsSettings, connect
 from transport.consume import ConsumerStalled, PullConsumer
@@ -62,6 +63,16 @@ _WATCHDOG_PAUSE = 0.5
 WORKER_GRACE = 30.0
 #: Seconds a look at the tasks stream's consumers is reused (grace timers come in bursts).
 _CONSUMERS_FRESH = 1.0
+
+
+@dataclasses.dataclass(slots=True)
+class _Lane:
+    """The engine and timer consumers of one partition (or the shared pair), pulled here."""
+
+    partition: int | None  # None: the shared consumers
+    stop: asyncio.Event
+    subs: list[PullConsumer]
+    loops: list[asyncio.Task[None]]
 
 
 async def result_key(js: JetStreamContext, config: KeyValueConfig, *,
@@ -151,8 +162,9 @@ class Orchestrator:
         self.schedules: ScheduleRunner | None = None
         self.triggers: TriggerRunner | None = None
         self._loops: list[asyncio.Task[None]] = []
+        #: The consumers pulled here: the shared pair (key None) and each owned partition's.
+        self._lanes: dict[int | None, _Lane] = {}
         self._redeclaring: asyncio.Task[None] | None = None
-        self._subs: list[PullConsumer] = []
         self._stopping = asyncio.Event()
         self.builtins = builtins
         self._builtins = contextlib.AsyncExitStack()
@@ -226,16 +238,9 @@ class Orchestrator:
                                       settle=self.processor.settle,
                                       dead_letter=self.processor.dead_letter,
                                       messages=self.metrics.trigger_messages)
-        engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
-                                        self.subjects.engine_consumer,
-                                        batch=self.fetch_batch).start()
-        timer_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
-                                       self.subjects.timer_consumer,
-                                       batch=self.fetch_batch).start()
-        self._subs = [engine_sub, timer_sub]
+        for partition in (None, *range(PARTITIONS)):
+            self._lanes[partition] = await self._open_lane(partition)
         self._loops = [
-            asyncio.create_task(self._watchdog("engine", lambda: self._engine_loop(engine_sub))),
-            asyncio.create_task(self._watchdog("timer", lambda: self._timer_loop(timer_sub))),
             asyncio.create_task(self._watchdog("queue sampling", self._sample_queues))]
         self.limiter = Limiter(self.nc, self.subjects, limits, publisher=self.publisher,
                                clock=self.clock, metrics=self.metrics,
@@ -267,6 +272,11 @@ class Orchestrator:
             await declare_stream(js, stream)
         await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
         await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
+        for partition in range(PARTITIONS):
+            await ensure_consumer(js, self.subjects.inbox_stream,
+                                  t.engine_partition_consumer(partition))
+            await ensure_consumer(js, self.subjects.inbox_stream,
+                                  t.timer_partition_consumer(partition))
         await ensure_consumer(js, self.subjects.inbox_stream, t.schedule_consumer())
         await ensure_consumer(js, self.subjects.webhooks_stream, t.webhook_consumer())
         await ensure_consumer(js, self.subjects.limits_stream, t.limiter_consumer())
@@ -296,6 +306,8 @@ class Orchestrator:
     async def stop(self) -> None:
         """Stop fetching, let in-flight groups finish, deregister, disconnect."""
         self._stopping.set()
+        for lane in self._lanes.values():
+            lane.stop.set()
         if self.api is not None:
             await self.api.close()
         if self.schedules is not None:
@@ -308,8 +320,9 @@ class Orchestrator:
         if self._redeclaring is not None:
             self._redeclaring.cancel()
             await asyncio.gather(self._redeclaring, return_exceptions=True)
-        for sub in self._subs:
-            await sub.stop()
+        for lane in self._lanes.values():
+            for sub in lane.subs:
+                await sub.stop()
         if self.publisher is not None:
             await self.publisher.close()
         if self.metrics_server is not None:
@@ -326,11 +339,33 @@ class Orchestrator:
     async def _stop_loops(self) -> None:
         # Loops finish the batch in hand and exit at their next fetch; what is still
         # unfinished after the bound is redelivered to another replica later.
-        if self._loops:
-            _, pending = await asyncio.wait(self._loops, timeout=5.0)
+        loops = [*self._loops, *(t for lane in self._lanes.values() for t in lane.loops)]
+        if loops:
+            _, pending = await asyncio.wait(loops, timeout=5.0)
             for loop in pending:
                 loop.cancel()
-            await asyncio.gather(*self._loops, return_exceptions=True)
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _open_lane(self, partition: int | None) -> _Lane:
+        """Start pulling the engine and timer consumers of ``partition`` (None: shared)."""
+        assert self.nc is not None
+        s = self.subjects
+        if partition is None:
+            names = (s.engine_consumer, s.timer_consumer)
+        else:
+            names = (s.engine_partition_consumer(partition),
+                     s.timer_partition_consumer(partition))
+        engine_sub, timer_sub = [await PullConsumer(self.nc, s.inbox_stream, name,
+                                                    batch=self.fetch_batch).start()
+                                 for name in names]
+        stop = asyncio.Event()
+        if self._stopping.is_set():
+            stop.set()
+        loops = [asyncio.create_task(self._watchdog(
+                     "engine", lambda: self._engine_loop(engine_sub, stop), stop)),
+                 asyncio.create_task(self._watchdog(
+                     "timer", lambda: self._timer_loop(timer_sub, stop), stop))]
+        return _Lane(partition, stop, [engine_sub, timer_sub], loops)
 
     async def run(self) -> None:
         """Start, then serve until cancelled (also while starting: stop() still runs)."""
@@ -354,13 +389,15 @@ class Orchestrator:
         await self.stop()
 
     # -- loops ----------------------------------------------------------------------
-    async def _watchdog(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    async def _watchdog(self, name: str, loop: Callable[[], Awaitable[None]],
+                        stop: asyncio.Event | None = None) -> None:
         """Run ``loop`` until stopping; if it dies of an error, log it and run it again.
 
         The loops catch what they expect; this is for what they do not, so that a
         process that looks alive never quietly stops consuming.
         """
-        while not self._stopping.is_set():
+        stop = stop or self._stopping
+        while not stop.is_set():
             try:
                 await loop()
             except Exception:
@@ -390,7 +427,7 @@ class Orchestrator:
         except Exception as exc:
             log.warning("re-declaring the streams and consumers failed: %s", exc)
 
-    async def _engine_loop(self, sub: PullConsumer) -> None:
+    async def _engine_loop(self, sub: PullConsumer, stop: asyncio.Event) -> None:
         """Take messages while earlier batches are still in hand (up to ``fetch_batch``
         at once): a batch waiting for its acks holds up only its own records, whose
         order the processor's per-record locks keep."""
@@ -406,13 +443,13 @@ class Orchestrator:
             room.set()
 
         try:
-            while not self._stopping.is_set():
+            while not stop.is_set():
                 if in_hand >= self.fetch_batch:
                     room.clear()
                     await room.wait()
                     continue
                 msgs = await self._fetch(sub, self.fetch_batch - in_hand)
-                if msgs and self._stopping.is_set():
+                if msgs and stop.is_set():
                     await self._hand_back(msgs)  # fetched as the stop came: another's
                 elif msgs:
                     task = asyncio.create_task(self._engine_batch(msgs))
@@ -459,7 +496,8 @@ class Orchestrator:
             try:
                 samples = [(s.inbox_stream, info.name, info.num_pending)
                            for info in [await js.consumer_info(s.inbox_stream, name)
-                                        for name in (s.engine_consumer, s.timer_consumer)]]
+                                        for name in (*s.engine_consumers,
+                                                     *s.timer_consumers)]]
                 workers = await js.consumers_info(s.tasks_stream)
                 samples += [(s.tasks_stream, info.name, info.num_pending) for info in workers]
                 hooks = await js.consumer_info(s.webhooks_stream, s.webhook_consumer)
@@ -510,10 +548,10 @@ class Orchestrator:
         self._task_consumers = (now, views)
         return views
 
-    async def _timer_loop(self, sub: PullConsumer) -> None:
+    async def _timer_loop(self, sub: PullConsumer, stop: asyncio.Event) -> None:
         processor = self.processor
         assert processor is not None
-        while not self._stopping.is_set():
+        while not stop.is_set():
             msgs = await self._fetch(sub)
             if not msgs:
                 continue

@@ -40,6 +40,7 @@ from .definitions import DefinitionStore
 from .engine import EngineSettings
 from .faults import NO_CRASHES, CrashPoints
 from .limiter import Limiter
+from .members import MEMBER_TTL, Members, new_member_id
 from .metrics import MetricsServer, OrchestratorMetrics
 from .outputs import OutputStore
 from .records import TimerFired
@@ -133,6 +134,8 @@ class Orchestrator:
             is marked ``waiting_for_worker`` (None: never); each dispatch arms a timer.
         crash_points: Called at each named point of a transition; fault-injection tests
             arm a :class:`~orchestrator.faults.CrashPlan` here (default: none).
+        member: This orchestrator's id among the deployment's (default: host, pid and a
+            random part); the live ones share the partitions (:mod:`orchestrator.members`).
     """
 
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
@@ -145,7 +148,8 @@ class Orchestrator:
                  egress: EgressPolicy | None = None,
                  worker_grace: float | None = WORKER_GRACE,
                  timers: TimerParking | None = None,
-                 crash_points: CrashPoints = NO_CRASHES) -> None:
+                 crash_points: CrashPoints = NO_CRASHES,
+                 member: str | None = None) -> None:
         self.settings = settings
         self.crash_points = crash_points
         self.egress = egress or EgressPolicy()
@@ -164,6 +168,9 @@ class Orchestrator:
         self._loops: list[asyncio.Task[None]] = []
         #: The consumers pulled here: the shared pair (key None) and each owned partition's.
         self._lanes: dict[int | None, _Lane] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # lanes of partitions given up
+        self.member = member or new_member_id()
+        self.members: Members | None = None
         self._redeclaring: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.builtins = builtins
@@ -238,10 +245,15 @@ class Orchestrator:
                                       settle=self.processor.settle,
                                       dead_letter=self.processor.dead_letter,
                                       messages=self.metrics.trigger_messages)
-        for partition in (None, *range(PARTITIONS)):
-            self._lanes[partition] = await self._open_lane(partition)
+        self._lanes[None] = await self._open_lane(None)
+        self.members = Members(await bucket(t.members_kv(MEMBER_TTL)), self.member,
+                               on_change=self._own)
+        await patiently("the membership", self.members.join)
+        members = self.members
         self._loops = [
-            asyncio.create_task(self._watchdog("queue sampling", self._sample_queues))]
+            asyncio.create_task(self._watchdog("queue sampling", self._sample_queues)),
+            asyncio.create_task(self._watchdog("membership",
+                                               lambda: members.run(self._stopping)))]
         self.limiter = Limiter(self.nc, self.subjects, limits, publisher=self.publisher,
                                clock=self.clock, metrics=self.metrics,
                                sample_interval=self.queue_sample_interval)
@@ -308,6 +320,8 @@ class Orchestrator:
         self._stopping.set()
         for lane in self._lanes.values():
             lane.stop.set()
+        if self.members is not None:
+            await self.members.leave()  # the others take the partitions at once
         if self.api is not None:
             await self.api.close()
         if self.schedules is not None:
@@ -345,6 +359,34 @@ class Orchestrator:
             for loop in pending:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _own(self, partitions: frozenset[int]) -> None:
+        """Pull exactly the shared consumers and those of ``partitions``.
+
+        A partition given up finishes the batches in hand in the background, and what
+        it received and had not taken goes back at once (the new owner gets it); a
+        partition taken starts pulling now.
+        """
+        if self._stopping.is_set():
+            return
+        for partition in sorted(partitions - self._lanes.keys()):
+            assert partition is not None
+            self._lanes[partition] = await self._open_lane(partition)
+        for partition in [k for k in self._lanes if k is not None and k not in partitions]:
+            lane = self._lanes.pop(partition)
+            lane.stop.set()
+            closing = asyncio.create_task(self._close_lane(lane))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def _close_lane(self, lane: _Lane) -> None:
+        _, pending = await asyncio.wait(lane.loops, timeout=5.0)
+        for loop in pending:
+            loop.cancel()
+        await asyncio.gather(*lane.loops, return_exceptions=True)
+        for sub in lane.subs:
+            await sub.stop()
 
     async def _open_lane(self, partition: int | None) -> _Lane:
         """Start pulling the engine and timer consumers of ``partition`` (None: shared)."""

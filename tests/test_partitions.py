@@ -6,10 +6,13 @@ import asyncio
 import uuid
 
 import pytest
+from helpers import counted, running_demo_worker
 from nats.aio.client import Client
 from nats.js.api import StreamConfig, SubjectTransform
 
+from contracts.models import WorkflowState
 from contracts.subjects import PARTITIONS, Subjects, partition_of
+from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
 from transport.connect import NatsSettings
 
@@ -107,3 +110,64 @@ async def test_one_orchestrator_pulls_every_partition(settings: NatsSettings,
                 break
             await asyncio.sleep(0.05)
         assert all(i.num_waiting for i in infos)
+
+
+async def _split(*orchs: Orchestrator, timeout: float = 20.0) -> None:
+    """Until the orchestrators pull disjoint shares of the partitions, all of them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        shares = [frozenset(k for k in o._lanes if k is not None) for o in orchs]
+        if (sum(map(len, shares)) == PARTITIONS
+                and frozenset().union(*shares) == frozenset(range(PARTITIONS))):
+            return
+        assert loop.time() < deadline, shares
+        await asyncio.sleep(0.05)
+
+
+async def test_two_orchestrators_split_the_partitions_and_both_make_progress(
+        settings: NatsSettings, client: NatsflowClient) -> None:
+    a = Orchestrator(settings, builtins=False, webhooks=False, member="a")
+    b = Orchestrator(settings, builtins=False, webhooks=False, member="b")
+    async with a:
+        assert set(a._lanes) == {None, *range(PARTITIONS)}  # alone: all of them
+        async with b:
+            await _split(a, b)
+            assert a.members is not None and b.members is not None
+            shares = [a.members.owned, b.members.owned]
+            assert all(shares) and shares[0].isdisjoint(shares[1]), shares
+            async with running_demo_worker(settings):
+                ids = [f"wf-{i}" for i in range(40)]
+                assert {partition_of(i) for i in ids} == set(range(PARTITIONS))
+                for wid in ids:
+                    await client.create({"id": wid, "name": "one",
+                                         "steps": [{"id": "a", "task": "demo.noop"}]})
+                for wid in ids:
+                    await wait_state(client, wid, WorkflowState.COMPLETED)
+            # Both decided, each only for its own partitions: no record was written by
+            # two of them at once.
+            for o in (a, b):
+                assert o.processor is not None
+                assert counted(o.metrics.registry, "natsflow_workflows_finished_total") > 0
+            assert sum(counted(o.metrics.registry, "natsflow_cas_retries_total")
+                       for o in (a, b)) == 0
+            finished = [counted(o.metrics.registry, "natsflow_workflows_finished_total")
+                        for o in (a, b)]
+            assert sum(finished) == len(ids)
+            owned = {o: {wid for wid in ids if partition_of(wid) in o.members.owned}  # type: ignore[union-attr]
+                     for o in (a, b)}
+            assert finished == [len(owned[a]), len(owned[b])]
+        # b stopped: it left the bucket, and a takes its partitions back at its next look.
+        await _split(a)
+
+
+async def wait_state(client: NatsflowClient, wid: str, state: WorkflowState, *,
+                     timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        reply = await client.get(wid)
+        if reply.status is not None and reply.status.state == state:
+            return
+        assert loop.time() < deadline, reply
+        await asyncio.sleep(0.05)

@@ -10,6 +10,7 @@ from helpers import counted, running_demo_worker
 from nats.aio.client import Client
 from nats.js.api import StreamConfig, SubjectTransform
 
+from contracts.messages import TaskMessage, TaskSucceeded
 from contracts.models import WorkflowState
 from contracts.subjects import PARTITIONS, Subjects, partition_of
 from natsflow.client import NatsflowClient
@@ -171,3 +172,27 @@ async def wait_state(client: NatsflowClient, wid: str, state: WorkflowState, *,
             return
         assert loop.time() < deadline, reply
         await asyncio.sleep(0.05)
+
+
+async def test_a_result_on_the_subject_without_a_partition_is_still_taken(
+        engine: Orchestrator, nc: Client, settings: NatsSettings,
+        client: NatsflowClient) -> None:
+    """A task queued before an upgrade names the old ``reply_to``; its result counts."""
+    s = settings.subjects
+    await client.create({"id": "old1", "name": "one",
+                         "steps": [{"id": "a", "task": "legacy.noop"}]})
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(s.task("legacy.noop"), durable="legacy",
+                                  stream=s.tasks_stream)
+    [msg] = await sub.fetch(1, timeout=10)
+    task = TaskMessage.model_validate_json(msg.data)
+    assert task.reply_to == s.result("old1")
+    old = f"{s.prefix}.result.old1"
+    assert s.kind_of(old) == ("result", "old1") and old != s.result("old1")
+    done = TaskSucceeded(workflow_id="old1", step_id=task.step_id, attempt=task.attempt,
+                         token=task.token, output={"ok": True})
+    await js.publish(old, done.model_dump_json().encode())
+    await msg.ack()
+    await wait_state(client, "old1", WorkflowState.COMPLETED)
+    shared = await js.consumer_info(s.inbox_stream, s.engine_consumer)
+    assert shared.delivered.consumer_seq == 1  # the shared consumer took it

@@ -54,12 +54,17 @@ class Members:
         on_change: Called with the partitions to own whenever they change (and first
             with those owned on :meth:`join`); it must not block for long.
         renew: Seconds between renewals.
+        declare: Makes the bucket again, when it is gone (a server restarted without
+            its data): else no renewal would ever succeed again, and the shares of the
+            partitions would stay those of the members seen last, maybe one dead.
     """
 
     def __init__(self, kv: KeyValue, member: str, *,
                  on_change: Callable[[frozenset[int]], Awaitable[None]],
-                 renew: float = MEMBER_RENEW) -> None:
+                 renew: float = MEMBER_RENEW,
+                 declare: Callable[[], Awaitable[KeyValue]] | None = None) -> None:
         self.kv = kv
+        self.declare = declare
         self.member = member
         self.renew = renew
         self.on_change = on_change
@@ -75,7 +80,14 @@ class Members:
 
     async def beat(self) -> None:
         """Renew this member's key, look at the others, and own what is now its share."""
-        await self.kv.put(self.member, self._value)
+        try:
+            await self.kv.put(self.member, self._value)
+        except (nats.js.errors.NotFoundError, nats.js.errors.NoStreamResponseError):
+            if self.declare is None:
+                raise
+            log.warning("the members bucket is gone; declaring it again")
+            self.kv = await self.declare()
+            await self.kv.put(self.member, self._value)
         try:
             members = frozenset(await self.kv.keys())
         except nats.js.errors.NoKeysError:

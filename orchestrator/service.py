@@ -247,7 +247,8 @@ class Orchestrator:
                                       messages=self.metrics.trigger_messages)
         self._lanes[None] = await self._open_lane(None)
         self.members = Members(await bucket(t.members_kv(MEMBER_TTL)), self.member,
-                               on_change=self._own)
+                               on_change=self._own,
+                               declare=lambda: bucket(t.members_kv(MEMBER_TTL)))
         await patiently("the membership", self.members.join)
         members = self.members
         self._loops = [

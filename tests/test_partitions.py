@@ -196,3 +196,18 @@ async def test_a_result_on_the_subject_without_a_partition_is_still_taken(
     await wait_state(client, "old1", WorkflowState.COMPLETED)
     shared = await js.consumer_info(s.inbox_stream, s.engine_consumer)
     assert shared.delivered.consumer_seq == 1  # the shared consumer took it
+
+
+async def test_a_members_bucket_that_is_gone_is_declared_again(
+        settings: NatsSettings, nc: Client) -> None:
+    """A server restarted without the bucket: the next renewal makes it again (else no
+    renewal would succeed, and the shares would stay those of the members seen last)."""
+    s = settings.subjects
+    async with Orchestrator(settings, builtins=False, webhooks=False, member="a") as orch:
+        assert orch.members is not None
+        js = nc.jetstream()
+        await js.delete_key_value(s.members_bucket)
+        await orch.members.beat()
+        kv = await js.key_value(s.members_bucket)
+        assert await kv.keys() == ["a"]
+        assert orch.members.owned == frozenset(range(PARTITIONS))

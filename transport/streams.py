@@ -190,9 +190,10 @@ class Topology:
 
     def members_kv(self, ttl: float) -> KeyValueConfig:
         """The live orchestrators; a key lives ``ttl`` seconds after its last renewal.
-        In memory: it is rebuilt within a renewal after a restart."""
+        On file, as the rest: a member key must outlive a server restart (in memory, every
+        member's would vanish at once, and the shares computed before with them)."""
         return KeyValueConfig(bucket=self.subjects.members_bucket, history=1, ttl=ttl,
-                              replicas=self.replicas, storage=StorageType.MEMORY)
+                              replicas=self.replicas, storage=StorageType.FILE)
 
     def blobs_store(self) -> ObjectStoreConfig:
         """Large outputs (a big map's joined output), chunked."""

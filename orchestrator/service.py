@@ -62,6 +62,8 @@ log = logging.getLogger("natsflow.orchestrator")
 _WATCHDOG_PAUSE = 0.5
 #: Default seconds an attempt may wait for a worker before its step says so.
 WORKER_GRACE = 30.0
+#: Seconds a fetch waits for messages before its loop looks around (a stop halts it).
+FETCH_WAIT = 1.0
 #: Seconds a look at the tasks stream's consumers is reused (grace timers come in bursts).
 _CONSUMERS_FRESH = 1.0
 
@@ -321,6 +323,8 @@ class Orchestrator:
         self._stopping.set()
         for lane in self._lanes.values():
             lane.stop.set()
+            for sub in lane.subs:
+                sub.halt()  # the loops' waiting fetches return now, not after their timeout
         if self.members is not None:
             await self.members.leave()  # the others take the partitions at once
         if self.api is not None:
@@ -377,6 +381,8 @@ class Orchestrator:
         for partition in [k for k in self._lanes if k is not None and k not in partitions]:
             lane = self._lanes.pop(partition)
             lane.stop.set()
+            for sub in lane.subs:
+                sub.halt()  # its loops return from their fetches now
             closing = asyncio.create_task(self._close_lane(lane))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
@@ -450,7 +456,7 @@ class Orchestrator:
 
     async def _fetch(self, sub: PullConsumer, most: int | None = None) -> list[Msg]:
         try:
-            return await sub.next_batch(most or self.fetch_batch, timeout=1.0)
+            return await sub.next_batch(most or self.fetch_batch, timeout=FETCH_WAIT)
         except ConsumerStalled:
             # e.g. a server restarted without its data: declare everything again, beside
             # the fetching, which goes on (between leaders a declaration would wait out

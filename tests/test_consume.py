@@ -6,6 +6,7 @@ import asyncio
 import os
 
 import pytest
+from helpers import wait_for
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
@@ -105,3 +106,32 @@ async def test_delivery_count_reads_the_ack_subject_as_nats_py_metadata_does(
     assert delivery_count(Msg(nc, reply=v2)) == Msg(nc, reply=v2).metadata.num_delivered == 7
     for other in ("", "_INBOX.x.y", "$JS.ACK.S.C.notanumber.1.1.1.0"):
         assert delivery_count(Msg(nc, reply=other)) == 1
+
+
+async def test_halt_ends_a_waiting_fetch_at_once_and_stop_hands_back_what_came_after(
+        nc: Client, prefix: str) -> None:
+    # A stop used to wait for every loop's fetch to time out (1 s per process): halt()
+    # ends the wait now. The pull request stays open on the server until stop(), so
+    # what it brings meanwhile must be handed back, not dropped to the ack wait.
+    stream = await _setup(nc, prefix)
+    js = nc.jetstream()
+    first = await PullConsumer(nc, stream, "c", batch=8).start()
+    waiting = asyncio.ensure_future(first.next_batch(8, timeout=60))
+    await asyncio.sleep(0.2)
+    first.halt()
+    assert await asyncio.wait_for(waiting, 5) == []
+    for i in range(2):
+        await js.publish(f"{prefix}.c.x", str(i).encode())
+    # Brought by the request still open.
+    await wait_for(lambda: first.ready == 2, timeout=10, what="the late messages")
+    assert await asyncio.wait_for(first.next_batch(8, timeout=60), 5) == []  # halted
+    await first.stop()
+    second = await PullConsumer(nc, stream, "c", batch=8).start()
+    try:
+        got: list[bytes] = []
+        async with asyncio.timeout(10):  # well before the 30 s ack wait
+            while len(got) < 2:
+                got += [m.data for m in await second.next_batch(8, timeout=0.5)]
+        assert sorted(got) == [b"0", b"1"]
+    finally:
+        await second.stop()

@@ -140,3 +140,16 @@ async def test_an_orchestrator_cancelled_while_it_starts_still_stops(
             and "/orchestrator/" in getattr(getattr(task.get_coro(), "cr_code", None),
                                             "co_filename", "")]
     assert left == [], left
+
+
+async def test_an_idle_orchestrator_stops_without_waiting_out_its_fetches(
+        settings: NatsSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # stop() waited for the engine and timer loops' fetches to time out (1 s each time,
+    # up to the 5 s bound with a longer fetch): it halts them instead.
+    monkeypatch.setattr("orchestrator.service.FETCH_WAIT", 60.0)
+    orchestrator = Orchestrator(settings)
+    await orchestrator.start()
+    await asyncio.sleep(0.3)  # the loops are waiting in their fetches
+    began = time.monotonic()
+    await asyncio.wait_for(orchestrator.stop(), 60)
+    assert time.monotonic() - began < 4  # the loops' bound is 5 s

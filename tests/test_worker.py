@@ -354,6 +354,68 @@ async def test_stop_hands_unfinished_tasks_back(
     assert result.output == "fast"
 
 
+async def test_a_task_that_comes_during_a_stops_grace_goes_to_another_worker_at_once(
+        settings: NatsSettings, nc: Client, js: JetStreamContext) -> None:
+    # A stopping worker kept its pull requests open through its handlers' grace: a task
+    # the server handed to them then sat in its hands for the whole grace (10 s by
+    # default) before going back, although another worker was idle.
+    s = settings.subjects
+    started, release = asyncio.Event(), asyncio.Event()
+    slow = Worker(stop_grace=60)
+
+    @slow.task("t.job")
+    async def stuck(ctx: TaskContext, data: dict[str, Any]) -> str:
+        started.set()
+        await release.wait()
+        return "slow"
+
+    serving = slow.running(settings, nc=nc)
+    await serving.__aenter__()
+    stopping: asyncio.Future[Any] | None = None
+    try:
+        await send(js, s, new_task(s, "t.job", {}))
+        await asyncio.wait_for(started.wait(), 5)
+        stopping = asyncio.ensure_future(serving.__aexit__(None, None, None))
+        await asyncio.sleep(0.3)
+        assert not stopping.done()  # in its grace: the handler still runs
+        second = new_task(s, "t.job", {})
+        await send(js, s, second)
+        fast = Worker()
+
+        @fast.task("t.job")
+        async def quick(ctx: TaskContext, data: dict[str, Any]) -> str:
+            return "fast"
+
+        async with fast.running(settings, nc=nc):
+            result = (await results_of(js, s, second, within=10))[-1]
+        assert isinstance(result, TaskSucceeded) and result.output == "fast"
+        assert not stopping.done()  # it did not wait for the stopping worker's grace
+    finally:
+        release.set()
+        if stopping is not None:
+            await asyncio.wait_for(stopping, 30)
+
+
+async def test_an_idle_worker_stops_without_waiting_out_its_fetch(
+        settings: NatsSettings, nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every worker stop waited for its fetch loops' timeout (1 s; about 1,000 s of CI
+    # over the suite's fixtures): a stop halts the fetches instead.
+    monkeypatch.setattr("natsflow.worker._worker.FETCH_TIMEOUT", 60.0)
+    worker = Worker()
+
+    @worker.task("t.idle")
+    async def idle(ctx: TaskContext, data: dict[str, Any]) -> str:
+        return "ok"
+
+    serving = worker.running(settings, nc=nc)
+    await serving.__aenter__()
+    await asyncio.sleep(0.3)  # the loops are waiting in their fetch
+    began = asyncio.get_running_loop().time()
+    await asyncio.wait_for(serving.__aexit__(None, None, None), 90)
+    # Not the 60 s fetch, nor the 10 s its pull request lives on the server.
+    assert asyncio.get_running_loop().time() - began < 5
+
+
 async def test_run_connects_itself_and_stops_when_cancelled(
         settings: NatsSettings, js: JetStreamContext) -> None:
     worker = Worker()

@@ -94,6 +94,7 @@ class PullConsumer:
         self._stalls = 0
         self._reconnects = 0
         self._quiet_until = 0.0  # no new request before (the server just refused one)
+        self._halted = False
 
     async def start(self) -> PullConsumer:
         """Subscribe to this consumer's private inbox and to its leader's elections."""
@@ -124,6 +125,21 @@ class PullConsumer:
         while self._ready:
             with contextlib.suppress(nats.errors.Error):
                 await self._ready.popleft().nak()
+
+    def halt(self) -> None:
+        """Ask for nothing more and end a waiting :meth:`next_batch` now (a stop begins).
+
+        Takes effect at once, unlike :meth:`stop`: a loop blocked in a fetch returns
+        empty-handed instead of waiting out its timeout. What the pull requests still
+        open bring meanwhile is kept, and :meth:`stop` hands it back.
+        """
+        self._halted = True
+        self._wake()
+
+    @property
+    def halted(self) -> bool:
+        """Whether :meth:`halt` was called."""
+        return self._halted
 
     @property
     def ready(self) -> int:
@@ -225,8 +241,11 @@ class PullConsumer:
         """Up to ``max_msgs`` messages: at least one, unless ``timeout`` passes first.
 
         Never more than ``max_msgs`` (nor ``batch``) messages are asked for and not yet
-        taken, so a caller that can only take a few does not hoard messages.
+        taken, so a caller that can only take a few does not hoard messages. Once
+        halted it returns nothing, at once.
         """
+        if self._halted:
+            return []
         await self._top_up(max_msgs)
         if not self._ready:
             loop = asyncio.get_running_loop()
@@ -240,7 +259,7 @@ class PullConsumer:
             finally:
                 timer.cancel()
                 self._waiter = None
-            if not self._ready:
+            if not self._ready or self._halted:
                 return []
         out: list[Msg] = []
         while self._ready and len(out) < max_msgs:

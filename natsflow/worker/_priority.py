@@ -276,6 +276,11 @@ class Lanes:
         await self._arm()
         return self
 
+    def halt(self) -> None:
+        """Take nothing more: a waiting :meth:`next_batch` returns now, later ones at once
+        and empty (see :meth:`PullConsumer.halt`)."""
+        self.default.halt()
+
     async def stop(self) -> None:
         """Stop; messages received and not taken are handed back at once."""
         for bell in self._bells.values():
@@ -299,6 +304,8 @@ class Lanes:
     async def next_batch(self, max_msgs: int, *, timeout: float = 1.0) -> list[Msg]:
         """Up to ``max_msgs`` tasks, the most urgent first (at least one, unless
         ``timeout`` passes first), as :meth:`PullConsumer.next_batch`."""
+        if self.default.halted:
+            return []
         if self.default.ready and self.policy.waiting:
             # Default tasks already in hand (from a wait that another level cut short)
             # wait like any others: the policy must know of them.

@@ -212,14 +212,22 @@ class _Session:
     async def stop(self, *, grace: float) -> None:
         self._stopping = True
         self._slots.close()
-        # Let in-flight fetches end on their own, so no fetched message is dropped.
+        lanes = [sub for sub in self._subs if isinstance(sub, Lanes)]
+        for sub in lanes:
+            sub.halt()  # a fetch waiting for tasks returns now, not after its timeout
         await _finish(self._loops, within=FETCH_TIMEOUT + 1.0)
         if self._redeclaring is not None:
             await _finish([self._redeclaring], within=0)
+        # Tasks the open pull requests brought after the halt go back now, for another
+        # worker: not after the running handlers' grace.
+        for sub in lanes:
+            with contextlib.suppress(Exception):
+                await sub.stop()
         await _finish(self._deliveries, within=grace)
         for sub in self._subs:  # the connection may be shared and outlive us
-            with contextlib.suppress(Exception):
-                await (sub.stop() if isinstance(sub, Lanes) else sub.unsubscribe())
+            if not isinstance(sub, Lanes):
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
         await self._publisher.close()
         log.info("stopped serving %s", ", ".join(self._handlers))
 

@@ -101,10 +101,9 @@ async def test_a_killed_owners_partitions_are_taken_over_and_every_workflow_comp
     victim, survivor = orchs
     every = set(range(PARTITIONS))
     async with supervise(*orchs, worker):
-        await wait_ready([victim])
-        await _until(lambda: bool(_shares(victim)), "the first orchestrator owns nothing")
-        assert _shares(victim)[0] == every  # alone, it owns every partition
-        await wait_ready([survivor, worker])
+        # Both start at once: which sees the other first is a race (alone, an
+        # orchestrator owns every partition: tests/test_partitions.py).
+        await wait_ready([victim, survivor, worker])
 
         def split() -> bool:
             a, b = (_shares(o)[-1] if _shares(o) else set() for o in orchs)

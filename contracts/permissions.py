@@ -152,7 +152,8 @@ def _kv_streams(s: Subjects) -> list[str]:
 def _kv_buckets(s: Subjects) -> list[str]:
     return [s.workflows_bucket, s.batches_bucket, s.summaries_bucket, s.definitions_bucket,
             s.outputs_bucket, s.idempotency_bucket, s.secrets_bucket, s.keys_bucket,
-            s.schedules_bucket, s.triggers_bucket, s.trigger_stats_bucket, s.limits_bucket]
+            s.schedules_bucket, s.triggers_bucket, s.trigger_stats_bucket, s.limits_bucket,
+            s.members_bucket]
 
 
 def own_streams(s: Subjects) -> list[str]:
@@ -232,7 +233,9 @@ def _worker(s: Subjects, user: str, inbox: str, task_types: Sequence[str]) -> Pe
         if not TASK_TYPE_RE.match(task_type):
             raise ValueError(f"invalid task type {task_type!r}")
     tasks, blobs = s.tasks_stream, f"OBJ_{s.blobs_bucket}"
-    publish = [f"{s.prefix}.result.*", f"{s.prefix}.dlq.*", _stream_info(tasks),
+    # Results on a workflow's partition, and (for tasks queued before partitions) without.
+    publish = [s.result("*", "*"), f"{s.prefix}.result.*", f"{s.prefix}.dlq.*",
+               _stream_info(tasks),
                _stream_info(s.dlq_stream),
                # One consumer per priority level of each task type (docs/priorities.md).
                *(subject for t in task_types for level in LEVELS

@@ -6,10 +6,10 @@ independent natsflow installations -- or several tests -- can share one NATS ser
 Subject scheme (``p`` is the prefix)::
 
     p.submit                      fire-and-forget WorkflowConfig (JetStream, INBOX stream)
-    p.cmd.wf.<workflow_id>        commands for one workflow (INBOX stream, internal)
+    p.cmd.wf.<k>.<workflow_id>    commands for one workflow (INBOX stream, internal)
     p.cmd.batch.<batch_id>        commands for one batch (INBOX stream, internal)
-    p.result.<workflow_id>        task results from workers (INBOX stream)
-    p.timer.<workflow_id>         durable timers: retry backoff, timeouts (INBOX stream)
+    p.result.<k>.<workflow_id>    task results from workers (INBOX stream)
+    p.timer.<k>.<workflow_id>     durable timers: retry backoff, timeouts (INBOX stream)
     p.sched.<schedule key>        schedule ticks: wake a schedule at its next fire time
                                   (INBOX stream, its own consumer)
     p.limit.<pool>                permit requests to the limiter (LIMITS stream, internal)
@@ -23,6 +23,13 @@ Subject scheme (``p`` is the prefix)::
     p.dlq.<reason>                dead letters with a reason (DLQ stream)
     p.webhooks.<workflow_id>      webhook deliveries to make (WEBHOOKS work-queue stream)
     p.api.<group>.<operation>     request/reply API (NATS micro service ``p``)
+
+``<k>`` is the workflow's partition, :func:`partition_of` (``0`` to ``PARTITIONS - 1``):
+each partition has its own durable consumers on the INBOX stream (``engine-<k>``,
+``timers-<k>``), which one orchestrator at a time pulls, so the messages of one workflow
+land on one replica. The forms without ``<k>`` (``p.cmd.wf.<id>``, ``p.result.<id>``,
+``p.timer.<id>``) are those of natsflow before partitions: still consumed, by the shared
+``engine`` and ``timers`` consumers, for messages stored before an upgrade.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from typing import Final
 
 from contracts.priorities import DEFAULT_PRIORITY
 
-__all__ = ["DEFAULT_PREFIX", "PRIORITY_TOKEN", "SERVER_SUBJECT_MARK", "TOKEN_RE",
-           "TASK_TYPE_RE", "Subjects", "reserved_subject_rule"]
+__all__ = ["DEFAULT_PREFIX", "PARTITIONS", "PRIORITY_TOKEN", "SERVER_SUBJECT_MARK",
+           "TASK_TYPE_RE", "TOKEN_RE", "Subjects", "partition_of", "reserved_subject_rule"]
 
 DEFAULT_PREFIX: Final = "natsflow"
 #: How a task subject of a non-default priority starts after ``<prefix>.task.``.
@@ -50,6 +57,25 @@ _PREFIX_RE: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 #: API), ``$KV`` (key-value), ``$O`` (object store), ``$SRV`` (micro services),
 #: ``$SYS`` (the system account), and whatever the server adds next.
 SERVER_SUBJECT_MARK: Final = "$"
+#: How many partitions the engine's per-workflow work is divided into. Part of the wire
+#: format: every publisher and every orchestrator of a deployment must agree on it.
+PARTITIONS: Final = 8
+
+_FNV32_OFFSET: Final = 0x811C9DC5
+_FNV32_PRIME: Final = 0x01000193
+
+
+def partition_of(workflow_id: str, partitions: int = PARTITIONS) -> int:
+    """The partition of a workflow: FNV-1a (32 bits) of the id's UTF-8 bytes, mod ``partitions``.
+
+    Exactly what nats-server's subject-mapping function ``{{partition(n, i)}}`` computes
+    for a one-token id (``tests/test_partitions.py`` checks one against the other), so
+    any client, in any language, or the server itself, can compute it.
+    """
+    h = _FNV32_OFFSET
+    for byte in workflow_id.encode():
+        h = ((h ^ byte) * _FNV32_PRIME) & 0xFFFFFFFF
+    return h % partitions
 
 
 def _upper_name(prefix: str) -> str:
@@ -107,13 +133,32 @@ class Subjects:
 
     @property
     def engine_consumer(self) -> str:
-        """Durable consumer shared by all orchestrators for commands and results."""
+        """Durable consumer shared by all orchestrators: submits, batch commands, and the
+        per-workflow subjects without a partition (stored before partitions existed)."""
         return "engine"
 
     @property
     def timer_consumer(self) -> str:
-        """Durable consumer shared by all orchestrators for timers."""
+        """Durable consumer shared by all orchestrators: timers without a partition."""
         return "timers"
+
+    def engine_partition_consumer(self, partition: int | str) -> str:
+        """Durable consumer of one partition's commands and results (one owner at a time)."""
+        return f"engine-{partition}"
+
+    def timer_partition_consumer(self, partition: int | str) -> str:
+        """Durable consumer of one partition's timers (one owner at a time)."""
+        return f"timers-{partition}"
+
+    @property
+    def engine_consumers(self) -> list[str]:
+        """Every consumer of commands and results: the shared one, then each partition's."""
+        return [self.engine_consumer, *map(self.engine_partition_consumer, range(PARTITIONS))]
+
+    @property
+    def timer_consumers(self) -> list[str]:
+        """Every consumer of timers: the shared one, then each partition's."""
+        return [self.timer_consumer, *map(self.timer_partition_consumer, range(PARTITIONS))]
 
     @property
     def schedule_consumer(self) -> str:
@@ -168,6 +213,12 @@ class Subjects:
     def workflows_bucket(self) -> str:
         """KV bucket: workflow id -> workflow record."""
         return f"{_lower_name(self.prefix)}_workflows"
+
+    @property
+    def members_bucket(self) -> str:
+        """KV bucket: orchestrator id -> its host and pid, while it lives (a short TTL,
+        renewed): who shares the partitions (see ``orchestrator.members``)."""
+        return f"{_lower_name(self.prefix)}_members"
 
     @property
     def batches_bucket(self) -> str:
@@ -254,21 +305,28 @@ class Subjects:
         """Fire-and-forget subject for a WorkflowConfig."""
         return f"{self.prefix}.submit"
 
-    def workflow_command(self, workflow_id: str) -> str:
-        """Commands for one workflow."""
-        return f"{self.prefix}.cmd.wf.{workflow_id}"
+    def workflow_command(self, workflow_id: str, partition: int | str | None = None) -> str:
+        """Commands for one workflow, on its partition (:func:`partition_of`; give
+        ``partition`` only to build a template, such as the AsyncAPI's)."""
+        k = partition_of(workflow_id) if partition is None else partition
+        return f"{self.prefix}.cmd.wf.{k}.{workflow_id}"
 
     def batch_command(self, batch_id: str) -> str:
         """Commands for one batch."""
         return f"{self.prefix}.cmd.batch.{batch_id}"
 
-    def result(self, workflow_id: str) -> str:
-        """Where workers publish results for one workflow."""
-        return f"{self.prefix}.result.{workflow_id}"
+    def result(self, workflow_id: str, partition: int | str | None = None) -> str:
+        """Where workers publish results for one workflow, on its partition (``partition``:
+        as for :meth:`workflow_command`). A worker answers on the ``reply_to`` its task names, so it
+        never computes this."""
+        k = partition_of(workflow_id) if partition is None else partition
+        return f"{self.prefix}.result.{k}.{workflow_id}"
 
-    def timer(self, workflow_id: str) -> str:
-        """Durable timers for one workflow."""
-        return f"{self.prefix}.timer.{workflow_id}"
+    def timer(self, workflow_id: str, partition: int | str | None = None) -> str:
+        """Durable timers for one workflow, on its partition (``partition``: as for
+        :meth:`workflow_command`)."""
+        k = partition_of(workflow_id) if partition is None else partition
+        return f"{self.prefix}.timer.{k}.{workflow_id}"
 
     def schedule_tick(self, key: str) -> str:
         """Ticks of one schedule (``key``: see ``contracts.schedules.schedule_key``)."""
@@ -328,19 +386,32 @@ class Subjects:
     @property
     def inbox_subjects(self) -> list[str]:
         """Subjects captured by the inbox stream."""
-        p = self.prefix
-        return [f"{p}.submit", f"{p}.cmd.>", f"{p}.result.>", f"{p}.timer.>", f"{p}.sched.>"]
+        # Exactly what some consumer reads: a subject no consumer reads would be stored
+        # in the work queue for ever (a publish to one is refused instead).
+        partitioned = [f for k in range(PARTITIONS)
+                       for f in (*self.engine_partition_filters(k), self.timer_partition_filter(k))]
+        return [*self.engine_filters, self.timer_filter, *partitioned, self.schedule_filter]
 
     @property
     def engine_filters(self) -> list[str]:
-        """Subjects the engine consumer reads."""
+        """Subjects the shared engine consumer reads (none a partition's: the INBOX is a
+        work queue, whose consumers may not overlap)."""
         p = self.prefix
-        return [f"{p}.submit", f"{p}.cmd.>", f"{p}.result.>"]
+        return [f"{p}.submit", f"{p}.cmd.batch.*", f"{p}.cmd.wf.*", f"{p}.result.*"]
 
     @property
     def timer_filter(self) -> str:
-        """Subjects the timer consumer reads."""
-        return f"{self.prefix}.timer.>"
+        """Subjects the shared timer consumer reads (timers without a partition)."""
+        return f"{self.prefix}.timer.*"
+
+    def engine_partition_filters(self, partition: int) -> list[str]:
+        """Subjects one partition's engine consumer reads."""
+        p = self.prefix
+        return [f"{p}.cmd.wf.{partition}.*", f"{p}.result.{partition}.*"]
+
+    def timer_partition_filter(self, partition: int) -> str:
+        """Subjects one partition's timer consumer reads."""
+        return f"{self.prefix}.timer.{partition}.*"
 
     @property
     def schedule_filter(self) -> str:
@@ -399,9 +470,17 @@ class Subjects:
             return "submit", ""
         if len(rest) == 3 and rest[0] == "cmd" and rest[1] in ("wf", "batch"):
             return rest[1], rest[2]
+        if len(rest) == 4 and rest[:2] == ["cmd", "wf"] and _is_partition(rest[2]):
+            return "wf", rest[3]
         if len(rest) == 2 and rest[0] in ("result", "timer"):
             return rest[0], rest[1]
+        if len(rest) == 3 and rest[0] in ("result", "timer") and _is_partition(rest[1]):
+            return rest[0], rest[2]
         raise ValueError(f"subject {subject!r} is not an inbox subject")
+
+
+def _is_partition(token: str) -> bool:
+    return token.isascii() and token.isdigit() and int(token) < PARTITIONS
 
 
 def reserved_subject_rule(subjects: Subjects, subject: str) -> str | None:

@@ -33,7 +33,7 @@ from contracts.headers import ERROR_CODE_HEADER, ERROR_HEADER
 from contracts.messages import CancelNotice, DeadLetter, TaskMessage, TaskResult
 from contracts.models import Event, EventType, WorkflowConfig
 from contracts.operations import OPERATIONS
-from contracts.subjects import Subjects
+from contracts.subjects import PARTITIONS, Subjects
 from contracts.webhooks import WebhookDelivery
 from transport.connect import NatsSettings
 
@@ -43,6 +43,11 @@ __all__ = ["asyncapi_html", "asyncapi_json", "asyncapi_schema"]
 _PARAMETERS: Final[dict[str, dict[str, Any]]] = {
     "workflow_id": {"description": "A workflow id (one subject token)."},
     "batch_id": {"description": "A batch id (one subject token)."},
+    "partition": {"description": "The workflow's partition: FNV-1a (32 bits) of the workflow "
+                                 "id's UTF-8 bytes modulo 8, as nats-server's "
+                                 "`{{partition(8,1)}}` computes it "
+                                 "(`contracts.subjects.partition_of`).",
+                  "enum": [str(k) for k in range(PARTITIONS)]},
     "task_type": {"description": "A task type: one or more tokens, e.g. `email.send`; "
                                  "`natsflow.request`, `natsflow.http` and `natsflow.publish` "
                                  "are the built-in steps'."},
@@ -96,24 +101,24 @@ def _broker(s: Subjects) -> NatsBroker:
             f"Fire-and-forget: publish a WorkflowConfig with JetStream (stream "
             f"`{s.inbox_stream}`); the orchestrator creates and starts it. Status events "
             "tell what happened.")
-    receive("cmd.wf", s.workflow_command("{workflow_id}"), dict[str, Any],
+    receive("cmd.wf", s.workflow_command("{workflow_id}", "{partition}"), dict[str, Any],
             f"Internal: commands for one workflow (stream `{s.inbox_stream}`), written by "
             "the API and the engine itself. Their models are the orchestrator's own, not a "
             "contract: use `api.*` instead.")
     receive("cmd.batch", s.batch_command("{batch_id}"), dict[str, Any],
             f"Internal: commands for one batch (stream `{s.inbox_stream}`). Their models "
             "are the orchestrator's own, not a contract: use `api.*` instead.")
-    receive("result", s.result("{workflow_id}"), TaskResult,
+    receive("result", s.result("{workflow_id}", "{partition}"), TaskResult,
             f"Task results from workers, published with JetStream (stream "
             f"`{s.inbox_stream}`) to the task's `reply_to`: `succeeded` or `failed` once "
             "per attempt, `progress` meanwhile (with `progress: null` it is a heartbeat, "
             "required every `heartbeat_timeout / 3` seconds when that is set). Each "
             "carries the `token` of the task it answers; one without it is dead-lettered "
             "as `forged-result`.")
-    receive("timer", s.timer("{workflow_id}"), dict[str, Any],
+    receive("timer", s.timer("{workflow_id}", "{partition}"), dict[str, Any],
             f"Internal: durable timers (retry backoff, timeouts, heartbeats, sleeps) that "
             f"the orchestrator sets for itself (stream `{s.inbox_stream}`, consumer "
-            f"`{s.timer_consumer}`).")
+            f"`{s.timer_partition_consumer('<partition>')}`).")
     receive("sched", s.schedule_tick("{schedule}"), dict[str, Any],
             f"Internal: a schedule's tick, which wakes it at its next fire time (stream "
             f"`{s.inbox_stream}`, consumer `{s.schedule_consumer}`; see docs/schedules.md). "

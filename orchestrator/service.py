@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from contracts.egress import EgressPolicy
 from contracts.errors import ConfigMismatch
+from contracts.subjects import PARTITIONS
 from natsflow.client import NatsflowClient
 from transport.connect import NatsSettings, connect
 from transport.consume import ConsumerStalled, PullConsumer
@@ -39,6 +40,7 @@ from .definitions import DefinitionStore
 from .engine import EngineSettings
 from .faults import NO_CRASHES, CrashPoints
 from .limiter import Limiter
+from .members import MEMBER_TTL, Members, new_member_id
 from .metrics import MetricsServer, OrchestratorMetrics
 from .outputs import OutputStore
 from .records import TimerFired
@@ -64,6 +66,16 @@ WORKER_GRACE = 30.0
 FETCH_WAIT = 1.0
 #: Seconds a look at the tasks stream's consumers is reused (grace timers come in bursts).
 _CONSUMERS_FRESH = 1.0
+
+
+@dataclasses.dataclass(slots=True)
+class _Lane:
+    """The engine and timer consumers of one partition (or the shared pair), pulled here."""
+
+    partition: int | None  # None: the shared consumers
+    stop: asyncio.Event
+    subs: list[PullConsumer]
+    loops: list[asyncio.Task[None]]
 
 
 async def result_key(js: JetStreamContext, config: KeyValueConfig, *,
@@ -124,6 +136,8 @@ class Orchestrator:
             is marked ``waiting_for_worker`` (None: never); each dispatch arms a timer.
         crash_points: Called at each named point of a transition; fault-injection tests
             arm a :class:`~orchestrator.faults.CrashPlan` here (default: none).
+        member: This orchestrator's id among the deployment's (default: host, pid and a
+            random part); the live ones share the partitions (:mod:`orchestrator.members`).
     """
 
     def __init__(self, settings: NatsSettings, *, replicas: int = 1, nc: Client | None = None,
@@ -136,7 +150,8 @@ class Orchestrator:
                  egress: EgressPolicy | None = None,
                  worker_grace: float | None = WORKER_GRACE,
                  timers: TimerParking | None = None,
-                 crash_points: CrashPoints = NO_CRASHES) -> None:
+                 crash_points: CrashPoints = NO_CRASHES,
+                 member: str | None = None) -> None:
         self.settings = settings
         self.crash_points = crash_points
         self.egress = egress or EgressPolicy()
@@ -153,8 +168,12 @@ class Orchestrator:
         self.schedules: ScheduleRunner | None = None
         self.triggers: TriggerRunner | None = None
         self._loops: list[asyncio.Task[None]] = []
+        #: The consumers pulled here: the shared pair (key None) and each owned partition's.
+        self._lanes: dict[int | None, _Lane] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # lanes of partitions given up
+        self.member = member or new_member_id()
+        self.members: Members | None = None
         self._redeclaring: asyncio.Task[None] | None = None
-        self._subs: list[PullConsumer] = []
         self._stopping = asyncio.Event()
         self.builtins = builtins
         self._builtins = contextlib.AsyncExitStack()
@@ -228,17 +247,16 @@ class Orchestrator:
                                       settle=self.processor.settle,
                                       dead_letter=self.processor.dead_letter,
                                       messages=self.metrics.trigger_messages)
-        engine_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
-                                        self.subjects.engine_consumer,
-                                        batch=self.fetch_batch).start()
-        timer_sub = await PullConsumer(self.nc, self.subjects.inbox_stream,
-                                       self.subjects.timer_consumer,
-                                       batch=self.fetch_batch).start()
-        self._subs = [engine_sub, timer_sub]
+        self._lanes[None] = await self._open_lane(None)
+        self.members = Members(await bucket(t.members_kv(MEMBER_TTL)), self.member,
+                               on_change=self._own,
+                               declare=lambda: bucket(t.members_kv(MEMBER_TTL)))
+        await patiently("the membership", self.members.join)
+        members = self.members
         self._loops = [
-            asyncio.create_task(self._watchdog("engine", lambda: self._engine_loop(engine_sub))),
-            asyncio.create_task(self._watchdog("timer", lambda: self._timer_loop(timer_sub))),
-            asyncio.create_task(self._watchdog("queue sampling", self._sample_queues))]
+            asyncio.create_task(self._watchdog("queue sampling", self._sample_queues)),
+            asyncio.create_task(self._watchdog("membership",
+                                               lambda: members.run(self._stopping)))]
         self.limiter = Limiter(self.nc, self.subjects, limits, publisher=self.publisher,
                                clock=self.clock, metrics=self.metrics,
                                sample_interval=self.queue_sample_interval)
@@ -269,6 +287,11 @@ class Orchestrator:
             await declare_stream(js, stream)
         await ensure_consumer(js, self.subjects.inbox_stream, t.engine_consumer())
         await ensure_consumer(js, self.subjects.inbox_stream, t.timer_consumer())
+        for partition in range(PARTITIONS):
+            await ensure_consumer(js, self.subjects.inbox_stream,
+                                  t.engine_partition_consumer(partition))
+            await ensure_consumer(js, self.subjects.inbox_stream,
+                                  t.timer_partition_consumer(partition))
         await ensure_consumer(js, self.subjects.inbox_stream, t.schedule_consumer())
         await ensure_consumer(js, self.subjects.webhooks_stream, t.webhook_consumer())
         await ensure_consumer(js, self.subjects.limits_stream, t.limiter_consumer())
@@ -298,8 +321,12 @@ class Orchestrator:
     async def stop(self) -> None:
         """Stop fetching, let in-flight groups finish, deregister, disconnect."""
         self._stopping.set()
-        for sub in self._subs:
-            sub.halt()  # the loops' waiting fetches return now, not after their timeout
+        for lane in self._lanes.values():
+            lane.stop.set()
+            for sub in lane.subs:
+                sub.halt()  # the loops' waiting fetches return now, not after their timeout
+        if self.members is not None:
+            await self.members.leave()  # the others take the partitions at once
         if self.api is not None:
             await self.api.close()
         if self.schedules is not None:
@@ -312,8 +339,9 @@ class Orchestrator:
         if self._redeclaring is not None:
             self._redeclaring.cancel()
             await asyncio.gather(self._redeclaring, return_exceptions=True)
-        for sub in self._subs:
-            await sub.stop()
+        for lane in self._lanes.values():
+            for sub in lane.subs:
+                await sub.stop()
         if self.publisher is not None:
             await self.publisher.close()
         if self.metrics_server is not None:
@@ -330,11 +358,63 @@ class Orchestrator:
     async def _stop_loops(self) -> None:
         # Loops finish the batch in hand and exit at their next fetch; what is still
         # unfinished after the bound is redelivered to another replica later.
-        if self._loops:
-            _, pending = await asyncio.wait(self._loops, timeout=5.0)
+        loops = [*self._loops, *(t for lane in self._lanes.values() for t in lane.loops)]
+        if loops:
+            _, pending = await asyncio.wait(loops, timeout=5.0)
             for loop in pending:
                 loop.cancel()
-            await asyncio.gather(*self._loops, return_exceptions=True)
+            await asyncio.gather(*loops, return_exceptions=True)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _own(self, partitions: frozenset[int]) -> None:
+        """Pull exactly the shared consumers and those of ``partitions``.
+
+        A partition given up finishes the batches in hand in the background, and what
+        it received and had not taken goes back at once (the new owner gets it); a
+        partition taken starts pulling now.
+        """
+        if self._stopping.is_set():
+            return
+        for partition in sorted(partitions - self._lanes.keys()):
+            assert partition is not None
+            self._lanes[partition] = await self._open_lane(partition)
+        for partition in [k for k in self._lanes if k is not None and k not in partitions]:
+            lane = self._lanes.pop(partition)
+            lane.stop.set()
+            for sub in lane.subs:
+                sub.halt()  # its loops return from their fetches now
+            closing = asyncio.create_task(self._close_lane(lane))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def _close_lane(self, lane: _Lane) -> None:
+        _, pending = await asyncio.wait(lane.loops, timeout=5.0)
+        for loop in pending:
+            loop.cancel()
+        await asyncio.gather(*lane.loops, return_exceptions=True)
+        for sub in lane.subs:
+            await sub.stop()
+
+    async def _open_lane(self, partition: int | None) -> _Lane:
+        """Start pulling the engine and timer consumers of ``partition`` (None: shared)."""
+        assert self.nc is not None
+        s = self.subjects
+        if partition is None:
+            names = (s.engine_consumer, s.timer_consumer)
+        else:
+            names = (s.engine_partition_consumer(partition),
+                     s.timer_partition_consumer(partition))
+        engine_sub, timer_sub = [await PullConsumer(self.nc, s.inbox_stream, name,
+                                                    batch=self.fetch_batch).start()
+                                 for name in names]
+        stop = asyncio.Event()
+        if self._stopping.is_set():
+            stop.set()
+        loops = [asyncio.create_task(self._watchdog(
+                     "engine", lambda: self._engine_loop(engine_sub, stop), stop)),
+                 asyncio.create_task(self._watchdog(
+                     "timer", lambda: self._timer_loop(timer_sub, stop), stop))]
+        return _Lane(partition, stop, [engine_sub, timer_sub], loops)
 
     async def run(self) -> None:
         """Start, then serve until cancelled (also while starting: stop() still runs)."""
@@ -358,13 +438,15 @@ class Orchestrator:
         await self.stop()
 
     # -- loops ----------------------------------------------------------------------
-    async def _watchdog(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    async def _watchdog(self, name: str, loop: Callable[[], Awaitable[None]],
+                        stop: asyncio.Event | None = None) -> None:
         """Run ``loop`` until stopping; if it dies of an error, log it and run it again.
 
         The loops catch what they expect; this is for what they do not, so that a
         process that looks alive never quietly stops consuming.
         """
-        while not self._stopping.is_set():
+        stop = stop or self._stopping
+        while not stop.is_set():
             try:
                 await loop()
             except Exception:
@@ -394,7 +476,7 @@ class Orchestrator:
         except Exception as exc:
             log.warning("re-declaring the streams and consumers failed: %s", exc)
 
-    async def _engine_loop(self, sub: PullConsumer) -> None:
+    async def _engine_loop(self, sub: PullConsumer, stop: asyncio.Event) -> None:
         """Take messages while earlier batches are still in hand (up to ``fetch_batch``
         at once): a batch waiting for its acks holds up only its own records, whose
         order the processor's per-record locks keep."""
@@ -410,13 +492,13 @@ class Orchestrator:
             room.set()
 
         try:
-            while not self._stopping.is_set():
+            while not stop.is_set():
                 if in_hand >= self.fetch_batch:
                     room.clear()
                     await room.wait()
                     continue
                 msgs = await self._fetch(sub, self.fetch_batch - in_hand)
-                if msgs and self._stopping.is_set():
+                if msgs and stop.is_set():
                     await self._hand_back(msgs)  # fetched as the stop came: another's
                 elif msgs:
                     task = asyncio.create_task(self._engine_batch(msgs))
@@ -463,7 +545,8 @@ class Orchestrator:
             try:
                 samples = [(s.inbox_stream, info.name, info.num_pending)
                            for info in [await js.consumer_info(s.inbox_stream, name)
-                                        for name in (s.engine_consumer, s.timer_consumer)]]
+                                        for name in (*s.engine_consumers,
+                                                     *s.timer_consumers)]]
                 workers = await js.consumers_info(s.tasks_stream)
                 samples += [(s.tasks_stream, info.name, info.num_pending) for info in workers]
                 hooks = await js.consumer_info(s.webhooks_stream, s.webhook_consumer)
@@ -514,10 +597,10 @@ class Orchestrator:
         self._task_consumers = (now, views)
         return views
 
-    async def _timer_loop(self, sub: PullConsumer) -> None:
+    async def _timer_loop(self, sub: PullConsumer, stop: asyncio.Event) -> None:
         processor = self.processor
         assert processor is not None
-        while not self._stopping.is_set():
+        while not stop.is_set():
             msgs = await self._fetch(sub)
             if not msgs:
                 continue

@@ -108,7 +108,7 @@ def _builder_families(cls: type[Subjects], s: Subjects) -> dict[str, set[str]]:
                 continue  # a stream, consumer, bucket or service name, or a KV put
             tokens = []
             for token in subject[len(head):].split("."):
-                if token in (_PARAM, "*", ">"):
+                if token in (_PARAM, "*", ">") or token.isdigit():  # digits: a partition
                     break
                 tokens.append(token)
             families.setdefault(".".join(tokens), set()).add(name)
@@ -142,7 +142,7 @@ def test_every_subject_family_of_subjects_is_in_the_document() -> None:
     doc = asyncapi_schema()
     families = _builder_families(Subjects, Subjects())
     # The scheme of contracts/subjects.py and docs/subjects.md, and nothing else.
-    assert set(families) == {"submit", "cmd", "cmd.wf", "cmd.batch", "result", "timer",
+    assert set(families) == {"submit", "cmd.wf", "cmd.batch", "result", "timer",
                              "sched", "task", "cancel", "events", "webhooks", "dlq", "api",
                              "limit"}
     assert _undocumented(Subjects, doc) == set()

@@ -135,7 +135,9 @@ def test_subjects_doc_matches_the_code() -> None:
     members = {n for n in vars(Subjects) if not n.startswith("_")}
     wildcards = {"inbox_subjects", "engine_filters", "timer_filter", "all_tasks",
                  "all_cancels", "all_events", "all_dlq", "all_webhooks", "all_limits",
-                 "kind_of", "is_internal", "prefix", "schedule_filter"}
+                 "kind_of", "is_internal", "prefix", "schedule_filter",
+                 "engine_partition_filters", "timer_partition_filter", "engine_consumers",
+                 "timer_consumers"}
     assert members - wildcards <= documented
 
 

@@ -158,6 +158,6 @@ async def test_a_task_router_in_a_nested_router_serves(
                                       settings.subjects.worker_consumer("t.echo"))
         assert info.config.ack_wait == 30.0 and info.config.max_deliver == -1
         await js.add_stream(name=settings.subjects.inbox_stream,
-                            subjects=[settings.subjects.result("*")])
+                            subjects=[settings.subjects.result("*", "*")])
         result = await asyncio.wait_for(run_one(js, settings.subjects, "t.echo", {"x": 1}), 20)
     assert result.kind == "succeeded" and result.output == {"x": 1}

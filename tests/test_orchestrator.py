@@ -33,6 +33,7 @@ from contracts.errors import (
 from contracts.headers import ERROR_CODE_HEADER
 from contracts.models import MAX_CONFIG_BYTES, EventType, StepState, WorkflowState
 from contracts.operations import SCHEDULE_OPERATIONS, TRIGGER_OPERATIONS
+from contracts.subjects import partition_of
 from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
 from orchestrator.api import Api
@@ -70,6 +71,10 @@ async def _settled(nc: Client, stream: str, consumer: str) -> Any:
             break
         await asyncio.sleep(0.02)
     return info
+
+
+async def js_info(nc: Client, stream: str, consumer: str) -> Any:
+    return await nc.jetstream().consumer_info(stream, consumer)
 
 
 def assert_arithmetic_done(status: Any) -> None:
@@ -121,11 +126,16 @@ async def test_create_over_api_completes_and_outputs_flow_through_references(
     assert [(e.workflow_id, e.type) for e in completed] == [
         (reply.id, EventType.WORKFLOW_COMPLETED)]
 
-    # Every inbox message (the create, three results) was acked, none redelivered.
-    # (Counted by the consumer: worker-grace timers share the inbox stream's sequence.)
-    engine = await _settled(nc, s.inbox_stream, s.engine_consumer)
+    # Every inbox message (the create, three results) was acked, none redelivered, all
+    # on the workflow's partition. (Counted by the consumer: worker-grace timers share
+    # the inbox stream's sequence.)
+    home = s.engine_partition_consumer(partition_of(reply.id))
+    engine = await _settled(nc, s.inbox_stream, home)
     assert (engine.num_ack_pending, engine.num_redelivered, engine.delivered.consumer_seq) == (
         0, 0, 4)
+    for other in s.engine_consumers:
+        if other != home:
+            assert (await js_info(nc, s.inbox_stream, other)).delivered.consumer_seq == 0
 
 
 async def test_submit_with_an_id_completes_with_the_declared_output(

@@ -29,7 +29,7 @@ from contracts.dead_letters import LETTER_RETRIES, dead_letter
 from contracts.errors import ErrorInfo, PayloadTooLarge, WorkflowNotFound
 from contracts.messages import DeadLetter
 from contracts.models import MAX_CONFIG_BYTES, EventType
-from contracts.subjects import Subjects
+from contracts.subjects import Subjects, partition_of
 from natsflow.client import NatsflowClient
 from natsflow.embedded import EmbeddedNats
 from natsflow.worker import TaskContext, Worker
@@ -118,7 +118,9 @@ async def test_an_oversized_poison_message_is_dead_lettered_once(
     assert dlq_subject == s.dlq(letter.reason.code)
     assert letter.deliveries == 1
     _assert_fits(letter, POISON)
-    consumer = s.timer_consumer if where == "timer" else s.engine_consumer
+    consumer = {"submit": s.engine_consumer,
+                "timer": s.timer_partition_consumer(partition_of("wf1"))}.get(
+        where, s.engine_partition_consumer(partition_of("wf1")))
     await _wait_settled(js, s.inbox_stream, consumer)
     await asyncio.sleep(1.5)  # it would have been tried again by now
     assert engine.processor is not None

@@ -188,6 +188,13 @@ class Topology:
         return KeyValueConfig(bucket=self.subjects.secrets_bucket, history=1,
                               replicas=self.replicas, storage=StorageType.FILE)
 
+    def members_kv(self, ttl: float) -> KeyValueConfig:
+        """The live orchestrators; a key lives ``ttl`` seconds after its last renewal.
+        On file, as the rest: a member key must outlive a server restart (in memory, every
+        member's would vanish at once, and the shares computed before with them)."""
+        return KeyValueConfig(bucket=self.subjects.members_bucket, history=1, ttl=ttl,
+                              replicas=self.replicas, storage=StorageType.FILE)
+
     def blobs_store(self) -> ObjectStoreConfig:
         """Large outputs (a big map's joined output), chunked."""
         return ObjectStoreConfig(bucket=self.subjects.blobs_bucket, replicas=self.replicas,
@@ -240,6 +247,22 @@ class Topology:
         """Durable timers; each waits as a delayed nak until due."""
         s = self.subjects
         return ConsumerConfig(durable_name=s.timer_consumer, filter_subject=s.timer_filter,
+                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
+                              max_deliver=-1, max_ack_pending=1_000_000, max_waiting=512)
+
+    def engine_partition_consumer(self, partition: int) -> ConsumerConfig:
+        """Commands and results of one partition; pulled by the orchestrator owning it."""
+        s = self.subjects
+        return ConsumerConfig(durable_name=s.engine_partition_consumer(partition),
+                              filter_subjects=s.engine_partition_filters(partition),
+                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
+                              max_deliver=-1, max_ack_pending=20_000, max_waiting=512)
+
+    def timer_partition_consumer(self, partition: int) -> ConsumerConfig:
+        """Timers of one partition; each waits as a delayed nak until due."""
+        s = self.subjects
+        return ConsumerConfig(durable_name=s.timer_partition_consumer(partition),
+                              filter_subject=s.timer_partition_filter(partition),
                               ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
                               max_deliver=-1, max_ack_pending=1_000_000, max_waiting=512)
 

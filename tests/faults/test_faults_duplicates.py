@@ -93,13 +93,14 @@ async def drained(nc: Client, settings: NatsSettings, *, timeout: float = 20.0) 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        engine, timers = [await js.consumer_info(s.inbox_stream, name)
-                          for name in (s.engine_consumer, s.timer_consumer)]
+        engines = [await js.consumer_info(s.inbox_stream, n) for n in s.engine_consumers]
+        timers = [await js.consumer_info(s.inbox_stream, n) for n in s.timer_consumers]
         # Timers not yet due (each workflow's worker-grace look) are held by the timer
-        # consumer until then, on purpose: taken is enough for them.
-        if engine.num_pending == engine.num_ack_pending == timers.num_pending == 0:
+        # consumers until then, on purpose: taken is enough for them.
+        if all(e.num_pending == e.num_ack_pending == 0 for e in engines) and all(
+                t.num_pending == 0 for t in timers):
             return
-        infos = [engine, timers]
+        infos = [*engines, *timers]
         assert loop.time() < deadline, f"inbox not drained: {infos}"
         await asyncio.sleep(0.1)
 

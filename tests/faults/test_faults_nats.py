@@ -21,6 +21,7 @@ from helpers import Probe, wait_for
 from nats.aio.msg import Msg
 
 from contracts.models import WorkflowState
+from contracts.subjects import PARTITIONS
 from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
 from transport.consume import PullConsumer
@@ -101,7 +102,10 @@ async def test_a_consume_loop_that_dies_is_started_again(
         return await real(sub, most)
 
     monkeypatch.setattr(engine, "_fetch", dies_once_per_loop)
-    await wait_for(lambda: len(died) == 2, what="both consume loops to die once")
+    # An engine and a timer loop for the shared consumers and for each partition's.
+    lanes = len(engine._lanes)
+    assert lanes == 1 + PARTITIONS
+    await wait_for(lambda: len(died) == 2 * lanes, what="every consume loop to die once")
     reply = await client.create(fan_in(0, "watchdog"))
     await wait_terminal(client, [reply.id], timeout=10)
     status = (await client.get(reply.id)).status
@@ -109,4 +113,4 @@ async def test_a_consume_loop_that_dies_is_started_again(
     restarts = {s.labels["loop"]: s.value for m in engine.metrics.registry.collect()
                 if m.name == "natsflow_loop_restarts" for s in m.samples
                 if s.name.endswith("_total")}
-    assert restarts == {"engine": 1.0, "timer": 1.0}
+    assert restarts == {"engine": float(lanes), "timer": float(lanes)}

@@ -198,7 +198,8 @@ def _orchestrator(s: Subjects, user: str, inbox: str, egress: Sequence[str],
                *(subject for stream in trigger_streams
                  for subject in _trigger_stream(stream)),
                _own_inbox(inbox), *egress]
-    subscribe = [s.api(">"), s.all_cancels, *_service(s.service_name), _own_inbox(inbox),
+    subscribe = [s.api(">"), s.all_cancels, s.member_ping("*"), *_service(s.service_name),
+                 _own_inbox(inbox),
                  *(_leader_elected(stream) for stream in (*streams, *trigger_streams))]
     return Permissions(Role.ORCHESTRATOR, user, inbox, tuple(publish), tuple(subscribe),
                        responses=True)

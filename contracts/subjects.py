@@ -23,6 +23,7 @@ Subject scheme (``p`` is the prefix)::
     p.dlq.<reason>                dead letters with a reason (DLQ stream)
     p.webhooks.<workflow_id>      webhook deliveries to make (WEBHOOKS work-queue stream)
     p.api.<group>.<operation>     request/reply API (NATS micro service ``p``)
+    p.member.<member>             liveness of one orchestrator (core request, internal)
 
 ``<k>`` is the workflow's partition, :func:`partition_of` (``0`` to ``PARTITIONS - 1``):
 each partition has its own durable consumers on the INBOX stream (``engine-<k>``,
@@ -310,6 +311,11 @@ class Subjects:
         ``partition`` only to build a template, such as the AsyncAPI's)."""
         k = partition_of(workflow_id) if partition is None else partition
         return f"{self.prefix}.cmd.wf.{k}.{workflow_id}"
+
+    def member_ping(self, member: str) -> str:
+        """Core NATS request subject one live orchestrator answers (``member``: its key in
+        the members bucket): "no responders" says it is gone before its key ages out."""
+        return f"{self.prefix}.member.{member}"
 
     def batch_command(self, batch_id: str) -> str:
         """Commands for one batch."""

@@ -58,6 +58,8 @@ _PARAMETERS: Final[dict[str, dict[str, Any]]] = {
     "reason": {"description": "The error code that sent the message to the dead letters, "
                               "e.g. `malformed-task`."},
     "pool": {"description": "A limit and key value, as a digest (one subject token)."},
+    "member": {"description": "An orchestrator's key in the members bucket: its host, pid "
+                              "and a random part (one subject token)."},
 }
 _PLACEHOLDER: Final = re.compile(r"\{([a-z_]+)\}")
 _REF: Final = "#/components/schemas/{model}"
@@ -119,6 +121,11 @@ def _broker(s: Subjects) -> NatsBroker:
             f"Internal: durable timers (retry backoff, timeouts, heartbeats, sleeps) that "
             f"the orchestrator sets for itself (stream `{s.inbox_stream}`, consumer "
             f"`{s.timer_partition_consumer('<partition>')}`).")
+    receive("member", s.member_ping("{member}"), dict[str, Any],
+            f"Internal: core NATS request (not stored) that one live orchestrator answers "
+            f"with an empty reply; its `member` is its key in the bucket "
+            f"`{s.members_bucket}`. \"No responders\" tells the others it is gone before "
+            "its key ages out, and they take its partitions at once.")
     receive("sched", s.schedule_tick("{schedule}"), dict[str, Any],
             f"Internal: a schedule's tick, which wakes it at its next fire time (stream "
             f"`{s.inbox_stream}`, consumer `{s.schedule_consumer}`; see docs/schedules.md). "

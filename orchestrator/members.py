@@ -8,6 +8,14 @@ pulls: a member that comes or goes moves only its own share. Members learn of ea
 within a renewal, of a dead one within the TTL and a renewal; meanwhile a partition may
 be pulled by two members (harmless: see :mod:`orchestrator.partitions`) or by none of the
 living (its messages wait).
+
+A member also answers a core NATS request on its own subject (``Subjects.member_ping``),
+and every renewal asks each of the others: "no responders" means its connection is gone
+(a killed process's socket is closed by the kernel, and the server drops its
+subscriptions at once), so it is left out of the shares at once, not after its key ages
+out. A restarted orchestrator thus takes over the partitions of the one it replaces at
+once. Anything else (a timeout: a hung or slow member) counts as alive until its key
+ages out.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from collections.abc import Awaitable, Callable
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from .partitions import owned_by
@@ -36,6 +47,8 @@ log = logging.getLogger("natsflow.orchestrator")
 MEMBER_TTL = 6.0
 #: Seconds between renewals (and looks at the other members).
 MEMBER_RENEW = 1.5
+#: Seconds a member's answer to a liveness request is waited for.
+PING_TIMEOUT = 0.5
 
 
 def new_member_id() -> str:
@@ -57,13 +70,21 @@ class Members:
         declare: Makes the bucket again, when it is gone (a server restarted without
             its data): else no renewal would ever succeed again, and the shares of the
             partitions would stay those of the members seen last, maybe one dead.
+        nc: The connection liveness requests are answered and asked on (None: none
+            are; a dead member is then seen only when its key ages out).
+        ping_subject: A member's liveness subject, from its id.
     """
 
     def __init__(self, kv: KeyValue, member: str, *,
                  on_change: Callable[[frozenset[int]], Awaitable[None]],
                  renew: float = MEMBER_RENEW,
-                 declare: Callable[[], Awaitable[KeyValue]] | None = None) -> None:
+                 declare: Callable[[], Awaitable[KeyValue]] | None = None,
+                 nc: Client | None = None,
+                 ping_subject: Callable[[str], str] | None = None) -> None:
         self.kv = kv
+        self.nc = nc
+        self.ping_subject = ping_subject
+        self._answering: Subscription | None = None
         self.declare = declare
         self.member = member
         self.renew = renew
@@ -73,7 +94,11 @@ class Members:
         self._value = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
 
     async def join(self) -> frozenset[int]:
-        """Put this member's key, and own its share of the partitions."""
+        """Answer liveness requests, put this member's key, and own its share of the
+        partitions (answering first: whoever sees the key may ask at once)."""
+        if self.nc is not None and self.ping_subject is not None and self._answering is None:
+            self._answering = await self.nc.subscribe(self.ping_subject(self.member),
+                                                      cb=self._answer)
         await self.beat()
         assert self.owned is not None
         return self.owned
@@ -92,6 +117,7 @@ class Members:
             members = frozenset(await self.kv.keys())
         except nats.js.errors.NoKeysError:
             members = frozenset()
+        members -= await self._gone(members - {self.member})
         owned = owned_by(self.member, members)
         self.members = members | {self.member}
         if owned != self.owned:
@@ -99,6 +125,32 @@ class Members:
                      ",".join(map(str, sorted(owned))) or "none", len(self.members))
             self.owned = owned
             await self.on_change(owned)
+
+    async def _answer(self, msg: Msg) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await msg.respond(b"")
+
+    async def _gone(self, others: frozenset[str]) -> frozenset[str]:
+        """The members among ``others`` whose connection is gone ("no responders")."""
+        nc, subject = self.nc, self.ping_subject
+        if nc is None or subject is None or not others:
+            return frozenset()
+
+        async def gone(member: str) -> bool:
+            try:
+                await nc.request(subject(member), b"", timeout=PING_TIMEOUT)
+            except nats.errors.NoRespondersError:
+                return True
+            except (nats.errors.Error, OSError):
+                pass  # slow, hung, or NATS away: alive until its key ages out
+            return False
+
+        names = sorted(others)
+        verdicts = await asyncio.gather(*(gone(m) for m in names))
+        dead = frozenset(m for m, v in zip(names, verdicts, strict=True) if v)
+        if dead:
+            log.info("members gone before their keys aged out: %s", ", ".join(sorted(dead)))
+        return dead
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Renew every ``renew`` seconds until ``stopping`` is set."""
@@ -114,5 +166,9 @@ class Members:
 
     async def leave(self) -> None:
         """Delete this member's key: the others take its partitions at their next look."""
+        if self._answering is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._answering.unsubscribe()
+            self._answering = None
         with contextlib.suppress(nats.errors.Error, OSError):
             await asyncio.wait_for(self.kv.delete(self.member), 2.0)

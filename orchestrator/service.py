@@ -250,7 +250,8 @@ class Orchestrator:
         self._lanes[None] = await self._open_lane(None)
         self.members = Members(await bucket(t.members_kv(MEMBER_TTL)), self.member,
                                on_change=self._own,
-                               declare=lambda: bucket(t.members_kv(MEMBER_TTL)))
+                               declare=lambda: bucket(t.members_kv(MEMBER_TTL)),
+                               nc=self.nc, ping_subject=self.subjects.member_ping)
         await patiently("the membership", self.members.join)
         members = self.members
         self._loops = [

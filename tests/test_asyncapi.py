@@ -144,7 +144,7 @@ def test_every_subject_family_of_subjects_is_in_the_document() -> None:
     # The scheme of contracts/subjects.py and docs/subjects.md, and nothing else.
     assert set(families) == {"submit", "cmd.wf", "cmd.batch", "result", "timer",
                              "sched", "task", "cancel", "events", "webhooks", "dlq", "api",
-                             "limit"}
+                             "limit", "member"}
     assert _undocumented(Subjects, doc) == set()
     # Every documented family is built by Subjects (addresses come from there).
     for family in _doc_families(doc, Subjects()):

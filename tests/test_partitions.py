@@ -8,6 +8,7 @@ import uuid
 import pytest
 from helpers import counted, running_demo_worker
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import StreamConfig, SubjectTransform
 
 from contracts.messages import TaskMessage, TaskSucceeded
@@ -15,7 +16,9 @@ from contracts.models import WorkflowState
 from contracts.subjects import PARTITIONS, Subjects, partition_of
 from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
+from orchestrator.members import MEMBER_TTL
 from transport.connect import NatsSettings
+from transport.streams import Topology, declare_bucket
 
 
 def test_partition_of_is_fnv1a_32_of_the_utf8_id_mod_8() -> None:
@@ -210,4 +213,31 @@ async def test_a_members_bucket_that_is_gone_is_declared_again(
         await orch.members.beat()
         kv = await js.key_value(s.members_bucket)
         assert await kv.keys() == ["a"]
+        assert orch.members.owned == frozenset(range(PARTITIONS))
+
+
+async def test_a_member_whose_connection_is_gone_is_left_out_before_its_key_ages_out(
+        settings: NatsSettings, nc: Client) -> None:
+    """A key outlives its orchestrator by up to the TTL (a SIGKILL leaves it behind): an
+    orchestrator restarted in its place owned only its share meanwhile, and the other
+    partitions waited (the fault suite's random kills took 3-5x longer). Nothing answers
+    the dead member's liveness subject: it is left out at once."""
+    s = settings.subjects
+    kv = await declare_bucket(nc.jetstream(), Topology(s).members_kv(MEMBER_TTL))
+    await kv.put("ghost", b"{}")  # a killed member's key, still within its TTL
+    async with Orchestrator(settings, builtins=False, webhooks=False, member="a") as orch:
+        assert orch.members is not None
+        assert "ghost" in await kv.keys()
+        assert orch.members.owned == frozenset(range(PARTITIONS))
+        # A member that answers is not left out.
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b"")
+
+        sub = await nc.subscribe(s.member_ping("ghost"), cb=answer)
+        try:
+            await orch.members.beat()
+            assert orch.members.owned != frozenset(range(PARTITIONS))
+        finally:
+            await sub.unsubscribe()
+        await orch.members.beat()
         assert orch.members.owned == frozenset(range(PARTITIONS))

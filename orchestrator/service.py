@@ -78,6 +78,15 @@ class _Lane:
     loops: list[asyncio.Task[None]]
 
 
+async def _finish(tasks: list[asyncio.Task[None]], *, within: float) -> None:
+    """Wait up to ``within`` seconds for ``tasks``, then cancel the rest and wait for them."""
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=within)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def result_key(js: JetStreamContext, config: KeyValueConfig, *,
                      declare: Callable[[KeyValueConfig], Awaitable[KeyValue]]) -> bytes:
     """The deployment's result key: made by the first orchestrator, read by the others.
@@ -359,12 +368,8 @@ class Orchestrator:
     async def _stop_loops(self) -> None:
         # Loops finish the batch in hand and exit at their next fetch; what is still
         # unfinished after the bound is redelivered to another replica later.
-        loops = [*self._loops, *(t for lane in self._lanes.values() for t in lane.loops)]
-        if loops:
-            _, pending = await asyncio.wait(loops, timeout=5.0)
-            for loop in pending:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+        await _finish([*self._loops, *(t for lane in self._lanes.values() for t in lane.loops)],
+                      within=5.0)
         await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _own(self, partitions: frozenset[int]) -> None:
@@ -389,10 +394,7 @@ class Orchestrator:
             closing.add_done_callback(self._closing.discard)
 
     async def _close_lane(self, lane: _Lane) -> None:
-        _, pending = await asyncio.wait(lane.loops, timeout=5.0)
-        for loop in pending:
-            loop.cancel()
-        await asyncio.gather(*lane.loops, return_exceptions=True)
+        await _finish(lane.loops, within=5.0)
         for sub in lane.subs:
             await sub.stop()
 
@@ -544,10 +546,11 @@ class Orchestrator:
         s = self.subjects
         while not self._stopping.is_set():
             try:
+                # One listing for the inbox's 18 consumers, not a request each.
+                sampled = {*s.engine_consumers, *s.timer_consumers}
                 samples = [(s.inbox_stream, info.name, info.num_pending)
-                           for info in [await js.consumer_info(s.inbox_stream, name)
-                                        for name in (*s.engine_consumers,
-                                                     *s.timer_consumers)]]
+                           for info in await js.consumers_info(s.inbox_stream)
+                           if info.name in sampled]
                 workers = await js.consumers_info(s.tasks_stream)
                 samples += [(s.tasks_stream, info.name, info.num_pending) for info in workers]
                 hooks = await js.consumer_info(s.webhooks_stream, s.webhook_consumer)

@@ -239,30 +239,32 @@ class Topology:
     def engine_consumer(self) -> ConsumerConfig:
         """Commands and results; shared by every orchestrator replica."""
         s = self.subjects
-        return ConsumerConfig(durable_name=s.engine_consumer, filter_subjects=s.engine_filters,
-                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
-                              max_deliver=-1, max_ack_pending=20_000, max_waiting=512)
+        return self._engine_config(s.engine_consumer, s.engine_filters)
 
     def timer_consumer(self) -> ConsumerConfig:
         """Durable timers; each waits as a delayed nak until due."""
         s = self.subjects
-        return ConsumerConfig(durable_name=s.timer_consumer, filter_subject=s.timer_filter,
-                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
-                              max_deliver=-1, max_ack_pending=1_000_000, max_waiting=512)
+        return self._timer_config(s.timer_consumer, s.timer_filter)
 
     def engine_partition_consumer(self, partition: int) -> ConsumerConfig:
         """Commands and results of one partition; pulled by the orchestrator owning it."""
         s = self.subjects
-        return ConsumerConfig(durable_name=s.engine_partition_consumer(partition),
-                              filter_subjects=s.engine_partition_filters(partition),
-                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
-                              max_deliver=-1, max_ack_pending=20_000, max_waiting=512)
+        return self._engine_config(s.engine_partition_consumer(partition),
+                                   s.engine_partition_filters(partition))
 
     def timer_partition_consumer(self, partition: int) -> ConsumerConfig:
         """Timers of one partition; each waits as a delayed nak until due."""
         s = self.subjects
-        return ConsumerConfig(durable_name=s.timer_partition_consumer(partition),
-                              filter_subject=s.timer_partition_filter(partition),
+        return self._timer_config(s.timer_partition_consumer(partition),
+                                  s.timer_partition_filter(partition))
+
+    def _engine_config(self, name: str, filters: list[str]) -> ConsumerConfig:
+        return ConsumerConfig(durable_name=name, filter_subjects=filters,
+                              ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
+                              max_deliver=-1, max_ack_pending=20_000, max_waiting=512)
+
+    def _timer_config(self, name: str, filter_subject: str) -> ConsumerConfig:
+        return ConsumerConfig(durable_name=name, filter_subject=filter_subject,
                               ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
                               max_deliver=-1, max_ack_pending=1_000_000, max_waiting=512)
 

@@ -54,11 +54,7 @@ async def test_every_workflow_completes_when_one_of_several_replicas_is_killed(
     async with supervise(*orchs, worker):
         await wait_ready([*orchs, worker])
         submitting = asyncio.create_task(submit_all(client, configs, rate=50))
-        while True:  # until a fifth of the work is done
-            open_ = await drain(client, ids, timeout=0.2)
-            if len(open_) <= 0.8 * N:
-                break
-            await asyncio.sleep(0.1)
+        open_ = await _a_fifth_done(client, ids)
         victim.restart = False
         victim.kill()
         await submitting
@@ -71,6 +67,15 @@ async def test_every_workflow_completes_when_one_of_several_replicas_is_killed(
     assert all(o.deaths == [] for o in survivors) and worker.deaths == []
     # The victim had finished workflows of its own before it died: the work was shared.
     assert " completed" in victim.logs(), victim.logs()
+
+
+async def _a_fifth_done(client: NatsflowClient, ids: list[str]) -> set[str]:
+    """Wait until a fifth of the workflows is finished; the ids still open then."""
+    while True:
+        open_ = await drain(client, ids, timeout=0.2)
+        if len(open_) <= 0.8 * N:
+            return open_
+        await asyncio.sleep(0.1)
 
 
 def _shares(svc: Service) -> list[set[int]]:
@@ -112,14 +117,10 @@ async def test_a_killed_owners_partitions_are_taken_over_and_every_workflow_comp
         await _until(split, "the two never split the partitions")
         lost = _shares(victim)[-1]
         submitting = asyncio.create_task(submit_all(client, configs, rate=50))
-        while True:  # until a fifth of the work is done
-            open_ = await drain(client, ids, timeout=0.2)
-            if len(open_) <= 0.8 * N:
-                break
-            await asyncio.sleep(0.1)
+        open_ = await _a_fifth_done(client, ids)
         victim.restart = False
         victim.kill()
-        # Its key ages out of the members bucket; the survivor takes its partitions.
+        # Nothing answers its liveness subject now: the survivor takes its partitions.
         await _until(lambda: _shares(survivor)[-1] == every,
                      f"the survivor never took partitions {sorted(lost)}")
         await submitting

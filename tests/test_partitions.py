@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import nats.js.errors
 import pytest
-from helpers import counted, running_demo_worker
+from helpers import counted, read_dead_letters, running_demo_worker
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig, SubjectTransform
@@ -241,3 +242,33 @@ async def test_a_member_whose_connection_is_gone_is_left_out_before_its_key_ages
             await sub.unsubscribe()
         await orch.members.beat()
         assert orch.members.owned == frozenset(range(PARTITIONS))
+
+
+async def test_hostile_messages_on_partitioned_subjects_are_dead_lettered_or_refused(
+        settings: NatsSettings, nc: Client) -> None:
+    """Garbage, NaN, deep nesting and a wrong partition on the partitioned inbox subjects
+    end in the dead letters with a reason; a partition that does not exist is refused by
+    the stream (nothing stored that no consumer reads); garbage sent to an orchestrator's
+    liveness subject changes nothing."""
+    s = settings.subjects
+    js = nc.jetstream()
+    wrong = (partition_of("wf1") + 1) % PARTITIONS
+    sent = [(s.result("wf1"), b"not json"),
+            (s.result("wf1"), b'{"kind": "succeeded", "attempt": NaN}'),
+            (s.workflow_command("wf1"), b"[" * 5000),
+            (s.timer("wf1"), b"\xff\xfe\x00"),
+            (s.result("wf1", wrong), b'{"kind": "nothing"}')]
+    async with Orchestrator(settings, builtins=False, webhooks=False, member="a") as orch:
+        for subject, data in sent:
+            await js.publish(subject, data)
+        letters = await read_dead_letters(nc, s, count=len(sent), timeout=20)
+        assert sorted(letter.subject for _, letter in letters) == sorted(x for x, _ in sent)
+        assert all(letter.reason.code for _, letter in letters)
+        with pytest.raises(nats.js.errors.NoStreamResponseError):
+            await js.publish(f"{s.prefix}.result.{PARTITIONS}.wf1", b"{}")
+        assert orch.members is not None
+        reply = await nc.request(s.member_ping("a"), b"\x00garbage" * 100, timeout=5)
+        assert reply.data == b""
+        await orch.members.beat()
+        assert orch.members.owned == frozenset(range(PARTITIONS))
+        assert await NatsflowClient(nc, s).ping(timeout=5)  # still serving

@@ -49,7 +49,7 @@ from contracts.ids import deterministic_id
 from contracts.messages import BatchReply, TaskResult, WorkflowReply
 from contracts.models import MAX_CONFIG_BYTES, SHOWN, WORKFLOW_TERMINAL, WorkflowConfig
 from contracts.subjects import Subjects
-from transport.consume import delivery_count
+from transport.consume import delivery_count, stream_sequence
 from transport.publish import AsyncPublisher, send
 from transport.tracing import TraceContext, extract
 from transport.transient import ConditionLog, describe, is_transient
@@ -107,22 +107,24 @@ def _trace(record: Record) -> TraceContext | None:
     return record.trace if isinstance(record, WorkflowRecord) else None
 
 
-def _inputs_of(items: Sequence[Item], held: Sequence[Part]) -> tuple[int, ...] | None:
-    """INBOX sequences of ``items`` and of the inputs of the carried parts ``held``:
-    the inputs a record's outbox waits on (None if one of them is not known)."""
+def _inputs_of(items: Sequence[Item]) -> tuple[int, ...] | None:
+    """INBOX sequences of ``items`` (None if one of them is not known)."""
     seqs: list[int] = []
-    for part in held:
-        if part.inputs is None:
-            return None
-        seqs.extend(part.inputs)
     for item in items:
-        if item.msg is None:
+        seq = stream_sequence(item.msg) if item.msg is not None else None
+        if seq is None:  # not a JetStream delivery: unknown
             return None
-        try:
-            seqs.append(item.msg.metadata.sequence.stream)
-        except Exception:  # not a JetStream delivery: unknown
-            return None
+        seqs.append(seq)
     return tuple(seqs)
+
+
+def _outbox_inputs(own: tuple[int, ...] | None, held: Sequence[Part]
+                   ) -> tuple[int, ...] | None:
+    """The inputs a record's outbox waits on: those of the carried parts ``held``, then
+    the transition's ``own`` (None if one of them is not known)."""
+    if own is None or any(p.inputs is None for p in held):
+        return None
+    return (*(seq for p in held for seq in p.inputs or ()), *own)
 
 
 async def _all(coros: list[Coroutine[Any, Any, Any]]) -> None:
@@ -470,8 +472,8 @@ class Processor:
             trace = _trace(current)
             held = [p for p in carried.parts if not p.stored] if carried is not None else []
             outbox = [*(e for p in held for e in p.effects), *effects] if held else effects
-            own_inputs = _inputs_of(items, [])
-            inputs = _inputs_of(items, held)
+            own_inputs = _inputs_of(items)
+            inputs = _outbox_inputs(own_inputs, held)
             current.outbox = outbox
             current.outbox_at = now
             current.outbox_inputs = list(inputs) if outbox and inputs is not None else None
@@ -545,7 +547,7 @@ class Processor:
         taken for published: the record is first written again naming no inputs, so its
         next reader republishes it. False (hand them back) when that cannot be done now.
         """
-        seqs = _inputs_of(items, [])
+        seqs = _inputs_of(items)
         lock = (entity.name, key)
         await self._locks.acquire(lock)
         try:

@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from transport.consume import ConsumerStalled, PullConsumer, delivery_count
+from transport.consume import ConsumerStalled, PullConsumer, delivery_count, stream_sequence
 
 
 async def _setup(nc: Client, prefix: str, *, ack_wait: float = 30) -> str:
@@ -101,11 +101,15 @@ async def test_delivery_count_reads_the_ack_subject_as_nats_py_metadata_does(
     for delivered in (1, 2, 3):
         msg, = await sub.fetch(1, timeout=5)
         assert delivery_count(msg) == msg.metadata.num_delivered == delivered
+        assert stream_sequence(msg) == msg.metadata.sequence.stream == 1
         await msg.nak()
     v2 = "$JS.ACK.hub.ACCHASH.S.C.7.100.90.1700000000000000000.0.tok"
     assert delivery_count(Msg(nc, reply=v2)) == Msg(nc, reply=v2).metadata.num_delivered == 7
+    assert stream_sequence(Msg(nc, reply=v2)) == Msg(nc, reply=v2).metadata.sequence.stream
     for other in ("", "_INBOX.x.y", "$JS.ACK.S.C.notanumber.1.1.1.0"):
         assert delivery_count(Msg(nc, reply=other)) == 1
+    for other in ("", "_INBOX.x.y", "$JS.ACK.S.C.1.notanumber.1.1.0"):
+        assert stream_sequence(Msg(nc, reply=other)) is None
 
 
 async def test_halt_ends_a_waiting_fetch_at_once_and_stop_hands_back_what_came_after(

@@ -200,8 +200,10 @@ async def test_a_record_names_the_inputs_of_the_parts_it_carries() -> None:
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     earlier = Part([], {}, done, inputs=(5, 6))
     item = runtime.Item("wf", "x", None, _delivered(42), None)
-    assert runtime._inputs_of([item], []) == (42,)
-    assert runtime._inputs_of([item], [earlier]) == (5, 6, 42)
-    assert runtime._inputs_of([item], [Part([], {}, done, inputs=None)]) is None
-    assert runtime._inputs_of([item, runtime.Item("wf", "x", None, None, None)], []) is None
+    own = runtime._inputs_of([item])
+    assert runtime._outbox_inputs(own, []) == (42,)
+    assert runtime._outbox_inputs(own, [earlier]) == (5, 6, 42)
+    assert runtime._outbox_inputs(own, [Part([], {}, done, inputs=None)]) is None
+    assert runtime._outbox_inputs(
+        runtime._inputs_of([item, runtime.Item("wf", "x", None, None, None)]), []) is None
     done.cancel()

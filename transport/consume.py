@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 
 from contracts.headers import PENDING_MESSAGES_HEADER, STATUS_DESCRIPTION_HEADER, STATUS_HEADER
 
-__all__ = ["ConsumerStalled", "PullConsumer", "delivery_count"]
+__all__ = ["ConsumerStalled", "PullConsumer", "delivery_count", "stream_sequence"]
 
 log = logging.getLogger("natsflow.consume")
 
@@ -42,20 +42,29 @@ _MOVED = frozenset({"Leadership Change", "Server Shutdown"})
 _REFUSED_PAUSE = 0.25
 
 
-def delivery_count(msg: object) -> int:
-    """How often JetStream has delivered ``msg`` (1 for a message without metadata).
-
-    Read straight from the ack subject, ``$JS.ACK.<stream>.<consumer>.<delivered>...``
-    (or with a domain and an account hash before the stream), as nats-py's metadata
-    does, without building the rest of the metadata (a datetime among it) per message.
-    """
+def _ack_token(msg: object, offset: int) -> int | None:
+    """Token ``offset`` after the consumer's name in ``msg``'s ack subject,
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`` (or with a domain and an
+    account hash before the stream), read as nats-py's metadata does, without building
+    the rest of the metadata (a datetime among it) per message; None without one."""
     reply = getattr(msg, "reply", None)
     if isinstance(reply, str) and reply.startswith("$JS.ACK."):
         tokens = reply.split(".")
         at = 4 if len(tokens) == 9 else 6 if len(tokens) >= 11 else None
-        if at is not None and tokens[at].isdigit():
-            return int(tokens[at])
-    return 1  # not a JetStream message: its first delivery
+        if at is not None and tokens[at + offset].isdigit():
+            return int(tokens[at + offset])
+    return None
+
+
+def delivery_count(msg: object) -> int:
+    """How often JetStream has delivered ``msg`` (1 for a message without metadata)."""
+    count = _ack_token(msg, 0)
+    return 1 if count is None else count  # not a JetStream message: its first delivery
+
+
+def stream_sequence(msg: object) -> int | None:
+    """``msg``'s sequence in its stream (None for a message without metadata)."""
+    return _ack_token(msg, 1)
 
 
 class ConsumerStalled(Exception):

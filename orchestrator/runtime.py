@@ -107,6 +107,14 @@ def _trace(record: Record) -> TraceContext | None:
     return record.trace if isinstance(record, WorkflowRecord) else None
 
 
+#: Whether a stored outbox whose inputs have all left the INBOX is taken as published.
+#: Off: a SIGKILLed nats-server loses the writes it had acknowledged and not yet written
+#: out, and the delete of an acked input can survive while the events its outbox stored
+#: do not (tests/faults/test_faults_nats.py[sigkill] once found `seq` gaps 5-9 with it on).
+#: Until the check can tell that apart, every such outbox is republished, as before.
+SKIP_SETTLED = False
+
+
 def _inputs_of(items: Sequence[Item]) -> tuple[int, ...] | None:
     """INBOX sequences of ``items`` (None if one of them is not known)."""
     seqs: list[int] = []
@@ -534,7 +542,7 @@ class Processor:
         (or not known) it is republished (docs/architecture.md, "Why nothing is lost or
         duplicated").
         """
-        if await self.outbox.inputs_settled(record.outbox_inputs):
+        if SKIP_SETTLED and await self.outbox.inputs_settled(record.outbox_inputs):
             self.metrics.stale_outboxes.labels(outcome="settled").inc()
             return
         self.metrics.stale_outboxes.labels(outcome="republished").inc()

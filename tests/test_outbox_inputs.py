@@ -78,7 +78,8 @@ async def signal_and_finish(settings: NatsSettings, nc: Client, wid: str
 
 
 async def test_a_record_whose_inputs_were_acked_is_not_republished(
-        settings: NatsSettings, nc: Client) -> None:
+        settings: NatsSettings, nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "SKIP_SETTLED", True)  # off by default: see there
     parked = await park(settings, nc, "acked1")
     assert [e.type.value for e in parked][-1] == "step.waiting"
     record, _ = await stored(nc, settings, "acked1")

@@ -7,9 +7,10 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
 
 import nats.js.errors
 from nats.aio.client import Client
@@ -23,7 +24,7 @@ from contracts.errors import ConfigMismatch
 from contracts.subjects import PARTITIONS
 from natsflow.client import NatsflowClient
 from transport.connect import NatsSettings, connect
-from transport.consume import ConsumerStalled, PullConsumer
+from transport.consume import ConsumerStalled, PullConsumer, PullGroup
 from transport.publish import AsyncPublisher
 from transport.streams import (
     ENGINE_ACK_WAIT,
@@ -70,12 +71,16 @@ _CONSUMERS_FRESH = 1.0
 
 @dataclasses.dataclass(slots=True)
 class _Lane:
-    """The engine and timer consumers of one partition (or the shared pair), pulled here."""
+    """The engine and timer consumers of one partition (or the shared pair), pulled here
+    (taken from by the one engine loop and the one timer loop, through their groups)."""
 
     partition: int | None  # None: the shared consumers
-    stop: asyncio.Event
-    subs: list[PullConsumer]
-    loops: list[asyncio.Task[None]]
+    engine: PullConsumer
+    timer: PullConsumer
+
+    @property
+    def subs(self) -> list[PullConsumer]:
+        return [self.engine, self.timer]
 
 
 async def _finish(tasks: list[asyncio.Task[None]], *, within: float) -> None:
@@ -180,6 +185,10 @@ class Orchestrator:
         #: The consumers pulled here: the shared pair (key None) and each owned partition's.
         self._lanes: dict[int | None, _Lane] = {}
         self._closing: set[asyncio.Task[None]] = set()  # lanes of partitions given up
+        # Every lane's engine consumer, and every lane's timer consumer, each taken from
+        # by one loop: one process's batches are as large as with one consumer.
+        self._engine_group = PullGroup()
+        self._timer_group = PullGroup()
         self.member = member or new_member_id()
         self.members: Members | None = None
         self._redeclaring: asyncio.Task[None] | None = None
@@ -257,13 +266,21 @@ class Orchestrator:
                                       dead_letter=self.processor.dead_letter,
                                       messages=self.metrics.trigger_messages)
         self._lanes[None] = await self._open_lane(None)
+        stopping = self._stopping
+        self._loops = [
+            asyncio.create_task(self._watchdog(
+                "engine", lambda: self._consume(self._engine_group, stopping,
+                                                self._engine_batch))),
+            asyncio.create_task(self._watchdog(
+                "timer", lambda: self._consume(self._timer_group, stopping,
+                                               self._timer_batch)))]
         self.members = Members(await bucket(t.members_kv(MEMBER_TTL)), self.member,
                                on_change=self._own,
                                declare=lambda: bucket(t.members_kv(MEMBER_TTL)),
                                nc=self.nc, ping_subject=self.subjects.member_ping)
         await patiently("the membership", self.members.join)
         members = self.members
-        self._loops = [
+        self._loops += [
             asyncio.create_task(self._watchdog("queue sampling", self._sample_queues)),
             asyncio.create_task(self._watchdog("membership",
                                                lambda: members.run(self._stopping)))]
@@ -331,10 +348,11 @@ class Orchestrator:
     async def stop(self) -> None:
         """Stop fetching, let in-flight groups finish, deregister, disconnect."""
         self._stopping.set()
+        self._engine_group.halt()  # the loops' waiting fetches return now, not after
+        self._timer_group.halt()   # their timeout
         for lane in self._lanes.values():
-            lane.stop.set()
             for sub in lane.subs:
-                sub.halt()  # the loops' waiting fetches return now, not after their timeout
+                sub.halt()
         if self.members is not None:
             await self.members.leave()  # the others take the partitions at once
         if self.api is not None:
@@ -368,16 +386,15 @@ class Orchestrator:
     async def _stop_loops(self) -> None:
         # Loops finish the batch in hand and exit at their next fetch; what is still
         # unfinished after the bound is redelivered to another replica later.
-        await _finish([*self._loops, *(t for lane in self._lanes.values() for t in lane.loops)],
-                      within=5.0)
+        await _finish(self._loops, within=5.0)
         await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _own(self, partitions: frozenset[int]) -> None:
         """Pull exactly the shared consumers and those of ``partitions``.
 
-        A partition given up finishes the batches in hand in the background, and what
-        it received and had not taken goes back at once (the new owner gets it); a
-        partition taken starts pulling now.
+        A partition given up is taken from no more: the batches in hand that hold its
+        messages finish as any others, and what it received and had not taken goes back
+        at once (the new owner gets it); a partition taken is taken from now.
         """
         if self._stopping.is_set():
             return
@@ -386,15 +403,15 @@ class Orchestrator:
             self._lanes[partition] = await self._open_lane(partition)
         for partition in [k for k in self._lanes if k is not None and k not in partitions]:
             lane = self._lanes.pop(partition)
-            lane.stop.set()
+            self._engine_group.remove(lane.engine)
+            self._timer_group.remove(lane.timer)
             for sub in lane.subs:
-                sub.halt()  # its loops return from their fetches now
+                sub.halt()
             closing = asyncio.create_task(self._close_lane(lane))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
 
     async def _close_lane(self, lane: _Lane) -> None:
-        await _finish(lane.loops, within=5.0)
         for sub in lane.subs:
             await sub.stop()
 
@@ -410,14 +427,9 @@ class Orchestrator:
         engine_sub, timer_sub = [await PullConsumer(self.nc, s.inbox_stream, name,
                                                     batch=self.fetch_batch).start()
                                  for name in names]
-        stop = asyncio.Event()
-        if self._stopping.is_set():
-            stop.set()
-        loops = [asyncio.create_task(self._watchdog(
-                     "engine", lambda: self._engine_loop(engine_sub, stop), stop)),
-                 asyncio.create_task(self._watchdog(
-                     "timer", lambda: self._timer_loop(timer_sub, stop), stop))]
-        return _Lane(partition, stop, [engine_sub, timer_sub], loops)
+        self._engine_group.add(engine_sub)
+        self._timer_group.add(timer_sub)
+        return _Lane(partition, engine_sub, timer_sub)
 
     async def run(self) -> None:
         """Start, then serve until cancelled (also while starting: stop() still runs)."""
@@ -441,15 +453,13 @@ class Orchestrator:
         await self.stop()
 
     # -- loops ----------------------------------------------------------------------
-    async def _watchdog(self, name: str, loop: Callable[[], Awaitable[None]],
-                        stop: asyncio.Event | None = None) -> None:
+    async def _watchdog(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run ``loop`` until stopping; if it dies of an error, log it and run it again.
 
         The loops catch what they expect; this is for what they do not, so that a
         process that looks alive never quietly stops consuming.
         """
-        stop = stop or self._stopping
-        while not stop.is_set():
+        while not self._stopping.is_set():
             try:
                 await loop()
             except Exception:
@@ -457,7 +467,7 @@ class Orchestrator:
                 self.metrics.loop_restarts.labels(loop=name).inc()
                 await asyncio.sleep(_WATCHDOG_PAUSE)
 
-    async def _fetch(self, sub: PullConsumer, most: int | None = None) -> list[Msg]:
+    async def _fetch(self, sub: PullGroup, most: int | None = None) -> list[Msg]:
         try:
             return await sub.next_batch(most or self.fetch_batch, timeout=FETCH_WAIT)
         except ConsumerStalled:
@@ -479,10 +489,11 @@ class Orchestrator:
         except Exception as exc:
             log.warning("re-declaring the streams and consumers failed: %s", exc)
 
-    async def _engine_loop(self, sub: PullConsumer, stop: asyncio.Event) -> None:
+    async def _consume(self, sub: PullGroup, stop: asyncio.Event,
+                       handle: Callable[[list[Msg]], Coroutine[Any, Any, None]]) -> None:
         """Take messages while earlier batches are still in hand (up to ``fetch_batch``
-        at once): a batch waiting for its acks holds up only its own records, whose
-        order the processor's per-record locks keep."""
+        at once) and ``handle`` each batch: a batch waiting for its acks holds up only
+        its own records, whose order the processor's per-record locks keep."""
         assert self.processor is not None
         batches: set[asyncio.Task[None]] = set()
         in_hand = 0
@@ -504,7 +515,7 @@ class Orchestrator:
                 if msgs and stop.is_set():
                     await self._hand_back(msgs)  # fetched as the stop came: another's
                 elif msgs:
-                    task = asyncio.create_task(self._engine_batch(msgs))
+                    task = asyncio.create_task(handle(msgs))
                     batches.add(task)
                     in_hand += len(msgs)
                     task.add_done_callback(functools.partial(done, n=len(msgs)))
@@ -601,35 +612,32 @@ class Orchestrator:
         self._task_consumers = (now, views)
         return views
 
-    async def _timer_loop(self, sub: PullConsumer, stop: asyncio.Event) -> None:
+    async def _timer_batch(self, msgs: list[Msg]) -> None:
+        """Timers not yet due are parked; those due are decided, as one batch."""
         processor = self.processor
         assert processor is not None
-        while not stop.is_set():
-            msgs = await self._fetch(sub)
-            if not msgs:
-                continue
-            due: list[Item] = []
-            now = self.clock()
-            for msg in msgs:
-                try:
-                    item = processor.parse(msg)
-                except Malformed as exc:
-                    await processor.dead_letter(msg, exc.info)
-                    continue
-                timer = item.input
-                assert isinstance(timer, TimerFired)
-                wait = (timer.due - now).total_seconds()
-                if wait > 0.005:
-                    # Not yet: by default JetStream hands it back when due.
-                    await self.timers.park(msg, due=timer.due, wait=wait,
-                                           defer=processor.settle_later)
-                else:
-                    due.append(item)
-            due = await self._with_workers_seen(due)
+        due: list[Item] = []
+        now = self.clock()
+        for msg in msgs:
             try:
-                await processor.process(due)
-            except asyncio.CancelledError:
-                await self._hand_back([i.msg for i in due if i.msg is not None])
-                raise
-            except Exception:
-                log.exception("timer batch failed; timers will be redelivered")
+                item = processor.parse(msg)
+            except Malformed as exc:
+                await processor.dead_letter(msg, exc.info)
+                continue
+            timer = item.input
+            assert isinstance(timer, TimerFired)
+            wait = (timer.due - now).total_seconds()
+            if wait > 0.005:
+                # Not yet: by default JetStream hands it back when due.
+                await self.timers.park(msg, due=timer.due, wait=wait,
+                                       defer=processor.settle_later)
+            else:
+                due.append(item)
+        due = await self._with_workers_seen(due)
+        try:
+            await processor.process(due)
+        except asyncio.CancelledError:
+            await self._hand_back([i.msg for i in due if i.msg is not None])
+            raise
+        except Exception:
+            log.exception("timer batch failed; timers will be redelivered")

@@ -11,7 +11,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from transport.consume import ConsumerStalled, PullConsumer, delivery_count, stream_sequence
+from transport.consume import (
+    ConsumerStalled,
+    PullConsumer,
+    PullGroup,
+    delivery_count,
+    stream_sequence,
+)
 
 
 async def _setup(nc: Client, prefix: str, *, ack_wait: float = 30) -> str:
@@ -139,3 +145,121 @@ async def test_halt_ends_a_waiting_fetch_at_once_and_stop_hands_back_what_came_a
         assert sorted(got) == [b"0", b"1"]
     finally:
         await second.stop()
+
+
+async def _two_consumers(nc: Client, prefix: str) -> str:
+    """A stream with consumers ``a`` and ``b``, on ``<prefix>.c.a`` and ``<prefix>.c.b``."""
+    js = nc.jetstream()
+    stream = f"{prefix.upper()}_C"
+    await js.add_stream(name=stream, subjects=[f"{prefix}.c.>"])
+    for name in ("a", "b"):
+        await js.add_consumer(stream, ConsumerConfig(
+            durable_name=name, ack_policy=AckPolicy.EXPLICIT,
+            filter_subject=f"{prefix}.c.{name}"))
+    return stream
+
+
+async def test_a_group_hands_over_what_its_consumers_received_as_one_batch(
+        nc: Client, prefix: str) -> None:
+    # The orchestrator takes from every partition it owns in one loop: a message on
+    # either consumer ends the wait, and what both hold comes in one batch.
+    stream = await _two_consumers(nc, prefix)
+    a = await PullConsumer(nc, stream, "a", batch=8).start()
+    b = await PullConsumer(nc, stream, "b", batch=8).start()
+    group = PullGroup()
+    group.add(a)
+    group.add(b)
+    js = nc.jetstream()
+    try:
+        assert await group.next_batch(8, timeout=0.2) == []  # nothing yet
+        waiting = asyncio.ensure_future(group.next_batch(8, timeout=60))
+        await asyncio.sleep(0.1)
+        await js.publish(f"{prefix}.c.b", b"b0")  # the second consumer ends the wait
+        first = await asyncio.wait_for(waiting, 5)
+        assert [m.data for m in first] == [b"b0"]
+        for i in range(3):
+            await js.publish(f"{prefix}.c.a", f"a{i}".encode())
+            await js.publish(f"{prefix}.c.b", f"b{i + 1}".encode())
+        await wait_for(lambda: group.ready == 6, timeout=10, what="six messages in hand")
+        both = await group.next_batch(8, timeout=1)
+        assert sorted(m.data for m in both) == [b"a0", b"a1", b"a2", b"b1", b"b2", b"b3"]
+        # Bounded as one consumer's batch is, and taken from each consumer in turn.
+        for i in range(4):
+            await js.publish(f"{prefix}.c.a", f"a{i + 3}".encode())
+            await js.publish(f"{prefix}.c.b", f"b{i + 4}".encode())
+        await wait_for(lambda: group.ready == 8, timeout=10, what="eight messages in hand")
+        starts = set()
+        for _ in range(4):
+            batch = await group.next_batch(2, timeout=1)
+            assert len(batch) == 2
+            starts.add(batch[0].subject)
+            for msg in batch:
+                await msg.ack()
+        assert starts == {f"{prefix}.c.a", f"{prefix}.c.b"}  # neither always comes first
+        for msg in [*first, *both]:
+            await msg.ack()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_consumer_removed_from_a_group_is_taken_from_no_more(
+        nc: Client, prefix: str) -> None:
+    # A partition given up: its messages stay with its consumer, whose stop hands them
+    # back for the next owner, while the group goes on with the others.
+    stream = await _two_consumers(nc, prefix)
+    a = await PullConsumer(nc, stream, "a", batch=8).start()
+    b = await PullConsumer(nc, stream, "b", batch=8).start()
+    group = PullGroup()
+    group.add(a)
+    group.add(b)
+    js = nc.jetstream()
+    try:
+        assert await group.next_batch(8, timeout=0.2) == []  # both have asked
+        await js.publish(f"{prefix}.c.a", b"a0")
+        await wait_for(lambda: a.ready == 1, timeout=10, what="a's message")
+        group.remove(b)
+        group.remove(a)
+        group.add(b)
+        assert await group.next_batch(8, timeout=0.3) == []  # a's message is not taken
+        assert a.ready == 1 and a.on_wake is None
+        await js.publish(f"{prefix}.c.b", b"b0")
+        assert [m.data for m in await group.next_batch(8, timeout=5)] == [b"b0"]
+        group.halt()
+        assert await asyncio.wait_for(group.next_batch(8, timeout=60), 5) == []
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_stalled_consumer_is_reported_and_does_not_hold_up_the_group(
+        nc: Client, prefix: str) -> None:
+    stream = await _two_consumers(nc, prefix)
+    a = await PullConsumer(nc, stream, "a", batch=4, heartbeat=0.1).start()
+    b = await PullConsumer(nc, stream, "b", batch=4, heartbeat=0.1).start()
+    group = PullGroup()
+    group.add(a)
+    group.add(b)
+    js = nc.jetstream()
+    try:
+        await group.next_batch(4, timeout=0.2)
+        await js.delete_consumer(stream, "a")
+        stalled = False
+        got: list[bytes] = []
+        for i in range(100):
+            await js.publish(f"{prefix}.c.b", f"b{i}".encode())
+            await asyncio.sleep(0.05)  # a is asked again only after a pause
+            try:
+                got += [m.data for m in await group.next_batch(4, timeout=0.1)]
+            except ConsumerStalled as exc:
+                stalled = True
+                assert exc.args == (a.subject,)
+                break
+        assert stalled
+        async with asyncio.timeout(10):  # b's messages keep coming
+            while len(got) < i + 1:
+                got += [m.data for m in await group.next_batch(4, timeout=0.5)]
+        assert got == [f"b{n}".encode() for n in range(i + 1)]
+    finally:
+        await a.stop()
+        await b.stop()

@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client
@@ -30,7 +31,7 @@ from nats.aio.subscription import Subscription
 
 from contracts.headers import PENDING_MESSAGES_HEADER, STATUS_DESCRIPTION_HEADER, STATUS_HEADER
 
-__all__ = ["ConsumerStalled", "PullConsumer", "delivery_count", "stream_sequence"]
+__all__ = ["ConsumerStalled", "PullConsumer", "PullGroup", "delivery_count", "stream_sequence"]
 
 log = logging.getLogger("natsflow.consume")
 
@@ -104,6 +105,8 @@ class PullConsumer:
         self._reconnects = 0
         self._quiet_until = 0.0  # no new request before (the server just refused one)
         self._halted = False
+        #: Told whenever a waiting taker would be woken (the :class:`PullGroup` it is in).
+        self.on_wake: Callable[[], None] | None = None
 
     async def start(self) -> PullConsumer:
         """Subscribe to this consumer's private inbox and to its leader's elections."""
@@ -170,6 +173,8 @@ class PullConsumer:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.on_wake is not None:
+            self.on_wake()
 
     def _ask_afresh(self) -> None:
         """Whatever was asked for is gone: the next top-up asks for it all again."""
@@ -273,4 +278,104 @@ class PullConsumer:
         out: list[Msg] = []
         while self._ready and len(out) < max_msgs:
             out.append(self._ready.popleft())
+        return out
+
+
+class PullGroup:
+    """Several pull consumers taken from as one: one waiter, one batch from all of them.
+
+    A process that owns many consumers of one kind (the partitions it was given) takes
+    from them in one loop, so that its batches are as large as one consumer's would be
+    and it pays per batch once, not once per consumer. Each consumer keeps its own pull
+    requests, flow control and recovery; consumers join and leave while it runs.
+    """
+
+    def __init__(self) -> None:
+        self._subs: list[PullConsumer] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._halted = False
+        self._turn = 0  # the consumer taken from first next time, so that none starves
+        self._stalled: ConsumerStalled | None = None
+
+    @property
+    def consumers(self) -> list[PullConsumer]:
+        """The consumers taken from, in the order they joined."""
+        return list(self._subs)
+
+    def add(self, sub: PullConsumer) -> None:
+        """Take from ``sub`` too, from the next :meth:`next_batch` on."""
+        sub.on_wake = self._wake
+        self._subs.append(sub)
+        self._wake()
+
+    def remove(self, sub: PullConsumer) -> None:
+        """Take nothing more from ``sub`` (what it holds is its own :meth:`PullConsumer.stop`'s)."""
+        if sub in self._subs:
+            self._subs.remove(sub)
+        sub.on_wake = None
+
+    def halt(self) -> None:
+        """As :meth:`PullConsumer.halt`, for the group: nothing more is taken."""
+        self._halted = True
+        self._wake()
+
+    @property
+    def halted(self) -> bool:
+        """Whether :meth:`halt` was called."""
+        return self._halted
+
+    @property
+    def ready(self) -> int:
+        """Messages received by the group's consumers and not yet taken."""
+        return sum(sub.ready for sub in self._subs)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_batch(self, max_msgs: int, *, timeout: float = 1.0) -> list[Msg]:
+        """Up to ``max_msgs`` messages from the group's consumers, as
+        :meth:`PullConsumer.next_batch`: at least one, unless ``timeout`` passes first.
+
+        Each consumer is asked for up to ``max_msgs`` itself (what one partition gets
+        does not wait for another's), and the messages are taken from the consumers in
+        turn. A consumer that stalls (:class:`ConsumerStalled`) does not hold up the
+        others: the stall is raised by the call after the one that saw it.
+        """
+        if self._halted:
+            return []
+        if self._stalled is not None:
+            stalled, self._stalled = self._stalled, None
+            raise stalled
+        quiet = timeout
+        now = time.monotonic()
+        for sub in list(self._subs):
+            try:
+                await sub._top_up(max_msgs)
+            except ConsumerStalled as exc:
+                self._stalled = exc
+            if 0 < sub._quiet_until - now < quiet:
+                quiet = sub._quiet_until - now  # then ask again, not wait out the timeout
+        if not self.ready:
+            if self._stalled is not None:
+                stalled, self._stalled = self._stalled, None
+                raise stalled
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(quiet, self._wake)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if self._halted:
+                return []
+        out: list[Msg] = []
+        subs = self._subs
+        for i in range(len(subs)):
+            if len(out) >= max_msgs:
+                break
+            out += subs[(self._turn + i) % len(subs)].take_ready(max_msgs - len(out))
+        self._turn = (self._turn + 1) % max(1, len(subs))
         return out

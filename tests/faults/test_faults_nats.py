@@ -24,7 +24,7 @@ from contracts.models import WorkflowState
 from contracts.subjects import PARTITIONS
 from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
-from transport.consume import PullConsumer
+from transport.consume import PullGroup
 
 pytestmark = pytest.mark.faults
 
@@ -95,17 +95,17 @@ async def test_a_consume_loop_that_dies_is_started_again(
     real = engine._fetch
     died: set[int] = set()
 
-    async def dies_once_per_loop(sub: PullConsumer, most: int | None = None) -> list[Msg]:
+    async def dies_once_per_loop(sub: PullGroup, most: int | None = None) -> list[Msg]:
         if id(sub) not in died:
             died.add(id(sub))
             raise RuntimeError("an error no loop expects")
         return await real(sub, most)
 
     monkeypatch.setattr(engine, "_fetch", dies_once_per_loop)
-    # An engine and a timer loop for the shared consumers and for each partition's.
-    lanes = len(engine._lanes)
-    assert lanes == 1 + PARTITIONS
-    await wait_for(lambda: len(died) == 2 * lanes, what="every consume loop to die once")
+    # One engine and one timer loop, each taking from the shared consumers and from
+    # every partition's.
+    assert len(engine._lanes) == 1 + PARTITIONS
+    await wait_for(lambda: len(died) == 2, what="every consume loop to die once")
     reply = await client.create(fan_in(0, "watchdog"))
     await wait_terminal(client, [reply.id], timeout=10)
     status = (await client.get(reply.id)).status
@@ -113,4 +113,4 @@ async def test_a_consume_loop_that_dies_is_started_again(
     restarts = {s.labels["loop"]: s.value for m in engine.metrics.registry.collect()
                 if m.name == "natsflow_loop_restarts" for s in m.samples
                 if s.name.endswith("_total")}
-    assert restarts == {"engine": float(lanes), "timer": float(lanes)}
+    assert restarts == {"engine": 1.0, "timer": 1.0}

@@ -74,13 +74,22 @@ def past_minutes(n: int) -> list[datetime]:
 
 
 async def three_held_runs(schedules: ScheduleClient, overlap: str) -> list[str]:
-    """A schedule of HELD with ``overlap``, three past fire times backfilled at once."""
-    await schedules.create({"name": overlap.replace("_", "-"), "workflow": {"config": HELD},
-                            "spec": {"every": 60}, "overlap": overlap})
+    """A schedule of HELD with ``overlap``, three past fire times backfilled at once.
+
+    The schedule ends at the third: a live fire time (the next whole minute, with
+    ``every: 60``) coming while the test runs would be a fourth overlapping run, which
+    the policy rightly applies to the others (a live minute stopped the third run under
+    cancel_other), so nothing the test expects would hold.
+    """
+    name = overlap.replace("_", "-")
     times = past_minutes(3)
-    reply = await schedules.backfill(overlap.replace("_", "-"), times[0], times[-1])
+    created = await schedules.create({"name": name, "workflow": {"config": HELD},
+                                      "spec": {"every": 60, "end": times[-1].isoformat()},
+                                      "overlap": overlap})
+    assert created.next_fire_times == []
+    reply = await schedules.backfill(name, times[0], times[-1])
     assert reply.fire_times == times
-    return [run_id("default", overlap.replace("_", "-"), t) for t in times]
+    return [run_id("default", name, t) for t in times]
 
 
 async def states(client: NatsflowClient, ids: list[str]) -> list[WorkflowState | None]:

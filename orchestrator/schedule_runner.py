@@ -68,6 +68,11 @@ _CAS_TRIES: Final = 8
 _LANDING: Final = 30.0
 
 
+def _may_be_landing(since: datetime | None, now: datetime) -> bool:
+    """Whether a run decided at ``since`` and not found at ``now`` may still be landing."""
+    return since is not None and now - since < timedelta(seconds=_LANDING)
+
+
 def run_labels(schedule: Schedule, t: datetime) -> dict[str, str]:
     """The labels of a schedule's run for fire time ``t``."""
     return {**schedule.labels, SCHEDULE_LABEL: schedule.name,
@@ -254,8 +259,7 @@ class ScheduleRunner:
         except WorkflowNotFound:
             # Just decided, its create may still be landing; long since, it never
             # started (its definition was deleted, say): nothing to wait for.
-            since = record.last_started_at
-            return since is not None and now - since < timedelta(seconds=_LANDING)
+            return _may_be_landing(record.last_started_at, now)
         state = reply.status.state if reply.status is not None else WorkflowState.RUNNING
         return state not in WORKFLOW_TERMINAL
 
@@ -265,7 +269,7 @@ class ScheduleRunner:
             if isinstance(effect, StartRun):
                 await self._start_run(record.schedule, effect)
             elif isinstance(effect, StopRun):
-                await self._stop_run(effect.workflow_id)
+                await self._stop_run(effect)
         done = record.model_copy(update={"outbox": []})
         await self.store.save(done, revision)  # lost: whoever won cleared it or will
         return done
@@ -293,9 +297,19 @@ class ScheduleRunner:
                       exc)
         log.debug("schedule %s fired %s", schedule.name, fire_time_token(run.fire_time))
 
-    async def _stop_run(self, workflow_id: str) -> None:
-        with contextlib.suppress(AlreadyFinished, WorkflowNotFound):
-            await self.client.stop(workflow_id)
+    async def _stop_run(self, stop: StopRun) -> None:
+        try:
+            await self.client.stop(stop.workflow_id)
+        except AlreadyFinished:
+            pass
+        except WorkflowNotFound:
+            # Its create is persisted but not applied yet (the API stopped waiting for
+            # it, the engine is retrying it): the stop came first, and dropping it would
+            # leave the run going for good, and what waits behind it waiting. Raised,
+            # the outbox stays and the tick comes again (create, then stop, again).
+            if _may_be_landing(stop.since, self.clock()):
+                raise Unavailable(f"run {stop.workflow_id} to stop has not landed yet"
+                                  ) from None
 
     async def _sweep_loop(self) -> None:
         while not self._stopping.is_set():

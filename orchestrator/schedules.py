@@ -57,6 +57,9 @@ class StopRun(BaseModel):
 
     kind: Literal["stop"] = "stop"
     workflow_id: str
+    since: datetime | None = Field(default=None, description=(
+        "When the run was decided (its schedule's `last_started_at` then): not found "
+        "that soon after, its create may still be landing, and the stop waits for it."))
 
 
 Effect = Annotated[StartRun | StopRun, Field(discriminator="kind")]
@@ -154,7 +157,7 @@ class _Pass:
         last = self.r.last_run
         if last is not None and last not in self.stopped:
             self.stopped.add(last)
-            self.r.outbox.append(StopRun(workflow_id=last))
+            self.r.outbox.append(StopRun(workflow_id=last, since=self.r.last_started_at))
 
     def fire(self, t: datetime, reason: str = "") -> None:
         policy = self.r.schedule.overlap

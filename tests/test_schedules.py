@@ -24,6 +24,7 @@ from orchestrator.schedules import (
     Pending,
     ScheduleRecord,
     StartRun,
+    StopRun,
     advance,
     due_of,
     new_record,
@@ -241,6 +242,18 @@ def test_terminate_other_stops_the_running_one_and_starts_at_once() -> None:
     r = three_due(Overlap.TERMINATE_OTHER)
     assert fired(r) == [f"start:{rid(1)}", f"stop:{rid(1)}", f"start:{rid(2)}",
                         f"stop:{rid(2)}", f"start:{rid(3)}"]
+    # Each stop says when its run was decided: not found that soon, it may be landing.
+    assert [e.since for e in r.outbox if isinstance(e, StopRun)] == [
+        T0 + timedelta(minutes=3)] * 2
+
+
+def test_a_stop_says_when_its_run_was_decided() -> None:
+    r = new_record(schedule(Overlap.CANCEL_OTHER), T0)
+    r = advance(r, T0 + timedelta(minutes=1, seconds=7), running=False)
+    r.outbox = []
+    r = advance(r, T0 + timedelta(minutes=2), running=True)
+    assert r.outbox == [StopRun(workflow_id=rid(1), since=T0 + timedelta(minutes=1,
+                                                                         seconds=7))]
 
 
 def test_allow_all_starts_every_one() -> None:

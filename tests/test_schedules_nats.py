@@ -34,7 +34,7 @@ from contracts.schedules import (
 from gateway import create_app
 from natsflow.client import NatsflowClient
 from natsflow.schedule_client import ScheduleClient
-from orchestrator import Orchestrator
+from orchestrator import Orchestrator, letters, runtime
 from transport.connect import NatsSettings
 
 pytestmark = pytest.mark.timeout(60)
@@ -74,13 +74,22 @@ def past_minutes(n: int) -> list[datetime]:
 
 
 async def three_held_runs(schedules: ScheduleClient, overlap: str) -> list[str]:
-    """A schedule of HELD with ``overlap``, three past fire times backfilled at once."""
-    await schedules.create({"name": overlap.replace("_", "-"), "workflow": {"config": HELD},
-                            "spec": {"every": 60}, "overlap": overlap})
+    """A schedule of HELD with ``overlap``, three past fire times backfilled at once.
+
+    The schedule ends at the third: a live fire time (the next whole minute, with
+    ``every: 60``) coming while the test runs would be a fourth overlapping run, which
+    the policy rightly applies to the others (a live minute stopped the third run under
+    cancel_other), so nothing the test expects would hold.
+    """
+    name = overlap.replace("_", "-")
     times = past_minutes(3)
-    reply = await schedules.backfill(overlap.replace("_", "-"), times[0], times[-1])
+    created = await schedules.create({"name": name, "workflow": {"config": HELD},
+                                      "spec": {"every": 60, "end": times[-1].isoformat()},
+                                      "overlap": overlap})
+    assert created.next_fire_times == []
+    reply = await schedules.backfill(name, times[0], times[-1])
     assert reply.fire_times == times
-    return [run_id("default", overlap.replace("_", "-"), t) for t in times]
+    return [run_id("default", name, t) for t in times]
 
 
 async def states(client: NatsflowClient, ids: list[str]) -> list[WorkflowState | None]:
@@ -88,12 +97,13 @@ async def states(client: NatsflowClient, ids: list[str]) -> list[WorkflowState |
 
 
 async def settled(client: NatsflowClient, ids: list[str],
-                  want: list[WorkflowState | None], *, hold: float = 0.7) -> None:
+                  want: list[WorkflowState | None], *, hold: float = 0.7,
+                  timeout: float = 10.0) -> None:
     """``ids`` reach ``want`` and are still there ``hold`` seconds later."""
     async def reached() -> bool:
         return await states(client, ids) == want
 
-    await until(reached, what=f"{ids} to be {want}")
+    await until(reached, timeout=timeout, what=f"{ids} to be {want}")
     await asyncio.sleep(hold)
     assert await states(client, ids) == want
 
@@ -139,6 +149,53 @@ async def test_overlap_cancel_other(schedules: ScheduleClient,
     # The first starts; the second stops it and waits, the third takes the second's place.
     ids = await three_held_runs(schedules, "cancel_other")
     await settled(client, ids, [S, None, R])
+
+
+class WritesAway:
+    """Crash points under which every workflow write fails (its bucket away, say) until
+    ``back``: a create made meanwhile is persisted and retried, and lands only later."""
+
+    def __init__(self, *, most: int) -> None:
+        self.back = False
+        self.failed = 0
+        self.most = most
+
+    def reach(self, point: str) -> None:
+        if point == "before-save" and not self.back:
+            self.failed += 1
+            self.back = self.failed >= self.most  # a bound, should the test lose track
+            raise ConnectionError("simulated: the workflows bucket is away")
+
+
+def processed(orch: Orchestrator) -> float:
+    """Inbox messages the orchestrator's engine processed (failed ones not counted)."""
+    return sum(s.value for m in orch.metrics.registry.collect() for s in m.samples
+               if s.name == "natsflow_inbox_processed_total")
+
+
+async def test_overlap_cancel_other_stops_a_run_whose_create_lands_after_the_stop(
+        settings: NatsSettings, client: NatsflowClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first run's create keeps failing past the API's wait for it, so the stop the
+    # second fire time sends reaches the engine first and finds no workflow. Once the
+    # create lands, the first run must be stopped all the same, and the third start.
+    for module in (letters, runtime):
+        monkeypatch.setattr(module, "MAX_DELIVERIES", 1000)  # the create is never given up
+    writes = WritesAway(most=100)
+    # One message at a time: the stop is never taken with the failing create.
+    async with Orchestrator(settings, stop_grace=2.0, crash_points=writes,
+                            fetch_batch=1) as orch:
+        assert orch.api is not None
+        orch.api.command_timeout = 1.0  # "accepted", not created, after a second
+        ids = await three_held_runs(ScheduleClient(client), "cancel_other")
+
+        async def stop_answered() -> bool:
+            return processed(orch) >= 1  # the one input a failing write lets through
+
+        await until(stop_answered, timeout=30, what="the stop to find no workflow yet")
+        assert not writes.back and await states(client, ids) == [None, None, None]
+        writes.back = True
+        await settled(client, ids, [S, None, R], timeout=30)
 
 
 async def test_overlap_terminate_other(schedules: ScheduleClient,

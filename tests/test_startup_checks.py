@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from nats.js.api import (
 )
 
 from contracts.errors import ConfigMismatch
-from contracts.subjects import Subjects
+from contracts.subjects import Subjects, partition_of
 from natsflow._cli_common import settings_env
 from orchestrator import Orchestrator
 from transport.connect import NatsSettings
@@ -28,6 +29,7 @@ from transport.streams import (
     Topology,
     check_consumer,
     declare_stream,
+    ensure_consumer,
     reconcile_stream,
 )
 
@@ -106,3 +108,36 @@ async def test_redeclaring_keeps_what_is_there_when_it_is_usable(settings: NatsS
         pass
     info = await js.stream_info(settings.subjects.tasks_stream)
     assert info.config.retention == RetentionPolicy.WORK_QUEUE
+
+
+async def test_an_engine_consumer_kept_on_file_is_made_again_in_memory_without_losing_a_message(
+        settings: NatsSettings, nc: Client) -> None:
+    # natsflow before this kept the engine's consumers' state on file; the server cannot
+    # change a consumer's storage in place, so the orchestrator deletes and makes it
+    # again: on the INBOX, a work queue, the messages not yet acknowledged are all still
+    # stored and come again; the acknowledged are gone and do not.
+    js = nc.jetstream()
+    t = Topology(settings.subjects)
+    s = settings.subjects
+    await declare_stream(js, t.inbox())
+    old = dataclasses.replace(t.engine_partition_consumer(3), mem_storage=None)
+    await js.add_consumer(s.inbox_stream, old)
+    wid = next(f"w{i}" for i in range(1000) if partition_of(f"w{i}") == 3)
+    for n in range(3):
+        await js.publish(s.workflow_command(wid), f"cmd {n}".encode())
+    sub = await js.pull_subscribe_bind(old.durable_name, s.inbox_stream)
+    first, _ = await sub.fetch(2, timeout=5)
+    await first.ack()  # done: deleted from the work queue
+    # (the info's round trip comes after the ack's: it has been taken)
+    assert (await js.consumer_info(s.inbox_stream, old.durable_name)).config.mem_storage in (
+        None, False)
+    await ensure_consumer(js, s.inbox_stream, t.engine_partition_consumer(3))
+    info = await js.consumer_info(s.inbox_stream, old.durable_name)
+    assert info.config.mem_storage is True
+    again = await js.pull_subscribe_bind(old.durable_name, s.inbox_stream)
+    got = await again.fetch(5, timeout=2)
+    assert [m.data for m in got] == [b"cmd 1", b"cmd 2"]  # taken and not acked, and never taken
+    # A consumer already in memory is left as it is (no second delete).
+    before = info.created
+    await ensure_consumer(js, s.inbox_stream, t.engine_partition_consumer(3))
+    assert (await js.consumer_info(s.inbox_stream, old.durable_name)).created == before

@@ -258,15 +258,27 @@ class Topology:
         return self._timer_config(s.timer_partition_consumer(partition),
                                   s.timer_partition_filter(partition))
 
+    # The engine's and the timers' consumers keep their state in memory (mem_storage).
+    # On the INBOX, a work queue, that state says nothing the stream does not: an ack
+    # deletes the message, so what is stored is exactly what is not yet done. A server
+    # restart that loses the state (a single server; a cluster keeps it on its peers)
+    # loses no message: the orchestrator declares the consumers again, and every
+    # message still stored is delivered again at once (timers are parked again, inputs
+    # decided again, as after any redelivery). What it saves: the server writes a file
+    # consumer's state up to ten times a second per consumer (an fsync each with
+    # sync_interval always), 18 consumers here (bench/README.md, "Consumer state in memory").
+
     def _engine_config(self, name: str, filters: list[str]) -> ConsumerConfig:
         return ConsumerConfig(durable_name=name, filter_subjects=filters,
                               ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
-                              max_deliver=-1, max_ack_pending=20_000, max_waiting=512)
+                              max_deliver=-1, max_ack_pending=20_000, max_waiting=512,
+                              mem_storage=True)
 
     def _timer_config(self, name: str, filter_subject: str) -> ConsumerConfig:
         return ConsumerConfig(durable_name=name, filter_subject=filter_subject,
                               ack_policy=AckPolicy.EXPLICIT, ack_wait=self.engine_ack_wait,
-                              max_deliver=-1, max_ack_pending=1_000_000, max_waiting=512)
+                              max_deliver=-1, max_ack_pending=1_000_000, max_waiting=512,
+                              mem_storage=True)
 
     def schedule_consumer(self) -> ConsumerConfig:
         """Schedule ticks; each waits as a delayed nak until due, like a timer."""
@@ -428,14 +440,31 @@ def check_consumer(stream: str, wanted: ConsumerConfig, have: ConsumerConfig,
             field="ack_wait", details={**where, "heartbeat": heartbeat})
 
 
+#: nats-server's error code for a consumer whose storage (file or memory) would change.
+STORAGE_NOT_UPDATABLE = 10012
+
+
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig, *,
                           heartbeat: float | None = None) -> None:
     """Create the durable consumer, or update it to ``config``; then check it.
 
+    A consumer whose state is kept in the other storage (one an earlier natsflow made
+    with its state on file) cannot be updated: it is deleted and made again, which
+    loses no message on a work-queue stream, the only kind natsflow asks this of (what
+    was acknowledged is gone from the stream, what was not is delivered again).
+
     Raises:
         ConfigMismatch: the consumer still is not fit (see check_consumer).
     """
-    info = await js.add_consumer(stream, config)
+    try:
+        info = await js.add_consumer(stream, config)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code != STORAGE_NOT_UPDATABLE or config.durable_name is None:
+            raise
+        log.warning("consumer %s on %s keeps its state in another storage; making it again",
+                    config.durable_name, stream)
+        await js.delete_consumer(stream, config.durable_name)
+        info = await js.add_consumer(stream, config)
     check_consumer(stream, config, info.config, heartbeat=heartbeat)
 
 

@@ -114,3 +114,68 @@ async def test_a_consume_loop_that_dies_is_started_again(
                 if m.name == "natsflow_loop_restarts" for s in m.samples
                 if s.name.endswith("_total")}
     assert restarts == {"engine": 1.0, "timer": 1.0}
+
+
+async def test_parked_sleeps_and_waits_outlive_a_server_restart_that_loses_the_consumers_state(
+        node: NatsNode, prefix: str) -> None:
+    """The engine's and timers' consumers keep their state in memory: a SIGKILLed
+    single server comes back without them. The orchestrator declares them again, every
+    stored timer is delivered again at once and parked again, and each sleep still ends
+    once, at its time, not at the restart; a workflow waiting for a signal still takes it."""
+    loop = asyncio.get_running_loop()
+    async with deployment([node.url], prefix, request_timeout=3.0) as d:
+        js = d.nc.jetstream()
+        s = d.settings.subjects
+        info = await js.consumer_info(s.inbox_stream, s.timer_partition_consumer(0))
+        assert info.config.mem_storage is True
+        began = loop.time()
+        sleepers = [f"nap-{i}" for i in range(8)]
+        for wid in sleepers:
+            await d.client.create({"name": "nap", "id": wid, "steps": [
+                {"id": "nap", "kind": "sleep", "duration": 6}]})
+        await d.client.create({"name": "held", "id": "held", "steps": [
+            {"id": "go", "kind": "wait", "signal": "go"}]})
+        ids = [*sleepers, "held"]
+        step_of = {**{wid: "nap" for wid in sleepers}, "held": "go"}
+
+        async def all_waiting() -> bool:
+            for wid in ids:
+                status = (await d.client.get(wid)).status
+                if status is None or status.step(step_of[wid]).state.value != "waiting":
+                    return False
+            return True
+
+        for _ in range(400):  # 20 s
+            if await all_waiting():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the workflows did not all reach their sleep or wait")
+        await asyncio.sleep(0.5)  # the timer loop has taken each timer and parked it
+
+        await asyncio.to_thread(node.end, signal.SIGKILL)
+        await asyncio.to_thread(node.start)
+        # Declared again: the partitions' consumers are back, in memory.
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    info = await js.consumer_info(s.inbox_stream,
+                                                  s.timer_partition_consumer(0))
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+        assert info.config.mem_storage is True
+        restarted = loop.time()
+        # The redelivered timers are parked again, not fired: still asleep.
+        await asyncio.sleep(max(0.0, began + 4.0 - loop.time()))
+        for wid in sleepers:
+            status = (await d.client.get(wid)).status
+            assert status is not None and status.state == WorkflowState.RUNNING, wid
+        await d.client.signal("held", "go", {})
+        await wait_terminal(d.client, ids, timeout=40)
+        for wid in ids:
+            status = (await d.client.get(wid)).status
+            assert status is not None and status.state == WorkflowState.COMPLETED, wid
+        assert loop.time() - began >= 5.5, "a sleep ended before its 6 s"
+        assert restarted - began < 6, "the restart came after the sleeps were due"
+        assert await d.check(ids) == []

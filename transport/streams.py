@@ -266,7 +266,8 @@ class Topology:
     # message still stored is delivered again at once (timers are parked again, inputs
     # decided again, as after any redelivery). What it saves: the server writes a file
     # consumer's state up to ten times a second per consumer (an fsync each with
-    # sync_interval always), 18 consumers here (bench/README.md, "Consumer state in memory").
+    # sync_interval always), 18 consumers here (bench/README.md, "One loop for every
+    # owned partition, and the consumers' state in memory").
 
     def _engine_config(self, name: str, filters: list[str]) -> ConsumerConfig:
         return ConsumerConfig(durable_name=name, filter_subjects=filters,

@@ -212,8 +212,9 @@ class Outbox:
         # ones provably missing. Everything else is idempotent where it lands (a task is
         # at-least-once by contract, a timer or command for a state that moved on is a
         # no-op), so it is simply sent again.
-        missing = [e for e in record.outbox
-                   if isinstance(e, EventEffect) and not await self.event_stored(e)]
+        events = [e for e in record.outbox if isinstance(e, EventEffect)]
+        stored = await asyncio.gather(*map(self.event_stored, events))  # at once, not in turn
+        missing = [e for e, there in zip(events, stored, strict=True) if not there]
         others = [e for e in record.outbox if not isinstance(e, EventEffect)]
         await self.publish(key, [*others, *missing], trace=trace)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 
 import pytest
 from helpers import wait_for
@@ -147,8 +149,11 @@ async def test_halt_ends_a_waiting_fetch_at_once_and_stop_hands_back_what_came_a
         await second.stop()
 
 
-async def _two_consumers(nc: Client, prefix: str) -> str:
-    """A stream with consumers ``a`` and ``b``, on ``<prefix>.c.a`` and ``<prefix>.c.b``."""
+@contextlib.asynccontextmanager
+async def _group(nc: Client, prefix: str, *, batch: int, heartbeat: float = 1.0
+                 ) -> AsyncIterator[tuple[str, PullConsumer, PullConsumer, PullGroup]]:
+    """A stream with consumers ``a`` and ``b`` (on ``<prefix>.c.a`` and ``<prefix>.c.b``),
+    pulled and taken from as one group: (the stream, a, b, the group)."""
     js = nc.jetstream()
     stream = f"{prefix.upper()}_C"
     await js.add_stream(name=stream, subjects=[f"{prefix}.c.>"])
@@ -156,21 +161,24 @@ async def _two_consumers(nc: Client, prefix: str) -> str:
         await js.add_consumer(stream, ConsumerConfig(
             durable_name=name, ack_policy=AckPolicy.EXPLICIT,
             filter_subject=f"{prefix}.c.{name}"))
-    return stream
+    a = await PullConsumer(nc, stream, "a", batch=batch, heartbeat=heartbeat).start()
+    b = await PullConsumer(nc, stream, "b", batch=batch, heartbeat=heartbeat).start()
+    group = PullGroup()
+    group.add(a)
+    group.add(b)
+    try:
+        yield stream, a, b, group
+    finally:
+        await a.stop()
+        await b.stop()
 
 
 async def test_a_group_hands_over_what_its_consumers_received_as_one_batch(
         nc: Client, prefix: str) -> None:
     # The orchestrator takes from every partition it owns in one loop: a message on
     # either consumer ends the wait, and what both hold comes in one batch.
-    stream = await _two_consumers(nc, prefix)
-    a = await PullConsumer(nc, stream, "a", batch=8).start()
-    b = await PullConsumer(nc, stream, "b", batch=8).start()
-    group = PullGroup()
-    group.add(a)
-    group.add(b)
     js = nc.jetstream()
-    try:
+    async with _group(nc, prefix, batch=8) as (_, _, _, group):
         assert await group.next_batch(8, timeout=0.2) == []  # nothing yet
         waiting = asyncio.ensure_future(group.next_batch(8, timeout=60))
         await asyncio.sleep(0.1)
@@ -198,23 +206,14 @@ async def test_a_group_hands_over_what_its_consumers_received_as_one_batch(
         assert starts == {f"{prefix}.c.a", f"{prefix}.c.b"}  # neither always comes first
         for msg in [*first, *both]:
             await msg.ack()
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_a_consumer_removed_from_a_group_is_taken_from_no_more(
         nc: Client, prefix: str) -> None:
     # A partition given up: its messages stay with its consumer, whose stop hands them
     # back for the next owner, while the group goes on with the others.
-    stream = await _two_consumers(nc, prefix)
-    a = await PullConsumer(nc, stream, "a", batch=8).start()
-    b = await PullConsumer(nc, stream, "b", batch=8).start()
-    group = PullGroup()
-    group.add(a)
-    group.add(b)
     js = nc.jetstream()
-    try:
+    async with _group(nc, prefix, batch=8) as (_, a, b, group):
         assert await group.next_batch(8, timeout=0.2) == []  # both have asked
         await js.publish(f"{prefix}.c.a", b"a0")
         await wait_for(lambda: a.ready == 1, timeout=10, what="a's message")
@@ -227,21 +226,12 @@ async def test_a_consumer_removed_from_a_group_is_taken_from_no_more(
         assert [m.data for m in await group.next_batch(8, timeout=5)] == [b"b0"]
         group.halt()
         assert await asyncio.wait_for(group.next_batch(8, timeout=60), 5) == []
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_a_stalled_consumer_is_reported_and_does_not_hold_up_the_group(
         nc: Client, prefix: str) -> None:
-    stream = await _two_consumers(nc, prefix)
-    a = await PullConsumer(nc, stream, "a", batch=4, heartbeat=0.1).start()
-    b = await PullConsumer(nc, stream, "b", batch=4, heartbeat=0.1).start()
-    group = PullGroup()
-    group.add(a)
-    group.add(b)
     js = nc.jetstream()
-    try:
+    async with _group(nc, prefix, batch=4, heartbeat=0.1) as (stream, a, _, group):
         await group.next_batch(4, timeout=0.2)
         await js.delete_consumer(stream, "a")
         stalled = False
@@ -260,6 +250,3 @@ async def test_a_stalled_consumer_is_reported_and_does_not_hold_up_the_group(
             while len(got) < i + 1:
                 got += [m.data for m in await group.next_batch(4, timeout=0.5)]
         assert got == [f"b{n}".encode() for n in range(i + 1)]
-    finally:
-        await a.stop()
-        await b.stop()

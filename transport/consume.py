@@ -68,6 +68,31 @@ def stream_sequence(msg: object) -> int | None:
     return _ack_token(msg, 1)
 
 
+class _Bell:
+    """One waiter at a time, woken by :meth:`ring` or when its timeout passes (a bare
+    future and a timer handle: no Event, no wait_for task)."""
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+
+    def ring(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, self.ring)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
 class ConsumerStalled(Exception):
     """The server stopped answering pull requests (consumer or stream gone?)."""
 
@@ -97,8 +122,7 @@ class PullConsumer:
         self._sub: Subscription | None = None
         self._leader_sub: Subscription | None = None
         self._ready: deque[Msg] = deque()
-        # The one waiter of next_batch (a bare future: no Event, no wait_for task).
-        self._waiter: asyncio.Future[None] | None = None
+        self._bell = _Bell()  # the one waiter of next_batch
         self._outstanding = 0
         self._last_seen = time.monotonic()
         self._stalls = 0
@@ -170,9 +194,7 @@ class PullConsumer:
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._bell.ring()
         if self.on_wake is not None:
             self.on_wake()
 
@@ -262,17 +284,10 @@ class PullConsumer:
             return []
         await self._top_up(max_msgs)
         if not self._ready:
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
             quiet = self._quiet_until - time.monotonic()
             if 0 < quiet < timeout:
                 timeout = quiet  # then ask again, rather than wait out the whole timeout
-            timer = loop.call_later(timeout, self._wake)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
+            await self._bell.wait(timeout)
             if not self._ready or self._halted:
                 return []
         out: list[Msg] = []
@@ -292,21 +307,16 @@ class PullGroup:
 
     def __init__(self) -> None:
         self._subs: list[PullConsumer] = []
-        self._waiter: asyncio.Future[None] | None = None
+        self._bell = _Bell()
         self._halted = False
         self._turn = 0  # the consumer taken from first next time, so that none starves
         self._stalled: ConsumerStalled | None = None
 
-    @property
-    def consumers(self) -> list[PullConsumer]:
-        """The consumers taken from, in the order they joined."""
-        return list(self._subs)
-
     def add(self, sub: PullConsumer) -> None:
         """Take from ``sub`` too, from the next :meth:`next_batch` on."""
-        sub.on_wake = self._wake
+        sub.on_wake = self._bell.ring
         self._subs.append(sub)
-        self._wake()
+        self._bell.ring()
 
     def remove(self, sub: PullConsumer) -> None:
         """Take nothing more from ``sub`` (what it holds is its own :meth:`PullConsumer.stop`'s)."""
@@ -317,22 +327,12 @@ class PullGroup:
     def halt(self) -> None:
         """As :meth:`PullConsumer.halt`, for the group: nothing more is taken."""
         self._halted = True
-        self._wake()
-
-    @property
-    def halted(self) -> bool:
-        """Whether :meth:`halt` was called."""
-        return self._halted
+        self._bell.ring()
 
     @property
     def ready(self) -> int:
         """Messages received by the group's consumers and not yet taken."""
         return sum(sub.ready for sub in self._subs)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     async def next_batch(self, max_msgs: int, *, timeout: float = 1.0) -> list[Msg]:
         """Up to ``max_msgs`` messages from the group's consumers, as
@@ -361,14 +361,7 @@ class PullGroup:
             if self._stalled is not None:
                 stalled, self._stalled = self._stalled, None
                 raise stalled
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(quiet, self._wake)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
+            await self._bell.wait(quiet)
             if self._halted:
                 return []
         out: list[Msg] = []

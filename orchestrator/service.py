@@ -266,14 +266,11 @@ class Orchestrator:
                                       dead_letter=self.processor.dead_letter,
                                       messages=self.metrics.trigger_messages)
         self._lanes[None] = await self._open_lane(None)
-        stopping = self._stopping
         self._loops = [
             asyncio.create_task(self._watchdog(
-                "engine", lambda: self._consume(self._engine_group, stopping,
-                                                self._engine_batch))),
+                "engine", lambda: self._consume(self._engine_group, self._engine_batch))),
             asyncio.create_task(self._watchdog(
-                "timer", lambda: self._consume(self._timer_group, stopping,
-                                               self._timer_batch)))]
+                "timer", lambda: self._consume(self._timer_group, self._timer_batch)))]
         self.members = Members(await bucket(t.members_kv(MEMBER_TTL)), self.member,
                                on_change=self._own,
                                declare=lambda: bucket(t.members_kv(MEMBER_TTL)),
@@ -350,9 +347,6 @@ class Orchestrator:
         self._stopping.set()
         self._engine_group.halt()  # the loops' waiting fetches return now, not after
         self._timer_group.halt()   # their timeout
-        for lane in self._lanes.values():
-            for sub in lane.subs:
-                sub.halt()
         if self.members is not None:
             await self.members.leave()  # the others take the partitions at once
         if self.api is not None:
@@ -403,10 +397,8 @@ class Orchestrator:
             self._lanes[partition] = await self._open_lane(partition)
         for partition in [k for k in self._lanes if k is not None and k not in partitions]:
             lane = self._lanes.pop(partition)
-            self._engine_group.remove(lane.engine)
+            self._engine_group.remove(lane.engine)  # asked for nothing more from here on
             self._timer_group.remove(lane.timer)
-            for sub in lane.subs:
-                sub.halt()
             closing = asyncio.create_task(self._close_lane(lane))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
@@ -489,7 +481,7 @@ class Orchestrator:
         except Exception as exc:
             log.warning("re-declaring the streams and consumers failed: %s", exc)
 
-    async def _consume(self, sub: PullGroup, stop: asyncio.Event,
+    async def _consume(self, sub: PullGroup,
                        handle: Callable[[list[Msg]], Coroutine[Any, Any, None]]) -> None:
         """Take messages while earlier batches are still in hand (up to ``fetch_batch``
         at once) and ``handle`` each batch: a batch waiting for its acks holds up only
@@ -506,13 +498,13 @@ class Orchestrator:
             room.set()
 
         try:
-            while not stop.is_set():
+            while not self._stopping.is_set():
                 if in_hand >= self.fetch_batch:
                     room.clear()
                     await room.wait()
                     continue
                 msgs = await self._fetch(sub, self.fetch_batch - in_hand)
-                if msgs and stop.is_set():
+                if msgs and self._stopping.is_set():
                     await self._hand_back(msgs)  # fetched as the stop came: another's
                 elif msgs:
                     task = asyncio.create_task(handle(msgs))

@@ -111,7 +111,9 @@ def _trace(record: Record) -> TraceContext | None:
 #: Off: a SIGKILLed nats-server loses the writes it had acknowledged and not yet written
 #: out, and the delete of an acked input can survive while the events its outbox stored
 #: do not (tests/faults/test_faults_nats.py[sigkill] once found `seq` gaps 5-9 with it on).
-#: Until the check can tell that apart, every such outbox is republished, as before.
+#: Until the check can tell that apart, every such outbox is republished, as before,
+#: and records do not name their inputs (nothing would read them: no per-input work on
+#: the hot path, no field an older orchestrator cannot read).
 SKIP_SETTLED = False
 
 
@@ -392,7 +394,8 @@ class Processor:
         once no stored outbox names them (:meth:`_may_drop`)."""
         context = _log_context(entity.name, key)
         droppable = True
-        if any(i.msg is not None and delivery_count(i.msg) >= MAX_DELIVERIES for i in items):
+        if SKIP_SETTLED and any(i.msg is not None and delivery_count(i.msg) >= MAX_DELIVERIES
+                                for i in items):
             droppable = await self._may_drop(entity, key, items)
         for item in items:
             if item.msg is not None:
@@ -480,7 +483,7 @@ class Processor:
             trace = _trace(current)
             held = [p for p in carried.parts if not p.stored] if carried is not None else []
             outbox = [*(e for p in held for e in p.effects), *effects] if held else effects
-            own_inputs = _inputs_of(items)
+            own_inputs = _inputs_of(items) if SKIP_SETTLED else None
             inputs = _outbox_inputs(own_inputs, held)
             current.outbox = outbox
             current.outbox_at = now

@@ -93,8 +93,9 @@ async def test_a_record_whose_inputs_were_acked_is_not_republished(
 
 
 async def test_a_record_without_inputs_still_loads_and_is_republished(
-        settings: NatsSettings, nc: Client) -> None:
+        settings: NatsSettings, nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """A record written before outbox_inputs existed (or with an input of no sequence)."""
+    monkeypatch.setattr(runtime, "SKIP_SETTLED", True)  # with it off, nothing names inputs
     parked = await park(settings, nc, "old1")
     record, revision = await stored(nc, settings, "old1")
     del record["outbox_inputs"]
@@ -146,10 +147,11 @@ def give_up_after(deliveries: int) -> Iterator[None]:
 
 
 async def test_an_input_dead_lettered_after_its_save_leaves_the_outbox_to_be_republished(
-        settings: NatsSettings, nc: Client) -> None:
+        settings: NatsSettings, nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """The one way an input leaves the stream unacked after its record was written: it
     keeps failing and is dead-lettered. The record is first written again naming no
     inputs, so the next reader republishes its outbox rather than take it as sent."""
+    monkeypatch.setattr(runtime, "SKIP_SETTLED", True)  # what it guards: off by default
     with give_up_after(3):
         async with Orchestrator(settings, crash_points=CrashAfterSave(times=1)) as orch:
             processor = orch.processor

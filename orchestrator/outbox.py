@@ -96,6 +96,11 @@ class Sent:
     #: carries on only those not yet stored, so a record that changes faster than its
     #: acks come back (a map's results) does not carry ever more of them.
     parts: list[Part]
+    #: The revision of the record that holds the outbox, and the connection's epoch
+    #: (its reconnect count) it was sent on: once every ack is in on that same
+    #: connection, the revision is known to be published (see ``Processor``).
+    revision: int = 0
+    epoch: int = -1
 
 
 class Outbox:

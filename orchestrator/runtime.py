@@ -55,7 +55,7 @@ from transport.tracing import TraceContext, extract
 from transport.transient import ConditionLog, describe, is_transient
 
 from .batch_engine import decide_batch
-from .cache import KeyLocks, RecordCache
+from .cache import KeyLocks, RecordCache, SettledRevisions
 from .children import ChildStarter, DefinitionResolver, fingerprint
 from .engine import EngineSettings, decide
 from .faults import NO_CRASHES, CrashPoints
@@ -174,8 +174,26 @@ class _Entity(Generic[R]):
                               WorkflowDecision | BatchDecision] = decide_fn
         self.reply: Callable[[str, R | None, Reply], BaseModel] = reply_fn
         self.cache: RecordCache[R] = RecordCache()
+        #: Revisions whose outbox this process saw stored (see :meth:`sync`).
+        self.settled = SettledRevisions()
+        #: The connection epoch the cache and ``settled`` were learnt on.
+        self.epoch = 0
         #: Outboxes sent and not yet acknowledged, by key (see the module doc).
         self.sent: dict[str, Sent] = {}
+
+    def sync(self, epoch: int) -> None:
+        """Forget what was learnt on an earlier connection, if this is a new one.
+
+        An acknowledged write can still be lost by the server (killed before it wrote
+        it out, or its machine's power cut before the fsync of ``sync_interval``), and
+        a server that lost writes has dropped every connection. So what this process
+        saw stored on a connection is trusted only while that connection lasts: after
+        a reconnect the records are read back from KV and their outboxes republished.
+        """
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.cache.clear()
+            self.settled.clear()
 
     def remember(self, key: str, revision: int, record: R, *, terminal: bool,
                  size: int) -> None:
@@ -407,6 +425,7 @@ class Processor:
         lock = (entity.name, key)
         await self._locks.acquire(lock)
         try:
+            entity.sync(self.epoch())
             outcome = await self._transition(entity, key, items)
         finally:
             self._locks.release(lock)
@@ -420,6 +439,8 @@ class Processor:
             finally:
                 if entity.sent.get(key) is sent:
                     del entity.sent[key]
+            if sent.revision and sent.epoch == self.epoch() == entity.epoch:
+                entity.settled.add(sent.revision)
             self.crash_points.reach("after-publish")
             if before is not record and record is not None:
                 self._published(key, before, record, sent.own)
@@ -455,7 +476,8 @@ class Processor:
             else:
                 record, revision, cached, size = await self._load(entity, key)
             carried = entity.sent.get(key) if cached else None
-            if record is not None and not cached and record.outbox:
+            if (record is not None and not cached and record.outbox
+                    and revision not in entity.settled):
                 await self._finish_stale(key, record)
             now = self.clock()
             current = record
@@ -530,7 +552,7 @@ class Processor:
             part = Part(effects, bodies, self.outbox.acked(acks, joins), own_inputs)
             whole = asyncio.ensure_future(every([p.acked for p in held] + [part.acked])) \
                 if held else part.acked
-            sent = Sent(whole, effects, [*held, part])
+            sent = Sent(whole, effects, [*held, part], new_rev, entity.epoch)
             entity.sent[key] = sent
             entity.remember(key, new_rev, current, terminal=self._is_terminal(current),
                             size=len(data))
@@ -583,6 +605,10 @@ class Processor:
             return False
         finally:
             self._locks.release(lock)
+
+    def epoch(self) -> int:
+        """The connection's epoch: how many times it has reconnected (``_Entity.sync``)."""
+        return int(self.nc.stats["reconnects"])
 
     @staticmethod
     def _is_terminal(record: Record) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from fault_nats import Load, NatsNode, deployment, fan_in, wait_terminal
-from helpers import Probe, wait_for
+from helpers import Probe, read_events, wait_for
 from nats.aio.msg import Msg
 
 from contracts.models import WorkflowState
@@ -179,3 +179,45 @@ async def test_parked_sleeps_and_waits_outlive_a_server_restart_that_loses_the_c
         assert loop.time() - began >= 5.5, "a sleep ended before its 6 s"
         assert restarted - began < 6, "the restart came after the sleeps were due"
         assert await d.check(ids) == []
+
+
+async def test_events_a_restarted_server_lost_are_published_again_from_the_record(
+        node: NatsNode, prefix: str) -> None:
+    """nats-server acknowledges a write before writing it out (and, by default, before
+    its fsync, up to two minutes later): SIGKILLed, or its machine's power cut, it can
+    come back without writes it had acknowledged. So the orchestrator trusts what it saw
+    stored (its cached records, the revisions it saw published) only while its
+    connection lasts; after a reconnect a record's outbox is republished from KV.
+
+    Emulated: a parked workflow's events are removed from the stream, then the server
+    is restarted. The workflow, still in the orchestrator's cache, is signalled: its
+    parked transition's events must come back before the new ones, with no `seq` gap."""
+    async with deployment([node.url], prefix, request_timeout=3.0) as d:
+        processor = d.orchestrator.processor
+        assert processor is not None
+        s = d.settings.subjects
+        await d.client.create({"name": "held", "id": "lost", "steps": [
+            {"id": "go", "kind": "wait", "signal": "go"}]})
+        parked = await read_events(d.nc, s, "lost", terminals=None, count=3, timeout=20,
+                                   linger=0.2)
+        assert [e.type.value for e in parked][-1] == "step.waiting"
+        assert "lost" in processor.wf.cache
+        await d.nc.jetstream().purge_stream(s.events_stream, subject=s.events_of("lost"))
+
+        await asyncio.to_thread(node.end, signal.SIGTERM)
+        await asyncio.to_thread(node.start)
+        await wait_for(lambda: processor.epoch() >= 1 and d.nc.is_connected,
+                       what="the orchestrator and the test to reconnect", timeout=30)
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await d.client.signal("lost", "go", {})
+                    break
+                except Exception:  # the API may not answer at once after the restart
+                    await asyncio.sleep(0.2)
+        events = await read_events(d.nc, s, "lost", timeout=30, linger=0.3)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1)), \
+            [(e.seq, e.type.value) for e in events]
+        assert events[0].type.value == "workflow.created"
+        assert events[-1].type.value == "workflow.completed"
+        assert await d.check(["lost"]) == []

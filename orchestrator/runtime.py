@@ -8,9 +8,10 @@ groups run concurrently.
 
 Crash safety: a crash after the write but before the publish leaves the outbox in the
 record; whoever loads the record next from the store republishes it (JetStream drops
-what it had already stored by message id), unless none of the inputs the record names
-is left in the INBOX work queue: acked, so the outbox they made was stored. A crash
-before the ack redelivers the message; the engine treats it as the duplicate it is.
+what it had already stored by message id), unless it is a revision this process wrote
+and saw every ack of on its current connection (``_Entity.settled``, as a cached copy
+would be). A crash before the ack redelivers the message; the engine treats it as the
+duplicate it is.
 
 Latency: a decision's tasks leave together with the record's write, not after it (a
 task is at-least-once by contract and deduplicated by its attempt's id, so sending one

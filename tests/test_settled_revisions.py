@@ -16,6 +16,7 @@ from helpers import read_events
 from nats.aio.client import Client
 from test_outbox_inputs import WAIT, outcomes, published
 
+from contracts.models import Event
 from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator, runtime
 from orchestrator.cache import RecordCache, SettledRevisions
@@ -46,21 +47,31 @@ def test_a_cleared_cache_holds_nothing_and_counts_nothing() -> None:
     assert len(cache) == 0 and cache.used == 0 and "a" not in cache
 
 
-async def test_a_record_that_left_the_cache_is_not_republished_when_its_outbox_was_seen_stored(
-        settings: NatsSettings, nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    # No room in the cache: every record leaves it as soon as it is written.
-    monkeypatch.setattr(runtime, "RecordCache", lambda: RecordCache(budget=0))
+async def signal_parked(settings: NatsSettings, nc: Client, wid: str, *,
+                        forget: bool) -> tuple[list[Event], list[Event], dict[str, float]]:
+    """Park ``wid`` with an orchestrator whose cache holds nothing (every record leaves
+    it as soon as it is written), then signal it (after clearing the orchestrator's bits,
+    if ``forget``); (its parked events, the events published after, the outcomes)."""
     client = NatsflowClient(nc, settings.subjects)
     async with Orchestrator(settings) as orch:
         assert orch.processor is not None
-        await client.create({**WAIT, "id": "seen1"})
-        parked = await read_events(nc, settings.subjects, "seen1", terminals=None,
+        await client.create({**WAIT, "id": wid})
+        parked = await read_events(nc, settings.subjects, wid, terminals=None,
                                    count=3, timeout=20, linger=0.2)
-        assert "seen1" not in orch.processor.wf.cache
-        async with published(nc, settings, "seen1") as seen:
-            await client.signal("seen1", "go")
-            await read_events(nc, settings.subjects, "seen1", timeout=20, linger=0.2)
-        assert outcomes(orch) == {}, "no stored outbox was taken for unpublished"
+        assert wid not in orch.processor.wf.cache
+        if forget:
+            orch.processor.wf.settled.clear()
+        async with published(nc, settings, wid) as seen:
+            await client.signal(wid, "go")
+            await read_events(nc, settings.subjects, wid, timeout=20, linger=0.2)
+        return parked, seen, outcomes(orch)
+
+
+async def test_a_record_that_left_the_cache_is_not_republished_when_its_outbox_was_seen_stored(
+        settings: NatsSettings, nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "RecordCache", lambda: RecordCache(budget=0))
+    parked, seen, counts = await signal_parked(settings, nc, "seen1", forget=False)
+    assert counts == {}, "no stored outbox was taken for unpublished"
     last = max(e.seq for e in parked)
     assert seen and all(e.seq > last for e in seen), [(e.seq, e.type.value) for e in seen]
     assert seen[-1].type.value == "workflow.completed"
@@ -70,15 +81,7 @@ async def test_a_record_whose_outbox_this_process_did_not_see_stored_is_republis
         settings: NatsSettings, nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same, but the bit is not there (as for a record another replica wrote)."""
     monkeypatch.setattr(runtime, "RecordCache", lambda: RecordCache(budget=0))
-    client = NatsflowClient(nc, settings.subjects)
-    async with Orchestrator(settings) as orch:
-        assert orch.processor is not None
-        await client.create({**WAIT, "id": "unseen1"})
-        parked = await read_events(nc, settings.subjects, "unseen1", terminals=None,
-                                   count=3, timeout=20, linger=0.2)
-        orch.processor.wf.settled.clear()
-        async with published(nc, settings, "unseen1") as seen:
-            await client.signal("unseen1", "go")
-            await read_events(nc, settings.subjects, "unseen1", timeout=20, linger=0.2)
-        assert outcomes(orch) == {"republished": 1.0}
+    parked, seen, counts = await signal_parked(settings, nc, "unseen1", forget=True)
+    assert counts == {"republished": 1.0}
     assert {e.seq for e in parked} <= {e.seq for e in seen}, "the parked outbox went again"
+    assert seen[-1].type.value == "workflow.completed"

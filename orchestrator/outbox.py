@@ -99,8 +99,8 @@ class Sent:
     #: The revision of the record that holds the outbox, and the connection's epoch
     #: (its reconnect count) it was sent on: once every ack is in on that same
     #: connection, the revision is known to be published (see ``Processor``).
-    revision: int = 0
-    epoch: int = -1
+    revision: int
+    epoch: int
 
 
 class Outbox:

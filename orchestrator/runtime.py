@@ -440,7 +440,7 @@ class Processor:
             finally:
                 if entity.sent.get(key) is sent:
                     del entity.sent[key]
-            if sent.revision and sent.epoch == self.epoch() == entity.epoch:
+            if sent.epoch == self.epoch():  # every ack came on the connection it was sent on
                 entity.settled.add(sent.revision)
             self.crash_points.reach("after-publish")
             if before is not record and record is not None:

@@ -23,7 +23,7 @@ stopped workflow first runs the compensations of its succeeded steps, newest fir
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,6 +61,8 @@ from . import control, fanout, kinds, limits, steps
 from .permits import PermitInput
 from .records import (
     CreateWorkflow,
+    Decisions,
+    Effect,
     MapJoined,
     PauseWorkflow,
     Reply,
@@ -79,7 +81,7 @@ from .tokens import same_token
 from .transition import EngineSettings, StepKinds, Transition
 from .workers import worker_presence
 
-__all__ = ["MAX_PENDING_SIGNALS", "EngineSettings", "decide", "new_record"]
+__all__ = ["MAX_PENDING_SIGNALS", "EngineSettings", "decide", "decide_all", "new_record"]
 
 #: Signals kept for wait steps that have not started; more are refused.
 MAX_PENDING_SIGNALS = 100
@@ -143,7 +145,9 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
         return WorkflowDecision(record=None, reply=Reply(
             error=WorkflowNotFound("no such workflow").info()))
     if isinstance(inp, ResultInput):
-        forged = _forged(record, inp, settings)
+        step = None if record is None else next(
+            (s for s in record.status.steps if s.id == inp.result.step_id), None)
+        forged = _forged(step, inp, settings)
         if forged is not None:
             return WorkflowDecision(record=None, reply=Reply(refused=forged))
 
@@ -157,6 +161,67 @@ def decide(record: WorkflowRecord | None, inp: WorkflowInput, now: datetime,
         return WorkflowDecision(record=None, reply=Reply(error=error))
     tx.advance()
     return tx.decision(Reply(early=tx.early))
+
+
+def decide_all(record: WorkflowRecord | None, inputs: Sequence[WorkflowInput], now: datetime,
+               settings: EngineSettings | None = None) -> Decisions[WorkflowRecord]:
+    """Apply inputs to one workflow in order, each to the record the one before left.
+
+    The same as :func:`decide` on each in turn (``tests/test_engine_batched.py`` holds
+    the two equal), but a run of reports, timers and joins shares one
+    :class:`Transition`: a map's many item results in one batch copy its progress and
+    build a record once, not once each. Commands keep a transition each: a refused one
+    must leave nothing behind.
+    """
+    settings = settings or EngineSettings()
+    current = record
+    effects: list[Effect] = []
+    replies: list[Reply] = []
+    tx: Transition | None = None
+    for inp in inputs:
+        if current is not None and isinstance(inp, _SHARED):
+            if tx is None:
+                tx = Transition(current, now, settings, _KINDS)
+            replies.append(_apply_shared(tx, inp, settings))
+            continue
+        if tx is not None:
+            current, tx = _close(tx, current, effects), None
+        decision = decide(current, inp, now, settings)
+        if decision.record is not None:
+            current = decision.record
+            effects.extend(decision.effects)
+        replies.append(decision.reply)
+    if tx is not None:
+        current = _close(tx, current, effects)
+    return Decisions(current, effects, replies)
+
+
+#: Inputs that are never refused once past the token check: they can share a transition.
+_SHARED = (ResultInput, TimerFired, MapJoined)
+
+
+def _apply_shared(tx: Transition, inp: ResultInput | TimerFired | MapJoined,
+                  settings: EngineSettings) -> Reply:
+    """``decide`` for one input of a shared transition whose record exists."""
+    if isinstance(inp, ResultInput):
+        forged = _forged(tx.steps.get(inp.result.step_id), inp, settings)
+        if forged is not None:
+            return Reply(refused=forged)
+    tx.early = False
+    _APPLY[type(inp)](tx, inp)
+    tx.advance()
+    tx.end_input()
+    return Reply(early=tx.early)
+
+
+def _close(tx: Transition, current: WorkflowRecord | None, effects: list[Effect]
+           ) -> WorkflowRecord | None:
+    """End a shared transition: its record, or ``current`` if it changed nothing."""
+    decision = tx.decision(Reply())
+    if decision.record is None:
+        return current
+    effects.extend(decision.effects)
+    return decision.record
 
 
 def _create(record: WorkflowRecord | None, inp: CreateWorkflow, now: datetime,
@@ -183,7 +248,7 @@ def _create(record: WorkflowRecord | None, inp: CreateWorkflow, now: datetime,
     return tx.decision(Reply(created=True))
 
 
-def _forged(record: WorkflowRecord | None, inp: ResultInput,
+def _forged(step: StepStatus | None, inp: ResultInput,
             settings: EngineSettings) -> ErrorInfo | None:
     """Why a report does not count (its token is not its attempt's), or None if it does.
 
@@ -193,8 +258,6 @@ def _forged(record: WorkflowRecord | None, inp: ResultInput,
     without a token (no key then) accepts any report.
     """
     res = inp.result
-    step = None if record is None else next(
-        (s for s in record.status.steps if s.id == res.step_id), None)
     if step is not None and step.attempts == res.attempt:
         expected = step.token
     else:

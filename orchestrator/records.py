@@ -8,10 +8,10 @@ crash between the write and the publish loses nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -48,6 +48,8 @@ __all__ = [
     "CancelEffect",
     "CreateBatch",
     "CreateWorkflow",
+    "Decided",
+    "Decisions",
     "Effect",
     "EventEffect",
     "JoinMapEffect",
@@ -62,6 +64,7 @@ __all__ = [
     "StartChildEffect",
     "NotifyBatchEffect",
     "Reply",
+    "decide_each",
     "read_record",
     "ResultInput",
     "StartWorkflow",
@@ -400,6 +403,7 @@ class _Stored(BaseModel):
 
 
 S = TypeVar("S", bound="_Stored")
+R_co = TypeVar("R_co", covariant=True)
 
 
 def read_record(model: type[S], raw: bytes, *, key: str) -> S:
@@ -519,3 +523,49 @@ class BatchDecision:
     reply: Reply = field(default_factory=Reply)
 
 
+
+
+
+#: A record kind, and an input kind, of :func:`decide_each`.
+R = TypeVar("R", "WorkflowRecord", "BatchRecord")
+In = TypeVar("In")
+
+
+class Decided(Protocol[R_co]):
+    """One input's decision (:class:`WorkflowDecision`, :class:`BatchDecision`)."""
+
+    @property
+    def record(self) -> R_co | None: ...
+    @property
+    def effects(self) -> list[Effect]: ...
+    @property
+    def reply(self) -> Reply: ...
+
+
+@dataclass(slots=True)
+class Decisions(Generic[R]):
+    """The engine's answer to a group of inputs to one record, applied in order.
+
+    ``record`` is the record after all of them: the very one given when nothing
+    changed (None only if there was none and nothing created it); ``effects`` are the
+    decisions' effects in order, ``replies`` one per input.
+    """
+
+    record: R | None
+    effects: list[Effect]
+    replies: list[Reply]
+
+
+def decide_each(decide_one: Callable[[R | None, In], Decided[R]], record: R | None,
+                inputs: Sequence[In]) -> Decisions[R]:
+    """Decide each input on the record the one before it left."""
+    current = record
+    effects: list[Effect] = []
+    replies: list[Reply] = []
+    for inp in inputs:
+        decision = decide_one(current, inp)
+        if decision.record is not None:
+            current = decision.record
+            effects.extend(decision.effects)
+        replies.append(decision.reply)
+    return Decisions(current, effects, replies)

@@ -58,7 +58,7 @@ from transport.transient import ConditionLog, describe, is_transient
 from .batch_engine import decide_batch
 from .cache import KeyLocks, RecordCache, SettledRevisions
 from .children import ChildStarter, DefinitionResolver, fingerprint
-from .engine import EngineSettings, decide
+from .engine import EngineSettings, decide_all
 from .faults import NO_CRASHES, CrashPoints
 from .letters import MAX_DELIVERIES, Letters, Malformed, Verdict
 from .metrics import OrchestratorMetrics
@@ -66,9 +66,9 @@ from .outbox import Outbox, Part, Sent, abandon, every
 from .outputs import OutputStore
 from .records import (
     BatchCommand,
-    BatchDecision,
     BatchRecord,
     CreateWorkflow,
+    Decisions,
     Effect,
     EventEffect,
     JoinMapEffect,
@@ -77,8 +77,8 @@ from .records import (
     TaskEffect,
     TimerFired,
     WorkflowCommand,
-    WorkflowDecision,
     WorkflowRecord,
+    decide_each,
     read_record,
 )
 from .routing import Routed, Router, leaves_early
@@ -165,14 +165,14 @@ class _Entity(Generic[R]):
     """How to load, decide and answer for one kind of record."""
 
     def __init__(self, name: str, store: RecordStore, model: type[R],
-                 decide_fn: Callable[[R | None, Any, datetime, str],
-                                     WorkflowDecision | BatchDecision],
+                 decide_fn: Callable[[R | None, Sequence[Any], datetime, str], Decisions[R]],
                  reply_fn: Callable[[str, R | None, Reply], BaseModel]) -> None:
         self.name = name
         self.store = store
         self.model: type[R] = model
-        self.decide: Callable[[R | None, Any, datetime, str],
-                              WorkflowDecision | BatchDecision] = decide_fn
+        #: Decide a group of inputs to one record, in order.
+        self.decide: Callable[[R | None, Sequence[Any], datetime, str],
+                              Decisions[R]] = decide_fn
         self.reply: Callable[[str, R | None, Reply], BaseModel] = reply_fn
         self.cache: RecordCache[R] = RecordCache()
         #: Revisions whose outbox this process saw stored (see :meth:`sync`).
@@ -252,12 +252,13 @@ class Processor:
         self.crash_points = crash_points
         self.wf: _Entity[WorkflowRecord] = _Entity(
             "wf", workflows, WorkflowRecord,
-            lambda rec, inp, now, key: decide(rec, inp, now, self.settings),
+            lambda rec, inputs, now, key: decide_all(rec, inputs, now, self.settings),
             lambda key, rec, reply: WorkflowReply(
                 id=key, created=reply.created, status=rec.status if rec else None))
         self.batch: _Entity[BatchRecord] = _Entity(
             "batch", batches, BatchRecord,
-            lambda rec, inp, now, key: decide_batch(rec, inp, now, batch_id=key),
+            lambda rec, inputs, now, key: decide_each(
+                lambda r, i: decide_batch(r, i, now, batch_id=key), rec, inputs),
             lambda key, rec, reply: BatchReply(
                 id=key, created=reply.created, status=rec.status if rec else None))
         self._locks = KeyLocks()
@@ -481,15 +482,8 @@ class Processor:
                     and revision not in entity.settled):
                 await self._finish_stale(key, record)
             now = self.clock()
-            current = record
-            effects: list[Effect] = []
-            replies: list[Reply] = []
-            for item in items:
-                decision = entity.decide(current, item.input, now, key)
-                if decision.record is not None:
-                    current = decision.record
-                    effects.extend(decision.effects)
-                replies.append(decision.reply)
+            decided = entity.decide(record, [i.input for i in items], now, key)
+            current, effects, replies = decided.record, decided.effects, decided.replies
             if current is record or current is None:
                 if cached and record is not None:
                     # "Nothing to do" may only mean the cached copy is stale: another

@@ -168,16 +168,24 @@ class Transition:
         self._owned.add(id(copy))
         return copy
 
-    def decision(self, reply: Reply) -> WorkflowDecision:
-        self.kinds.settle(self)  # permits of what ended go back
+    def end_input(self) -> None:
+        """Close one input's part of the transition (the engine's ``decide_all`` applies
+        several inputs to one transition): the permits of what ended go back, and a
+        change of state is written to the list, as a decision of that input alone would.
+        """
+        self.kinds.settle(self)
         # Every change of state emits an event, so no effects means nothing changed
         # (but a heartbeat, which only moves a time).
-        if not self.effects and not self.dirty:
-            return WorkflowDecision(record=None, reply=reply)
-        if self.status.state != self.state_before:
+        if (self.effects or self.dirty) and self.status.state != self.state_before:
             # The list index follows the state (and nothing else: steps churn too much).
             self.effects.append(SummaryEffect(summary=WorkflowSummary.of(self.status),
                                               seq=self.status.last_seq))
+            self.state_before = self.status.state
+
+    def decision(self, reply: Reply) -> WorkflowDecision:
+        self.end_input()
+        if not self.effects and not self.dirty:
+            return WorkflowDecision(record=None, reply=reply)
         record = WorkflowRecord.model_construct(
             config=self.config, fingerprint=self.fingerprint, status=self.status,
             outputs_bytes=self.outputs_bytes, outbox=list(self.effects), outbox_at=self.now,

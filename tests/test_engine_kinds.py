@@ -45,6 +45,7 @@ from orchestrator.records import (
     TaskEffect,
     TimerEffect,
     TimerFired,
+    WorkflowDecision,
     WorkflowCommandEffect,
     WorkflowRecord,
 )
@@ -448,8 +449,11 @@ class KindsMachine(RuleBasedStateMachine):
 
     def apply(self, inp: Any) -> None:
         self.clock += 1
+        self.take(inp, decide(self.record, inp, T0 + timedelta(seconds=self.clock)))
+
+    def take(self, inp: Any, d: WorkflowDecision) -> None:
+        """Check one input's decision on ``self.record`` and move on to it."""
         before = self.record
-        d = decide(before, inp, T0 + timedelta(seconds=self.clock))
         if before is not None and before.status.state in WORKFLOW_TERMINAL:
             assert d.record is None, "a terminal workflow absorbs every input"
         if d.record is None:

@@ -47,19 +47,19 @@ class OutputStore:
         return self.subjects.kv_put(self.subjects.outputs_bucket, key)
 
     async def collect(self, workflow_id: str, step_id: str, attempt: int,
-                      total: int) -> list[Any]:
-        """Every item output of one map attempt, in index order.
+                      total: int) -> list[bytes]:
+        """Every item output of one map attempt as stored (JSON), in index order.
 
         Raises:
             IncompleteOutputs: some are missing (not stored yet).
         """
         prefix = output_prefix(workflow_id, step_id, attempt)
-        outputs: list[Any] = [None] * total
+        outputs: list[bytes] = [b""] * total
         seen = 0
         for entry in await scan(self.kv, f"{prefix}.*"):
             index = int(entry.key.rsplit(".", 1)[1])
             if 0 <= index < total:
-                outputs[index] = json.loads(entry.value or b"null")
+                outputs[index] = entry.value or b"null"
                 seen += 1
         if seen < total:
             raise IncompleteOutputs(f"{seen} of {total} outputs of {prefix} are stored")
@@ -69,9 +69,15 @@ class OutputStore:
                      total: int) -> tuple[Any, int]:
         """(output, size): the list itself if it fits a step output, else a blob ref."""
         outputs = await self.collect(workflow_id, step_id, attempt, total)
-        data = json.dumps(outputs, separators=(",", ":")).encode()
+        # Each is stored as the outbox wrote it (compact JSON, ``Router``): the list is
+        # their concatenation, byte for byte what dumping the decoded list would give.
+        data = b"[" + b",".join(outputs) + b"]"
         if len(data) <= MAX_STEP_OUTPUT_BYTES:
-            return outputs, len(data)
+            try:
+                return json.loads(data), len(data)
+            except ValueError as exc:  # written by someone else than the outbox
+                raise ValueError(f"an item output of {workflow_id}/{step_id} is not "
+                                 f"JSON: {exc}") from None
         if len(data) > MAX_BLOB_BYTES:
             raise ValueError(f"joined output of {len(data)} bytes is over {MAX_BLOB_BYTES}")
         name = f"{workflow_id}/{step_id}/{attempt}"

@@ -45,8 +45,8 @@ from orchestrator.records import (
     TaskEffect,
     TimerEffect,
     TimerFired,
-    WorkflowDecision,
     WorkflowCommandEffect,
+    WorkflowDecision,
     WorkflowRecord,
 )
 

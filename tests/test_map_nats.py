@@ -15,6 +15,8 @@ from contracts.blobs import is_blob_ref
 from contracts.models import MAX_STEP_OUTPUT_BYTES, WorkflowState
 from natsflow.client import NatsflowClient
 from orchestrator import Orchestrator
+from orchestrator.fanout import output_key
+from orchestrator.records import PutOutputEffect
 from transport.connect import NatsSettings
 
 
@@ -169,3 +171,40 @@ async def test_a_map_join_goes_through_the_publisher_like_every_other_message(
     assert status is not None and status.state == WorkflowState.COMPLETED, status.error
     assert [o["i"] for o in status.step("m").output] == [1, 2, 3]
     assert ids.count("join:joined:m:1") == 1, ids
+
+
+async def test_a_join_is_the_item_outputs_as_the_outbox_stored_them_byte_for_byte(
+        engine: Orchestrator, nc: Client) -> None:
+    """The join concatenates the stored outputs rather than decoding and dumping them:
+    the same bytes either way, for every kind of JSON value the outbox writes."""
+    assert engine.processor is not None and engine.processor.outputs is not None
+    outputs, router = engine.processor.outputs, engine.processor.router
+    js = nc.jetstream()
+
+    async def store(wf: str, values: list[Any]) -> None:
+        acks = []
+        for i, value in enumerate(values):
+            subject, payload, _ = router.route(wf, PutOutputEffect(
+                key=output_key(wf, "m", 1, i), output=value))
+            acks.append(js.publish(subject, payload))
+        await asyncio.gather(*acks)
+
+    values: list[Any] = [{"s": 'é ✓ "q" \\ \n \u2028', "f": 0.1, "e": 1e300, "z": -0.0,
+                          "big": 10**30, "n": None, "b": [True, False]}, [], {}, "x", -3, None]
+    await store("small", values)
+    joined, size = await outputs.joined("small", "m", 1, len(values))
+    expected = json.dumps(values, separators=(",", ":")).encode()
+    assert joined == values and size == len(expected)
+
+    large = [{"i": i, "pad": "é" * 200} for i in range(MAX_STEP_OUTPUT_BYTES // 1000 + 10)]
+    await store("large", large)
+    ref, size = await outputs.joined("large", "m", 1, len(large))
+    assert is_blob_ref(ref) and ref["count"] == len(large)
+    obs = await js.object_store(ref["$blob"]["bucket"])
+    data = (await obs.get(ref["$blob"]["name"])).data
+    assert data == json.dumps(large, separators=(",", ":")).encode() and size == len(data)
+
+    # An output someone else wrote, not JSON: the map fails with a reason, not the join.
+    await js.publish(outputs.put_subject(output_key("foreign", "m", 1, 0)), b"{not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        await outputs.joined("foreign", "m", 1, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 
@@ -27,6 +28,8 @@ async def test_scan_lists_every_live_key_and_skips_deleted_ones(nc: Client) -> N
         assert len(entries) == len(by_key) == 1498
         assert by_key["k.7"] == b"seven" and by_key["k.1499"] == b"1499"
         assert "k.8" not in by_key and "k.9" not in by_key and "other.1" not in by_key
+    for key in ("k.0", "k.7", "k.1499"):  # each with its current revision
+        assert next(e for e in entries if e.key == key).revision == (await kv.get(key)).revision
     keys = await scan(kv, keys_only=True)
     assert {e.key for e in keys} == set(by_key) | {"other.1"}
     assert all(e.value == b"" for e in keys)
@@ -52,3 +55,24 @@ async def test_the_index_is_ready_only_with_every_summary_in(nc: Client) -> None
         await asyncio.wait_for(index.ready.wait(), 10)
         assert len(index) == 799
         await index.stop()
+
+
+async def test_a_scan_whose_consumer_goes_away_fails_with_a_reason_instead_of_hanging(
+        nc: Client) -> None:
+    js = nc.jetstream()
+    kv = await js.create_key_value(KeyValueConfig(bucket="gone_" + os.urandom(4).hex()))
+    await asyncio.gather(*(kv.put(f"k.{i}", b"v") for i in range(10)))
+    real = js.add_consumer
+
+    async def created_then_deleted(stream: str, **kw: object) -> object:
+        info = await real(stream, **kw)  # type: ignore[arg-type]
+        await js.delete_consumer(stream, info.name)
+        return info
+
+    kv._js.add_consumer = created_then_deleted  # type: ignore[method-assign]
+    try:
+        with pytest.raises(TimeoutError, match="stalled with 10 left"):
+            await asyncio.wait_for(scan(kv, fetch_timeout=1.0), 10)
+    finally:
+        del kv._js.add_consumer
+    assert len(await scan(kv)) == 10

@@ -66,6 +66,11 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the orchestrator did not come up")
             await asyncio.sleep(0.2)
+        records = f"KV_{settings.subjects.workflows_bucket}"
+
+        async def record_saves() -> int:
+            return (await nc.jetstream().stream_info(records)).state.last_seq
+
         # The item list is built from the input so that the config stays small.
         for run in range(args.runs):
             wid = f"map-{run}-{uuid.uuid4().hex[:6]}"
@@ -74,6 +79,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                  "max_concurrency": args.concurrency,
                                  "step": {"task": KB_TASK, "input": {"i": "${index}"}}}]}
             cpu0 = {"orchestrator": cpu_seconds(orch.pid), "worker": cpu_seconds(worker.pid)}
+            saves0 = await record_saves()
             began = time.perf_counter()
             await client.create(config)
             reply = await client.wait(wid, timeout=args.timeout)
@@ -83,7 +89,9 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             row = {"workflow": wid, "completed": ok, "seconds": round(elapsed, 2),
                    "items_per_s": round(args.items / elapsed),
                    "orchestrator_cpu_s": round(cpu_seconds(orch.pid) - cpu0["orchestrator"], 2),
-                   "worker_cpu_s": round(cpu_seconds(worker.pid) - cpu0["worker"], 2)}
+                   "worker_cpu_s": round(cpu_seconds(worker.pid) - cpu0["worker"], 2),
+                   # Transitions stored: one compare-and-set save of the record each.
+                   "record_saves": await record_saves() - saves0}
             row["items_per_s_over_floor"] = round(row["items_per_s"]
                                                   / report["floor_msgs_per_s"], 3)
             report["runs"].append(row)
@@ -91,7 +99,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 print(f"map of {args.items:,} items: {'completed' if ok else 'NOT completed'}"
                       f" in {elapsed:.2f}s ({row['items_per_s']:,} items/s, "
                       f"{row['items_per_s_over_floor']:.3f} of the raw floor of "
-                      f"{report['floor_msgs_per_s']:,.0f} msgs/s)", flush=True)
+                      f"{report['floor_msgs_per_s']:,.0f} msgs/s; {row['record_saves']:,} "
+                      "record saves)", flush=True)
         await nc.drain()
     finally:
         for svc in reversed(services):

@@ -185,7 +185,8 @@ def _dispatch(tx: Transition, cfg: MapStep, step: StepStatus, i: int, attempt: i
 
 def _item_succeeded(tx: Transition, cfg: MapStep, step: StepStatus, i: int, output: Any) -> None:
     m = _own(tx, step)
-    size = steps.json_size(output)
+    body = steps.compact_json(output)  # measured here, stored as it is (PutOutputEffect)
+    size = len(body)
     if size > MAX_STEP_OUTPUT_BYTES:
         _item_failed(tx, cfg, step, i, cfg.step.retry.max_attempts, ErrorInfo(
             code="output-too-large", step=cfg.id, retryable=False,
@@ -193,8 +194,8 @@ def _item_succeeded(tx: Transition, cfg: MapStep, step: StepStatus, i: int, outp
                     f"{MAX_STEP_OUTPUT_BYTES} bytes"), running=False)
         return
     m.succeeded += 1
-    tx.effects.append(PutOutputEffect(
-        key=output_key(tx.status.id, cfg.id, step.attempts, i), output=output))
+    tx.effects.append(PutOutputEffect.of(
+        output_key(tx.status.id, cfg.id, step.attempts, i), output, body))
     done = m.succeeded + len(m.failed)
     every = max(1, m.total // _PROGRESS_STEPS)
     if done % every == 0 and done < m.total:

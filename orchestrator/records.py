@@ -8,6 +8,7 @@ crash between the write and the publish loses nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -316,6 +317,29 @@ class PutOutputEffect(BaseModel):
     kind: Literal["put-output"] = "put-output"
     key: str
     output: Any = None
+    # The output's compact JSON when its maker had it already (never stored itself).
+    _json: bytes | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, key: str, output: Any, output_json: bytes) -> PutOutputEffect:
+        """The effect, with the output's compact JSON its maker made already."""
+        effect = cls(key=key, output=output)
+        effect._json = output_json
+        return effect
+
+    def output_json(self) -> bytes:
+        """The output as the outputs bucket stores it: compact JSON."""
+        if self._json is None:
+            self._json = json.dumps(self.output, separators=(",", ":")).encode()
+        return self._json
+
+    def __eq__(self, other: object) -> bool:
+        # Equal effects have equal fields; whether their JSON was kept is not state.
+        if not isinstance(other, PutOutputEffect):
+            return NotImplemented
+        return self.key == other.key and self.output == other.output
+
+    __hash__ = None  # type: ignore[assignment]  # its output may be a dict
 
 
 class JoinMapEffect(BaseModel):
@@ -347,6 +371,9 @@ def _outbox_entry(effect: Any, bodies: Mapping[int, bytes]) -> bytes:
             return b'{"kind":"event","event":' + body + b"}"
         if isinstance(effect, TaskEffect):
             return b'{"kind":"task","task":' + body + b"}"
+        if isinstance(effect, PutOutputEffect):
+            return (b'{"kind":"put-output","key":' + json.dumps(effect.key).encode()
+                    + b',"output":' + body + b"}")
     return effect.model_dump_json(exclude_none=True).encode()  # type: ignore[no-any-return]
 
 

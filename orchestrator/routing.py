@@ -9,7 +9,6 @@ cancel notice) is a plain NATS message.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -140,8 +139,8 @@ class Router:
 
     def _put_output(self, key: str, effect: PutOutputEffect) -> Routed:
         assert self.outputs is not None, "map steps need an output store"
-        return (self.outputs.put_subject(effect.key),
-                json.dumps(effect.output, separators=(",", ":")).encode(), f"out:{effect.key}")
+        return (self.outputs.put_subject(effect.key), effect.output_json(),
+                f"out:{effect.key}")
 
     def _webhook(self, key: str, effect: WebhookEffect) -> Routed:
         d = effect.delivery

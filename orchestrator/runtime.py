@@ -72,6 +72,7 @@ from .records import (
     Effect,
     EventEffect,
     JoinMapEffect,
+    PutOutputEffect,
     Reply,
     ResultInput,
     TaskEffect,
@@ -519,7 +520,8 @@ class Processor:
                         if (ack := await self.outbox.send(key, e, trace, message)) is not None:
                             early.append(ack)
                 for e in effects:
-                    if isinstance(e, EventEffect | TaskEffect) and id(e) not in routed:
+                    if (isinstance(e, EventEffect | TaskEffect | PutOutputEffect)
+                            and id(e) not in routed):
                         routed[id(e)] = self.router.route(key, e)
                 bodies = {k: r[1] for k, r in routed.items()}
                 data = current.stored_form(

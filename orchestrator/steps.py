@@ -31,7 +31,7 @@ from contracts.models import (
 )
 
 __all__ = ["StepInputError", "check_output", "child_id", "condition", "evaluate_for",
-           "heartbeat_timeout", "json_size", "schedule_to_start", "task_input",
+           "compact_json", "heartbeat_timeout", "json_size", "schedule_to_start", "task_input",
            "workflow_output"]
 
 
@@ -51,6 +51,11 @@ def evaluate_for(step: str, where: str, fn: Any, *args: Any) -> Any:
 def json_size(value: Any) -> int:
     """Bytes of ``value`` as compact JSON."""
     return len(json.dumps(value, separators=(",", ":")))
+
+
+def compact_json(value: Any) -> bytes:
+    """``value`` as compact JSON (ASCII: as many bytes as :func:`json_size` says)."""
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _eval(fn: Any, step: str, where: str, *args: Any) -> Any:

@@ -411,3 +411,24 @@ def test_a_result_ahead_of_its_dispatch_is_early_not_stale() -> None:
     finished, _ = run(cfg, [ok("a"), ok("b")])
     late = decide(finished, ok("b", attempt=3), T0)  # the workflow is over
     assert late.record is None and not late.reply.early
+
+
+def test_an_item_outputs_stored_entry_is_built_around_the_json_it_was_measured_by() -> None:
+    from orchestrator.records import PutOutputEffect
+
+    cfg = config([{"id": "m", "kind": "map", "items": "[1, 2]", "step": {"task": "t"}}])
+    output = {"s": 'é "q"', "n": None, "f": 0.1}
+    rec, _ = run(cfg, [ok("m[0]", output=output)])
+    puts = [e for e in rec.outbox if isinstance(e, PutOutputEffect)]
+    assert [p.output for p in puts] == [output]
+    put = puts[0]
+    # The engine kept the JSON it measured the output by (the outputs bucket's message
+    # is made of it, Router), and the stored entry is built around it.
+    body = put.output_json()
+    assert body == json.dumps(output, separators=(",", ":")).encode()
+    stored = rec.stored_form(None, {id(put): body})
+    assert body in stored
+    back = WorkflowRecord.model_validate_json(stored)
+    assert back == rec and put in back.outbox
+    assert back.outbox[back.outbox.index(put)].output_json() == body  # made again the same
+    assert PutOutputEffect(key=put.key, output=output) == put  # the kept JSON is not state

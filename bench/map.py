@@ -78,7 +78,9 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                       "steps": [{"id": "m", "kind": "map", "items": "input.xs",
                                  "max_concurrency": args.concurrency,
                                  "step": {"task": KB_TASK, "input": {"i": "${index}"}}}]}
-            cpu0 = {"orchestrator": cpu_seconds(orch.pid), "worker": cpu_seconds(worker.pid)}
+            assert server.proc is not None
+            cpu0 = {"orchestrator": cpu_seconds(orch.pid), "worker": cpu_seconds(worker.pid),
+                    "nats": cpu_seconds(server.proc.pid)}
             saves0 = await record_saves()
             began = time.perf_counter()
             await client.create(config)
@@ -90,6 +92,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                    "items_per_s": round(args.items / elapsed),
                    "orchestrator_cpu_s": round(cpu_seconds(orch.pid) - cpu0["orchestrator"], 2),
                    "worker_cpu_s": round(cpu_seconds(worker.pid) - cpu0["worker"], 2),
+                   "nats_cpu_s": round(cpu_seconds(server.proc.pid) - cpu0["nats"], 2),
                    # Transitions stored: one compare-and-set save of the record each.
                    "record_saves": await record_saves() - saves0}
             row["items_per_s_over_floor"] = round(row["items_per_s"]
